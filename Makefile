@@ -1,0 +1,39 @@
+# Two commands do all the set-up on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+
+.PHONY: run test test-fast train bench clean
+
+# serving needs no torch: the base dependencies only
+$(VENV)/.serve-installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+# everything: serving + training (torch 2.14.1 pinned) + test tools
+$(VENV)/.all-installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[train,dev]'
+	touch $@ $(VENV)/.serve-installed
+
+run: $(VENV)/.serve-installed
+	$(BIN)/grader serve --host $(HOST) --port $(PORT)
+
+test: $(VENV)/.all-installed
+	$(BIN)/python -m pytest
+
+# the suite without model training and server processes
+test-fast: $(VENV)/.all-installed
+	$(BIN)/python -m pytest -m "not slow"
+
+# retrain the shipped default model from ../shared/data (about 12 minutes on 2 cores)
+train: $(VENV)/.all-installed
+	$(BIN)/grader train --out models/apple-defect/0.1.0
+
+clean:
+	rm -rf $(VENV) var .pytest_cache

@@ -1,0 +1,126 @@
+"""The defect-model interface: what any defect model must offer the grader, and the
+preprocessing contract that a model's ``metadata.json`` describes.
+
+The ONNX Runtime implementation lives in ``service/`` (an adapter); training builds models that
+honour the same contract, and evaluation runs through :func:`preprocess` so a figure measured in
+training is the figure served.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Sequence, runtime_checkable
+
+import cv2
+import numpy as np
+
+from .errors import InvalidModelArtifact
+from .records import DefectEvidence
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What serving needs to know about a model, read from its ``metadata.json``."""
+
+    name: str
+    version: str
+    classes: tuple[str, ...]
+    defective_classes: tuple[str, ...]
+    input_size: tuple[int, int]  # height, width
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    input_name: str = "input"
+    output_name: str = "logits"
+    temperature: float = 1.0  # logits are divided by this before softmax (calibration)
+    threshold_defective: float = 0.5  # score >= this -> label "defective"
+    review_band: tuple[float, float] = (0.3, 0.7)  # scores inside go to an inspector
+    crop_margin_frac: float = 0.08
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, Any]) -> "ModelSpec":
+        try:
+            pre = meta["preprocessing"]
+            classes = tuple(meta["classes"])
+            defective = tuple(meta.get("defective_classes", [c for c in classes if c != "sound"]))
+            thr = meta.get("thresholds", {})
+            spec = cls(
+                name=str(meta["name"]),
+                version=str(meta["version"]),
+                classes=classes,
+                defective_classes=defective,
+                input_size=(int(pre["input_size"][0]), int(pre["input_size"][1])),
+                mean=tuple(float(x) for x in pre["mean"]),  # type: ignore[arg-type]
+                std=tuple(float(x) for x in pre["std"]),  # type: ignore[arg-type]
+                input_name=str(meta.get("input_name", "input")),
+                output_name=str(meta.get("output_name", "logits")),
+                temperature=float(meta.get("calibration", {}).get("temperature", 1.0)),
+                threshold_defective=float(thr.get("defective", 0.5)),
+                review_band=(float(thr.get("review_band", [0.3, 0.7])[0]), float(thr.get("review_band", [0.3, 0.7])[1])),
+                crop_margin_frac=float(pre.get("crop_margin_frac", 0.08)),
+                raw=meta,
+            )
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise InvalidModelArtifact(f"metadata.json is incomplete or malformed: {exc!r}") from exc
+        if len(spec.mean) != 3 or len(spec.std) != 3 or any(s <= 0 for s in spec.std):
+            raise InvalidModelArtifact("metadata.json: mean and std need 3 values, std > 0")
+        if not set(spec.defective_classes) <= set(spec.classes) or len(spec.classes) < 2:
+            raise InvalidModelArtifact("metadata.json: defective_classes must be among classes (>= 2 classes)")
+        if not 0.0 < spec.temperature < 100.0 or not math.isfinite(spec.temperature):
+            raise InvalidModelArtifact("metadata.json: calibration temperature out of range")
+        return spec
+
+
+def preprocess(crops: Sequence[np.ndarray], spec: ModelSpec) -> np.ndarray:
+    """RGB uint8 crops -> float32 NCHW batch, resized and normalised as the metadata says."""
+    h, w = spec.input_size
+    batch = np.empty((len(crops), 3, h, w), np.float32)
+    mean = np.asarray(spec.mean, np.float32).reshape(3, 1, 1)
+    std = np.asarray(spec.std, np.float32).reshape(3, 1, 1)
+    for i, crop in enumerate(crops):
+        interp = cv2.INTER_AREA if crop.shape[0] >= h else cv2.INTER_LINEAR
+        x = cv2.resize(crop, (w, h), interpolation=interp).astype(np.float32) / 255.0
+        batch[i] = (x.transpose(2, 0, 1) - mean) / std
+    return batch
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    z = logits.astype(np.float64) / temperature
+    z -= z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def evidence_from_logits(logits: np.ndarray, spec: ModelSpec) -> list[DefectEvidence]:
+    """Turn raw model outputs into calibrated defect evidence, one per crop."""
+    probs = softmax(logits, spec.temperature)
+    idx = [spec.classes.index(c) for c in spec.defective_classes]
+    out = []
+    for row in probs:
+        score = float(row[idx].sum())
+        if score >= spec.threshold_defective:
+            label = spec.defective_classes[int(np.argmax(row[idx]))] if len(idx) > 1 else spec.defective_classes[0]
+        else:
+            label = max((c for c in spec.classes if c not in spec.defective_classes), key=lambda c: row[spec.classes.index(c)])
+        out.append(
+            DefectEvidence(
+                label=label,
+                score=score,
+                probabilities={c: float(p) for c, p in zip(spec.classes, row)},
+                model_name=spec.name,
+                model_version=spec.version,
+            )
+        )
+    return out
+
+
+@runtime_checkable
+class DefectModel(Protocol):
+    """Anything that scores fruit crops for defects (ONNX Runtime in service, torch in training)."""
+
+    spec: ModelSpec
+
+    def predict(self, crops: Sequence[np.ndarray]) -> list[DefectEvidence]:
+        """One piece of evidence per RGB uint8 crop, in order."""
+        ...

@@ -1,0 +1,403 @@
+"""Find fruit in an image and measure them as calipers would.
+
+Definitions (see docs/measurement.md):
+
+* ``diameter_px`` / ``diameter_mm`` — the largest caliper width of the fruit's outline
+  (maximum Feret diameter of the convex hull), i.e. what a caliper closed across the fruit's
+  equator reads for a fruit seen along its stem axis. The width between the outermost pixel
+  centres is corrected for the sub-pixel gap to the true edge (see ``_pixel_extent``).
+* ``minor_diameter_px`` — the caliper width perpendicular to that largest width.
+* ``area_px`` / ``area_mm2`` — projected area of the fruit mask.
+* ``roundness`` — 4·π·area / perimeter² of the convex hull (1.0 for a disc).
+* ``blemish_area_cm2`` — projected skin area inside the fruit mask whose colour departs from the
+  fruit's own skin colour (darker, browner), in cm² through ``mm_per_px``. ``largest_blemish_cm2`` is
+  the largest connected such spot.
+
+All functions take an RGB ``uint8`` array (H, W, 3) and never read files or settings.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from .errors import InvalidMeasurementInput
+from .records import BBox, Flag, FruitMeasurement
+
+
+@dataclass(frozen=True)
+class SegmentationParams:
+    """Knobs of the fruit finder. Defaults suit a belt or cup photographed from above."""
+
+    work_size_px: int = 512  # images are segmented at this longest side, then mapped back
+    border_frac: float = 0.04  # strip of the frame used to learn the background colours
+    background_clusters: int = 3  # colours the background may have (belt, cup, shadow)
+    min_background_share: float = 0.15  # a border colour rarer than this is fruit poking in, not background
+    min_contrast: float = 14.0  # Lab distance from the background below which nothing is fruit
+    min_area_frac: float = 0.004  # blobs smaller than this share of the frame are noise
+    split_touching: bool = True  # separate touching fruit with distance transform + watershed
+
+
+@dataclass(frozen=True)
+class BlemishParams:
+    """A skin pixel is blemish when its Lab distance from the fruit's median skin colour exceeds
+    ``min_delta_e`` *and* it is darker by ``min_darkening_l`` (rot, bruise, scab are darker).
+    Raising either misses faint spots; lowering them counts natural colour variation."""
+
+    min_delta_e: float = 22.0
+    min_darkening_l: float = 12.0
+    edge_margin_frac: float = 0.04  # outermost share of the radius ignored (edge pixels mix with background)
+    rings: int = 8  # skin reference colours, by relative distance from the edge
+
+
+@dataclass
+class Segment:
+    """One fruit-shaped region found in the image (full-resolution coordinates)."""
+
+    bbox: BBox
+    contour: np.ndarray  # (N, 2) int32
+    mask: np.ndarray  # bool, bbox-sized
+    cut_off: bool
+
+
+def _to_lab(image_rgb: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(image_rgb, cv2.COLOR_RGB2LAB).astype(np.float32)
+
+
+def _background_distance(lab: np.ndarray, params: SegmentationParams) -> np.ndarray:
+    """Per-pixel distance (ΔE-like, lightness half-weighted) to the nearest background colour."""
+    h, w = lab.shape[:2]
+    b = max(2, int(round(min(h, w) * params.border_frac)))
+    border = np.concatenate(
+        [lab[:b].reshape(-1, 3), lab[-b:].reshape(-1, 3), lab[:, :b].reshape(-1, 3), lab[:, -b:].reshape(-1, 3)]
+    )
+    k = min(params.background_clusters, len(border))
+    criteria = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 20, 0.5)
+    cv2.setRNGSeed(0)
+    _, labels, centres = cv2.kmeans(border.astype(np.float32), k, None, criteria, 2, cv2.KMEANS_PP_CENTERS)
+    # a fruit reaching into the border strip must not become a "background colour": keep only
+    # colours that cover a real share of the border
+    share = np.bincount(labels.ravel(), minlength=k) / len(labels)
+    centres = centres[(share >= params.min_background_share) | (share == share.max())]
+    weight = np.array([0.5, 1.0, 1.0], dtype=np.float32)  # shading changes L more than a/b
+    flat = lab.reshape(-1, 3)
+    d = np.full(flat.shape[0], np.inf, dtype=np.float32)
+    for c in centres:
+        d = np.minimum(d, np.sqrt((((flat - c) * weight) ** 2).sum(axis=1)))
+    return d.reshape(h, w)
+
+
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    filled = np.zeros(mask.shape, np.uint8)
+    cv2.drawContours(filled, contours, -1, 1, thickness=cv2.FILLED)
+    return filled.astype(bool)
+
+
+#: blobs more solid than this are one fruit; below it, touching fruit are separated
+SPLIT_MAX_SOLIDITY = 0.95
+
+
+def _split_touching(mask: np.ndarray, min_area: int) -> list[np.ndarray]:
+    """Split one blob into fruit at the peaks of its distance transform.
+
+    Only a blob with concavities is split: touching discs have a solidity (area / hull area) of
+    about 0.88-0.93, a single round or oval fruit about 0.98 or more."""
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    hull_area = cv2.contourArea(cv2.convexHull(max(contours, key=cv2.contourArea))) if contours else 0.0
+    if hull_area <= 0 or mask.sum() / hull_area > SPLIT_MAX_SOLIDITY:
+        return [mask]
+    dist = cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, 5)
+    if dist.max() <= 0:
+        return [mask]
+    # a peak must be a fruit centre: far from the edge and a local maximum over a fruit-sized window
+    radius = max(3, int(dist.max() * 0.6))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    local_max = (dist >= cv2.dilate(dist, kernel) - 1e-3) & (dist > 0.55 * dist.max())
+    n, peaks = cv2.connectedComponents(local_max.astype(np.uint8))
+    if n <= 2:  # background label + one peak: nothing to split
+        return [mask]
+    # Touching round fruit meet along the radical line of their circles: give each pixel to the
+    # peak with the smallest power distance |p - c|² - r² (a Laguerre diagram of the fruit discs).
+    ys, xs = np.nonzero(mask)
+    power = np.empty((n - 1, len(xs)), np.float32)
+    for label in range(1, n):
+        py, px = np.nonzero(peaks == label)
+        cy, cx = py.mean(), px.mean()
+        r = float(dist[py, px].max())
+        power[label - 1] = (xs - cx) ** 2 + (ys - cy) ** 2 - r**2
+    owner = power.argmin(axis=0)
+    parts = []
+    for i in range(n - 1):
+        part = np.zeros(mask.shape, np.uint8)
+        part[ys[owner == i], xs[owner == i]] = 1
+        part = cv2.morphologyEx(part, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)).astype(bool)
+        if part.sum() >= min_area:
+            parts.append(part)
+    return parts or [mask]
+
+
+def segment_fruits(image_rgb: np.ndarray, params: SegmentationParams | None = None) -> list[Segment]:
+    """Find fruit-like regions that stand out from the frame's background; left to right."""
+    params = params or SegmentationParams()
+    _check_image(image_rgb)
+    h, w = image_rgb.shape[:2]
+    scale = min(1.0, params.work_size_px / max(h, w))
+    small = image_rgb if scale == 1.0 else cv2.resize(image_rgb, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+    small = cv2.GaussianBlur(small, (3, 3), 0)
+    dist = _background_distance(_to_lab(small), params)
+    otsu_input = np.clip(dist, 0, 255).astype(np.uint8)
+    otsu, _ = cv2.threshold(otsu_input, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    mask = dist > max(float(otsu), params.min_contrast)
+    k = max(3, int(round(min(small.shape[:2]) * 0.01)) | 1)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
+    mask = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_OPEN, kernel)
+    mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, kernel).astype(bool)
+    mask = _fill_holes(mask)
+
+    sh, sw = mask.shape
+    min_area = max(16, int(params.min_area_frac * sh * sw))
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    blobs: list[np.ndarray] = []
+    for i in range(1, n):
+        if stats[i, cv2.CC_STAT_AREA] < min_area:
+            continue
+        blob = labels == i
+        blobs.extend(_split_touching(blob, min_area) if params.split_touching else [blob])
+
+    segments = []
+    for blob in blobs:
+        # back to full resolution: upscale the blob mask, then re-threshold at the original edge
+        if scale != 1.0:
+            full = cv2.resize(blob.astype(np.uint8) * 255, (w, h), interpolation=cv2.INTER_LINEAR) >= 128
+        else:
+            full = blob
+        seg = _segment_from_mask(full, image_rgb, params, refine=True)
+        if seg is not None:
+            segments.append(seg)
+    segments.sort(key=lambda s: (s.bbox[0] + s.bbox[2]) / 2)
+    return segments
+
+
+def _segment_from_mask(full: np.ndarray, image_rgb: np.ndarray, params: SegmentationParams, refine: bool) -> Segment | None:
+    ys, xs = np.nonzero(full)
+    if len(xs) == 0:
+        return None
+    h, w = full.shape
+    pad = 4
+    x0, x1 = max(0, xs.min() - pad), min(w, xs.max() + 1 + pad)
+    y0, y1 = max(0, ys.min() - pad), min(h, ys.max() + 1 + pad)
+    local = full[y0:y1, x0:x1]
+    if refine:
+        local = _refine_edge(image_rgb[y0:y1, x0:x1], local)
+    contours, _ = cv2.findContours(local.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    if not contours:
+        return None
+    contour = max(contours, key=cv2.contourArea)
+    local = np.zeros(local.shape, np.uint8)
+    cv2.drawContours(local, [contour], -1, 1, thickness=cv2.FILLED)
+    ys, xs = np.nonzero(local)
+    bx0, by0, bx1, by1 = x0 + xs.min(), y0 + ys.min(), x0 + xs.max() + 1, y0 + ys.max() + 1
+    mask = local[by0 - y0 : by1 - y0, bx0 - x0 : bx1 - x0].astype(bool)
+    contour = contour.reshape(-1, 2) + np.array([x0, y0])
+    cut_off = bx0 <= 0 or by0 <= 0 or bx1 >= w or by1 >= h
+    return Segment(bbox=(int(bx0), int(by0), int(bx1), int(by1)), contour=contour.astype(np.int32), mask=mask, cut_off=cut_off)
+
+
+def _refine_edge(crop_rgb: np.ndarray, coarse: np.ndarray) -> np.ndarray:
+    """Re-decide the pixels near the coarse edge at full resolution: each is assigned to the
+    nearer of the fruit's and the background's local mean colours (a one-step 2-means)."""
+    ring = cv2.morphologyEx(coarse.astype(np.uint8), cv2.MORPH_GRADIENT, np.ones((7, 7), np.uint8)).astype(bool)
+    if not ring.any():
+        return coarse
+    lab = _to_lab(crop_rgb)
+    inner = cv2.erode(coarse.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
+    outer = ~cv2.dilate(coarse.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
+    if inner.sum() < 10 or outer.sum() < 10:
+        return coarse
+    fg = np.median(lab[inner], axis=0)
+    bg = np.median(lab[outer], axis=0)
+    d_fg = np.linalg.norm(lab - fg, axis=2)
+    d_bg = np.linalg.norm(lab - bg, axis=2)
+    refined = coarse.copy()
+    refined[ring] = d_fg[ring] < d_bg[ring]
+    refined = cv2.morphologyEx(refined.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)).astype(bool)
+    return _fill_holes(refined)
+
+
+def caliper_widths_px(contour: np.ndarray) -> tuple[float, float, float]:
+    """Largest caliper width of an outline, the width perpendicular to it, and the hull perimeter.
+
+    Widths are true extents: the centre-to-centre width plus the digitisation gap (_pixel_extent)."""
+    hull = cv2.convexHull(contour.reshape(-1, 1, 2).astype(np.int32)).reshape(-1, 2).astype(np.float64)
+    if len(hull) < 2:
+        return 1.0, 1.0, 4.0
+    diff = hull[:, None, :] - hull[None, :, :]
+    d2 = (diff**2).sum(axis=2)
+    i, j = np.unravel_index(np.argmax(d2), d2.shape)
+    axis = hull[j] - hull[i]
+    length = float(np.hypot(*axis))
+    if length == 0:
+        return 1.0, 1.0, 4.0
+    # largest width: projection of the hull onto the direction that maximises it, pixel-extent corrected
+    # (the max Feret direction is searched finely around the farthest pair's direction)
+    best = 0.0
+    best_angle = math.atan2(axis[1], axis[0])
+    for da in np.linspace(-0.1, 0.1, 21):
+        a = best_angle + da
+        u = np.array([math.cos(a), math.sin(a)])
+        p = hull @ u
+        width = p.max() - p.min()
+        if width > best:
+            best, best_u = width, u
+    perp = np.array([-best_u[1], best_u[0]])
+    p = hull @ perp
+    minor = p.max() - p.min()
+    best, minor = best + _pixel_extent(best), minor + _pixel_extent(minor)
+    perimeter = float(cv2.arcLength(hull.astype(np.float32).reshape(-1, 1, 2), True))
+    return float(best), float(minor), perimeter
+
+
+def _pixel_extent(width_px: float) -> float:
+    """Correction from a width between outline pixel *centres* to the fruit's true width.
+
+    The outermost pixel centre of a digitised convex outline lies a small gap ε inside the true
+    edge: the cap of the disc beyond it holds on average one lattice point, so
+    (4/3)·√(2R)·ε^(3/2) = 1, i.e. ε = (3 / (4·√(2R)))^(2/3) (0.16 px at R = 70 px). A width
+    spans two such gaps."""
+    r = max(width_px / 2.0, 1.0)
+    return 2.0 * (3.0 / (4.0 * math.sqrt(2.0 * r))) ** (2.0 / 3.0)
+
+
+def measure_segment(
+    image_rgb: np.ndarray,
+    seg: Segment,
+    mm_per_px: float | None,
+    blemish: BlemishParams | None = None,
+) -> FruitMeasurement:
+    """Size, shape and blemish area of one segmented fruit."""
+    if mm_per_px is not None and (not math.isfinite(mm_per_px) or mm_per_px <= 0):
+        raise InvalidMeasurementInput(f"mm_per_px must be a positive number, got {mm_per_px}", field="mm_per_px")
+    diameter_px, minor_px, perimeter_px = caliper_widths_px(seg.contour)
+    area_px = float(seg.mask.sum())
+    roundness = float(min(1.0, 4 * math.pi * area_px / max(perimeter_px, 1.0) ** 2))
+    blemish_px, largest_px = blemish_pixels(image_rgb, seg, blemish or BlemishParams())
+
+    flags: list[Flag] = []
+    sized = mm_per_px is not None and not seg.cut_off
+    if seg.cut_off:
+        flags.append(Flag("cut_off", "fruit is cut off by the image border: not sized", 30))
+    if mm_per_px is None:
+        flags.append(Flag("uncalibrated", "no mm_per_px for this camera or request: sizes unknown", 30))
+    px2_to_cm2 = (mm_per_px**2) / 100.0 if mm_per_px else None
+    return FruitMeasurement(
+        bbox=seg.bbox,
+        contour_px=seg.contour,
+        mask=seg.mask,
+        diameter_px=diameter_px,
+        minor_diameter_px=minor_px,
+        area_px=area_px,
+        roundness=roundness,
+        mm_per_px=mm_per_px,
+        diameter_mm=diameter_px * mm_per_px if sized else None,
+        minor_diameter_mm=minor_px * mm_per_px if sized else None,
+        area_mm2=area_px * mm_per_px**2 if sized else None,
+        blemish_area_cm2=blemish_px * px2_to_cm2 if px2_to_cm2 is not None else None,
+        largest_blemish_cm2=largest_px * px2_to_cm2 if px2_to_cm2 is not None else None,
+        blemish_fraction=blemish_px / max(area_px, 1.0),
+        cut_off=seg.cut_off,
+        quality_flags=flags,
+    )
+
+
+def blemish_pixels(image_rgb: np.ndarray, seg: Segment, params: BlemishParams) -> tuple[float, float]:
+    """Pixels of skin that look blemished (total, largest connected spot).
+
+    Each skin pixel is compared with the median colour of the skin at the same relative distance
+    from the fruit's edge, so the darker rim of a lit sphere is not taken for a blemish."""
+    x0, y0, x1, y1 = seg.bbox
+    lab = _to_lab(image_rgb[y0:y1, x0:x1])
+    mask = seg.mask
+    dist = cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, 5)
+    dmax = max(float(dist.max()), 1.0)
+    skin = mask & (dist > params.edge_margin_frac * dmax)
+    if skin.sum() < 20:
+        return 0.0, 0.0
+    rings = np.minimum((dist / dmax * params.rings).astype(np.int32), params.rings - 1)
+    ref = np.zeros_like(lab)
+    for ring in range(params.rings):
+        sel = skin & (rings == ring)
+        if sel.sum() >= 10:
+            ref[sel] = np.median(lab[sel], axis=0)
+        elif sel.any():
+            ref[sel] = np.median(lab[skin], axis=0)
+    delta_e = np.linalg.norm(lab - ref, axis=2)
+    darker = (ref[..., 0] - lab[..., 0]) > params.min_darkening_l
+    spots = (skin & (delta_e > params.min_delta_e) & darker).astype(np.uint8)
+    spots = cv2.morphologyEx(spots, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    total = float(spots.sum())
+    if total == 0:
+        return 0.0, 0.0
+    n, _, stats, _ = cv2.connectedComponentsWithStats(spots, connectivity=8)
+    largest = float(stats[1:, cv2.CC_STAT_AREA].max()) if n > 1 else 0.0
+    return total, largest
+
+
+def measure_image(
+    image_rgb: np.ndarray,
+    mm_per_px: float | None,
+    params: SegmentationParams | None = None,
+    blemish: BlemishParams | None = None,
+) -> list[FruitMeasurement]:
+    """Every fruit in the frame, measured, left to right."""
+    return [measure_segment(image_rgb, s, mm_per_px, blemish) for s in segment_fruits(image_rgb, params)]
+
+
+#: colour that replaces everything outside the fruit in a model crop (the normalisation mean,
+#: so it reads as zero to the network)
+CROP_FILL_RGB = (124, 116, 104)
+
+
+def crop_for_model(
+    image_rgb: np.ndarray,
+    bbox: BBox,
+    margin_frac: float = 0.08,
+    mask: np.ndarray | None = None,
+) -> np.ndarray:
+    """A square crop centred on the fruit with a margin, padded by edge replication at borders.
+
+    With the fruit's ``mask`` (bbox-sized, as in :class:`FruitMeasurement`), everything outside the
+    slightly grown fruit is painted ``CROP_FILL_RGB``: the model judges the fruit, never the belt,
+    the hand holding it or the photo studio behind it. Training uses this same function, so the
+    model sees in training what it sees on the line."""
+    h, w = image_rgb.shape[:2]
+    x0, y0, x1, y1 = bbox
+    side = max(x1 - x0, y1 - y0)
+    side = int(round(side * (1 + 2 * margin_frac)))
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    sx0, sy0 = int(round(cx - side / 2)), int(round(cy - side / 2))
+    sx1, sy1 = sx0 + side, sy0 + side
+    pad = max(0, -sx0, -sy0, sx1 - w, sy1 - h)
+    if pad:
+        image_rgb = cv2.copyMakeBorder(image_rgb, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+    crop = image_rgb[sy0 + pad : sy1 + pad, sx0 + pad : sx1 + pad]
+    if mask is None:
+        return crop
+    keep = np.zeros((side, side), np.uint8)
+    ox, oy = x0 - sx0, y0 - sy0
+    mh, mw = mask.shape
+    keep[max(0, oy) : oy + mh, max(0, ox) : ox + mw] = mask[max(0, -oy) : side - oy, max(0, -ox) : side - ox]
+    grow = max(1, int(round(side * 0.015)))
+    keep = cv2.dilate(keep, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1)))
+    out = np.empty_like(crop)
+    out[:] = CROP_FILL_RGB
+    out[keep.astype(bool)] = crop[keep.astype(bool)]
+    return out
+
+
+def _check_image(image_rgb: np.ndarray) -> None:
+    if image_rgb.ndim != 3 or image_rgb.shape[2] != 3 or image_rgb.dtype != np.uint8:
+        raise InvalidMeasurementInput(f"expected an RGB uint8 image (H, W, 3), got {image_rgb.dtype} {image_rgb.shape}", field="image")

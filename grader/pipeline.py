@@ -1,0 +1,55 @@
+"""One image in, every fruit in it graded: measure -> defect model -> rules -> flags."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .defect import DefectModel
+from .flags import FlagPolicy, fruit_flags, image_quality_flags
+from .measure import BlemishParams, SegmentationParams, crop_for_model, measure_image
+from .records import Flag, FruitGrade, SweetnessEvidence
+from .rules import facts_from, grade_fruit
+from .standards import Standard
+
+
+@dataclass
+class ImageGrade:
+    fruits: list[FruitGrade]
+    image_flags: list[Flag] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "fruits": [f.to_dict() for f in self.fruits],
+            "image_flags": [f.to_dict() for f in self.image_flags],
+        }
+
+
+def grade_image(
+    image_rgb: np.ndarray,
+    model: DefectModel,
+    standard: Standard,
+    *,
+    mm_per_px: float | None,
+    sweetness: SweetnessEvidence | None = None,
+    policy: FlagPolicy | None = None,
+    segmentation: SegmentationParams | None = None,
+    blemish: BlemishParams | None = None,
+) -> ImageGrade:
+    policy = policy or FlagPolicy()
+    quality = image_quality_flags(image_rgb, policy)
+    measurements = measure_image(image_rgb, mm_per_px, segmentation, blemish)
+    if not measurements:
+        return ImageGrade([], quality + [Flag("no_fruit", "no fruit found in the image", 20)])
+    crops = [crop_for_model(image_rgb, m.bbox, model.spec.crop_margin_frac, m.mask) for m in measurements]
+    evidence = model.predict(crops)
+    fruits = []
+    for m, ev in zip(measurements, evidence):
+        sound = tuple(c for c in model.spec.classes if c not in model.spec.defective_classes)
+        facts = facts_from(m.diameter_mm, None if sweetness is None else sweetness.brix, m.blemish_area_cm2,
+                           m.largest_blemish_cm2, None, ev, sound)
+        decision = grade_fruit(standard, facts)
+        flags = sorted(quality + m.quality_flags + fruit_flags(ev, decision, policy), key=lambda f: f.priority)
+        fruits.append(FruitGrade(measurement=m, defect=ev, sweetness=sweetness, decision=decision, flags=flags))
+    return ImageGrade(fruits, [])

@@ -1,0 +1,100 @@
+"""create_app(settings): everything the service needs, wired in one place."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from grader.flags import FlagPolicy
+from grader.standards import Standard, get_standard, load_standards
+
+from . import errors
+from .auth import load_or_create_keys
+from .onnx_model import OnnxDefectModel
+from .routers import grade, health, results
+from .settings import Settings
+from .storage import ImageStore, Repository, init_db, make_engine
+
+log = logging.getLogger("grader.service")
+
+
+@dataclass
+class Context:
+    """The service's wired components, reachable from every route as request.app.state.ctx."""
+
+    settings: Settings
+    repo: Repository
+    images: ImageStore
+    model: OnnxDefectModel
+    standards: dict[str, Standard]
+    default_standard: Standard
+    policy: FlagPolicy
+    api_keys: dict[str, str]
+    keys_file: Path | None
+
+
+def build_context(settings: Settings) -> Context:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.resolved_database_url)
+    init_db(engine)
+    model = OnnxDefectModel(settings.model_dir, settings.onnx_threads)
+    standards = load_standards(*([settings.standards_dir] if settings.standards_dir else []))
+    keys, keys_file = load_or_create_keys(settings.api_keys, settings.data_dir)
+    policy = FlagPolicy(
+        review_band=settings.review_band or model.spec.review_band,
+        min_sharpness=settings.min_sharpness,
+        max_clipped_frac=settings.max_clipped_frac,
+    )
+    return Context(
+        settings=settings,
+        repo=Repository(engine),
+        images=ImageStore(settings.images_dir),
+        model=model,
+        standards=standards,
+        default_standard=get_standard(standards, settings.default_standard),
+        policy=policy,
+        api_keys=keys,
+        keys_file=keys_file,
+    )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    ctx = build_context(settings)
+    app = FastAPI(
+        title="orchard-grader",
+        version="0.1.0",
+        description="Fruit quality grading for packhouses: size, defects and sweetness to a grade, an outlet and a review queue. "
+        "Authenticate with the `X-API-Key` header.",
+    )
+    app.state.ctx = ctx
+    errors.install(app)
+    app.include_router(health.router)
+    app.include_router(grade.router)
+    app.include_router(results.router)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """uvicorn factory: settings from the environment (GRADER_*)."""
+    return create_app(Settings())
+
+
+def announce(settings: Settings, host: str, port: int) -> None:
+    """Tell the person who ran `grader serve` where things are and how to authenticate."""
+    keys, keys_file = load_or_create_keys(settings.api_keys, settings.data_dir)
+    base = f"http://{host}:{port}"
+    print(f"orchard-grader on {base}")
+    print(f"  API docs : {base}/docs")
+    print(f"  health   : {base}/healthz")
+    print(f"  database : {settings.resolved_database_url}")
+    print(f"  model    : {settings.model_dir}")
+    if keys_file is not None:
+        print(f"  API keys (send as header X-API-Key), stored in {keys_file}:")
+        for key, role in sorted(keys.items(), key=lambda kv: kv[1]):
+            print(f"    {role:<9} {key}")
+    else:
+        print("  API keys : from GRADER_API_KEYS (send as header X-API-Key)")

@@ -1,0 +1,72 @@
+"""The `grader` command: serve the API, train and evaluate models.
+
+    grader serve [--host 127.0.0.1] [--port 8000] [--workers 1]
+    grader train [--config FILE] [--set key=value ...] --out DIR [--work-dir DIR] [--resume]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service.settings import Settings
+
+    settings = Settings()
+    from service.app import announce
+
+    announce(settings, args.host, args.port)
+    uvicorn.run(
+        "service.app:app_from_env",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level=args.log_level,
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    try:
+        from training import train
+    except ImportError as exc:  # torch is an extra
+        print(f"training needs the [train] extra (pip install -e '.[train]'): {exc}", file=sys.stderr)
+        return 2
+    cfg = train.load_config(Path(args.config), args.set)
+    out = Path(args.out) if args.out else Path("models") / cfg["name"] / str(cfg["version"])
+    work = Path(args.work_dir) if args.work_dir else Path("var") / "train" / f"{cfg['name']}-{cfg['version']}"
+    train.run(cfg, out, work, resume=args.resume)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="grader", description="orchard-grader: fruit quality grading service")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("serve", help="run the HTTP service")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (use PostgreSQL for more than one)")
+    s.add_argument("--log-level", default="info")
+    s.set_defaults(func=_serve)
+
+    t = sub.add_parser("train", help="train, evaluate and export a defect model")
+    t.add_argument("--config", default=str(Path(__file__).resolve().parents[1] / "training" / "configs" / "apple_defect.yaml"))
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. train.epochs=5")
+    t.add_argument("--out", help="artifact directory (default models/<name>/<version>)")
+    t.add_argument("--work-dir", help="checkpoints and crop cache (default var/train/<name>-<version>)")
+    t.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --work-dir")
+    t.set_defaults(func=_train)
+
+    args = p.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,66 @@
+"""Domain errors -> HTTP status codes, in one place. Every error body names the problem:
+{"error": {"code": ..., "message": ..., "field": ...}}."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from grader.errors import (
+    GraderError,
+    InvalidImage,
+    InvalidMeasurementInput,
+    InvalidModelArtifact,
+    InvalidStandard,
+    Uncalibrated,
+    UnknownStandard,
+)
+
+
+class ApiError(Exception):
+    """A request the service refuses, with the field it is about."""
+
+    def __init__(self, status: int, code: str, message: str, field: str | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.field, self.headers = status, code, message, field, headers
+
+
+STATUS: dict[type[GraderError], tuple[int, str]] = {
+    InvalidImage: (422, "invalid_image"),
+    InvalidMeasurementInput: (422, "invalid_value"),
+    Uncalibrated: (422, "uncalibrated"),
+    UnknownStandard: (404, "unknown_standard"),
+    InvalidStandard: (422, "invalid_standard"),
+    InvalidModelArtifact: (422, "invalid_model"),
+}
+
+
+def _body(code: str, message: str, field: str | None = None, **extra) -> dict:
+    return {"error": {"code": code, "message": message, "field": field, **extra}}
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api(_: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(_body(exc.code, exc.message, exc.field), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(GraderError)
+    async def _domain(_: Request, exc: GraderError) -> JSONResponse:
+        status, code = next((v for k, v in STATUS.items() if isinstance(exc, k)), (422, "invalid_request"))
+        return JSONResponse(_body(code, exc.message, exc.field), status_code=status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for e in exc.errors():
+            loc = [str(x) for x in e.get("loc", ()) if x not in ("body", "query", "path", "header", "form")]
+            problems.append({"field": ".".join(loc) or None, "message": e.get("msg", "invalid")})
+        first = problems[0] if problems else {"field": None, "message": "invalid request"}
+        msg = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
+        return JSONResponse(_body("invalid_request", msg, first["field"], problems=problems), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(_body(f"http_{exc.status_code}", str(exc.detail)), status_code=exc.status_code, headers=getattr(exc, "headers", None))

@@ -1,0 +1,80 @@
+"""The ONNX Runtime adapter of the core's DefectModel protocol.
+
+Reads its preprocessing from the artifact's metadata.json; the session is created once, with
+threads set for the machine, and warmed up before the service reports ready.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import onnxruntime as ort
+
+from grader.defect import ModelSpec, evidence_from_logits, preprocess
+from grader.errors import InvalidModelArtifact
+from grader.records import DefectEvidence
+
+
+def resolve_model_dir(path: Path) -> Path:
+    """An artifact directory itself, or a directory whose DEFAULT file names one (relative)."""
+    path = Path(path)
+    if (path / "model.onnx").exists():
+        return path
+    pointer = path / "DEFAULT"
+    if pointer.exists():
+        target = path / pointer.read_text().strip()
+        if (target / "model.onnx").exists():
+            return target
+    raise InvalidModelArtifact(f"no model artifact at {path}: expected model.onnx + metadata.json, or a DEFAULT pointer")
+
+
+class OnnxDefectModel:
+    def __init__(self, model_dir: Path, threads: int = 0) -> None:
+        self.model_dir = resolve_model_dir(model_dir)
+        meta_path = self.model_dir / "metadata.json"
+        if not meta_path.exists():
+            raise InvalidModelArtifact(f"{self.model_dir} has model.onnx but no metadata.json")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise InvalidModelArtifact(f"{meta_path}: not valid JSON: {exc}") from exc
+        self.spec = ModelSpec.from_metadata(meta)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        onnx_bytes = (self.model_dir / "model.onnx").read_bytes()
+        self.sha256 = hashlib.sha256(onnx_bytes).hexdigest()
+        try:
+            self.session = ort.InferenceSession(onnx_bytes, opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise InvalidModelArtifact(f"{self.model_dir}/model.onnx cannot be loaded: {exc}") from exc
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        if self.spec.input_name not in inputs:
+            raise InvalidModelArtifact(f"model has no input {self.spec.input_name!r} (has {sorted(inputs)})")
+        shape = inputs[self.spec.input_name].shape
+        if len(shape) != 4 or [shape[2], shape[3]] != list(self.spec.input_size):
+            raise InvalidModelArtifact(f"model input shape {shape} does not match metadata input_size {self.spec.input_size}")
+        self._lock = threading.Lock()
+        self.warm_up()
+
+    def warm_up(self) -> None:
+        h, w = self.spec.input_size
+        self.run(np.zeros((1, 3, h, w), np.float32))
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        out = self.session.run([self.spec.output_name], {self.spec.input_name: batch})[0]
+        if out.shape != (len(batch), len(self.spec.classes)):
+            raise InvalidModelArtifact(f"model output shape {out.shape} does not match {len(self.spec.classes)} classes")
+        return out
+
+    def predict(self, crops: Sequence[np.ndarray]) -> list[DefectEvidence]:
+        if not crops:
+            return []
+        return evidence_from_logits(self.run(preprocess(crops, self.spec)), self.spec)

@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", summary="Liveness: 200 once the model is loaded")
+def healthz(request: Request) -> dict:
+    m = request.app.state.ctx.model
+    return {"status": "ok", "model": {"name": m.spec.name, "version": m.spec.version}}
+
+
+@router.get("/readyz", summary="Readiness: model loaded and database reachable")
+def readyz(request: Request) -> JSONResponse:
+    ctx = request.app.state.ctx
+    try:
+        ctx.repo.ping()
+        db = "ok"
+    except Exception as exc:  # any driver error means "not reachable"
+        db = f"unreachable: {type(exc).__name__}"
+    ok = db == "ok"
+    return JSONResponse({"status": "ready" if ok else "not ready", "database": db, "model": ctx.model.spec.version}, status_code=200 if ok else 503)

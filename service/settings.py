@@ -1,0 +1,54 @@
+"""One Settings object for the whole service (env prefix GRADER_), injected into create_app."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHIPPED_MODELS = REPO_ROOT / "models"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GRADER_", env_file=None, extra="ignore")
+
+    #: where the database (SQLite default), the stored images and generated API keys live
+    data_dir: Path = Path("./var")
+    #: SQLAlchemy URL; default SQLite in data_dir. PostgreSQL: postgresql+psycopg://user@host/db
+    database_url: str | None = None
+    #: a model artifact directory (model.onnx + metadata.json), or a directory with a DEFAULT pointer
+    model_dir: Path = SHIPPED_MODELS
+    #: "role:key,role:key" with roles camera, inspector, trainer, admin. Unset: keys are generated
+    #: on first start, stored in data_dir/api_keys.json and printed.
+    api_keys: str | None = None
+    #: grade standard used when a request names none (an id from grader/standards/*.toml)
+    default_standard: str = "unece-ffv50-apples"
+    #: a directory with a packhouse's own standard files, added to the shipped ones
+    standards_dir: Path | None = None
+
+    # --- input limits: bigger uploads get 413, bigger images 422 (decompression bombs)
+    max_image_bytes: int = Field(default=15 * 1024 * 1024, gt=0)
+    max_image_pixels: int = Field(default=40_000_000, gt=0)
+
+    # --- inference
+    #: ONNX Runtime intra-op threads; 0 = one per CPU core
+    onnx_threads: int = Field(default=0, ge=0)
+
+    # --- flag triggers (each trades inspector workload against missed abnormal fruit)
+    #: widen to send more borderline fruit to inspectors; narrow to trust the model more.
+    #: Unset: the model's own review band from its metadata.
+    review_band: tuple[float, float] | None = None
+    min_sharpness: float = 20.0
+    max_clipped_frac: float = 0.25
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'grader.db').resolve()}"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.data_dir / "images"

@@ -1,0 +1,179 @@
+"""Persistence: SQLAlchemy 2 tables for results and images, and a content-addressed image store.
+
+A result is acknowledged only after its transaction commits; the image file is written (and
+fsynced) before the row that references it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, create_engine, event, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ImageRow(Base):
+    __tablename__ = "images"
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    path: Mapped[str] = mapped_column(String(512))
+    media_type: Mapped[str] = mapped_column(String(32))
+    width_px: Mapped[int] = mapped_column(Integer)
+    height_px: Mapped[int] = mapped_column(Integer)
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ResultRow(Base):
+    __tablename__ = "results"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=lambda: str(uuid.uuid4()))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True, nullable=True)
+    camera_id: Mapped[str | None] = mapped_column(String(100), index=True)
+    lot_id: Mapped[str | None] = mapped_column(String(100), index=True)
+    fruit_id: Mapped[str | None] = mapped_column(String(100))
+    lane: Mapped[str | None] = mapped_column(String(50))
+    image_sha256: Mapped[str] = mapped_column(ForeignKey("images.sha256"))
+    mm_per_px: Mapped[float | None] = mapped_column(Float)
+    brix: Mapped[float | None] = mapped_column(Float)
+    model_name: Mapped[str] = mapped_column(String(100))
+    model_version: Mapped[str] = mapped_column(String(50))
+    standard_id: Mapped[str] = mapped_column(String(100))
+    standard_version: Mapped[str] = mapped_column(String(50))
+    n_fruits: Mapped[int] = mapped_column(Integer)
+    flagged: Mapped[bool] = mapped_column(Boolean, index=True)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    fruits: Mapped[list["FruitRow"]] = relationship(back_populates="result", order_by="FruitRow.index", cascade="all, delete-orphan")
+
+
+class FruitRow(Base):
+    """One graded fruit of a result: what the review queue and lot reports query."""
+
+    __tablename__ = "fruits"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    result_id: Mapped[str] = mapped_column(ForeignKey("results.id"), index=True)
+    index: Mapped[int] = mapped_column(Integer)
+    grade: Mapped[str | None] = mapped_column(String(50), index=True)
+    flagged: Mapped[bool] = mapped_column(Boolean, index=True)
+    diameter_mm: Mapped[float | None] = mapped_column(Float)
+    defect_score: Mapped[float | None] = mapped_column(Float)
+    result: Mapped[ResultRow] = relationship(back_populates="fruits")
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(conn, _record):  # WAL: readers never block the writer
+            cur = conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+
+
+def init_db(engine: Engine) -> None:
+    Base.metadata.create_all(engine)
+
+
+class ImageStore:
+    """Images stored once, named by their SHA-256, under root/ab/cd/<sha>.<ext>."""
+
+    EXT = {"image/jpeg": ".jpg", "image/png": ".png"}
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path_for(self, sha: str, media_type: str) -> Path:
+        return self.root / sha[:2] / sha[2:4] / f"{sha}{self.EXT.get(media_type, '.bin')}"
+
+    def put(self, data: bytes, media_type: str) -> tuple[str, Path]:
+        sha = hashlib.sha256(data).hexdigest()
+        path = self.path_for(sha, media_type)
+        if path.exists() and path.stat().st_size == len(data):
+            return sha, path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)  # atomic: a reader never sees half an image
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return sha, path
+
+
+class Repository:
+    """The service's unit of work over results and images."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.sessions = sessionmaker(engine, expire_on_commit=False)
+
+    def find_by_idempotency_key(self, key: str) -> ResultRow | None:
+        with self.sessions() as s:
+            return s.scalar(select(ResultRow).where(ResultRow.idempotency_key == key))
+
+    def save_result(self, image: ImageRow, result: ResultRow, fruits: list[FruitRow]) -> ResultRow:
+        """Commit image row, result and fruits in one transaction. A concurrent retry with the same
+        idempotency key loses the race and gets the first result back."""
+        for attempt in range(3):
+            with self.sessions() as s:
+                try:
+                    with s.begin():
+                        if s.get(ImageRow, image.sha256) is None:
+                            s.add(ImageRow(**{c.key: getattr(image, c.key) for c in ImageRow.__table__.columns}))
+                            s.flush()
+                        result.fruits = fruits
+                        s.add(result)
+                    return result
+                except IntegrityError:
+                    if result.idempotency_key:
+                        existing = self.find_by_idempotency_key(result.idempotency_key)
+                        if existing is not None:
+                            return existing
+                    if attempt == 2:
+                        raise
+                    # the same image was stored by a concurrent request: retry with it present
+                    result = ResultRow(**{c.key: getattr(result, c.key) for c in ResultRow.__table__.columns})
+                    fruits = [FruitRow(**{c.key: getattr(f, c.key) for c in FruitRow.__table__.columns if c.key != "id"}) for f in fruits]
+        raise RuntimeError("unreachable")
+
+    def get_result(self, result_id: str) -> ResultRow | None:
+        with self.sessions() as s:
+            return s.get(ResultRow, result_id)
+
+    def get_image(self, sha: str) -> ImageRow | None:
+        with self.sessions() as s:
+            return s.get(ImageRow, sha)
+
+    def ping(self) -> bool:
+        with self.engine.connect() as c:
+            c.exec_driver_sql("SELECT 1")
+        return True

@@ -1,0 +1,98 @@
+"""Measurement against seeded synthetic fruit of known size and blemish area."""
+
+import numpy as np
+import pytest
+
+from datasets.synthetic import FruitSpec, make_frame, make_fruit_image
+from grader.errors import InvalidMeasurementInput
+from grader.measure import crop_for_model, measure_image, segment_fruits
+
+
+@pytest.mark.parametrize("mm_per_px", [0.15, 0.3, 0.5])
+@pytest.mark.parametrize("diameter_mm", [55.0, 88.0])
+@pytest.mark.parametrize("colour,background", [("red", "belt"), ("yellow", "cup"), ("green", "belt")])
+def test_diameter_within_half_a_millimetre(mm_per_px, diameter_mm, colour, background):
+    img, truth = make_fruit_image(seed=int(diameter_mm * 10 + mm_per_px * 100), diameter_mm=diameter_mm,
+                                  mm_per_px=mm_per_px, colour=colour, background=background)
+    [m] = measure_image(img, mm_per_px)
+    assert m.diameter_mm == pytest.approx(diameter_mm, abs=0.5)
+    assert m.minor_diameter_mm == pytest.approx(diameter_mm, abs=0.5)
+    assert m.area_mm2 == pytest.approx(np.pi * diameter_mm**2 / 4, rel=0.02)
+    assert m.roundness > 0.95
+    assert not m.quality_flags
+
+
+def test_elliptic_fruit_major_and_minor():
+    img, _ = make_fruit_image(seed=3, diameter_mm=80.0, mm_per_px=0.25, aspect=0.8, angle_deg=30, colour="lemon")
+    [m] = measure_image(img, 0.25)
+    assert m.diameter_mm == pytest.approx(80.0, abs=0.5)
+    assert m.minor_diameter_mm == pytest.approx(64.0, abs=0.5)
+    assert m.roundness < 0.99
+
+
+@pytest.mark.parametrize("blemishes", [(0.5,), (1.0, 0.5), (2.0, 0.3, 0.8)])
+@pytest.mark.parametrize("colour", ["red", "yellow", "green"])
+def test_blemish_area_within_15_percent(blemishes, colour):
+    img, truth = make_fruit_image(seed=11, diameter_mm=75.0, mm_per_px=0.2, colour=colour, blemishes_cm2=blemishes)
+    [m] = measure_image(img, 0.2)
+    t = truth.fruits[0]
+    assert m.blemish_area_cm2 == pytest.approx(t.blemish_area_cm2, rel=0.15)
+    assert m.largest_blemish_cm2 == pytest.approx(t.largest_blemish_cm2, rel=0.15)
+
+
+def test_clean_fruit_has_no_blemish():
+    img, _ = make_fruit_image(seed=5, diameter_mm=70.0, mm_per_px=0.2, colour="yellow")
+    [m] = measure_image(img, 0.2)
+    assert m.blemish_area_cm2 < 0.05
+
+
+def test_three_touching_fruit_are_three_entries_left_to_right():
+    specs = [FruitSpec(70, (40, 50)), FruitSpec(66, (107, 50), colour="green"), FruitSpec(74, (177, 52))]
+    img, truth = make_frame(specs, mm_per_px=0.5, size_px=(200, 430), seed=2)
+    ms = measure_image(img, 0.5)
+    assert len(ms) == 3
+    centres = [(m.bbox[0] + m.bbox[2]) / 2 for m in ms]
+    assert centres == sorted(centres)
+    for m, spec in zip(ms, specs):
+        assert m.diameter_mm == pytest.approx(spec.diameter_mm, abs=2.0)
+
+
+def test_fruit_cut_by_border_is_flagged_not_sized():
+    img, _ = make_frame([FruitSpec(70, (20, 60)), FruitSpec(70, (120, 60))], mm_per_px=0.5, size_px=(240, 320))
+    ms = measure_image(img, 0.5)
+    assert len(ms) == 2
+    cut, whole = ms
+    assert cut.cut_off and cut.diameter_mm is None and "cut_off" in [f.code for f in cut.quality_flags]
+    assert not whole.cut_off and whole.diameter_mm == pytest.approx(70, abs=0.5)
+
+
+def test_uncalibrated_sizes_are_null_and_flagged():
+    img, _ = make_fruit_image(seed=1, diameter_mm=70.0, mm_per_px=0.3)
+    [m] = measure_image(img, None)
+    assert m.diameter_mm is None and m.blemish_area_cm2 is None
+    assert m.diameter_px == pytest.approx(70 / 0.3, abs=2)
+    assert [f.code for f in m.quality_flags] == ["uncalibrated"]
+
+
+def test_empty_belt_has_no_fruit():
+    img, _ = make_frame([], mm_per_px=0.5, size_px=(240, 320), seed=4)
+    assert segment_fruits(img) == []
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf")])
+def test_bad_scale_is_rejected(bad):
+    img, _ = make_fruit_image(seed=1)
+    with pytest.raises(InvalidMeasurementInput):
+        measure_image(img, bad)
+
+
+def test_model_crop_is_square_and_masks_background():
+    img, truth = make_fruit_image(seed=1, diameter_mm=60, mm_per_px=0.5, background="cup")
+    seg = segment_fruits(img)[0]
+    crop = crop_for_model(img, seg.bbox, 0.1, seg.mask)
+    assert crop.shape[0] == crop.shape[1] == round(max(seg.bbox[2] - seg.bbox[0], seg.bbox[3] - seg.bbox[1]) * 1.2)
+    from grader.measure import CROP_FILL_RGB
+
+    assert tuple(crop[0, 0]) == CROP_FILL_RGB  # the cup is painted out
+    c = crop.shape[0] // 2
+    assert tuple(crop[c, c]) != CROP_FILL_RGB

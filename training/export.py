@@ -1,0 +1,53 @@
+"""Export a trained torch model to ONNX and check the export against torch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from torch import nn
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+
+
+def export_onnx(model: nn.Module, path: Path, input_size: int, opset: int = 17) -> None:
+    model.eval()
+    dummy = torch.zeros(1, 3, input_size, input_size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.onnx.export(
+        model,
+        (dummy,),
+        str(path),
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+        opset_version=opset,
+        dynamo=False,
+    )
+
+
+def check_export(model: nn.Module, onnx_path: Path, batch: np.ndarray, temperature: float = 1.0) -> dict[str, float]:
+    """Run the same preprocessed batch through torch and ONNX Runtime; return the largest
+    differences of logits and of softmax scores. Raises if scores differ by 1e-4 or more."""
+    model.eval()
+    with torch.no_grad():
+        ref = model(torch.from_numpy(batch)).numpy()
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    got = sess.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
+
+    def sm(z: np.ndarray) -> np.ndarray:
+        z = z.astype(np.float64) / temperature
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    out = {
+        "max_abs_diff_logits": float(np.abs(ref - got).max()),
+        "max_abs_diff_scores": float(np.abs(sm(ref) - sm(got)).max()),
+        "n_images": int(len(batch)),
+    }
+    if out["max_abs_diff_scores"] >= 1e-4:
+        raise RuntimeError(f"ONNX export disagrees with torch: {out}")
+    return out

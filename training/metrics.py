@@ -1,0 +1,97 @@
+"""Evaluation figures for a binary sound/defective model (numpy only)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def auc(y: np.ndarray, s: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney), ties counted half."""
+    pos, neg = s[y == 1], s[y == 0]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
+    ranks = np.empty(len(order))
+    allv = np.concatenate([pos, neg])[order]
+    # average ranks for ties
+    i = 0
+    r = np.arange(1, len(allv) + 1, dtype=np.float64)
+    while i < len(allv):
+        j = i
+        while j + 1 < len(allv) and allv[j + 1] == allv[i]:
+            j += 1
+        r[i : j + 1] = (i + j + 2) / 2
+        i = j + 1
+    ranks[order] = r
+    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def binary_report(y: np.ndarray, scores: np.ndarray, threshold: float, counts_only: bool = False) -> dict[str, Any]:
+    y = np.asarray(y).astype(int)
+    pred = (scores >= threshold).astype(int)
+    tp = int(((pred == 1) & (y == 1)).sum())
+    tn = int(((pred == 0) & (y == 0)).sum())
+    fp = int(((pred == 1) & (y == 0)).sum())
+    fn = int(((pred == 0) & (y == 1)).sum())
+    rec = tp / (tp + fn) if tp + fn else float("nan")
+    spec = tn / (tn + fp) if tn + fp else float("nan")
+    rates = [r for r in (rec, spec) if r == r]
+    out: dict[str, Any] = {
+        "n": int(len(y)),
+        "accuracy": (tp + tn) / max(len(y), 1),
+        "balanced_accuracy": float(np.mean(rates)) if rates else float("nan"),
+        "recall_defective": rec,
+        "recall_sound": spec,
+        "confusion": {"labels": ["sound", "defective"], "matrix": [[tn, fp], [fn, tp]]},
+    }
+    if not counts_only:
+        out["auc"] = auc(y, scores)
+        out["threshold"] = threshold
+    return out
+
+
+def expected_calibration_error(y: np.ndarray, scores: np.ndarray, bins: int = 10) -> float:
+    """ECE of P(defective) over equal-width bins."""
+    y = np.asarray(y).astype(float)
+    edges = np.linspace(0, 1, bins + 1)
+    ece = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        sel = (scores >= lo) & (scores < hi if hi < 1 else scores <= hi)
+        if sel.any():
+            ece += sel.mean() * abs(scores[sel].mean() - y[sel].mean())
+    return float(ece)
+
+
+def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
+    """Temperature minimising the negative log-likelihood on held-out logits (golden search)."""
+    y = np.asarray(y).astype(int)
+
+    def nll(t: float) -> float:
+        z = logits.astype(np.float64) / t
+        z = z - z.max(axis=1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        return float(-logp[np.arange(len(y)), y].mean())
+
+    lo, hi = np.log(0.05), np.log(20.0)
+    g = (np.sqrt(5) - 1) / 2
+    a, b = hi - g * (hi - lo), lo + g * (hi - lo)
+    for _ in range(60):
+        if nll(np.exp(a)) < nll(np.exp(b)):
+            hi = b
+        else:
+            lo = a
+        a, b = hi - g * (hi - lo), lo + g * (hi - lo)
+    return float(np.exp((lo + hi) / 2))
+
+
+def pick_threshold(y: np.ndarray, scores: np.ndarray, min_recall: float) -> float:
+    """The largest threshold whose recall on defective fruit stays >= min_recall; fewer false
+    alarms at the recall the packhouse asked for. Falls back to 0.5 without defective examples."""
+    pos = np.sort(scores[np.asarray(y) == 1])
+    if len(pos) == 0:
+        return 0.5
+    k = int(np.floor((1 - min_recall) * len(pos)))  # may miss at most k defective fruit
+    t = float(pos[k])
+    return float(min(max(t, 0.02), 0.98))

@@ -1,0 +1,301 @@
+"""Train a defect model: args -> config saved with the artifact -> train -> evaluate -> export.
+
+    grader train --config training/configs/apple_defect.yaml --out models/apple-defect/0.1.0
+    grader train --set train.epochs=2 --set data.kind=synthetic --out /tmp/tiny
+
+The artifact directory receives model.onnx, metadata.json, config.yaml (resolved), manifest.json
+and metrics.json. Checkpoints go to --work-dir so an interrupted run resumes with --resume.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import json
+import math
+import random
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+from torchvision.transforms import v2 as T
+from tqdm import tqdm
+
+from datasets import fruitnet
+from datasets.synthetic import random_fruit_image
+from grader.defect import ModelSpec, preprocess
+from training.crops import crop_cache
+from training.export import INPUT_NAME, OUTPUT_NAME, check_export, export_onnx
+from training.metrics import binary_report, expected_calibration_error, fit_temperature, pick_threshold
+from training.models_registry import build_model
+
+CLASSES = ["sound", "defective"]
+DEFAULT_CONFIG = Path(__file__).parent / "configs" / "apple_defect.yaml"
+
+
+# ----------------------------------------------------------------------------- config
+def load_config(path: Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    cfg = yaml.safe_load(Path(path).read_text())
+    for item in overrides or []:
+        key, _, raw = item.partition("=")
+        if not _:
+            raise ValueError(f"override {item!r} must look like key.sub=value")
+        node = cfg
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = yaml.safe_load(raw)
+    return cfg
+
+
+def code_version() -> str:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True, cwd=Path(__file__).parent).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
+        return rev + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------- data
+def load_data(cfg: dict[str, Any], work_dir: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, list[str]], list[dict[str, Any]], str]:
+    """Crops, labels and sessions per split, the manifest items and the manifest hash."""
+    d = cfg["data"]
+    size = int(d.get("cache_size", 160))
+    margin = float(cfg["model"].get("crop_margin_frac", 0.08))
+    crops: dict[str, np.ndarray] = {}
+    labels: dict[str, np.ndarray] = {}
+    sessions: dict[str, list[str]] = {}
+    if d.get("kind", "fruitnet") == "synthetic":
+        n = int(d.get("n", 64))
+        items = []
+        for split, base in (("train", 0), ("val", 10_000), ("test", 20_000)):
+            imgs, ys = [], []
+            for i in range(n if split == "train" else max(16, n // 4)):
+                img, bad = random_fruit_image(base + i, size_px=size)
+                imgs.append(img)
+                ys.append(int(bad))
+                items.append({"path": f"synthetic/{split}/{base + i}", "label": CLASSES[int(bad)], "session": split, "split": split, "sha256": ""})
+            crops[split], labels[split], sessions[split] = np.stack(imgs), np.array(ys), [split] * len(ys)
+        digest = "synthetic-" + str(n)
+        return crops, labels, sessions, items, digest
+    root = Path(d["root"])
+    manifest = fruitnet.build_manifest(root, d["splits"], d.get("subset", "single"))
+    digest = fruitnet.manifest_hash(manifest)
+    for split in d["splits"]:
+        its = [it for it in manifest if it.split == split]
+        crops[split] = crop_cache([root / it.path for it in its], size, margin, work_dir / "cache")
+        labels[split] = np.array([CLASSES.index(it.label) for it in its])
+        sessions[split] = [it.session for it in its]
+    return crops, labels, sessions, [it.__dict__ for it in manifest], digest
+
+
+class CropDataset(torch.utils.data.Dataset):
+    def __init__(self, crops: np.ndarray, labels: np.ndarray, transform: T.Transform) -> None:
+        self.crops, self.labels, self.transform = crops, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.crops)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        x = torch.from_numpy(self.crops[i]).permute(2, 0, 1)  # uint8 CHW
+        return self.transform(x), int(self.labels[i])
+
+
+def train_transform(cfg: dict[str, Any]) -> T.Transform:
+    a, m = cfg["augment"], cfg["model"]
+    size = int(m["input_size"])
+    return T.Compose(
+        [
+            T.RandomResizedCrop(size, scale=tuple(a["scale"]), ratio=(0.85, 1.18), antialias=True),
+            T.RandomHorizontalFlip(),
+            T.RandomVerticalFlip(),
+            T.RandomRotation(float(a["rotation_deg"])),
+            T.ColorJitter(brightness=a["brightness"], contrast=a["contrast"], saturation=a["saturation"], hue=a["hue"]),
+            T.RandomApply([T.ColorJitter(hue=0.5)], p=float(a.get("hue_shift_p", 0.0))),
+            T.RandomGrayscale(p=float(a.get("grayscale_p", 0.0))),
+            T.RandomApply([T.GaussianBlur(5, sigma=(0.1, 1.5))], p=float(a["blur_p"])),
+            T.ToDtype(torch.float32, scale=True),
+            T.Normalize(mean=m["mean"], std=m["std"]),
+        ]
+    )
+
+
+# ----------------------------------------------------------------------------- loop
+def predict_logits(model: nn.Module, batch: np.ndarray, bs: int = 128) -> np.ndarray:
+    model.eval()
+    outs = []
+    with torch.no_grad():
+        for i in range(0, len(batch), bs):
+            outs.append(model(torch.from_numpy(batch[i : i + bs])).numpy())
+    return np.concatenate(outs) if outs else np.zeros((0, len(CLASSES)), np.float32)
+
+
+def spec_for(cfg: dict[str, Any], temperature: float = 1.0, threshold: float = 0.5, band: tuple[float, float] = (0.3, 0.7)) -> ModelSpec:
+    m = cfg["model"]
+    return ModelSpec(
+        name=cfg["name"], version=str(cfg["version"]), classes=tuple(CLASSES), defective_classes=("defective",),
+        input_size=(int(m["input_size"]), int(m["input_size"])), mean=tuple(m["mean"]), std=tuple(m["std"]),
+        temperature=temperature, threshold_defective=threshold, review_band=band, crop_margin_frac=float(m.get("crop_margin_frac", 0.08)),
+    )
+
+
+def run(cfg: dict[str, Any], out_dir: Path, work_dir: Path, resume: bool = False) -> dict[str, Any]:
+    t_start = time.time()
+    seed_everything(int(cfg["seed"]))
+    torch.set_num_threads(int(cfg["train"].get("num_threads", 2)))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+    crops, labels, sessions, manifest, digest = load_data(cfg, work_dir)
+    (out_dir / "manifest.json").write_text(json.dumps({"sha256": digest, "items": manifest}, indent=0))
+    spec0 = spec_for(cfg)
+    eval_batches = {s: preprocess(list(crops[s]), spec0) for s in crops if s != "train"}
+
+    model = build_model(cfg["model"]["arch"], len(CLASSES))
+    tr = cfg["train"]
+    loader = torch.utils.data.DataLoader(
+        CropDataset(crops["train"], labels["train"], train_transform(cfg)),
+        batch_size=int(tr["batch_size"]), shuffle=True, drop_last=len(crops["train"]) > int(tr["batch_size"]),
+        generator=torch.Generator().manual_seed(int(cfg["seed"])),
+    )
+    counts = np.bincount(labels["train"], minlength=len(CLASSES)).astype(np.float32)
+    class_weight = torch.tensor(counts.sum() / np.maximum(counts, 1) / len(CLASSES))
+    criterion = nn.CrossEntropyLoss(weight=class_weight, label_smoothing=float(tr.get("label_smoothing", 0.0)))
+    opt = torch.optim.AdamW(model.parameters(), lr=float(tr["lr"]), weight_decay=float(tr["weight_decay"]))
+    epochs = int(tr["epochs"])
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=float(tr["lr"]), total_steps=max(1, epochs * len(loader)), pct_start=0.15)
+
+    ckpt_path = work_dir / "checkpoint.pt"
+    start_epoch, best = 0, {"score": -1.0, "state": copy.deepcopy(model.state_dict()), "epoch": -1}
+    history: list[dict[str, float]] = []
+    if resume and ckpt_path.exists():
+        ck = torch.load(ckpt_path, weights_only=False)
+        model.load_state_dict(ck["model"]), opt.load_state_dict(ck["opt"]), sched.load_state_dict(ck["sched"])
+        start_epoch, best, history = ck["epoch"] + 1, ck["best"], ck["history"]
+        torch.set_rng_state(ck["rng"])
+        print(f"resumed from {ckpt_path} at epoch {start_epoch}")
+
+    for epoch in range(start_epoch, epochs):
+        model.train()
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=False)
+        total, n = 0.0, 0
+        for x, y in bar:
+            opt.zero_grad(set_to_none=True)
+            loss = criterion(model(x), y)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total, n = total + loss.item() * len(y), n + len(y)
+            bar.set_postfix(loss=f"{total / n:.4f}")
+        val_logits = predict_logits(model, eval_batches["val"])
+        val = binary_report(labels["val"], _scores(val_logits), 0.5)
+        history.append({"epoch": epoch + 1, "loss": total / max(n, 1), "val_balanced_accuracy": val["balanced_accuracy"], "val_auc": val["auc"]})
+        # model selection on val AUC (threshold-free), ties broken by later epochs
+        if val["auc"] >= best["score"]:
+            best = {"score": val["auc"], "state": copy.deepcopy(model.state_dict()), "epoch": epoch + 1}
+        print(f"epoch {epoch + 1}/{epochs} loss {total / max(n, 1):.4f} val bal.acc {val['balanced_accuracy']:.3f} auc {val['auc']:.3f} ({time.time() - t_start:.0f}s)")
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "epoch": epoch, "best": best, "history": history, "rng": torch.get_rng_state()}, ckpt_path)
+
+    model.load_state_dict(best["state"])
+    torch.save(model.state_dict(), work_dir / "best.pt")
+    return finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, history, best["epoch"], time.time() - t_start)
+
+
+def _scores(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    z = logits.astype(np.float64) / temperature
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return (e / e.sum(axis=1, keepdims=True))[:, 1]
+
+
+def finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, history, best_epoch, train_seconds) -> dict[str, Any]:
+    """Calibrate and pick thresholds on val, evaluate on test, export, check, write metadata."""
+    val_logits = predict_logits(model, eval_batches["val"])
+    temperature = fit_temperature(val_logits, labels["val"])
+    val_scores = _scores(val_logits, temperature)
+    th = cfg["thresholds"]
+    threshold = pick_threshold(labels["val"], val_scores, float(th["min_recall_defective"]))
+    margin = float(th["review_margin"])
+    band = (max(0.0, threshold - margin), min(1.0, threshold + margin))
+
+    metrics: dict[str, Any] = {"best_epoch": best_epoch, "train_seconds": round(train_seconds, 1)}
+    for split in eval_batches:
+        logits = predict_logits(model, eval_batches[split])
+        s_raw, s_cal = _scores(logits), _scores(logits, temperature)
+        rep = binary_report(labels[split], s_cal, threshold)
+        rep["ece_before"] = expected_calibration_error(labels[split], s_raw)
+        rep["ece_after"] = expected_calibration_error(labels[split], s_cal)
+        per_session = {}
+        for sess in sorted(set(sessions[split])):
+            idx = np.array([i for i, s in enumerate(sessions[split]) if s == sess])
+            per_session[sess] = binary_report(labels[split][idx], s_cal[idx], threshold, counts_only=True)
+        rep["per_session"] = per_session
+        metrics[split] = rep
+
+    export_onnx(model, out_dir / "model.onnx", int(cfg["model"]["input_size"]))
+    check_batch = eval_batches["test"][:32]
+    metrics["onnx_check"] = check_export(model, out_dir / "model.onnx", check_batch, temperature)
+    spec = spec_for(cfg, temperature, threshold, band)
+    meta = {
+        "name": cfg["name"],
+        "version": str(cfg["version"]),
+        "task": "defect-classification",
+        "commodity": cfg.get("commodity", "apple"),
+        "architecture": cfg["model"]["arch"],
+        "classes": CLASSES,
+        "defective_classes": ["defective"],
+        "input_name": INPUT_NAME,
+        "output_name": OUTPUT_NAME,
+        "preprocessing": {
+            "input_size": list(spec.input_size),
+            "layout": "NCHW",
+            "colour": "RGB",
+            "scale": "1/255",
+            "mean": list(spec.mean),
+            "std": list(spec.std),
+            "crop": "square fruit crop, background painted out: grader.measure.crop_for_model(mask=...)",
+            "crop_margin_frac": spec.crop_margin_frac,
+            "resize": "cv2 INTER_AREA (downscale) / INTER_LINEAR (upscale)",
+        },
+        "calibration": {"method": "temperature scaling on val", "temperature": temperature},
+        "thresholds": {
+            "defective": threshold,
+            "review_band": list(band),
+            "chosen_on": "val",
+            "rule": f"largest threshold keeping val recall on defective >= {th['min_recall_defective']}",
+        },
+        "metrics": metrics,
+        "history": history,
+        "training_data": {
+            "manifest_sha256": digest,
+            "source": cfg["data"].get("root", "synthetic"),
+            "splits": cfg["data"].get("splits", {}),
+            "split_rule": "whole capture sessions per split (datasets/fruitnet.py:session_of)",
+        },
+        "code_version": code_version(),
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "config": cfg,
+    }
+    ModelSpec.from_metadata(meta)  # the artifact must load the way serving loads it
+    (out_dir / "metadata.json").write_text(json.dumps(meta, indent=2))
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    t = metrics["test"]
+    print(
+        f"test: balanced accuracy {t['balanced_accuracy']:.3f}, recall(defective) {t['recall_defective']:.3f}, "
+        f"AUC {t['auc']:.3f}, ECE {t['ece_before']:.3f} -> {t['ece_after']:.3f}; "
+        f"onnx vs torch max |Δscore| {metrics['onnx_check']['max_abs_diff_scores']:.2e}"
+    )
+    print(f"artifact written to {out_dir}")
+    return meta

@@ -203,7 +203,7 @@ def _segment_from_mask(full: np.ndarray, image_rgb: np.ndarray, params: Segmenta
     bx0, by0, bx1, by1 = x0 + xs.min(), y0 + ys.min(), x0 + xs.max() + 1, y0 + ys.max() + 1
     mask = local[by0 - y0 : by1 - y0, bx0 - x0 : bx1 - x0].astype(bool)
     contour = contour.reshape(-1, 2) + np.array([x0, y0])
-    cut_off = bx0 <= 0 or by0 <= 0 or bx1 >= w or by1 >= h
+    cut_off = bool(bx0 <= 0 or by0 <= 0 or bx1 >= w or by1 >= h)
     return Segment(bbox=(int(bx0), int(by0), int(bx1), int(by1)), contour=contour.astype(np.int32), mask=mask, cut_off=cut_off)
 
 

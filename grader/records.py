@@ -64,7 +64,7 @@ class FruitMeasurement:
             "mm_per_px": None if self.mm_per_px is None else float(self.mm_per_px),
             "blemish_area_cm2": r(self.blemish_area_cm2, 3),
             "largest_blemish_cm2": r(self.largest_blemish_cm2, 3),
-            "cut_off": self.cut_off,
+            "cut_off": bool(self.cut_off),
         }
 
 

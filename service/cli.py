@@ -2,6 +2,7 @@
 
     grader serve [--host 127.0.0.1] [--port 8000] [--workers 1]
     grader train [--config FILE] [--set key=value ...] --out DIR [--work-dir DIR] [--resume]
+    grader synth --out fruit.jpg [--diameter-mm 72] [--mm-per-px 0.3] [--blemish-cm2 0.8]
 """
 
 from __future__ import annotations
@@ -45,6 +46,20 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _synth(args: argparse.Namespace) -> int:
+    import cv2
+
+    from datasets.synthetic import make_fruit_image
+
+    img, truth = make_fruit_image(seed=args.seed, diameter_mm=args.diameter_mm, mm_per_px=args.mm_per_px,
+                                  colour=args.colour, blemishes_cm2=tuple(args.blemish_cm2))
+    cv2.imwrite(args.out, cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    f = truth.fruits[0]
+    print(f"{args.out}: one {args.colour} fruit, diameter {f.diameter_mm:g} mm at {args.mm_per_px:g} mm/px, "
+          f"blemishes {f.blemish_area_cm2:.2f} cm² in total")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="grader", description="orchard-grader: fruit quality grading service")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -63,6 +78,15 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--work-dir", help="checkpoints and crop cache (default var/train/<name>-<version>)")
     t.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --work-dir")
     t.set_defaults(func=_train)
+
+    y = sub.add_parser("synth", help="write a synthetic fruit image with known size and blemish area")
+    y.add_argument("--out", default="fruit.jpg")
+    y.add_argument("--diameter-mm", type=float, default=72.0)
+    y.add_argument("--mm-per-px", type=float, default=0.3)
+    y.add_argument("--colour", default="red", choices=["red", "green", "yellow", "orange", "lemon"])
+    y.add_argument("--blemish-cm2", type=float, action="append", default=[], help="add a blemish of this area (repeatable)")
+    y.add_argument("--seed", type=int, default=0)
+    y.set_defaults(func=_synth)
 
     args = p.parse_args(argv)
     return int(args.func(args))

@@ -1,0 +1,55 @@
+"""The storage and grading path again on the real PostgreSQL at 127.0.0.1:5432 (a fresh database
+per run, dropped afterwards). Skipped cleanly where no server answers."""
+
+import uuid
+
+import pytest
+
+from datasets.synthetic import make_fruit_image
+
+from .conftest import headers, jpeg_bytes
+
+pytestmark = pytest.mark.postgres
+ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture(scope="module")
+def pg_url():
+    sqlalchemy = pytest.importorskip("sqlalchemy")
+    pytest.importorskip("psycopg")
+    name = f"grader_test_{uuid.uuid4().hex[:10]}"
+    try:
+        admin = sqlalchemy.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+        with admin.connect() as c:
+            c.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    except Exception as exc:  # no server on this machine
+        pytest.skip(f"PostgreSQL not reachable at 127.0.0.1:5432: {exc}")
+    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    with admin.connect() as c:
+        c.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.dispose()
+
+
+@pytest.fixture
+def pg_client(settings, pg_url):
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+
+    with TestClient(create_app(settings.model_copy(update={"database_url": pg_url}))) as c:
+        yield c
+
+
+def test_grade_store_and_read_back_on_postgres(pg_client):
+    img, _ = make_fruit_image(seed=21, diameter_mm=66, mm_per_px=0.3)
+    data = jpeg_bytes(img)
+    form = {"mm_per_px": "0.3", "camera_id": "cam-pg", "fruit_id": "f-77"}
+    r = pg_client.post("/v1/grade", files={"image": ("a.jpg", data, "image/jpeg")}, data=form, headers=headers())
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["fruits"][0]["diameter_mm"] == pytest.approx(66, abs=1)
+    got = pg_client.get(f"/v1/results/{body['id']}", headers=headers("inspector")).json()
+    assert got["fruits"] == body["fruits"]
+    retry = pg_client.post("/v1/grade", files={"image": ("a.jpg", data, "image/jpeg")}, data=form, headers=headers()).json()
+    assert retry["id"] == body["id"] and retry["replayed"]
+    assert pg_client.get("/readyz").status_code == 200

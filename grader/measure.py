@@ -50,7 +50,7 @@ class BlemishParams:
     min_delta_e: float = 22.0
     min_darkening_l: float = 12.0
     edge_margin_frac: float = 0.04  # outermost share of the radius ignored (edge pixels mix with background)
-    rings: int = 8  # skin reference colours, by relative distance from the edge
+    rings: int = 6  # skin reference colours, by distance from the edge (equal-area rings)
 
 
 @dataclass
@@ -326,14 +326,19 @@ def blemish_pixels(image_rgb: np.ndarray, seg: Segment, params: BlemishParams) -
     skin = mask & (dist > params.edge_margin_frac * dmax)
     if skin.sum() < 20:
         return 0.0, 0.0
-    rings = np.minimum((dist / dmax * params.rings).astype(np.int32), params.rings - 1)
+    # rings of equal skin area (quantiles of the distance from the edge), so a spot in the middle
+    # of the fruit never fills the small central ring and becomes its own reference
+    edges = np.quantile(dist[skin], np.linspace(0, 1, params.rings + 1)[1:-1])
+    rings = np.searchsorted(edges, dist, side="right")
     ref = np.zeros_like(lab)
     for ring in range(params.rings):
         sel = skin & (rings == ring)
-        if sel.sum() >= 10:
-            ref[sel] = np.median(lab[sel], axis=0)
-        elif sel.any():
-            ref[sel] = np.median(lab[skin], axis=0)
+        if sel.any():
+            # the reference is the median of the ring's brighter 60 %: blemishes are darker, so
+            # one that covers up to 40 % of a ring does not shift its reference
+            ring_lab = lab[sel]
+            bright = ring_lab[ring_lab[:, 0] >= np.quantile(ring_lab[:, 0], 0.4)]
+            ref[sel] = np.median(bright, axis=0)
     delta_e = np.linalg.norm(lab - ref, axis=2)
     darker = (ref[..., 0] - lab[..., 0]) > params.min_darkening_l
     spots = (skin & (delta_e > params.min_delta_e) & darker).astype(np.uint8)

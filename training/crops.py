@@ -43,7 +43,7 @@ def _one(args: tuple[str, int, float]) -> np.ndarray:
 
 def crop_cache(paths: Sequence[Path], size: int, margin_frac: float, cache_dir: Path, workers: int = 2) -> np.ndarray:
     """(N, size, size, 3) uint8 crops, cached on disk by the list of files, size and margin."""
-    key = hashlib.sha256(("\n".join(map(str, paths)) + f"|{size}|{margin_frac}|masked-v1").encode()).hexdigest()[:16]
+    key = hashlib.sha256(("\n".join(map(str, paths)) + f"|{size}|{margin_frac}|masked-v2").encode()).hexdigest()[:16]
     cache = cache_dir / f"crops-{key}.npy"
     if cache.exists():
         return np.load(cache)

@@ -220,6 +220,17 @@ def _scores(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return (e / e.sum(axis=1, keepdims=True))[:, 1]
 
 
+def _json_safe(x: Any) -> Any:
+    """NaN (e.g. recall of a class a session lacks) becomes null: metadata stays strict JSON."""
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
 def finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, history, best_epoch, train_seconds) -> dict[str, Any]:
     """Calibrate and pick thresholds on val, evaluate on test, export, check, write metadata."""
     val_logits = predict_logits(model, eval_batches["val"])
@@ -227,8 +238,10 @@ def finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, history,
     val_scores = _scores(val_logits, temperature)
     th = cfg["thresholds"]
     threshold = pick_threshold(labels["val"], val_scores, float(th["min_recall_defective"]))
-    margin = float(th["review_margin"])
-    band = (max(0.0, threshold - margin), min(1.0, threshold + margin))
+    # the review band spans the threshold: from (1 - m)·t below it to t + m·(1 - t) above it, so a
+    # low threshold does not send every sound fruit to an inspector
+    m = float(th["review_margin"])
+    band = (threshold * (1 - m), threshold + m * (1 - threshold))
 
     metrics: dict[str, Any] = {"best_epoch": best_epoch, "train_seconds": round(train_seconds, 1)}
     for split in eval_batches:
@@ -288,9 +301,10 @@ def finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, history,
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "config": cfg,
     }
+    meta = _json_safe(meta)
     ModelSpec.from_metadata(meta)  # the artifact must load the way serving loads it
-    (out_dir / "metadata.json").write_text(json.dumps(meta, indent=2))
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (out_dir / "metadata.json").write_text(json.dumps(meta, indent=2, allow_nan=False))
+    (out_dir / "metrics.json").write_text(json.dumps(meta["metrics"], indent=2, allow_nan=False))
     t = metrics["test"]
     print(
         f"test: balanced accuracy {t['balanced_accuracy']:.3f}, recall(defective) {t['recall_defective']:.3f}, "

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import threading
 from pathlib import Path
 from typing import Sequence
 
@@ -61,7 +60,6 @@ class OnnxDefectModel:
         shape = inputs[self.spec.input_name].shape
         if len(shape) != 4 or [shape[2], shape[3]] != list(self.spec.input_size):
             raise InvalidModelArtifact(f"model input shape {shape} does not match metadata input_size {self.spec.input_size}")
-        self._lock = threading.Lock()
         self.warm_up()
 
     def warm_up(self) -> None:

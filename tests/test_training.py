@@ -8,7 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from datasets.synthetic import random_fruit_image  # noqa: E402
-from grader.defect import preprocess  # noqa: E402
+from grader.defect import preprocess, softmax  # noqa: E402
 from grader.measure import crop_for_model, segment_fruits  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -58,8 +58,6 @@ def test_onnx_serving_path_matches_torch(tiny_artifact):
         crops.append(crop_for_model(img, seg.bbox, served.spec.crop_margin_frac, seg.mask))
     with torch.no_grad():
         logits = model(torch.from_numpy(preprocess(crops, served.spec))).numpy().astype(np.float64)
-    z = logits / served.spec.temperature
-    ref = np.exp(z - z.max(1, keepdims=True))
-    ref = (ref / ref.sum(1, keepdims=True))[:, 1]
+    ref = softmax(logits, served.spec.temperature)[:, 1]
     got = np.array([e.score for e in served.predict(crops)])
     assert np.abs(ref - got).max() < 1e-4

@@ -9,6 +9,8 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from grader.defect import softmax
+
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 
@@ -38,14 +40,9 @@ def check_export(model: nn.Module, onnx_path: Path, batch: np.ndarray, temperatu
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     got = sess.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
 
-    def sm(z: np.ndarray) -> np.ndarray:
-        z = z.astype(np.float64) / temperature
-        e = np.exp(z - z.max(axis=1, keepdims=True))
-        return e / e.sum(axis=1, keepdims=True)
-
     out = {
         "max_abs_diff_logits": float(np.abs(ref - got).max()),
-        "max_abs_diff_scores": float(np.abs(sm(ref) - sm(got)).max()),
+        "max_abs_diff_scores": float(np.abs(softmax(ref, temperature) - softmax(got, temperature)).max()),
         "n_images": int(len(batch)),
     }
     if out["max_abs_diff_scores"] >= 1e-4:

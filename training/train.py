@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from datasets import fruitnet
 from datasets.synthetic import random_fruit_image
-from grader.defect import ModelSpec, preprocess
+from grader.defect import ModelSpec, preprocess, softmax
 from training.crops import crop_cache
 from training.export import INPUT_NAME, OUTPUT_NAME, check_export, export_onnx
 from training.metrics import binary_report, expected_calibration_error, fit_temperature, pick_threshold
@@ -179,12 +179,13 @@ def run(cfg: dict[str, Any], out_dir: Path, work_dir: Path, resume: bool = False
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=float(tr["lr"]), total_steps=max(1, epochs * len(loader)), pct_start=0.15)
 
     ckpt_path = work_dir / "checkpoint.pt"
-    start_epoch, best = 0, {"score": -1.0, "state": copy.deepcopy(model.state_dict()), "epoch": -1}
+    start_epoch, best, earlier_seconds = 0, {"score": -1.0, "state": copy.deepcopy(model.state_dict()), "epoch": -1}, 0.0
     history: list[dict[str, float]] = []
     if resume and ckpt_path.exists():
         ck = torch.load(ckpt_path, weights_only=False)
         model.load_state_dict(ck["model"]), opt.load_state_dict(ck["opt"]), sched.load_state_dict(ck["sched"])
         start_epoch, best, history = ck["epoch"] + 1, ck["best"], ck["history"]
+        earlier_seconds = float(ck.get("elapsed_seconds", 0.0))
         torch.set_rng_state(ck["rng"])
         print(f"resumed from {ckpt_path} at epoch {start_epoch}")
 
@@ -207,17 +208,16 @@ def run(cfg: dict[str, Any], out_dir: Path, work_dir: Path, resume: bool = False
         if val["auc"] >= best["score"]:
             best = {"score": val["auc"], "state": copy.deepcopy(model.state_dict()), "epoch": epoch + 1}
         print(f"epoch {epoch + 1}/{epochs} loss {total / max(n, 1):.4f} val bal.acc {val['balanced_accuracy']:.3f} auc {val['auc']:.3f} ({time.time() - t_start:.0f}s)")
-        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "epoch": epoch, "best": best, "history": history, "rng": torch.get_rng_state()}, ckpt_path)
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "epoch": epoch, "best": best, "history": history, "rng": torch.get_rng_state(), "elapsed_seconds": earlier_seconds + time.time() - t_start}, ckpt_path)
 
     model.load_state_dict(best["state"])
     torch.save(model.state_dict(), work_dir / "best.pt")
-    return finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, history, best["epoch"], time.time() - t_start)
+    return finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, history, best["epoch"], earlier_seconds + time.time() - t_start)
 
 
 def _scores(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    z = logits.astype(np.float64) / temperature
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return (e / e.sum(axis=1, keepdims=True))[:, 1]
+    """P(defective): the same calibrated softmax serving applies."""
+    return softmax(logits, temperature)[:, CLASSES.index("defective")]
 
 
 def _json_safe(x: Any) -> Any:

@@ -5,7 +5,7 @@ Definitions (see docs/measurement.md):
 * ``diameter_px`` / ``diameter_mm`` — the largest caliper width of the fruit's outline
   (maximum Feret diameter of the convex hull), i.e. what a caliper closed across the fruit's
   equator reads for a fruit seen along its stem axis. The width between the outermost pixel
-  centres is corrected for the sub-pixel gap to the true edge (see ``_pixel_extent``).
+  centres is corrected for the sub-pixel gap to the true edge (see ``_edge_gap_px``).
 * ``minor_diameter_px`` — the caliper width perpendicular to that largest width.
 * ``area_px`` / ``area_mm2`` — projected area of the fruit mask.
 * ``roundness`` — 4·π·area / perimeter² of the convex hull (1.0 for a disc).
@@ -231,7 +231,7 @@ def _refine_edge(crop_rgb: np.ndarray, coarse: np.ndarray) -> np.ndarray:
 def caliper_widths_px(contour: np.ndarray) -> tuple[float, float, float]:
     """Largest caliper width of an outline, the width perpendicular to it, and the hull perimeter.
 
-    Widths are true extents: the centre-to-centre width plus the digitisation gap (_pixel_extent)."""
+    Widths are true extents: the centre-to-centre width plus the digitisation gap (_edge_gap_px)."""
     hull = cv2.convexHull(contour.reshape(-1, 1, 2).astype(np.int32)).reshape(-1, 2).astype(np.float64)
     if len(hull) < 2:
         return 1.0, 1.0, 4.0
@@ -256,12 +256,12 @@ def caliper_widths_px(contour: np.ndarray) -> tuple[float, float, float]:
     perp = np.array([-best_u[1], best_u[0]])
     p = hull @ perp
     minor = p.max() - p.min()
-    best, minor = best + _pixel_extent(best), minor + _pixel_extent(minor)
+    best, minor = best + _edge_gap_px(best), minor + _edge_gap_px(minor)
     perimeter = float(cv2.arcLength(hull.astype(np.float32).reshape(-1, 1, 2), True))
     return float(best), float(minor), perimeter
 
 
-def _pixel_extent(width_px: float) -> float:
+def _edge_gap_px(width_px: float) -> float:
     """Correction from a width between outline pixel *centres* to the fruit's true width.
 
     The outermost pixel centre of a digitised convex outline lies a small gap ε inside the true

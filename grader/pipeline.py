@@ -44,9 +44,9 @@ def grade_image(
         return ImageGrade([], quality + [Flag("no_fruit", "no fruit found in the image", 20)])
     crops = [crop_for_model(image_rgb, m.bbox, model.spec.crop_margin_frac, m.mask) for m in measurements]
     evidence = model.predict(crops)
+    sound = tuple(c for c in model.spec.classes if c not in model.spec.defective_classes)
     fruits = []
     for m, ev in zip(measurements, evidence):
-        sound = tuple(c for c in model.spec.classes if c not in model.spec.defective_classes)
         facts = facts_from(m.diameter_mm, None if sweetness is None else sweetness.brix, m.blemish_area_cm2,
                            m.largest_blemish_cm2, None, ev, sound)
         decision = grade_fruit(standard, facts)

@@ -42,7 +42,11 @@ def _train(args: argparse.Namespace) -> int:
     cfg = train.load_config(Path(args.config), args.set)
     out = Path(args.out) if args.out else Path("models") / cfg["name"] / str(cfg["version"])
     work = Path(args.work_dir) if args.work_dir else Path("var") / "train" / f"{cfg['name']}-{cfg['version']}"
-    train.run(cfg, out, work, resume=args.resume)
+    try:
+        train.run(cfg, out, work, resume=args.resume)
+    except FileNotFoundError as exc:
+        print(f"grader train: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

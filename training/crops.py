@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from grader import measure as measure_module
 from grader.measure import crop_for_model, segment_fruits
 
 
@@ -43,7 +44,10 @@ def _one(args: tuple[str, int, float]) -> np.ndarray:
 
 def crop_cache(paths: Sequence[Path], size: int, margin_frac: float, cache_dir: Path, workers: int = 2) -> np.ndarray:
     """(N, size, size, 3) uint8 crops, cached on disk by the list of files, size and margin."""
-    key = hashlib.sha256(("\n".join(map(str, paths)) + f"|{size}|{margin_frac}|masked-v2").encode()).hexdigest()[:16]
+    # the key covers the files, the crop geometry and the measurement code itself, so a change to
+    # segmentation never trains or evaluates on stale crops
+    code = hashlib.sha256(Path(measure_module.__file__).read_bytes()).hexdigest()
+    key = hashlib.sha256(("\n".join(map(str, paths)) + f"|{size}|{margin_frac}|{code}").encode()).hexdigest()[:16]
     cache = cache_dir / f"crops-{key}.npy"
     if cache.exists():
         return np.load(cache)

@@ -27,6 +27,7 @@ SKIN_RGB: dict[str, tuple[int, int, int]] = {
     "yellow": (225, 200, 70),
     "orange": (240, 140, 30),
     "lemon": (240, 220, 60),
+    "tennis": (205, 225, 40),  # optic-yellow reference ball
 }
 BACKGROUND_RGB: dict[str, tuple[int, int, int]] = {
     "belt": (62, 64, 68),  # dark grey conveyor belt
@@ -44,6 +45,8 @@ class FruitSpec:
     aspect: float = 1.0  # minor/major axis ratio of the outline (1 = round)
     angle_deg: float = 0.0  # rotation of the major axis
     blemishes_cm2: tuple[float, ...] = ()
+    blush_colour: str | None = None  # a second skin colour over part of the fruit (e.g. red blush)
+    blush_fraction: float = 0.0  # share of the fruit's projected area it covers
 
 
 @dataclass
@@ -56,6 +59,7 @@ class FruitTruth:
     largest_blemish_cm2: float
     colour: str
     cut_off: bool
+    blush_fraction: float = 0.0  # share of the projected fruit area in the blush colour, blemishes excluded
 
 
 @dataclass
@@ -121,6 +125,13 @@ def _draw_fruit(big: np.ndarray, spec: FruitSpec, mm_per_px: float, rng: np.rand
         skin *= lit[..., None]
     # fine speckle like lenticels
     skin += rng.normal(0, 4.0, size=(H // 4 + 1, W // 4 + 1, 1)).repeat(4, 0).repeat(4, 1)[:H, :W]
+    blush = np.zeros((H, W), bool)
+    if spec.blush_colour and spec.blush_fraction > 0:
+        # the blush covers the part of the fruit beyond a line across it, placed so that the
+        # blush covers exactly blush_fraction of the fruit's area
+        cut = np.quantile(u[inside], 1.0 - spec.blush_fraction)
+        blush = inside & (u >= cut)
+        skin[blush] *= np.array(SKIN_RGB[spec.blush_colour], np.float32) / base
     big[inside] = skin[inside]
 
     blemish_total, blemish_largest = 0.0, 0.0
@@ -141,6 +152,7 @@ def _draw_fruit(big: np.ndarray, spec: FruitSpec, mm_per_px: float, rng: np.rand
         drawn_cm2 = spot.sum() / (s * s) * mm_per_px**2 / 100.0
         blemish_total += drawn_cm2
         blemish_largest = max(blemish_largest, drawn_cm2)
+    blush &= ~taken
 
     ys, xs = np.nonzero(inside)
     x0, x1 = int(xs.min() // s), int(xs.max() // s) + 1
@@ -155,6 +167,7 @@ def _draw_fruit(big: np.ndarray, spec: FruitSpec, mm_per_px: float, rng: np.rand
         largest_blemish_cm2=float(blemish_largest),
         colour=spec.colour,
         cut_off=cut,
+        blush_fraction=float(blush.sum() / max(inside.sum(), 1)),
     )
 
 
@@ -168,13 +181,16 @@ def make_fruit_image(
     aspect: float = 1.0,
     angle_deg: float = 0.0,
     size_px: tuple[int, int] | None = None,
+    blush_colour: str | None = None,
+    blush_fraction: float = 0.0,
 ) -> tuple[np.ndarray, FrameTruth]:
     """One fruit in the middle of a frame sized to fit it with a margin."""
     if size_px is None:
         side = int(math.ceil(diameter_mm / mm_per_px * 1.6)) + 16
         size_px = (side, side)
     return make_frame(
-        [FruitSpec(diameter_mm=diameter_mm, colour=colour, blemishes_cm2=blemishes_cm2, aspect=aspect, angle_deg=angle_deg)],
+        [FruitSpec(diameter_mm=diameter_mm, colour=colour, blemishes_cm2=blemishes_cm2, aspect=aspect, angle_deg=angle_deg,
+                   blush_colour=blush_colour, blush_fraction=blush_fraction)],
         mm_per_px=mm_per_px,
         size_px=size_px,
         background=background,

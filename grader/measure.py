@@ -19,13 +19,17 @@ All functions take an RGB ``uint8`` array (H, W, 3) and never read files or sett
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from .errors import InvalidMeasurementInput
 from .records import BBox, Flag, FruitMeasurement
+
+if TYPE_CHECKING:
+    from .commodities import ColourBand
 
 
 @dataclass(frozen=True)
@@ -277,44 +281,75 @@ def measure_segment(
     seg: Segment,
     mm_per_px: float | None,
     blemish: BlemishParams | None = None,
+    colour_bands: tuple["ColourBand", ...] = (),
+    size_axis: str = "major",
 ) -> FruitMeasurement:
-    """Size, shape and blemish area of one segmented fruit."""
-    if mm_per_px is not None and (not math.isfinite(mm_per_px) or mm_per_px <= 0):
+    """Size, shape, colour coverage and blemish area of one segmented fruit.
+
+    ``size_axis`` says which caliper width is the fruit's equatorial diameter: the largest
+    ("major": apples, oranges seen from the stem) or the one across the long axis ("minor": lemons)."""
+    if mm_per_px is not None and (not math.isfinite(mm_per_px) or mm_per_px <= 0):  # fail before the work
         raise InvalidMeasurementInput(f"mm_per_px must be a positive number, got {mm_per_px}", field="mm_per_px")
-    diameter_px, minor_px, perimeter_px = caliper_widths_px(seg.contour)
+    major_px, minor_px, perimeter_px = caliper_widths_px(seg.contour)
+    diameter_px, other_px = (minor_px, major_px) if size_axis == "minor" else (major_px, minor_px)
     area_px = float(seg.mask.sum())
     roundness = float(min(1.0, 4 * math.pi * area_px / max(perimeter_px, 1.0) ** 2))
-    blemish_px, largest_px = blemish_pixels(image_rgb, seg, blemish or BlemishParams())
+    spots = blemish_mask(image_rgb, seg, blemish or BlemishParams(), colour_bands)
+    blemish_px, largest_px = _spot_areas(spots)
+    coverage = colour_coverage(image_rgb, seg, colour_bands) if colour_bands else None
 
-    flags: list[Flag] = []
-    sized = mm_per_px is not None and not seg.cut_off
-    if seg.cut_off:
-        flags.append(Flag("cut_off", "fruit is cut off by the image border: not sized", 30))
-    if mm_per_px is None:
-        flags.append(Flag("uncalibrated", "no mm_per_px for this camera or request: sizes unknown", 30))
-    px2_to_cm2 = (mm_per_px**2) / 100.0 if mm_per_px else None
-    return FruitMeasurement(
+    unscaled = FruitMeasurement(
         bbox=seg.bbox,
         contour_px=seg.contour,
         mask=seg.mask,
         diameter_px=diameter_px,
-        minor_diameter_px=minor_px,
+        minor_diameter_px=other_px,
         area_px=area_px,
         roundness=roundness,
+        mm_per_px=None,
+        diameter_mm=None,
+        minor_diameter_mm=None,
+        area_mm2=None,
+        blemish_area_cm2=None,
+        largest_blemish_cm2=None,
+        blemish_fraction=blemish_px / max(area_px, 1.0),
+        colour_coverage=coverage,
+        blemish_mask=spots,
+        cut_off=seg.cut_off,
+    )
+    return with_scale(unscaled, mm_per_px)
+
+
+def with_scale(m: FruitMeasurement, mm_per_px: float | None) -> FruitMeasurement:
+    """The measurement in millimetres for a scale (pixel measures are kept); the one place where
+    pixels become mm, cm² and where the `cut_off` / `uncalibrated` flags are decided."""
+    if mm_per_px is not None and (not math.isfinite(mm_per_px) or mm_per_px <= 0):
+        raise InvalidMeasurementInput(f"mm_per_px must be a positive number, got {mm_per_px}", field="mm_per_px")
+    flags: list[Flag] = [f for f in m.quality_flags if f.code not in ("cut_off", "uncalibrated")]
+    if m.cut_off:
+        flags.append(Flag("cut_off", "fruit is cut off by the image border: not sized", 30))
+    if mm_per_px is None:
+        flags.append(Flag("uncalibrated", "no mm_per_px for this camera or request: sizes unknown", 30))
+    sized = mm_per_px is not None and not m.cut_off
+    blemish_px, largest_px = _spot_areas(m.blemish_mask) if m.blemish_mask is not None else (0.0, 0.0)
+    px2_to_cm2 = (mm_per_px**2) / 100.0 if mm_per_px else None
+    return replace(
+        m,
         mm_per_px=mm_per_px,
-        diameter_mm=diameter_px * mm_per_px if sized else None,
-        minor_diameter_mm=minor_px * mm_per_px if sized else None,
-        area_mm2=area_px * mm_per_px**2 if sized else None,
+        diameter_mm=m.diameter_px * mm_per_px if sized else None,
+        minor_diameter_mm=m.minor_diameter_px * mm_per_px if sized else None,
+        area_mm2=m.area_px * mm_per_px**2 if sized else None,
         blemish_area_cm2=blemish_px * px2_to_cm2 if px2_to_cm2 is not None else None,
         largest_blemish_cm2=largest_px * px2_to_cm2 if px2_to_cm2 is not None else None,
-        blemish_fraction=blemish_px / max(area_px, 1.0),
-        cut_off=seg.cut_off,
         quality_flags=flags,
     )
 
 
-def blemish_pixels(image_rgb: np.ndarray, seg: Segment, params: BlemishParams) -> tuple[float, float]:
-    """Pixels of skin that look blemished (total, largest connected spot).
+def blemish_mask(image_rgb: np.ndarray, seg: Segment, params: BlemishParams, healthy_bands: tuple["ColourBand", ...] = ()) -> np.ndarray:
+    """Skin pixels that look blemished (bool, bbox-sized like ``seg.mask``).
+
+    Pixels in the commodity's target colour (``healthy_bands``, e.g. an apple's red blush) are
+    skin, never blemish, however much darker than the ground colour they are.
 
     Each skin pixel is compared with the median colour of the skin at the same relative distance
     from the fruit's edge, so the darker rim of a lit sphere is not taken for a blemish."""
@@ -325,7 +360,7 @@ def blemish_pixels(image_rgb: np.ndarray, seg: Segment, params: BlemishParams) -
     dmax = max(float(dist.max()), 1.0)
     skin = mask & (dist > params.edge_margin_frac * dmax)
     if skin.sum() < 20:
-        return 0.0, 0.0
+        return np.zeros(mask.shape, bool)
     # rings of equal skin area (quantiles of the distance from the edge), so a spot in the middle
     # of the fruit never fills the small central ring and becomes its own reference
     edges = np.quantile(dist[skin], np.linspace(0, 1, params.rings + 1)[1:-1])
@@ -341,14 +376,35 @@ def blemish_pixels(image_rgb: np.ndarray, seg: Segment, params: BlemishParams) -
             ref[sel] = np.median(bright, axis=0)
     delta_e = np.linalg.norm(lab - ref, axis=2)
     darker = (ref[..., 0] - lab[..., 0]) > params.min_darkening_l
-    spots = (skin & (delta_e > params.min_delta_e) & darker).astype(np.uint8)
-    spots = cv2.morphologyEx(spots, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    spots = skin & (delta_e > params.min_delta_e) & darker
+    if healthy_bands:
+        from .commodities import colour_mask
+
+        spots &= ~colour_mask(image_rgb[y0:y1, x0:x1], healthy_bands)
+    spots = spots.astype(np.uint8)
+    return cv2.morphologyEx(spots, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)).astype(bool)
+
+
+def _spot_areas(spots: np.ndarray) -> tuple[float, float]:
+    """(total, largest connected spot) in pixels."""
     total = float(spots.sum())
     if total == 0:
         return 0.0, 0.0
-    n, _, stats, _ = cv2.connectedComponentsWithStats(spots, connectivity=8)
-    largest = float(stats[1:, cv2.CC_STAT_AREA].max()) if n > 1 else 0.0
-    return total, largest
+    n, _, stats, _ = cv2.connectedComponentsWithStats(spots.astype(np.uint8), connectivity=8)
+    return total, float(stats[1:, cv2.CC_STAT_AREA].max()) if n > 1 else 0.0
+
+
+def colour_coverage(image_rgb: np.ndarray, seg: Segment, bands: tuple["ColourBand", ...]) -> float:
+    """Share (0..1) of the fruit's visible skin inside the commodity's target colour bands.
+    The outermost rim (edge pixels mixed with background) is left out."""
+    from .commodities import colour_mask
+
+    x0, y0, x1, y1 = seg.bbox
+    dist = cv2.distanceTransform(seg.mask.astype(np.uint8), cv2.DIST_L2, 3)
+    skin = seg.mask & (dist > 0.04 * max(float(dist.max()), 1.0))
+    if not skin.any():
+        return 0.0
+    return float((colour_mask(image_rgb[y0:y1, x0:x1], bands) & skin).sum() / skin.sum())
 
 
 def measure_image(
@@ -356,9 +412,11 @@ def measure_image(
     mm_per_px: float | None,
     params: SegmentationParams | None = None,
     blemish: BlemishParams | None = None,
+    colour_bands: tuple["ColourBand", ...] = (),
+    size_axis: str = "major",
 ) -> list[FruitMeasurement]:
     """Every fruit in the frame, measured, left to right."""
-    return [measure_segment(image_rgb, s, mm_per_px, blemish) for s in segment_fruits(image_rgb, params)]
+    return [measure_segment(image_rgb, s, mm_per_px, blemish, colour_bands, size_axis) for s in segment_fruits(image_rgb, params)]
 
 
 #: colour that replaces everything outside the fruit in a model crop (the normalisation mean,

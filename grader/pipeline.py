@@ -9,7 +9,8 @@ import numpy as np
 from .defect import DefectModel
 from .flags import FlagPolicy, fruit_flags, image_quality_flags
 from .measure import BlemishParams, SegmentationParams, crop_for_model, measure_image
-from .records import Flag, FruitGrade, SweetnessEvidence
+from .commodities import Commodity
+from .records import Flag, FruitGrade, FruitMeasurement, SweetnessEvidence
 from .rules import facts_from, grade_fruit
 from .standards import Standard
 
@@ -36,10 +37,17 @@ def grade_image(
     policy: FlagPolicy | None = None,
     segmentation: SegmentationParams | None = None,
     blemish: BlemishParams | None = None,
+    commodity: Commodity | None = None,
+    measurements: list[FruitMeasurement] | None = None,
 ) -> ImageGrade:
+    """Grade every fruit in the frame. ``measurements`` may be handed in when the caller already
+    measured the frame (e.g. after setting reference spheres aside)."""
     policy = policy or FlagPolicy()
     quality = image_quality_flags(image_rgb, policy)
-    measurements = measure_image(image_rgb, mm_per_px, segmentation, blemish)
+    if measurements is None:
+        bands = commodity.colour_bands if commodity else ()
+        axis = commodity.size_axis if commodity else "major"
+        measurements = measure_image(image_rgb, mm_per_px, segmentation, blemish, bands, axis)
     if not measurements:
         return ImageGrade([], quality + [Flag("no_fruit", "no fruit found in the image", 20)])
     crops = [crop_for_model(image_rgb, m.bbox, model.spec.crop_margin_frac, m.mask) for m in measurements]
@@ -48,7 +56,7 @@ def grade_image(
     fruits = []
     for m, ev in zip(measurements, evidence):
         facts = facts_from(m.diameter_mm, None if sweetness is None else sweetness.brix, m.blemish_area_cm2,
-                           m.largest_blemish_cm2, None, ev, sound)
+                           m.largest_blemish_cm2, m.colour_coverage, ev, sound)
         decision = grade_fruit(standard, facts)
         flags = sorted(quality + m.quality_flags + fruit_flags(ev, decision, policy), key=lambda f: f.priority)
         fruits.append(FruitGrade(measurement=m, defect=ev, sweetness=sweetness, decision=decision, flags=flags))

@@ -49,6 +49,8 @@ class FruitMeasurement:
     blemish_fraction: float  # share of the visible skin marked as blemish, unitless 0..1
     cut_off: bool
     quality_flags: list[Flag] = field(default_factory=list)
+    colour_coverage: float | None = None  # share of skin in the commodity's target colour, 0..1
+    blemish_mask: np.ndarray | None = field(default=None, repr=False)  # bool, bbox-sized
 
     def to_dict(self) -> dict[str, Any]:
         def r(v: float | None, nd: int = 2) -> float | None:
@@ -64,6 +66,7 @@ class FruitMeasurement:
             "mm_per_px": None if self.mm_per_px is None else float(self.mm_per_px),
             "blemish_area_cm2": r(self.blemish_area_cm2, 3),
             "largest_blemish_cm2": r(self.largest_blemish_cm2, 3),
+            "colour_coverage": r(self.colour_coverage, 3),
             "cut_off": bool(self.cut_off),
         }
 

@@ -8,13 +8,15 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
+from grader.calibration import ReferenceSpec
+from grader.commodities import Commodity, load_commodities
 from grader.flags import FlagPolicy
 from grader.standards import Standard, get_standard, load_standards
 
 from . import errors
 from .auth import load_or_create_keys
 from .onnx_model import OnnxDefectModel
-from .routers import grade, health, results
+from .routers import cameras, grade, health, results
 from .settings import Settings
 from .storage import ImageStore, Repository, init_db, make_engine
 
@@ -31,6 +33,8 @@ class Context:
     model: OnnxDefectModel
     standards: dict[str, Standard]
     default_standard: Standard
+    commodities: dict[str, Commodity]
+    reference: ReferenceSpec
     policy: FlagPolicy
     api_keys: dict[str, str]
     keys_file: Path | None
@@ -55,6 +59,8 @@ def build_context(settings: Settings) -> Context:
         model=model,
         standards=standards,
         default_standard=get_standard(standards, settings.default_standard),
+        commodities=load_commodities(),
+        reference=ReferenceSpec(hue_deg=settings.reference_hue_deg),
         policy=policy,
         api_keys=keys,
         keys_file=keys_file,
@@ -75,6 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(grade.router)
     app.include_router(results.router)
+    app.include_router(cameras.router)
     return app
 
 

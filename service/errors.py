@@ -8,6 +8,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from grader.calibration import CalibrationFailed
+from grader.commodities import UnknownCommodity
 from grader.errors import (
     GraderError,
     InvalidImage,
@@ -34,6 +36,8 @@ STATUS: dict[type[GraderError], tuple[int, str]] = {
     UnknownStandard: (404, "unknown_standard"),
     InvalidStandard: (422, "invalid_standard"),
     InvalidModelArtifact: (422, "invalid_model"),
+    CalibrationFailed: (422, "calibration_failed"),
+    UnknownCommodity: (404, "unknown_commodity"),
 }
 
 

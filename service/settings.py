@@ -28,6 +28,10 @@ class Settings(BaseSettings):
     #: a directory with a packhouse's own standard files, added to the shipped ones
     standards_dir: Path | None = None
 
+    #: colour of the reference spheres a frame may carry (hue band in degrees; default an
+    #: optic-yellow tennis ball). A narrower band avoids taking yellow fruit for a reference.
+    reference_hue_deg: tuple[float, float] = (58.0, 85.0)
+
     # --- input limits: bigger uploads get 413, bigger images 422 (decompression bombs)
     max_image_bytes: int = Field(default=15 * 1024 * 1024, gt=0)
     max_image_pixels: int = Field(default=40_000_000, gt=0)

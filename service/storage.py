@@ -75,6 +75,20 @@ class FruitRow(Base):
     result: Mapped[ResultRow] = relationship(back_populates="fruits")
 
 
+class CalibrationRow(Base):
+    """Every calibration of a camera is kept; the latest one is in force."""
+
+    __tablename__ = "calibrations"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    camera_id: Mapped[str] = mapped_column(String(100), index=True)
+    mm_per_px: Mapped[float] = mapped_column(Float)
+    method: Mapped[str] = mapped_column(String(50))
+    reference_diameter_mm: Mapped[float | None] = mapped_column(Float)
+    reference_diameter_px: Mapped[float | None] = mapped_column(Float)
+    image_sha256: Mapped[str | None] = mapped_column(ForeignKey("images.sha256"), nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
@@ -172,6 +186,20 @@ class Repository:
     def get_image(self, sha: str) -> ImageRow | None:
         with self.sessions() as s:
             return s.get(ImageRow, sha)
+
+    def add_calibration(self, image: ImageRow | None, row: CalibrationRow) -> CalibrationRow:
+        with self.sessions() as s, s.begin():
+            if image is not None and s.get(ImageRow, image.sha256) is None:
+                s.add(image)
+                s.flush()
+            s.add(row)
+        return row
+
+    def latest_calibration(self, camera_id: str) -> CalibrationRow | None:
+        with self.sessions() as s:
+            return s.scalar(
+                select(CalibrationRow).where(CalibrationRow.camera_id == camera_id).order_by(CalibrationRow.created_at.desc(), CalibrationRow.id.desc()).limit(1)
+            )
 
     def ping(self) -> bool:
         with self.engine.connect() as c:

@@ -48,6 +48,12 @@ def test_grade_stores_and_returns_the_result(client, fruit_jpeg):
     assert again.json()["fruits"] == body["fruits"]
     img = client.get(f"/v1/results/{body['id']}/image", headers=headers("camera"))
     assert img.status_code == 200 and img.content == fruit_jpeg
+    over = client.get(f"/v1/results/{body['id']}/overlay", headers=headers("inspector"))
+    assert over.status_code == 200 and over.headers["content-type"] == "image/png"
+    from PIL import Image
+    import io
+
+    assert Image.open(io.BytesIO(over.content)).size == Image.open(io.BytesIO(fruit_jpeg)).size
 
 
 def test_png_and_several_fruit(client):

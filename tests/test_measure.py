@@ -96,3 +96,47 @@ def test_model_crop_is_square_and_masks_background():
     assert tuple(crop[0, 0]) == CROP_FILL_RGB  # the cup is painted out
     c = crop.shape[0] // 2
     assert tuple(crop[c, c]) != CROP_FILL_RGB
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.3, 0.6, 0.95])
+@pytest.mark.parametrize("base", ["yellow", "green"])
+def test_colour_coverage_within_5_points(fraction, base):
+    from grader.commodities import load_commodities
+
+    bands = load_commodities()["apple"].colour_bands
+    img, truth = make_fruit_image(seed=4, diameter_mm=70, mm_per_px=0.3, colour=base, blush_colour="red",
+                                  blush_fraction=fraction, blemishes_cm2=(0.5,))
+    [m] = measure_image(img, 0.3, colour_bands=bands)
+    assert m.colour_coverage == pytest.approx(truth.fruits[0].blush_fraction, abs=0.05)
+
+
+def test_lemon_is_sized_across_its_long_axis():
+    img, _ = make_fruit_image(seed=3, diameter_mm=80.0, mm_per_px=0.25, aspect=0.7, colour="lemon")
+    [m] = measure_image(img, 0.25, size_axis="minor")
+    assert m.diameter_mm == pytest.approx(56.0, abs=0.5) and m.minor_diameter_mm == pytest.approx(80.0, abs=0.5)
+
+
+def _codes(img):
+    from grader.flags import FlagPolicy, image_quality_flags
+
+    return [f.code for f in image_quality_flags(img, FlagPolicy())]
+
+
+def test_quality_flags_blur_and_exposure():
+    import cv2
+
+    img, _ = make_fruit_image(seed=1, diameter_mm=70, mm_per_px=0.3, blemishes_cm2=(0.5,))
+    assert _codes(img) == []
+    assert "blurry" in _codes(cv2.GaussianBlur(img, (0, 0), 6))
+    assert "underexposed" in _codes((img * 0.1).astype(np.uint8))
+    assert "overexposed" in _codes(np.clip(img.astype(int) * 4 + 60, 0, 255).astype(np.uint8))
+
+
+def test_red_blush_on_a_bicoloured_apple_is_not_a_blemish():
+    from grader.commodities import load_commodities
+
+    bands = load_commodities()["apple"].colour_bands
+    img, truth = make_fruit_image(seed=9, diameter_mm=72, mm_per_px=0.3, colour="yellow", blush_colour="red",
+                                  blush_fraction=0.5, blemishes_cm2=(1.0,))
+    [m] = measure_image(img, 0.3, colour_bands=bands)
+    assert m.blemish_area_cm2 == pytest.approx(truth.fruits[0].blemish_area_cm2, rel=0.15)

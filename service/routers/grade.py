@@ -13,9 +13,11 @@ from grader.records import SweetnessEvidence
 from grader.standards import get_standard
 
 from ..auth import Principal, require
+from ..scale import resolve_scale
 from ..errors import ApiError
 from ..imaging import decode_image
 from ..storage import FruitRow, ImageRow, ResultRow, utcnow
+from ..forms import number_field, read_limited, text_field
 from .results import result_payload
 
 router = APIRouter(prefix="/v1", tags=["grading"])
@@ -35,36 +37,6 @@ GRADE_EXAMPLE = {
     ],
     "model": {"name": "apple-defect", "version": "0.1.0"},
 }
-
-
-def _number(name: str, raw: str | None, lo: float, hi: float, lo_open: bool = False) -> float | None:
-    """Parse an optional numeric form field; 422 naming the field when it is not a finite number in range."""
-    if raw is None or raw.strip() == "":
-        return None
-    try:
-        v = float(raw)
-    except ValueError:
-        raise ApiError(422, "invalid_value", f"{name} must be a number, got {raw[:40]!r}", name) from None
-    if not math.isfinite(v):
-        raise ApiError(422, "invalid_value", f"{name} must be a finite number, got {raw[:40]!r}", name)
-    if v < lo or v > hi or (lo_open and v == lo):
-        raise ApiError(422, "out_of_range", f"{name} must be {'>' if lo_open else '>='} {lo:g} and <= {hi:g}, got {v:g}", name)
-    return v
-
-
-def _text(name: str, raw: str | None, max_len: int = 100) -> str | None:
-    if raw is None or raw.strip() == "":
-        return None
-    if len(raw) > max_len:
-        raise ApiError(422, "too_long", f"{name} is longer than {max_len} characters", name)
-    return raw.strip()
-
-
-async def _read_limited(upload: UploadFile, limit: int) -> bytes:
-    data = await upload.read(limit + 1)
-    if len(data) > limit:
-        raise ApiError(413, "image_too_large", f"image is larger than the limit of {limit} bytes", "image")
-    return data
 
 
 @router.post(
@@ -87,20 +59,23 @@ async def grade(
     brix: Annotated[str | None, Form(description="°Brix at 20 °C, 0-35")] = None,
     mm_per_px: Annotated[str | None, Form(description="millimetres per pixel at the fruit, > 0")] = None,
     standard: Annotated[str | None, Form(description="grade standard id; default from settings")] = None,
+    reference_diameter_mm: Annotated[str | None, Form(description="reference spheres of this diameter (mm) are in view: "
+                                                      "the scale is taken from them and they are not graded")] = None,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
     principal: Principal = Depends(require("camera")),
 ) -> dict[str, Any]:
     ctx = request.app.state.ctx
     fields = {
-        "lot_id": _text("lot_id", lot_id),
-        "camera_id": _text("camera_id", camera_id),
-        "fruit_id": _text("fruit_id", fruit_id),
-        "lane": _text("lane", lane, 50),
+        "lot_id": text_field("lot_id", lot_id),
+        "camera_id": text_field("camera_id", camera_id),
+        "fruit_id": text_field("fruit_id", fruit_id),
+        "lane": text_field("lane", lane, 50),
     }
-    brix_v = _number("brix", brix, 0.0, 35.0)
-    scale = _number("mm_per_px", mm_per_px, 0.0, 10.0, lo_open=True)
+    brix_v = number_field("brix", brix, 0.0, 35.0)
+    scale = number_field("mm_per_px", mm_per_px, 0.0, 10.0, lo_open=True)
+    ref_mm = number_field("reference_diameter_mm", reference_diameter_mm, 0.0, 1000.0, lo_open=True)
     std = ctx.default_standard if not standard else get_standard(ctx.standards, standard)
-    key = _text("Idempotency-Key", idempotency_key, 200)
+    key = text_field("Idempotency-Key", idempotency_key, 200)
     if key is None and fields["camera_id"] and fields["fruit_id"]:
         key = f"camera:{fields['camera_id']}/fruit:{fields['fruit_id']}"
     if key is not None:
@@ -108,21 +83,35 @@ async def grade(
         if existing is not None:
             return result_payload(existing, replayed=True)
 
-    data = await _read_limited(image, ctx.settings.max_image_bytes)
+    data = await read_limited(image, ctx.settings.max_image_bytes)
     rgb, media_type = await run_in_threadpool(decode_image, data, ctx.settings.max_image_pixels)
     sweetness = SweetnessEvidence(brix=brix_v, source="request") if brix_v is not None else None
-    graded = await run_in_threadpool(grade_image, rgb, ctx.model, std, mm_per_px=scale, sweetness=sweetness, policy=ctx.policy)
+    commodity = ctx.commodities.get(std.commodity)
+    camera_cal = None
+    if scale is None and ref_mm is None and fields["camera_id"]:
+        camera_cal = await run_in_threadpool(ctx.repo.latest_calibration, fields["camera_id"])
+
+    def measure_and_grade():
+        scaled = resolve_scale(rgb, commodity, scale, ref_mm, camera_cal, ctx.reference)
+        graded = grade_image(rgb, ctx.model, std, mm_per_px=scaled.mm_per_px, sweetness=sweetness, policy=ctx.policy,
+                             commodity=commodity, measurements=scaled.fruit)
+        graded.image_flags.extend(scaled.flags)
+        return scaled, graded
+
+    scaled, graded = await run_in_threadpool(measure_and_grade)
 
     def store() -> tuple[ResultRow, bool]:
         sha, path = ctx.images.put(data, media_type)
         payload = graded.to_dict()
+        payload["calibration"] = {"mm_per_px": scaled.mm_per_px, "source": scaled.source}
+        payload["references"] = [{"bbox": list(r.bbox), "diameter_px": round((r.diameter_px + r.minor_diameter_px) / 2, 2)} for r in scaled.references]
         img = ImageRow(sha256=sha, path=str(path), media_type=media_type, width_px=rgb.shape[1], height_px=rgb.shape[0], size_bytes=len(data))
         fruits = graded.fruits
         row = ResultRow(
             created_at=utcnow(),
             idempotency_key=key,
             image_sha256=sha,
-            mm_per_px=scale,
+            mm_per_px=scaled.mm_per_px,
             brix=brix_v,
             model_name=ctx.model.spec.name,
             model_version=ctx.model.spec.version,

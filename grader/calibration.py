@@ -1,0 +1,96 @@
+"""Camera scale (mm per pixel) from reference spheres or discs of known diameter."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from .errors import GraderError
+from .measure import SegmentationParams, measure_image
+from .records import FruitMeasurement
+
+
+class CalibrationFailed(GraderError):
+    """The reference image does not show one clean round reference."""
+
+    field = "image"
+
+
+@dataclass(frozen=True)
+class Calibration:
+    camera_id: str | None
+    mm_per_px: float
+    method: str  # "reference-image" | "in-frame-reference" | "request"
+    reference_diameter_mm: float | None = None
+    reference_diameter_px: float | None = None
+    created_at: dt.datetime | None = None
+
+
+@dataclass(frozen=True)
+class ReferenceSpec:
+    """How a reference sphere looks in a frame: its hue band (degrees) and minimum roundness.
+    The default is an optic-yellow tennis ball; a packhouse using a blue disc sets ~[200, 250]."""
+
+    hue_deg: tuple[float, float] = (58.0, 85.0)
+    min_saturation: float = 0.45
+    min_roundness: float = 0.85
+
+
+#: a reference must be round: outline roundness and the ratio of its two caliper widths
+MIN_REFERENCE_ROUNDNESS = 0.85
+MIN_REFERENCE_ASPECT = 0.92
+
+
+def _aspect(m: FruitMeasurement) -> float:
+    a, b = m.diameter_px, m.minor_diameter_px
+    return min(a, b) / max(a, b, 1e-9)
+
+
+def calibrate_from_image(image_rgb: np.ndarray, reference_diameter_mm: float, camera_id: str | None = None,
+                         params: SegmentationParams | None = None) -> Calibration:
+    """mm_per_px from an image showing one reference sphere or disc of known diameter."""
+    if not np.isfinite(reference_diameter_mm) or reference_diameter_mm <= 0:
+        raise CalibrationFailed("reference_diameter_mm must be a positive number", field="reference_diameter_mm")
+    found = [m for m in measure_image(image_rgb, None, params) if not m.cut_off]
+    if not found:
+        raise CalibrationFailed("no reference object found whole in the image (it must not touch the border)")
+    ref = max(found, key=lambda m: m.area_px)
+    if ref.roundness < MIN_REFERENCE_ROUNDNESS or _aspect(ref) < MIN_REFERENCE_ASPECT:
+        raise CalibrationFailed(f"the largest object is not round (roundness {ref.roundness:.2f}, width ratio {_aspect(ref):.2f}; "
+                                f"need >= {MIN_REFERENCE_ROUNDNESS} and >= {MIN_REFERENCE_ASPECT}): show a sphere or disc")
+    diameter_px = (ref.diameter_px + ref.minor_diameter_px) / 2
+    return Calibration(camera_id, reference_diameter_mm / diameter_px, "reference-image", reference_diameter_mm, diameter_px,
+                       dt.datetime.now(dt.timezone.utc))
+
+
+def median_hue_deg(image_rgb: np.ndarray, m: FruitMeasurement, min_saturation: float) -> float | None:
+    x0, y0, x1, y1 = m.bbox
+    hsv = cv2.cvtColor(image_rgb[y0:y1, x0:x1], cv2.COLOR_RGB2HSV_FULL)
+    sel = m.mask & (hsv[..., 1] >= min_saturation * 255)
+    if sel.sum() < 10:
+        return None
+    return float(np.median(hsv[..., 0][sel])) * 360.0 / 256.0
+
+
+def split_references(image_rgb: np.ndarray, measurements: list[FruitMeasurement],
+                     spec: ReferenceSpec) -> tuple[list[FruitMeasurement], list[FruitMeasurement]]:
+    """(references, fruit): reference spheres are round, whole and of the reference colour."""
+    refs, fruit = [], []
+    lo, hi = spec.hue_deg
+    for m in measurements:
+        hue = median_hue_deg(image_rgb, m, spec.min_saturation)
+        round_enough = m.roundness >= spec.min_roundness and _aspect(m) >= MIN_REFERENCE_ASPECT
+        if not m.cut_off and round_enough and hue is not None and lo <= hue <= hi:
+            refs.append(m)
+        else:
+            fruit.append(m)
+    return refs, fruit
+
+
+def scale_from_references(refs: list[FruitMeasurement], reference_diameter_mm: float) -> float:
+    """mm_per_px from the median pixel diameter of the references in a frame."""
+    diameters = [(r.diameter_px + r.minor_diameter_px) / 2 for r in refs]
+    return reference_diameter_mm / float(np.median(diameters))

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .records import DefectEvidence, Flag, GradeDecision
+from .records import DefectEvidence, Flag, GradeDecision, SweetnessEvidence
+from .sweetness import is_outlier
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,20 @@ class FlagPolicy:
     #: mean grey level bounds for a usable exposure
     min_mean_grey: float = 35.0
     max_mean_grey: float = 225.0
+    #: a fruit whose size or Brix lies more than this many robust SDs from its lot's is an outlier
+    outlier_k: float = 3.5
+    #: ...judged only once the lot holds this many values (fewer say nothing about a lot)
+    outlier_min_n: int = 10
+    #: Brix at or above this on a fruit the model calls defective: the signals disagree
+    disagreement_min_brix: float = 13.0
+
+
+@dataclass(frozen=True)
+class LotContext:
+    """What is known of the fruit's lot so far: its sized diameters and its Brix values."""
+
+    diameters_mm: tuple[float, ...] = ()
+    brix: tuple[float, ...] = ()
 
 
 def image_quality_flags(image_rgb: np.ndarray, policy: FlagPolicy) -> list[Flag]:
@@ -44,12 +59,32 @@ def image_quality_flags(image_rgb: np.ndarray, policy: FlagPolicy) -> list[Flag]
     return flags
 
 
-def fruit_flags(defect: DefectEvidence | None, decision: GradeDecision | None, policy: FlagPolicy) -> list[Flag]:
+def fruit_flags(
+    defect: DefectEvidence | None,
+    decision: GradeDecision | None,
+    policy: FlagPolicy,
+    diameter_mm: float | None = None,
+    sweetness: SweetnessEvidence | None = None,
+    lot: LotContext | None = None,
+    sound_labels: tuple[str, ...] = ("sound",),
+) -> list[Flag]:
     flags = []
     if defect is not None:
         lo, hi = policy.review_band
         if lo <= defect.score <= hi:
             flags.append(Flag("defect_uncertain", f"defect score {defect.score:.2f} is in the review band [{lo:.2f}, {hi:.2f}]", 40))
+    if lot is not None and diameter_mm is not None:
+        out, z = is_outlier(diameter_mm, list(lot.diameters_mm), policy.outlier_k, policy.outlier_min_n)
+        if out:
+            flags.append(Flag("size_outlier", f"diameter {diameter_mm:.1f} mm is {z:+.1f} robust SD from its lot's", 45))
+    if lot is not None and sweetness is not None and sweetness.source != "lot-sample":
+        out, z = is_outlier(sweetness.brix, list(lot.brix), policy.outlier_k, policy.outlier_min_n)
+        if out:
+            flags.append(Flag("brix_outlier", f"{sweetness.brix:.1f} °Brix is {z:+.1f} robust SD from its lot's", 45))
+    if (defect is not None and defect.label not in sound_labels and sweetness is not None
+            and sweetness.source != "lot-sample" and sweetness.brix >= policy.disagreement_min_brix):
+        flags.append(Flag("signals_disagree", f"the model calls the fruit {defect.label} (score {defect.score:.2f}) "
+                          f"but its juice reads {sweetness.brix:.1f} °Brix (>= {policy.disagreement_min_brix:g})", 25))
     if decision is not None and decision.provisional:
         missing = sorted({r.rule for r in decision.reasons if r.unverified})
         flags.append(Flag("provisional", f"grade {decision.grade} is provisional: unknown {', '.join(missing)}", 60))

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .defect import DefectModel
-from .flags import FlagPolicy, fruit_flags, image_quality_flags
+from .flags import FlagPolicy, LotContext, fruit_flags, image_quality_flags
 from .measure import BlemishParams, SegmentationParams, crop_for_model, measure_image
 from .commodities import Commodity
 from .records import Flag, FruitGrade, FruitMeasurement, SweetnessEvidence
@@ -39,6 +39,7 @@ def grade_image(
     blemish: BlemishParams | None = None,
     commodity: Commodity | None = None,
     measurements: list[FruitMeasurement] | None = None,
+    lot: LotContext | None = None,
 ) -> ImageGrade:
     """Grade every fruit in the frame. ``measurements`` may be handed in when the caller already
     measured the frame (e.g. after setting reference spheres aside)."""
@@ -58,6 +59,7 @@ def grade_image(
         facts = facts_from(m.diameter_mm, None if sweetness is None else sweetness.brix, m.blemish_area_cm2,
                            m.largest_blemish_cm2, m.colour_coverage, ev, sound)
         decision = grade_fruit(standard, facts)
-        flags = sorted(quality + m.quality_flags + fruit_flags(ev, decision, policy), key=lambda f: f.priority)
+        extra = fruit_flags(ev, decision, policy, m.diameter_mm, sweetness, lot, sound)
+        flags = sorted(quality + m.quality_flags + extra, key=lambda f: f.priority)
         fruits.append(FruitGrade(measurement=m, defect=ev, sweetness=sweetness, decision=decision, flags=flags))
     return ImageGrade(fruits, [])

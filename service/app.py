@@ -16,7 +16,7 @@ from grader.standards import Standard, get_standard, load_standards
 from . import errors
 from .auth import load_or_create_keys
 from .onnx_model import OnnxDefectModel
-from .routers import cameras, grade, health, results
+from .routers import brix, cameras, grade, health, lots, results
 from .settings import Settings
 from .storage import ImageStore, Repository, init_db, make_engine
 
@@ -51,6 +51,9 @@ def build_context(settings: Settings) -> Context:
         review_band=settings.review_band or model.spec.review_band,
         min_sharpness=settings.min_sharpness,
         max_clipped_frac=settings.max_clipped_frac,
+        outlier_k=settings.outlier_k,
+        outlier_min_n=settings.outlier_min_n,
+        disagreement_min_brix=settings.disagreement_min_brix,
     )
     return Context(
         settings=settings,
@@ -82,6 +85,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(grade.router)
     app.include_router(results.router)
     app.include_router(cameras.router)
+    app.include_router(lots.router)
+    app.include_router(brix.router)
     return app
 
 

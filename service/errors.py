@@ -10,6 +10,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from grader.calibration import CalibrationFailed
 from grader.commodities import UnknownCommodity
+from grader.sweetness import InvalidReading
 from grader.errors import (
     GraderError,
     InvalidImage,
@@ -38,6 +39,7 @@ STATUS: dict[type[GraderError], tuple[int, str]] = {
     InvalidModelArtifact: (422, "invalid_model"),
     CalibrationFailed: (422, "calibration_failed"),
     UnknownCommodity: (404, "unknown_commodity"),
+    InvalidReading: (422, "invalid_reading"),
 }
 
 

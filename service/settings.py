@@ -46,6 +46,12 @@ class Settings(BaseSettings):
     review_band: tuple[float, float] | None = None
     min_sharpness: float = 20.0
     max_clipped_frac: float = 0.25
+    #: size / Brix further than this many robust SDs from the lot's is flagged (lower: more reviews)
+    outlier_k: float = Field(default=3.5, gt=0)
+    #: ...once the lot holds this many values
+    outlier_min_n: int = Field(default=10, ge=3)
+    #: a fruit the model calls defective with juice this sweet or sweeter is flagged `signals_disagree`
+    disagreement_min_brix: float = 13.0
 
     @property
     def resolved_database_url(self) -> str:

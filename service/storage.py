@@ -14,7 +14,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, create_engine, event, select
+from sqlalchemy import JSON, Boolean, Date, DateTime, Float, ForeignKey, Integer, String, create_engine, event, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
@@ -68,11 +68,61 @@ class FruitRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     result_id: Mapped[str] = mapped_column(ForeignKey("results.id"), index=True)
     index: Mapped[int] = mapped_column(Integer)
+    lot_id: Mapped[str | None] = mapped_column(String(100), index=True)
+    fruit_id: Mapped[str | None] = mapped_column(String(100), index=True)
     grade: Mapped[str | None] = mapped_column(String(50), index=True)
     flagged: Mapped[bool] = mapped_column(Boolean, index=True)
     diameter_mm: Mapped[float | None] = mapped_column(Float)
+    defect_label: Mapped[str | None] = mapped_column(String(50))
     defect_score: Mapped[float | None] = mapped_column(Float)
+    brix: Mapped[float | None] = mapped_column(Float)
+    brix_source: Mapped[str | None] = mapped_column(String(30))
     result: Mapped[ResultRow] = relationship(back_populates="fruits")
+
+
+class LotRow(Base):
+    __tablename__ = "lots"
+    id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    grower: Mapped[str | None] = mapped_column(String(200))
+    orchard_block: Mapped[str | None] = mapped_column(String(200))
+    variety: Mapped[str | None] = mapped_column(String(100))
+    commodity: Mapped[str] = mapped_column(String(50))
+    standard_id: Mapped[str] = mapped_column(String(100))
+    harvest_date: Mapped[dt.date | None] = mapped_column(Date)
+    status: Mapped[str] = mapped_column(String(20), default="open")
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    closed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class BrixReadingRow(Base):
+    """Every reading is kept, used or not; `status` says which and `note` why."""
+
+    __tablename__ = "brix_readings"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    lot_id: Mapped[str | None] = mapped_column(String(100), index=True)
+    fruit_id: Mapped[str | None] = mapped_column(String(100), index=True)
+    source: Mapped[str] = mapped_column(String(30))
+    brix_reading: Mapped[float] = mapped_column(Float)
+    temperature_c: Mapped[float | None] = mapped_column(Float)
+    brix_20c: Mapped[float] = mapped_column(Float)
+    status: Mapped[str] = mapped_column(String(20))  # accepted | flagged
+    note: Mapped[str | None] = mapped_column(String(300))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class GradeChangeRow(Base):
+    """A fruit re-graded after its result was stored (e.g. a late Brix reading): old and new."""
+
+    __tablename__ = "grade_changes"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    result_id: Mapped[str] = mapped_column(ForeignKey("results.id"), index=True)
+    fruit_index: Mapped[int] = mapped_column(Integer)
+    old_grade: Mapped[str | None] = mapped_column(String(50))
+    new_grade: Mapped[str | None] = mapped_column(String(50))
+    old_brix: Mapped[float | None] = mapped_column(Float)
+    new_brix: Mapped[float | None] = mapped_column(Float)
+    reason: Mapped[str] = mapped_column(String(300))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class CalibrationRow(Base):
@@ -186,6 +236,10 @@ class Repository:
     def get_image(self, sha: str) -> ImageRow | None:
         with self.sessions() as s:
             return s.get(ImageRow, sha)
+
+    def get_lot(self, lot_id: str) -> "LotRow | None":
+        with self.sessions() as s:
+            return s.get(LotRow, lot_id)
 
     def add_calibration(self, image: ImageRow | None, row: CalibrationRow) -> CalibrationRow:
         with self.sessions() as s, s.begin():

@@ -30,6 +30,7 @@ def test_healthz_reports_the_model(client):
 
 
 def test_grade_stores_and_returns_the_result(client, fruit_jpeg):
+    assert client.post("/v1/lots", json={"id": "lot-1"}, headers=headers()).status_code == 201
     r = post_image(client, fruit_jpeg, mm_per_px=0.3, lot_id="lot-1", camera_id="cam-1", lane="3", brix=12.1)
     assert r.status_code == 200, r.text
     body = r.json()

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import math
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Header, Request, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from grader.pipeline import grade_image
-from grader.records import SweetnessEvidence
 from grader.standards import get_standard
 
 from ..auth import Principal, require
+from ..lots import lot_context, sweetness_fields, sweetness_for
 from ..scale import resolve_scale
 from ..errors import ApiError
 from ..imaging import decode_image
@@ -56,7 +55,7 @@ async def grade(
     camera_id: Annotated[str | None, Form()] = None,
     fruit_id: Annotated[str | None, Form()] = None,
     lane: Annotated[str | None, Form()] = None,
-    brix: Annotated[str | None, Form(description="°Brix at 20 °C, 0-35")] = None,
+    brix: Annotated[str | None, Form(description="°Brix at 20 °C, 0-35 (else the fruit's stored reading, else its lot's sample)")] = None,
     mm_per_px: Annotated[str | None, Form(description="millimetres per pixel at the fruit, > 0")] = None,
     standard: Annotated[str | None, Form(description="grade standard id; default from settings")] = None,
     reference_diameter_mm: Annotated[str | None, Form(description="reference spheres of this diameter (mm) are in view: "
@@ -74,7 +73,15 @@ async def grade(
     brix_v = number_field("brix", brix, 0.0, 35.0)
     scale = number_field("mm_per_px", mm_per_px, 0.0, 10.0, lo_open=True)
     ref_mm = number_field("reference_diameter_mm", reference_diameter_mm, 0.0, 1000.0, lo_open=True)
-    std = ctx.default_standard if not standard else get_standard(ctx.standards, standard)
+    lot = None
+    if fields["lot_id"]:
+        lot = await run_in_threadpool(ctx.repo.get_lot, fields["lot_id"])
+        if lot is None:
+            raise ApiError(404, "unknown_lot", f"no lot {fields['lot_id']!r}: open it first with POST /v1/lots", "lot_id")
+        if lot.status != "open":
+            raise ApiError(409, "lot_closed", f"lot {lot.id!r} is closed", "lot_id")
+    std_id = standard or (lot.standard_id if lot else None)
+    std = ctx.default_standard if not std_id else get_standard(ctx.standards, std_id)
     key = text_field("Idempotency-Key", idempotency_key, 200)
     if key is None and fields["camera_id"] and fields["fruit_id"]:
         key = f"camera:{fields['camera_id']}/fruit:{fields['fruit_id']}"
@@ -85,8 +92,12 @@ async def grade(
 
     data = await read_limited(image, ctx.settings.max_image_bytes)
     rgb, media_type = await run_in_threadpool(decode_image, data, ctx.settings.max_image_pixels)
-    sweetness = SweetnessEvidence(brix=brix_v, source="request") if brix_v is not None else None
-    commodity = ctx.commodities.get(std.commodity)
+    def evidence():
+        with ctx.repo.sessions() as s:
+            return sweetness_for(s, brix_v, fields["fruit_id"], fields["lot_id"]), lot_context(s, fields["lot_id"])
+
+    sweetness, lot_ctx = await run_in_threadpool(evidence)
+    commodity = ctx.commodities.get(lot.commodity if lot else std.commodity)
     camera_cal = None
     if scale is None and ref_mm is None and fields["camera_id"]:
         camera_cal = await run_in_threadpool(ctx.repo.latest_calibration, fields["camera_id"])
@@ -94,7 +105,7 @@ async def grade(
     def measure_and_grade():
         scaled = resolve_scale(rgb, commodity, scale, ref_mm, camera_cal, ctx.reference)
         graded = grade_image(rgb, ctx.model, std, mm_per_px=scaled.mm_per_px, sweetness=sweetness, policy=ctx.policy,
-                             commodity=commodity, measurements=scaled.fruit)
+                             commodity=commodity, measurements=scaled.fruit, lot=lot_ctx)
         graded.image_flags.extend(scaled.flags)
         return scaled, graded
 
@@ -103,6 +114,8 @@ async def grade(
     def store() -> tuple[ResultRow, bool]:
         sha, path = ctx.images.put(data, media_type)
         payload = graded.to_dict()
+        for f in payload["fruits"]:
+            f.update(sweetness_fields(sweetness))
         payload["calibration"] = {"mm_per_px": scaled.mm_per_px, "source": scaled.source}
         payload["references"] = [{"bbox": list(r.bbox), "diameter_px": round((r.diameter_px + r.minor_diameter_px) / 2, 2)} for r in scaled.references]
         img = ImageRow(sha256=sha, path=str(path), media_type=media_type, width_px=rgb.shape[1], height_px=rgb.shape[0], size_bytes=len(data))
@@ -125,10 +138,15 @@ async def grade(
         fruit_rows = [
             FruitRow(
                 index=i,
+                lot_id=fields["lot_id"],
+                fruit_id=fields["fruit_id"],
                 grade=None if f.decision is None else f.decision.grade,
                 flagged=f.flagged,
                 diameter_mm=f.measurement.diameter_mm,
+                defect_label=None if f.defect is None else f.defect.label,
                 defect_score=None if f.defect is None else f.defect.score,
+                brix=None if sweetness is None else sweetness.brix,
+                brix_source=None if sweetness is None else sweetness.source,
             )
             for i, f in enumerate(fruits)
         ]

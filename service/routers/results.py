@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, Response
+from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from grader.measure import measure_image, with_scale
@@ -15,7 +16,7 @@ from ..imaging import decode_image
 
 from ..auth import require
 from ..errors import ApiError
-from ..storage import ResultRow
+from ..storage import GradeChangeRow, ResultRow
 
 router = APIRouter(prefix="/v1", tags=["results"])
 
@@ -51,9 +52,14 @@ def _get(request: Request, result_id: str) -> ResultRow:
     return row
 
 
-@router.get("/results/{result_id}", summary="A stored grading result")
+@router.get("/results/{result_id}", summary="A stored grading result, with its later grade changes")
 def get_result(request: Request, result_id: str, _=Depends(require("camera", "inspector", "trainer"))) -> dict[str, Any]:
-    return result_payload(_get(request, result_id))
+    out = result_payload(_get(request, result_id))
+    with request.app.state.ctx.repo.sessions() as s:
+        changes = s.scalars(select(GradeChangeRow).where(GradeChangeRow.result_id == result_id).order_by(GradeChangeRow.id)).all()
+    out["grade_changes"] = [{"fruit_index": c.fruit_index, "old_grade": c.old_grade, "new_grade": c.new_grade, "old_brix": c.old_brix,
+                             "new_brix": c.new_brix, "reason": c.reason, "at": c.created_at.isoformat()} for c in changes]
+    return out
 
 
 @router.get("/results/{result_id}/image", summary="The image a result was graded from", response_class=FileResponse)

@@ -16,7 +16,7 @@ from grader.standards import Standard, get_standard, load_standards
 from . import errors
 from .auth import load_or_create_keys
 from .onnx_model import OnnxDefectModel
-from .routers import brix, cameras, grade, health, lots, results
+from .routers import brix, cameras, grade, health, lots, results, review
 from .settings import Settings
 from .storage import ImageStore, Repository, init_db, make_engine
 
@@ -87,6 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(cameras.router)
     app.include_router(lots.router)
     app.include_router(brix.router)
+    app.include_router(review.router)
     return app
 
 

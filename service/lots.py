@@ -15,7 +15,7 @@ from grader.rules import FruitFacts, grade_fruit
 from grader.standards import Standard
 from grader.sweetness import lot_sample
 
-from .storage import BrixReadingRow, FruitRow, GradeChangeRow, LotRow, ResultRow
+from .storage import BrixReadingRow, FruitRow, GradeChangeRow, LotRow, ResultRow, VerdictRow
 
 #: flags that grading decides (and re-grading recomputes); the rest come from measurement
 GRADING_FLAGS = {"defect_uncertain", "provisional", "size_outlier", "brix_outlier", "signals_disagree"}
@@ -100,6 +100,7 @@ def regrade_fruit(s: Session, result: ResultRow, index: int, sweetness: Sweetnes
     row = s.scalar(select(FruitRow).where(FruitRow.result_id == result.id, FruitRow.index == index))
     if row is not None:
         row.grade, row.flagged, row.brix, row.brix_source = decision.grade, bool(new_flags), f["brix"], f["brix_source"]
+        row.priority = min((x.priority for x in new_flags), default=None)
     s.add(GradeChangeRow(result_id=result.id, fruit_index=index, old_grade=old_grade, new_grade=decision.grade,
                          old_brix=old_brix, new_brix=f["brix"], reason=reason))
     return {"result_id": result.id, "fruit_index": index, "old_grade": old_grade, "new_grade": decision.grade,
@@ -166,5 +167,7 @@ def lot_report(s: Session, lot: LotRow, standard: Standard) -> dict[str, Any]:
                  "histogram": _histogram(fruit_brix + list(samples), 0.5)},
         "defect_rate": round(defective / n, 4) if n else 0.0,
         "flagged": sum(1 for f in fruits if f.flagged),
+        "examined": len(set(s.scalars(select(VerdictRow.fruit_row_id).where(VerdictRow.fruit_row_id.in_([f.id for f in fruits]),
+                                                                            VerdictRow.retracted.is_(False))))) if fruits else 0,
         "tolerances": tolerances,
     }

@@ -50,8 +50,8 @@ svg text {{ font: 12px system-ui, sans-serif; fill: #1c2421; }} .ok {{ color: #1
 <h1>Lot {escape(lot['id'])}</h1>
 <p class="meta">{escape(lot['grower'] or '')} · block {escape(lot['orchard_block'] or '–')} · {escape(lot['variety'] or '')} {escape(lot['commodity'])}
  · harvested {escape(lot['harvest_date'] or '–')} · standard {escape(rep['standard']['id'])} ({escape(rep['standard']['version'])}) · {escape(lot['status'])}</p>
-<table><tr><th>fruit graded</th><th>defect rate</th><th>flagged for inspection</th><th>mean diameter</th><th>mean Brix (fruit / lot samples)</th></tr>
-<tr><td>{rep['fruit']}</td><td>{rep['defect_rate']:.1%}</td><td>{rep['flagged']}</td><td>{num(size['mean'])} mm</td>
+<table><tr><th>fruit graded</th><th>defect rate</th><th>flagged for inspection</th><th>examined</th><th>mean diameter</th><th>mean Brix (fruit / lot samples)</th></tr>
+<tr><td>{rep['fruit']}</td><td>{rep['defect_rate']:.1%}</td><td>{rep['flagged']}</td><td>{rep['examined']}</td><td>{num(size['mean'])} mm</td>
 <td>{num(fr['mean'])} (n={fr['n']}) / {num(ls['mean'])} (n={ls['n']}, sd {num(ls['sd'], 2)})</td></tr></table>
 <div class="grid"><div>{_bars('Pack-out by grade', [(g['grade'], g['count']) for g in rep['by_grade']])}</div>
 <div>{_bars('Size bands (mm)', [(f"{b['from']:g}–{b['to']:g}", b['count']) for b in size['histogram']])}</div>

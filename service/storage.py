@@ -16,12 +16,30 @@ from typing import Any
 
 from sqlalchemy import JSON, Boolean, Date, DateTime, Float, ForeignKey, Integer, String, create_engine, event, select
 from sqlalchemy.engine import Engine
+from sqlalchemy.types import TypeDecorator
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
+
+
+class UTCDateTime(TypeDecorator):
+    """Timestamps stored as UTC and always read back timezone-aware (SQLite keeps no zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime: store UTC-aware timestamps")
+        return None if value is None else value.astimezone(dt.timezone.utc)
+
+    def process_result_value(self, value, dialect):
+        if value is None:
+            return None
+        return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value.astimezone(dt.timezone.utc)
 
 
 class Base(DeclarativeBase):
@@ -36,13 +54,13 @@ class ImageRow(Base):
     width_px: Mapped[int] = mapped_column(Integer)
     height_px: Mapped[int] = mapped_column(Integer)
     size_bytes: Mapped[int] = mapped_column(Integer)
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class ResultRow(Base):
     __tablename__ = "results"
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=lambda: str(uuid.uuid4()))
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
     idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True, nullable=True)
     camera_id: Mapped[str | None] = mapped_column(String(100), index=True)
     lot_id: Mapped[str | None] = mapped_column(String(100), index=True)
@@ -77,7 +95,31 @@ class FruitRow(Base):
     defect_score: Mapped[float | None] = mapped_column(Float)
     brix: Mapped[float | None] = mapped_column(Float)
     brix_source: Mapped[str | None] = mapped_column(String(30))
+    #: the most urgent flag's priority (lower = examined first); None when not flagged
+    priority: Mapped[int | None] = mapped_column(Integer, index=True)
+    claimed_by: Mapped[str | None] = mapped_column(String(100))
+    claimed_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     result: Mapped[ResultRow] = relationship(back_populates="fruits")
+
+
+class VerdictRow(Base):
+    """An inspector's verdict on one fruit. The model's output in the result is never changed:
+    the verdict sits beside it, with who, when and what the model said."""
+
+    __tablename__ = "verdicts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    fruit_row_id: Mapped[int] = mapped_column(ForeignKey("fruits.id"), index=True)
+    result_id: Mapped[str] = mapped_column(ForeignKey("results.id"), index=True)
+    inspector: Mapped[str] = mapped_column(String(100))
+    decision: Mapped[str] = mapped_column(String(20))  # confirm | correct
+    model_grade: Mapped[str | None] = mapped_column(String(50))
+    grade: Mapped[str | None] = mapped_column(String(50))
+    model_defect_label: Mapped[str | None] = mapped_column(String(50))
+    defect_label: Mapped[str | None] = mapped_column(String(50))
+    flags: Mapped[list[str]] = mapped_column(JSON)
+    note: Mapped[str | None] = mapped_column(String(1000))
+    retracted: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class LotRow(Base):
@@ -90,8 +132,8 @@ class LotRow(Base):
     standard_id: Mapped[str] = mapped_column(String(100))
     harvest_date: Mapped[dt.date | None] = mapped_column(Date)
     status: Mapped[str] = mapped_column(String(20), default="open")
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    closed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    closed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
 
 
 class BrixReadingRow(Base):
@@ -107,7 +149,7 @@ class BrixReadingRow(Base):
     brix_20c: Mapped[float] = mapped_column(Float)
     status: Mapped[str] = mapped_column(String(20))  # accepted | flagged
     note: Mapped[str | None] = mapped_column(String(300))
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class GradeChangeRow(Base):
@@ -122,7 +164,7 @@ class GradeChangeRow(Base):
     old_brix: Mapped[float | None] = mapped_column(Float)
     new_brix: Mapped[float | None] = mapped_column(Float)
     reason: Mapped[str] = mapped_column(String(300))
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class CalibrationRow(Base):
@@ -136,7 +178,7 @@ class CalibrationRow(Base):
     reference_diameter_mm: Mapped[float | None] = mapped_column(Float)
     reference_diameter_px: Mapped[float | None] = mapped_column(Float)
     image_sha256: Mapped[str | None] = mapped_column(ForeignKey("images.sha256"), nullable=True)
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 def make_engine(url: str) -> Engine:

@@ -147,6 +147,7 @@ async def grade(
                 defect_score=None if f.defect is None else f.defect.score,
                 brix=None if sweetness is None else sweetness.brix,
                 brix_source=None if sweetness is None else sweetness.source,
+                priority=min((fl.priority for fl in f.flags), default=None),
             )
             for i, f in enumerate(fruits)
         ]

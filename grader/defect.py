@@ -35,6 +35,9 @@ class ModelSpec:
     temperature: float = 1.0  # logits are divided by this before softmax (calibration)
     threshold_defective: float = 0.5  # score >= this -> label "defective"
     review_band: tuple[float, float] = (0.3, 0.7)  # scores inside go to an inspector
+    #: energy score (-T·logsumexp(logits/T)) above which a crop is not a fruit this model knows;
+    #: None when the model's metadata gives no threshold (then no OOD flag can fire)
+    ood_energy_threshold: float | None = None
     crop_margin_frac: float = 0.08
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -59,6 +62,7 @@ class ModelSpec:
                 threshold_defective=float(thr.get("defective", 0.5)),
                 review_band=(float(thr.get("review_band", [0.3, 0.7])[0]), float(thr.get("review_band", [0.3, 0.7])[1])),
                 crop_margin_frac=float(pre.get("crop_margin_frac", 0.08)),
+                ood_energy_threshold=None if thr.get("ood_energy") is None else float(thr["ood_energy"]),
                 raw=meta,
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
@@ -92,12 +96,20 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def energy(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Energy score per row, -T·logsumexp(z/T): high for inputs unlike the training data."""
+    z = logits.astype(np.float64) / temperature
+    m = z.max(axis=1)
+    return -temperature * (m + np.log(np.exp(z - m[:, None]).sum(axis=1)))
+
+
 def evidence_from_logits(logits: np.ndarray, spec: ModelSpec) -> list[DefectEvidence]:
     """Turn raw model outputs into calibrated defect evidence, one per crop."""
     probs = softmax(logits, spec.temperature)
+    energies = energy(logits, spec.temperature)
     idx = [spec.classes.index(c) for c in spec.defective_classes]
     out = []
-    for row in probs:
+    for row, e in zip(probs, energies):
         score = float(row[idx].sum())
         if score >= spec.threshold_defective:
             label = spec.defective_classes[int(np.argmax(row[idx]))] if len(idx) > 1 else spec.defective_classes[0]
@@ -110,6 +122,8 @@ def evidence_from_logits(logits: np.ndarray, spec: ModelSpec) -> list[DefectEvid
                 probabilities={c: float(p) for c, p in zip(spec.classes, row)},
                 model_name=spec.name,
                 model_version=spec.version,
+                ood_score=float(e),
+                ood=None if spec.ood_energy_threshold is None else bool(e > spec.ood_energy_threshold),
             )
         )
     return out

@@ -32,6 +32,8 @@ class FlagPolicy:
     outlier_min_n: int = 10
     #: Brix at or above this on a fruit the model calls defective: the signals disagree
     disagreement_min_brix: float = 13.0
+    #: defect labels that mean decay: always examined first
+    decay_labels: tuple[str, ...] = ("decay", "rot", "mould")
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,10 @@ def fruit_flags(
     sound_labels: tuple[str, ...] = ("sound",),
 ) -> list[Flag]:
     flags = []
+    if defect is not None and defect.label in policy.decay_labels:
+        flags.append(Flag("decay", f"the model sees {defect.label} (score {defect.score:.2f})", 10))
+    if defect is not None and defect.ood:
+        flags.append(Flag("ood", f"the image does not look like fruit the model knows (energy {defect.ood_score:.2f}): not trusted", 15))
     if defect is not None:
         lo, hi = policy.review_band
         if lo <= defect.score <= hi:

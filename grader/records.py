@@ -80,12 +80,16 @@ class DefectEvidence:
     probabilities: dict[str, float]
     model_name: str
     model_version: str
+    ood_score: float | None = None  # energy score; higher = less like the fruit the model knows
+    ood: bool | None = None  # past the model's OOD threshold (None: the model gives no threshold)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "label": self.label,
             "score": round(float(self.score), 4),
             "probabilities": {k: round(float(v), 4) for k, v in self.probabilities.items()},
+            "ood_score": None if self.ood_score is None else round(float(self.ood_score), 4),
+            "ood": self.ood,
         }
 
 

@@ -18,7 +18,7 @@ from grader.sweetness import lot_sample
 from .storage import BrixReadingRow, FruitRow, GradeChangeRow, LotRow, ResultRow, VerdictRow
 
 #: flags that grading decides (and re-grading recomputes); the rest come from measurement
-GRADING_FLAGS = {"defect_uncertain", "provisional", "size_outlier", "brix_outlier", "signals_disagree"}
+GRADING_FLAGS = {"decay", "ood", "defect_uncertain", "provisional", "size_outlier", "brix_outlier", "signals_disagree"}
 DECAY_LABELS = {"decay", "rot", "mould"}
 
 
@@ -71,7 +71,8 @@ def regrade_fruit(s: Session, result: ResultRow, index: int, sweetness: Sweetnes
     fruits = [dict(f) for f in payload["fruits"]]
     f = fruits[index]
     d = f.get("defect")
-    defect = None if d is None else DefectEvidence(d["label"], d["score"], d.get("probabilities", {}), result.model_name, result.model_version)
+    defect = None if d is None else DefectEvidence(d["label"], d["score"], d.get("probabilities", {}), result.model_name,
+                                                   result.model_version, d.get("ood_score"), d.get("ood"))
     facts = FruitFacts(
         diameter_mm=f.get("diameter_mm"),
         brix=None if sweetness is None else sweetness.brix,

@@ -164,3 +164,32 @@ def test_lot_report_in_three_formats_with_tolerance_verdicts(client, orange_lot)
     assert html.headers["content-type"].startswith("text/html")
     assert "<svg" in html.text and "Lot N-1" in html.text and "fails" in html.text
     assert client.get(f"/v1/lots/{orange_lot}/report", headers=headers("camera")).status_code == 403
+
+
+def test_decay_ood_review_band_and_provisional_flags():
+    from grader.records import OUT_OF_GRADE, GradeDecision, Reason
+
+    p = FlagPolicy(review_band=(0.3, 0.7))
+    assert [f.code for f in fruit_flags(_defect("rot", 0.9), None, p)] == ["decay"]
+    ood = DefectEvidence("sound", 0.1, {}, "m", "1", ood_score=3.0, ood=True)
+    assert [f.code for f in fruit_flags(ood, None, p)] == ["ood"]
+    assert [f.code for f in fruit_flags(_defect("sound", 0.5), None, p)] == ["defect_uncertain"]
+    assert fruit_flags(_defect("sound", 0.2), None, p) == []
+    prov = GradeDecision("Premium", "s", "1", [Reason("Premium", "min_brix", None, 11.0, "…", True)], True, None)
+    flags = fruit_flags(_defect(), prov, p)
+    assert [f.code for f in flags] == ["provisional"] and "min_brix" in flags[0].reason
+
+
+def test_ood_signal_from_the_model_metadata():
+    import numpy as np
+
+    from grader.defect import ModelSpec, evidence_from_logits
+
+    meta = {"name": "m", "version": "1", "classes": ["sound", "defective"],
+            "preprocessing": {"input_size": [64, 64], "mean": [0.5] * 3, "std": [0.25] * 3},
+            "thresholds": {"defective": 0.5, "ood_energy": -2.0}}
+    spec = ModelSpec.from_metadata(meta)
+    known, unknown = evidence_from_logits(np.array([[6.0, -3.0], [0.2, 0.1]]), spec)
+    assert known.ood is False and unknown.ood is True and unknown.ood_score > known.ood_score
+    del meta["thresholds"]["ood_energy"]
+    assert evidence_from_logits(np.array([[0.2, 0.1]]), ModelSpec.from_metadata(meta))[0].ood is None

@@ -172,3 +172,21 @@ def test_unknown_result_is_404(client):
 def test_openapi_documents_grade(client):
     spec = client.get("/openapi.json").json()
     assert "/v1/grade" in spec["paths"] and "/v1/results/{result_id}" in spec["paths"]
+
+
+def test_results_list_filters_and_pages(client, fruit_jpeg):
+    client.post("/v1/lots", json={"id": "P-1"}, headers=headers())
+    ids = [post_image(client, fruit_jpeg, lot_id="P-1", mm_per_px=0.3, brix=14).json()["id"] for _ in range(3)]
+    post_image(client, fruit_jpeg)  # another lot-less, uncalibrated (flagged) result
+    h = headers("inspector")
+    page1 = client.get("/v1/results?lot_id=P-1&limit=2", headers=h).json()
+    assert len(page1["items"]) == 2 and page1["next_cursor"]
+    page2 = client.get(f"/v1/results?lot_id=P-1&limit=2&cursor={page1['next_cursor']}", headers=h).json()
+    assert page2["next_cursor"] is None
+    assert [r["id"] for r in page1["items"] + page2["items"]] == ids[::-1]
+    assert all(r["flagged"] for r in client.get("/v1/results?flagged=true", headers=h).json()["items"])
+    grade = page1["items"][0]["fruits"][0]["grade"]
+    assert len(client.get(f"/v1/results?lot_id=P-1&grade={grade}", headers=h).json()["items"]) == 3
+    assert client.get("/v1/results?lot_id=P-1&grade=nope", headers=h).json()["items"] == []
+    assert client.get("/v1/results?since=2999-01-01T00:00:00Z", headers=h).json()["items"] == []
+    assert client.get("/v1/results?cursor=garbage", headers=h).status_code == 422

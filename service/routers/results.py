@@ -1,22 +1,23 @@
-"""Stored results and their images."""
+"""Stored results: one, a filtered page of them, their images and overlays."""
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, Response
-from sqlalchemy import select
+from sqlalchemy import and_, exists, or_, select
 from starlette.concurrency import run_in_threadpool
 
 from grader.measure import measure_image, with_scale
 from grader.overlay import draw_overlay, fruit_label
 
-from ..imaging import decode_image
-
 from ..auth import require
 from ..errors import ApiError
-from ..storage import GradeChangeRow, ResultRow
+from ..imaging import decode_image
+from ..storage import FruitRow, GradeChangeRow, ResultRow
 
 router = APIRouter(prefix="/v1", tags=["results"])
 
@@ -43,6 +44,43 @@ def result_payload(row: ResultRow, replayed: bool = False) -> dict[str, Any]:
         "model": {"name": row.model_name, "version": row.model_version},
         "standard": {"id": row.standard_id, "version": row.standard_version},
     }
+
+
+@router.get("/results", summary="Stored results, newest first, filtered and paginated")
+def list_results(
+    request: Request,
+    lot_id: str | None = None,
+    camera_id: str | None = None,
+    grade: str | None = Query(None, description="results with at least one fruit of this grade"),
+    flagged: bool | None = None,
+    since: dt.datetime | None = Query(None, description="ISO 8601 time; results created at or after it"),
+    limit: int = Query(50, ge=1, le=500),
+    cursor: str | None = Query(None, description="next_cursor of the previous page"),
+    _=Depends(require("camera", "inspector", "trainer")),
+) -> dict[str, Any]:
+    q = select(ResultRow).order_by(ResultRow.created_at.desc(), ResultRow.id.desc())
+    if lot_id:
+        q = q.where(ResultRow.lot_id == lot_id)
+    if camera_id:
+        q = q.where(ResultRow.camera_id == camera_id)
+    if flagged is not None:
+        q = q.where(ResultRow.flagged.is_(flagged))
+    if since is not None:
+        q = q.where(ResultRow.created_at >= (since if since.tzinfo else since.replace(tzinfo=dt.timezone.utc)))
+    if grade:
+        q = q.where(exists().where(and_(FruitRow.result_id == ResultRow.id, FruitRow.grade == grade)))
+    if cursor:
+        try:
+            at_raw, _, last_id = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
+            at = dt.datetime.fromisoformat(at_raw)
+        except (ValueError, UnicodeDecodeError):
+            raise ApiError(422, "invalid_cursor", "cursor is not one this service gave out", "cursor") from None
+        q = q.where(or_(ResultRow.created_at < at, and_(ResultRow.created_at == at, ResultRow.id < last_id)))
+    with request.app.state.ctx.repo.sessions() as s:
+        rows = s.scalars(q.limit(limit + 1)).all()
+    page = rows[:limit]
+    nxt = base64.urlsafe_b64encode(f"{page[-1].created_at.isoformat()}|{page[-1].id}".encode()).decode() if len(rows) > limit else None
+    return {"items": [result_payload(r) for r in page], "next_cursor": nxt}
 
 
 def _get(request: Request, result_id: str) -> ResultRow:

@@ -15,6 +15,8 @@ from grader.standards import Standard, get_standard, load_standards
 
 from . import errors
 from .auth import load_or_create_keys
+from .batcher import MicroBatcher
+from .metrics import MetricsMiddleware
 from .onnx_model import OnnxDefectModel
 from .routers import brix, cameras, grade, health, lots, results, review
 from .settings import Settings
@@ -30,7 +32,7 @@ class Context:
     settings: Settings
     repo: Repository
     images: ImageStore
-    model: OnnxDefectModel
+    model: MicroBatcher
     standards: dict[str, Standard]
     default_standard: Standard
     commodities: dict[str, Commodity]
@@ -44,7 +46,8 @@ def build_context(settings: Settings) -> Context:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.resolved_database_url)
     init_db(engine)
-    model = OnnxDefectModel(settings.model_dir, settings.onnx_threads)
+    model = MicroBatcher(OnnxDefectModel(settings.model_dir, settings.onnx_threads), settings.max_batch,
+                         settings.max_batch_wait_ms, settings.max_inference_queue)
     standards = load_standards(*([settings.standards_dir] if settings.standards_dir else []))
     keys, keys_file = load_or_create_keys(settings.api_keys, settings.data_dir)
     policy = FlagPolicy(
@@ -80,6 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "Authenticate with the `X-API-Key` header.",
     )
     app.state.ctx = ctx
+    app.add_middleware(MetricsMiddleware)
     errors.install(app)
     app.include_router(health.router)
     app.include_router(grade.router)

@@ -52,6 +52,12 @@ def install(app: FastAPI) -> None:
     async def _api(_: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse(_body(exc.code, exc.message, exc.field), status_code=exc.status, headers=exc.headers)
 
+    from .batcher import Overloaded
+
+    @app.exception_handler(Overloaded)
+    async def _overloaded(_: Request, exc: Overloaded) -> JSONResponse:
+        return JSONResponse(_body("overloaded", f"{exc}; retry shortly"), status_code=503, headers={"Retry-After": "1"})
+
     @app.exception_handler(GraderError)
     async def _domain(_: Request, exc: GraderError) -> JSONResponse:
         status, code = next((v for k, v in STATUS.items() if isinstance(exc, k)), (422, "invalid_request"))

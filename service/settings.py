@@ -40,6 +40,12 @@ class Settings(BaseSettings):
     #: ONNX Runtime intra-op threads; 0 = one per CPU core
     onnx_threads: int = Field(default=0, ge=0)
 
+    #: micro-batching: crops per inference call, how long the first request waits for company,
+    #: and how many requests may wait before the service answers 503 (bounded latency under overload)
+    max_batch: int = Field(default=16, ge=1, le=256)
+    max_batch_wait_ms: float = Field(default=5.0, ge=0, le=100)
+    max_inference_queue: int = Field(default=256, ge=1)
+
     # --- flag triggers (each trades inspector workload against missed abnormal fruit)
     #: widen to send more borderline fruit to inspectors; narrow to trust the model more.
     #: Unset: the model's own review band from its metadata.

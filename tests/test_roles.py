@@ -7,7 +7,7 @@ import pytest
 
 from .conftest import API_KEYS, headers
 
-PUBLIC = {("GET", "/healthz"), ("GET", "/readyz")}
+PUBLIC = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics")}
 # route -> roles admitted besides admin
 MATRIX = {
     ("POST", "/v1/grade"): {"camera"},

@@ -11,6 +11,7 @@ from grader.pipeline import grade_image
 from grader.standards import get_standard
 
 from ..auth import Principal, require
+from ..metrics import FLAGS, FRUITS
 from ..lots import lot_context, sweetness_fields, sweetness_for
 from ..scale import resolve_scale
 from ..errors import ApiError
@@ -155,4 +156,9 @@ async def grade(
         return saved, saved.id != row.id  # a concurrent retry committed first: its result is the answer
 
     saved, replayed = await run_in_threadpool(store)
+    if not replayed:
+        for f in graded.fruits:
+            FRUITS.labels(f.decision.grade if f.decision else "none").inc()
+            for fl in f.flags:
+                FLAGS.labels(fl.code).inc()
     return result_payload(saved, replayed=replayed)

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+
+from ..metrics import render
 
 router = APIRouter(tags=["health"])
 
@@ -22,3 +24,10 @@ def readyz(request: Request) -> JSONResponse:
         db = f"unreachable: {type(exc).__name__}"
     ok = db == "ok"
     return JSONResponse({"status": "ready" if ok else "not ready", "database": db, "model": ctx.model.spec.version}, status_code=200 if ok else 503)
+
+
+@router.get("/metrics", summary="Prometheus metrics: requests by route, inference batches and latency, queue depth, flags",
+            response_class=Response)
+def metrics() -> Response:
+    body, ctype = render()
+    return Response(body, media_type=ctype)

@@ -1,0 +1,100 @@
+"""Micro-batching with the real ONNX model: concurrent requests share inference calls, and a full
+queue answers 503 with Retry-After instead of waiting without bound."""
+
+import threading
+import time
+
+import pytest
+
+from datasets.synthetic import make_fruit_image
+from grader.measure import crop_for_model, segment_fruits
+from service.batcher import MicroBatcher, Overloaded
+from service.onnx_model import OnnxDefectModel
+from service.settings import SHIPPED_MODELS
+
+from .conftest import headers, jpeg_bytes
+
+
+@pytest.fixture(scope="module")
+def model():
+    return OnnxDefectModel(SHIPPED_MODELS, threads=1)
+
+
+def crops(n):
+    out = []
+    for seed in range(n):
+        img, _ = make_fruit_image(seed=seed, diameter_mm=70, mm_per_px=0.5)
+        seg = segment_fruits(img)[0]
+        out.append(crop_for_model(img, seg.bbox, 0.08, seg.mask))
+    return out
+
+
+def test_concurrent_requests_share_batches_and_get_their_own_answers(model):
+    cs = crops(8)
+    direct = [e.score for e in model.predict(cs)]
+    b = MicroBatcher(model, max_batch=16, max_wait_ms=50)
+    sizes = []
+    orig = b._run
+    b._run = lambda items: (sizes.append(sum(len(x) for x, _ in items)), orig(items))
+    results = [None] * 8
+    barrier = threading.Barrier(8)
+
+    def worker(i):
+        barrier.wait()
+        results[i] = b.predict([cs[i]])[0].score
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    b.close()
+    assert results == pytest.approx(direct, abs=1e-5)
+    assert max(sizes) > 1 and sum(sizes) == 8
+
+
+def test_full_queue_is_refused_at_once(model):
+    b = MicroBatcher(model, max_queue=1)
+    b.close()  # no worker: the queue fills
+    cs = crops(1)
+    blocked = threading.Thread(target=lambda: pytest.raises(Exception, b.predict, cs), daemon=True)
+    blocked.start()
+    time.sleep(0.2)
+    t0 = time.perf_counter()
+    with pytest.raises(Overloaded):
+        b.predict(cs)
+    assert time.perf_counter() - t0 < 0.5
+    _, fut = b._q.get_nowait()
+    fut.set_exception(RuntimeError("released"))
+
+
+def test_overloaded_service_answers_503_with_retry_after(settings):
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+
+    app = create_app(settings.model_copy(update={"max_inference_queue": 1}))
+    batcher = app.state.ctx.model
+    batcher.close()
+    img, _ = make_fruit_image(seed=1, diameter_mm=70, mm_per_px=0.5)
+    files = {"image": ("f.jpg", jpeg_bytes(img), "image/jpeg")}
+    with TestClient(app) as c:
+        first = threading.Thread(target=lambda: c.post("/v1/grade", files=files, headers=headers()), daemon=True)
+        first.start()
+        deadline = time.time() + 10
+        while batcher._q.qsize() < 1 and time.time() < deadline:
+            time.sleep(0.05)
+        r = c.post("/v1/grade", files=files, headers=headers())
+        assert r.status_code == 503 and r.headers["Retry-After"] == "1"
+        assert r.json()["error"]["code"] == "overloaded"
+        _, fut = batcher._q.get_nowait()
+        fut.set_exception(RuntimeError("released"))
+        first.join(timeout=10)
+        assert c.get("/v1/results", headers=headers("inspector")).json()["items"] == []  # nothing half-stored
+
+
+def test_metrics_after_grading(client):
+    img, _ = make_fruit_image(seed=2, diameter_mm=70, mm_per_px=0.5)
+    client.post("/v1/grade", files={"image": ("f.jpg", jpeg_bytes(img), "image/jpeg")}, headers=headers())
+    text = client.get("/metrics").text
+    assert 'grader_http_requests_total{method="POST",route="/v1/grade",status="200"}' in text
+    assert "grader_inference_batch_size_count" in text and "grader_inference_queue_depth" in text
+    assert 'grader_flags_total{code="uncalibrated"}' in text

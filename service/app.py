@@ -40,6 +40,7 @@ class Context:
     policy: FlagPolicy
     api_keys: dict[str, str]
     keys_file: Path | None
+    in_flight: int = 0  # grade requests in progress (changed on the event loop only)
 
 
 def build_context(settings: Settings) -> Context:

@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     max_batch: int = Field(default=16, ge=1, le=256)
     max_batch_wait_ms: float = Field(default=5.0, ge=0, le=100)
     max_inference_queue: int = Field(default=256, ge=1)
+    #: grade requests in progress at once; past it 503 + Retry-After (raise with more cores)
+    max_in_flight: int = Field(default=24, ge=1)
 
     # --- flag triggers (each trades inspector workload against missed abnormal fruit)
     #: widen to send more borderline fruit to inspectors; narrow to trust the model more.

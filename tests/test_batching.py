@@ -98,3 +98,19 @@ def test_metrics_after_grading(client):
     assert 'grader_http_requests_total{method="POST",route="/v1/grade",status="200"}' in text
     assert "grader_inference_batch_size_count" in text and "grader_inference_queue_depth" in text
     assert 'grader_flags_total{code="uncalibrated"}' in text
+
+
+def test_admission_limit_answers_503_before_any_work(settings):
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+
+    app = create_app(settings.model_copy(update={"max_in_flight": 2}))
+    app.state.ctx.in_flight = 2  # two grades in progress
+    img, _ = make_fruit_image(seed=1, diameter_mm=70, mm_per_px=0.5)
+    with TestClient(app) as c:
+        r = c.post("/v1/grade", files={"image": ("f.jpg", jpeg_bytes(img), "image/jpeg")}, headers=headers())
+        assert r.status_code == 503 and r.headers["Retry-After"] == "1" and "limit 2" in r.json()["error"]["message"]
+        app.state.ctx.in_flight = 0
+        assert c.post("/v1/grade", files={"image": ("f.jpg", jpeg_bytes(img), "image/jpeg")}, headers=headers()).status_code == 200
+        assert app.state.ctx.in_flight == 0

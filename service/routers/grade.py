@@ -65,6 +65,21 @@ async def grade(
     principal: Principal = Depends(require("camera")),
 ) -> dict[str, Any]:
     ctx = request.app.state.ctx
+    # admission control: past max_in_flight concurrent grades a camera is told to retry at once,
+    # so latency stays bounded instead of every request queueing behind the backlog
+    if ctx.in_flight >= ctx.settings.max_in_flight:
+        raise ApiError(503, "overloaded", f"{ctx.in_flight} grades in progress (limit {ctx.settings.max_in_flight}); retry shortly",
+                       headers={"Retry-After": "1"})
+    ctx.in_flight += 1
+    try:
+        return await _grade(request, ctx, image, lot_id, camera_id, fruit_id, lane, brix, mm_per_px, standard, reference_diameter_mm,
+                            idempotency_key)
+    finally:
+        ctx.in_flight -= 1
+
+
+async def _grade(request, ctx, image, lot_id, camera_id, fruit_id, lane, brix, mm_per_px, standard, reference_diameter_mm,
+                 idempotency_key) -> dict[str, Any]:
     fields = {
         "lot_id": text_field("lot_id", lot_id),
         "camera_id": text_field("camera_id", camera_id),

@@ -1,0 +1,190 @@
+"""End-to-end serving benchmark: the real server, real JPEGs, many concurrent cameras.
+
+    .venv/bin/python bench/serve.py [--seconds 10] [--concurrency 1,4,16] [--rate 100] [--database-url URL]
+
+Starts `grader serve` (SQLite in a temporary data dir unless --database-url), posts JPEGs (FruitNet
+apple photos from ../shared/data when present, else synthetic fruit) and prints, in one run:
+  1. model-only ONNX Runtime throughput (crops/s) at batch 1 and 16, on this machine;
+  2. closed loop: N clients posting back to back: throughput (fruit/s), p50/p95/p99 latency;
+  3. open loop: a fixed offered rate (a 10-lane line at 10 fruit/s per lane = 100/s): p50/p95/p99.
+The load generator runs on the same machine as the server and takes CPU from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+KEY = "bench-camera-key-123"
+
+
+def images(n: int) -> list[bytes]:
+    data = REPO.parent / "shared" / "data" / "fruitnet-apples" / "single"
+    files = sorted((data / "good").glob("*.jpg"))[:n // 2] + sorted((data / "bad").glob("*.jpg"))[:n - n // 2] if data.is_dir() else []
+    if files:
+        print(f"images: {len(files)} FruitNet photos from {data}")
+        return [f.read_bytes() for f in files]
+    import cv2
+
+    from datasets.synthetic import make_fruit_image
+
+    print("images: synthetic fruit (../shared/data not present)")
+    out = []
+    for i in range(n):
+        img, _ = make_fruit_image(seed=i, diameter_mm=70, mm_per_px=0.25)
+        out.append(cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))[1].tobytes())
+    return out
+
+
+def model_only(jpegs: list[bytes]) -> dict[int, float]:
+    import cv2
+
+    from grader.measure import crop_for_model, segment_fruits
+    from service.onnx_model import OnnxDefectModel
+    from service.settings import SHIPPED_MODELS
+
+    m = OnnxDefectModel(SHIPPED_MODELS)
+    crops = []
+    for b in jpegs[:16]:
+        rgb = cv2.cvtColor(cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        segs = segment_fruits(rgb)
+        crops.append(crop_for_model(rgb, segs[0].bbox, 0.08, segs[0].mask) if segs else rgb)
+    out = {}
+    for bs in (1, 16):
+        batch = crops[:bs]
+        m.predict(batch)
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < 3:
+            m.predict(batch)
+            n += bs
+        out[bs] = n / (time.perf_counter() - t0)
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pct(lat: list[float]) -> tuple[float, float, float]:
+    a = np.array(lat) * 1000
+    return tuple(float(np.percentile(a, p)) for p in (50, 95, 99)) if len(a) else (float("nan"),) * 3
+
+
+async def closed_loop(url: str, jpegs: list[bytes], clients: int, seconds: float) -> tuple[int, int, list[float], float]:
+    lat: list[float] = []
+    errors = 0
+    stop = time.perf_counter() + seconds
+
+    async def client(i: int) -> None:
+        nonlocal errors
+        async with httpx.AsyncClient(timeout=30) as c:
+            k = i
+            while time.perf_counter() < stop:
+                t0 = time.perf_counter()
+                r = await c.post(url, files={"image": ("f.jpg", jpegs[k % len(jpegs)], "image/jpeg")},
+                                 data={"mm_per_px": "0.2"}, headers={"X-API-Key": KEY})
+                if r.status_code == 200:
+                    lat.append(time.perf_counter() - t0)
+                else:
+                    errors += 1
+                k += clients
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(client(i) for i in range(clients)))
+    return len(lat), errors, lat, time.perf_counter() - t0
+
+
+async def open_loop(url: str, jpegs: list[bytes], rate: float, seconds: float) -> tuple[int, int, list[float], float]:
+    lat: list[float] = []
+    errors = 0
+    async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=200)) as c:
+        async def one(k: int) -> None:
+            nonlocal errors
+            t0 = time.perf_counter()
+            r = await c.post(url, files={"image": ("f.jpg", jpegs[k % len(jpegs)], "image/jpeg")},
+                             data={"mm_per_px": "0.2"}, headers={"X-API-Key": KEY})
+            if r.status_code == 200:
+                lat.append(time.perf_counter() - t0)
+            else:
+                errors += 1
+
+        tasks, start, k = [], time.perf_counter(), 0
+        while (now := time.perf_counter()) - start < seconds:
+            due = start + k / rate
+            if now < due:
+                await asyncio.sleep(due - now)
+            tasks.append(asyncio.create_task(one(k)))
+            k += 1
+        await asyncio.gather(*tasks)
+        return len(lat), errors, lat, time.perf_counter() - start
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=10)
+    ap.add_argument("--concurrency", default="1,4,16")
+    ap.add_argument("--rate", type=float, default=100.0, help="open-loop offered rate, fruit/s")
+    ap.add_argument("--database-url", default=None)
+    ap.add_argument("--images", type=int, default=40)
+    ap.add_argument("--max-in-flight", type=int, default=None, help="GRADER_MAX_IN_FLIGHT for the server")
+    args = ap.parse_args()
+
+    jpegs = images(args.images)
+    print(f"machine: {os.cpu_count()} CPU cores")
+    mo = model_only(jpegs)
+    print(f"model only (ONNX Runtime, {os.cpu_count()} threads): batch 1 {mo[1]:.0f} crops/s, batch 16 {mo[16]:.0f} crops/s")
+
+    port = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        env = dict(os.environ, GRADER_DATA_DIR=tmp, GRADER_API_KEYS=f"camera:{KEY}")
+        if args.database_url:
+            env["GRADER_DATABASE_URL"] = args.database_url
+        if args.max_in_flight:
+            env["GRADER_MAX_IN_FLIGHT"] = str(args.max_in_flight)
+        server = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--log-level", "warning"],
+                                  env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=open(Path(tmp) / "server.log", "w"))
+        try:
+            base = f"http://127.0.0.1:{port}"
+            for _ in range(200):
+                try:
+                    if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(0.2)
+            url = base + "/v1/grade"
+            asyncio.run(closed_loop(url, jpegs, 2, 2))  # warm up
+            print(f"\nclosed loop, {args.seconds:g} s each (throughput = fruit graded and stored per second)")
+            print(f"{'clients':>8} {'fruit/s':>8} {'% of model-only b16':>20} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>7}")
+            for n in [int(x) for x in args.concurrency.split(",")]:
+                ok, err, lat, wall = asyncio.run(closed_loop(url, jpegs, n, args.seconds))
+                p50, p95, p99 = pct(lat)
+                print(f"{n:>8} {ok / wall:>8.1f} {100 * ok / wall / mo[16]:>19.0f}% {p50:>8.1f} {p95:>8.1f} {p99:>8.1f} {err:>7}")
+            ok, err, lat, wall = asyncio.run(open_loop(url, jpegs, args.rate, args.seconds))
+            p50, p95, p99 = pct(lat)
+            print(f"\nopen loop at {args.rate:g} fruit/s offered for {args.seconds:g} s: served {ok / wall:.1f} fruit/s, "
+                  f"p50 {p50:.1f} ms, p95 {p95:.1f} ms, p99 {p99:.1f} ms (of served requests); "
+                  f"refused with 503 + Retry-After or failed: {err}")
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+            log = (Path(tmp) / "server.log").read_text()
+            if server.returncode not in (0, -15) or "Traceback" in log:
+                print("server log:\n" + log[-3000:])
+
+
+if __name__ == "__main__":
+    main()

@@ -53,3 +53,34 @@ def test_grade_store_and_read_back_on_postgres(pg_client):
     retry = pg_client.post("/v1/grade", files={"image": ("a.jpg", data, "image/jpeg")}, data=form, headers=headers()).json()
     assert retry["id"] == body["id"] and retry["replayed"]
     assert pg_client.get("/readyz").status_code == 200
+
+
+@pytest.mark.slow
+def test_two_service_processes_share_one_database(pg_url, tmp_path):
+    """Two `grader serve` replicas on one PostgreSQL: a result graded by one is read from the other,
+    and a retry sent to the other replica is answered with the first result."""
+    import httpx
+
+    from .conftest import API_KEYS, jpeg_bytes
+    from .test_server_process import free_port, start
+
+    env = {"GRADER_DATABASE_URL": pg_url}
+    ports = [free_port(), free_port()]
+    procs = [start(tmp_path, p, env) for p in ports]
+    try:
+        img, _ = make_fruit_image(seed=31, diameter_mm=69, mm_per_px=0.3)
+        form = {"mm_per_px": "0.3", "camera_id": "cam-r", "fruit_id": "F-r1"}
+        cam = {"X-API-Key": API_KEYS["camera"]}
+        r = httpx.post(f"http://127.0.0.1:{ports[0]}/v1/grade", files={"image": ("a.jpg", jpeg_bytes(img), "image/jpeg")},
+                       data=form, headers=cam, timeout=30)
+        assert r.status_code == 200, r.text
+        rid = r.json()["id"]
+        other = httpx.get(f"http://127.0.0.1:{ports[1]}/v1/results/{rid}", headers={"X-API-Key": API_KEYS["inspector"]}, timeout=10)
+        assert other.status_code == 200 and other.json()["fruits"][0]["diameter_mm"] == pytest.approx(69, abs=1)
+        retry = httpx.post(f"http://127.0.0.1:{ports[1]}/v1/grade", files={"image": ("a.jpg", jpeg_bytes(img), "image/jpeg")},
+                           data=form, headers=cam, timeout=30).json()
+        assert retry["id"] == rid and retry["replayed"]
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(timeout=30)

@@ -22,8 +22,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(tmp_path, port):
-    env = dict(os.environ, GRADER_DATA_DIR=str(tmp_path / "var"), GRADER_API_KEYS=",".join(f"{r}:{k}" for r, k in API_KEYS.items()))
+def start(tmp_path, port, extra_env=None):
+    env = dict(os.environ, GRADER_DATA_DIR=str(tmp_path / "var"), GRADER_API_KEYS=",".join(f"{r}:{k}" for r, k in API_KEYS.items()),
+               **(extra_env or {}))
     proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 60

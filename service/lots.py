@@ -22,11 +22,17 @@ GRADING_FLAGS = {"decay", "ood", "defect_uncertain", "provisional", "size_outlie
 DECAY_LABELS = {"decay", "rot", "mould"}
 
 
+#: a lot's distribution for outlier flags is judged on its most recent values (bounded work per fruit)
+LOT_CONTEXT_N = 500
+
+
 def lot_context(s: Session, lot_id: str | None) -> LotContext | None:
     if lot_id is None:
         return None
-    diameters = s.scalars(select(FruitRow.diameter_mm).where(FruitRow.lot_id == lot_id, FruitRow.diameter_mm.is_not(None))).all()
-    brix = s.scalars(select(BrixReadingRow.brix_20c).where(BrixReadingRow.lot_id == lot_id, BrixReadingRow.status == "accepted")).all()
+    diameters = s.scalars(select(FruitRow.diameter_mm).where(FruitRow.lot_id == lot_id, FruitRow.diameter_mm.is_not(None))
+                          .order_by(FruitRow.id.desc()).limit(LOT_CONTEXT_N)).all()
+    brix = s.scalars(select(BrixReadingRow.brix_20c).where(BrixReadingRow.lot_id == lot_id, BrixReadingRow.status == "accepted")
+                     .order_by(BrixReadingRow.id.desc()).limit(LOT_CONTEXT_N)).all()
     return LotContext(diameters_mm=tuple(diameters), brix=tuple(brix))
 
 

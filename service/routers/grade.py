@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Header, Request, UploadFile
+from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from grader.pipeline import grade_image
@@ -16,7 +17,7 @@ from ..lots import lot_context, sweetness_fields, sweetness_for
 from ..scale import resolve_scale
 from ..errors import ApiError
 from ..imaging import decode_image
-from ..storage import FruitRow, ImageRow, ResultRow, utcnow
+from ..storage import CalibrationRow, FruitRow, ImageRow, LotRow, ResultRow, utcnow
 from ..forms import number_field, read_limited, text_field
 from .results import result_payload
 
@@ -89,34 +90,38 @@ async def _grade(request, ctx, image, lot_id, camera_id, fruit_id, lane, brix, m
     brix_v = number_field("brix", brix, 0.0, 35.0)
     scale = number_field("mm_per_px", mm_per_px, 0.0, 10.0, lo_open=True)
     ref_mm = number_field("reference_diameter_mm", reference_diameter_mm, 0.0, 1000.0, lo_open=True)
-    lot = None
+    key = text_field("Idempotency-Key", idempotency_key, 200)
+    if key is None and fields["camera_id"] and fields["fruit_id"]:
+        key = f"camera:{fields['camera_id']}/fruit:{fields['fruit_id']}"
+
+    def lookup():
+        """Everything the database knows that this grade needs, in one session."""
+        with ctx.repo.sessions() as s:
+            existing = None if key is None else s.scalar(select(ResultRow).where(ResultRow.idempotency_key == key))
+            if existing is not None:
+                return existing, None, None, None, None
+            lot = None if not fields["lot_id"] else s.get(LotRow, fields["lot_id"])
+            cal = None
+            if scale is None and ref_mm is None and fields["camera_id"]:
+                cal = s.scalar(select(CalibrationRow).where(CalibrationRow.camera_id == fields["camera_id"])
+                               .order_by(CalibrationRow.created_at.desc(), CalibrationRow.id.desc()).limit(1))
+            return (None, lot, sweetness_for(s, brix_v, fields["fruit_id"], fields["lot_id"]),
+                    lot_context(s, fields["lot_id"]), cal)
+
+    existing, lot, sweetness, lot_ctx, camera_cal = await run_in_threadpool(lookup)
+    if existing is not None:
+        return result_payload(existing, replayed=True)
     if fields["lot_id"]:
-        lot = await run_in_threadpool(ctx.repo.get_lot, fields["lot_id"])
         if lot is None:
             raise ApiError(404, "unknown_lot", f"no lot {fields['lot_id']!r}: open it first with POST /v1/lots", "lot_id")
         if lot.status != "open":
             raise ApiError(409, "lot_closed", f"lot {lot.id!r} is closed", "lot_id")
     std_id = standard or (lot.standard_id if lot else None)
     std = ctx.default_standard if not std_id else get_standard(ctx.standards, std_id)
-    key = text_field("Idempotency-Key", idempotency_key, 200)
-    if key is None and fields["camera_id"] and fields["fruit_id"]:
-        key = f"camera:{fields['camera_id']}/fruit:{fields['fruit_id']}"
-    if key is not None:
-        existing = await run_in_threadpool(ctx.repo.find_by_idempotency_key, key)
-        if existing is not None:
-            return result_payload(existing, replayed=True)
+    commodity = ctx.commodities.get(lot.commodity if lot else std.commodity)
 
     data = await read_limited(image, ctx.settings.max_image_bytes)
     rgb, media_type = await run_in_threadpool(decode_image, data, ctx.settings.max_image_pixels)
-    def evidence():
-        with ctx.repo.sessions() as s:
-            return sweetness_for(s, brix_v, fields["fruit_id"], fields["lot_id"]), lot_context(s, fields["lot_id"])
-
-    sweetness, lot_ctx = await run_in_threadpool(evidence)
-    commodity = ctx.commodities.get(lot.commodity if lot else std.commodity)
-    camera_cal = None
-    if scale is None and ref_mm is None and fields["camera_id"]:
-        camera_cal = await run_in_threadpool(ctx.repo.latest_calibration, fields["camera_id"])
 
     def measure_and_grade():
         scaled = resolve_scale(rgb, commodity, scale, ref_mm, camera_cal, ctx.reference)

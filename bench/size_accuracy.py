@@ -9,8 +9,13 @@ frames (../shared/data/ecopom-apple-size, never copied into the repo) two ways, 
 
 * baseline: the annotated box's mean side × (65.46 mm / median mean side of the frame's
   tennis-ball boxes);
-* ours: grader.orchard.measure_in_window (the box only places the search window and the seed);
-  the scale comes from the tennis balls measured by the same function.
+* ours (default ``--method grabcut``): grader.orchard.measure_by_probability, a colour model
+  trained on each fruit's own surroundings (GrabCut in Lab, sure-fruit disc at the box centre,
+  sure-background annulus well outside the box), then a RANSAC circle through the edge points
+  where rays from the centre leave the fruit region. The box places the seed disc and the
+  background annulus and bounds the radius search (0.2-0.85 x its side); the diameter comes from
+  the segmented pixels. ``--method watershed``: the previous grader.orchard.measure_in_window.
+  Either way the scale comes from the tennis balls measured by the same function.
 
 Frames without a tennis ball are skipped (each date/plant has only one frame, so there is no
 same-date scale to borrow). The method's knobs were chosen on the first half of the dates
@@ -38,11 +43,25 @@ from datasets.synthetic import FruitSpec, make_frame  # noqa: E402
 from grader.measure import measure_image  # noqa: E402
 from grader.orchard import (  # noqa: E402
     TENNIS_BALL_DIAMETER_MM,
+    ProbParams,
     WindowMeasurement,
     box_scale_mm_per_px,
+    measure_by_probability,
     measure_in_window,
     scale_from_references,
 )
+
+#: knobs of the default method, chosen on the tune dates only
+TREE_PARAMS = ProbParams(segmenter="grabcut", grabcut_space="lab", inlier_tol_px=5.0, pos_frac=0.38)
+METHODS = ("grabcut", "watershed")
+
+
+def measure_fruit(image: np.ndarray, box, frame_boxes, method: str = "grabcut") -> WindowMeasurement:
+    """One fruit (or ball) by the chosen method; ``frame_boxes`` are all boxes of the frame (other
+    fruit are kept out of the background samples)."""
+    if method == "watershed":
+        return measure_in_window(image, box)
+    return measure_by_probability(image, box, frame_boxes, TREE_PARAMS)
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ecopom-apple-size"
 
@@ -133,7 +152,7 @@ def tune_dates(frames: list[dict]) -> set[str]:
     return set(dates[: len(dates) // 2])
 
 
-def evaluate_ecopom(data: Path, frames: list[dict] | None = None) -> tuple[list[AppleResult], list[str]]:
+def evaluate_ecopom(data: Path, frames: list[dict] | None = None, method: str = "grabcut") -> tuple[list[AppleResult], list[str]]:
     """Size every calipered apple; returns the results and the names of skipped frames."""
     annotations = json.loads((data / "annotations.json").read_text())
     tune = tune_dates(annotations)
@@ -148,13 +167,14 @@ def evaluate_ecopom(data: Path, frames: list[dict] | None = None) -> tuple[list[
             skipped.append(frame["image"])
             continue
         image = load_rgb(data / frame["image"])
+        frame_boxes = [_box(o) for o in frame["objects"]]
         base_scale = box_scale_mm_per_px([_box(b) for b in balls])
-        our_scale = scale_from_references([measure_in_window(image, _box(b)).diameter_px for b in balls])
+        our_scale = scale_from_references([measure_fruit(image, _box(b), frame_boxes, method).diameter_px for b in balls])
         part = "tune" if frame["date"] in tune else "held-out"
         for a in apples:
             box = _box(a)
             side = ((box[2] - box[0]) + (box[3] - box[1])) / 2
-            m = measure_in_window(image, box)
+            m = measure_fruit(image, box, frame_boxes, method)
             ours = None
             reason = m.reason
             if our_scale is None:
@@ -287,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--plot", type=Path, help="write a camera-vs-caliper scatter plot (PNG)")
     ap.add_argument("--overlay", type=Path, help="write one orchard frame with our circles (PNG)")
     ap.add_argument("--skip-synthetic", action="store_true")
+    ap.add_argument("--method", choices=METHODS, default="grabcut", help="our on-tree sizing method")
     args = ap.parse_args(argv)
 
     if not args.skip_synthetic:
@@ -303,8 +324,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  skipped: no ecopom data at {args.data}")
         return 0
     t = time.perf_counter()
-    results, skipped = evaluate_ecopom(args.data)
+    results, skipped = evaluate_ecopom(args.data, method=args.method)
     dates = sorted(tune_dates(json.loads((args.data / "annotations.json").read_text())))
+    p = TREE_PARAMS
+    print(f"  ours: {args.method}" + (f" (GrabCut in Lab; sure-fruit disc {p.pos_frac} x box side, background annulus"
+                                      f" {p.neg_inner}-{p.neg_outer} x side; RANSAC circle on {p.n_angles} rays,"
+                                      f" tolerance {p.inlier_tol_px} px)" if args.method == "grabcut" else ""))
     print(f"  scale: {TENNIS_BALL_DIAMETER_MM} mm tennis balls; baseline from their boxes, ours from our segmentation of them")
     print(f"  skipped {len(skipped)} frames without a tennis ball: {', '.join(Path(s).stem for s in skipped)}")
     print(f"  tune = dates {dates[0]}..{dates[-1]} (knobs chosen on these); held-out = later dates")

@@ -23,6 +23,11 @@ diameter comes from the pixels only:
 Reference spheres (tennis balls) are measured the same way; ``scale_from_references`` turns their
 diameters into ``mm_per_px`` for the frame, so a bias of the segmentation largely cancels out.
 
+:func:`measure_by_probability` is the alternative used by the ecopom benchmark: a colour model
+trained on the frame itself around each fruit (GrabCut in Lab from a sure-fruit disc at the box
+centre and a sure-background annulus well outside the box, or a quadratic logistic regression on
+pixel features), then a RANSAC circle through the points where rays from the centre leave the fruit.
+
 Pure functions: numpy and OpenCV only, no file I/O.
 """
 
@@ -211,3 +216,257 @@ def box_scale_mm_per_px(boxes_xyxy: Sequence[Sequence[float]], reference_mm: flo
     if not sides:
         return None
     return reference_mm / float(np.median(sides))
+
+
+# ----------------------------------------------------------------------------------------------
+# Self-supervised pixel classifier + radial circle fit ("probability" method)
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProbParams:
+    """Knobs of :func:`measure_by_probability`. Defaults were chosen on the first half of the
+    ecopom dates only (see bench/size_accuracy.py)."""
+
+    blur_px: int = 3  # Gaussian blur (odd kernel side) before computing the pixel features
+    texture_px: int = 5  # side of the window of the local standard deviation of L (texture)
+    pos_frac: float = 0.25  # positives: disc of this radius (× box side) around the box centre
+    neg_inner: float = 0.9  # negatives: annulus from this … (× box side, from the centre)
+    neg_outer: float = 1.3  # … to this, minus the inner parts of the other boxes
+    other_frac: float = 0.55  # other boxes exclude a disc of this radius (× their side) from negatives
+    l2: float = 1e-2  # ridge on the logistic regression weights
+    newton_steps: int = 8
+    n_angles: int = 96  # rays of the radial profile
+    min_r_frac: float = 0.2  # search the edge from this radius (× box side) …
+    max_r_frac: float = 0.85  # … out to this one: the box only bounds the search
+    gap_px: float = 2.0  # the fruit ends where p < 0.5 for at least this long along the ray
+    centre_iters: int = 3  # re-centre the rays on the fitted circle this many times
+    inlier_tol_px: float = 1.5
+    inlier_tol_frac: float = 0.0  # tolerance is at least this × box side (apples are not perfect circles)
+    min_coverage: float = 0.3  # share of rays whose edge lies on the circle
+    radius_bias_px: float = 0.0  # added to the fitted radius (fitted on tune dates only)
+    segmenter: str = "logreg"  # "logreg" (pixel classifier) or "grabcut" (GMM colour model + graph cut)
+    grabcut_iters: int = 5
+    grabcut_space: str = "rgb"  # colour space the grabcut GMMs model: "rgb" or "lab"
+    grabcut_l_weight: float = 1.0  # lab: lightness is scaled by this (shading on the fruit is mostly L)
+    pr_fg_frac: float = 0.5  # grabcut: "probably fruit" inside this radius (× side), "probably not" beyond
+    mask_blur_px: int = 3  # grabcut: blur of the binary mask before the 0.5 crossing
+
+
+def _features(crop_rgb: np.ndarray, params: ProbParams) -> np.ndarray:
+    """(H, W, F) float32 pixel features: Lab, HSV saturation/value, local std of L."""
+    sm = cv2.GaussianBlur(crop_rgb, (params.blur_px, params.blur_px), 0) if params.blur_px > 1 else crop_rgb
+    sm = np.ascontiguousarray(sm)
+    lab = cv2.cvtColor(sm, cv2.COLOR_RGB2LAB).astype(np.float32)
+    hsv = cv2.cvtColor(sm, cv2.COLOR_RGB2HSV).astype(np.float32)
+    L = cv2.cvtColor(np.ascontiguousarray(crop_rgb), cv2.COLOR_RGB2LAB)[..., 0].astype(np.float32)
+    k = (params.texture_px, params.texture_px)
+    mu = cv2.blur(L, k)
+    sd = np.sqrt(np.maximum(cv2.blur(L * L, k) - mu * mu, 0.0))
+    return np.dstack([lab, hsv[..., 1:], sd])
+
+
+def _expand(x: np.ndarray) -> np.ndarray:
+    """Quadratic feature expansion of standardised features (N, F) -> (N, 1 + F + F(F+1)/2)."""
+    n, f = x.shape
+    iu = np.triu_indices(f)
+    quad = (x[:, :, None] * x[:, None, :])[:, iu[0], iu[1]]
+    return np.hstack([np.ones((n, 1), x.dtype), x, quad])
+
+
+def train_pixel_classifier(pos: np.ndarray, neg: np.ndarray, l2: float = 1e-2, steps: int = 8):
+    """Logistic regression (quadratic features, Newton steps, classes weighted equally) on pixel
+    feature rows; returns a function mapping (N, F) features to P(fruit)."""
+    x = np.vstack([pos, neg]).astype(np.float64)
+    mu, sd = x.mean(axis=0), x.std(axis=0) + 1e-6
+    phi = _expand((x - mu) / sd)
+    y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
+    sw = np.r_[np.full(len(pos), 0.5 / len(pos)), np.full(len(neg), 0.5 / len(neg))]
+    w = np.zeros(phi.shape[1])
+    reg = l2 * np.eye(len(w))
+    reg[0, 0] = 0.0
+    for _ in range(steps):
+        p = 1.0 / (1.0 + np.exp(-np.clip(phi @ w, -30, 30)))
+        g = phi.T @ (sw * (p - y)) + reg @ w
+        h = (phi * (sw * p * (1 - p))[:, None]).T @ phi + reg
+        w -= np.linalg.solve(h + 1e-9 * np.eye(len(w)), g)
+
+    def predict(f: np.ndarray) -> np.ndarray:
+        z = _expand((f.astype(np.float64) - mu) / sd) @ w
+        return 1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))
+
+    return predict
+
+
+def _ray_edges(prob: np.ndarray, cx: float, cy: float, r0: float, r1: float, params: ProbParams) -> tuple[np.ndarray, np.ndarray]:
+    """Per ray from (cx, cy): sub-pixel radius where P(fruit) falls through 0.5 and stays below it
+    for ``gap_px``; NaN where the ray never leaves the fruit. Returns (angles, radii)."""
+    step = 0.25
+    rho = np.arange(0.0, r1 + params.gap_px + step, step, dtype=np.float32)
+    th = np.linspace(0, 2 * np.pi, params.n_angles, endpoint=False).astype(np.float32)
+    mx = (cx + np.cos(th)[:, None] * rho[None, :]).astype(np.float32)
+    my = (cy + np.sin(th)[:, None] * rho[None, :]).astype(np.float32)
+    prof = cv2.remap(prob.astype(np.float32), mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    out = prof < 0.5
+    k = max(1, int(round(params.gap_px / step)))
+    # run[i, j]: the ray is outside for the k samples starting at j
+    c = np.cumsum(np.pad(out.astype(np.int32), ((0, 0), (1, 0))), axis=1)
+    run = (c[:, k:] - c[:, :-k]) == k
+    radii = np.full(len(th), np.nan)
+    j0 = int(np.ceil(r0 / step))
+    jmax = int(r1 / step)
+    for i in range(len(th)):
+        js = np.flatnonzero(run[i, j0 : jmax + 1])
+        if len(js) == 0:
+            continue
+        j = j0 + int(js[0])
+        if j == 0:
+            continue
+        a, b = prof[i, j - 1], prof[i, j]  # a >= 0.5 > b
+        t = (a - 0.5) / (a - b) if a > b else 0.0
+        radii[i] = (j - 1 + t) * step
+    return th, radii
+
+
+def _fill_component(mask: np.ndarray, seed: np.ndarray) -> np.ndarray:
+    """The connected parts of ``mask`` touching ``seed``, with their holes filled."""
+    m = mask.astype(np.uint8)
+    _, lab = cv2.connectedComponents(m, connectivity=4)
+    keep = np.unique(lab[seed & (m > 0)])
+    keep = keep[keep > 0]
+    region = np.isin(lab, keep).astype(np.uint8)
+    # holes: background not reachable from the crop border
+    inv = np.pad(1 - region, 1, constant_values=1)
+    ff = inv.copy()
+    cv2.floodFill(ff, None, (0, 0), 2)
+    return (region > 0) | (ff[1:-1, 1:-1] == 1)
+
+
+def _ray_circle(pts: np.ndarray, seed_xy: tuple[float, float], tol_px: float, r_min: float, r_max: float,
+                iters: int = 300, rng_seed: int = 0) -> Circle | None:
+    """RANSAC circle through ray edge points (one per ray), scored by the number of rays it
+    explains within ``tol_px``; refined by least squares on its inliers."""
+    n = len(pts)
+    if n < 8:
+        return None
+    rng = np.random.default_rng(rng_seed)
+    idx = np.argsort(rng.random((iters, n)), axis=1)[:, :3]
+    ux, uy, r = _circles_through_triples(pts[idx])
+    ok = (r >= r_min) & (r <= r_max) & (np.hypot(ux - seed_xy[0], uy - seed_xy[1]) < r)
+    if not ok.any():
+        return None
+    ux, uy, r = ux[ok], uy[ok], r[ok]
+    res = np.abs(np.hypot(pts[None, :, 0] - ux[:, None], pts[None, :, 1] - uy[:, None]) - r[:, None])
+    score = (res < tol_px).sum(axis=1) - 1e-3 * np.clip(res, 0, tol_px).sum(axis=1)
+    inl = res[int(score.argmax())] < tol_px
+    c = None
+    for _ in range(3):
+        if inl.sum() < 3:
+            return c
+        cx, cy, rad = fit_circle_px(pts[inl])
+        c = Circle(cx, cy, rad)
+        inl = np.abs(np.hypot(pts[:, 0] - cx, pts[:, 1] - cy) - rad) < tol_px
+    return c
+
+
+def measure_by_probability(
+    image_rgb: np.ndarray,
+    box_xyxy: Sequence[float],
+    other_boxes: Sequence[Sequence[float]] = (),
+    params: ProbParams | None = None,
+) -> WindowMeasurement:
+    """Diameter in pixels of the round fruit (or ball) at the centre of ``box_xyxy``, from a pixel
+    classifier trained on this very image.
+
+    Positives are the pixels of a disc at the box centre (``pos_frac`` × side: certainly fruit),
+    negatives those of an annulus well outside the box (``neg_inner``…``neg_outer`` × side), minus
+    the inner parts of ``other_boxes`` (other fruit). A quadratic logistic regression on Lab, HSV
+    saturation/value and local L texture gives P(fruit) around the box; rays from the centre find
+    where P falls through 0.5 (sub-pixel) and a RANSAC circle through those edge points, re-centred
+    a few times, gives ``diameter_px = 2·(r + radius_bias_px)``. The box places the positive disc,
+    the negative annulus and bounds the radius search (``min_r_frac``…``max_r_frac`` × side); the
+    diameter comes from where the classified pixels end. Declined as ``no_outline`` (no circle) or
+    ``no_clean_outline`` (fewer than ``min_coverage`` of the rays agree with it)."""
+    params = params or ProbParams()
+    if image_rgb.ndim != 3 or image_rgb.shape[2] != 3 or image_rgb.dtype != np.uint8:
+        raise ValueError(f"expected an RGB uint8 image (H, W, 3), got {image_rgb.dtype} {image_rgb.shape}")
+    x0, y0, x1, y1 = (float(v) for v in box_xyxy)
+    side = max((x1 - x0 + y1 - y0) / 2, 4.0)
+    bcx, bcy = (x0 + x1) / 2, (y0 + y1) / 2
+    half = int(math.ceil(side * params.neg_outer)) + 4
+    ix, iy = int(round(bcx)), int(round(bcy))
+    H, W = image_rgb.shape[:2]
+    pad = half + 2
+    padded = cv2.copyMakeBorder(image_rgb, pad, pad, pad, pad, cv2.BORDER_REFLECT)
+    crop = padded[iy - half + pad : iy + half + pad + 1, ix - half + pad : ix + half + pad + 1]
+    ox, oy = ix - half, iy - half
+    n = crop.shape[0]
+    yy, xx = np.mgrid[0:n, 0:n].astype(np.float32)
+    valid = (xx + ox >= 0) & (xx + ox < W) & (yy + oy >= 0) & (yy + oy < H)
+    feats = _features(crop, params) if params.segmenter != "grabcut" else None
+    d = np.hypot(xx - (bcx - ox), yy - (bcy - oy))
+    pos = (d <= max(2.0, params.pos_frac * side)) & valid
+    neg = (d >= params.neg_inner * side) & (d <= params.neg_outer * side) & valid
+    for ob in other_boxes:
+        qx0, qy0, qx1, qy1 = (float(v) for v in ob)
+        if (qx0, qy0, qx1, qy1) == (x0, y0, x1, y1):
+            continue
+        qs = max((qx1 - qx0 + qy1 - qy0) / 2, 1.0)
+        neg &= np.hypot(xx - ((qx0 + qx1) / 2 - ox), yy - ((qy0 + qy1) / 2 - oy)) > params.other_frac * qs
+    if pos.sum() < 5 or neg.sum() < 20:
+        return WindowMeasurement(None, "no_fruit", None, None, 0.0)
+    if params.segmenter == "grabcut":
+        gm = np.full((n, n), cv2.GC_PR_BGD, np.uint8)
+        gm[d <= params.pr_fg_frac * side] = cv2.GC_PR_FGD
+        gm[neg] = cv2.GC_BGD
+        gm[pos] = cv2.GC_FGD
+        bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+        sm = cv2.GaussianBlur(crop, (params.blur_px, params.blur_px), 0) if params.blur_px > 1 else crop
+        if params.grabcut_space == "rgb":
+            gi = np.ascontiguousarray(sm[..., ::-1])
+        else:
+            gi = cv2.cvtColor(np.ascontiguousarray(sm), cv2.COLOR_RGB2LAB)
+            gi[..., 0] = (gi[..., 0].astype(np.float32) * params.grabcut_l_weight).astype(np.uint8)
+        cv2.setRNGSeed(0)  # grabCut's k-means init draws from OpenCV's global RNG: same input, same answer
+        cv2.grabCut(gi, gm, None, bgd, fgd, params.grabcut_iters, cv2.GC_INIT_WITH_MASK)
+        prob = _fill_component((gm == cv2.GC_FGD) | (gm == cv2.GC_PR_FGD), pos).astype(np.float32)
+        if params.mask_blur_px > 1:
+            prob = cv2.GaussianBlur(prob, (params.mask_blur_px, params.mask_blur_px), 0)
+    else:
+        f = feats.reshape(-1, feats.shape[2])
+        predict = train_pixel_classifier(f[pos.ravel()], f[neg.ravel()], params.l2, params.newton_steps)
+        prob = predict(f).reshape(n, n)
+
+    cx, cy = bcx - ox, bcy - oy
+    r0, r1 = params.min_r_frac * side, params.max_r_frac * side
+    tol = max(params.inlier_tol_px, params.inlier_tol_frac * side)
+    circle = None
+    coverage = 0.0
+    for _ in range(max(1, params.centre_iters)):
+        th, radii = _ray_edges(prob, cx, cy, r0, r1, params)
+        ok = np.isfinite(radii)
+        if ok.sum() < 8:
+            break
+        pts = np.c_[cx + radii[ok] * np.cos(th[ok]), cy + radii[ok] * np.sin(th[ok])]
+        c = _ray_circle(pts, (cx, cy), tol, r0, r1)
+        if c is None:
+            break
+        inl = np.abs(np.hypot(pts[:, 0] - c.cx_px, pts[:, 1] - c.cy_px) - c.radius_px) < tol
+        coverage = float(inl.sum()) / params.n_angles
+        circle = c
+        if math.hypot(c.cx_px - (bcx - ox), c.cy_px - (bcy - oy)) > 0.5 * side:
+            break
+        cx, cy = c.cx_px, c.cy_px
+    contour = (prob >= 0.5).astype(np.uint8)
+    cs, _ = cv2.findContours(contour, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    contour_px = None
+    if cs:
+        cc = min(cs, key=lambda q: cv2.pointPolygonTest(q, (float(cx), float(cy)), True) * -1)
+        contour_px = (cc.reshape(-1, 2) + np.array([ox, oy])).astype(np.int32)
+    if circle is None:
+        return WindowMeasurement(None, "no_outline", None, contour_px, 0.0)
+    r = circle.radius_px + params.radius_bias_px
+    full = Circle(circle.cx_px + ox, circle.cy_px + oy, r)
+    if coverage < params.min_coverage:
+        return WindowMeasurement(None, "no_clean_outline", full, contour_px, coverage)
+    return WindowMeasurement(2 * r, "ok", full, contour_px, coverage)

@@ -13,8 +13,10 @@ import pytest
 
 from datasets.synthetic import FruitSpec, make_frame
 from grader.orchard import (
+    ProbParams,
     box_scale_mm_per_px,
     fit_circle_px,
+    measure_by_probability,
     measure_in_window,
     ransac_circle_px,
     scale_from_references,
@@ -95,6 +97,48 @@ def test_box_size_does_not_set_the_diameter():
     assert max(sizes) - min(sizes) < 1.5
 
 
+TREE = ProbParams(segmenter="grabcut", grabcut_space="lab", inlier_tol_px=5.0, pos_frac=0.38)
+
+
+@pytest.mark.parametrize("params", [TREE], ids=["grabcut"])
+@pytest.mark.parametrize("seed", [1, 2])
+def test_probability_clean_fruit(params, seed):
+    img, d_px, (cx, cy) = _foliage_frame(seed, leaves=0)
+    box = (cx - d_px / 2, cy - d_px / 2, cx + d_px / 2, cy + d_px / 2)
+    m = measure_by_probability(img, box, params=params)
+    assert m.reason == "ok"
+    assert m.diameter_px == pytest.approx(d_px, abs=1.5)
+
+
+@pytest.mark.xfail(strict=True, reason="known weakness: GrabCut merges green leaves touching the rim into the fruit "
+                   "and the 5 px RANSAC tolerance keeps them, so the diameter comes out ~5 px large")
+@pytest.mark.parametrize("seed", [4, 5])
+def test_probability_leaves_and_loose_box(seed):
+    img, d_px, (cx, cy) = _foliage_frame(seed, leaves=2)
+    box = (cx - d_px / 2 - 6, cy - d_px / 2 + 3, cx + d_px / 2 + 2, cy + d_px / 2 + 9)
+    m = measure_by_probability(img, box, params=TREE)
+    assert m.reason == "ok"
+    assert m.diameter_px == pytest.approx(d_px, abs=2.0)
+
+
+@pytest.mark.xfail(strict=True, reason="known weakness: GrabCut merges green leaves touching the rim into the fruit "
+                   "and the 5 px RANSAC tolerance keeps them, so the diameter comes out ~5 px large")
+def test_probability_box_size_does_not_set_the_diameter():
+    img, d_px, (cx, cy) = _foliage_frame(7, leaves=1)
+    sizes = []
+    for grow in (0.85, 1.0, 1.2):
+        h = d_px * grow / 2
+        sizes.append(measure_by_probability(img, (cx - h, cy - h, cx + h, cy + h), params=TREE).diameter_px)
+    assert all(s is not None for s in sizes)
+    assert max(sizes) - min(sizes) < 2.0
+    assert all(abs(s - d_px) < 2.0 for s in sizes)
+
+
+def test_probability_bad_image_rejected():
+    with pytest.raises(ValueError):
+        measure_by_probability(np.zeros((10, 10), np.uint8), (0, 0, 5, 5))
+
+
 def test_scales():
     assert scale_from_references([65.46, None, 70.0, 60.0]) == pytest.approx(1.0)  # median of the measured
     assert scale_from_references([None]) is None
@@ -119,5 +163,5 @@ def test_ecopom_two_frames():
     assert not skipped and len(results) >= 20
     rows = size_accuracy.ecopom_rows(results)
     share, mae = rows[-1][4], rows[-1][5]
-    assert share >= 0.3  # the method declines occluded / leaking fruit rather than guess
-    assert math.isfinite(mae)
+    assert share >= 0.9
+    assert math.isfinite(mae) and mae < 8.0

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -59,3 +60,25 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "fruitnet-apples").is_dir():
         pytest.skip("../shared/data is not present on this machine")
     return SHARED_DATA
+
+
+PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture(scope="session")
+def pg_url():
+    sqlalchemy = pytest.importorskip("sqlalchemy")
+    pytest.importorskip("psycopg")
+    name = f"grader_test_{uuid.uuid4().hex[:10]}"
+    try:
+        admin = sqlalchemy.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        with admin.connect() as c:
+            c.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    except Exception as exc:  # no server on this machine
+        pytest.skip(f"PostgreSQL not reachable at 127.0.0.1:5432: {exc}")
+    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    with admin.connect() as c:
+        c.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.dispose()
+
+

@@ -1,8 +1,6 @@
 """The storage and grading path again on the real PostgreSQL at 127.0.0.1:5432 (a fresh database
 per run, dropped afterwards). Skipped cleanly where no server answers."""
 
-import uuid
-
 import pytest
 
 from datasets.synthetic import make_fruit_image
@@ -10,24 +8,6 @@ from datasets.synthetic import make_fruit_image
 from .conftest import headers, jpeg_bytes
 
 pytestmark = pytest.mark.postgres
-ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-
-
-@pytest.fixture(scope="module")
-def pg_url():
-    sqlalchemy = pytest.importorskip("sqlalchemy")
-    pytest.importorskip("psycopg")
-    name = f"grader_test_{uuid.uuid4().hex[:10]}"
-    try:
-        admin = sqlalchemy.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-        with admin.connect() as c:
-            c.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    except Exception as exc:  # no server on this machine
-        pytest.skip(f"PostgreSQL not reachable at 127.0.0.1:5432: {exc}")
-    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    with admin.connect() as c:
-        c.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.dispose()
 
 
 @pytest.fixture

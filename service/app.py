@@ -15,10 +15,10 @@ from grader.standards import Standard, get_standard, load_standards
 
 from . import errors
 from .auth import load_or_create_keys
-from .batcher import MicroBatcher
+from .batcher import MicroBatcher, ServingModel
 from .metrics import MetricsMiddleware
-from .onnx_model import OnnxDefectModel
-from .routers import brix, cameras, grade, health, lots, results, review
+from .registry import Registry
+from .routers import brix, cameras, grade, health, lots, models, results, review
 from .settings import Settings
 from .storage import ImageStore, Repository, init_db, make_engine
 
@@ -32,7 +32,9 @@ class Context:
     settings: Settings
     repo: Repository
     images: ImageStore
-    model: MicroBatcher
+    model: ServingModel  # swapped whole on promote/rollback; a request reads it once
+    batcher: MicroBatcher
+    registry: Registry
     standards: dict[str, Standard]
     default_standard: Standard
     commodities: dict[str, Commodity]
@@ -47,8 +49,10 @@ def build_context(settings: Settings) -> Context:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.resolved_database_url)
     init_db(engine)
-    model = MicroBatcher(OnnxDefectModel(settings.model_dir, settings.onnx_threads), settings.max_batch,
-                         settings.max_batch_wait_ms, settings.max_inference_queue)
+    batcher = MicroBatcher(settings.max_batch, settings.max_batch_wait_ms, settings.max_inference_queue)
+    repo = Repository(engine)
+    registry = Registry(repo, settings.data_dir / "models", batcher, settings.onnx_threads)
+    model = registry.startup_model(settings.model_dir)
     standards = load_standards(*([settings.standards_dir] if settings.standards_dir else []))
     keys, keys_file = load_or_create_keys(settings.api_keys, settings.data_dir)
     policy = FlagPolicy(
@@ -61,9 +65,11 @@ def build_context(settings: Settings) -> Context:
     )
     return Context(
         settings=settings,
-        repo=Repository(engine),
+        repo=repo,
+        registry=registry,
         images=ImageStore(settings.images_dir),
         model=model,
+        batcher=batcher,
         standards=standards,
         default_standard=get_standard(standards, settings.default_standard),
         commodities=load_commodities(),
@@ -93,6 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(lots.router)
     app.include_router(brix.router)
     app.include_router(review.router)
+    app.include_router(models.router)
     return app
 
 

@@ -28,26 +28,25 @@ class Overloaded(Exception):
 
 
 class MicroBatcher:
-    def __init__(self, model: OnnxDefectModel, max_batch: int = 16, max_wait_ms: float = 5.0, max_queue: int = 256) -> None:
-        self.model = model
-        self.spec = model.spec
+    """One worker thread running queued batches; each queued item names the ONNX model it was
+    preprocessed for, so a model swap never mixes two models' inputs in one call."""
+
+    def __init__(self, max_batch: int = 16, max_wait_ms: float = 5.0, max_queue: int = 256) -> None:
         self.max_batch, self.max_wait_s = max_batch, max_wait_ms / 1000.0
-        self._q: queue.Queue[tuple[np.ndarray, Future]] = queue.Queue(maxsize=max_queue)
+        self._q: queue.Queue[tuple[np.ndarray, Future, OnnxDefectModel]] = queue.Queue(maxsize=max_queue)
         self._stop = threading.Event()
         self._worker = threading.Thread(target=self._loop, name="inference-batcher", daemon=True)
         self._worker.start()
 
-    def predict(self, crops: Sequence[np.ndarray]) -> list[DefectEvidence]:
-        if not crops:
-            return []
-        batch = preprocess(crops, self.spec)  # in the caller's thread: preprocessing runs in parallel
+    def submit(self, model: OnnxDefectModel, batch: np.ndarray) -> np.ndarray:
+        """Logits for a preprocessed batch, run together with whatever else is waiting."""
         fut: Future = Future()
         try:
-            self._q.put_nowait((batch, fut))
+            self._q.put_nowait((batch, fut, model))
         except queue.Full:
             raise Overloaded(f"inference queue is full ({self._q.maxsize} waiting)") from None
         QUEUE_DEPTH.set(self._q.qsize())
-        return evidence_from_logits(fut.result(), self.spec)
+        return fut.result()
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -69,23 +68,43 @@ class MicroBatcher:
                 items.append(item)
                 n += len(item[0])
             QUEUE_DEPTH.set(self._q.qsize())
-            self._run(items)
+            by_model: dict[int, list] = {}
+            for it in items:
+                by_model.setdefault(id(it[2]), []).append(it)
+            for group in by_model.values():
+                self._run(group)
 
-    def _run(self, items: list[tuple[np.ndarray, Future]]) -> None:
+    def _run(self, items: list[tuple[np.ndarray, Future, OnnxDefectModel]]) -> None:
         try:
             t0 = time.perf_counter()
-            logits = self.model.run(np.concatenate([b for b, _ in items]))
+            logits = items[0][2].run(np.concatenate([b for b, _, _ in items]))
             INFERENCE_SECONDS.observe(time.perf_counter() - t0)
             INFERENCE_BATCH.observe(len(logits))
         except Exception as exc:  # hand the error to every waiting request, never lose one silently
-            for _, fut in items:
+            for _, fut, _ in items:
                 fut.set_exception(exc)
             return
         i = 0
-        for b, fut in items:
+        for b, fut, _ in items:
             fut.set_result(logits[i : i + len(b)])
             i += len(b)
 
     def close(self) -> None:
         self._stop.set()
         self._worker.join(timeout=2)
+
+
+class ServingModel:
+    """The DefectModel the grader calls: one loaded artifact, inference through the shared batcher.
+    A request takes one ServingModel at its start and uses it throughout, so a promotion in the
+    middle never mixes two models in one result."""
+
+    def __init__(self, onnx: OnnxDefectModel, batcher: MicroBatcher, model_id: str | None = None) -> None:
+        self.onnx, self.batcher, self.spec = onnx, batcher, onnx.spec
+        self.model_id = model_id or f"{onnx.spec.name}@{onnx.spec.version}"
+
+    def predict(self, crops: Sequence[np.ndarray]) -> list[DefectEvidence]:
+        if not crops:
+            return []
+        batch = preprocess(crops, self.spec)  # in the caller's thread: preprocessing runs in parallel
+        return evidence_from_logits(self.batcher.submit(self.onnx, batch), self.spec)

@@ -181,6 +181,21 @@ class CalibrationRow(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
+class ModelVersionRow(Base):
+    """A model artifact the service knows; `status` is serving for exactly one at a time."""
+
+    __tablename__ = "model_versions"
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)  # "<name>@<version>"
+    name: Mapped[str] = mapped_column(String(100))
+    version: Mapped[str] = mapped_column(String(50))
+    path: Mapped[str] = mapped_column(String(512))
+    onnx_sha256: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(20), index=True)  # available | serving | retired
+    meta: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    promoted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]

@@ -8,7 +8,7 @@ import pytest
 
 from datasets.synthetic import make_fruit_image
 from grader.measure import crop_for_model, segment_fruits
-from service.batcher import MicroBatcher, Overloaded
+from service.batcher import MicroBatcher, Overloaded, ServingModel
 from service.onnx_model import OnnxDefectModel
 from service.settings import SHIPPED_MODELS
 
@@ -32,16 +32,17 @@ def crops(n):
 def test_concurrent_requests_share_batches_and_get_their_own_answers(model):
     cs = crops(8)
     direct = [e.score for e in model.predict(cs)]
-    b = MicroBatcher(model, max_batch=16, max_wait_ms=50)
+    b = MicroBatcher(max_batch=16, max_wait_ms=50)
+    served = ServingModel(model, b)
     sizes = []
     orig = b._run
-    b._run = lambda items: (sizes.append(sum(len(x) for x, _ in items)), orig(items))
+    b._run = lambda items: (sizes.append(sum(len(x) for x, _, _ in items)), orig(items))
     results = [None] * 8
     barrier = threading.Barrier(8)
 
     def worker(i):
         barrier.wait()
-        results[i] = b.predict([cs[i]])[0].score
+        results[i] = served.predict([cs[i]])[0].score
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
     [t.start() for t in threads]
@@ -52,17 +53,18 @@ def test_concurrent_requests_share_batches_and_get_their_own_answers(model):
 
 
 def test_full_queue_is_refused_at_once(model):
-    b = MicroBatcher(model, max_queue=1)
+    b = MicroBatcher(max_queue=1)
     b.close()  # no worker: the queue fills
+    served = ServingModel(model, b)
     cs = crops(1)
-    blocked = threading.Thread(target=lambda: pytest.raises(Exception, b.predict, cs), daemon=True)
+    blocked = threading.Thread(target=lambda: pytest.raises(Exception, served.predict, cs), daemon=True)
     blocked.start()
     time.sleep(0.2)
     t0 = time.perf_counter()
     with pytest.raises(Overloaded):
-        b.predict(cs)
+        served.predict(cs)
     assert time.perf_counter() - t0 < 0.5
-    _, fut = b._q.get_nowait()
+    _, fut, _ = b._q.get_nowait()
     fut.set_exception(RuntimeError("released"))
 
 
@@ -72,7 +74,7 @@ def test_overloaded_service_answers_503_with_retry_after(settings):
     from service.app import create_app
 
     app = create_app(settings.model_copy(update={"max_inference_queue": 1}))
-    batcher = app.state.ctx.model
+    batcher = app.state.ctx.batcher
     batcher.close()
     img, _ = make_fruit_image(seed=1, diameter_mm=70, mm_per_px=0.5)
     files = {"image": ("f.jpg", jpeg_bytes(img), "image/jpeg")}
@@ -85,7 +87,7 @@ def test_overloaded_service_answers_503_with_retry_after(settings):
         r = c.post("/v1/grade", files=files, headers=headers())
         assert r.status_code == 503 and r.headers["Retry-After"] == "1"
         assert r.json()["error"]["code"] == "overloaded"
-        _, fut = batcher._q.get_nowait()
+        _, fut, _ = batcher._q.get_nowait()
         fut.set_exception(RuntimeError("released"))
         first.join(timeout=10)
         assert c.get("/v1/results", headers=headers("inspector")).json()["items"] == []  # nothing half-stored

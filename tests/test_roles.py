@@ -28,6 +28,11 @@ MATRIX = {
     ("POST", "/v1/review/fruits/{fruit}/verdict"): {"inspector"},
     ("POST", "/v1/review/verdicts/{verdict_id}/undo"): {"inspector"},
     ("GET", "/v1/review/verdicts"): {"inspector", "trainer"},
+    ("GET", "/v1/models"): {"inspector", "trainer"},
+    ("GET", "/v1/models/{model_id}"): {"inspector", "trainer"},
+    ("POST", "/v1/models"): {"trainer"},
+    ("POST", "/v1/models/{model_id}/promote"): {"trainer"},
+    ("POST", "/v1/models/rollback"): {"trainer"},
 }
 
 

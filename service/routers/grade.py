@@ -123,9 +123,13 @@ async def _grade(request, ctx, image, lot_id, camera_id, fruit_id, lane, brix, m
     data = await read_limited(image, ctx.settings.max_image_bytes)
     rgb, media_type = await run_in_threadpool(decode_image, data, ctx.settings.max_image_pixels)
 
+    if ctx.registry.due():
+        await run_in_threadpool(ctx.registry.follow, ctx)  # a promotion made by another replica
+    model = ctx.model  # one model for the whole request, even if a promotion lands meanwhile
+
     def measure_and_grade():
         scaled = resolve_scale(rgb, commodity, scale, ref_mm, camera_cal, ctx.reference)
-        graded = grade_image(rgb, ctx.model, std, mm_per_px=scaled.mm_per_px, sweetness=sweetness, policy=ctx.policy,
+        graded = grade_image(rgb, model, std, mm_per_px=scaled.mm_per_px, sweetness=sweetness, policy=ctx.policy,
                              commodity=commodity, measurements=scaled.fruit, lot=lot_ctx)
         graded.image_flags.extend(scaled.flags)
         return scaled, graded
@@ -147,8 +151,8 @@ async def _grade(request, ctx, image, lot_id, camera_id, fruit_id, lane, brix, m
             image_sha256=sha,
             mm_per_px=scaled.mm_per_px,
             brix=brix_v,
-            model_name=ctx.model.spec.name,
-            model_version=ctx.model.spec.version,
+            model_name=model.spec.name,
+            model_version=model.spec.version,
             standard_id=std.id,
             standard_version=std.version,
             n_fruits=len(fruits),

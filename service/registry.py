@@ -1,0 +1,150 @@
+"""The model registry: artifacts the service knows, which one serves, promotion and rollback.
+
+Artifacts uploaded through the API live under data_dir/models/<name>/<version>/; the one from
+GRADER_MODEL_DIR is registered at start. The serving version is a database row, so a promotion
+survives restarts and every replica sharing the database loads the same model (each replica
+checks for a change at most every `poll_s` seconds)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from grader.errors import InvalidModelArtifact
+
+from .batcher import MicroBatcher, ServingModel
+from .errors import ApiError
+from .onnx_model import OnnxDefectModel, resolve_model_dir
+from .storage import ModelVersionRow, Repository, utcnow
+
+
+def model_id(meta: dict[str, Any]) -> str:
+    return f"{meta['name']}@{meta['version']}"
+
+
+def version_payload(row: ModelVersionRow) -> dict[str, Any]:
+    m = row.meta
+    test = (m.get("metrics") or {}).get("test") or {}
+    return {
+        "id": row.id, "name": row.name, "version": row.version, "status": row.status, "onnx_sha256": row.onnx_sha256,
+        "created_at": row.created_at.isoformat(), "promoted_at": None if row.promoted_at is None else row.promoted_at.isoformat(),
+        "architecture": m.get("architecture"), "classes": m.get("classes"),
+        "test_metrics": {k: test.get(k) for k in ("balanced_accuracy", "recall_defective", "auc") if k in test},
+    }
+
+
+class Registry:
+    def __init__(self, repo: Repository, store_dir: Path, batcher: MicroBatcher, threads: int, poll_s: float = 5.0) -> None:
+        self.repo, self.store_dir, self.batcher, self.threads, self.poll_s = repo, Path(store_dir), batcher, threads, poll_s
+        self._lock = threading.Lock()
+        self._checked = 0.0
+
+    def register_dir(self, path: Path) -> ModelVersionRow:
+        """Add an artifact directory (validated by loading it) to the registry, if new."""
+        path = resolve_model_dir(path)
+        loaded = OnnxDefectModel(path, self.threads)
+        meta = json.loads((path / "metadata.json").read_text())
+        mid = model_id(meta)
+        with self.repo.sessions() as s, s.begin():
+            row = s.get(ModelVersionRow, mid)
+            if row is None:
+                row = ModelVersionRow(id=mid, name=meta["name"], version=str(meta["version"]), path=str(path),
+                                      onnx_sha256=loaded.sha256, status="available", meta=meta, created_at=utcnow())
+                s.add(row)
+        return row
+
+    def startup_model(self, default_dir: Path) -> ServingModel:
+        """The model to serve at start: the registry's serving version, else the default (made serving)."""
+        default = self.register_dir(default_dir)
+        with self.repo.sessions() as s, s.begin():
+            serving = s.scalar(select(ModelVersionRow).where(ModelVersionRow.status == "serving"))
+            if serving is None:
+                row = s.get(ModelVersionRow, default.id)
+                row.status, row.promoted_at = "serving", utcnow()
+                serving = row
+            path, mid = serving.path, serving.id
+        self._checked = time.monotonic()
+        return ServingModel(OnnxDefectModel(Path(path), self.threads), self.batcher, mid)
+
+    def upload(self, onnx_bytes: bytes, meta_bytes: bytes) -> ModelVersionRow:
+        try:
+            meta = json.loads(meta_bytes)
+            mid = model_id(meta)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InvalidModelArtifact(f"metadata.json is not valid model metadata: {exc!r}") from exc
+        safe = f"{meta['name']}/{meta['version']}"
+        if ".." in safe or safe.startswith("/") or not all(part.replace("-", "").replace("_", "").replace(".", "").isalnum() for part in safe.split("/")):
+            raise InvalidModelArtifact("name and version may hold letters, digits, '.', '-' and '_' only")
+        with self.repo.sessions() as s:
+            if s.get(ModelVersionRow, mid) is not None:
+                raise ApiError(409, "model_exists", f"model {mid} is already registered", "metadata")
+        dest = self.store_dir / safe
+        tmp = self.store_dir / f".upload-{hashlib.sha256(onnx_bytes).hexdigest()[:12]}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        (tmp / "model.onnx").write_bytes(onnx_bytes)
+        (tmp / "metadata.json").write_bytes(meta_bytes)
+        try:
+            OnnxDefectModel(tmp, self.threads)  # refuse what would not serve: corrupt, mismatching
+        except InvalidModelArtifact:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(dest, ignore_errors=True)
+        tmp.rename(dest)
+        return self.register_dir(dest)
+
+    def promote(self, ctx, mid: str) -> ModelVersionRow:
+        """Load the version, then swap it in: requests already running finish on the old model."""
+        with self._lock:
+            with self.repo.sessions() as s:
+                row = s.get(ModelVersionRow, mid)
+                if row is None:
+                    raise ApiError(404, "not_found", f"no model {mid}", "model_id")
+                path = row.path
+            loaded = ServingModel(OnnxDefectModel(Path(path), self.threads), self.batcher, mid)  # fails before any change
+            with self.repo.sessions() as s, s.begin():
+                for other in s.scalars(select(ModelVersionRow).where(ModelVersionRow.status == "serving")):
+                    other.status = "available"
+                row = s.get(ModelVersionRow, mid)
+                row.status, row.promoted_at = "serving", utcnow()
+            ctx.model = loaded
+            return row
+
+    def rollback(self, ctx) -> ModelVersionRow:
+        """Back to the version that served before the current one."""
+        with self.repo.sessions() as s:
+            history = s.scalars(select(ModelVersionRow).where(ModelVersionRow.promoted_at.is_not(None))
+                                .order_by(ModelVersionRow.promoted_at.desc())).all()
+        if len(history) < 2:
+            raise ApiError(409, "no_previous_model", "no earlier serving model to roll back to", None)
+        return self.promote(ctx, history[1].id)
+
+    def due(self) -> bool:
+        return time.monotonic() - self._checked >= self.poll_s
+
+    def follow(self, ctx) -> None:
+        """Pick up a promotion made by another replica (one query every poll_s seconds)."""
+        self._checked = time.monotonic()
+        with self.repo.sessions() as s:
+            serving = s.scalar(select(ModelVersionRow.id).where(ModelVersionRow.status == "serving"))
+        if serving and serving != ctx.model.model_id:
+            self.promote(ctx, serving)
+
+    def list(self) -> list[ModelVersionRow]:
+        with self.repo.sessions() as s:
+            return list(s.scalars(select(ModelVersionRow).order_by(ModelVersionRow.created_at.desc())))
+
+    def get(self, mid: str) -> ModelVersionRow:
+        with self.repo.sessions() as s:
+            row = s.get(ModelVersionRow, mid)
+        if row is None:
+            raise ApiError(404, "not_found", f"no model {mid}", "model_id")
+        return row

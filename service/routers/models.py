@@ -1,0 +1,53 @@
+"""Model versions: list, read metadata, upload an artifact, promote, roll back — without stopping."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, File, Request, UploadFile
+from starlette.concurrency import run_in_threadpool
+
+from ..auth import require
+from ..registry import version_payload
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+MAX_ARTIFACT_BYTES = 100 * 1024 * 1024
+
+
+@router.get("", summary="Registered model versions, newest first")
+def list_models(request: Request, _=Depends(require("trainer", "inspector"))) -> dict[str, Any]:
+    ctx = request.app.state.ctx
+    return {"serving": ctx.model.model_id, "models": [version_payload(r) for r in ctx.registry.list()]}
+
+
+@router.get("/{model_id}", summary="One version with its full metadata.json")
+def get_model(request: Request, model_id: str, _=Depends(require("trainer", "inspector"))) -> dict[str, Any]:
+    row = request.app.state.ctx.registry.get(model_id)
+    return {**version_payload(row), "metadata": row.meta}
+
+
+@router.post("", summary="Upload a model artifact (model.onnx + metadata.json); it is validated, not served", status_code=201)
+async def upload_model(
+    request: Request,
+    model: Annotated[UploadFile, File(description="model.onnx")],
+    metadata: Annotated[UploadFile, File(description="metadata.json")],
+    _=Depends(require("trainer")),
+) -> dict[str, Any]:
+    from ..forms import read_limited
+
+    onnx_bytes = await read_limited(model, MAX_ARTIFACT_BYTES)
+    meta_bytes = await read_limited(metadata, 1024 * 1024)
+    row = await run_in_threadpool(request.app.state.ctx.registry.upload, onnx_bytes, meta_bytes)
+    return version_payload(row)
+
+
+@router.post("/{model_id}/promote", summary="Serve this version from now on (in-flight requests finish on the old one)")
+async def promote(request: Request, model_id: str, _=Depends(require("trainer"))) -> dict[str, Any]:
+    ctx = request.app.state.ctx
+    return version_payload(await run_in_threadpool(ctx.registry.promote, ctx, model_id))
+
+
+@router.post("/rollback", summary="Serve the version that served before the current one")
+async def rollback(request: Request, _=Depends(require("trainer"))) -> dict[str, Any]:
+    ctx = request.app.state.ctx
+    return version_payload(await run_in_threadpool(ctx.registry.rollback, ctx))

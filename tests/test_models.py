@@ -1,0 +1,101 @@
+"""Model registry: upload, refuse bad artifacts, promote while requests flow, roll back."""
+
+import json
+import threading
+import time
+
+import pytest
+
+from datasets.synthetic import make_fruit_image
+from service.settings import SHIPPED_MODELS
+
+from .conftest import headers, jpeg_bytes
+
+ART = SHIPPED_MODELS / (SHIPPED_MODELS / "DEFAULT").read_text().strip()
+
+
+def artifact(version: str, **meta_changes):
+    meta = json.loads((ART / "metadata.json").read_text())
+    meta["version"] = version
+    meta.update(meta_changes)
+    return (ART / "model.onnx").read_bytes(), json.dumps(meta).encode()
+
+
+def upload(client, onnx, meta):
+    return client.post("/v1/models", files={"model": ("model.onnx", onnx, "application/octet-stream"),
+                                            "metadata": ("metadata.json", meta, "application/json")}, headers=headers("trainer"))
+
+
+def test_list_and_get_the_serving_model(client):
+    body = client.get("/v1/models", headers=headers("trainer")).json()
+    assert body["serving"] == "apple-defect@0.1.0"
+    [m] = body["models"]
+    assert m["status"] == "serving" and m["test_metrics"]["balanced_accuracy"] > 0
+    full = client.get("/v1/models/apple-defect@0.1.0", headers=headers("inspector")).json()
+    assert full["metadata"]["preprocessing"]["input_size"] == [128, 128]
+    assert client.get("/v1/models/nope@1", headers=headers("trainer")).status_code == 404
+
+
+def test_bad_artifacts_are_refused_and_nothing_changes(client):
+    onnx, meta = artifact("9.9.9")
+    r = upload(client, b"not an onnx graph", meta)
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_model"
+    bad_meta = json.loads(meta)
+    bad_meta["preprocessing"]["input_size"] = [224, 224]
+    r = upload(client, onnx, json.dumps(bad_meta).encode())
+    assert r.status_code == 422 and "input_size" in r.json()["error"]["message"]
+    assert upload(client, onnx, b"{not json").status_code == 422
+    assert upload(client, onnx, json.dumps({**json.loads(meta), "version": "../../etc"}).encode()).status_code == 422
+    assert [m["id"] for m in client.get("/v1/models", headers=headers("trainer")).json()["models"]] == ["apple-defect@0.1.0"]
+
+
+def test_promote_while_requests_flow_then_roll_back(client):
+    onnx, meta = artifact("0.2.0-candidate")
+    r = upload(client, onnx, meta)
+    assert r.status_code == 201 and r.json()["status"] == "available"
+    assert upload(client, onnx, meta).status_code == 409
+
+    img, _ = make_fruit_image(seed=5, diameter_mm=70, mm_per_px=0.4)
+    data = jpeg_bytes(img)
+    statuses, versions, stop = [], [], threading.Event()
+
+    def camera():
+        while not stop.is_set():
+            r = client.post("/v1/grade", files={"image": ("f.jpg", data, "image/jpeg")}, data={"mm_per_px": "0.4"}, headers=headers())
+            statuses.append(r.status_code)
+            if r.status_code == 200:
+                versions.append(r.json()["model"]["version"])
+
+    threads = [threading.Thread(target=camera) for _ in range(3)]
+    [t.start() for t in threads]
+    while len(statuses) < 6:
+        time.sleep(0.01)
+    p = client.post("/v1/models/apple-defect@0.2.0-candidate/promote", headers=headers("trainer"))
+    assert p.status_code == 200 and p.json()["status"] == "serving"
+    n = len(statuses)
+    while len(statuses) < n + 6:
+        time.sleep(0.01)
+    stop.set()
+    [t.join() for t in threads]
+    assert set(statuses) == {200}, "no request may fail or be dropped during the swap"
+    assert versions[0] == "0.1.0" and versions[-1] == "0.2.0-candidate"
+    listed = {m["id"]: m["status"] for m in client.get("/v1/models", headers=headers("trainer")).json()["models"]}
+    assert listed == {"apple-defect@0.1.0": "available", "apple-defect@0.2.0-candidate": "serving"}
+
+    back = client.post("/v1/models/rollback", headers=headers("trainer")).json()
+    assert back["id"] == "apple-defect@0.1.0" and back["status"] == "serving"
+    r = client.post("/v1/grade", files={"image": ("f.jpg", data, "image/jpeg")}, headers=headers())
+    assert r.json()["model"]["version"] == "0.1.0"
+
+
+def test_promotion_survives_a_restart(settings):
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+
+    with TestClient(create_app(settings)) as c:
+        onnx, meta = artifact("0.3.0")
+        assert upload(c, onnx, meta).status_code == 201
+        assert c.post("/v1/models/apple-defect@0.3.0/promote", headers=headers("trainer")).status_code == 200
+    with TestClient(create_app(settings)) as c:
+        assert c.get("/healthz").json()["model"]["version"] == "0.3.0"

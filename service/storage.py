@@ -229,11 +229,14 @@ def alembic_config(engine: Engine):
 
 def init_db(engine: Engine) -> None:
     """Bring the database to the newest schema with the Alembic migrations (on every start; a
-    no-op when it is current). Replicas starting together serialise on Alembic's version table."""
+    no-op when it is current). On PostgreSQL, replicas starting together take turns on an advisory
+    lock, so only one of them migrates."""
     from alembic import command
 
     cfg = alembic_config(engine)
     with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7412093)")  # released at commit
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
 

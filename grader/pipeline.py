@@ -10,7 +10,7 @@ from .defect import DefectModel
 from .flags import FlagPolicy, LotContext, fruit_flags, image_quality_flags
 from .measure import BlemishParams, SegmentationParams, crop_for_model, measure_image
 from .commodities import Commodity
-from .records import Flag, FruitGrade, FruitMeasurement, SweetnessEvidence
+from .records import DefectEvidence, Flag, FruitGrade, FruitMeasurement, SweetnessEvidence
 from .rules import facts_from, grade_fruit
 from .standards import Standard
 
@@ -54,12 +54,24 @@ def grade_image(
     crops = [crop_for_model(image_rgb, m.bbox, model.spec.crop_margin_frac, m.mask) for m in measurements]
     evidence = model.predict(crops)
     sound = tuple(c for c in model.spec.classes if c not in model.spec.defective_classes)
-    fruits = []
-    for m, ev in zip(measurements, evidence):
-        facts = facts_from(m.diameter_mm, None if sweetness is None else sweetness.brix, m.blemish_area_cm2,
-                           m.largest_blemish_cm2, m.colour_coverage, ev, sound)
-        decision = grade_fruit(standard, facts)
-        extra = fruit_flags(ev, decision, policy, m.diameter_mm, sweetness, lot, sound)
-        flags = sorted(quality + m.quality_flags + extra, key=lambda f: f.priority)
-        fruits.append(FruitGrade(measurement=m, defect=ev, sweetness=sweetness, decision=decision, flags=flags))
+    fruits = [decide(m, ev, standard, sweetness, policy, lot, sound, quality) for m, ev in zip(measurements, evidence)]
     return ImageGrade(fruits, [])
+
+
+def decide(
+    m: FruitMeasurement,
+    ev: DefectEvidence | None,
+    standard: Standard,
+    sweetness: SweetnessEvidence | None,
+    policy: FlagPolicy,
+    lot: LotContext | None = None,
+    sound: tuple[str, ...] = ("sound",),
+    frame_flags: list[Flag] | None = None,
+) -> FruitGrade:
+    """Rules and flags for one measured fruit with its defect and sweetness evidence."""
+    facts = facts_from(m.diameter_mm, None if sweetness is None else sweetness.brix, m.blemish_area_cm2,
+                       m.largest_blemish_cm2, m.colour_coverage, ev, sound)
+    decision = grade_fruit(standard, facts)
+    extra = fruit_flags(ev, decision, policy, m.diameter_mm, sweetness, lot, sound)
+    flags = sorted((frame_flags or []) + m.quality_flags + extra, key=lambda f: f.priority)
+    return FruitGrade(measurement=m, defect=ev, sweetness=sweetness, decision=decision, flags=flags)

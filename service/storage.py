@@ -272,6 +272,12 @@ class ImageStore:
         return sha, path
 
 
+def latest_calibration(s: Session, camera_id: str) -> CalibrationRow | None:
+    """The calibration in force for a camera: its latest."""
+    return s.scalar(select(CalibrationRow).where(CalibrationRow.camera_id == camera_id)
+                    .order_by(CalibrationRow.created_at.desc(), CalibrationRow.id.desc()).limit(1))
+
+
 class Repository:
     """The service's unit of work over results and images."""
 
@@ -330,9 +336,7 @@ class Repository:
 
     def latest_calibration(self, camera_id: str) -> CalibrationRow | None:
         with self.sessions() as s:
-            return s.scalar(
-                select(CalibrationRow).where(CalibrationRow.camera_id == camera_id).order_by(CalibrationRow.created_at.desc(), CalibrationRow.id.desc()).limit(1)
-            )
+            return latest_calibration(s, camera_id)
 
     def ping(self) -> bool:
         with self.engine.connect() as c:

@@ -11,6 +11,7 @@ PUBLIC = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics")}
 # route -> roles admitted besides admin
 MATRIX = {
     ("POST", "/v1/grade"): {"camera"},
+    ("POST", "/v1/grade/batch"): {"camera"},
     ("GET", "/v1/results"): {"camera", "inspector", "trainer"},
     ("GET", "/v1/results/{result_id}"): {"camera", "inspector", "trainer"},
     ("GET", "/v1/results/{result_id}/image"): {"camera", "inspector", "trainer"},

@@ -1,24 +1,20 @@
-"""POST /v1/grade: a camera's image in, every fruit graded, stored, and returned."""
+"""POST /v1/grade and /v1/grade/batch: camera images in, every fruit graded, stored, returned."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, File, Form, Header, Request, UploadFile
-from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from grader.pipeline import grade_image
-from grader.standards import get_standard
+from grader.fusion import fuse_views
+from grader.pipeline import ImageGrade, decide
 
+from .. import grading
 from ..auth import Principal, require
-from ..metrics import FLAGS, FRUITS
-from ..lots import lot_context, sweetness_fields, sweetness_for
-from ..scale import resolve_scale
 from ..errors import ApiError
+from ..forms import read_limited
 from ..imaging import decode_image
-from ..storage import CalibrationRow, FruitRow, ImageRow, LotRow, ResultRow, utcnow
-from ..forms import number_field, read_limited, text_field
 from .results import result_payload
 
 router = APIRouter(prefix="/v1", tags=["grading"])
@@ -66,123 +62,118 @@ async def grade(
     principal: Principal = Depends(require("camera")),
 ) -> dict[str, Any]:
     ctx = request.app.state.ctx
-    # admission control: past max_in_flight concurrent grades a camera is told to retry at once,
-    # so latency stays bounded instead of every request queueing behind the backlog
-    if ctx.in_flight >= ctx.settings.max_in_flight:
-        raise ApiError(503, "overloaded", f"{ctx.in_flight} grades in progress (limit {ctx.settings.max_in_flight}); retry shortly",
-                       headers={"Retry-After": "1"})
-    ctx.in_flight += 1
-    try:
-        return await _grade(request, ctx, image, lot_id, camera_id, fruit_id, lane, brix, mm_per_px, standard, reference_diameter_mm,
-                            idempotency_key)
-    finally:
-        ctx.in_flight -= 1
+    with admitted(ctx):
+        req = grading.parse(lot_id, camera_id, fruit_id, lane, brix, mm_per_px, standard, reference_diameter_mm, idempotency_key)
+        if ctx.registry.due():
+            await run_in_threadpool(ctx.registry.follow, ctx)  # a promotion made by another replica
+        existing = await run_in_threadpool(grading.lookup, ctx, req)
+        if existing is not None:
+            return result_payload(existing, replayed=True)
+        data = await read_limited(image, ctx.settings.max_image_bytes)
+        rgb, media_type = await run_in_threadpool(decode_image, data, ctx.settings.max_image_pixels)
+        scaled, graded = await run_in_threadpool(grading.grade_rgb, ctx, req, rgb)
+        saved, replayed = await run_in_threadpool(grading.store, ctx, req, data, media_type, rgb, scaled, graded, req.key)
+        return result_payload(saved, replayed=replayed)
 
 
-async def _grade(request, ctx, image, lot_id, camera_id, fruit_id, lane, brix, mm_per_px, standard, reference_diameter_mm,
-                 idempotency_key) -> dict[str, Any]:
-    fields = {
-        "lot_id": text_field("lot_id", lot_id),
-        "camera_id": text_field("camera_id", camera_id),
-        "fruit_id": text_field("fruit_id", fruit_id),
-        "lane": text_field("lane", lane, 50),
-    }
-    brix_v = number_field("brix", brix, 0.0, 35.0)
-    scale = number_field("mm_per_px", mm_per_px, 0.0, 10.0, lo_open=True)
-    ref_mm = number_field("reference_diameter_mm", reference_diameter_mm, 0.0, 1000.0, lo_open=True)
-    key = text_field("Idempotency-Key", idempotency_key, 200)
-    if key is None and fields["camera_id"] and fields["fruit_id"]:
-        key = f"camera:{fields['camera_id']}/fruit:{fields['fruit_id']}"
+class admitted:
+    """Admission control: past max_in_flight concurrent grades a camera is told to retry at once
+    (503 + Retry-After), so latency stays bounded instead of every request queueing behind a backlog."""
 
-    def lookup():
-        """Everything the database knows that this grade needs, in one session."""
-        with ctx.repo.sessions() as s:
-            existing = None if key is None else s.scalar(select(ResultRow).where(ResultRow.idempotency_key == key))
-            if existing is not None:
-                return existing, None, None, None, None
-            lot = None if not fields["lot_id"] else s.get(LotRow, fields["lot_id"])
-            cal = None
-            if scale is None and ref_mm is None and fields["camera_id"]:
-                cal = s.scalar(select(CalibrationRow).where(CalibrationRow.camera_id == fields["camera_id"])
-                               .order_by(CalibrationRow.created_at.desc(), CalibrationRow.id.desc()).limit(1))
-            return (None, lot, sweetness_for(s, brix_v, fields["fruit_id"], fields["lot_id"]),
-                    lot_context(s, fields["lot_id"]), cal)
+    def __init__(self, ctx, weight: int = 1) -> None:
+        self.ctx, self.weight = ctx, weight
 
-    existing, lot, sweetness, lot_ctx, camera_cal = await run_in_threadpool(lookup)
-    if existing is not None:
-        return result_payload(existing, replayed=True)
-    if fields["lot_id"]:
-        if lot is None:
-            raise ApiError(404, "unknown_lot", f"no lot {fields['lot_id']!r}: open it first with POST /v1/lots", "lot_id")
-        if lot.status != "open":
-            raise ApiError(409, "lot_closed", f"lot {lot.id!r} is closed", "lot_id")
-    std_id = standard or (lot.standard_id if lot else None)
-    std = ctx.default_standard if not std_id else get_standard(ctx.standards, std_id)
-    commodity = ctx.commodities.get(lot.commodity if lot else std.commodity)
+    def __enter__(self):
+        ctx = self.ctx
+        if ctx.in_flight >= ctx.settings.max_in_flight:
+            raise ApiError(503, "overloaded", f"{ctx.in_flight} grades in progress (limit {ctx.settings.max_in_flight}); retry shortly",
+                           headers={"Retry-After": "1"})
+        ctx.in_flight += self.weight
+        return self
 
-    data = await read_limited(image, ctx.settings.max_image_bytes)
-    rgb, media_type = await run_in_threadpool(decode_image, data, ctx.settings.max_image_pixels)
+    def __exit__(self, *exc) -> None:
+        self.ctx.in_flight -= self.weight
 
-    if ctx.registry.due():
-        await run_in_threadpool(ctx.registry.follow, ctx)  # a promotion made by another replica
-    model = ctx.model  # one model for the whole request, even if a promotion lands meanwhile
 
-    def measure_and_grade():
-        scaled = resolve_scale(rgb, commodity, scale, ref_mm, camera_cal, ctx.reference)
-        graded = grade_image(rgb, model, std, mm_per_px=scaled.mm_per_px, sweetness=sweetness, policy=ctx.policy,
-                             commodity=commodity, measurements=scaled.fruit, lot=lot_ctx)
-        graded.image_flags.extend(scaled.flags)
-        return scaled, graded
+MAX_BATCH_IMAGES = 32
 
-    scaled, graded = await run_in_threadpool(measure_and_grade)
 
-    def store() -> tuple[ResultRow, bool]:
-        sha, path = ctx.images.put(data, media_type)
-        payload = graded.to_dict()
-        for f in payload["fruits"]:
-            f.update(sweetness_fields(sweetness))
-        payload["calibration"] = {"mm_per_px": scaled.mm_per_px, "source": scaled.source}
-        payload["references"] = [{"bbox": list(r.bbox), "diameter_px": round((r.diameter_px + r.minor_diameter_px) / 2, 2)} for r in scaled.references]
-        img = ImageRow(sha256=sha, path=str(path), media_type=media_type, width_px=rgb.shape[1], height_px=rgb.shape[0], size_bytes=len(data))
-        fruits = graded.fruits
-        row = ResultRow(
-            created_at=utcnow(),
-            idempotency_key=key,
-            image_sha256=sha,
-            mm_per_px=scaled.mm_per_px,
-            brix=brix_v,
-            model_name=model.spec.name,
-            model_version=model.spec.version,
-            standard_id=std.id,
-            standard_version=std.version,
-            n_fruits=len(fruits),
-            flagged=any(f.flagged for f in fruits) or any(fl.code != "no_fruit" for fl in graded.image_flags),
-            payload=payload,
-            **fields,
-        )
-        fruit_rows = [
-            FruitRow(
-                index=i,
-                lot_id=fields["lot_id"],
-                fruit_id=fields["fruit_id"],
-                grade=None if f.decision is None else f.decision.grade,
-                flagged=f.flagged,
-                diameter_mm=f.measurement.diameter_mm,
-                defect_label=None if f.defect is None else f.defect.label,
-                defect_score=None if f.defect is None else f.defect.score,
-                brix=None if sweetness is None else sweetness.brix,
-                brix_source=None if sweetness is None else sweetness.source,
-                priority=min((fl.priority for fl in f.flags), default=None),
-            )
-            for i, f in enumerate(fruits)
-        ]
-        saved = ctx.repo.save_result(img, row, fruit_rows)
-        return saved, saved.id != row.id  # a concurrent retry committed first: its result is the answer
+@router.post(
+    "/grade/batch",
+    summary="Grade several images in one request: separate frames, or several views of one fruit",
+    description="Multipart form: `images` (1-32 JPEG/PNG files) and `mode`: `frames` (default; each image is graded and "
+    "stored as its own result, in order) or `views` (the images show ONE fruit from several sides: sizes are the "
+    "median of the views, blemish areas add up, the worst defect evidence counts; one result, stored with the best "
+    "view's image). Other fields as for /v1/grade. Every image is checked before anything is stored: one bad image "
+    "refuses the whole request, naming it.",
+)
+async def grade_batch(
+    request: Request,
+    images: Annotated[list[UploadFile], File(description="JPEG or PNG images")],
+    mode: Annotated[Literal["frames", "views"], Form()] = "frames",
+    lot_id: Annotated[str | None, Form()] = None,
+    camera_id: Annotated[str | None, Form()] = None,
+    fruit_id: Annotated[str | None, Form(description="with mode=views: the fruit shown")] = None,
+    lane: Annotated[str | None, Form()] = None,
+    brix: Annotated[str | None, Form()] = None,
+    mm_per_px: Annotated[str | None, Form()] = None,
+    standard: Annotated[str | None, Form()] = None,
+    reference_diameter_mm: Annotated[str | None, Form()] = None,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    principal: Principal = Depends(require("camera")),
+) -> dict[str, Any]:
+    ctx = request.app.state.ctx
+    if not 1 <= len(images) <= MAX_BATCH_IMAGES:
+        raise ApiError(422, "batch_size", f"send between 1 and {MAX_BATCH_IMAGES} images, got {len(images)}", "images")
+    if mode == "frames" and fruit_id:
+        raise ApiError(422, "invalid_request", "fruit_id names one fruit: use it with mode=views", "fruit_id")
+    with admitted(ctx, weight=len(images)):
+        req = grading.parse(lot_id, camera_id, fruit_id, lane, brix, mm_per_px, standard, reference_diameter_mm, idempotency_key)
+        existing = await run_in_threadpool(grading.lookup, ctx, req)
+        if existing is not None and mode == "views":
+            return {"mode": mode, "results": [result_payload(existing, replayed=True)]}
+        decoded = []
+        for i, up in enumerate(images):
+            data = await read_limited(up, ctx.settings.max_image_bytes)
+            try:
+                rgb, media_type = await run_in_threadpool(decode_image, data, ctx.settings.max_image_pixels)
+            except Exception as exc:  # name the image that failed, then let the usual mapping answer
+                if hasattr(exc, "field"):
+                    exc.field = f"images[{i}]"
+                    exc.message = f"images[{i}] ({up.filename}): {exc.message}"
+                raise
+            decoded.append((data, rgb, media_type))
+        if mode == "frames":
+            out = []
+            for i, (data, rgb, media_type) in enumerate(decoded):
+                key = None if req.key is None else f"{req.key}#{i}"
+                if key is not None:
+                    prior = await run_in_threadpool(ctx.repo.find_by_idempotency_key, key)
+                    if prior is not None:
+                        out.append(result_payload(prior, replayed=True))
+                        continue
+                scaled, graded = await run_in_threadpool(grading.grade_rgb, ctx, req, rgb)
+                saved, replayed = await run_in_threadpool(grading.store, ctx, req, data, media_type, rgb, scaled, graded, key)
+                out.append(result_payload(saved, replayed=replayed))
+            return {"mode": mode, "results": out}
 
-    saved, replayed = await run_in_threadpool(store)
-    if not replayed:
-        for f in graded.fruits:
-            FRUITS.labels(f.decision.grade if f.decision else "none").inc()
-            for fl in f.flags:
-                FLAGS.labels(fl.code).inc()
-    return result_payload(saved, replayed=replayed)
+        def fuse():
+            per_view = [grading.grade_rgb(ctx, req, rgb) for _, rgb, _ in decoded]
+            # the largest fruit of each view is the fruit
+            largest = [max(g.fruits, key=lambda x: x.measurement.area_px) if g.fruits else None for _, g in per_view]
+            summary = [{"image": i, "diameter_mm": None if f is None else f.to_dict()["diameter_mm"],
+                        "defect_score": None if f is None or f.defect is None else round(f.defect.score, 4)}
+                       for i, f in enumerate(largest)]
+            seen = [i for i, f in enumerate(largest) if f is not None]
+            if not seen:  # no view shows a fruit: stored as such, with the first image
+                return per_view[0][0], per_view[0][1], 0, summary
+            fused, worst, best = fuse_views([(largest[i].measurement, largest[i].defect) for i in seen])
+            sound = tuple(c for c in req.model.spec.classes if c not in req.model.spec.defective_classes)
+            fruit = decide(fused, worst, req.standard, req.sweetness, ctx.policy, req.lot_ctx, sound)
+            return per_view[seen[best]][0], ImageGrade([fruit], []), seen[best], summary
+
+        scaled, graded, best_frame, summary = await run_in_threadpool(fuse)
+        req.extra_payload = {"views": summary, "best_view": best_frame}
+        data, rgb, media_type = decoded[best_frame]
+        saved, replayed = await run_in_threadpool(grading.store, ctx, req, data, media_type, rgb, scaled, graded, req.key)
+        return {"mode": mode, "results": [result_payload(saved, replayed=replayed)]}

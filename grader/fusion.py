@@ -1,0 +1,48 @@
+"""Several views of one fruit (a line that rolls fruit under the camera) fused into one.
+
+Sizes are the median over the views that could be sized (a caliper reads the same fruit several
+times); blemish areas add up, since each view shows a different side (the largest spot is the
+largest seen); colour coverage is the mean; the defect evidence is the worst view's."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import replace
+
+from .records import DefectEvidence, Flag, FruitMeasurement
+
+
+def _median(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return float(statistics.median(known)) if known else None
+
+
+def fuse_views(views: list[tuple[FruitMeasurement, DefectEvidence | None]]) -> tuple[FruitMeasurement, DefectEvidence | None, int]:
+    """(fused measurement, worst defect evidence, index of the best view: the largest whole one)."""
+    if not views:
+        raise ValueError("no views to fuse")
+    ms = [m for m, _ in views]
+    best = max(range(len(ms)), key=lambda i: (not ms[i].cut_off, ms[i].area_px))
+    blem = [m.blemish_area_cm2 for m in ms]
+    flags: dict[str, Flag] = {}
+    for m in ms:
+        for f in m.quality_flags:
+            flags.setdefault(f.code, f)
+    sized = [m for m in ms if m.diameter_mm is not None]
+    if sized:
+        flags.pop("cut_off", None)  # another view sized it
+    fused = replace(
+        ms[best],
+        diameter_mm=_median([m.diameter_mm for m in ms]),
+        minor_diameter_mm=_median([m.minor_diameter_mm for m in ms]),
+        area_mm2=_median([m.area_mm2 for m in ms]),
+        roundness=float(statistics.median(m.roundness for m in ms)),
+        blemish_area_cm2=None if any(b is None for b in blem) else float(sum(blem)),
+        largest_blemish_cm2=None if any(b is None for b in blem) else max(m.largest_blemish_cm2 or 0.0 for m in ms),
+        colour_coverage=None if any(m.colour_coverage is None for m in ms) else float(statistics.fmean(m.colour_coverage for m in ms)),
+        cut_off=not sized and all(m.cut_off for m in ms),
+        quality_flags=list(flags.values()),
+    )
+    defects = [d for _, d in views if d is not None]
+    worst = max(defects, key=lambda d: d.score) if defects else None
+    return fused, worst, best

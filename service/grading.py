@@ -1,0 +1,138 @@
+"""The grading request path shared by POST /v1/grade and /v1/grade/batch: look up what the
+database knows, measure and grade, then store (image first, then the result, one transaction)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+
+from grader.commodities import Commodity
+from grader.flags import LotContext
+from grader.pipeline import ImageGrade, grade_image
+from grader.records import SweetnessEvidence
+from grader.standards import Standard, get_standard
+
+from .batcher import ServingModel
+from .errors import ApiError
+from .forms import number_field, text_field
+from .lots import lot_context, sweetness_fields, sweetness_for
+from .metrics import FLAGS, FRUITS
+from .scale import ScaledFrame, resolve_scale
+from .storage import CalibrationRow, FruitRow, ImageRow, LotRow, ResultRow, latest_calibration, utcnow
+
+
+@dataclass
+class GradeRequest:
+    """A grade request's parsed fields and everything looked up for it."""
+
+    fields: dict[str, str | None]
+    brix: float | None
+    mm_per_px: float | None
+    reference_diameter_mm: float | None
+    key: str | None
+    standard_field: str | None
+    lot: LotRow | None = None
+    standard: Standard | None = None
+    commodity: Commodity | None = None
+    sweetness: SweetnessEvidence | None = None
+    lot_ctx: LotContext | None = None
+    camera_cal: CalibrationRow | None = None
+    model: ServingModel | None = None
+    extra_payload: dict[str, Any] = field(default_factory=dict)
+
+
+def parse(lot_id, camera_id, fruit_id, lane, brix, mm_per_px, standard, reference_diameter_mm, idempotency_key) -> GradeRequest:
+    fields = {
+        "lot_id": text_field("lot_id", lot_id),
+        "camera_id": text_field("camera_id", camera_id),
+        "fruit_id": text_field("fruit_id", fruit_id),
+        "lane": text_field("lane", lane, 50),
+    }
+    key = text_field("Idempotency-Key", idempotency_key, 200)
+    if key is None and fields["camera_id"] and fields["fruit_id"]:
+        key = f"camera:{fields['camera_id']}/fruit:{fields['fruit_id']}"
+    return GradeRequest(
+        fields=fields,
+        brix=number_field("brix", brix, 0.0, 35.0),
+        mm_per_px=number_field("mm_per_px", mm_per_px, 0.0, 10.0, lo_open=True),
+        reference_diameter_mm=number_field("reference_diameter_mm", reference_diameter_mm, 0.0, 1000.0, lo_open=True),
+        key=key,
+        standard_field=standard,
+    )
+
+
+def lookup(ctx, req: GradeRequest) -> ResultRow | None:
+    """Fill the request from the database in one session; returns the stored result of a retry."""
+    f = req.fields
+    with ctx.repo.sessions() as s:
+        if req.key is not None:
+            existing = s.scalar(select(ResultRow).where(ResultRow.idempotency_key == req.key))
+            if existing is not None:
+                return existing
+        req.lot = None if not f["lot_id"] else s.get(LotRow, f["lot_id"])
+        if req.mm_per_px is None and req.reference_diameter_mm is None and f["camera_id"]:
+            req.camera_cal = latest_calibration(s, f["camera_id"])
+        req.sweetness = sweetness_for(s, req.brix, f["fruit_id"], f["lot_id"])
+        req.lot_ctx = lot_context(s, f["lot_id"])
+    if f["lot_id"]:
+        if req.lot is None:
+            raise ApiError(404, "unknown_lot", f"no lot {f['lot_id']!r}: open it first with POST /v1/lots", "lot_id")
+        if req.lot.status != "open":
+            raise ApiError(409, "lot_closed", f"lot {req.lot.id!r} is closed", "lot_id")
+    std_id = req.standard_field or (req.lot.standard_id if req.lot else None)
+    req.standard = ctx.default_standard if not std_id else get_standard(ctx.standards, std_id)
+    req.commodity = ctx.commodities.get(req.lot.commodity if req.lot else req.standard.commodity)
+    req.model = ctx.model  # one model for the whole request, even if a promotion lands meanwhile
+    return None
+
+
+def grade_rgb(ctx, req: GradeRequest, rgb: np.ndarray) -> tuple[ScaledFrame, ImageGrade]:
+    scaled = resolve_scale(rgb, req.commodity, req.mm_per_px, req.reference_diameter_mm, req.camera_cal, ctx.reference)
+    graded = grade_image(rgb, req.model, req.standard, mm_per_px=scaled.mm_per_px, sweetness=req.sweetness, policy=ctx.policy,
+                         commodity=req.commodity, measurements=scaled.fruit, lot=req.lot_ctx)
+    graded.image_flags.extend(scaled.flags)
+    return scaled, graded
+
+
+def store(ctx, req: GradeRequest, data: bytes, media_type: str, rgb: np.ndarray, scaled: ScaledFrame, graded: ImageGrade,
+          key: str | None) -> tuple[ResultRow, bool]:
+    """Image file, then result + fruit rows in one transaction. (result, replayed)."""
+    sha, path = ctx.images.put(data, media_type)
+    payload = graded.to_dict()
+    for f in payload["fruits"]:
+        f.update(sweetness_fields(req.sweetness))
+    payload["calibration"] = {"mm_per_px": scaled.mm_per_px, "source": scaled.source}
+    payload["references"] = [{"bbox": list(r.bbox), "diameter_px": round((r.diameter_px + r.minor_diameter_px) / 2, 2)}
+                             for r in scaled.references]
+    payload.update(req.extra_payload)
+    img = ImageRow(sha256=sha, path=str(path), media_type=media_type, width_px=rgb.shape[1], height_px=rgb.shape[0], size_bytes=len(data))
+    fruits = graded.fruits
+    sw = req.sweetness
+    row = ResultRow(
+        created_at=utcnow(), idempotency_key=key, image_sha256=sha, mm_per_px=scaled.mm_per_px, brix=req.brix,
+        model_name=req.model.spec.name, model_version=req.model.spec.version,
+        standard_id=req.standard.id, standard_version=req.standard.version, n_fruits=len(fruits),
+        flagged=any(f.flagged for f in fruits) or any(fl.code != "no_fruit" for fl in graded.image_flags),
+        payload=payload, **req.fields,
+    )
+    fruit_rows = [
+        FruitRow(
+            index=i, lot_id=req.fields["lot_id"], fruit_id=req.fields["fruit_id"],
+            grade=None if f.decision is None else f.decision.grade, flagged=f.flagged, diameter_mm=f.measurement.diameter_mm,
+            defect_label=None if f.defect is None else f.defect.label, defect_score=None if f.defect is None else f.defect.score,
+            brix=None if sw is None else sw.brix, brix_source=None if sw is None else sw.source,
+            priority=min((fl.priority for fl in f.flags), default=None),
+        )
+        for i, f in enumerate(fruits)
+    ]
+    saved = ctx.repo.save_result(img, row, fruit_rows)
+    replayed = saved.id != row.id  # a concurrent retry committed first: its result is the answer
+    if not replayed:
+        for f in fruits:
+            FRUITS.labels(f.decision.grade if f.decision else "none").inc()
+            for fl in f.flags:
+                FLAGS.labels(fl.code).inc()
+    return saved, replayed

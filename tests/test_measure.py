@@ -140,3 +140,17 @@ def test_red_blush_on_a_bicoloured_apple_is_not_a_blemish():
                                   blush_fraction=0.5, blemishes_cm2=(1.0,))
     [m] = measure_image(img, 0.3, colour_bands=bands)
     assert m.blemish_area_cm2 == pytest.approx(truth.fruits[0].blemish_area_cm2, rel=0.15)
+
+
+@pytest.mark.parametrize("colour", ["red", "yellow"])
+def test_blemish_on_skin_of_the_target_colour_after_jpeg(colour):
+    """A spot's anti-aliased, chroma-subsampled rim takes the skin's hue: it still counts."""
+    import cv2
+
+    from grader.commodities import load_commodities
+
+    bands = load_commodities()["apple"].colour_bands
+    img, truth = make_fruit_image(seed=0, diameter_mm=72, mm_per_px=0.3, colour=colour, blemishes_cm2=(0.8,))
+    jpg = cv2.cvtColor(cv2.imdecode(cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))[1], cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    [m] = measure_image(jpg, 0.3, colour_bands=bands)
+    assert m.blemish_area_cm2 == pytest.approx(truth.fruits[0].blemish_area_cm2, rel=0.15)

@@ -390,9 +390,11 @@ def blemish_mask(image_rgb: np.ndarray, seg: Segment, params: BlemishParams, hea
         from .commodities import colour_mask
 
         cores = spots & ~colour_mask(image_rgb[y0:y1, x0:x1], healthy_bands)
+        # thin lines of off-colour (the boundary between two healthy colours) are not spots
+        cores = cv2.morphologyEx(cores.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)).astype(bool)
         # a spot's own rim blends into the skin colour (anti-aliasing, JPEG chroma): keep candidate
-        # pixels within 2 px of a spot's core, never a whole region of healthy colour
-        near = cv2.dilate(cores.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+        # pixels touching a spot's core, never a whole region of healthy colour
+        near = cv2.dilate(cores.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
         spots = cores | (spots & near)
     spots = spots.astype(np.uint8)
     return cv2.morphologyEx(spots, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)).astype(bool)

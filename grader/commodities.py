@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Literal
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .errors import GraderError, InvalidStandard
+from .errors import GraderError
+from .standards import load_toml_model
 
 SHIPPED_DIR = Path(__file__).parent / "commodities"
 
@@ -52,10 +52,7 @@ def load_commodities(*dirs: Path) -> dict[str, Commodity]:
     out: dict[str, Commodity] = {}
     for d in (SHIPPED_DIR, *dirs):
         for p in sorted(Path(d).glob("*.toml")):
-            try:
-                c = Commodity.model_validate(tomllib.loads(p.read_text(encoding="utf-8")))
-            except (tomllib.TOMLDecodeError, ValidationError) as exc:
-                raise InvalidStandard(f"{p}: {exc}") from exc
+            c = load_toml_model(p, Commodity)
             out[c.id] = c
     return out
 

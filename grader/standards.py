@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
+from typing import TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -91,14 +92,21 @@ class Standard(_Strict):
         return [g.name for g in self.grades]
 
 
-def load_standard_file(path: Path) -> Standard:
+M = TypeVar("M", bound=BaseModel)
+
+
+def load_toml_model(path: Path, model: type[M]) -> M:
+    """A data file (standard, commodity profile) validated by its schema; errors name the file."""
     try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        return Standard.model_validate(data)
+        return model.model_validate(tomllib.loads(Path(path).read_text(encoding="utf-8")))
     except tomllib.TOMLDecodeError as exc:
         raise InvalidStandard(f"{path}: not valid TOML: {exc}") from exc
     except ValidationError as exc:
         raise InvalidStandard(f"{path}: {exc}") from exc
+
+
+def load_standard_file(path: Path) -> Standard:
+    return load_toml_model(path, Standard)
 
 
 def load_standards(*dirs: Path) -> dict[str, Standard]:

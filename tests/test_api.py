@@ -1,8 +1,6 @@
 """The HTTP path through a real app (TestClient) and SQLite."""
 
-import math
 
-import numpy as np
 import pytest
 
 from datasets.synthetic import FruitSpec, make_frame, make_fruit_image

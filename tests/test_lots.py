@@ -167,7 +167,7 @@ def test_lot_report_in_three_formats_with_tolerance_verdicts(client, orange_lot)
 
 
 def test_decay_ood_review_band_and_provisional_flags():
-    from grader.records import OUT_OF_GRADE, GradeDecision, Reason
+    from grader.records import GradeDecision, Reason
 
     p = FlagPolicy(review_band=(0.3, 0.7))
     assert [f.code for f in fruit_flags(_defect("rot", 0.9), None, p)] == ["decay"]

@@ -21,10 +21,19 @@ $(VENV)/.all-installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[train,dev]'
 	touch $@ $(VENV)/.serve-installed
 
+# Debian's Chromium for the review-page browser tests: Playwright drives it and never downloads a
+# browser. Where apt is missing the browser tests skip (and .ci/run makes that a failure).
+CHROMIUM ?= /usr/bin/chromium
+$(CHROMIUM):
+	@if command -v apt-get >/dev/null; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y -q chromium >/dev/null || { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q chromium >/dev/null; }; \
+	else echo "no apt-get: install Chromium yourself to run the browser tests"; fi
+
 run: $(VENV)/.serve-installed
 	$(BIN)/grader serve --host $(HOST) --port $(PORT)
 
-test: $(VENV)/.all-installed
+test: $(VENV)/.all-installed $(CHROMIUM)
 	$(BIN)/python -m pytest
 
 # the suite without model training and server processes

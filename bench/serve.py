@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +26,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 KEY = "bench-camera-key-123"
+
+from service.process import ServerProcess  # noqa: E402
 
 
 def images(n: int) -> list[bytes]:
@@ -71,12 +71,6 @@ def model_only(jpegs: list[bytes]) -> dict[int, float]:
             n += bs
         out[bs] = n / (time.perf_counter() - t0)
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def pct(lat: list[float]) -> tuple[float, float, float]:
@@ -154,23 +148,15 @@ def main() -> None:
     mo = model_only(jpegs)
     print(f"model only (ONNX Runtime, {os.cpu_count()} threads): batch 1 {mo[1]:.0f} crops/s, batch 16 {mo[16]:.0f} crops/s")
 
-    port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
-        env = dict(os.environ, GRADER_DATA_DIR=tmp, GRADER_API_KEYS=f"camera:{KEY}")
+        env = {"GRADER_API_KEYS": f"camera:{KEY}"}
         if args.database_url:
             env["GRADER_DATABASE_URL"] = args.database_url
         if args.max_in_flight:
             env["GRADER_MAX_IN_FLIGHT"] = str(args.max_in_flight)
-        server = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--log-level", "warning"],
-                                  env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=open(Path(tmp) / "server.log", "w"))
+        server = ServerProcess(Path(tmp), env).start()
         try:
-            base = f"http://127.0.0.1:{port}"
-            for _ in range(200):
-                try:
-                    if httpx.get(base + "/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.2)
+            base = server.url
             url = base + "/v1/grade"
             asyncio.run(closed_loop(url, jpegs, 2, 2))  # warm up
             print(f"\nclosed loop, {args.seconds:g} s each (throughput = fruit graded and stored per second)")
@@ -185,11 +171,9 @@ def main() -> None:
                   f"p50 {p50:.1f} ms, p95 {p95:.1f} ms, p99 {p99:.1f} ms (of served requests); "
                   f"refused with 503 + Retry-After or failed: {err}")
         finally:
-            server.terminate()
-            server.wait(timeout=30)
-            log = (Path(tmp) / "server.log").read_text()
-            if server.returncode not in (0, -15) or "Traceback" in log:
-                print("server log:\n" + log[-3000:])
+            rc = server.stop()
+            if rc not in (0, -15) or "Traceback" in server.log():
+                print("server log:\n" + server.log()[-3000:])
 
 
 if __name__ == "__main__":

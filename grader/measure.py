@@ -351,14 +351,9 @@ def with_scale(m: FruitMeasurement, mm_per_px: float | None) -> FruitMeasurement
     )
 
 
-def blemish_mask(image_rgb: np.ndarray, seg: Segment, params: BlemishParams, healthy_bands: tuple["ColourBand", ...] = ()) -> np.ndarray:
-    """Skin pixels that look blemished (bool, bbox-sized like ``seg.mask``).
-
-    Pixels in the commodity's target colour (``healthy_bands``, e.g. an apple's red blush) are
-    skin, never blemish, however much darker than the ground colour they are.
-
-    Each skin pixel is compared with the median colour of the skin at the same relative distance
-    from the fruit's edge, so the darker rim of a lit sphere is not taken for a blemish."""
+def _skin_departure(image_rgb: np.ndarray, seg: "Segment | FruitMeasurement", params: BlemishParams) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(skin mask, Lab distance from the reference skin colour, darkening in L*) over the fruit's
+    bbox; None when too little skin is visible to judge."""
     x0, y0, x1, y1 = seg.bbox
     lab = _to_lab(image_rgb[y0:y1, x0:x1])
     mask = seg.mask
@@ -366,7 +361,7 @@ def blemish_mask(image_rgb: np.ndarray, seg: Segment, params: BlemishParams, hea
     dmax = max(float(dist.max()), 1.0)
     skin = mask & (dist > params.edge_margin_frac * dmax)
     if skin.sum() < 20:
-        return np.zeros(mask.shape, bool)
+        return None
     # rings of equal skin area (quantiles of the distance from the edge), so a spot in the middle
     # of the fruit never fills the small central ring and becomes its own reference
     edges = np.quantile(dist[skin], np.linspace(0, 1, params.rings + 1)[1:-1])
@@ -384,7 +379,37 @@ def blemish_mask(image_rgb: np.ndarray, seg: Segment, params: BlemishParams, hea
             bright = ring_lab[ring_lab[:, 0] >= np.quantile(ring_lab[:, 0], 0.4)]
             ref[sel] = np.median(bright, axis=0)
     delta_e = np.linalg.norm(lab - ref, axis=2)
-    darker = (ref[..., 0] - lab[..., 0]) > params.min_darkening_l
+    return skin, delta_e, ref[..., 0] - lab[..., 0]
+
+
+def skin_anomaly_map(image_rgb: np.ndarray, seg: "Segment | FruitMeasurement", params: BlemishParams | None = None) -> np.ndarray:
+    """Where the skin departs from its own reference colour, 0..1 (float32, bbox-sized): the
+    colour departure ΔE scaled so that the blemish threshold maps to 0.5, counted only where the
+    skin is darker than its reference (as blemishes are). The inspectors' heat map."""
+    params = params or BlemishParams()
+    got = _skin_departure(image_rgb, seg, params)
+    if got is None:
+        return np.zeros(seg.mask.shape, np.float32)
+    skin, delta_e, darkening = got
+    weight = np.clip(darkening / max(params.min_darkening_l, 1e-6), 0.0, 1.0)
+    heat = np.clip(delta_e / (2.0 * params.min_delta_e), 0.0, 1.0) * weight
+    return np.where(skin, heat, 0.0).astype(np.float32)
+
+
+def blemish_mask(image_rgb: np.ndarray, seg: Segment, params: BlemishParams, healthy_bands: tuple["ColourBand", ...] = ()) -> np.ndarray:
+    """Skin pixels that look blemished (bool, bbox-sized like ``seg.mask``).
+
+    Pixels in the commodity's target colour (``healthy_bands``, e.g. an apple's red blush) are
+    skin, never blemish, however much darker than the ground colour they are.
+
+    Each skin pixel is compared with the median colour of the skin at the same relative distance
+    from the fruit's edge, so the darker rim of a lit sphere is not taken for a blemish."""
+    x0, y0, x1, y1 = seg.bbox
+    got = _skin_departure(image_rgb, seg, params)
+    if got is None:
+        return np.zeros(seg.mask.shape, bool)
+    skin, delta_e, darkening = got
+    darker = darkening > params.min_darkening_l
     spots = skin & (delta_e > params.min_delta_e) & darker
     if healthy_bands:
         from .commodities import colour_mask

@@ -4,17 +4,32 @@ Used by the service's overlay route, the inspectors' page and the docs' figures.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Collection, Sequence
 
 import cv2
 import numpy as np
 
+from .measure import skin_anomaly_map
 from .records import FruitMeasurement
 
 GOOD = (40, 200, 60)
 FLAGGED = (255, 170, 0)
 BLEMISH = (255, 40, 200)
 REFERENCE = (60, 160, 255)
+
+#: what an overlay can show; the inspectors' page toggles each
+LAYERS = ("contour", "diameter", "blemish", "heatmap", "labels")
+DEFAULT_LAYERS = ("contour", "diameter", "blemish", "labels")
+
+
+def _blend_heatmap(out: np.ndarray, image_rgb: np.ndarray, m: FruitMeasurement) -> None:
+    """Paint the fruit's skin-anomaly map (0..1) over it in a red-yellow scale; cool skin stays as is."""
+    x0, y0, x1, y1 = m.bbox
+    heat = skin_anomaly_map(image_rgb, m)
+    colour = cv2.applyColorMap((heat * 255).astype(np.uint8), cv2.COLORMAP_INFERNO)[..., ::-1].astype(np.float32)
+    alpha = (np.clip(heat * 1.6, 0.0, 0.85) * m.mask)[..., None]
+    roi = out[y0:y1, x0:x1].astype(np.float32)
+    out[y0:y1, x0:x1] = (roi * (1 - alpha) + colour * alpha).astype(np.uint8)
 
 
 def caliper_line(m: FruitMeasurement) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -31,24 +46,35 @@ def draw_overlay(
     labels: Sequence[str] | None = None,
     flagged: Sequence[bool] | None = None,
     references: Sequence[FruitMeasurement] = (),
+    layers: Collection[str] = DEFAULT_LAYERS,
 ) -> np.ndarray:
-    """A copy of the image with each fruit's measurements drawn on it."""
+    """A copy of the image with each fruit's measurements drawn on it: the ``layers`` named
+    (outline, caliper diameter line, blemish outlines, skin-anomaly heat map, text labels)."""
+    unknown = set(layers) - set(LAYERS)
+    if unknown:
+        raise ValueError(f"unknown overlay layers {sorted(unknown)}; known: {list(LAYERS)}")
     out = image_rgb.copy()
+    if "heatmap" in layers:
+        for m in fruits:
+            _blend_heatmap(out, image_rgb, m)
     scale = max(1.0, max(out.shape[:2]) / 800.0)
     thick = max(1, int(round(2 * scale)))
     font = 0.5 * scale
-    for r in references:
+    for r in references if "contour" in layers else ():
         cv2.polylines(out, [r.contour_px.reshape(-1, 1, 2)], True, REFERENCE, thick)
         cv2.putText(out, "reference", (r.bbox[0], max(12, r.bbox[1] - 4)), cv2.FONT_HERSHEY_SIMPLEX, font, REFERENCE, thick)
     for k, m in enumerate(fruits):
         colour = FLAGGED if flagged is not None and flagged[k] else GOOD
-        cv2.polylines(out, [m.contour_px.reshape(-1, 1, 2)], True, colour, thick)
-        if m.blemish_mask is not None and m.blemish_mask.any():
+        if "contour" in layers:
+            cv2.polylines(out, [m.contour_px.reshape(-1, 1, 2)], True, colour, thick)
+        if "blemish" in layers and m.blemish_mask is not None and m.blemish_mask.any():
             spots, _ = cv2.findContours(m.blemish_mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
             cv2.polylines(out, [c + np.array([m.bbox[0], m.bbox[1]]) for c in spots], True, BLEMISH, thick)
-        if not m.cut_off:
+        if "diameter" in layers and not m.cut_off:
             a, b = caliper_line(m)
             cv2.line(out, a, b, colour, max(1, thick // 2), cv2.LINE_AA)
+        if "labels" not in layers:
+            continue
         text = labels[k] if labels is not None else (f"{m.diameter_mm:.1f} mm" if m.diameter_mm is not None else "not sized")
         lines = text.split("\n")
         for n, line in enumerate(lines):

@@ -18,7 +18,7 @@ from .auth import load_or_create_keys
 from .batcher import MicroBatcher, ServingModel
 from .metrics import MetricsMiddleware
 from .registry import Registry
-from .routers import brix, cameras, grade, health, lots, models, results, review
+from .routers import brix, cameras, grade, health, lots, models, pages, results, review
 from .settings import Settings
 from .storage import ImageStore, Repository, init_db, make_engine
 
@@ -100,6 +100,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(brix.router)
     app.include_router(review.router)
     app.include_router(models.router)
+    app.include_router(pages.router)
+    app.mount("/static", pages.static_files(), name="static")
+    app.add_middleware(pages.PageHeaders)
     return app
 
 

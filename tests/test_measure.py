@@ -154,3 +154,16 @@ def test_blemish_on_skin_of_the_target_colour_after_jpeg(colour):
     jpg = cv2.cvtColor(cv2.imdecode(cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))[1], cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
     [m] = measure_image(jpg, 0.3, colour_bands=bands)
     assert m.blemish_area_cm2 == pytest.approx(truth.fruits[0].blemish_area_cm2, rel=0.15)
+
+
+def test_skin_anomaly_map_is_hot_on_blemishes_and_cool_on_clean_skin():
+    from grader.measure import segment_fruits, skin_anomaly_map
+
+    img, truth = make_fruit_image(seed=4, diameter_mm=70, mm_per_px=0.25, blemishes_cm2=(1.5,))
+    seg = segment_fruits(img)[0]
+    heat = skin_anomaly_map(img, seg)
+    m = measure_image(img, 0.25)[0]
+    assert heat.shape == seg.mask.shape and heat.dtype == np.float32
+    assert 0.0 <= heat.min() and heat.max() <= 1.0
+    assert heat[m.blemish_mask].mean() > 0.5 > 0.1 > heat[seg.mask & ~m.blemish_mask].mean()
+    assert not heat[~seg.mask].any()

@@ -62,5 +62,4 @@ def test_two_service_processes_share_one_database(pg_url, tmp_path):
         assert retry["id"] == rid and retry["replayed"]
     finally:
         for p in procs:
-            p.terminate()
-            p.wait(timeout=30)
+            p.stop()

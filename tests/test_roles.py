@@ -29,6 +29,7 @@ MATRIX = {
     ("POST", "/v1/review/fruits/{fruit}/verdict"): {"inspector"},
     ("POST", "/v1/review/verdicts/{verdict_id}/undo"): {"inspector"},
     ("GET", "/v1/review/verdicts"): {"inspector", "trainer"},
+    ("GET", "/v1/review/summary"): {"inspector", "trainer"},
     ("GET", "/v1/models"): {"inspector", "trainer"},
     ("GET", "/v1/models/{model_id}"): {"inspector", "trainer"},
     ("POST", "/v1/models"): {"trainer"},
@@ -66,3 +67,13 @@ def test_roles_on_every_route(client, route):
 def test_public_routes_need_no_key(client):
     for method, path in PUBLIC:
         assert client.request(method, path).status_code == 200
+
+
+def test_pages_hold_no_data_and_need_no_key(client):
+    """The review page and its assets are public: they carry no data, and every call they make
+    goes through the API with the key the user signs in with."""
+    r = client.get("/review")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert client.get("/static/review.js").status_code == 200
+    assert client.get("/static/../settings.py").status_code == 404
+    assert client.get("/", follow_redirects=False).headers["location"] == "/review"

@@ -12,7 +12,7 @@ from sqlalchemy import and_, exists, or_, select
 from starlette.concurrency import run_in_threadpool
 
 from grader.measure import measure_image, with_scale
-from grader.overlay import draw_overlay, fruit_label
+from grader.overlay import DEFAULT_LAYERS, LAYERS, draw_overlay, fruit_label
 
 from ..auth import require
 from ..errors import ApiError
@@ -111,13 +111,25 @@ def get_result_image(request: Request, result_id: str, _=Depends(require("camera
 
 @router.get(
     "/results/{result_id}/overlay",
-    summary="The result's image with outlines, caliper diameters, blemish outlines and grades drawn on it",
+    summary="The result's image with outlines, caliper diameters, blemish outlines, a heat map and grades drawn on it",
     response_class=Response,
     responses={200: {"content": {"image/png": {}}}},
 )
-async def get_result_overlay(request: Request, result_id: str, _=Depends(require("camera", "inspector", "trainer"))) -> Response:
+async def get_result_overlay(
+    request: Request,
+    result_id: str,
+    layers: str = Query(",".join(DEFAULT_LAYERS), description=f"comma-separated, any of {', '.join(LAYERS)} (empty: the plain image)"),
+    fruit_index: int | None = Query(None, ge=0, description="crop the picture around this fruit of the result"),
+    _=Depends(require("camera", "inspector", "trainer")),
+) -> Response:
     ctx = request.app.state.ctx
+    wanted = [x.strip() for x in layers.split(",") if x.strip()]
+    unknown = sorted(set(wanted) - set(LAYERS))
+    if unknown:
+        raise ApiError(422, "invalid_layers", f"unknown overlay layers {unknown}; known: {list(LAYERS)}", "layers")
     row = _get(request, result_id)
+    if fruit_index is not None and fruit_index >= len(row.payload["fruits"]):
+        raise ApiError(404, "not_found", f"result {result_id!r} has {len(row.payload['fruits'])} fruit, no index {fruit_index}", "fruit_index")
     img = ctx.repo.get_image(row.image_sha256)
     if img is None:
         raise ApiError(404, "not_found", f"image of result {result_id!r} is missing", "result_id")
@@ -137,8 +149,18 @@ async def get_result_overlay(request: Request, result_id: str, _=Depends(require
         stored = {tuple(f["bbox"]): f for f in row.payload["fruits"]}
         labels = [fruit_label(m, stored.get(tuple(m.bbox), {}).get("grade")) for m in fruit]
         flagged = [bool(stored.get(tuple(m.bbox), {}).get("flagged")) for m in fruit]
-        over = draw_overlay(rgb, fruit, labels, flagged, refs)
+        over = draw_overlay(rgb, fruit, labels, flagged, refs, layers=wanted)
+        if fruit_index is not None:
+            over = crop_around(over, row.payload["fruits"][fruit_index]["bbox"])
         ok, png = cv2.imencode(".png", cv2.cvtColor(over, cv2.COLOR_RGB2BGR))
         return png.tobytes()
 
-    return Response(await run_in_threadpool(render), media_type="image/png")
+    return Response(await run_in_threadpool(render), media_type="image/png", headers={"Cache-Control": "private, max-age=300"})
+
+
+def crop_around(image, bbox, margin_frac: float = 0.3):
+    """The part of the picture around one fruit's bbox, with a margin (clipped to the picture)."""
+    h, w = image.shape[:2]
+    x0, y0, x1, y1 = bbox
+    mx, my = int((x1 - x0) * margin_frac), int((y1 - y0) * margin_frac)
+    return image[max(0, y0 - my) : min(h, y1 + my), max(0, x0 - mx) : min(w, x1 + mx)]

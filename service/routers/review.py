@@ -11,6 +11,8 @@ from sqlalchemy import and_, exists, or_, select, update
 
 from ..auth import Principal, require
 from ..errors import ApiError
+from grader.records import OUT_OF_GRADE
+
 from ..storage import FruitRow, ResultRow, VerdictRow, utcnow
 
 router = APIRouter(prefix="/v1/review", tags=["review"])
@@ -24,16 +26,29 @@ def _who(p: Principal, name: str | None) -> str:
     return name.strip() if name and name.strip() else f"{p.role} {p.key_id}"
 
 
-def _item(f: FruitRow, r: ResultRow) -> dict[str, Any]:
+def _item(f: FruitRow, r: ResultRow, ctx: Any) -> dict[str, Any]:
     fruit = r.payload["fruits"][f.index]
+    std = ctx.standards.get(r.standard_id)
+    commodity = ctx.commodities.get(std.commodity) if std else None
     return {
         "fruit": f.id, "result_id": r.id, "fruit_index": f.index, "priority": f.priority, "created_at": r.created_at.isoformat(),
         "lot_id": r.lot_id, "camera_id": r.camera_id, "fruit_id": r.fruit_id, "grade": fruit.get("grade"),
         "defect": fruit.get("defect"), "diameter_mm": fruit.get("diameter_mm"), "brix": fruit.get("brix"),
         "brix_source": fruit.get("brix_source"), "flags": fruit.get("flag_details", []), "reasons": fruit.get("reasons", []),
         "claimed_by": f.claimed_by if f.claimed_until and f.claimed_until > utcnow() else None,
-        "image_url": f"/v1/results/{r.id}/image", "overlay_url": f"/v1/results/{r.id}/overlay",
+        "image_url": f"/v1/results/{r.id}/image", "overlay_url": f"/v1/results/{r.id}/overlay?fruit_index={f.index}",
+        "measurement": {k: fruit.get(k) for k in MEASUREMENT_FIELDS},
+        "standard_id": r.standard_id,
+        # what a verdict may say for this fruit: the standard's grades, the commodity's defect types
+        "grades": (std.grade_names if std else []) + [OUT_OF_GRADE],
+        "defect_labels": ["sound", *(commodity.defect_types if commodity else [])],
     }
+
+
+#: the stored measurements an inspector sees beside the image (units in the names)
+MEASUREMENT_FIELDS = ("diameter_mm", "minor_diameter_mm", "area_mm2", "roundness", "colour_coverage", "blemish_area_cm2",
+                      "largest_blemish_cm2", "blemish_fraction", "mm_per_px", "brix", "brix_source", "brix_n", "brix_spread",
+                      "outlet", "provisional")
 
 
 def _open_verdict():
@@ -51,7 +66,7 @@ def queue(request: Request, lot_id: str | None = None, flag: str | None = None, 
         if camera_id:
             q = q.where(ResultRow.camera_id == camera_id)
         rows = s.execute(q.order_by(FruitRow.priority.asc(), ResultRow.created_at.asc(), FruitRow.id.asc())).all()
-        items = [_item(f, r) for f, r in rows]
+        items = [_item(f, r, request.app.state.ctx) for f, r in rows]
     if flag:
         items = [i for i in items if flag in {x["code"] for x in i["flags"]}]
     counts: dict[str, int] = {}
@@ -105,7 +120,7 @@ def verdict(request: Request, fruit: int, body: VerdictIn, p: Principal = Depend
             raise ApiError(404, "not_found", f"no fruit {fruit}", "fruit")
         r = s.get(ResultRow, f.result_id)
         std = ctx.standards.get(r.standard_id)
-        grades = (std.grade_names if std else []) + ["out-of-grade"]
+        grades = (std.grade_names if std else []) + [OUT_OF_GRADE]
         if body.decision == "correct" and body.grade not in grades:
             raise ApiError(422, "invalid_grade", f"grade must be one of {grades} for {r.standard_id}", "grade")
         if f.claimed_by and f.claimed_until and f.claimed_until > utcnow() and f.claimed_by != who:
@@ -141,3 +156,30 @@ def verdicts(request: Request, result_id: str | None = None, limit: int = Query(
         if result_id:
             q = q.where(VerdictRow.result_id == result_id)
         return {"verdicts": [verdict_payload(v) for v in s.scalars(q)]}
+
+
+@router.get("/summary", summary="How inspectors and the model agree: verdicts by inspector, agreement per flag, corrections")
+def summary(request: Request, limit: int = Query(50, ge=1, le=500), _=Depends(require("inspector", "trainer"))) -> dict[str, Any]:
+    """Over every standing (not retracted) verdict. A verdict agrees with the model when the
+    inspector's grade is the model's grade."""
+    with request.app.state.ctx.repo.sessions() as s:
+        rows = s.scalars(select(VerdictRow).where(VerdictRow.retracted.is_(False)).order_by(VerdictRow.id.desc())).all()
+        by_inspector: dict[str, dict[str, int]] = {}
+        by_flag: dict[str, dict[str, int]] = {}
+        for v in rows:
+            agree = v.grade == v.model_grade
+            i = by_inspector.setdefault(v.inspector, {"verdicts": 0, "confirmed": 0, "corrected": 0})
+            i["verdicts"] += 1
+            i["confirmed" if agree else "corrected"] += 1
+            for code in v.flags or ["(none)"]:
+                c = by_flag.setdefault(code, {"verdicts": 0, "agree": 0})
+                c["verdicts"] += 1
+                c["agree"] += int(agree)
+        corrections = [verdict_payload(v) for v in rows if v.grade != v.model_grade][:limit]
+    return {
+        "verdicts": len(rows),
+        "agreement": round(sum(1 for v in rows if v.grade == v.model_grade) / len(rows), 4) if rows else None,
+        "by_inspector": [{"inspector": k, **v} for k, v in sorted(by_inspector.items())],
+        "by_flag": [{"flag": k, **v, "agreement": round(v["agree"] / v["verdicts"], 4)} for k, v in sorted(by_flag.items())],
+        "corrections": corrections,
+    }

@@ -14,7 +14,7 @@ from grader.flags import FlagPolicy
 from grader.standards import Standard, get_standard, load_standards
 
 from . import errors
-from .auth import load_or_create_keys
+from .auth import KeyRing, RateLimiter, load_or_create_keys
 from .batcher import MicroBatcher, ServingModel
 from .metrics import MetricsMiddleware
 from .registry import Registry
@@ -40,8 +40,9 @@ class Context:
     commodities: dict[str, Commodity]
     reference: ReferenceSpec
     policy: FlagPolicy
-    api_keys: dict[str, str]
+    api_keys: KeyRing
     keys_file: Path | None
+    rate_limiter: RateLimiter
     in_flight: int = 0  # grade requests in progress (changed on the event loop only)
 
 
@@ -54,7 +55,7 @@ def build_context(settings: Settings) -> Context:
     registry = Registry(repo, settings.data_dir / "models", batcher, settings.onnx_threads)
     model = registry.startup_model(settings.model_dir)
     standards = load_standards(*([settings.standards_dir] if settings.standards_dir else []))
-    keys, keys_file = load_or_create_keys(settings.api_keys, settings.data_dir)
+    keys, keys_file, _ = load_or_create_keys(settings.api_keys, settings.data_dir)
     policy = FlagPolicy(
         review_band=settings.review_band or model.spec.review_band,
         min_sharpness=settings.min_sharpness,
@@ -77,6 +78,7 @@ def build_context(settings: Settings) -> Context:
         policy=policy,
         api_keys=keys,
         keys_file=keys_file,
+        rate_limiter=RateLimiter(settings.rate_limit_per_min),
     )
 
 
@@ -113,16 +115,19 @@ def app_from_env() -> FastAPI:
 
 def announce(settings: Settings, host: str, port: int) -> None:
     """Tell the person who ran `grader serve` where things are and how to authenticate."""
-    keys, keys_file = load_or_create_keys(settings.api_keys, settings.data_dir)
+    _, keys_file, fresh = load_or_create_keys(settings.api_keys, settings.data_dir)
     base = f"http://{host}:{port}"
     print(f"orchard-grader on {base}")
     print(f"  API docs : {base}/docs")
+    print(f"  review   : {base}/review")
     print(f"  health   : {base}/healthz")
     print(f"  database : {settings.resolved_database_url}")
     print(f"  model    : {settings.model_dir}")
-    if keys_file is not None:
-        print(f"  API keys (send as header X-API-Key), stored in {keys_file}:")
-        for key, role in sorted(keys.items(), key=lambda kv: kv[1]):
+    if fresh:
+        print(f"  API keys, generated now and shown only this once (send as header X-API-Key; only their hashes are kept, in {keys_file}):")
+        for role, key in fresh.items():
             print(f"    {role:<9} {key}")
+    elif keys_file is not None:
+        print(f"  API keys : as generated on first start (hashes in {keys_file}); `grader keys reset` makes new ones")
     else:
         print("  API keys : from GRADER_API_KEYS (send as header X-API-Key)")

@@ -1,11 +1,21 @@
-"""API keys and roles. Keys come from GRADER_API_KEYS ("role:key,..."); when unset, keys are
-generated on first start and kept in data_dir/api_keys.json."""
+"""API keys, roles and per-key rate limits.
+
+Keys come from GRADER_API_KEYS ("role:key,..." or "role:sha256:<hex digest>,..."); when unset,
+keys are generated on first start, printed once, and only their SHA-256 digests are kept in
+data_dir/api_keys.json. The service holds digests only: a presented key is hashed and compared
+with every known digest in constant time, and a key is named in logs, claims and pages by its
+fingerprint (``k-`` + 8 hex digits of its digest), never by its value."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import math
 import secrets
-from dataclasses import dataclass
+import threading
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastapi import Request
@@ -18,53 +28,142 @@ ROLES = ("camera", "inspector", "trainer", "admin")
 @dataclass(frozen=True)
 class Principal:
     role: str
-    key_id: str  # a short, loggable fingerprint of the key
+    key_id: str  # the key's fingerprint: loggable, reveals nothing of the key
 
 
-def parse_api_keys(raw: str) -> dict[str, str]:
-    """ "camera:abc,inspector:def" -> {key: role}. Raises ValueError naming a bad entry."""
-    keys: dict[str, str] = {}
+def digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def fingerprint(key_digest: str) -> str:
+    return "k-" + key_digest[:8]
+
+
+@dataclass
+class KeyRing:
+    """Known keys as (digest, role). ``lookup`` touches every entry whatever the key, so the time
+    it takes says nothing about how close a guess came."""
+
+    entries: list[tuple[bytes, str]] = field(default_factory=list)
+
+    def add(self, role: str, key_digest: str) -> None:
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}; roles: {ROLES}")
+        self.entries.append((bytes.fromhex(key_digest), role))
+
+    def lookup(self, key: str) -> Principal | None:
+        d = hashlib.sha256(key.encode()).digest()
+        found: Principal | None = None
+        for known, role in self.entries:
+            if hmac.compare_digest(known, d) and found is None:
+                found = Principal(role=role, key_id=fingerprint(d.hex()))
+        return found
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+def parse_api_keys(raw: str) -> KeyRing:
+    """ "camera:abc...,inspector:sha256:<hex>" -> KeyRing. Raises ValueError naming a bad entry
+    (by its role only: a key never appears in an error message)."""
+    ring = KeyRing()
     for entry in (e.strip() for e in raw.split(",")):
         if not entry:
             continue
         role, sep, key = entry.partition(":")
         role, key = role.strip(), key.strip()
+        if key.startswith("sha256:"):
+            hexd = key.removeprefix("sha256:").lower()
+            if role not in ROLES or len(hexd) != 64 or any(c not in "0123456789abcdef" for c in hexd):
+                raise ValueError(f"GRADER_API_KEYS entry for {role!r}: expected role:sha256:<64 hex digits> with role in {ROLES}")
+            ring.add(role, hexd)
+            continue
         if not sep or role not in ROLES or len(key) < 8:
-            raise ValueError(f"GRADER_API_KEYS entry {entry.split(':')[0]!r}...: expected role:key with role in {ROLES} and a key of >= 8 characters")
-        keys[key] = role
-    if not keys:
+            raise ValueError(f"GRADER_API_KEYS entry {role!r}...: expected role:key with role in {ROLES} and a key of >= 8 characters")
+        ring.add(role, digest(key))
+    if not ring:
         raise ValueError("GRADER_API_KEYS holds no keys")
+    return ring
+
+
+def _write_keys_file(path: Path, digests: list[dict[str, str]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"format": "sha256", "keys": digests}, indent=2))
+    tmp.chmod(0o600)
+    tmp.replace(path)
+
+
+def new_keys(path: Path) -> dict[str, str]:
+    """Generate one key per role, keep their digests in ``path`` (replacing any there) and return
+    the keys themselves: the only time they exist in plain text."""
+    keys = {role: secrets.token_urlsafe(24) for role in ROLES}
+    _write_keys_file(path, [{"role": r, "sha256": digest(k), "id": fingerprint(digest(k))} for r, k in keys.items()])
     return keys
 
 
-def load_or_create_keys(raw: str | None, data_dir: Path) -> tuple[dict[str, str], Path | None]:
-    """Keys by value -> role, and the file they were generated into (None when from the env)."""
+def load_or_create_keys(raw: str | None, data_dir: Path) -> tuple[KeyRing, Path | None, dict[str, str]]:
+    """(the key ring, the file it lives in or None when from the env, keys generated just now)."""
     if raw:
-        return parse_api_keys(raw), None
+        return parse_api_keys(raw), None, {}
     path = Path(data_dir) / "api_keys.json"
-    if path.exists():
-        by_role = json.loads(path.read_text())
-    else:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        by_role = {role: secrets.token_urlsafe(24) for role in ROLES}
-        path.write_text(json.dumps(by_role, indent=2))
-        path.chmod(0o600)
-    return {key: role for role, key in by_role.items()}, path
+    fresh: dict[str, str] = {}
+    if not path.exists():
+        fresh = new_keys(path)
+    stored = json.loads(path.read_text())
+    if stored.get("format") != "sha256":  # an older file with plain keys: keep the keys, store digests only
+        entries = [{"role": r, "sha256": digest(k), "id": fingerprint(digest(k))} for r, k in stored.items()]
+        _write_keys_file(path, entries)
+        stored = {"keys": entries}
+    ring = KeyRing()
+    for e in stored["keys"]:
+        ring.add(e["role"], e["sha256"])
+    return ring, path, fresh
+
+
+class RateLimiter:
+    """A token bucket per key: ``per_min`` requests a minute on average, bursts up to 10 seconds'
+    worth. Per process (each replica counts its own). 0 turns it off."""
+
+    def __init__(self, per_min: int) -> None:
+        self.rate = per_min / 60.0
+        self.capacity = max(1.0, self.rate * 10)
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, key_id: str) -> float:
+        """0 when admitted, else the seconds until the key may try again."""
+        if self.rate <= 0:
+            return 0.0
+        now = time.monotonic()
+        with self._lock:
+            tokens, at = self._buckets.get(key_id, (self.capacity, now))
+            tokens = min(self.capacity, tokens + (now - at) * self.rate)
+            if tokens >= 1.0:
+                self._buckets[key_id] = (tokens - 1.0, now)
+                return 0.0
+            self._buckets[key_id] = (tokens, now)
+            return (1.0 - tokens) / self.rate
 
 
 def require(*roles: str):
-    """A dependency admitting the given roles (admin is always admitted)."""
+    """A dependency admitting the given roles (admin is always admitted), within the key's rate."""
     allowed = set(roles) | {"admin"}
 
     def dependency(request: Request) -> Principal:
         key = request.headers.get("x-api-key")
         if not key:
             raise ApiError(401, "unauthenticated", "missing X-API-Key header", "X-API-Key", {"WWW-Authenticate": "APIKey"})
-        role = request.app.state.ctx.api_keys.get(key)
-        if role is None:
+        ctx = request.app.state.ctx
+        principal = ctx.api_keys.lookup(key)
+        if principal is None:
             raise ApiError(401, "unauthenticated", "unknown API key", "X-API-Key", {"WWW-Authenticate": "APIKey"})
-        if role not in allowed:
-            raise ApiError(403, "forbidden", f"role {role!r} may not do this (needs one of {sorted(allowed)})")
-        return Principal(role=role, key_id=key[:4] + "…")
+        wait = ctx.rate_limiter.take(principal.key_id)
+        if wait > 0:
+            raise ApiError(429, "rate_limited", f"key {principal.key_id} is over its limit of {ctx.settings.rate_limit_per_min} "
+                           f"requests a minute; retry in {wait:.1f} s", "X-API-Key", {"Retry-After": str(max(1, math.ceil(wait)))})
+        if principal.role not in allowed:
+            raise ApiError(403, "forbidden", f"role {principal.role!r} may not do this (needs one of {sorted(allowed)})")
+        return principal
 
     return dependency

@@ -2,6 +2,7 @@
 
     grader serve [--host 127.0.0.1] [--port 8000] [--workers 1]
     grader train [--config FILE] [--set key=value ...] --out DIR [--work-dir DIR] [--resume]
+    grader keys reset
     grader synth --out fruit.jpg [--diameter-mm 72] [--mm-per-px 0.3] [--blemish-cm2 0.8]
 """
 
@@ -50,6 +51,18 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keys(args: argparse.Namespace) -> int:
+    from service.auth import new_keys
+    from service.settings import Settings
+
+    path = Settings().data_dir / "api_keys.json"
+    keys = new_keys(path)
+    print(f"new API keys (the old ones no longer work once the service restarts); hashes in {path}:")
+    for role, key in keys.items():
+        print(f"  {role:<9} {key}")
+    return 0
+
+
 def _synth(args: argparse.Namespace) -> int:
     import cv2
 
@@ -82,6 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--work-dir", help="checkpoints and crop cache (default var/train/<name>-<version>)")
     t.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --work-dir")
     t.set_defaults(func=_train)
+
+    k = sub.add_parser("keys", help="API keys kept in the data dir")
+    k.add_argument("action", choices=["reset"], help="reset: generate new keys for every role and print them once")
+    k.set_defaults(func=_keys)
 
     y = sub.add_parser("synth", help="write a synthetic fruit image with known size and blemish area")
     y.add_argument("--out", default="fruit.jpg")

@@ -43,6 +43,14 @@ STATUS: dict[type[GraderError], tuple[int, str]] = {
 }
 
 
+def _is_connection_error(exc) -> bool:
+    """An OperationalError / InterfaceError from the driver means the connection path failed
+    (server gone, refused, timed out), not a bad statement."""
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    return isinstance(exc, (OperationalError, InterfaceError))
+
+
 def _body(code: str, message: str, field: str | None = None, **extra) -> dict:
     return {"error": {"code": code, "message": message, "field": field, **extra}}
 
@@ -72,6 +80,26 @@ def install(app: FastAPI) -> None:
         first = problems[0] if problems else {"field": None, "message": "invalid request"}
         msg = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
         return JSONResponse(_body("invalid_request", msg, first["field"], problems=problems), status_code=422)
+
+    from sqlalchemy.exc import DBAPIError, TimeoutError as PoolTimeout
+
+    from .storage import StorageUnavailable
+
+    @app.exception_handler(StorageUnavailable)
+    async def _storage(_: Request, exc: StorageUnavailable) -> JSONResponse:
+        return JSONResponse(_body(exc.code, str(exc)), status_code=507 if exc.full else 503, headers={"Retry-After": "30"})
+
+    @app.exception_handler(DBAPIError)
+    async def _database(_: Request, exc: DBAPIError) -> JSONResponse:
+        if not (exc.connection_invalidated or _is_connection_error(exc)):
+            raise exc
+        return JSONResponse(_body("database_unavailable", "the database is unreachable; nothing was stored; retry shortly"),
+                            status_code=503, headers={"Retry-After": "2"})
+
+    @app.exception_handler(PoolTimeout)
+    async def _pool(_: Request, exc: PoolTimeout) -> JSONResponse:
+        return JSONResponse(_body("database_unavailable", "no database connection became free in time; retry shortly"),
+                            status_code=503, headers={"Retry-After": "2"})
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -20,9 +20,12 @@ class Settings(BaseSettings):
     database_url: str | None = None
     #: a model artifact directory (model.onnx + metadata.json), or a directory with a DEFAULT pointer
     model_dir: Path = SHIPPED_MODELS
-    #: "role:key,role:key" with roles camera, inspector, trainer, admin. Unset: keys are generated
-    #: on first start, stored in data_dir/api_keys.json and printed.
+    #: "role:key,role:key" (or role:sha256:<hex digest>) with roles camera, inspector, trainer, admin.
+    #: Unset: keys are generated on first start, printed once, and their hashes kept in data_dir/api_keys.json.
     api_keys: str | None = None
+    #: requests a minute per API key (token bucket, bursts of 10 s worth); past it 429 + Retry-After.
+    #: Counted per process. 0 = no limit.
+    rate_limit_per_min: int = Field(default=12_000, ge=0)
     #: grade standard used when a request names none (an id from grader/standards/*.toml)
     default_standard: str = "unece-ffv50-apples"
     #: a directory with a packhouse's own standard files, added to the shipped ones

@@ -7,6 +7,7 @@ fsynced) before the row that references it.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import hashlib
 import os
 import tempfile
@@ -212,7 +213,11 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    # a database that went away is noticed on checkout (pre-ping), a new connection gives up after
+    # connect_timeout, and a request waits at most pool_timeout for a connection: the service
+    # answers 503 quickly instead of hanging, and recovers by itself when the database returns
+    args = {"connect_timeout": 3} if url.startswith("postgresql") else {}
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10, pool_timeout=5, connect_args=args)
 
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -241,6 +246,19 @@ def init_db(engine: Engine) -> None:
         command.upgrade(cfg, "head")
 
 
+class StorageUnavailable(Exception):
+    """The image store cannot take a write (disk full, read-only or missing data dir). Nothing of
+    the request is committed; the camera should retry once an operator has fixed the disk."""
+
+    FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+    def __init__(self, root: Path, exc: OSError) -> None:
+        self.full = exc.errno in self.FULL
+        self.code = "storage_full" if self.full else "storage_unavailable"
+        super().__init__(f"cannot store the image under {root}: {exc.strerror or exc} ({errno.errorcode.get(exc.errno or 0, 'error')}); "
+                         "nothing was stored")
+
+
 class ImageStore:
     """Images stored once, named by their SHA-256, under root/ab/cd/<sha>.<ext>."""
 
@@ -258,18 +276,36 @@ class ImageStore:
         path = self.path_for(sha, media_type)
         if path.exists() and path.stat().st_size == len(data):
             return sha, path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        tmp = None
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)  # atomic: a reader never sees half an image
+        except OSError as exc:
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
+            raise StorageUnavailable(self.root, exc) from exc
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
             raise
         return sha, path
+
+    def probe(self) -> None:
+        """Raise StorageUnavailable unless a file can be written and removed under root now."""
+        try:
+            fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".probe-")
+            try:
+                os.write(fd, b"ok")
+            finally:
+                os.close(fd)
+                os.unlink(tmp)
+        except OSError as exc:
+            raise StorageUnavailable(self.root, exc) from exc
 
 
 def latest_calibration(s: Session, camera_id: str) -> CalibrationRow | None:

@@ -14,7 +14,7 @@ def healthz(request: Request) -> dict:
     return {"status": "ok", "model": {"name": m.spec.name, "version": m.spec.version}}
 
 
-@router.get("/readyz", summary="Readiness: model loaded and database reachable")
+@router.get("/readyz", summary="Readiness: model loaded, database reachable, image store writable")
 def readyz(request: Request) -> JSONResponse:
     ctx = request.app.state.ctx
     try:
@@ -22,8 +22,14 @@ def readyz(request: Request) -> JSONResponse:
         db = "ok"
     except Exception as exc:  # any driver error means "not reachable"
         db = f"unreachable: {type(exc).__name__}"
-    ok = db == "ok"
-    return JSONResponse({"status": "ready" if ok else "not ready", "database": db, "model": ctx.model.spec.version}, status_code=200 if ok else 503)
+    try:
+        ctx.images.probe()
+        images = "ok"
+    except Exception as exc:  # StorageUnavailable names the cause
+        images = str(exc)
+    ok = db == "ok" and images == "ok"
+    return JSONResponse({"status": "ready" if ok else "not ready", "database": db, "images": images, "model": ctx.model.spec.version},
+                        status_code=200 if ok else 503, headers=None if ok else {"Retry-After": "5"})
 
 
 @router.get("/metrics", summary="Prometheus metrics: requests by route, inference batches and latency, queue depth, flags",

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import re
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -55,7 +57,18 @@ def _body(code: str, message: str, field: str | None = None, **extra) -> dict:
     return {"error": {"code": code, "message": message, "field": field, **extra}}
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def install(app: FastAPI) -> None:
+    @app.middleware("http")
+    async def _no_control_characters(request: Request, call_next):
+        """Paths and query values with control characters (NUL, newlines...) are refused before any
+        route sees them: identifiers never carry them into the database, a file name or a log."""
+        if _CONTROL.search(request.scope.get("path", "")) or any(_CONTROL.search(k) or _CONTROL.search(v) for k, v in request.query_params.multi_items()):
+            return JSONResponse(_body("invalid_characters", "the path or query contains control characters", "path"), status_code=422)
+        return await call_next(request)
+
     @app.exception_handler(ApiError)
     async def _api(_: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse(_body(exc.code, exc.message, exc.field), status_code=exc.status, headers=exc.headers)
@@ -88,6 +101,14 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StorageUnavailable)
     async def _storage(_: Request, exc: StorageUnavailable) -> JSONResponse:
         return JSONResponse(_body(exc.code, str(exc)), status_code=507 if exc.full else 503, headers={"Retry-After": "30"})
+
+    from sqlalchemy.exc import DataError
+
+    @app.exception_handler(DataError)
+    async def _data(_: Request, exc: DataError) -> JSONResponse:
+        # the last line of defence: a value the database cannot store (fields are checked before)
+        return JSONResponse(_body("invalid_value", "a value of the request cannot be stored (out of range or invalid characters)"),
+                            status_code=422)
 
     @app.exception_handler(DBAPIError)
     async def _database(_: Request, exc: DBAPIError) -> JSONResponse:

@@ -3,10 +3,36 @@
 from __future__ import annotations
 
 import math
+import re
+from typing import Annotated
 
 from fastapi import UploadFile
+from pydantic import AfterValidator
 
 from .errors import ApiError
+
+#: control characters (NUL included) never belong in an identifier or a name; a database or a log
+#: line could choke on them
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+CONTROL_BUT_LINES = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def _plain(v: str | None) -> str | None:
+    if v is not None and CONTROL.search(v):
+        raise ValueError("must not contain control characters")
+    return v
+
+
+def _note(v: str | None) -> str | None:
+    if v is not None and CONTROL_BUT_LINES.search(v):
+        raise ValueError("must not contain control characters other than line breaks and tabs")
+    return v
+
+
+#: a name or identifier in a JSON body: no control characters
+PlainText = Annotated[str, AfterValidator(_plain)]
+#: free text (a note): line breaks and tabs allowed, other control characters not
+NoteText = Annotated[str, AfterValidator(_note)]
 
 
 def number_field(name: str, raw: str | None, lo: float, hi: float, lo_open: bool = False) -> float | None:
@@ -29,6 +55,8 @@ def text_field(name: str, raw: str | None, max_len: int = 100) -> str | None:
         return None
     if len(raw) > max_len:
         raise ApiError(422, "too_long", f"{name} is longer than {max_len} characters", name)
+    if CONTROL.search(raw):
+        raise ApiError(422, "invalid_characters", f"{name} must not contain control characters", name)
     return raw.strip()
 
 

@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     # --- input limits: bigger uploads get 413, bigger images 422 (decompression bombs)
     max_image_bytes: int = Field(default=15 * 1024 * 1024, gt=0)
     max_image_pixels: int = Field(default=40_000_000, gt=0)
+    #: seconds an upload may take to decode before it is refused (422)
+    decode_budget_s: float = Field(default=10.0, gt=0)
 
     # --- inference
     #: ONNX Runtime intra-op threads; 0 = one per CPU core

@@ -15,6 +15,7 @@ from grader.sweetness import correct_to_20c, is_outlier
 
 from ..auth import require
 from ..errors import ApiError
+from ..forms import PlainText
 from ..lots import lot_context, lot_sweetness, regrade_fruit
 from ..storage import BrixReadingRow, LotRow, ResultRow
 
@@ -29,8 +30,8 @@ class BrixIn(BaseModel):
     brix: float = Field(description="the instrument's reading, °Brix")
     temperature_c: float | None = Field(default=None, description="juice temperature; the reading is corrected to 20 °C (ICUMSA)")
     source: Literal["refractometer", "nir"] = "refractometer"
-    fruit_id: str | None = Field(default=None, max_length=100, description="the fruit measured (its own reading)")
-    lot_id: str | None = Field(default=None, max_length=100, description="without fruit_id: a destructive sample of this lot")
+    fruit_id: PlainText | None = Field(default=None, max_length=100, description="the fruit measured (its own reading)")
+    lot_id: PlainText | None = Field(default=None, max_length=100, description="without fruit_id: a destructive sample of this lot")
 
     @model_validator(mode="after")
     def _target(self) -> "BrixIn":

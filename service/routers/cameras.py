@@ -12,7 +12,7 @@ from grader.calibration import calibrate_from_image
 from ..auth import require
 from ..errors import ApiError
 from ..forms import number_field, read_limited, text_field
-from ..imaging import decode_image
+from ..imaging import decode_upload
 from ..storage import CalibrationRow, ImageRow
 
 router = APIRouter(prefix="/v1/cameras", tags=["cameras"])
@@ -48,7 +48,7 @@ async def calibrate(
     if camera is None or ref_mm is None:
         raise ApiError(422, "missing_field", "camera_id and reference_diameter_mm are required", "reference_diameter_mm")
     data = await read_limited(image, ctx.settings.max_image_bytes)
-    rgb, media_type = await run_in_threadpool(decode_image, data, ctx.settings.max_image_pixels)
+    rgb, media_type = await decode_upload(data, ctx.settings.max_image_pixels, ctx.settings.decode_budget_s)
     cal = await run_in_threadpool(calibrate_from_image, rgb, ref_mm, camera)
 
     def store() -> CalibrationRow:

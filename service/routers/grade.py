@@ -14,7 +14,7 @@ from .. import grading
 from ..auth import Principal, require
 from ..errors import ApiError
 from ..forms import read_limited
-from ..imaging import decode_image
+from ..imaging import decode_upload
 from .results import result_payload
 
 router = APIRouter(prefix="/v1", tags=["grading"])
@@ -70,7 +70,7 @@ async def grade(
         if existing is not None:
             return result_payload(existing, replayed=True)
         data = await read_limited(image, ctx.settings.max_image_bytes)
-        rgb, media_type = await run_in_threadpool(decode_image, data, ctx.settings.max_image_pixels)
+        rgb, media_type = await decode_upload(data, ctx.settings.max_image_pixels, ctx.settings.decode_budget_s)
         scaled, graded = await run_in_threadpool(grading.grade_rgb, ctx, req, rgb)
         saved, replayed = await run_in_threadpool(grading.store, ctx, req, data, media_type, rgb, scaled, graded, req.key)
         return result_payload(saved, replayed=replayed)
@@ -136,7 +136,7 @@ async def grade_batch(
         for i, up in enumerate(images):
             data = await read_limited(up, ctx.settings.max_image_bytes)
             try:
-                rgb, media_type = await run_in_threadpool(decode_image, data, ctx.settings.max_image_pixels)
+                rgb, media_type = await decode_upload(data, ctx.settings.max_image_pixels, ctx.settings.decode_budget_s)
             except Exception as exc:  # name the image that failed, then let the usual mapping answer
                 if hasattr(exc, "field"):
                     exc.field = f"images[{i}]"

@@ -17,6 +17,7 @@ from grader.standards import get_standard
 
 from ..auth import require
 from ..errors import ApiError
+from ..forms import PlainText
 from ..lots import lot_payload, lot_report
 from ..report_html import render_lot_report
 from ..storage import FruitRow, LotRow, utcnow
@@ -30,11 +31,11 @@ class LotIn(BaseModel):
         "commodity": "apple", "standard_id": "unece-ffv50-apples", "harvest_date": "2026-09-14"}]})
 
     id: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._:-]+$")
-    grower: str | None = Field(default=None, max_length=200)
-    orchard_block: str | None = Field(default=None, max_length=200)
-    variety: str | None = Field(default=None, max_length=100)
-    commodity: str | None = Field(default=None, description="default: the standard's commodity")
-    standard_id: str | None = Field(default=None, description="default: the service's default standard")
+    grower: PlainText | None = Field(default=None, max_length=200)
+    orchard_block: PlainText | None = Field(default=None, max_length=200)
+    variety: PlainText | None = Field(default=None, max_length=100)
+    commodity: PlainText | None = Field(default=None, max_length=50, description="default: the standard's commodity")
+    standard_id: PlainText | None = Field(default=None, max_length=100, description="default: the service's default standard")
     harvest_date: dt.date | None = None
 
 

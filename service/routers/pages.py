@@ -36,10 +36,12 @@ def root() -> RedirectResponse:
 
 
 class PageHeaders(BaseHTTPMiddleware):
-    """Security headers on every page and static asset (the JSON API needs none of them)."""
+    """Security headers: nosniff on every response, the page policy on pages and static assets."""
 
     async def dispatch(self, request: Request, call_next):
         response = await call_next(request)
+        # no response is ever sniffed into another type (a stored image served back stays an image)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
         path = request.url.path
         if path == "/review" or path.startswith("/static/"):
             for k, v in PAGE_HEADERS.items():

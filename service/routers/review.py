@@ -11,6 +11,7 @@ from sqlalchemy import and_, exists, or_, select, update
 
 from ..auth import Principal, require
 from ..errors import ApiError
+from ..forms import NoteText, PlainText, text_field
 from grader.records import OUT_OF_GRADE
 
 from ..storage import FruitRow, ResultRow, VerdictRow, utcnow
@@ -23,7 +24,7 @@ CLAIM_SECONDS = 300
 
 def _who(p: Principal, name: str | None) -> str:
     """The inspector's name when given (several inspectors may share the role's key), else the key's."""
-    return name.strip() if name and name.strip() else f"{p.role} {p.key_id}"
+    return text_field("inspector", name) or f"{p.role} {p.key_id}"
 
 
 def _item(f: FruitRow, r: ResultRow, ctx: Any) -> dict[str, Any]:
@@ -98,10 +99,10 @@ class VerdictIn(BaseModel):
         {"decision": "confirm"}, {"decision": "correct", "grade": "Class II", "defect_label": "bruise", "note": "soft spot near stem"}]})
 
     decision: Literal["confirm", "correct"]
-    grade: str | None = Field(default=None, description="the correct grade (with decision=correct)")
-    defect_label: str | None = Field(default=None, max_length=50, description="e.g. sound, rot, bruise (the commodity's list)")
-    note: str | None = Field(default=None, max_length=1000)
-    inspector: str | None = Field(default=None, max_length=100, description="the inspector's name, kept with the verdict")
+    grade: PlainText | None = Field(default=None, max_length=100, description="the correct grade (with decision=correct)")
+    defect_label: PlainText | None = Field(default=None, max_length=50, description="e.g. sound, rot, bruise (the commodity's list)")
+    note: NoteText | None = Field(default=None, max_length=1000)
+    inspector: PlainText | None = Field(default=None, max_length=100, description="the inspector's name, kept with the verdict")
 
 
 def verdict_payload(v: VerdictRow) -> dict[str, Any]:

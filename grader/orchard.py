@@ -77,6 +77,7 @@ class WindowMeasurement:
     circle: Circle | None  # fitted circle (also for a declined fruit, when one was found)
     contour_px: np.ndarray | None  # (N, 2) int32 outline of the watershed region, full-image coords
     coverage: float  # share of the circle's circumference backed by outline points
+    edge_px: np.ndarray | None = None  # (N, 2) float edge points the final circle was fitted to (full image)
 
 
 def fit_circle_px(points: np.ndarray) -> tuple[float, float, float]:
@@ -251,6 +252,10 @@ class ProbParams:
     grabcut_l_weight: float = 1.0  # lab: lightness is scaled by this (shading on the fruit is mostly L)
     pr_fg_frac: float = 0.5  # grabcut: "probably fruit" inside this radius (× side), "probably not" beyond
     mask_blur_px: int = 3  # grabcut: blur of the binary mask before the 0.5 crossing
+    refine_band: float = 0.15  # edge refinement: search ± this × the coarse radius around it; 0 = off
+    refine_sigma_px: float = 1.0  # Gaussian blur (sigma, px) of the Lab image before differentiating it
+    refine_prior: float = 0.5  # weight on the distance from the coarse circle: Gaussian, sigma = this × band
+    refine_tol_px: float = 1.5  # inlier tolerance of the circle through the refined edge points
 
 
 def _features(crop_rgb: np.ndarray, params: ProbParams) -> np.ndarray:
@@ -369,24 +374,108 @@ def _ray_circle(pts: np.ndarray, seed_xy: tuple[float, float], tol_px: float, r_
     return c
 
 
+def _refine_edges(crop_rgb: np.ndarray, coarse: Circle, params: ProbParams) -> tuple[Circle, np.ndarray, np.ndarray] | None:
+    """Move each ray's edge from the segmentation's boundary onto the image's own colour edge.
+
+    Along ``n_angles`` rays from the coarse circle's centre, the Lab image (blurred with
+    ``refine_sigma_px``) is sampled every 0.25 px within ± ``refine_band`` × r of the coarse radius
+    r; the edge on each ray is the strongest change of colour (norm of the radial derivative of
+    Lab), weighted by a Gaussian of the distance from the coarse circle (sigma ``refine_prior`` ×
+    band × r) and located to sub-pixel by a parabola through its neighbours. A RANSAC circle through
+    those points with the tight ``refine_tol_px`` tolerance keeps the arcs where fruit meets
+    background and drops the rays that met a leaf, a highlight or a shaded patch instead.
+    Returns (circle, edge points (n_angles, 2), inlier mask), all in crop coordinates, or None."""
+    lab = cv2.cvtColor(np.ascontiguousarray(crop_rgb), cv2.COLOR_RGB2LAB).astype(np.float32)
+    if params.refine_sigma_px > 0:
+        lab = cv2.GaussianBlur(lab, (0, 0), params.refine_sigma_px)
+    cx, cy, r = coarse.cx_px, coarse.cy_px, coarse.radius_px
+    step = 0.25
+    lo, hi = r * (1 - params.refine_band), r * (1 + params.refine_band)
+    rho = np.arange(lo, hi + step, step, dtype=np.float32)
+    if len(rho) < 3:
+        return None
+    th = np.linspace(0, 2 * np.pi, params.n_angles, endpoint=False).astype(np.float32)
+    mx = (cx + np.cos(th)[:, None] * rho[None, :]).astype(np.float32)
+    my = (cy + np.sin(th)[:, None] * rho[None, :]).astype(np.float32)
+    prof = np.dstack([cv2.remap(lab[..., k], mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE) for k in range(3)])
+    grad = np.sqrt((np.gradient(prof, step, axis=1) ** 2).sum(axis=2))  # (rays, samples)
+    sigma = max(params.refine_prior * params.refine_band * r, step)
+    score = grad * np.exp(-0.5 * ((rho - r) / sigma) ** 2)[None, :]
+    rows = np.arange(len(th))
+    j = np.clip(score.argmax(axis=1), 1, len(rho) - 2)
+    a, b, c = score[rows, j - 1], score[rows, j], score[rows, j + 1]
+    den = a - 2 * b + c
+    off = np.clip(np.where(np.abs(den) > 1e-9, 0.5 * (a - c) / np.where(np.abs(den) > 1e-9, den, 1.0), 0.0), -1.0, 1.0)
+    radii = rho[j] + off * step
+    pts = np.c_[cx + radii * np.cos(th), cy + radii * np.sin(th)].astype(np.float64)
+    fine = _ray_circle(pts, (cx, cy), params.refine_tol_px, lo, hi)
+    if fine is None:
+        return None
+    inl = np.abs(np.hypot(pts[:, 0] - fine.cx_px, pts[:, 1] - fine.cy_px) - fine.radius_px) < params.refine_tol_px
+    return fine, pts, inl
+
+
+def perspective_stretch(centre_xy: tuple[float, float], focal_px: float, principal_xy: tuple[float, float]) -> tuple[np.ndarray, float]:
+    """How a pinhole camera stretches a small sphere imaged at ``centre_xy``.
+
+    A sphere at depth Z, seen at angle θ off the optical axis, images as an ellipse: across the
+    radial direction (from the principal point) it is f·D/Z wide, exactly as at the image centre,
+    but along it the width is stretched by s = 1/cos θ = sqrt(1 + ρ²/f²), ρ the distance of the
+    image from the principal point. Returns (unit radial direction, s); s = 1 at the principal
+    point."""
+    v = np.array([centre_xy[0] - principal_xy[0], centre_xy[1] - principal_xy[1]], np.float64)
+    rho = float(np.hypot(*v))
+    if rho < 1e-9:
+        return np.array([1.0, 0.0]), 1.0
+    return v / rho, math.sqrt(1.0 + (rho / focal_px) ** 2)
+
+
+def undo_perspective_px(points_xy: np.ndarray, centre_xy: tuple[float, float], focal_px: float | None,
+                        principal_xy: tuple[float, float]) -> np.ndarray:
+    """Outline points (N, 2) with the perspective stretch of :func:`perspective_stretch` undone
+    about ``centre_xy``: their radial component is divided by s, so a sphere's ellipse becomes the
+    circle it would image as at the principal point, at the same depth. ``focal_px`` None: unchanged."""
+    p = np.asarray(points_xy, np.float64)
+    if focal_px is None or focal_px <= 0:
+        return p
+    u, s = perspective_stretch(centre_xy, focal_px, principal_xy)
+    d = p - np.asarray(centre_xy, np.float64)
+    return p - np.outer((d @ u) * (1.0 - 1.0 / s), u)
+
+
 def measure_by_probability(
     image_rgb: np.ndarray,
     box_xyxy: Sequence[float],
     other_boxes: Sequence[Sequence[float]] = (),
     params: ProbParams | None = None,
+    focal_px: float | None = None,
+    principal_xy: tuple[float, float] | None = None,
 ) -> WindowMeasurement:
-    """Diameter in pixels of the round fruit (or ball) at the centre of ``box_xyxy``, from a pixel
-    classifier trained on this very image.
+    """Diameter in pixels of the round fruit (or ball) at the centre of ``box_xyxy``, from a colour
+    model trained on this very image and the image's own edges.
 
-    Positives are the pixels of a disc at the box centre (``pos_frac`` × side: certainly fruit),
-    negatives those of an annulus well outside the box (``neg_inner``…``neg_outer`` × side), minus
-    the inner parts of ``other_boxes`` (other fruit). A quadratic logistic regression on Lab, HSV
-    saturation/value and local L texture gives P(fruit) around the box; rays from the centre find
-    where P falls through 0.5 (sub-pixel) and a RANSAC circle through those edge points, re-centred
-    a few times, gives ``diameter_px = 2·(r + radius_bias_px)``. The box places the positive disc,
-    the negative annulus and bounds the radius search (``min_r_frac``…``max_r_frac`` × side); the
-    diameter comes from where the classified pixels end. Declined as ``no_outline`` (no circle) or
-    ``no_clean_outline`` (fewer than ``min_coverage`` of the rays agree with it)."""
+    1. *Segmentation.* Positives are the pixels of a disc at the box centre (``pos_frac`` × side:
+       certainly fruit), negatives those of an annulus well outside the box (``neg_inner`` …
+       ``neg_outer`` × side), minus the inner parts of ``other_boxes`` (other fruit). GrabCut
+       (``segmenter="grabcut"``) or a quadratic logistic regression on Lab, HSV saturation/value
+       and local L texture (``"logreg"``) gives the fruit region around the box.
+    2. *Coarse circle.* Rays from the centre find where the region ends (sub-pixel) and a RANSAC
+       circle through those points (tolerance ``inlier_tol_px``), re-centred a few times, locates
+       the fruit roughly; a region that leaked into a leaf or lost a shaded rim moves it by a few
+       pixels.
+    3. *Refined circle* (``refine_band`` > 0, :func:`_refine_edges`): on each ray the strongest
+       colour edge of the image near the coarse circle, and a tight RANSAC circle through those
+       points. Falls back to the coarse circle when no refined circle is found.
+    4. *Perspective* (``focal_px`` given): the inlier edge points are un-stretched radially
+       (:func:`undo_perspective_px`, about ``principal_xy``, default the image centre) and a
+       circle is fitted to them again, so ``diameter_px`` is the width across the radial
+       direction, what the fruit would measure at the principal point at the same depth.
+
+    ``diameter_px = 2·(r + radius_bias_px)``. The box places the positive disc and the negative
+    annulus and bounds the radius search (``min_r_frac`` … ``max_r_frac`` × side); the diameter
+    comes from the pixels. ``circle`` is the fitted circle in the image (before the perspective
+    correction), ``edge_px`` the edge points it was fitted to. Declined as ``no_outline`` (no
+    circle) or ``no_clean_outline`` (fewer than ``min_coverage`` of the rays agree with it)."""
     params = params or ProbParams()
     if image_rgb.ndim != 3 or image_rgb.shape[2] != 3 or image_rgb.dtype != np.uint8:
         raise ValueError(f"expected an RGB uint8 image (H, W, 3), got {image_rgb.dtype} {image_rgb.shape}")
@@ -441,19 +530,19 @@ def measure_by_probability(
     r0, r1 = params.min_r_frac * side, params.max_r_frac * side
     tol = max(params.inlier_tol_px, params.inlier_tol_frac * side)
     circle = None
-    coverage = 0.0
+    pts = np.zeros((0, 2))
+    inl = np.zeros(0, bool)
     for _ in range(max(1, params.centre_iters)):
         th, radii = _ray_edges(prob, cx, cy, r0, r1, params)
         ok = np.isfinite(radii)
         if ok.sum() < 8:
             break
-        pts = np.c_[cx + radii[ok] * np.cos(th[ok]), cy + radii[ok] * np.sin(th[ok])]
-        c = _ray_circle(pts, (cx, cy), tol, r0, r1)
+        ray_pts = np.c_[cx + radii[ok] * np.cos(th[ok]), cy + radii[ok] * np.sin(th[ok])]
+        c = _ray_circle(ray_pts, (cx, cy), tol, r0, r1)
         if c is None:
             break
+        circle, pts = c, ray_pts
         inl = np.abs(np.hypot(pts[:, 0] - c.cx_px, pts[:, 1] - c.cy_px) - c.radius_px) < tol
-        coverage = float(inl.sum()) / params.n_angles
-        circle = c
         if math.hypot(c.cx_px - (bcx - ox), c.cy_px - (bcy - oy)) > 0.5 * side:
             break
         cx, cy = c.cx_px, c.cy_px
@@ -465,8 +554,27 @@ def measure_by_probability(
         contour_px = (cc.reshape(-1, 2) + np.array([ox, oy])).astype(np.int32)
     if circle is None:
         return WindowMeasurement(None, "no_outline", None, contour_px, 0.0)
-    r = circle.radius_px + params.radius_bias_px
-    full = Circle(circle.cx_px + ox, circle.cy_px + oy, r)
+    fit_tol = tol
+    if params.refine_band > 0:
+        refined = _refine_edges(crop, circle, params)
+        if refined is not None:
+            circle, pts, inl = refined
+            fit_tol = params.refine_tol_px
+    coverage = float(inl.sum()) / params.n_angles
+    edges = pts[inl] + np.array([ox, oy])
+    full = Circle(circle.cx_px + ox, circle.cy_px + oy, circle.radius_px + params.radius_bias_px)
+    r = circle.radius_px
+    if focal_px is not None and focal_px > 0 and len(edges) >= 3:
+        centre = (full.cx_px, full.cy_px)
+        q = undo_perspective_px(pts + np.array([ox, oy]), centre, focal_px, principal_xy or ((W - 1) / 2, (H - 1) / 2))
+        keep = inl
+        for _ in range(2):
+            qx, qy, r = fit_circle_px(q[keep])
+            nxt = np.abs(np.hypot(q[:, 0] - qx, q[:, 1] - qy) - r) < fit_tol
+            if nxt.sum() < 3:
+                break
+            keep = nxt
+    r += params.radius_bias_px
     if coverage < params.min_coverage:
-        return WindowMeasurement(None, "no_clean_outline", full, contour_px, coverage)
-    return WindowMeasurement(2 * r, "ok", full, contour_px, coverage)
+        return WindowMeasurement(None, "no_clean_outline", full, contour_px, coverage, edges)
+    return WindowMeasurement(2 * r, "ok", full, contour_px, coverage, edges)

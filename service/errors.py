@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from fastapi import FastAPI, Request
+from pydantic import BaseModel, Field
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -22,6 +24,32 @@ from grader.errors import (
     Uncalibrated,
     UnknownStandard,
 )
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="machine-readable, e.g. invalid_image, unknown_lot, overloaded")
+    message: str = Field(description="what is wrong, in words a person can act on")
+    field: str | None = Field(default=None, description="the request field it is about, if any")
+    problems: list[dict[str, Any]] | None = Field(default=None, description="every invalid field, for validation errors")
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+#: the error answers every /v1 route may give, documented once in the OpenAPI schema
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "the body is not the JSON or multipart form the route takes"},
+    401: {"model": ErrorBody, "description": "missing or unknown X-API-Key"},
+    403: {"model": ErrorBody, "description": "the key's role may not do this"},
+    404: {"model": ErrorBody, "description": "no such result, lot, fruit, model or standard"},
+    409: {"model": ErrorBody, "description": "conflicts with the current state (closed lot, claimed fruit, verdict exists)"},
+    413: {"model": ErrorBody, "description": "upload over the byte limit"},
+    422: {"model": ErrorBody, "description": "a field is invalid; the body names it"},
+    429: {"model": ErrorBody, "description": "the key is over its rate limit; see Retry-After"},
+    503: {"model": ErrorBody, "description": "overloaded or database/storage unavailable; see Retry-After"},
+    507: {"model": ErrorBody, "description": "the image store is full; nothing was stored"},
+}
 
 
 class ApiError(Exception):

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import and_, exists, or_, select, update
 
@@ -17,6 +18,9 @@ from grader.records import OUT_OF_GRADE
 from ..storage import FruitRow, ResultRow, VerdictRow, utcnow
 
 router = APIRouter(prefix="/v1/review", tags=["review"])
+
+#: a database row id: a positive 64-bit integer (larger numbers are refused, not passed to SQL)
+RowId = Annotated[int, PathParam(ge=1, le=2**63 - 1)]
 
 #: a claim lapses after this long, so a fruit an inspector walked away from returns to the queue
 CLAIM_SECONDS = 300
@@ -78,7 +82,7 @@ def queue(request: Request, lot_id: str | None = None, flag: str | None = None, 
 
 
 @router.post("/fruits/{fruit}/claim", summary="Claim a fruit for examination (two inspectors never hold the same fruit)")
-def claim(request: Request, fruit: int, inspector: str | None = None, p: Principal = Depends(require("inspector"))) -> dict[str, Any]:
+def claim(request: Request, fruit: RowId, inspector: str | None = None, p: Principal = Depends(require("inspector"))) -> dict[str, Any]:
     who = _who(p, inspector)
     now = utcnow()
     with request.app.state.ctx.repo.sessions() as s, s.begin():
@@ -112,7 +116,7 @@ def verdict_payload(v: VerdictRow) -> dict[str, Any]:
 
 
 @router.post("/fruits/{fruit}/verdict", summary="Confirm the model's grade or correct it")
-def verdict(request: Request, fruit: int, body: VerdictIn, p: Principal = Depends(require("inspector"))) -> dict[str, Any]:
+def verdict(request: Request, fruit: RowId, body: VerdictIn, p: Principal = Depends(require("inspector"))) -> dict[str, Any]:
     ctx = request.app.state.ctx
     who = _who(p, body.inspector)
     with ctx.repo.sessions() as s, s.begin():
@@ -140,7 +144,7 @@ def verdict(request: Request, fruit: int, body: VerdictIn, p: Principal = Depend
 
 
 @router.post("/verdicts/{verdict_id}/undo", summary="Retract a verdict: the fruit returns to the queue (the verdict is kept, marked retracted)")
-def undo(request: Request, verdict_id: int, _=Depends(require("inspector"))) -> dict[str, Any]:
+def undo(request: Request, verdict_id: RowId, _=Depends(require("inspector"))) -> dict[str, Any]:
     with request.app.state.ctx.repo.sessions() as s, s.begin():
         v = s.get(VerdictRow, verdict_id)
         if v is None:

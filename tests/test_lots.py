@@ -163,6 +163,8 @@ def test_lot_report_in_three_formats_with_tolerance_verdicts(client, orange_lot)
     html = client.get(f"/v1/lots/{orange_lot}/report?format=html", headers=headers("inspector"))
     assert html.headers["content-type"].startswith("text/html")
     assert "<svg" in html.text and "Lot N-1" in html.text and "fails" in html.text
+    csp = html.headers["content-security-policy"]
+    assert "default-src 'none'" in csp and "frame-ancestors 'none'" in csp and "<script" not in html.text
     assert client.get(f"/v1/lots/{orange_lot}/report", headers=headers("camera")).status_code == 403
 
 

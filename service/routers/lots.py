@@ -110,8 +110,9 @@ async def report(request: Request, lot_id: str, format: Literal["json", "csv", "
     out = await run_in_threadpool(build)
     if format == "csv":
         return Response(out, media_type="text/csv", headers={"Content-Disposition": f'attachment; filename="lot-{lot.id}.csv"'})
-    if format == "html":
-        return HTMLResponse(out)
+    if format == "html":  # a static page: no script may run in it, and nobody may frame it
+        return HTMLResponse(out, headers={"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
+                                          "frame-ancestors 'none'", "X-Frame-Options": "DENY"})
     return out
 
 

@@ -34,3 +34,21 @@ def test_grade_over_real_http_and_result_survives_restart(tmp_path):
         assert again.json()["fruits"][0]["diameter_mm"] == pytest.approx(68, abs=1)
     finally:
         proc.stop()
+
+
+def test_keys_never_reach_the_logs(tmp_path):
+    """With access logging on, neither a valid key nor a rejected one appears in the server's log."""
+    env = {"GRADER_API_KEYS": ",".join(f"{r}:{k}" for r, k in API_KEYS.items())}
+    srv = ServerProcess(tmp_path / "var", env, log_level="debug").start()
+    try:
+        img, _ = make_fruit_image(seed=4)
+        httpx.post(srv.url + "/v1/grade", files={"image": ("a.jpg", jpeg_bytes(img), "image/jpeg")},
+                   headers={"X-API-Key": API_KEYS["camera"]}, timeout=30).raise_for_status()
+        assert httpx.get(srv.url + "/v1/results", headers={"X-API-Key": "wrong-key-abcdef"}).status_code == 401
+        assert httpx.get(srv.url + "/v1/results", headers={"X-API-Key": API_KEYS["camera"]}).status_code == 200
+    finally:
+        srv.stop()
+    log = srv.log()
+    assert "/v1/grade" in log  # the access log is on
+    for key in (*API_KEYS.values(), "wrong-key-abcdef"):
+        assert key not in log

@@ -11,11 +11,22 @@ frames (../shared/data/ecopom-apple-size, never copied into the repo) two ways, 
   tennis-ball boxes);
 * ours (default ``--method grabcut``): grader.orchard.measure_by_probability, a colour model
   trained on each fruit's own surroundings (GrabCut in Lab, sure-fruit disc at the box centre,
-  sure-background annulus well outside the box), then a RANSAC circle through the edge points
-  where rays from the centre leave the fruit region. The box places the seed disc and the
-  background annulus and bounds the radius search (0.2-0.85 x its side); the diameter comes from
-  the segmented pixels. ``--method watershed``: the previous grader.orchard.measure_in_window.
-  Either way the scale comes from the tennis balls measured by the same function.
+  sure-background annulus well outside the box), a coarse RANSAC circle through the points where
+  rays from the centre leave the fruit region, then the refined circle through the strongest
+  colour edge of the image near it on each ray, corrected for perspective (``--focal-px``). The
+  box places the seed disc and the background annulus and bounds the radius search (0.2-0.85 x
+  its side); the diameter comes from the pixels. ``--method watershed``: the previous
+  grader.orchard.measure_in_window. Either way the scale comes from the tennis balls measured by
+  the same function.
+
+Perspective: a sphere off the optical axis images as an ellipse stretched radially by
+sqrt(1 + rho^2 / f^2) (rho: distance from the image centre), so off-centre fruit and balls look
+larger than central ones at the same depth. Ours un-stretches the outline before the final circle
+fit. The focal length f is not fitted to the calipers: the frames are shot 1.5 m from the row
+(file names ``1_5m_...``), so f = 1500 mm x (median diameter in px of the tennis balls of the tune
+frames, measured without the correction) / 65.46 mm (``focal_from_references``). ``--focal-px F``
+uses F instead, ``--focal-px 0`` turns the correction off. For context only (not the target's
+baseline) the run also prints the box baseline with the same correction applied to the boxes.
 
 Frames without a tennis ball are skipped (each date/plant has only one frame, so there is no
 same-date scale to borrow). The method's knobs were chosen on the first half of the dates
@@ -48,20 +59,24 @@ from grader.orchard import (  # noqa: E402
     box_scale_mm_per_px,
     measure_by_probability,
     measure_in_window,
+    perspective_stretch,
     scale_from_references,
 )
 
 #: knobs of the default method, chosen on the tune dates only
-TREE_PARAMS = ProbParams(segmenter="grabcut", grabcut_space="lab", inlier_tol_px=5.0, pos_frac=0.38)
+TREE_PARAMS = ProbParams(segmenter="grabcut", grabcut_space="lab", inlier_tol_px=5.0, pos_frac=0.38,
+                         refine_band=0.15, refine_sigma_px=1.0, refine_prior=0.5, refine_tol_px=1.5)
+#: distance from the camera to the tree row in the ecopom frames (file names "1_5m_..."), mm
+CAMERA_DISTANCE_MM = 1500.0
 METHODS = ("grabcut", "watershed")
 
 
-def measure_fruit(image: np.ndarray, box, frame_boxes, method: str = "grabcut") -> WindowMeasurement:
+def measure_fruit(image: np.ndarray, box, frame_boxes, method: str = "grabcut", focal_px: float | None = None) -> WindowMeasurement:
     """One fruit (or ball) by the chosen method; ``frame_boxes`` are all boxes of the frame (other
-    fruit are kept out of the background samples)."""
+    fruit are kept out of the background samples); ``focal_px`` None or 0: no perspective correction."""
     if method == "watershed":
         return measure_in_window(image, box)
-    return measure_by_probability(image, box, frame_boxes, TREE_PARAMS)
+    return measure_by_probability(image, box, frame_boxes, TREE_PARAMS, focal_px=focal_px or None)
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ecopom-apple-size"
 
@@ -132,6 +147,7 @@ class AppleResult:
     reason: str
     measurement: WindowMeasurement
     box: tuple[int, int, int, int]
+    baseline_persp_mm: float | None = None  # context only: the baseline with ours' perspective correction
 
 
 def _box(obj: dict) -> tuple[int, int, int, int]:
@@ -152,7 +168,18 @@ def tune_dates(frames: list[dict]) -> set[str]:
     return set(dates[: len(dates) // 2])
 
 
-def evaluate_ecopom(data: Path, frames: list[dict] | None = None, method: str = "grabcut") -> tuple[list[AppleResult], list[str]]:
+def box_side_unstretched_px(box, focal_px: float, principal_xy: tuple[float, float]) -> float:
+    """Context only, not the baseline: a box's mean side with the perspective stretch of
+    grader.orchard.perspective_stretch taken out. The box of an ellipse stretched by s along the unit
+    radial direction (c, n) from a circle of diameter d has sides w = d sqrt(c^2 s^2 + n^2) and
+    h = d sqrt(n^2 s^2 + c^2); the mean of the two estimates of d is returned."""
+    x0, y0, x1, y1 = box
+    (c, n), s = perspective_stretch(((x0 + x1) / 2, (y0 + y1) / 2), focal_px, principal_xy)
+    return ((x1 - x0) / math.sqrt(c * c * s * s + n * n) + (y1 - y0) / math.sqrt(n * n * s * s + c * c)) / 2
+
+
+def evaluate_ecopom(data: Path, frames: list[dict] | None = None, method: str = "grabcut",
+                    focal_px: float | None = None) -> tuple[list[AppleResult], list[str]]:
     """Size every calipered apple; returns the results and the names of skipped frames."""
     annotations = json.loads((data / "annotations.json").read_text())
     tune = tune_dates(annotations)
@@ -169,22 +196,48 @@ def evaluate_ecopom(data: Path, frames: list[dict] | None = None, method: str = 
         image = load_rgb(data / frame["image"])
         frame_boxes = [_box(o) for o in frame["objects"]]
         base_scale = box_scale_mm_per_px([_box(b) for b in balls])
-        our_scale = scale_from_references([measure_fruit(image, _box(b), frame_boxes, method).diameter_px for b in balls])
+        our_scale = scale_from_references([measure_fruit(image, _box(b), frame_boxes, method, focal_px).diameter_px for b in balls])
         part = "tune" if frame["date"] in tune else "held-out"
+        principal = ((image.shape[1] - 1) / 2, (image.shape[0] - 1) / 2)
+        persp_scale = None
+        if focal_px:
+            persp_scale = TENNIS_BALL_DIAMETER_MM / float(np.median([box_side_unstretched_px(_box(b), focal_px, principal) for b in balls]))
         for a in apples:
             box = _box(a)
             side = ((box[2] - box[0]) + (box[3] - box[1])) / 2
-            m = measure_fruit(image, box, frame_boxes, method)
+            m = measure_fruit(image, box, frame_boxes, method, focal_px)
             ours = None
             reason = m.reason
             if our_scale is None:
                 reason = "no_reference_measured"
             elif m.diameter_px is not None:
                 ours = m.diameter_px * our_scale
+            persp = box_side_unstretched_px(box, focal_px, principal) * persp_scale if persp_scale else None
             results.append(
-                AppleResult(frame["image"], part, float(a["caliper_diameter_mm"]), side * base_scale, ours, reason, m, box)
+                AppleResult(frame["image"], part, float(a["caliper_diameter_mm"]), side * base_scale, ours, reason, m, box, persp)
             )
     return results, skipped
+
+
+def focal_from_references(data: Path, method: str = "grabcut") -> tuple[float, float, int]:
+    """Focal length (px) of the ecopom camera, from the tune frames only: the camera stands
+    ``CAMERA_DISTANCE_MM`` from the row, so f = distance x (median tennis-ball diameter in px,
+    measured without perspective correction) / 65.46 mm. Returns (f, median diameter px, balls)."""
+    annotations = json.loads((data / "annotations.json").read_text())
+    tune = tune_dates(annotations)
+    diameters: list[float] = []
+    for frame in annotations:
+        balls = [o for o in frame["objects"] if o["kind"] == "tennis_ball"]
+        if frame["date"] not in tune or not balls:
+            continue
+        image = load_rgb(data / frame["image"])
+        frame_boxes = [_box(o) for o in frame["objects"]]
+        for b in balls:
+            d = measure_fruit(image, _box(b), frame_boxes, method, None).diameter_px
+            if d is not None:
+                diameters.append(d)
+    median_px = float(np.median(diameters))
+    return CAMERA_DISTANCE_MM * median_px / TENNIS_BALL_DIAMETER_MM, median_px, len(diameters)
 
 
 def ecopom_rows(results: list[AppleResult]) -> list[tuple]:
@@ -283,14 +336,17 @@ def draw_overlay(data: Path, results: list[AppleResult], path: Path) -> str:
             cv2.polylines(out, [pts], True, (255, 0, 255), 1, cv2.LINE_AA)
         colour = (0, 255, 0) if r.ours_mm is not None else (0, 0, 255)
         if m.circle is not None:
-            cv2.circle(out, p(m.circle.cx_px, m.circle.cy_px), int(round(m.circle.radius_px * scale)), colour, 2, cv2.LINE_AA)
+            cv2.circle(out, p(m.circle.cx_px, m.circle.cy_px), int(round(m.circle.radius_px * scale)), colour, 1, cv2.LINE_AA)
+        if m.edge_px is not None and r.ours_mm is not None:  # the edge points the circle was fitted to
+            for x, y in m.edge_px:
+                cv2.circle(out, p(x, y), 1, (0, 255, 255), -1, cv2.LINE_AA)
         bx, by = p(r.box[0], r.box[1] - 4)
         if by < 40:  # no room above the fruit: label it below
             bx, by = p(r.box[0], r.box[3] + 14)
         text = f"{r.ours_mm:.1f} ({r.caliper_mm:.1f})" if r.ours_mm is not None else f"{r.reason} ({r.caliper_mm:.1f})"
         cv2.putText(out, text, (bx, by), font, 0.5, (0, 0, 0), 3, cv2.LINE_AA)
         cv2.putText(out, text, (bx, by), font, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
-    legend = f"{Path(frame).stem}: ours (caliper) mm; green sized, red declined, magenta region"
+    legend = f"{Path(frame).stem}: ours (caliper) mm; green sized, red declined, magenta region, yellow edges"
     cv2.rectangle(out, (0, 0), (out.shape[1], 26), (0, 0, 0), -1)
     cv2.putText(out, legend, (6, 18), font, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -308,6 +364,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--overlay", type=Path, help="write one orchard frame with our circles (PNG)")
     ap.add_argument("--skip-synthetic", action="store_true")
     ap.add_argument("--method", choices=METHODS, default="grabcut", help="our on-tree sizing method")
+    ap.add_argument("--focal-px", type=float, default=None,
+                    help="camera focal length in px for the perspective correction (default: from the tune frames'"
+                         " tennis balls and the 1.5 m camera distance; 0 = off)")
     args = ap.parse_args(argv)
 
     if not args.skip_synthetic:
@@ -324,12 +383,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  skipped: no ecopom data at {args.data}")
         return 0
     t = time.perf_counter()
-    results, skipped = evaluate_ecopom(args.data, method=args.method)
+    focal_note = ""
+    focal_px = args.focal_px
+    if focal_px is None and args.method == "grabcut":
+        focal_px, ball_px, n_balls = focal_from_references(args.data, args.method)
+        focal_note = (f"  focal length: {CAMERA_DISTANCE_MM:g} mm x {ball_px:.2f} px (median of {n_balls} tune-frame tennis"
+                      f" balls, uncorrected) / {TENNIS_BALL_DIAMETER_MM} mm = {focal_px:.0f} px")
+    results, skipped = evaluate_ecopom(args.data, method=args.method, focal_px=focal_px or None)
     dates = sorted(tune_dates(json.loads((args.data / "annotations.json").read_text())))
     p = TREE_PARAMS
     print(f"  ours: {args.method}" + (f" (GrabCut in Lab; sure-fruit disc {p.pos_frac} x box side, background annulus"
-                                      f" {p.neg_inner}-{p.neg_outer} x side; RANSAC circle on {p.n_angles} rays,"
-                                      f" tolerance {p.inlier_tol_px} px)" if args.method == "grabcut" else ""))
+                                      f" {p.neg_inner}-{p.neg_outer} x side; coarse RANSAC circle on {p.n_angles} rays,"
+                                      f" tolerance {p.inlier_tol_px} px; refined on the strongest colour edge within"
+                                      f" +-{p.refine_band} x r, tolerance {p.refine_tol_px} px; perspective: "
+                                      + (f"f = {focal_px:.0f} px)" if focal_px else "off)")
+                                      if args.method == "grabcut" else ""))
+    if focal_note:
+        print(focal_note)
     print(f"  scale: {TENNIS_BALL_DIAMETER_MM} mm tennis balls; baseline from their boxes, ours from our segmentation of them")
     print(f"  skipped {len(skipped)} frames without a tennis ball: {', '.join(Path(s).stem for s in skipped)}")
     print(f"  tune = dates {dates[0]}..{dates[-1]} (knobs chosen on these); held-out = later dates")
@@ -344,6 +414,13 @@ def main(argv: list[str] | None = None) -> int:
         if r.ours_mm is None:
             reasons[r.reason] = reasons.get(r.reason, 0) + 1
     print(f"  declined: {', '.join(f'{k} {v}' for k, v in sorted(reasons.items())) or 'none'}")
+    if focal_px:
+        maes = []
+        for part in ("tune", "held-out", "all"):
+            e = np.array([r.baseline_persp_mm - r.caliper_mm for r in results
+                          if r.baseline_persp_mm is not None and (part == "all" or r.part == part)])
+            maes.append(f"{part} {_mae(e):.2f}")
+        print(f"  context, not the target: box baseline with the same perspective correction, MAE {', '.join(maes)} mm")
     all_row = rows[-1]
     target = 1.1 * all_row[2]
     met = all_row[5] <= target and all_row[4] >= 0.9

@@ -20,13 +20,26 @@ diameter comes from the pixels only:
    circle fits (``no_outline``), or the circle's inliers cover less than ``min_coverage`` of its
    circumference (``no_clean_outline``: mostly occluded or leaking).
 
-Reference spheres (tennis balls) are measured the same way; ``scale_from_references`` turns their
-diameters into ``mm_per_px`` for the frame, so a bias of the segmentation largely cancels out.
+Reference spheres (tennis balls) are measured the same way (by either method);
+``scale_from_references`` turns their diameters into ``mm_per_px`` for the frame, so a bias of the
+segmentation largely cancels out.
 
-:func:`measure_by_probability` is the alternative used by the ecopom benchmark: a colour model
-trained on the frame itself around each fruit (GrabCut in Lab from a sure-fruit disc at the box
-centre and a sure-background annulus well outside the box, or a quadratic logistic regression on
-pixel features), then a RANSAC circle through the points where rays from the centre leave the fruit.
+:func:`measure_by_probability` is the method used by the ecopom benchmark:
+
+1. **Colour model per fruit.** GrabCut in Lab (or a quadratic logistic regression on pixel
+   features), trained on the frame itself from a sure-fruit disc at the box centre and a
+   sure-background annulus well outside the box, gives the fruit region.
+2. **Coarse circle.** A RANSAC circle through the points where rays from the centre leave that
+   region. The region is only roughly right: it takes in leaves of a similar colour touching the
+   rim and loses shaded parts of it, so this circle is often a few pixels off.
+3. **Refined circle.** On each ray, the strongest colour edge of the image itself (radial
+   derivative of the blurred Lab image) within ±15 % of the coarse radius, located to sub-pixel;
+   a RANSAC circle with a tight tolerance through those points keeps the arcs where fruit meets
+   background and drops rays that met a leaf, a highlight or a shadow.
+4. **Perspective.** A sphere off the optical axis images as an ellipse stretched radially by
+   sqrt(1 + ρ²/f²) (ρ: distance from the principal point); given the camera's focal length the
+   edge points are un-stretched (:func:`undo_perspective_px`) before the final circle fit, so
+   fruit and reference balls anywhere in the frame are sized as at the image centre.
 
 Pure functions: numpy and OpenCV only, no file I/O.
 """
@@ -405,7 +418,8 @@ def _refine_edges(crop_rgb: np.ndarray, coarse: Circle, params: ProbParams) -> t
     j = np.clip(score.argmax(axis=1), 1, len(rho) - 2)
     a, b, c = score[rows, j - 1], score[rows, j], score[rows, j + 1]
     den = a - 2 * b + c
-    off = np.clip(np.where(np.abs(den) > 1e-9, 0.5 * (a - c) / np.where(np.abs(den) > 1e-9, den, 1.0), 0.0), -1.0, 1.0)
+    curved = np.abs(den) > 1e-9
+    off = np.clip(np.where(curved, 0.5 * (a - c) / np.where(curved, den, 1.0), 0.0), -1.0, 1.0)
     radii = rho[j] + off * step
     pts = np.c_[cx + radii * np.cos(th), cy + radii * np.sin(th)].astype(np.float64)
     fine = _ray_circle(pts, (cx, cy), params.refine_tol_px, lo, hi)
@@ -418,13 +432,13 @@ def _refine_edges(crop_rgb: np.ndarray, coarse: Circle, params: ProbParams) -> t
 def perspective_stretch(centre_xy: tuple[float, float], focal_px: float, principal_xy: tuple[float, float]) -> tuple[np.ndarray, float]:
     """How a pinhole camera stretches a small sphere imaged at ``centre_xy``.
 
-    A sphere at depth Z, seen at angle θ off the optical axis, images as an ellipse: across the
-    radial direction (from the principal point) it is f·D/Z wide, exactly as at the image centre,
+    A sphere of diameter D at depth Z, seen at angle θ off the optical axis, images as an ellipse:
+    across the radial direction (from the principal point) it is f·D/Z wide, as at the image centre,
     but along it the width is stretched by s = 1/cos θ = sqrt(1 + ρ²/f²), ρ the distance of the
     image from the principal point. Returns (unit radial direction, s); s = 1 at the principal
     point."""
     v = np.array([centre_xy[0] - principal_xy[0], centre_xy[1] - principal_xy[1]], np.float64)
-    rho = float(np.hypot(*v))
+    rho = float(np.hypot(v[0], v[1]))
     if rho < 1e-9:
         return np.array([1.0, 0.0]), 1.0
     return v / rho, math.sqrt(1.0 + (rho / focal_px) ** 2)

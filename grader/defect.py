@@ -138,3 +138,10 @@ class DefectModel(Protocol):
     def predict(self, crops: Sequence[np.ndarray]) -> list[DefectEvidence]:
         """One piece of evidence per RGB uint8 crop, in order."""
         ...
+
+
+def parity_probe(input_size: tuple[int, int]) -> np.ndarray:
+    """The fixed input whose logits an exported artifact records (metadata ``parity``): anyone can
+    rerun it through the ONNX graph and check it still computes what the trained network did."""
+    h, w = input_size
+    return np.random.default_rng(0).standard_normal((2, 3, h, w)).astype(np.float32)

@@ -6,6 +6,8 @@ metadata), never a constant buried in code.
 
 from __future__ import annotations
 
+import hashlib
+import math
 from dataclasses import dataclass
 
 import cv2
@@ -95,3 +97,36 @@ def fruit_flags(
         missing = sorted({r.rule for r in decision.reasons if r.unverified})
         flags.append(Flag("provisional", f"grade {decision.grade} is provisional: unknown {', '.join(missing)}", 60))
     return flags
+
+
+# ----------------------------------------------------------------------------- active learning
+#: priority of a fruit sampled for review to teach the model (after every abnormality)
+SUGGESTED_PRIORITY = 90
+
+
+def uncertainty(score: float, threshold: float) -> float:
+    """How unsure a defect score is: 1 at the model's threshold, 0 at the far end of the range."""
+    span = max(threshold, 1.0 - threshold, 1e-6)
+    return max(0.0, 1.0 - abs(score - threshold) / span)
+
+
+def sample_draw(key: str) -> float:
+    """A stable pseudo-random number in [0, 1) for a fruit: the same fruit always draws the same,
+    so replicas and re-runs agree on which fruit were sampled."""
+    return int(hashlib.sha256(key.encode()).hexdigest()[:13], 16) / float(1 << 52)
+
+
+def suggested_flag(score: float, unsure: float) -> Flag:
+    return Flag("suggested", f"picked for review to teach the model: p(defective) {score:.2f} is uncertain ({unsure:.0%})",
+                SUGGESTED_PRIORITY)
+
+
+def review_sample_flag(key: str, score: float, threshold: float, share: float, min_uncertainty: float = 0.5) -> Flag | None:
+    """For an unflagged fruit: a `suggested` flag for ``share`` of the fruit whose score is at least
+    ``min_uncertainty`` unsure (active learning), else None."""
+    if share <= 0 or not math.isfinite(score):
+        return None
+    unsure = uncertainty(score, threshold)
+    if unsure < min_uncertainty or sample_draw(key) >= share:
+        return None
+    return suggested_flag(score, unsure)

@@ -20,6 +20,7 @@ from .metrics import MetricsMiddleware
 from .registry import Registry
 from .routers import brix, cameras, grade, health, lots, models, pages, results, review
 from .settings import Settings
+from .shadow import Shadow
 from .storage import ImageStore, Repository, init_db, make_engine
 
 log = logging.getLogger("grader.service")
@@ -43,6 +44,7 @@ class Context:
     api_keys: KeyRing
     keys_file: Path | None
     rate_limiter: RateLimiter
+    shadow: "Shadow | None" = None  # a candidate judging live traffic beside the serving model
     in_flight: int = 0  # grade requests in progress (changed on the event loop only)
 
 
@@ -79,6 +81,7 @@ def build_context(settings: Settings) -> Context:
         api_keys=keys,
         keys_file=keys_file,
         rate_limiter=RateLimiter(settings.rate_limit_per_min),
+        shadow=registry.startup_shadow(),
     )
 
 

@@ -1,7 +1,10 @@
 """The `grader` command: serve the API, train and evaluate models.
 
     grader serve [--host 127.0.0.1] [--port 8000] [--workers 1]
-    grader train [--config FILE] [--set key=value ...] --out DIR [--work-dir DIR] [--resume]
+    grader train [--config FILE] [--set key=value ...] [--from-dataset DIR] --out DIR [--work-dir DIR] [--resume]
+    grader compare CURRENT CANDIDATE --data DIR [--split test] [--out DIR] [--gate key=value ...]
+    grader dataset build --out DIR [--since T] [--lot L] [--base ../shared/data/fruitnet-apples]
+    grader dataset suggest [--limit 20] [--route]
     grader keys reset
     grader synth --out fruit.jpg [--diameter-mm 72] [--mm-per-px 0.3] [--blemish-cm2 0.8]
 """
@@ -41,6 +44,9 @@ def _train(args: argparse.Namespace) -> int:
         print(f"training needs the [train] extra (pip install -e '.[train]'): {exc}", file=sys.stderr)
         return 2
     cfg = train.load_config(Path(args.config), args.set)
+    if args.from_dataset:  # a dataset built from the line (grader dataset build): its manifest gives items and splits
+        cfg["data"] = {"kind": "manifest", "manifest": str(Path(args.from_dataset) / "manifest.json"),
+                       "cache_size": cfg["data"].get("cache_size", 160)}
     out = Path(args.out) if args.out else Path("models") / cfg["name"] / str(cfg["version"])
     work = Path(args.work_dir) if args.work_dir else Path("var") / "train" / f"{cfg['name']}-{cfg['version']}"
     try:
@@ -48,6 +54,77 @@ def _train(args: argparse.Namespace) -> int:
     except FileNotFoundError as exc:
         print(f"grader train: {exc}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    try:
+        from training import compare
+    except ImportError as exc:  # matplotlib and tqdm come with the train extra
+        print(f"compare needs the [train] extra (pip install -e '.[train]'): {exc}", file=sys.stderr)
+        return 2
+    return compare.run_args(args)
+
+
+def _repo():
+    from service.settings import Settings
+    from service.storage import Repository, init_db, make_engine
+
+    settings = Settings()
+    engine = make_engine(settings.resolved_database_url)
+    init_db(engine)
+    return settings, Repository(engine)
+
+
+def _when(raw: str | None):
+    import datetime as dt
+
+    if raw is None:
+        return None
+    t = dt.datetime.fromisoformat(raw)
+    return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
+
+
+def _dataset(args: argparse.Namespace) -> int:
+    import json
+
+    from datasets import line
+
+    settings, repo = _repo()
+    if args.action == "build":
+        if not args.out:
+            print("grader dataset build: --out DIR is required", file=sys.stderr)
+            return 2
+        splits = None
+        if args.base:
+            import yaml
+
+            splits = yaml.safe_load(Path(args.base_config).read_text())["data"]["splits"]
+
+        def progress(i: int, n: int) -> None:
+            if i % 25 == 0:
+                print(f"  exporting reviewed fruit {i}/{n}", flush=True)
+
+        m = line.build(repo, Path(args.out), since=_when(args.since), lot=args.lot, base=Path(args.base) if args.base else None,
+                       base_splits=splits, progress=progress)
+        print(f"dataset {args.out}: manifest sha256 {m['sha256'][:16]}…, {len(m['items'])} items, "
+              f"{m['disagreements']} where inspector and model disagree")
+        for split, counts in sorted(m["counts"].items()):
+            print(f"  {split:<5} " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+        for why, n in m["skipped"].items():
+            print(f"  left out: {n} ({why})")
+        return 0
+    from grader.defect import ModelSpec
+    from service.registry import serving_metadata
+
+    spec = ModelSpec.from_metadata(serving_metadata(repo, settings.model_dir))
+    picks = line.suggest(repo, spec, limit=args.limit, lot=args.lot, since=_when(args.since))
+    print(json.dumps(picks, indent=1) if args.json else
+          "\n".join(f"fruit {p['fruit']:>6}  result {p['result_id']}  p(defective) {p['defect_score']:.2f}  "
+                    f"uncertainty {p['uncertainty']:.2f}  {p['diameter_mm'] or '–'} mm  lot {p['lot_id'] or '–'}" for p in picks)
+          or "no unreviewed, unflagged fruit with a defect score")
+    if args.route and picks:
+        print(f"routed {line.route_to_review(repo, picks)} fruit to the review queue (flag: suggested)")
     return 0
 
 
@@ -94,7 +171,42 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--out", help="artifact directory (default models/<name>/<version>)")
     t.add_argument("--work-dir", help="checkpoints and crop cache (default var/train/<name>-<version>)")
     t.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --work-dir")
+    t.add_argument("--from-dataset", metavar="DIR", help="train on a dataset built by `grader dataset build` instead of the config's data")
     t.set_defaults(func=_train)
+
+    c = sub.add_parser(
+        "compare", help="compare a candidate defect model with the serving one on the same data",
+        description="Score CANDIDATE and CURRENT on the same dataset split, hold the candidate to the gates "
+                    "(training/configs/compare_gates.yaml) and write report.json, report.md and figures. "
+                    "Exit status: 0 when the verdict is promote, 1 when it is keep current (a gate failed), "
+                    "2 for bad input.",
+    )
+    c.add_argument("current", help="the serving model: an artifact dir (model.onnx + metadata.json) or a dir with a DEFAULT pointer")
+    c.add_argument("candidate", help="the candidate model, likewise")
+    c.add_argument("--data", required=True, metavar="DIR", help="dataset dir with a manifest.json")
+    c.add_argument("--split", default="test", help="manifest split to compare on (default test)")
+    c.add_argument("--out", metavar="DIR", help="report dir (default var/compare/<current-version>-vs-<candidate-version>)")
+    c.add_argument("--gate", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a gate, e.g. min_defective_recall=0.97, or switch one off: max_ece=null (repeatable)")
+    c.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads per model (default: all cores, as serving)")
+    c.add_argument("--latency-repeats", type=int, default=15, metavar="N", help="timed runs per model and batch size (median)")
+    c.add_argument("--gates-file", help="gate defaults (default training/configs/compare_gates.yaml)")
+    c.set_defaults(func=_compare)
+
+    d = sub.add_parser("dataset", help="datasets from the line: export reviewed fruit, suggest fruit to review")
+    d.add_argument("action", choices=["build", "suggest"],
+                   help="build: reviewed fruit (+ a base dataset) to an ImageFolder tree with a manifest; "
+                        "suggest: unreviewed fruit most worth an inspector's look (uncertainty x diversity)")
+    d.add_argument("--out", help="build: the dataset directory to write")
+    d.add_argument("--since", help="only fruit reviewed (build) or graded (suggest) at or after this ISO 8601 time")
+    d.add_argument("--lot", help="only this lot")
+    d.add_argument("--base", help="build: merge a base dataset, e.g. ../shared/data/fruitnet-apples (referenced, not copied)")
+    d.add_argument("--base-config", default=str(Path(__file__).resolve().parents[1] / "training" / "configs" / "apple_defect.yaml"),
+                   help="build: the training config whose data.splits give the base dataset's session splits")
+    d.add_argument("--limit", type=int, default=20, help="suggest: how many fruit")
+    d.add_argument("--route", action="store_true", help="suggest: also put them in the review queue")
+    d.add_argument("--json", action="store_true", help="suggest: print JSON")
+    d.set_defaults(func=_dataset)
 
     k = sub.add_parser("keys", help="API keys kept in the data dir")
     k.add_argument("action", choices=["reset"], help="reset: generate new keys for every role and print them once")

@@ -10,7 +10,7 @@ import numpy as np
 from sqlalchemy import select
 
 from grader.commodities import Commodity
-from grader.flags import LotContext
+from grader.flags import LotContext, review_sample_flag
 from grader.pipeline import ImageGrade, grade_image
 from grader.records import SweetnessEvidence
 from grader.standards import Standard, get_standard
@@ -101,6 +101,12 @@ def store(ctx, req: GradeRequest, data: bytes, media_type: str, rgb: np.ndarray,
           key: str | None) -> tuple[ResultRow, bool]:
     """Image file, then result + fruit rows in one transaction. (result, replayed)."""
     sha, path = ctx.images.put(data, media_type)
+    share = ctx.settings.review_sample_share
+    for i, f in enumerate(graded.fruits):  # active learning: a few uncertain, unflagged fruit go to review
+        if share and not f.flags and f.defect is not None:
+            flag = review_sample_flag(f"{sha}:{key}:{i}", f.defect.score, req.model.spec.threshold_defective, share)
+            if flag is not None:
+                f.flags.append(flag)
     payload = graded.to_dict()
     for f in payload["fruits"]:
         f.update(sweetness_fields(req.sweetness))

@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 import onnxruntime as ort
 
-from grader.defect import ModelSpec, evidence_from_logits, preprocess
+from grader.defect import ModelSpec, evidence_from_logits, parity_probe, preprocess
 from grader.errors import InvalidModelArtifact
 from grader.records import DefectEvidence
 
@@ -43,6 +43,7 @@ class OnnxDefectModel:
             meta = json.loads(meta_path.read_text())
         except json.JSONDecodeError as exc:
             raise InvalidModelArtifact(f"{meta_path}: not valid JSON: {exc}") from exc
+        self.meta = meta
         self.spec = ModelSpec.from_metadata(meta)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
@@ -61,6 +62,22 @@ class OnnxDefectModel:
         if len(shape) != 4 or [shape[2], shape[3]] != list(self.spec.input_size):
             raise InvalidModelArtifact(f"model input shape {shape} does not match metadata input_size {self.spec.input_size}")
         self.warm_up()
+
+    def check_parity(self) -> float:
+        """Rerun the parity probe recorded in metadata.json; raise when the graph's logits differ
+        from the trained network's by more than the recorded tolerance. Returns the difference."""
+        rec = self.meta.get("parity")
+        if not isinstance(rec, dict) or "logits" not in rec:
+            raise InvalidModelArtifact("metadata.json has no parity record (logits of the parity probe): export it with grader train")
+        want = np.asarray(rec["logits"], np.float32)
+        got = self.run(parity_probe(self.spec.input_size))
+        if got.shape != want.shape:
+            raise InvalidModelArtifact(f"parity record has shape {want.shape}, the graph gives {got.shape}")
+        diff = float(np.abs(got - want).max())
+        if not diff <= float(rec.get("tolerance", 1e-3)):
+            raise InvalidModelArtifact(f"model.onnx does not reproduce its recorded parity logits (max |Δ| {diff:.2e} > "
+                                       f"{rec.get('tolerance', 1e-3)}): the graph is not the one that was exported")
+        return diff
 
     def warm_up(self) -> None:
         h, w = self.spec.input_size

@@ -48,7 +48,7 @@ class ServerProcess:
 
     def start(self) -> "ServerProcess":
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ, GRADER_DATA_DIR=str(self.data_dir), **self.env)
+        env = {**os.environ, **self.env, "GRADER_DATA_DIR": str(self.data_dir)}
         with open(self.log_path, "a") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(self.port), "--log-level", self.log_level],
                                          env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -25,6 +25,11 @@ from .onnx_model import OnnxDefectModel, resolve_model_dir
 from .storage import ModelVersionRow, Repository, utcnow
 
 
+#: what an uploaded artifact's metadata.json must hold: identity, classes, preprocessing,
+#: thresholds, its measured metrics, the hash of its training data, and its parity record
+REQUIRED_METADATA = ("name", "version", "classes", "preprocessing", "thresholds", "metrics", "training_data", "parity")
+
+
 def model_id(meta: dict[str, Any]) -> str:
     return f"{meta['name']}@{meta['version']}"
 
@@ -38,6 +43,15 @@ def version_payload(row: ModelVersionRow) -> dict[str, Any]:
         "architecture": m.get("architecture"), "classes": m.get("classes"),
         "test_metrics": {k: test.get(k) for k in ("balanced_accuracy", "recall_defective", "auc") if k in test},
     }
+
+
+def serving_metadata(repo: Repository, default_dir: Path) -> dict[str, Any]:
+    """The metadata of the version serving now (from the database), else of the default artifact."""
+    with repo.sessions() as s:
+        row = s.scalar(select(ModelVersionRow).where(ModelVersionRow.status == "serving"))
+        if row is not None:
+            return dict(row.meta)
+    return json.loads((resolve_model_dir(default_dir) / "metadata.json").read_text())
 
 
 class Registry:
@@ -92,7 +106,11 @@ class Registry:
         (tmp / "model.onnx").write_bytes(onnx_bytes)
         (tmp / "metadata.json").write_bytes(meta_bytes)
         try:
-            OnnxDefectModel(tmp, self.threads)  # refuse what would not serve: corrupt, mismatching
+            missing = [k for k in REQUIRED_METADATA if k not in meta]
+            if missing:
+                raise InvalidModelArtifact(f"metadata.json misses required fields {missing} (required: {list(REQUIRED_METADATA)})")
+            # refuse what would not serve (corrupt, mismatching) or is not what was trained
+            OnnxDefectModel(tmp, self.threads).check_parity()
         except InvalidModelArtifact:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -116,6 +134,8 @@ class Registry:
                 row = s.get(ModelVersionRow, mid)
                 row.status, row.promoted_at = "serving", utcnow()
             ctx.model = loaded
+            if getattr(ctx, "shadow", None) is not None and ctx.shadow.model_id == mid:
+                ctx.shadow = None  # the candidate now serves: nothing left to shadow
             return row
 
     def rollback(self, ctx) -> ModelVersionRow:
@@ -126,6 +146,49 @@ class Registry:
         if len(history) < 2:
             raise ApiError(409, "no_previous_model", "no earlier serving model to roll back to", None)
         return self.promote(ctx, history[1].id)
+
+    # ------------------------------------------------------------------ shadow mode
+    def start_shadow(self, ctx, mid: str):
+        """Run this version beside the serving one on live traffic (its opinions are stored, never served)."""
+        from .shadow import Shadow
+
+        with self._lock:
+            if mid == ctx.model.model_id:
+                raise ApiError(409, "is_serving", f"{mid} is the serving model: shadow a candidate", "model_id")
+            with self.repo.sessions() as s:
+                row = s.get(ModelVersionRow, mid)
+                if row is None:
+                    raise ApiError(404, "not_found", f"no model {mid}", "model_id")
+                path = row.path
+            loaded = OnnxDefectModel(Path(path), self.threads)  # fails before any change
+            with self.repo.sessions() as s, s.begin():
+                for other in s.scalars(select(ModelVersionRow).where(ModelVersionRow.status == "shadow")):
+                    other.status = "available"
+                s.get(ModelVersionRow, mid).status = "shadow"
+            ctx.shadow = Shadow(mid, loaded)
+            return ctx.shadow
+
+    def stop_shadow(self, ctx) -> str | None:
+        with self._lock:
+            with self.repo.sessions() as s, s.begin():
+                for row in s.scalars(select(ModelVersionRow).where(ModelVersionRow.status == "shadow")):
+                    row.status = "available"
+            was, ctx.shadow = (ctx.shadow.model_id if ctx.shadow else None), None
+            return was
+
+    def startup_shadow(self):
+        """The shadow version recorded in the database, loaded (None when there is none or it fails)."""
+        from .shadow import Shadow
+
+        with self.repo.sessions() as s:
+            row = s.scalar(select(ModelVersionRow).where(ModelVersionRow.status == "shadow"))
+            if row is None:
+                return None
+            mid, path = row.id, row.path
+        try:
+            return Shadow(mid, OnnxDefectModel(Path(path), self.threads))
+        except InvalidModelArtifact:
+            return None
 
     def due(self) -> bool:
         return time.monotonic() - self._checked >= self.poll_s

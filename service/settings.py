@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     outlier_k: float = Field(default=3.5, gt=0)
     #: ...once the lot holds this many values
     outlier_min_n: int = Field(default=10, ge=3)
+    #: share (0-1) of unflagged fruit with an uncertain defect score sent to review anyway, so the
+    #: inspectors' verdicts teach the next model where it is unsure (active learning); 0 = off
+    review_sample_share: float = Field(default=0.02, ge=0, le=1)
     #: a fruit the model calls defective with juice this sweet or sweeter is flagged `signals_disagree`
     disagreement_min_brix: float = 13.0
 

@@ -182,6 +182,24 @@ class CalibrationRow(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
+class ShadowResultRow(Base):
+    """A candidate model's opinion on a fruit the serving model graded (shadow mode): kept beside
+    the result, never changing it."""
+
+    __tablename__ = "shadow_results"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    result_id: Mapped[str] = mapped_column(ForeignKey("results.id"), index=True)
+    fruit_index: Mapped[int] = mapped_column(Integer)
+    shadow_model_id: Mapped[str] = mapped_column(String(200), index=True)
+    serving_model_id: Mapped[str] = mapped_column(String(200))
+    shadow_label: Mapped[str] = mapped_column(String(50))
+    shadow_score: Mapped[float] = mapped_column(Float)
+    serving_label: Mapped[str | None] = mapped_column(String(50))
+    serving_score: Mapped[float | None] = mapped_column(Float)
+    disagree: Mapped[bool] = mapped_column(Boolean, index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
 class ModelVersionRow(Base):
     """A model artifact the service knows; `status` is serving for exactly one at a time."""
 
@@ -191,7 +209,7 @@ class ModelVersionRow(Base):
     version: Mapped[str] = mapped_column(String(50))
     path: Mapped[str] = mapped_column(String(512))
     onnx_sha256: Mapped[str] = mapped_column(String(64))
-    status: Mapped[str] = mapped_column(String(20), index=True)  # available | serving | retired
+    status: Mapped[str] = mapped_column(String(20), index=True)  # available | serving | shadow
     meta: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     promoted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())

@@ -38,6 +38,7 @@ def settings(tmp_path):
     return Settings(
         data_dir=tmp_path / "var",
         api_keys=",".join(f"{r}:{k}" for r, k in API_KEYS.items()),
+        review_sample_share=0.0,  # tests that count flagged fruit must not meet a sampled one
     )
 
 

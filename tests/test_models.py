@@ -13,9 +13,25 @@ from .conftest import headers, jpeg_bytes
 ART = SHIPPED_MODELS / (SHIPPED_MODELS / "DEFAULT").read_text().strip()
 
 
+def _parity_of_shipped_graph() -> dict:
+    """The shipped artifact predates parity records; these test uploads reuse its graph, so they
+    record what that graph computes on the probe (a real export records torch's logits)."""
+    import onnxruntime as ort
+
+    from grader.defect import parity_probe
+
+    sess = ort.InferenceSession(str(ART / "model.onnx"), providers=["CPUExecutionProvider"])
+    logits = sess.run(None, {"input": parity_probe((128, 128))})[0]
+    return {"probe": "grader.defect.parity_probe(input_size)", "logits": logits.astype(float).tolist(), "tolerance": 1e-3}
+
+
+PARITY = _parity_of_shipped_graph()
+
+
 def artifact(version: str, **meta_changes):
     meta = json.loads((ART / "metadata.json").read_text())
     meta["version"] = version
+    meta["parity"] = PARITY
     meta.update(meta_changes)
     return (ART / "model.onnx").read_bytes(), json.dumps(meta).encode()
 
@@ -45,6 +61,14 @@ def test_bad_artifacts_are_refused_and_nothing_changes(client):
     assert r.status_code == 422 and "input_size" in r.json()["error"]["message"]
     assert upload(client, onnx, b"{not json").status_code == 422
     assert upload(client, onnx, json.dumps({**json.loads(meta), "version": "../../etc"}).encode()).status_code == 422
+    # a graph that does not reproduce its recorded parity logits, or metadata without the record
+    tampered = json.loads(meta)
+    tampered["parity"] = {**PARITY, "logits": [[v + 0.5 for v in row] for row in PARITY["logits"]]}
+    r = upload(client, onnx, json.dumps(tampered).encode())
+    assert r.status_code == 422 and "parity" in r.json()["error"]["message"]
+    no_parity = {k: v for k, v in json.loads(meta).items() if k != "parity"}
+    r = upload(client, onnx, json.dumps(no_parity).encode())
+    assert r.status_code == 422 and "parity" in r.json()["error"]["message"]
     assert [m["id"] for m in client.get("/v1/models", headers=headers("trainer")).json()["models"]] == ["apple-defect@0.1.0"]
 
 

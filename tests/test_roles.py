@@ -35,6 +35,9 @@ MATRIX = {
     ("POST", "/v1/models"): {"trainer"},
     ("POST", "/v1/models/{model_id}/promote"): {"trainer"},
     ("POST", "/v1/models/rollback"): {"trainer"},
+    ("GET", "/v1/models/shadow"): {"trainer", "inspector"},
+    ("DELETE", "/v1/models/shadow"): {"trainer"},
+    ("POST", "/v1/models/{model_id}/shadow"): {"trainer"},
 }
 
 

@@ -61,3 +61,4 @@ def test_onnx_serving_path_matches_torch(tiny_artifact):
     ref = softmax(logits, served.spec.temperature)[:, 1]
     got = np.array([e.score for e in served.predict(crops)])
     assert np.abs(ref - got).max() < 1e-4
+    assert served.check_parity() < 1e-4  # the recorded parity logits (torch) are what the graph computes

@@ -9,7 +9,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from grader.defect import softmax
+from grader.defect import parity_probe, softmax
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -48,3 +48,13 @@ def check_export(model: nn.Module, onnx_path: Path, batch: np.ndarray, temperatu
     if out["max_abs_diff_scores"] >= 1e-4:
         raise RuntimeError(f"ONNX export disagrees with torch: {out}")
     return out
+
+
+def parity_record(model: nn.Module, input_size: int, tolerance: float = 1e-3) -> dict:
+    """Torch's logits on grader.defect.parity_probe, stored in metadata.json: the registry refuses an
+    artifact whose ONNX graph no longer reproduces them."""
+    model.eval()
+    probe = parity_probe((input_size, input_size))
+    with torch.no_grad():
+        logits = model(torch.from_numpy(probe)).numpy()
+    return {"probe": "grader.defect.parity_probe(input_size)", "logits": logits.astype(float).tolist(), "tolerance": tolerance}

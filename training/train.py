@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 import yaml
@@ -30,7 +31,8 @@ from datasets import fruitnet
 from datasets.synthetic import random_fruit_image
 from grader.defect import ModelSpec, preprocess, softmax
 from training.crops import crop_cache
-from training.export import INPUT_NAME, OUTPUT_NAME, check_export, export_onnx
+from training.crops import load_rgb
+from training.export import INPUT_NAME, OUTPUT_NAME, check_export, export_onnx, parity_record
 from training.metrics import binary_report, expected_calibration_error, fit_temperature, pick_threshold
 from training.models_registry import build_model
 
@@ -90,6 +92,8 @@ def load_data(cfg: dict[str, Any], work_dir: Path) -> tuple[dict[str, np.ndarray
             crops[split], labels[split], sessions[split] = np.stack(imgs), np.array(ys), [split] * len(ys)
         digest = "synthetic-" + str(n)
         return crops, labels, sessions, items, digest
+    if d.get("kind") == "manifest":
+        return load_manifest_data(Path(d["manifest"]), size, margin, work_dir)
     root = Path(d["root"])
     manifest = fruitnet.build_manifest(root, d["splits"], d.get("subset", "single"))
     digest = fruitnet.manifest_hash(manifest)
@@ -99,6 +103,35 @@ def load_data(cfg: dict[str, Any], work_dir: Path) -> tuple[dict[str, np.ndarray
         labels[split] = np.array([CLASSES.index(it.label) for it in its])
         sessions[split] = [it.session for it in its]
     return crops, labels, sessions, [it.__dict__ for it in manifest], digest
+
+
+def load_manifest_data(path: Path, size: int, margin: float, work_dir: Path):
+    """A dataset written by `grader dataset build`: fruit crops from the line ("crop" items, used as
+    they are) and whole photos of a merged base dataset ("image" items, cropped like FruitNet)."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: build the dataset first (grader dataset build --out DIR)")
+    m = json.loads(path.read_text())
+    root = path.parent
+    crops: dict[str, np.ndarray] = {}
+    labels: dict[str, np.ndarray] = {}
+    sessions: dict[str, list[str]] = {}
+    for split in ("train", "val", "test"):
+        its = [it for it in m["items"] if it["split"] == split]
+        if not its:
+            raise FileNotFoundError(f"{path} has no {split} items: a dataset needs train, val and test splits "
+                                    "(more lots, or --base to merge a base dataset)")
+        photos = [it for it in its if it["kind"] == "image"]
+        line = [it for it in its if it["kind"] == "crop"]
+        parts = []
+        if photos:
+            parts.append(crop_cache([Path(it["path"]) for it in photos], size, margin, work_dir / "cache"))
+        if line:
+            parts.append(np.stack([cv2.resize(load_rgb(root / it["path"]), (size, size), interpolation=cv2.INTER_AREA) for it in line]))
+        ordered = photos + line
+        crops[split] = np.concatenate(parts)
+        labels[split] = np.array([CLASSES.index(it["label"]) for it in ordered])
+        sessions[split] = [it["session"] for it in ordered]
+    return crops, labels, sessions, m["items"], m["sha256"]
 
 
 class CropDataset(torch.utils.data.Dataset):
@@ -260,6 +293,7 @@ def finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, history,
     export_onnx(model, out_dir / "model.onnx", int(cfg["model"]["input_size"]))
     check_batch = eval_batches["test"][:32]
     metrics["onnx_check"] = check_export(model, out_dir / "model.onnx", check_batch, temperature)
+    parity = parity_record(model, int(cfg["model"]["input_size"]))
     spec = spec_for(cfg, temperature, threshold, band)
     meta = {
         "name": cfg["name"],
@@ -293,10 +327,11 @@ def finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, history,
         "history": history,
         "training_data": {
             "manifest_sha256": digest,
-            "source": cfg["data"].get("root", "synthetic"),
+            "source": cfg["data"].get("root") or cfg["data"].get("manifest") or "synthetic",
             "splits": cfg["data"].get("splits", {}),
-            "split_rule": "whole capture sessions per split (datasets/fruitnet.py:session_of)",
+            "split_rule": "whole capture sessions (or lots) per split (datasets/fruitnet.py:session_of, datasets/line.py:assign_splits)",
         },
+        "parity": parity,
         "code_version": code_version(),
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "config": cfg,

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, File, Form, Header, Request, UploadFile
+from fastapi import APIRouter, BackgroundTasks, Depends, File, Form, Header, Request, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from grader.fusion import fuse_views
 from grader.pipeline import ImageGrade, decide
 
-from .. import grading
+from .. import grading, shadow
 from ..auth import Principal, require
 from ..errors import ApiError
 from ..forms import read_limited
@@ -48,6 +48,7 @@ GRADE_EXAMPLE = {
 )
 async def grade(
     request: Request,
+    background: BackgroundTasks,
     image: Annotated[UploadFile, File(description="JPEG or PNG of one fruit or a frame with several")],
     lot_id: Annotated[str | None, Form()] = None,
     camera_id: Annotated[str | None, Form()] = None,
@@ -73,6 +74,8 @@ async def grade(
         rgb, media_type = await decode_upload(data, ctx.settings.max_image_pixels, ctx.settings.decode_budget_s)
         scaled, graded = await run_in_threadpool(grading.grade_rgb, ctx, req, rgb)
         saved, replayed = await run_in_threadpool(grading.store, ctx, req, data, media_type, rgb, scaled, graded, req.key)
+        if ctx.shadow is not None and not replayed:  # after the reply: never on the camera's critical path
+            background.add_task(shadow.judge, ctx.repo, ctx.shadow, req.model.model_id, saved.id, rgb, graded.fruits)
         return result_payload(saved, replayed=replayed)
 
 
@@ -109,6 +112,7 @@ MAX_BATCH_IMAGES = 32
 )
 async def grade_batch(
     request: Request,
+    background: BackgroundTasks,
     images: Annotated[list[UploadFile], File(description="JPEG or PNG images")],
     mode: Annotated[Literal["frames", "views"], Form()] = "frames",
     lot_id: Annotated[str | None, Form()] = None,
@@ -154,6 +158,8 @@ async def grade_batch(
                         continue
                 scaled, graded = await run_in_threadpool(grading.grade_rgb, ctx, req, rgb)
                 saved, replayed = await run_in_threadpool(grading.store, ctx, req, data, media_type, rgb, scaled, graded, key)
+                if ctx.shadow is not None and not replayed:
+                    background.add_task(shadow.judge, ctx.repo, ctx.shadow, req.model.model_id, saved.id, rgb, graded.fruits)
                 out.append(result_payload(saved, replayed=replayed))
             return {"mode": mode, "results": out}
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, File, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from ..auth import require
+from .. import shadow
 from ..registry import version_payload
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -18,6 +19,29 @@ MAX_ARTIFACT_BYTES = 100 * 1024 * 1024
 def list_models(request: Request, _=Depends(require("trainer", "inspector"))) -> dict[str, Any]:
     ctx = request.app.state.ctx
     return {"serving": ctx.model.model_id, "models": [version_payload(r) for r in ctx.registry.list()]}
+
+
+@router.get("/shadow", summary="Shadow mode: the candidate judging live traffic beside the serving model, and how they disagree")
+def shadow_status(request: Request, limit: int = Query(50, ge=1, le=500), _=Depends(require("trainer", "inspector"))) -> dict[str, Any]:
+    ctx = request.app.state.ctx
+    sh = ctx.shadow
+    out: dict[str, Any] = {"active": sh is not None, "serving": ctx.model.model_id}
+    if sh is not None:
+        out.update({"since": sh.since.isoformat(), **shadow.report(ctx.repo, sh.model_id, limit)})
+    return out
+
+
+@router.delete("/shadow", summary="Stop shadow mode (its stored opinions are kept)")
+async def stop_shadow(request: Request, _=Depends(require("trainer"))) -> dict[str, Any]:
+    ctx = request.app.state.ctx
+    return {"stopped": await run_in_threadpool(ctx.registry.stop_shadow, ctx)}
+
+
+@router.post("/{model_id}/shadow", summary="Run this version in shadow mode: it judges every graded fruit after the reply, never serving")
+async def start_shadow(request: Request, model_id: str, _=Depends(require("trainer"))) -> dict[str, Any]:
+    ctx = request.app.state.ctx
+    sh = await run_in_threadpool(ctx.registry.start_shadow, ctx, model_id)
+    return {"active": True, "model": sh.model_id, "serving": ctx.model.model_id, "since": sh.since.isoformat()}
 
 
 @router.get("/{model_id}", summary="One version with its full metadata.json")

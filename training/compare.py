@@ -1,0 +1,679 @@
+"""Compare a candidate defect model with the model in service, on the same data, before promoting it.
+
+Usage::
+
+    grader compare CURRENT CANDIDATE --data DIR [--split test] [--out DIR] [--gate key=value ...]
+                   [--threads N] [--latency-repeats 15] [--gates-file FILE]
+    grader compare models models/apple-defect/0.2.0 --data var/datasets/apples-2026-11
+    grader compare models cand/ --data ds/ --gate min_defective_recall=0.97 --gate max_ece=null
+
+CURRENT and CANDIDATE are model artifact directories (model.onnx + metadata.json) or directories
+whose DEFAULT file points at one (``models/``). DIR holds a ``manifest.json``::
+
+    {"sha256": "...", "classes": ["sound", "defective"],
+     "items": [{"path": "crops/test/defective/abc_0.jpg", "kind": "crop", "label": "defective",
+                "split": "test", "session": "cam-1/2026-11-29", "lot": "L-1", "sha256": "..."}, ...]}
+
+Items of ``kind: crop`` are fruit crops already; ``kind: image`` items are whole photos, cropped
+with :func:`training.crops.fruit_crop` at each model's own ``crop_margin_frac`` as training does.
+Paths are relative to DIR or absolute. Labels other than ``sound`` count as defective.
+
+Both models score every item of the split. For each model the report gives balanced accuracy,
+recall on defective and on sound fruit, AUC, expected calibration error and the confusion matrix
+at the model's own threshold, the same per capture session and per lot, latency per crop at batch
+1 and 16 (median of a few timed runs, the two models interleaved), and the items on which the two
+models' labels disagree. The candidate is then held to the gates in
+``training/configs/compare_gates.yaml`` (``--gate key=value`` overrides one, ``key=null`` switches
+it off): the verdict is ``promote`` when every gate passes, else ``keep current``.
+
+Written to --out (default ``var/compare/<current-version>-vs-<candidate-version>``): report.json,
+report.md, roc.png, reliability.png and confusion.png.
+
+Exit status: 0 promote, 1 keep current (a gate failed), 2 bad input (missing directory, manifest
+without the split, unreadable image, invalid model artifact, unknown gate...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import itertools
+import json
+import math
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from grader.defect import preprocess
+from grader.errors import InvalidModelArtifact
+from service.onnx_model import OnnxDefectModel
+from training.crops import fruit_crop, load_rgb
+from training.metrics import binary_report, expected_calibration_error
+
+DEFAULT_GATES = Path(__file__).parent / "configs" / "compare_gates.yaml"
+ROLES = ("current", "candidate")
+ECE_BINS = 10
+LATENCY_BATCHES = (1, 16)
+LATENCY_REPEATS = 15
+#: a model's batch-16 interquartile range above this fraction of its median marks latency as noisy
+LATENCY_NOISY_IQR = 0.25
+SCORE_BATCH = 32
+NO_LOT = "(none)"
+MD_MAX_DISAGREEMENTS = 30
+
+EXIT_PROMOTE, EXIT_KEEP, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class CompareInputError(Exception):
+    """Bad input to a comparison (data, models or gates): exit status 2 with this message."""
+
+
+# ----------------------------------------------------------------------------- data
+@dataclass(frozen=True)
+class Item:
+    """One manifest item of the compared split."""
+
+    path: str  # as the manifest writes it
+    file: Path  # resolved on disk
+    kind: str  # "crop" | "image"
+    label: str
+    defective: bool
+    session: str
+    lot: str | None
+
+
+@dataclass(frozen=True)
+class Dataset:
+    root: Path
+    split: str
+    items: list[Item]
+    classes: list[str]
+    manifest_sha256: str | None  # the hash the dataset builder recorded
+    manifest_file_sha256: str  # the hash of manifest.json itself
+
+    @property
+    def y(self) -> np.ndarray:
+        return np.array([int(it.defective) for it in self.items], dtype=int)
+
+
+def load_dataset(root: Path, split: str) -> Dataset:
+    """The items of one split of a dataset directory, checked: every failure is a CompareInputError."""
+    root = Path(root)
+    if not root.is_dir():
+        raise CompareInputError(f"no dataset directory at {root}")
+    manifest_path = root / "manifest.json"
+    if not manifest_path.is_file():
+        raise CompareInputError(f"{root} has no manifest.json")
+    raw = manifest_path.read_bytes()
+    try:
+        manifest = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise CompareInputError(f"{manifest_path}: not valid JSON: {exc}") from exc
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("items"), list):
+        raise CompareInputError(f"{manifest_path}: expected an object with an 'items' list")
+    classes = manifest.get("classes", ["sound", "defective"])
+    if not isinstance(classes, list) or "sound" not in classes or len(classes) < 2:
+        raise CompareInputError(f"{manifest_path}: 'classes' must list 'sound' and at least one defect class, got {classes!r}")
+
+    entries = [e for e in manifest["items"] if isinstance(e, dict) and e.get("split") == split]
+    if not entries:
+        present = sorted({str(e.get("split")) for e in manifest["items"] if isinstance(e, dict)})
+        raise CompareInputError(
+            f"{manifest_path} has no items in split {split!r} (splits present: {', '.join(present) or 'none'})"
+        )
+    items: list[Item] = []
+    missing: list[str] = []
+    for n, e in enumerate(entries):
+        where = f"{manifest_path}: item {e.get('path', f'#{n}')!r}"
+        try:
+            path, kind, label = str(e["path"]), str(e.get("kind", "crop")), str(e["label"])
+        except KeyError as exc:
+            raise CompareInputError(f"{where} lacks {exc.args[0]!r}") from exc
+        if kind not in ("crop", "image"):
+            raise CompareInputError(f"{where}: kind must be 'crop' or 'image', got {kind!r}")
+        if label not in classes:
+            raise CompareInputError(f"{where}: label {label!r} is not one of {classes}")
+        file = Path(path) if Path(path).is_absolute() else root / path
+        if not file.is_file():
+            missing.append(path)
+            continue
+        lot = e.get("lot")
+        items.append(
+            Item(path=path, file=file, kind=kind, label=label, defective=label != "sound",
+                 session=str(e.get("session") or "(none)"), lot=None if lot is None else str(lot))
+        )
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise CompareInputError(f"{len(missing)} file(s) of split {split!r} missing under {root}: {shown}")
+    return Dataset(root=root, split=split, items=items, classes=[str(c) for c in classes],
+                   manifest_sha256=manifest.get("sha256"), manifest_file_sha256=hashlib.sha256(raw).hexdigest())
+
+
+def load_crops(items: Sequence[Item], margin_frac: float) -> list[np.ndarray]:
+    """RGB crops in item order: crop items as stored, image items through training's fruit_crop."""
+    crops = []
+    for it in items:
+        try:
+            rgb = load_rgb(it.file)
+        except ValueError as exc:
+            raise CompareInputError(str(exc)) from exc
+        crops.append(fruit_crop(rgb, margin_frac) if it.kind == "image" else rgb)
+    return crops
+
+
+# ----------------------------------------------------------------------------- models
+def load_model(path: Path, role: str, threads: int) -> OnnxDefectModel:
+    try:
+        return OnnxDefectModel(Path(path), threads=threads)
+    except InvalidModelArtifact as exc:
+        raise CompareInputError(f"{role} model: {exc}") from exc
+
+
+def score_items(items: Sequence[Item], models: dict[str, OnnxDefectModel], keep: int = max(LATENCY_BATCHES)
+                ) -> tuple[dict[str, np.ndarray], dict[str, list[np.ndarray]]]:
+    """Calibrated P(defective) per item and model, exactly as serving computes it, and each model's
+    first ``keep`` crops (to time it on). Items stream through in batches, since whole photos make
+    large crops; models sharing a crop margin share the cropping."""
+    by_margin: dict[float, list[str]] = {}
+    for role, model in models.items():
+        by_margin.setdefault(model.spec.crop_margin_frac, []).append(role)
+    scores: dict[str, list[float]] = {role: [] for role in models}
+    kept: dict[str, list[np.ndarray]] = {}
+    for margin, roles in by_margin.items():
+        first: list[np.ndarray] = []
+        for i in range(0, len(items), SCORE_BATCH):
+            crops = load_crops(items[i : i + SCORE_BATCH], margin)
+            first.extend(crops[: keep - len(first)])
+            for role in roles:
+                scores[role].extend(e.score for e in models[role].predict(crops))
+        kept.update({role: first for role in roles})
+    return {role: np.asarray(v, dtype=np.float64) for role, v in scores.items()}, kept
+
+
+def measure_latency(models: Sequence[OnnxDefectModel], crops: Sequence[Sequence[np.ndarray]],
+                    batches: Sequence[int] = LATENCY_BATCHES, repeats: int = LATENCY_REPEATS) -> list[dict[str, Any]]:
+    """Median milliseconds per crop of ``OnnxDefectModel.run`` on preprocessed batches, per model,
+    with each batch size's interquartile range (ms per crop) to show how noisy the figure is.
+
+    The models' runs are interleaved repeat by repeat, in alternating order, so a neighbour's load
+    on the machine (and one session's threads still spinning when the other starts) falls on both
+    alike and the ratio between them stays fair. Each batch shape is run once untimed first.
+    """
+    inputs = []
+    for model, cs in zip(models, crops):
+        pool = [cs[i % len(cs)] for i in range(max(batches))]
+        inputs.append({b: preprocess(pool[:b], model.spec) for b in batches})
+    times: list[dict[int, list[float]]] = [{b: [] for b in batches} for _ in models]
+    for model, inp in zip(models, inputs):
+        for b in batches:
+            model.run(inp[b])
+    for r in range(repeats):
+        order = list(range(len(models)))
+        for k in order if r % 2 == 0 else order[::-1]:
+            model, inp = models[k], inputs[k]
+            for b in batches:
+                t0 = time.perf_counter()
+                model.run(inp[b])
+                times[k][b].append((time.perf_counter() - t0) * 1000.0 / b)
+    out: list[dict[str, Any]] = []
+    for t in times:
+        lat: dict[str, Any] = {f"batch_{b}": statistics.median(t[b]) for b in batches}
+        lat["iqr"] = {f"batch_{b}": float(np.subtract(*np.percentile(t[b], [75, 25]))) for b in batches}
+        out.append(lat)
+    return out
+
+
+# ----------------------------------------------------------------------------- metrics
+def reliability_bins(y: np.ndarray, s: np.ndarray, bins: int = ECE_BINS) -> list[dict[str, Any]]:
+    """Per equal-width bin (the ECE's bins): count, mean score and observed defective rate."""
+    edges = np.linspace(0, 1, bins + 1)
+    out = []
+    for lo, hi in itertools.pairwise(edges):
+        sel = (s >= lo) & (s < hi if hi < 1 else s <= hi)
+        n = int(sel.sum())
+        out.append({"lo": float(lo), "hi": float(hi), "n": n,
+                    "mean_score": float(s[sel].mean()) if n else None,
+                    "defective_rate": float(y[sel].mean()) if n else None})
+    return out
+
+
+def roc_curve(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """False- and true-positive rates at every distinct score threshold (from (0, 0) to (1, 1));
+    empty without both classes."""
+    pos, neg = int(y.sum()), int(len(y) - y.sum())
+    if pos == 0 or neg == 0:
+        return np.empty(0), np.empty(0)
+    order = np.argsort(-s, kind="mergesort")
+    ss, ys = s[order], y[order]
+    last = np.r_[np.flatnonzero(np.diff(ss)), len(ss) - 1]
+    tps = np.cumsum(ys)[last]
+    fps = last + 1 - tps
+    return np.r_[0.0, fps / neg], np.r_[0.0, tps / pos]
+
+
+def evaluate(y: np.ndarray, s: np.ndarray, threshold: float) -> dict[str, Any]:
+    """binary_report at the model's threshold plus its ECE."""
+    rep = binary_report(y, s, threshold)
+    rep["ece"] = expected_calibration_error(y, s, ECE_BINS)
+    return rep
+
+
+def grouped(keys: Sequence[str], y: np.ndarray, s: np.ndarray, threshold: float) -> dict[str, dict[str, Any]]:
+    out = {}
+    for key in sorted(set(keys)):
+        idx = np.array([i for i, k in enumerate(keys) if k == key])
+        out[key] = evaluate(y[idx], s[idx], threshold)
+    return out
+
+
+# ----------------------------------------------------------------------------- gates
+@dataclass(frozen=True)
+class Gate:
+    key: str
+    kind: str  # "min": measured >= limit passes; "max": measured <= limit passes
+    description: str
+    measure: Callable[[dict[str, dict[str, Any]]], float]
+
+
+def _m(role: str, key: str) -> Callable[[dict[str, dict[str, Any]]], float]:
+    return lambda models: float(models[role]["metrics"][key])
+
+
+GATES: dict[str, Gate] = {
+    g.key: g
+    for g in (
+        Gate("min_balanced_accuracy_gain", "min", "candidate balanced accuracy − current's",
+             lambda m: _m("candidate", "balanced_accuracy")(m) - _m("current", "balanced_accuracy")(m)),
+        Gate("min_defective_recall", "min", "candidate recall on defective fruit", _m("candidate", "recall_defective")),
+        Gate("max_ece", "max", "candidate expected calibration error", _m("candidate", "ece")),
+        Gate("max_latency_ratio", "max", "candidate / current latency per crop at batch 16",
+             lambda m: m["candidate"]["latency_ms_per_crop"]["batch_16"] / m["current"]["latency_ms_per_crop"]["batch_16"]),
+        Gate("min_sound_recall", "min", "candidate recall on sound fruit", _m("candidate", "recall_sound")),
+        Gate("min_auc_gain", "min", "candidate AUC − current's",
+             lambda m: _m("candidate", "auc")(m) - _m("current", "auc")(m)),
+    )
+}
+
+
+def _limit(key: str, value: Any, source: str) -> float | None:
+    if key not in GATES:
+        raise CompareInputError(f"{source}: unknown gate {key!r} (known: {', '.join(GATES)})")
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "off", "null", "")):
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise CompareInputError(f"{source}: gate {key} needs a number or null, got {value!r}")
+    return float(value)
+
+
+def load_gates(path: Path = DEFAULT_GATES, overrides: Sequence[str] = ()) -> dict[str, float | None]:
+    """Gate limits from the YAML file, then ``key=value`` overrides; None switches a gate off."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise CompareInputError(f"gates file {path}: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise CompareInputError(f"gates file {path}: expected a mapping of gate: limit")
+    limits = {str(k): _limit(str(k), v, str(path)) for k, v in raw.items()}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise CompareInputError(f"--gate {item!r} must look like key=value")
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise CompareInputError(f"--gate {item!r}: {exc}") from exc
+        limits[key.strip()] = _limit(key.strip(), parsed, "--gate")
+    return limits
+
+
+def check_gates(limits: dict[str, float | None], models: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Measured value, limit and outcome per gate; a gate that cannot be measured (NaN) fails."""
+    out = []
+    for key, limit in limits.items():
+        gate = GATES[key]
+        row: dict[str, Any] = {"gate": key, "description": gate.description, "kind": gate.kind, "limit": limit}
+        if limit is None:
+            row.update(measured=None, passed=None, note="switched off")
+        else:
+            measured = gate.measure(models)
+            if not math.isfinite(measured):
+                row.update(measured=None, passed=False, note="not measurable on this split")
+            else:
+                ok = measured >= limit if gate.kind == "min" else measured <= limit
+                row.update(measured=measured, passed=bool(ok), note="")
+        out.append(row)
+    return out
+
+
+# ----------------------------------------------------------------------------- figures
+def write_figures(out: Path, y: np.ndarray, runs: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """roc.png, reliability.png and confusion.png (matplotlib, Agg canvas, no global state)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    colours = {"current": "tab:blue", "candidate": "tab:orange"}
+    files = {"roc": "roc.png", "reliability": "reliability.png", "confusion": "confusion.png"}
+
+    fig = Figure(figsize=(5.5, 5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], color="0.7", lw=1, ls="--")
+    for role, r in runs.items():
+        fpr, tpr = roc_curve(y, r["scores"])
+        if not len(fpr):
+            ax.text(0.5, 0.5, "no ROC: the split lacks sound or defective items", ha="center", va="center")
+            break
+        m = r["metrics"]
+        ax.plot(fpr, tpr, color=colours[role], lw=2, label=f"{role} {r['version']} (AUC {_f(m['auc'])})")
+        ax.plot([1 - m["recall_sound"]], [m["recall_defective"]], "o", color=colours[role], ms=8,
+                label=f"{role} at threshold {m['threshold']:.3g}")
+    ax.set(xlabel="false-positive rate (sound called defective)", ylabel="true-positive rate (defective recall)",
+           xlim=(0, 1), ylim=(0, 1.02), title="ROC")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / files["roc"], dpi=110)
+
+    fig = Figure(figsize=(10, 4.5))
+    FigureCanvasAgg(fig)
+    for k, (role, r) in enumerate(runs.items()):
+        ax = fig.add_subplot(1, 2, k + 1)
+        ax.plot([0, 1], [0, 1], color="0.7", lw=1, ls="--")
+        bins = [b for b in r["reliability"] if b["n"]]
+        ax.bar([(b["lo"] + b["hi"]) / 2 for b in r["reliability"]],
+               [b["defective_rate"] or 0.0 for b in r["reliability"]], width=1 / ECE_BINS,
+               color=colours[role], alpha=0.35, edgecolor=colours[role], label="observed defective rate")
+        ax.plot([b["mean_score"] for b in bins], [b["defective_rate"] for b in bins], "o-", color=colours[role],
+                label="mean score vs observed")
+        for b in bins:
+            ax.annotate(str(b["n"]), ((b["lo"] + b["hi"]) / 2, 0.02), ha="center", fontsize=7, color="0.3")
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="predicted P(defective)", ylabel="observed defective rate",
+               title=f"{role} {r['version']}: ECE {_f(r['metrics']['ece'])}")
+        ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / files["reliability"], dpi=110)
+
+    fig = Figure(figsize=(9, 4.2))
+    FigureCanvasAgg(fig)
+    for k, (role, r) in enumerate(runs.items()):
+        ax = fig.add_subplot(1, 2, k + 1)
+        mat = np.asarray(r["metrics"]["confusion"]["matrix"])
+        ax.imshow(mat, cmap="Blues" if role == "current" else "Oranges", vmin=0, vmax=max(int(mat.max()), 1))
+        for (i, j), v in np.ndenumerate(mat):
+            ax.text(j, i, str(v), ha="center", va="center", fontsize=14,
+                    color="white" if v > mat.max() / 2 else "black")
+        ax.set_xticks([0, 1], ["sound", "defective"])
+        ax.set_yticks([0, 1], ["sound", "defective"])
+        ax.set(xlabel="predicted", ylabel="true", title=f"{role} {r['version']} (threshold {r['metrics']['threshold']:.3g})")
+    fig.tight_layout()
+    fig.savefig(out / files["confusion"], dpi=110)
+    return files
+
+
+# ----------------------------------------------------------------------------- report
+def _f(x: Any, digits: int = 3) -> str:
+    """A number for a table: NaN/None as an em dash."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "—"
+    return f"{x:.{digits}f}"
+
+
+def _delta(a: Any, b: Any, digits: int = 3) -> str:
+    if any(v is None or not math.isfinite(v) for v in (a, b)):
+        return "—"
+    return f"{b - a:+.{digits}f}"
+
+
+def _json_safe(x: Any) -> Any:
+    """NaN becomes null and numpy scalars plain numbers: the report stays strict JSON."""
+    if isinstance(x, dict):
+        return {str(k): _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    cur, cand = report["models"]["current"], report["models"]["candidate"]
+    mc, md = cur["metrics"], cand["metrics"]
+    d = report["data"]
+    lines = [
+        f"# {cand['name']} {cand['version']} (candidate) vs {cur['name']} {cur['version']} (current)",
+        "",
+        (f"Data: `{d['dir']}`, split **{d['split']}**: {d['n']} items ({d['n_defective']} defective, "
+         f"{d['n_sound']} sound; {d['n_image']} whole images cropped, {d['n_crop']} crops), "
+         f"manifest sha256 `{d['manifest_sha256'] or d['manifest_file_sha256']}`."),
+        "",
+        f"**Verdict: {report['verdict']}**"
+        + (f" — failing gates: {', '.join(report['failing_gates'])}" if report["failing_gates"] else ""),
+        "",
+        "## Side by side",
+        "",
+        f"| | current {cur['version']} | candidate {cand['version']} | Δ (candidate − current) |",
+        "|---|---:|---:|---:|",
+    ]
+    rows = [("balanced accuracy", "balanced_accuracy"), ("recall defective", "recall_defective"),
+            ("recall sound", "recall_sound"), ("accuracy", "accuracy"), ("AUC", "auc"),
+            ("ECE (10 bins)", "ece"), ("threshold", "threshold")]
+    for name, key in rows:
+        lines.append(f"| {name} | {_f(mc[key])} | {_f(md[key])} | {_delta(mc[key], md[key])} |")
+    lines.append(f"| temperature | {_f(cur['temperature'])} | {_f(cand['temperature'])} | |")
+    for b in LATENCY_BATCHES:
+        a, c = cur["latency_ms_per_crop"][f"batch_{b}"], cand["latency_ms_per_crop"][f"batch_{b}"]
+        lines.append(f"| latency ms/crop, batch {b} | {_f(a, 2)} | {_f(c, 2)} | ×{c / a:.2f} |")
+    cells = [" / ".join(str(v) for row in m["confusion"]["matrix"] for v in row) for m in (mc, md)]
+    lines.append(f"| confusion TN / FP / FN / TP | {cells[0]} | {cells[1]} | |")
+    lines += ["", "## Gates", "", "| gate | measured | limit | result |", "|---|---:|---:|---|"]
+    for g in report["gates"]:
+        op = "≥" if g["kind"] == "min" else "≤"
+        result = "off" if g["passed"] is None else ("pass" if g["passed"] else "**FAIL**")
+        note = f" ({g['note']})" if g["note"] else ""
+        limit = "—" if g["limit"] is None else f"{op} {g['limit']:g}"
+        lines.append(f"| `{g['gate']}`: {g['description']} | {_f(g['measured'])} | {limit} | {result}{note} |")
+
+    dis = report["disagreements"]
+    lines += ["", "## Disagreements", "",
+              (f"{dis['count']} of {d['n']} items get different labels (each model at its own threshold): "
+               f"the candidate is right on {dis['candidate_right']}, the current model on {dis['current_right']}."), ""]
+    if dis["items"]:
+        shown = dis["items"][:MD_MAX_DISAGREEMENTS]
+        lines += ["| path | truth | current score → label | candidate score → label | session | lot |",
+                  "|---|---|---:|---:|---|---|"]
+        for it in shown:
+            lines.append(f"| `{it['path']}` | {it['label']} | {it['current_score']:.3f} → {it['current_label']} | "
+                         f"{it['candidate_score']:.3f} → {it['candidate_label']} | {it['session']} | {it['lot'] or '—'} |")
+        if len(dis["items"]) > len(shown):
+            lines.append(f"\n… {len(dis['items']) - len(shown)} more in report.json.")
+
+    for title, key in (("Per session", "per_session"), ("Per lot", "per_lot")):
+        lines += ["", f"## {title}", "",
+                  ("| group | n | bal. acc. cur | bal. acc. cand | recall def. cur | recall def. cand "
+                   "| recall sound cur | recall sound cand | ECE cur | ECE cand | disagree |"),
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for group, gc in cur[key].items():
+            gd = cand[key][group]
+            lines.append(
+                f"| {group} | {gc['n']} | {_f(gc['balanced_accuracy'])} | {_f(gd['balanced_accuracy'])} | "
+                f"{_f(gc['recall_defective'])} | {_f(gd['recall_defective'])} | {_f(gc['recall_sound'])} | "
+                f"{_f(gd['recall_sound'])} | {_f(gc['ece'])} | {_f(gd['ece'])} | {dis[key].get(group, 0)} |"
+            )
+
+    figs = report["figures"]
+    lines += ["", "## Figures", "", f"![ROC curves of both models]({figs['roc']})", "",
+              f"![Reliability diagrams]({figs['reliability']})", "",
+              f"![Confusion matrices at each model's own threshold]({figs['confusion']})", "",
+              "Latency: median of "
+              f"{report['latency_repeats']} timed `OnnxDefectModel.run` calls per batch size, models interleaved, "
+              f"{report['threads'] or 'all'} ONNX Runtime thread(s)"
+              + (f"; **noisy** for {' and '.join(report['latency_noisy'])} (interquartile range over "
+                 f"{LATENCY_NOISY_IQR:.0%} of the median: rerun on a quiet machine before trusting the latency gate)."
+                 if report["latency_noisy"] else "."), ""]
+    return "\n".join(lines)
+
+
+def summary(report: dict[str, Any], out: Path) -> str:
+    cur, cand = report["models"]["current"], report["models"]["candidate"]
+    d = report["data"]
+    lines = [
+        (f"compare: current {cur['name']} {cur['version']} vs candidate {cand['name']} {cand['version']} "
+         f"on {d['dir']} [{d['split']}: {d['n']} items, {d['n_defective']} defective, {d['n_sound']} sound]"),
+        f"  {'':<24}{'current':>10}{'candidate':>11}",
+    ]
+    for name, key in (("balanced accuracy", "balanced_accuracy"), ("recall defective", "recall_defective"),
+                      ("recall sound", "recall_sound"), ("AUC", "auc"), ("ECE", "ece"), ("threshold", "threshold")):
+        lines.append(f"  {name:<24}{_f(cur['metrics'][key]):>10}{_f(cand['metrics'][key]):>11}")
+    for b in LATENCY_BATCHES:
+        k = f"batch_{b}"
+        lines.append(f"  {f'latency b{b} ms/crop':<24}{_f(cur['latency_ms_per_crop'][k], 2):>10}"
+                     f"{_f(cand['latency_ms_per_crop'][k], 2):>11}")
+    if report["latency_noisy"]:
+        lines.append(f"  (latency noisy for {' and '.join(report['latency_noisy'])}: machine busy? rerun before trusting it)")
+    lines.append(f"  disagreements: {report['disagreements']['count']} of {d['n']}")
+    for g in report["gates"]:
+        if g["passed"] is None:
+            continue
+        op = "≥" if g["kind"] == "min" else "≤"
+        lines.append(f"  gate {g['gate']}: {_f(g['measured'])} {op} {g['limit']:g} -> {'pass' if g['passed'] else 'FAIL'}")
+    verdict = report["verdict"] + (f" (failing: {', '.join(report['failing_gates'])})" if report["failing_gates"] else "")
+    lines += [f"verdict: {verdict}", f"report: {out / 'report.md'}"]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- run
+def compare(current: Path, candidate: Path, data: Path, split: str = "test", out: Path | None = None,
+            gate_overrides: Sequence[str] = (), gates_file: Path = DEFAULT_GATES, threads: int = 0,
+            latency_repeats: int = LATENCY_REPEATS) -> tuple[dict[str, Any], Path]:
+    """Run the whole comparison and write the report; returns (report, out dir)."""
+    if latency_repeats < 1:
+        raise CompareInputError(f"latency repeats must be at least 1, got {latency_repeats}")
+    limits = load_gates(gates_file, gate_overrides)  # bad gates fail before any model runs
+    dataset = load_dataset(data, split)
+    models = {"current": load_model(current, "current", threads), "candidate": load_model(candidate, "candidate", threads)}
+    y = dataset.y
+    sessions = [it.session for it in dataset.items]
+    lots = [it.lot or NO_LOT for it in dataset.items]
+
+    scores, sample = score_items(dataset.items, models)
+    latency = measure_latency([models[r] for r in ROLES], [sample[r] for r in ROLES], repeats=latency_repeats)
+
+    runs: dict[str, dict[str, Any]] = {}
+    for (role, model), lat in zip(models.items(), latency):
+        s = scores[role]
+        thr = model.spec.threshold_defective
+        runs[role] = {
+            "dir": str(model.model_dir), "name": model.spec.name, "version": model.spec.version,
+            "onnx_sha256": model.sha256, "temperature": model.spec.temperature,
+            "crop_margin_frac": model.spec.crop_margin_frac, "input_size": list(model.spec.input_size),
+            "scores": s, "predicted": s >= thr,
+            "metrics": evaluate(y, s, thr),
+            "per_session": grouped(sessions, y, s, thr),
+            "per_lot": grouped(lots, y, s, thr),
+            "reliability": reliability_bins(y.astype(float), s),
+            "latency_ms_per_crop": lat,
+        }
+
+    cur_pred, cand_pred = runs["current"]["predicted"], runs["candidate"]["predicted"]
+    truth = y.astype(bool)
+    disagree = np.flatnonzero(cur_pred != cand_pred)
+    name = {True: "defective", False: "sound"}
+    dis_items = [
+        {"path": dataset.items[i].path, "kind": dataset.items[i].kind, "label": dataset.items[i].label,
+         "session": dataset.items[i].session, "lot": dataset.items[i].lot,
+         "current_score": float(runs["current"]["scores"][i]), "current_label": name[bool(cur_pred[i])],
+         "candidate_score": float(runs["candidate"]["scores"][i]), "candidate_label": name[bool(cand_pred[i])]}
+        for i in disagree
+    ]
+    disagreements = {
+        "count": len(disagree),
+        "candidate_right": int((cand_pred[disagree] == truth[disagree]).sum()),
+        "current_right": int((cur_pred[disagree] == truth[disagree]).sum()),
+        "per_session": {k: sum(1 for i in disagree if sessions[i] == k) for k in sorted(set(sessions))},
+        "per_lot": {k: sum(1 for i in disagree if lots[i] == k) for k in sorted(set(lots))},
+        "items": dis_items,
+    }
+
+    gates = check_gates(limits, runs)
+    noisy = [role for role, r in runs.items()
+             if r["latency_ms_per_crop"]["iqr"]["batch_16"] > LATENCY_NOISY_IQR * r["latency_ms_per_crop"]["batch_16"]]
+    for g in gates:
+        if g["gate"] == "max_latency_ratio" and noisy and g["passed"] is not None:
+            g["note"] = f"latency of {' and '.join(noisy)} noisy (IQR > {LATENCY_NOISY_IQR:.0%} of median): machine busy?"
+    failing = [g["gate"] for g in gates if g["passed"] is False]
+    if out is None:
+        out = Path("var") / "compare" / f"{runs['current']['version']}-vs-{runs['candidate']['version']}"
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        figures = write_figures(out, y, runs)
+    except OSError as exc:
+        raise CompareInputError(f"cannot write to {out}: {exc}") from exc
+
+    report: dict[str, Any] = {
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "data": {
+            "dir": str(dataset.root), "split": split, "classes": dataset.classes,
+            "manifest_sha256": dataset.manifest_sha256, "manifest_file_sha256": dataset.manifest_file_sha256,
+            "n": len(dataset.items), "n_defective": int(y.sum()), "n_sound": int(len(y) - y.sum()),
+            "n_image": sum(it.kind == "image" for it in dataset.items),
+            "n_crop": sum(it.kind == "crop" for it in dataset.items),
+        },
+        "models": {role: {k: v for k, v in r.items() if k not in ("scores", "predicted")} for role, r in runs.items()},
+        "disagreements": disagreements,
+        "gates": gates,
+        "verdict": "keep current" if failing else "promote",
+        "failing_gates": failing,
+        "figures": figures,
+        "latency_repeats": latency_repeats,
+        "latency_noisy": noisy,
+        "threads": threads,
+        "scores": [
+            {"path": it.path, "label": it.label, "current": float(a), "candidate": float(b)}
+            for it, a, b in zip(dataset.items, runs["current"]["scores"], runs["candidate"]["scores"])
+        ],
+    }
+    report = _json_safe(report)
+    try:
+        (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False))
+        (out / "report.md").write_text(render_markdown(report))
+    except OSError as exc:
+        raise CompareInputError(f"cannot write to {out}: {exc}") from exc
+    return report, out
+
+
+def run_args(args: argparse.Namespace) -> int:
+    """The `grader compare` subcommand on parsed arguments: prints a summary, returns the exit status."""
+    try:
+        report, out = compare(
+            Path(args.current), Path(args.candidate), Path(args.data), split=args.split,
+            out=Path(args.out) if args.out else None, gate_overrides=args.gate,
+            gates_file=Path(args.gates_file) if args.gates_file else DEFAULT_GATES,
+            threads=args.threads, latency_repeats=args.latency_repeats,
+        )
+    except CompareInputError as exc:
+        print(f"grader compare: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(summary(report, out))
+    return EXIT_PROMOTE if report["verdict"] == "promote" else EXIT_KEEP
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m training.compare CURRENT CANDIDATE --data DIR ...``: the same as ``grader compare``."""
+    from service.cli import main as cli_main
+
+    return cli_main(["compare", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

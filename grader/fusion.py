@@ -1,8 +1,9 @@
 """Several views of one fruit (a line that rolls fruit under the camera) fused into one.
 
 Sizes are the median over the views that could be sized (a caliper reads the same fruit several
-times); blemish areas add up, since each view shows a different side (the largest spot is the
-largest seen); colour coverage is the mean; the defect evidence is the worst view's."""
+times); blemish areas add up when each view shows a different side (the largest spot is the
+largest seen), or are the median when every view shows the same side (a belt under a video
+camera); colour coverage is the mean; the defect evidence is the worst view's."""
 
 from __future__ import annotations
 
@@ -17,8 +18,13 @@ def _median(values: list[float | None]) -> float | None:
     return float(statistics.median(known)) if known else None
 
 
-def fuse_views(views: list[tuple[FruitMeasurement, DefectEvidence | None]]) -> tuple[FruitMeasurement, DefectEvidence | None, int]:
-    """(fused measurement, worst defect evidence, index of the best view: the largest whole one)."""
+def fuse_views(views: list[tuple[FruitMeasurement, DefectEvidence | None]], blemish: str = "sum") -> tuple[FruitMeasurement, DefectEvidence | None, int]:
+    """(fused measurement, worst defect evidence, index of the best view: the largest whole one).
+
+    ``blemish="sum"`` for views of different sides (a line that rolls the fruit), ``"median"`` for
+    views of the same side (a belt carrying the fruit past the camera without turning it)."""
+    if blemish not in ("sum", "median"):
+        raise ValueError("blemish is 'sum' (different sides) or 'median' (the same side)")
     if not views:
         raise ValueError("no views to fuse")
     ms = [m for m, _ in views]
@@ -37,8 +43,9 @@ def fuse_views(views: list[tuple[FruitMeasurement, DefectEvidence | None]]) -> t
         minor_diameter_mm=_median([m.minor_diameter_mm for m in ms]),
         area_mm2=_median([m.area_mm2 for m in ms]),
         roundness=float(statistics.median(m.roundness for m in ms)),
-        blemish_area_cm2=None if any(b is None for b in blem) else float(sum(blem)),
-        largest_blemish_cm2=None if any(b is None for b in blem) else max(m.largest_blemish_cm2 or 0.0 for m in ms),
+        blemish_area_cm2=None if any(b is None for b in blem) else float(sum(blem) if blemish == "sum" else statistics.median(blem)),
+        largest_blemish_cm2=None if any(b is None for b in blem) else (
+            max(m.largest_blemish_cm2 or 0.0 for m in ms) if blemish == "sum" else float(statistics.median(m.largest_blemish_cm2 or 0.0 for m in ms))),
         colour_coverage=None if any(m.colour_coverage is None for m in ms) else float(statistics.fmean(m.colour_coverage for m in ms)),
         cut_off=not sized and all(m.cut_off for m in ms),
         quality_flags=list(flags.values()),

@@ -43,6 +43,19 @@ class SegmentationParams:
     min_contrast: float = 14.0  # Lab distance from the background below which nothing is fruit
     min_area_frac: float = 0.004  # blobs smaller than this share of the frame are noise
     split_touching: bool = True  # separate touching fruit with distance transform + watershed
+    # A blob that differs from the background in lightness only (median a*b* distance below
+    # min_colour_contrast) is a shadow, a stain, a hole in the belt, or a patch of a fruit that fills
+    # the whole frame: fruit differ from the belt in colour. Such a blob is kept only when it is
+    # large and strongly contrasted (a dark fruit or a reference disc on a light belt). Raising the
+    # colour contrast drops dull fruit (grey mould, near-black skins); lowering it lets stains and
+    # shadows of an empty belt through as fruit.
+    min_colour_contrast: float = 10.0
+    lightness_only_min_area_frac: float = 0.03
+    lightness_only_min_contrast: float = 28.0
+    # A blob cut by the frame edge whose visible area is below this share of the disc fitted to its
+    # outline is a fruit mostly outside the frame (a neighbour's sliver): nothing to size or grade.
+    # 0 keeps every piece; raising it drops fruit that are half in view.
+    min_visible_frac: float = 0.25
 
 
 @dataclass(frozen=True)
@@ -54,6 +67,7 @@ class BlemishParams:
     min_delta_e: float = 22.0
     min_darkening_l: float = 12.0
     edge_margin_frac: float = 0.04  # outermost share of the radius ignored (edge pixels mix with background)
+    edge_margin_px: float = 3.0  # ...and at least this many pixels (blur and chroma subsampling spread the edge)
     rings: int = 6  # skin reference colours, by distance from the edge (equal-area rings)
 
 
@@ -73,6 +87,11 @@ def _to_lab(image_rgb: np.ndarray) -> np.ndarray:
 
 def _background_distance(lab: np.ndarray, params: SegmentationParams) -> np.ndarray:
     """Per-pixel distance (ΔE-like, lightness half-weighted) to the nearest background colour."""
+    return _distance_to(lab, _background_colours(lab, params), np.array([0.5, 1.0, 1.0], dtype=np.float32))
+
+
+def _background_colours(lab: np.ndarray, params: SegmentationParams) -> np.ndarray:
+    """The background's Lab colours, learned from the frame's border strip (k, 3)."""
     h, w = lab.shape[:2]
     b = max(2, int(round(min(h, w) * params.border_frac)))
     border = np.concatenate(
@@ -87,8 +106,12 @@ def _background_distance(lab: np.ndarray, params: SegmentationParams) -> np.ndar
     # a fruit reaching into the border strip must not become a "background colour": keep only
     # colours that cover a real share of the border
     share = np.bincount(labels.ravel(), minlength=k) / len(labels)
-    centres = centres[(share >= params.min_background_share) | (share == share.max())]
-    weight = np.array([0.5, 1.0, 1.0], dtype=np.float32)  # shading changes L more than a/b
+    return centres[(share >= params.min_background_share) | (share == share.max())]
+
+
+def _distance_to(lab: np.ndarray, centres: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Per-pixel weighted Lab distance to the nearest of ``centres`` (shading changes L more than
+    a/b, so the full distance half-weights L; weight (0, 1, 1) measures colour only)."""
     channels = [lab[..., i] * weight[i] for i in range(3)]
     d2 = None
     for c in centres * weight:
@@ -158,7 +181,9 @@ def segment_fruits(image_rgb: np.ndarray, params: SegmentationParams | None = No
     scale = min(1.0, params.work_size_px / max(h, w))
     small = image_rgb if scale == 1.0 else cv2.resize(image_rgb, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
     small = cv2.GaussianBlur(small, (3, 3), 0)
-    dist = _background_distance(_to_lab(small), params)
+    lab = _to_lab(small)
+    background = _background_colours(lab, params)
+    dist = _distance_to(lab, background, np.array([0.5, 1.0, 1.0], dtype=np.float32))
     otsu_input = np.clip(dist, 0, 255).astype(np.uint8)
     otsu, _ = cv2.threshold(otsu_input, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     mask = dist > max(float(otsu), params.min_contrast)
@@ -177,6 +202,21 @@ def segment_fruits(image_rgb: np.ndarray, params: SegmentationParams | None = No
             continue
         blob = labels == i
         blobs.extend(_split_touching(blob, min_area) if params.split_touching else [blob])
+    colour_dist = None
+    kept = []
+    for blob in blobs:
+        if params.min_visible_frac > 0 and _visible_fraction(blob) < params.min_visible_frac:
+            continue  # mostly outside the frame
+        if params.min_colour_contrast > 0:
+            if colour_dist is None:
+                colour_dist = _distance_to(lab, background, np.array([0.0, 1.0, 1.0], dtype=np.float32))
+            if float(np.median(colour_dist[blob])) < params.min_colour_contrast and not (
+                blob.sum() >= params.lightness_only_min_area_frac * sh * sw
+                and float(np.median(dist[blob])) >= params.lightness_only_min_contrast
+            ):
+                continue  # lightness only: a shadow, stain or hole, not a fruit
+        kept.append(blob)
+    blobs = kept
 
     segments = []
     for blob in blobs:
@@ -190,6 +230,27 @@ def segment_fruits(image_rgb: np.ndarray, params: SegmentationParams | None = No
             segments.append(seg)
     segments.sort(key=lambda s: (s.bbox[0] + s.bbox[2]) / 2)
     return segments
+
+
+def _visible_fraction(blob: np.ndarray) -> float:
+    """Share of a fruit that is in the frame: 1 for a blob clear of the frame edge; for one cut by
+    it, its area over that of the circle fitted (least squares) to the outline inside the frame."""
+    h, w = blob.shape
+    if not (blob[0].any() or blob[-1].any() or blob[:, 0].any() or blob[:, -1].any()):
+        return 1.0
+    contours, _ = cv2.findContours(blob.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    if not contours:
+        return 0.0
+    pts = max(contours, key=cv2.contourArea).reshape(-1, 2).astype(np.float64)
+    pts = pts[(pts[:, 0] > 0) & (pts[:, 1] > 0) & (pts[:, 0] < w - 1) & (pts[:, 1] < h - 1)]
+    if len(pts) < 8:
+        return 0.0
+    x, y = pts[:, 0], pts[:, 1]
+    (cx, cy, c), *_ = np.linalg.lstsq(np.c_[2 * x, 2 * y, np.ones_like(x)], x * x + y * y, rcond=None)
+    r2 = c + cx * cx + cy * cy
+    if not r2 > 0:
+        return 0.0
+    return float(blob.sum() / (math.pi * r2))
 
 
 def _segment_from_mask(full: np.ndarray, image_rgb: np.ndarray, params: SegmentationParams, refine: bool) -> Segment | None:
@@ -351,15 +412,23 @@ def with_scale(m: FruitMeasurement, mm_per_px: float | None) -> FruitMeasurement
     )
 
 
+def _distance_to_edge(mask: np.ndarray, size: int) -> np.ndarray:
+    """Each mask pixel's distance to the nearest pixel outside the fruit. The mask is bbox-sized,
+    so the fruit touches the array's border; padding makes the border count as outside (OpenCV's
+    distance transform does not see beyond the array)."""
+    padded = np.pad(mask.astype(np.uint8), 1)
+    return cv2.distanceTransform(padded, cv2.DIST_L2, size)[1:-1, 1:-1]
+
+
 def _skin_departure(image_rgb: np.ndarray, seg: "Segment | FruitMeasurement", params: BlemishParams) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """(skin mask, Lab distance from the reference skin colour, darkening in L*) over the fruit's
     bbox; None when too little skin is visible to judge."""
     x0, y0, x1, y1 = seg.bbox
     lab = _to_lab(image_rgb[y0:y1, x0:x1])
     mask = seg.mask
-    dist = cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, 5)
+    dist = _distance_to_edge(mask, 5)
     dmax = max(float(dist.max()), 1.0)
-    skin = mask & (dist > params.edge_margin_frac * dmax)
+    skin = mask & (dist > max(params.edge_margin_frac * dmax, params.edge_margin_px))
     if skin.sum() < 20:
         return None
     # rings of equal skin area (quantiles of the distance from the edge), so a spot in the middle
@@ -440,7 +509,7 @@ def colour_coverage(image_rgb: np.ndarray, seg: Segment, bands: tuple["ColourBan
     from .commodities import colour_mask
 
     x0, y0, x1, y1 = seg.bbox
-    dist = cv2.distanceTransform(seg.mask.astype(np.uint8), cv2.DIST_L2, 3)
+    dist = _distance_to_edge(seg.mask, 3)
     skin = seg.mask & (dist > 0.04 * max(float(dist.max()), 1.0))
     if not skin.any():
         return 0.0

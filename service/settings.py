@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     # --- input limits: bigger uploads get 413, bigger images 422 (decompression bombs)
     max_image_bytes: int = Field(default=15 * 1024 * 1024, gt=0)
     max_image_pixels: int = Field(default=40_000_000, gt=0)
+    #: line-camera clips: bytes and frames accepted per upload
+    max_video_bytes: int = Field(default=200 * 1024 * 1024, gt=0)
+    max_video_frames: int = Field(default=6000, gt=0)
     #: seconds an upload may take to decode before it is refused (422)
     decode_budget_s: float = Field(default=10.0, gt=0)
 

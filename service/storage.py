@@ -182,6 +182,39 @@ class CalibrationRow(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
+class FruitEventRow(Base):
+    """One stage of a fruit's journey (captured, measured, graded, flagged, outlet, examined),
+    written in the same transaction as the data of that stage."""
+
+    __tablename__ = "fruit_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    fruit_row_id: Mapped[int] = mapped_column(ForeignKey("fruits.id"), index=True)
+    result_id: Mapped[str] = mapped_column(ForeignKey("results.id"), index=True)
+    stage: Mapped[str] = mapped_column(String(30))
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+def journey_events(result: ResultRow, fruit: "FruitRow", at: dt.datetime) -> list[FruitEventRow]:
+    """The events of grading one fruit of a result, from its stored payload."""
+    f = result.payload["fruits"][fruit.index]
+    video = result.payload.get("video") or {}
+    captured = {"camera_id": result.camera_id, "lane": result.lane, "image_sha256": result.image_sha256}
+    if video:
+        captured.update({"clip_id": video.get("clip_id"), "first_seen_s": video.get("first_seen_s"), "frames": len(video.get("frames", []))})
+    ev = [
+        ("captured", captured),
+        ("measured", {k: f.get(k) for k in ("diameter_mm", "blemish_area_cm2", "colour_coverage", "mm_per_px")}),
+        ("graded", {"grade": f.get("grade"), "defect": (f.get("defect") or {}).get("label"), "model_version": result.model_version,
+                    "standard": result.standard_id, "provisional": f.get("provisional")}),
+    ]
+    if f.get("flagged"):
+        ev.append(("flagged", {"flags": f.get("flags", [])}))
+    if f.get("outlet"):
+        ev.append(("outlet", {"outlet": f.get("outlet")}))
+    return [FruitEventRow(fruit_row_id=fruit.id, result_id=result.id, stage=stage, at=at, detail=detail) for stage, detail in ev]
+
+
 class ShadowResultRow(Base):
     """A candidate model's opinion on a fruit the serving model graded (shadow mode): kept beside
     the result, never changing it."""
@@ -355,6 +388,9 @@ class Repository:
                             s.flush()
                         result.fruits = fruits
                         s.add(result)
+                        s.flush()  # fruit ids for their journeys, written in this same transaction
+                        for f in fruits:
+                            s.add_all(journey_events(result, f, result.created_at))
                     return result
                 except IntegrityError:
                     if result.idempotency_key:

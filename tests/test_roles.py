@@ -17,6 +17,7 @@ MATRIX = {
     ("GET", "/v1/results/{result_id}/image"): {"camera", "inspector", "trainer"},
     ("GET", "/v1/results/{result_id}/overlay"): {"camera", "inspector", "trainer"},
     ("POST", "/v1/cameras/{camera_id}/calibration"): {"camera"},
+    ("POST", "/v1/cameras/{camera_id}/video"): {"camera"},
     ("GET", "/v1/cameras/{camera_id}/calibration"): {"camera", "inspector", "trainer"},
     ("POST", "/v1/lots"): {"camera", "inspector", "trainer"},
     ("GET", "/v1/lots"): {"camera", "inspector", "trainer"},
@@ -36,6 +37,7 @@ MATRIX = {
     ("POST", "/v1/models/{model_id}/promote"): {"trainer"},
     ("POST", "/v1/models/rollback"): {"trainer"},
     ("GET", "/v1/models/shadow"): {"trainer", "inspector"},
+    ("GET", "/v1/fruits/{fruit_id}/events"): {"camera", "inspector", "trainer"},
     ("DELETE", "/v1/models/shadow"): {"trainer"},
     ("POST", "/v1/models/{model_id}/shadow"): {"trainer"},
 }

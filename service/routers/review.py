@@ -15,7 +15,7 @@ from ..errors import ApiError
 from ..forms import NoteText, PlainText, text_field
 from grader.records import OUT_OF_GRADE
 
-from ..storage import FruitRow, ResultRow, VerdictRow, utcnow
+from ..storage import FruitEventRow, FruitRow, ResultRow, VerdictRow, utcnow
 
 router = APIRouter(prefix="/v1/review", tags=["review"])
 
@@ -140,6 +140,9 @@ def verdict(request: Request, fruit: RowId, body: VerdictIn, p: Principal = Depe
         s.add(v)
         f.claimed_by, f.claimed_until = None, None
         s.flush()
+        s.add(FruitEventRow(fruit_row_id=fruit, result_id=r.id, stage="examined", at=v.created_at,
+                            detail={"verdict_id": v.id, "inspector": who, "decision": v.decision, "grade": v.grade,
+                                    "model_grade": v.model_grade, "defect_label": v.defect_label}))
         return verdict_payload(v)
 
 
@@ -150,6 +153,8 @@ def undo(request: Request, verdict_id: RowId, _=Depends(require("inspector"))) -
         if v is None:
             raise ApiError(404, "not_found", f"no verdict {verdict_id}", "verdict_id")
         v.retracted = True
+        s.add(FruitEventRow(fruit_row_id=v.fruit_row_id, result_id=v.result_id, stage="examination_undone", at=utcnow(),
+                            detail={"verdict_id": v.id}))
         return verdict_payload(v)
 
 

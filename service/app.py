@@ -18,7 +18,7 @@ from .auth import KeyRing, RateLimiter, load_or_create_keys
 from .batcher import MicroBatcher, ServingModel
 from .metrics import MetricsMiddleware
 from .registry import Registry
-from .routers import brix, cameras, fruits, grade, health, lots, models, pages, results, review, video
+from .routers import brix, cameras, fruits, grade, health, line, lots, models, pages, results, review, video
 from .settings import Settings
 from .shadow import Shadow
 from .storage import ImageStore, Repository, init_db, make_engine
@@ -98,7 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(MetricsMiddleware)
     errors.install(app)
     app.include_router(health.router)
-    for r in (grade, results, cameras, video, lots, brix, review, models, fruits):
+    for r in (grade, results, cameras, video, lots, brix, review, models, fruits, line):
         app.include_router(r.router, responses=errors.ERROR_RESPONSES)
     app.include_router(pages.router)
     app.mount("/static", pages.static_files(), name="static")

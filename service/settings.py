@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     # --- input limits: bigger uploads get 413, bigger images 422 (decompression bombs)
     max_image_bytes: int = Field(default=15 * 1024 * 1024, gt=0)
     max_image_pixels: int = Field(default=40_000_000, gt=0)
+    #: the live line page: a camera that sent results within the hour but none for this long raises an alert
+    line_silent_s: float = Field(default=120.0, gt=0)
     #: line-camera clips: bytes and frames accepted per upload
     max_video_bytes: int = Field(default=200 * 1024 * 1024, gt=0)
     max_video_frames: int = Field(default=6000, gt=0)

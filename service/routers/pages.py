@@ -1,5 +1,5 @@
 """Pages served by the service itself (no separate front-end server, no CDN): the inspectors'
-review page. The pages hold no data; they call the API with the key the user signs in with."""
+review page and the live line page. The pages hold no data; they call the API with the key the user signs in with."""
 
 from __future__ import annotations
 
@@ -30,6 +30,11 @@ def review_page() -> FileResponse:
     return FileResponse(STATIC_DIR / "review.html", media_type="text/html", headers={"Cache-Control": "no-cache"})
 
 
+@router.get("/line")
+def line_page() -> FileResponse:
+    return FileResponse(STATIC_DIR / "line.html", media_type="text/html", headers={"Cache-Control": "no-cache"})
+
+
 @router.get("/")
 def root() -> RedirectResponse:
     return RedirectResponse("/review")
@@ -43,7 +48,7 @@ class PageHeaders(BaseHTTPMiddleware):
         # no response is ever sniffed into another type (a stored image served back stays an image)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         path = request.url.path
-        if path == "/review" or path.startswith("/static/"):
+        if path in ("/review", "/line") or path.startswith("/static/"):
             for k, v in PAGE_HEADERS.items():
                 response.headers.setdefault(k, v)
         return response

@@ -1,12 +1,14 @@
-"""Make docs/img/review_page.png: the inspectors' review page on a seeded lot, in headless Chromium.
+"""Make docs/img/review_page.png and docs/img/line_page.png: the inspectors' review page and the
+live line page on a seeded lot, in headless Chromium.
 
-    .venv/bin/python docs/review_screenshot.py
+    .venv/bin/python docs/screenshots.py
 
 Starts a real `grader serve` in a temporary data dir, grades 40 seeded synthetic apples of known
 size into one lot (calibrated at 0.3 mm/px, with Brix readings per fruit) and, when
 ../shared/data/fruitnet-apples is present, three real photos of defective apples (their scale is
 unknown, so they are graded uncalibrated), signs in as an inspector and photographs the page at
-1366×768 with the heat-map layer on. Needs Debian's chromium
+1366×768 with the heat-map layer on; then a 20-second synthetic conveyor clip of 3 lanes is posted
+and the supervisors' line page is photographed. Needs Debian's chromium
 (/usr/bin/chromium) and the `dev` extra (playwright)."""
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datasets.synthetic import make_fruit_image  # noqa: E402
+from datasets.video import make_conveyor_clip  # noqa: E402
 from service.process import ServerProcess  # noqa: E402
 
 OUT = Path(__file__).parent / "img" / "review_page.png"
+OUT_LINE = Path(__file__).parent / "img" / "line_page.png"
 REAL_BAD = Path(__file__).resolve().parents[2] / "shared" / "data" / "fruitnet-apples" / "single" / "bad"
 KEYS = {"camera": "shot-camera-key-1", "inspector": "shot-inspector-key-1"}
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -72,8 +76,22 @@ def main() -> None:
             page.wait_for_selector("#lot-context svg")
             OUT.parent.mkdir(exist_ok=True)
             page.screenshot(path=str(OUT))
+
+            clip = make_conveyor_clip(Path(tmp) / "belt.avi", lanes=3, seconds=20, seed=2)
+            with open(clip.path, "rb") as f:
+                httpx.post(srv.url + "/v1/cameras/line1-cam2/video", files={"video": ("belt.avi", f.read(), "video/x-msvideo")},
+                           data={"mm_per_px": str(clip.mm_per_px), "lanes": "3", "belt_speed_mm_s": str(clip.speed_mm_s)},
+                           headers={"X-API-Key": KEYS["camera"]}, timeout=600).raise_for_status()
+            line = browser.new_page(viewport={"width": 1366, "height": 768})
+            line.goto(srv.url + "/line")
+            line.fill("#key", KEYS["inspector"])
+            line.click("#signin-form button[type=submit]")
+            line.wait_for_selector("#lanes .bar")
+            line.wait_for_selector("#flagged img")
+            line.wait_for_selector("#flagged img:not([src])", state="detached")  # every thumbnail loaded
+            line.screenshot(path=str(OUT_LINE))
             browser.close()
-    print(f"wrote {OUT}")
+    print(f"wrote {OUT} and {OUT_LINE}")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@
     grader dataset build --out DIR [--since T] [--lot L] [--base ../shared/data/fruitnet-apples]
     grader dataset suggest [--limit 20] [--route]
     grader keys reset
+    grader synth --video --out belt.avi [--seconds 30] [--lanes 3] [--mm-per-px 0.6]
     grader synth --out fruit.jpg [--diameter-mm 72] [--mm-per-px 0.3] [--blemish-cm2 0.8]
 """
 
@@ -143,6 +144,16 @@ def _keys(args: argparse.Namespace) -> int:
 def _synth(args: argparse.Namespace) -> int:
     import cv2
 
+    if args.video:
+        from datasets.video import make_conveyor_clip
+
+        clip = make_conveyor_clip(args.out, lanes=args.lanes, seconds=args.seconds, mm_per_px=args.mm_per_px, seed=args.seed)
+        print(f"{args.out}: {clip.n_frames} frames at {clip.fps:g} fps, {clip.lanes} lanes, belt {clip.speed_mm_s:g} mm/s, "
+              f"{clip.mm_per_px:g} mm/px, {len(clip.fruits)} fruit:")
+        for f in clip.fruits:
+            print(f"  lane {f.lane}  enters {f.enter_s:5.2f} s  {f.diameter_mm:5.1f} mm  blemish {f.blemish_area_cm2:.2f} cm²  {f.colour}")
+        return 0
+
     from datasets.synthetic import make_fruit_image
 
     img, truth = make_fruit_image(seed=args.seed, diameter_mm=args.diameter_mm, mm_per_px=args.mm_per_px,
@@ -219,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     y.add_argument("--colour", default="red", choices=["red", "green", "yellow", "orange", "lemon"])
     y.add_argument("--blemish-cm2", type=float, action="append", default=[], help="add a blemish of this area (repeatable)")
     y.add_argument("--seed", type=int, default=0)
+    y.add_argument("--video", action="store_true", help="write a conveyor clip (AVI, MJPEG) of fruit riding a belt instead")
+    y.add_argument("--seconds", type=float, default=30.0, help="--video: clip length")
+    y.add_argument("--lanes", type=int, default=3, help="--video: belt lanes")
     y.set_defaults(func=_synth)
 
     args = p.parse_args(argv)

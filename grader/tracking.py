@@ -7,7 +7,8 @@ size (a fruit does not change lanes), along it no more than ``gate_frac`` of the
 from the prediction. The velocity starts at the belt's known speed (when given) and follows what
 is observed. A track closes when its fruit has not been seen for ``max_missed`` frames or has
 left the frame; unmatched detections open new tracks, except pieces cut off at the exit edge
-(fruit come in at the entry side; a piece at the exit is part of a fruit on its way out).
+(fruit come in at the entry side; a piece at the exit is part of a fruit on its way out) and
+pieces touching a tracked fruit that is cut off too (a fruit half in view can segment in two).
 
 Pure: detections in, tracks out; no images, no I/O.
 """
@@ -57,6 +58,11 @@ class Track:
 
     def whole_views(self) -> list[Detection]:
         return [d for d in self.detections if not d.cut_off]
+
+
+def _touching(a, b, gap_px: int = 3) -> bool:
+    """Two boxes that overlap or lie within a few pixels of each other."""
+    return a[0] <= b[2] + gap_px and b[0] <= a[2] + gap_px and a[1] <= b[3] + gap_px and b[1] <= a[3] + gap_px
 
 
 class BeltTracker:
@@ -110,13 +116,18 @@ class BeltTracker:
                 t.velocity_px = observed if len(t.whole_views()) < 2 and self.speed is None else 0.5 * t.velocity_px + 0.5 * observed
             t.detections.append(d)
             t.missed = 0
+        matched_cut = [detections[di] for di in used_d if detections[di].cut_off]
         for di, d in enumerate(detections):
             if di not in used_d:
                 if self._at_exit(d):
                     continue  # fruit enter at the entry side: a piece at the exit is a leaving fruit's
+                if d.cut_off and any(_touching(d.bbox, m.bbox) for m in matched_cut):
+                    continue  # a fruit half in view can be cut in two pieces: this one belongs to a tracked fruit
                 v = self.direction * self.speed if self.speed is not None else 0.0
                 self.open.append(Track(self._next, self.lane_of(d.centre[1]), [d], v))
                 self._next += 1
+                if d.cut_off:
+                    matched_cut.append(d)  # its other piece, if any, joins it
         closed = []
         for ti, t in enumerate(self.open):
             if ti in used_t or t.last.frame == frame:

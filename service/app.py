@@ -118,6 +118,7 @@ def announce(settings: Settings, host: str, port: int) -> None:
     print(f"orchard-grader on {base}")
     print(f"  API docs : {base}/docs")
     print(f"  review   : {base}/review")
+    print(f"  line     : {base}/line")
     print(f"  health   : {base}/healthz")
     print(f"  database : {settings.resolved_database_url}")
     print(f"  model    : {settings.model_dir}")

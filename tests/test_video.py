@@ -145,6 +145,15 @@ def test_live_stream_over_websocket(client, clip):
             ws.receive_json()
 
 
+@pytest.mark.parametrize("seed", [0, 7])
+def test_other_belts_count_every_fruit_once(client, tmp_path, seed):
+    """More clips (fruit halves at the entry edge, touching neighbours): seen = graded = generated."""
+    other = make_conveyor_clip(tmp_path / f"belt{seed}.avi", lanes=3, seconds=10, seed=seed)
+    body = post_clip(client, other).json()
+    assert body["counts"]["seen"] == body["counts"]["graded"] == len(other.fruits), body["not_graded"]
+    check_against_truth(body["fruits"], other)
+
+
 @pytest.mark.slow
 def test_thirty_seconds_of_three_lanes_through_a_real_server(tmp_path):
     """The issue's acceptance run: a 30 s, 3-lane clip posted to `grader serve`; every fruit once."""

@@ -1,6 +1,6 @@
 """Synthetic conveyor clips with ground truth: fruit of known size and blemishes riding a belt
 across lanes at a known speed, entering on the left and leaving on the right, neighbours in
-adjacent lanes sometimes touching.
+adjacent lanes sometimes touching or overlapping by a few millimetres.
 
 Each fruit is rendered once as a sprite (by the same renderer as single synthetic frames, so
 sizes and blemish areas are exact) and composited onto a moving belt frame by frame.
@@ -76,6 +76,9 @@ def make_conveyor_clip(
     spacing_mm: tuple[float, float] = (110.0, 260.0),
     diameter_mm: tuple[float, float] = (58.0, 82.0),  # keep below lane_width_mm
     blemished_share: float = 0.3,
+    # how far a fruit may reach over its lane's edge: two fruit resting against each other on a belt
+    # overlap in a top view by (√r1 − √r2)², under a millimetre for apples; 1 mm each way allows that
+    overlap_mm: float = 1.0,
     width_px: int = 640,
     seed: int = 0,
     codec: str = "MJPG",
@@ -102,9 +105,11 @@ def make_conveyor_clip(
                 break
             blem = (float(rng.uniform(0.5, 2.5)),) if rng.random() < blemished_share else ()
             colour = str(rng.choice(colours))
-            # off the lane's middle by a little, never over its edge (nor the frame's)
-            slack_mm = max(0.0, (lane_width_mm - d) / 2 - 4.0)
-            cy = ((lane + 0.5) * lane_width_mm + float(rng.uniform(-slack_mm, slack_mm))) / mm_per_px
+            # anywhere across its lane, even a little over the lane's edge (so neighbours in adjacent
+            # lanes can touch and overlap), but never over the frame's edge
+            lo = max(lane * lane_width_mm + d / 2 - overlap_mm, d / 2 + 3.0)
+            hi = min((lane + 1) * lane_width_mm - d / 2 + overlap_mm, lanes * lane_width_mm - d / 2 - 3.0)
+            cy = float(rng.uniform(lo, max(lo, hi))) / mm_per_px
             spec = FruitSpec(diameter_mm=d, colour=colour, blemishes_cm2=blem)
             rgb, alpha, blem_cm2 = _sprite(spec, mm_per_px, seed * 1000 + len(fruits))
             fruits.append(FruitOnBelt(len(fruits), lane + 1, d, blem_cm2, colour, enter_s, cy))

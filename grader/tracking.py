@@ -7,8 +7,10 @@ size (a fruit does not change lanes), along it no more than ``gate_frac`` of the
 from the prediction. The velocity starts at the belt's known speed (when given) and follows what
 is observed. A track closes when its fruit has not been seen for ``max_missed`` frames or has
 left the frame; unmatched detections open new tracks, except pieces cut off at the exit edge
-(fruit come in at the entry side; a piece at the exit is part of a fruit on its way out) and
-pieces touching a tracked fruit that is cut off too (a fruit half in view can segment in two).
+(fruit come in at the entry side; a piece at the exit is part of a fruit on its way out), pieces
+touching a tracked fruit that is still entering (a fruit half in view can segment in two), and new
+shapes in mid-belt after the first frame (pieces of a fruit already tracked, split where it touches
+a neighbour).
 
 Pure: detections in, tracks out; no images, no I/O.
 """
@@ -77,6 +79,7 @@ class BeltTracker:
         self.max_missed, self.gate_frac = max_missed, gate_frac
         self.open: list[Track] = []
         self._next = 1
+        self._first_frame: int | None = None
 
     def lane_of(self, y: float) -> int:
         return min(self.lanes, max(1, int(y / (self.height / self.lanes)) + 1))
@@ -86,12 +89,19 @@ class BeltTracker:
         x0, _, x1, _ = d.bbox
         return d.cut_off and (x1 >= self.width - 1 if self.direction > 0 else x0 <= 0)
 
+    def _near_entry(self, d: Detection) -> bool:
+        """Within one fruit size of the edge fruit come in through (where a fruit is still entering)."""
+        x0, _, x1, _ = d.bbox
+        return x0 < d.size if self.direction > 0 else x1 > self.width - d.size
+
     def _predict(self, t: Track, frame: int) -> tuple[float, float]:
         x, y = t.last.centre
         return x + t.velocity_px * (frame - t.last.frame), y
 
     def update(self, frame: int, detections: list[Detection]) -> list[Track]:
         """Add one frame's detections; returns the tracks that closed."""
+        if self._first_frame is None:
+            self._first_frame = frame  # fruit already on the belt when the camera starts may be anywhere
         pairs = []
         for ti, t in enumerate(self.open):
             px, py = self._predict(t, frame)
@@ -116,13 +126,15 @@ class BeltTracker:
                 t.velocity_px = observed if len(t.whole_views()) < 2 and self.speed is None else 0.5 * t.velocity_px + 0.5 * observed
             t.detections.append(d)
             t.missed = 0
-        matched_cut = [detections[di] for di in used_d if detections[di].cut_off]
+        matched_cut = [detections[di] for di in used_d if detections[di].cut_off or self._near_entry(detections[di])]
         for di, d in enumerate(detections):
             if di not in used_d:
                 if self._at_exit(d):
                     continue  # fruit enter at the entry side: a piece at the exit is a leaving fruit's
-                if d.cut_off and any(_touching(d.bbox, m.bbox) for m in matched_cut):
+                if (d.cut_off or self._near_entry(d)) and any(_touching(d.bbox, m.bbox) for m in matched_cut):
                     continue  # a fruit half in view can be cut in two pieces: this one belongs to a tracked fruit
+                if self._first_frame is not None and frame > self._first_frame and not self._near_entry(d):
+                    continue  # fruit come into view at the entry side; a new shape mid-belt is a piece of one already tracked
                 v = self.direction * self.speed if self.speed is not None else 0.0
                 self.open.append(Track(self._next, self.lane_of(d.centre[1]), [d], v))
                 self._next += 1

@@ -126,3 +126,17 @@ def test_the_service_routes_a_share_of_uncertain_fruit_to_review(settings, tmp_p
         unsure = uncertainty(f["defect"]["score"], threshold) >= 0.5
         assert ("suggested" in f["flags"]) == unsure, (f["defect"]["score"], threshold)  # share 1.0: every unsure one
     assert checked
+
+
+@pytest.mark.realdata
+def test_build_merges_a_base_dataset_by_reference(client, reviewed, tmp_path, shared_data):
+    import yaml
+
+    from .conftest import REPO
+
+    splits = yaml.safe_load((REPO / "training" / "configs" / "apple_defect.yaml").read_text())["data"]["splits"]
+    m = line.build(client.app.state.ctx.repo, tmp_path / "ds", base=shared_data / "fruitnet-apples", base_splits=splits)
+    base = [i for i in m["items"] if i["source"] == "fruitnet-apples"]
+    assert len(base) > 1000 and all(i["kind"] == "image" and i["path"].startswith("/") for i in base)
+    assert not list((tmp_path / "ds").rglob("IMG*"))  # referenced by path and hash, never copied
+    assert {i["split"] for i in base} == {"train", "val", "test"} and len({i["sha256"] for i in base}) > 1000

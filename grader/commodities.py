@@ -46,6 +46,9 @@ class Commodity(BaseModel):
     brix_range: tuple[float, float] = (4.0, 30.0)
     defect_types: tuple[str, ...] = ()
     colour_bands: tuple[ColourBand, ...] = ()
+    #: the commodity's defect-model artifact, relative to the models directory (e.g.
+    #: "orange-defect/0.1.0"); None: the service's default model judges it
+    model: str | None = None
 
 
 def load_commodities(*dirs: Path) -> dict[str, Commodity]:

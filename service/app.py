@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -44,8 +44,13 @@ class Context:
     api_keys: KeyRing
     keys_file: Path | None
     rate_limiter: RateLimiter
+    commodity_models: dict[str, ServingModel] = field(default_factory=dict)  # other commodities' serving models
     shadow: "Shadow | None" = None  # a candidate judging live traffic beside the serving model
     in_flight: int = 0  # grade requests in progress (changed on the event loop only)
+
+    def model_for(self, commodity: str | None) -> ServingModel:
+        """The model that judges a commodity: its own when one serves, else the default model."""
+        return self.commodity_models.get(commodity or "", self.model)
 
 
 def build_context(settings: Settings) -> Context:
@@ -57,6 +62,8 @@ def build_context(settings: Settings) -> Context:
     registry = Registry(repo, settings.data_dir / "models", batcher, settings.onnx_threads)
     model = registry.startup_model(settings.model_dir)
     standards = load_standards(*([settings.standards_dir] if settings.standards_dir else []))
+    commodities = load_commodities(*([settings.commodities_dir] if settings.commodities_dir else []))
+    commodity_models = registry.startup_commodity_models(settings.models_root, commodities, model.commodity)
     keys, keys_file, _ = load_or_create_keys(settings.api_keys, settings.data_dir)
     policy = FlagPolicy(
         review_band=settings.review_band or model.spec.review_band,
@@ -75,7 +82,8 @@ def build_context(settings: Settings) -> Context:
         batcher=batcher,
         standards=standards,
         default_standard=get_standard(standards, settings.default_standard),
-        commodities=load_commodities(),
+        commodities=commodities,
+        commodity_models=commodity_models,
         reference=ReferenceSpec(hue_deg=settings.reference_hue_deg),
         policy=policy,
         api_keys=keys,

@@ -102,6 +102,7 @@ class ServingModel:
     def __init__(self, onnx: OnnxDefectModel, batcher: MicroBatcher, model_id: str | None = None) -> None:
         self.onnx, self.batcher, self.spec = onnx, batcher, onnx.spec
         self.model_id = model_id or f"{onnx.spec.name}@{onnx.spec.version}"
+        self.commodity = str(onnx.meta.get("commodity", "apple"))
 
     def predict(self, crops: Sequence[np.ndarray]) -> list[DefectEvidence]:
         if not crops:

@@ -41,10 +41,12 @@ class GradeRequest:
     lot_ctx: LotContext | None = None
     camera_cal: CalibrationRow | None = None
     model: ServingModel | None = None
+    commodity_field: str | None = None
     extra_payload: dict[str, Any] = field(default_factory=dict)
 
 
-def parse(lot_id, camera_id, fruit_id, lane, brix, mm_per_px, standard, reference_diameter_mm, idempotency_key) -> GradeRequest:
+def parse(lot_id, camera_id, fruit_id, lane, brix, mm_per_px, standard, reference_diameter_mm, idempotency_key,
+          commodity: str | None = None) -> GradeRequest:
     fields = {
         "lot_id": text_field("lot_id", lot_id),
         "camera_id": text_field("camera_id", camera_id),
@@ -61,6 +63,7 @@ def parse(lot_id, camera_id, fruit_id, lane, brix, mm_per_px, standard, referenc
         reference_diameter_mm=number_field("reference_diameter_mm", reference_diameter_mm, 0.0, 1000.0, lo_open=True),
         key=key,
         standard_field=standard,
+        commodity_field=text_field("commodity", commodity, 50),
     )
 
 
@@ -82,10 +85,18 @@ def lookup(ctx, req: GradeRequest) -> ResultRow | None:
             raise ApiError(404, "unknown_lot", f"no lot {f['lot_id']!r}: open it first with POST /v1/lots", "lot_id")
         if req.lot.status != "open":
             raise ApiError(409, "lot_closed", f"lot {req.lot.id!r} is closed", "lot_id")
-    std_id = req.standard_field or (req.lot.standard_id if req.lot else None)
+    asked = req.commodity_field
+    if asked is not None:
+        if asked not in ctx.commodities:
+            raise ApiError(422, "unknown_commodity", f"commodity must be one of {sorted(ctx.commodities)}, got {asked!r}", "commodity")
+        if req.lot is not None and req.lot.commodity != asked:
+            raise ApiError(422, "commodity_mismatch", f"lot {req.lot.id!r} holds {req.lot.commodity}, not {asked}", "commodity")
+    std_id = req.standard_field or (req.lot.standard_id if req.lot else None) or (ctx.commodities[asked].default_standard if asked else None)
     req.standard = ctx.default_standard if not std_id else get_standard(ctx.standards, std_id)
-    req.commodity = ctx.commodities.get(req.lot.commodity if req.lot else req.standard.commodity)
-    req.model = ctx.model  # one model for the whole request, even if a promotion lands meanwhile
+    # the commodity: the request's, else its lot's, else its standard's
+    req.commodity = ctx.commodities.get(asked or (req.lot.commodity if req.lot else req.standard.commodity))
+    # one model for the whole request, even if a promotion lands meanwhile
+    req.model = ctx.model_for(req.commodity.id if req.commodity else None)
     return None
 
 
@@ -113,6 +124,7 @@ def store(ctx, req: GradeRequest, data: bytes, media_type: str, rgb: np.ndarray,
     payload["calibration"] = {"mm_per_px": scaled.mm_per_px, "source": scaled.source}
     payload["references"] = [{"bbox": list(r.bbox), "diameter_px": round((r.diameter_px + r.minor_diameter_px) / 2, 2)}
                              for r in scaled.references]
+    payload["commodity"] = req.commodity.id if req.commodity else None
     payload.update(req.extra_payload)
     img = ImageRow(sha256=sha, path=str(path), media_type=media_type, width_px=rgb.shape[1], height_px=rgb.shape[0], size_bytes=len(data))
     fruits = graded.fruits

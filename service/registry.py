@@ -45,10 +45,16 @@ def version_payload(row: ModelVersionRow) -> dict[str, Any]:
     }
 
 
+def _commodity(row: ModelVersionRow) -> str:
+    return str((row.meta or {}).get("commodity", "apple"))
+
+
 def serving_metadata(repo: Repository, default_dir: Path) -> dict[str, Any]:
     """The metadata of the version serving now (from the database), else of the default artifact."""
     with repo.sessions() as s:
-        row = s.scalar(select(ModelVersionRow).where(ModelVersionRow.status == "serving"))
+        rows = s.scalars(select(ModelVersionRow).where(ModelVersionRow.status == "serving")).all()
+        default = json.loads((resolve_model_dir(default_dir) / "metadata.json").read_text())
+        row = next((r for r in rows if _commodity(r) == default.get("commodity", "apple")), None)
         if row is not None:
             return dict(row.meta)
     return json.loads((resolve_model_dir(default_dir) / "metadata.json").read_text())
@@ -77,8 +83,10 @@ class Registry:
     def startup_model(self, default_dir: Path) -> ServingModel:
         """The model to serve at start: the registry's serving version, else the default (made serving)."""
         default = self.register_dir(default_dir)
+        commodity = str(default.meta.get("commodity", "apple"))
         with self.repo.sessions() as s, s.begin():
-            serving = s.scalar(select(ModelVersionRow).where(ModelVersionRow.status == "serving"))
+            serving = next((r for r in s.scalars(select(ModelVersionRow).where(ModelVersionRow.status == "serving"))
+                            if _commodity(r) == commodity), None)
             if serving is None:
                 row = s.get(ModelVersionRow, default.id)
                 row.status, row.promoted_at = "serving", utcnow()
@@ -86,6 +94,25 @@ class Registry:
             path, mid = serving.path, serving.id
         self._checked = time.monotonic()
         return ServingModel(OnnxDefectModel(Path(path), self.threads), self.batcher, mid)
+
+    def startup_commodity_models(self, models_root: Path, commodities: dict, default_commodity: str) -> dict[str, ServingModel]:
+        """Each other commodity's serving model: its registry version, else the artifact its profile
+        names (registered and made serving). A commodity without one is judged by the default model."""
+        out: dict[str, ServingModel] = {}
+        for cid, c in commodities.items():
+            if cid == default_commodity or not c.model or not (Path(models_root) / c.model / "model.onnx").exists():
+                continue
+            shipped = self.register_dir(Path(models_root) / c.model)
+            with self.repo.sessions() as s, s.begin():
+                serving = next((r for r in s.scalars(select(ModelVersionRow).where(ModelVersionRow.status == "serving"))
+                                if _commodity(r) == cid), None)
+                if serving is None:
+                    row = s.get(ModelVersionRow, shipped.id)
+                    row.status, row.promoted_at = "serving", utcnow()
+                    serving = row
+                path, mid = serving.path, serving.id
+            out[cid] = ServingModel(OnnxDefectModel(Path(path), self.threads), self.batcher, mid)
+        return out
 
     def upload(self, onnx_bytes: bytes, meta_bytes: bytes) -> ModelVersionRow:
         try:
@@ -130,19 +157,24 @@ class Registry:
             loaded = ServingModel(OnnxDefectModel(Path(path), self.threads), self.batcher, mid)  # fails before any change
             with self.repo.sessions() as s, s.begin():
                 for other in s.scalars(select(ModelVersionRow).where(ModelVersionRow.status == "serving")):
-                    other.status = "available"
+                    if _commodity(other) == loaded.commodity:  # one serving version per commodity
+                        other.status = "available"
                 row = s.get(ModelVersionRow, mid)
                 row.status, row.promoted_at = "serving", utcnow()
-            ctx.model = loaded
+            if loaded.commodity == ctx.model.commodity:
+                ctx.model = loaded
+            else:
+                ctx.commodity_models = {**ctx.commodity_models, loaded.commodity: loaded}
             if getattr(ctx, "shadow", None) is not None and ctx.shadow.model_id == mid:
                 ctx.shadow = None  # the candidate now serves: nothing left to shadow
             return row
 
-    def rollback(self, ctx) -> ModelVersionRow:
-        """Back to the version that served before the current one."""
+    def rollback(self, ctx, commodity: str | None = None) -> ModelVersionRow:
+        """Back to the version that served a commodity (default: the default model's) before the current one."""
+        commodity = commodity or ctx.model.commodity
         with self.repo.sessions() as s:
-            history = s.scalars(select(ModelVersionRow).where(ModelVersionRow.promoted_at.is_not(None))
-                                .order_by(ModelVersionRow.promoted_at.desc())).all()
+            history = [r for r in s.scalars(select(ModelVersionRow).where(ModelVersionRow.promoted_at.is_not(None))
+                                            .order_by(ModelVersionRow.promoted_at.desc())) if _commodity(r) == commodity]
         if len(history) < 2:
             raise ApiError(409, "no_previous_model", "no earlier serving model to roll back to", None)
         return self.promote(ctx, history[1].id)
@@ -197,9 +229,11 @@ class Registry:
         """Pick up a promotion made by another replica (one query every poll_s seconds)."""
         self._checked = time.monotonic()
         with self.repo.sessions() as s:
-            serving = s.scalar(select(ModelVersionRow.id).where(ModelVersionRow.status == "serving"))
-        if serving and serving != ctx.model.model_id:
-            self.promote(ctx, serving)
+            serving = {_commodity(r): r.id for r in s.scalars(select(ModelVersionRow).where(ModelVersionRow.status == "serving"))}
+        current = {ctx.model.commodity: ctx.model.model_id, **{c: m.model_id for c, m in ctx.commodity_models.items()}}
+        for commodity, mid in serving.items():
+            if current.get(commodity) != mid:
+                self.promote(ctx, mid)
 
     def list(self) -> list[ModelVersionRow]:
         with self.repo.sessions() as s:

@@ -20,6 +20,8 @@ class Settings(BaseSettings):
     database_url: str | None = None
     #: a model artifact directory (model.onnx + metadata.json), or a directory with a DEFAULT pointer
     model_dir: Path = SHIPPED_MODELS
+    #: where commodity profiles' models are found (grader/commodities/*.toml: model = "<name>/<version>")
+    models_root: Path = SHIPPED_MODELS
     #: "role:key,role:key" (or role:sha256:<hex digest>) with roles camera, inspector, trainer, admin.
     #: Unset: keys are generated on first start, printed once, and their hashes kept in data_dir/api_keys.json.
     api_keys: str | None = None
@@ -30,6 +32,8 @@ class Settings(BaseSettings):
     default_standard: str = "unece-ffv50-apples"
     #: a directory with a packhouse's own standard files, added to the shipped ones
     standards_dir: Path | None = None
+    #: a directory with a packhouse's own commodity profiles (TOML), added to / replacing the shipped ones
+    commodities_dir: Path | None = None
 
     #: colour of the reference spheres a frame may carry (hue band in degrees; default an
     #: optic-yellow tennis ball). A narrower band avoids taking yellow fruit for a reference.

@@ -40,7 +40,8 @@ GRADE_EXAMPLE = {
     "/grade",
     summary="Grade the fruit in one image",
     description="Multipart form: `image` (JPEG or PNG) and optional `lot_id`, `camera_id`, `fruit_id`, `lane`, "
-    "`brix` (°Brix at 20 °C), `mm_per_px` (camera scale), `standard` (a standard id). The result is stored before "
+    "`brix` (°Brix at 20 °C), `mm_per_px` (camera scale), `standard` (a standard id), `commodity` (apple, orange, lemon; "
+    "default: the lot's, else the service's; the result says which was used). The result is stored before "
     "the reply. A retry with the same `Idempotency-Key` header, or the same `camera_id` + `fruit_id`, returns the "
     "first result instead of grading twice.",
     responses={200: {"content": {"application/json": {"example": GRADE_EXAMPLE}}}, 401: {"description": "missing or unknown API key"},
@@ -59,12 +60,14 @@ async def grade(
     standard: Annotated[str | None, Form(description="grade standard id; default from settings")] = None,
     reference_diameter_mm: Annotated[str | None, Form(description="reference spheres of this diameter (mm) are in view: "
                                                       "the scale is taken from them and they are not graded")] = None,
+    commodity: Annotated[str | None, Form(description="apple, orange, lemon…; default: the lot's, else the service's")] = None,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
     principal: Principal = Depends(require("camera")),
 ) -> dict[str, Any]:
     ctx = request.app.state.ctx
     with admitted(ctx):
-        req = grading.parse(lot_id, camera_id, fruit_id, lane, brix, mm_per_px, standard, reference_diameter_mm, idempotency_key)
+        req = grading.parse(lot_id, camera_id, fruit_id, lane, brix, mm_per_px, standard, reference_diameter_mm, idempotency_key,
+                            commodity)
         if ctx.registry.due():
             await run_in_threadpool(ctx.registry.follow, ctx)  # a promotion made by another replica
         existing = await run_in_threadpool(grading.lookup, ctx, req)
@@ -123,6 +126,7 @@ async def grade_batch(
     mm_per_px: Annotated[str | None, Form()] = None,
     standard: Annotated[str | None, Form()] = None,
     reference_diameter_mm: Annotated[str | None, Form()] = None,
+    commodity: Annotated[str | None, Form()] = None,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
     principal: Principal = Depends(require("camera")),
 ) -> dict[str, Any]:
@@ -132,7 +136,8 @@ async def grade_batch(
     if mode == "frames" and fruit_id:
         raise ApiError(422, "invalid_request", "fruit_id names one fruit: use it with mode=views", "fruit_id")
     with admitted(ctx, weight=len(images)):
-        req = grading.parse(lot_id, camera_id, fruit_id, lane, brix, mm_per_px, standard, reference_diameter_mm, idempotency_key)
+        req = grading.parse(lot_id, camera_id, fruit_id, lane, brix, mm_per_px, standard, reference_diameter_mm, idempotency_key,
+                            commodity)
         existing = await run_in_threadpool(grading.lookup, ctx, req)
         if existing is not None and mode == "views":
             return {"mode": mode, "results": [result_payload(existing, replayed=True)]}

@@ -10,8 +10,10 @@ router = APIRouter(tags=["health"])
 
 @router.get("/healthz", summary="Liveness: 200 once the model is loaded")
 def healthz(request: Request) -> dict:
-    m = request.app.state.ctx.model
-    return {"status": "ok", "model": {"name": m.spec.name, "version": m.spec.version}}
+    ctx = request.app.state.ctx
+    m = ctx.model
+    return {"status": "ok", "model": {"name": m.spec.name, "version": m.spec.version},
+            "models": {c: sm.model_id for c, sm in {m.commodity: m, **ctx.commodity_models}.items()}}
 
 
 @router.get("/readyz", summary="Readiness: model loaded, database reachable, image store writable")

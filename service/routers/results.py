@@ -41,6 +41,7 @@ def result_payload(row: ResultRow, replayed: bool = False) -> dict[str, Any]:
         "calibration": p.get("calibration", {"mm_per_px": row.mm_per_px, "source": "request" if row.mm_per_px else "none"}),
         "references": p.get("references", []),
         "image": {"sha256": row.image_sha256, "url": f"/v1/results/{row.id}/image"},
+        "commodity": p.get("commodity"),
         "model": {"name": row.model_name, "version": row.model_version},
         "standard": {"id": row.standard_id, "version": row.standard_version},
     }

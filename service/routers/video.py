@@ -24,14 +24,8 @@ CHUNK = 1 << 20
 
 
 def _request(ctx, camera_id: str, lot_id: str | None, mm_per_px: str | None, commodity: str | None, standard: str | None) -> grading.GradeRequest:
-    req = grading.parse(lot_id, camera_id, None, None, None, mm_per_px, standard, None, None)
+    req = grading.parse(lot_id, camera_id, None, None, None, mm_per_px, standard, None, None, commodity)
     grading.lookup(ctx, req)
-    if commodity:
-        if commodity not in ctx.commodities:
-            raise ApiError(422, "unknown_commodity", f"commodity must be one of {sorted(ctx.commodities)}", "commodity")
-        if req.lot is not None and req.lot.commodity != commodity:
-            raise ApiError(422, "commodity_mismatch", f"lot {req.lot.id!r} holds {req.lot.commodity}, not {commodity}", "commodity")
-        req.commodity = ctx.commodities[commodity]
     return req
 
 

@@ -80,39 +80,29 @@ class Registry:
                 s.add(row)
         return row
 
-    def startup_model(self, default_dir: Path) -> ServingModel:
-        """The model to serve at start: the registry's serving version, else the default (made serving)."""
-        default = self.register_dir(default_dir)
-        commodity = str(default.meta.get("commodity", "apple"))
+    def _serving(self, shipped: ModelVersionRow, commodity: str) -> ServingModel:
+        """A commodity's serving version (the shipped artifact becomes it when none serves yet), loaded."""
         with self.repo.sessions() as s, s.begin():
             serving = next((r for r in s.scalars(select(ModelVersionRow).where(ModelVersionRow.status == "serving"))
                             if _commodity(r) == commodity), None)
             if serving is None:
-                row = s.get(ModelVersionRow, default.id)
-                row.status, row.promoted_at = "serving", utcnow()
-                serving = row
+                serving = s.get(ModelVersionRow, shipped.id)
+                serving.status, serving.promoted_at = "serving", utcnow()
             path, mid = serving.path, serving.id
-        self._checked = time.monotonic()
         return ServingModel(OnnxDefectModel(Path(path), self.threads), self.batcher, mid)
+
+    def startup_model(self, default_dir: Path) -> ServingModel:
+        """The model to serve at start: the registry's serving version, else the default (made serving)."""
+        default = self.register_dir(default_dir)
+        model = self._serving(default, _commodity(default))
+        self._checked = time.monotonic()
+        return model
 
     def startup_commodity_models(self, models_root: Path, commodities: dict, default_commodity: str) -> dict[str, ServingModel]:
         """Each other commodity's serving model: its registry version, else the artifact its profile
-        names (registered and made serving). A commodity without one is judged by the default model."""
-        out: dict[str, ServingModel] = {}
-        for cid, c in commodities.items():
-            if cid == default_commodity or not c.model or not (Path(models_root) / c.model / "model.onnx").exists():
-                continue
-            shipped = self.register_dir(Path(models_root) / c.model)
-            with self.repo.sessions() as s, s.begin():
-                serving = next((r for r in s.scalars(select(ModelVersionRow).where(ModelVersionRow.status == "serving"))
-                                if _commodity(r) == cid), None)
-                if serving is None:
-                    row = s.get(ModelVersionRow, shipped.id)
-                    row.status, row.promoted_at = "serving", utcnow()
-                    serving = row
-                path, mid = serving.path, serving.id
-            out[cid] = ServingModel(OnnxDefectModel(Path(path), self.threads), self.batcher, mid)
-        return out
+        names. A commodity without one is judged by the default model."""
+        return {cid: self._serving(self.register_dir(Path(models_root) / c.model), cid) for cid, c in commodities.items()
+                if cid != default_commodity and c.model and (Path(models_root) / c.model / "model.onnx").exists()}
 
     def upload(self, onnx_bytes: bytes, meta_bytes: bytes) -> ModelVersionRow:
         try:

@@ -66,9 +66,8 @@ def shared_data() -> Path:
 PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
-@pytest.fixture
-def fresh_pg_url():
-    """A new, empty PostgreSQL database for one test (dropped after it)."""
+def _new_pg_database():
+    """A new, empty PostgreSQL database (dropped when the generator closes); skips without a server."""
     sqlalchemy = pytest.importorskip("sqlalchemy")
     pytest.importorskip("psycopg")
     name = f"grader_test_{uuid.uuid4().hex[:10]}"
@@ -82,22 +81,17 @@ def fresh_pg_url():
     with admin.connect() as c:
         c.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     admin.dispose()
+
+
+@pytest.fixture
+def fresh_pg_url():
+    """A database of its own for one test."""
+    yield from _new_pg_database()
 
 
 @pytest.fixture(scope="session")
 def pg_url():
-    sqlalchemy = pytest.importorskip("sqlalchemy")
-    pytest.importorskip("psycopg")
-    name = f"grader_test_{uuid.uuid4().hex[:10]}"
-    try:
-        admin = sqlalchemy.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-        with admin.connect() as c:
-            c.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    except Exception as exc:  # no server on this machine
-        pytest.skip(f"PostgreSQL not reachable at 127.0.0.1:5432: {exc}")
-    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    with admin.connect() as c:
-        c.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.dispose()
+    """One database for the whole run."""
+    yield from _new_pg_database()
 
 

@@ -108,13 +108,18 @@ def evidence_from_logits(logits: np.ndarray, spec: ModelSpec) -> list[DefectEvid
     probs = softmax(logits, spec.temperature)
     energies = energy(logits, spec.temperature)
     idx = [spec.classes.index(c) for c in spec.defective_classes]
+    typed = len(idx) > 1  # the model tells defect types apart
     out = []
     for row, e in zip(probs, energies):
         score = float(row[idx].sum())
         if score >= spec.threshold_defective:
-            label = spec.defective_classes[int(np.argmax(row[idx]))] if len(idx) > 1 else spec.defective_classes[0]
+            label = spec.defective_classes[int(np.argmax(row[idx]))] if typed else spec.defective_classes[0]
         else:
             label = max((c for c in spec.classes if c not in spec.defective_classes), key=lambda c: row[spec.classes.index(c)])
+        type_probabilities = None
+        if typed:  # P(type | defective): the defective classes' share of P(defective)
+            within = row[idx] / score if score > 0 else np.full(len(idx), 1.0 / len(idx))
+            type_probabilities = {c: float(p) for c, p in zip(spec.defective_classes, within)}
         out.append(
             DefectEvidence(
                 label=label,
@@ -124,6 +129,8 @@ def evidence_from_logits(logits: np.ndarray, spec: ModelSpec) -> list[DefectEvid
                 model_version=spec.version,
                 ood_score=float(e),
                 ood=None if spec.ood_energy_threshold is None else bool(e > spec.ood_energy_threshold),
+                type=label if typed and label in spec.defective_classes else None,
+                type_probabilities=type_probabilities,
             )
         )
     return out

@@ -82,15 +82,25 @@ class DefectEvidence:
     model_version: str
     ood_score: float | None = None  # energy score; higher = less like the fruit the model knows
     ood: bool | None = None  # past the model's OOD threshold (None: the model gives no threshold)
+    #: for a model with several defective classes (e.g. blackspot, canker, greening, rot): the most
+    #: probable of them when the fruit is called defective, None when it is called sound
+    type: str | None = None
+    #: for such a model: P(type | defective) over its defective classes (sums to 1); None for a model
+    #: with one defective class, whose evidence (and its dict) stays as it always was
+    type_probabilities: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "label": self.label,
             "score": round(float(self.score), 4),
             "probabilities": {k: round(float(v), 4) for k, v in self.probabilities.items()},
             "ood_score": None if self.ood_score is None else round(float(self.ood_score), 4),
             "ood": self.ood,
         }
+        if self.type_probabilities is not None:
+            out["type"] = self.type
+            out["type_probabilities"] = {k: round(float(v), 4) for k, v in self.type_probabilities.items()}
+        return out
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ import math
 import random
 import subprocess
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +28,16 @@ from torch import nn
 from torchvision.transforms import v2 as T
 from tqdm import tqdm
 
-from datasets import fruitnet
+from datasets import citrus, fruitnet
 from datasets.synthetic import random_fruit_image
 from grader.defect import ModelSpec, preprocess, softmax
 from training.crops import crop_cache
 from training.crops import load_rgb
 from training.export import INPUT_NAME, OUTPUT_NAME, check_export, export_onnx, parity_record
-from training.metrics import binary_report, expected_calibration_error, fit_temperature, pick_threshold
+from training.metrics import auc, binary_report, expected_calibration_error, fit_temperature, pick_threshold
 from training.models_registry import build_model
 
-CLASSES = ["sound", "defective"]
+CLASSES = ["sound", "defective"]  # the default classes (model.classes in a config overrides them)
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "apple_defect.yaml"
 
 
@@ -70,6 +71,20 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def classes_of(cfg: dict[str, Any]) -> list[str]:
+    """The model's classes: ``model.classes`` (default sound, defective)."""
+    return list(cfg["model"].get("classes", CLASSES))
+
+
+def defective_of(cfg: dict[str, Any]) -> list[str]:
+    """The classes that make a fruit defective: ``model.defective_classes`` (default: all but sound)."""
+    classes = classes_of(cfg)
+    out = list(cfg["model"].get("defective_classes", [c for c in classes if c != "sound"]))
+    if not out or not set(out) <= set(classes):
+        raise ValueError(f"model.defective_classes {out} must be among model.classes {classes}")
+    return out
+
+
 # ----------------------------------------------------------------------------- data
 def load_data(cfg: dict[str, Any], work_dir: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, list[str]], list[dict[str, Any]], str]:
     """Crops, labels and sessions per split, the manifest items and the manifest hash."""
@@ -94,6 +109,8 @@ def load_data(cfg: dict[str, Any], work_dir: Path) -> tuple[dict[str, np.ndarray
         return crops, labels, sessions, items, digest
     if d.get("kind") == "manifest":
         return load_manifest_data(Path(d["manifest"]), size, margin, work_dir)
+    if d.get("kind") == "citrus":
+        return load_citrus_data(cfg, size, margin, work_dir)
     root = Path(d["root"])
     manifest = fruitnet.build_manifest(root, d["splits"], d.get("subset", "single"))
     digest = fruitnet.manifest_hash(manifest)
@@ -103,6 +120,28 @@ def load_data(cfg: dict[str, Any], work_dir: Path) -> tuple[dict[str, np.ndarray
         labels[split] = np.array([CLASSES.index(it.label) for it in its])
         sessions[split] = [it.session for it in its]
     return crops, labels, sessions, [it.__dict__ for it in manifest], digest
+
+
+def load_citrus_data(cfg: dict[str, Any], size: int, margin: float, work_dir: Path):
+    """Lemons or oranges (datasets/citrus.py): photos grouped by near-duplicate hash, whole groups per
+    split. The "session" of an item is its source folder, so per-source figures come out of the same
+    report; photos without a class in this model (empty frames) are left out of training."""
+    d = cfg["data"]
+    root = Path(d["root"])
+    classes = classes_of(cfg)
+    manifest = citrus.build_manifest(
+        root, cfg["commodity"], seed=int(d.get("split_seed", cfg["seed"])), fractions=d.get("fractions"),
+        max_bits=int(d.get("max_hash_bits", citrus.DEFAULT_MAX_BITS)), cache_dir=work_dir / "cache",
+    )
+    crops: dict[str, np.ndarray] = {}
+    labels: dict[str, np.ndarray] = {}
+    sessions: dict[str, list[str]] = {}
+    for split in citrus.SPLITS:
+        its = [it for it in manifest if it.split == split and citrus.model_label(it, classes) is not None]
+        crops[split] = crop_cache([root / it.path for it in its], size, margin, work_dir / "cache")
+        labels[split] = np.array([classes.index(citrus.model_label(it, classes)) for it in its], dtype=int)
+        sessions[split] = [it.source for it in its]
+    return crops, labels, sessions, [asdict(it) for it in manifest], citrus.manifest_hash(manifest)
 
 
 def load_manifest_data(path: Path, size: int, margin: float, work_dir: Path):
@@ -175,10 +214,22 @@ def predict_logits(model: nn.Module, batch: np.ndarray, bs: int = 128) -> np.nda
     return np.concatenate(outs) if outs else np.zeros((0, len(CLASSES)), np.float32)
 
 
+def set_bn_momentum(model: nn.Module, momentum: float) -> None:
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.momentum = momentum
+
+
+def is_defective(labels: np.ndarray, cfg: dict[str, Any]) -> np.ndarray:
+    """Class indices -> 1 for a defective class, 0 for sound."""
+    classes = classes_of(cfg)
+    return np.isin(labels, [classes.index(c) for c in defective_of(cfg)]).astype(int)
+
+
 def spec_for(cfg: dict[str, Any], temperature: float = 1.0, threshold: float = 0.5, band: tuple[float, float] = (0.3, 0.7)) -> ModelSpec:
     m = cfg["model"]
     return ModelSpec(
-        name=cfg["name"], version=str(cfg["version"]), classes=tuple(CLASSES), defective_classes=("defective",),
+        name=cfg["name"], version=str(cfg["version"]), classes=tuple(classes_of(cfg)), defective_classes=tuple(defective_of(cfg)),
         input_size=(int(m["input_size"]), int(m["input_size"])), mean=tuple(m["mean"]), std=tuple(m["std"]),
         temperature=temperature, threshold_defective=threshold, review_band=band, crop_margin_frac=float(m.get("crop_margin_frac", 0.08)),
     )
@@ -197,15 +248,20 @@ def run(cfg: dict[str, Any], out_dir: Path, work_dir: Path, resume: bool = False
     spec0 = spec_for(cfg)
     eval_batches = {s: preprocess(list(crops[s]), spec0) for s in crops if s != "train"}
 
-    model = build_model(cfg["model"]["arch"], len(CLASSES))
+    classes = classes_of(cfg)
+    model = build_model(cfg["model"]["arch"], len(classes))
+    if cfg["model"].get("bn_momentum") is not None:
+        # torchvision's MobileNetV3 keeps BatchNorm running statistics with momentum 0.01: with a few
+        # hundred steps in all, evaluation would run on stale statistics far from the weights'
+        set_bn_momentum(model, float(cfg["model"]["bn_momentum"]))
     tr = cfg["train"]
     loader = torch.utils.data.DataLoader(
         CropDataset(crops["train"], labels["train"], train_transform(cfg)),
         batch_size=int(tr["batch_size"]), shuffle=True, drop_last=len(crops["train"]) > int(tr["batch_size"]),
         generator=torch.Generator().manual_seed(int(cfg["seed"])),
     )
-    counts = np.bincount(labels["train"], minlength=len(CLASSES)).astype(np.float32)
-    class_weight = torch.tensor(counts.sum() / np.maximum(counts, 1) / len(CLASSES))
+    counts = np.bincount(labels["train"], minlength=len(classes)).astype(np.float32)
+    class_weight = torch.tensor(counts.sum() / np.maximum(counts, 1) / len(classes))
     criterion = nn.CrossEntropyLoss(weight=class_weight, label_smoothing=float(tr.get("label_smoothing", 0.0)))
     opt = torch.optim.AdamW(model.parameters(), lr=float(tr["lr"]), weight_decay=float(tr["weight_decay"]))
     epochs = int(tr["epochs"])
@@ -235,12 +291,20 @@ def run(cfg: dict[str, Any], out_dir: Path, work_dir: Path, resume: bool = False
             total, n = total + loss.item() * len(y), n + len(y)
             bar.set_postfix(loss=f"{total / n:.4f}")
         val_logits = predict_logits(model, eval_batches["val"])
-        val = binary_report(labels["val"], _scores(val_logits), 0.5)
-        history.append({"epoch": epoch + 1, "loss": total / max(n, 1), "val_balanced_accuracy": val["balanced_accuracy"], "val_auc": val["auc"]})
-        # model selection on val AUC (threshold-free), ties broken by later epochs
-        if val["auc"] >= best["score"]:
-            best = {"score": val["auc"], "state": copy.deepcopy(model.state_dict()), "epoch": epoch + 1}
-        print(f"epoch {epoch + 1}/{epochs} loss {total / max(n, 1):.4f} val bal.acc {val['balanced_accuracy']:.3f} auc {val['auc']:.3f} ({time.time() - t_start:.0f}s)")
+        val = binary_report(is_defective(labels["val"], cfg), _scores(val_logits, 1.0, cfg), 0.5)
+        entry = {"epoch": epoch + 1, "loss": total / max(n, 1), "val_balanced_accuracy": val["balanced_accuracy"], "val_auc": val["auc"]}
+        # model selection on val AUC of sound vs defective (threshold-free), ties broken by later
+        # epochs; a model that also tells defect types apart is selected on the mean of that AUC and
+        # its balanced accuracy over the types of the defective fruit
+        score = val["auc"]
+        if len(defective_of(cfg)) > 1:
+            entry["val_type_balanced_accuracy"] = type_report(labels["val"], val_logits, cfg)["balanced_accuracy"]
+            score = (val["auc"] + entry["val_type_balanced_accuracy"]) / 2
+        history.append(entry)
+        if score >= best["score"]:
+            best = {"score": score, "state": copy.deepcopy(model.state_dict()), "epoch": epoch + 1}
+        extra = f" type bal.acc {entry['val_type_balanced_accuracy']:.3f}" if "val_type_balanced_accuracy" in entry else ""
+        print(f"epoch {epoch + 1}/{epochs} loss {total / max(n, 1):.4f} val bal.acc {val['balanced_accuracy']:.3f} auc {val['auc']:.3f}{extra} ({time.time() - t_start:.0f}s)")
         torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "epoch": epoch, "best": best, "history": history, "rng": torch.get_rng_state(), "elapsed_seconds": earlier_seconds + time.time() - t_start}, ckpt_path)
 
     model.load_state_dict(best["state"])
@@ -248,9 +312,32 @@ def run(cfg: dict[str, Any], out_dir: Path, work_dir: Path, resume: bool = False
     return finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, history, best["epoch"], earlier_seconds + time.time() - t_start)
 
 
-def _scores(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """P(defective): the same calibrated softmax serving applies."""
-    return softmax(logits, temperature)[:, CLASSES.index("defective")]
+def _scores(logits: np.ndarray, temperature: float = 1.0, cfg: dict[str, Any] | None = None) -> np.ndarray:
+    """P(defective), the sum over the defective classes: the same calibrated softmax serving applies."""
+    if cfg is None:
+        return softmax(logits, temperature)[:, CLASSES.index("defective")]
+    classes = classes_of(cfg)
+    return softmax(logits, temperature)[:, [classes.index(c) for c in defective_of(cfg)]].sum(axis=1)
+
+
+def type_report(labels: np.ndarray, logits: np.ndarray, cfg: dict[str, Any]) -> dict[str, Any]:
+    """How well the defect type is told among the truly defective fruit: the most probable
+    defective class against the true one (accuracy, balanced accuracy, per-type recall, confusion)."""
+    classes, defective = classes_of(cfg), defective_of(cfg)
+    idx = [classes.index(c) for c in defective]
+    sel = np.isin(labels, idx)
+    true = np.array([idx.index(int(v)) for v in labels[sel]], dtype=int)
+    pred = np.argmax(logits[sel][:, idx], axis=1) if sel.any() else np.zeros(0, int)
+    matrix = [[int(((true == a) & (pred == b)).sum()) for b in range(len(idx))] for a in range(len(idx))]
+    recall = {c: (matrix[a][a] / sum(matrix[a]) if sum(matrix[a]) else float("nan")) for a, c in enumerate(defective)}
+    seen = [r for r in recall.values() if r == r]
+    return {
+        "n": int(sel.sum()),
+        "accuracy": float((true == pred).mean()) if len(true) else float("nan"),
+        "balanced_accuracy": float(np.mean(seen)) if seen else float("nan"),
+        "recall": recall,
+        "confusion": {"labels": defective, "matrix": matrix},
+    }
 
 
 def _json_safe(x: Any) -> Any:
@@ -266,11 +353,25 @@ def _json_safe(x: Any) -> Any:
 
 def finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, history, best_epoch, train_seconds) -> dict[str, Any]:
     """Calibrate and pick thresholds on val, evaluate on test, export, check, write metadata."""
+    classes, defective = classes_of(cfg), defective_of(cfg)
+    multi = len(defective) > 1
+    group_key = cfg["data"].get("report_by", "session")  # "source" for citrus: per-source figures
     val_logits = predict_logits(model, eval_batches["val"])
     temperature = fit_temperature(val_logits, labels["val"])
-    val_scores = _scores(val_logits, temperature)
+    val_scores = _scores(val_logits, temperature, cfg)
     th = cfg["thresholds"]
-    threshold = pick_threshold(labels["val"], val_scores, float(th["min_recall_defective"]))
+    y_val, min_recall = is_defective(labels["val"], cfg), float(th["min_recall_defective"])
+    threshold = pick_threshold(y_val, val_scores, min_recall)
+    rule = f"largest threshold keeping val recall on defective >= {min_recall}"
+    per_group_thresholds = None
+    if th.get("per_group"):
+        # the recall must hold in every group (source) of val, not only pooled: where one source's
+        # defects are far easier than another's, a pooled threshold would sit above the harder ones
+        groups = np.array(sessions["val"])
+        per_group_thresholds = {g: pick_threshold(y_val[groups == g], val_scores[groups == g], min_recall)
+                                for g in sorted(set(sessions["val"])) if y_val[groups == g].any()}
+        threshold = min(per_group_thresholds.values())
+        rule += f" in every {group_key} of val (the smallest of the per-{group_key} thresholds)"
     # the review band spans the threshold: from (1 - m)·t below it to t + m·(1 - t) above it, so a
     # low threshold does not send every sound fruit to an inspector
     m = float(th["review_margin"])
@@ -279,15 +380,22 @@ def finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, history,
     metrics: dict[str, Any] = {"best_epoch": best_epoch, "train_seconds": round(train_seconds, 1)}
     for split in eval_batches:
         logits = predict_logits(model, eval_batches[split])
-        s_raw, s_cal = _scores(logits), _scores(logits, temperature)
-        rep = binary_report(labels[split], s_cal, threshold)
-        rep["ece_before"] = expected_calibration_error(labels[split], s_raw)
-        rep["ece_after"] = expected_calibration_error(labels[split], s_cal)
-        per_session = {}
+        s_raw, s_cal = _scores(logits, 1.0, cfg), _scores(logits, temperature, cfg)
+        y = is_defective(labels[split], cfg)
+        rep = binary_report(y, s_cal, threshold)
+        rep["ece_before"] = expected_calibration_error(y, s_raw)
+        rep["ece_after"] = expected_calibration_error(y, s_cal)
+        if multi:
+            rep["types"] = type_report(labels[split], logits, cfg)
+        per_group = {}
         for sess in sorted(set(sessions[split])):
             idx = np.array([i for i, s in enumerate(sessions[split]) if s == sess])
-            per_session[sess] = binary_report(labels[split][idx], s_cal[idx], threshold, counts_only=True)
-        rep["per_session"] = per_session
+            per_group[sess] = binary_report(y[idx], s_cal[idx], threshold, counts_only=True)
+            if group_key != "session":
+                per_group[sess]["auc"] = auc(y[idx], s_cal[idx])
+            if multi:
+                per_group[sess]["types"] = type_report(labels[split][idx], logits[idx], cfg)
+        rep[f"per_{group_key}"] = per_group
         metrics[split] = rep
 
     export_onnx(model, out_dir / "model.onnx", int(cfg["model"]["input_size"]))
@@ -301,8 +409,8 @@ def finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, history,
         "task": "defect-classification",
         "commodity": cfg.get("commodity", "apple"),
         "architecture": cfg["model"]["arch"],
-        "classes": CLASSES,
-        "defective_classes": ["defective"],
+        "classes": classes,
+        "defective_classes": defective,
         "input_name": INPUT_NAME,
         "output_name": OUTPUT_NAME,
         "preprocessing": {
@@ -321,7 +429,8 @@ def finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, history,
             "defective": threshold,
             "review_band": list(band),
             "chosen_on": "val",
-            "rule": f"largest threshold keeping val recall on defective >= {th['min_recall_defective']}",
+            "rule": rule,
+            **({f"per_{group_key}": per_group_thresholds} if per_group_thresholds is not None else {}),
         },
         "metrics": metrics,
         "history": history,
@@ -329,7 +438,7 @@ def finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, history,
             "manifest_sha256": digest,
             "source": cfg["data"].get("root") or cfg["data"].get("manifest") or "synthetic",
             "splits": cfg["data"].get("splits", {}),
-            "split_rule": "whole capture sessions (or lots) per split (datasets/fruitnet.py:session_of, datasets/line.py:assign_splits)",
+            "split_rule": cfg["data"].get("split_rule", "whole capture sessions (or lots) per split (datasets/fruitnet.py:session_of, datasets/line.py:assign_splits)"),
         },
         "parity": parity,
         "code_version": code_version(),
@@ -346,5 +455,11 @@ def finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, history,
         f"AUC {t['auc']:.3f}, ECE {t['ece_before']:.3f} -> {t['ece_after']:.3f}; "
         f"onnx vs torch max |Δscore| {metrics['onnx_check']['max_abs_diff_scores']:.2e}"
     )
+    if multi:
+        print(f"test: defect type accuracy {t['types']['accuracy']:.3f} (balanced {t['types']['balanced_accuracy']:.3f}) over {t['types']['n']} defective fruit")
+    if group_key != "session":
+        for g, r in t[f"per_{group_key}"].items():
+            print(f"test, {group_key} {g}: n {r['n']}, balanced accuracy {r['balanced_accuracy']:.3f}, recall(defective) {r['recall_defective']:.3f}, "
+                  f"recall(sound) {r['recall_sound']:.3f}" + (f", type accuracy {r['types']['accuracy']:.3f}" if multi and r["types"]["n"] else ""))
     print(f"artifact written to {out_dir}")
     return meta

@@ -46,7 +46,8 @@ def orange_served(settings, tmp_path):
     from service.app import create_app
 
     root = tmp_path / "models"
-    shutil.copytree(SHIPPED_MODELS, root)
+    # only the default model: the orange artifact below is this test's own
+    shutil.copytree(SHIPPED_MODELS, root, ignore=lambda d, names: [n for n in names if d == str(SHIPPED_MODELS) and n not in ("DEFAULT", ART.parent.name)])
     dest = root / "orange-defect" / "0.1.0"
     shutil.copytree(ART, dest)
     meta = json.loads((dest / "metadata.json").read_text())

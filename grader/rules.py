@@ -29,7 +29,13 @@ class FruitFacts:
 def facts_from(measure_diameter_mm: float | None, brix: float | None, blemish_area_cm2: float | None,
                largest_blemish_cm2: float | None, colour_coverage: float | None, defect: DefectEvidence | None,
                sound_labels: tuple[str, ...] = ("sound",)) -> FruitFacts:
-    defects = () if defect is None or defect.label in sound_labels else (defect.label,)
+    """The facts the rules judge. A defective fruit asserts its label and, where the model tells
+    defect types apart, its type too, plus the generic "defective": a standard can then exclude
+    any defect from a grade ("defective") or only some types ("rot", "greening", ...)."""
+    if defect is None or defect.label in sound_labels:
+        defects: tuple[str, ...] = ()
+    else:
+        defects = tuple(dict.fromkeys(d for d in ("defective", defect.label, defect.type) if d))
     return FruitFacts(measure_diameter_mm, brix, blemish_area_cm2, largest_blemish_cm2, colour_coverage, defects)
 
 

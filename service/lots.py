@@ -4,6 +4,7 @@ grader.rules and grader.flags)."""
 from __future__ import annotations
 
 import statistics
+from collections import Counter
 from typing import Any
 
 from sqlalchemy import select
@@ -173,6 +174,8 @@ def lot_report(s: Session, lot: LotRow, standard: Standard) -> dict[str, Any]:
         "brix": {"fruit_readings": stats(fruit_brix), "lot_samples": stats(list(samples)),
                  "histogram": _histogram(fruit_brix + list(samples), 0.5)},
         "defect_rate": round(defective / n, 4) if n else 0.0,
+        # what the defect model saw, by label (a typed model's label is the defect type: rot, greening...)
+        "by_defect": dict(sorted(Counter(f.defect_label for f in fruits if f.defect_label not in (None, "sound")).items())),
         "flagged": sum(1 for f in fruits if f.flagged),
         "examined": len(set(s.scalars(select(VerdictRow.fruit_row_id).where(VerdictRow.fruit_row_id.in_([f.id for f in fruits]),
                                                                             VerdictRow.retracted.is_(False))))) if fruits else 0,

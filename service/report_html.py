@@ -55,7 +55,8 @@ svg text {{ font: 12px system-ui, sans-serif; fill: #1c2421; }} .ok {{ color: #1
 <td>{num(fr['mean'])} (n={fr['n']}) / {num(ls['mean'])} (n={ls['n']}, sd {num(ls['sd'], 2)})</td></tr></table>
 <div class="grid"><div>{_bars('Pack-out by grade', [(g['grade'], g['count']) for g in rep['by_grade']])}</div>
 <div>{_bars('Size bands (mm)', [(f"{b['from']:g}–{b['to']:g}", b['count']) for b in size['histogram']])}</div>
-<div>{_bars('Brix distribution (°Brix)', [(f"{b['from']:g}–{b['to']:g}", b['count']) for b in brix['histogram']])}</div></div>
+<div>{_bars('Brix distribution (°Brix)', [(f"{b['from']:g}–{b['to']:g}", b['count']) for b in brix['histogram']])}</div>
+{f"<div>{_bars('Defects seen', list(rep['by_defect'].items()))}</div>" if rep.get('by_defect') else ''}</div>
 <h3>Lot tolerances</h3>
 <table><tr><th>class</th><th>below class</th><th>allowed</th><th>decayed</th><th>allowed</th><th>verdict</th></tr>{tol_rows}</table>
 </body></html>"""

@@ -39,8 +39,7 @@ def test_commodity_field_picks_standard_and_is_recorded(client):
 
 @pytest.fixture
 def orange_served(settings, tmp_path):
-    """A models root where orange has its own artifact (here the apple graph, relabelled), and a
-    commodity profile naming it."""
+    """A models root where orange has its own artifact (here the apple graph, relabelled)."""
     from fastapi.testclient import TestClient
 
     from service.app import create_app
@@ -53,11 +52,9 @@ def orange_served(settings, tmp_path):
     meta = json.loads((dest / "metadata.json").read_text())
     meta.update(name="orange-defect", commodity="orange")
     (dest / "metadata.json").write_text(json.dumps(meta))
-    profiles = tmp_path / "commodities"
-    profiles.mkdir()
-    shipped = (SHIPPED_MODELS.parent / "grader" / "commodities" / "orange.toml").read_text()
-    (profiles / "orange.toml").write_text(shipped.replace('default_standard =', 'model = "orange-defect/0.1.0"\ndefault_standard =', 1))
-    with TestClient(create_app(settings.model_copy(update={"models_root": root, "model_dir": root, "commodities_dir": profiles}))) as c:
+    # the shipped orange profile names orange-defect/0.1.0; the shipped lemon profile's model is
+    # absent from this root, so lemons fall back to the default model
+    with TestClient(create_app(settings.model_copy(update={"models_root": root, "model_dir": root}))) as c:
         yield c
 
 

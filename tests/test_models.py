@@ -44,8 +44,10 @@ def upload(client, onnx, meta):
 def test_list_and_get_the_serving_model(client):
     body = client.get("/v1/models", headers=headers("trainer")).json()
     assert body["serving"] == "apple-defect@0.1.0"
-    [m] = body["models"]
-    assert m["status"] == "serving" and m["test_metrics"]["balanced_accuracy"] > 0
+    # one serving model per commodity: the default (apple) and the citrus models the profiles name
+    assert body["serving_by_commodity"] == {"apple": "apple-defect@0.1.0", "lemon": "lemon-defect@0.1.0", "orange": "orange-defect@0.1.0"}
+    assert {m["id"] for m in body["models"]} == set(body["serving_by_commodity"].values())
+    assert all(m["status"] == "serving" and m["test_metrics"]["balanced_accuracy"] > 0 for m in body["models"])
     full = client.get("/v1/models/apple-defect@0.1.0", headers=headers("inspector")).json()
     assert full["metadata"]["preprocessing"]["input_size"] == [128, 128]
     assert client.get("/v1/models/nope@1", headers=headers("trainer")).status_code == 404
@@ -69,7 +71,9 @@ def test_bad_artifacts_are_refused_and_nothing_changes(client):
     no_parity = {k: v for k, v in json.loads(meta).items() if k != "parity"}
     r = upload(client, onnx, json.dumps(no_parity).encode())
     assert r.status_code == 422 and "parity" in r.json()["error"]["message"]
-    assert [m["id"] for m in client.get("/v1/models", headers=headers("trainer")).json()["models"]] == ["apple-defect@0.1.0"]
+    # nothing was registered: only the shipped models (one per commodity)
+    assert sorted(m["id"] for m in client.get("/v1/models", headers=headers("trainer")).json()["models"]) == \
+        ["apple-defect@0.1.0", "lemon-defect@0.1.0", "orange-defect@0.1.0"]
 
 
 def test_promote_while_requests_flow_then_roll_back(client):
@@ -102,7 +106,7 @@ def test_promote_while_requests_flow_then_roll_back(client):
     [t.join() for t in threads]
     assert set(statuses) == {200}, "no request may fail or be dropped during the swap"
     assert versions[0] == "0.1.0" and versions[-1] == "0.2.0-candidate"
-    listed = {m["id"]: m["status"] for m in client.get("/v1/models", headers=headers("trainer")).json()["models"]}
+    listed = {m["id"]: m["status"] for m in client.get("/v1/models", headers=headers("trainer")).json()["models"] if m["id"].startswith("apple")}
     assert listed == {"apple-defect@0.1.0": "available", "apple-defect@0.2.0-candidate": "serving"}
 
     back = client.post("/v1/models/rollback", headers=headers("trainer")).json()

@@ -58,6 +58,15 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    try:
+        from training import evaluate
+    except ImportError as exc:  # matplotlib and tqdm come with the train extra
+        print(f"evaluate needs the [train] extra (pip install -e '.[train]'): {exc}", file=sys.stderr)
+        return 2
+    return evaluate.run_args(args)
+
+
 def _compare(args: argparse.Namespace) -> int:
     try:
         from training import compare
@@ -203,6 +212,21 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--latency-repeats", type=int, default=15, metavar="N", help="timed runs per model and batch size (median)")
     c.add_argument("--gates-file", help="gate defaults (default training/configs/compare_gates.yaml)")
     c.set_defaults(func=_compare)
+
+    e = sub.add_parser(
+        "evaluate", help="one model's figures on the held-out split its own manifest names",
+        description="Score ARTIFACT on the split its manifest.json names (every photo checked against its sha256), "
+                    "overall and per capture session or source, and write report.json, report.md and figures "
+                    "(ROC, reliability, confusion, defect types). Exit status 0, or 2 for bad input.",
+    )
+    e.add_argument("artifact", help="an artifact dir written by `grader train` (model.onnx, metadata.json, manifest.json)")
+    e.add_argument("--data", metavar="DIR", help="where the manifest's photos are (default: the artifact config's data.root, "
+                                                 "e.g. ../shared/data)")
+    e.add_argument("--split", default="test", help="manifest split (default test)")
+    e.add_argument("--out", metavar="DIR", help="report dir (default var/evaluate/<name>-<version>-<split>)")
+    e.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (default: all cores, as serving)")
+    e.add_argument("--latency-repeats", type=int, default=15, metavar="N", help="timed runs per batch size (median)")
+    e.set_defaults(func=_evaluate)
 
     d = sub.add_parser("dataset", help="datasets from the line: export reviewed fruit, suggest fruit to review")
     d.add_argument("action", choices=["build", "suggest"],

@@ -94,3 +94,35 @@ def test_packhouse_adds_its_own_standard(tmp_path):
     )
     std = load_standards(tmp_path)["house-gala"]
     assert grade_fruit(std, FruitFacts(diameter_mm=71, brix=12)).grade == "Premium"
+
+
+def _evidence(label, type_=None):
+    from grader.records import DefectEvidence
+
+    return DefectEvidence(label=label, score=0.9 if label != "sound" else 0.1, probabilities={}, model_name="m", model_version="1",
+                          type=type_)
+
+
+@pytest.mark.parametrize(("label", "type_", "grade"), [
+    ("sound", None, "Premium"),
+    ("blackspot", "blackspot", "Grade 2"),  # any defect: out of Premium and Grade 1
+    ("canker", "canker", "Grade 2"),
+    ("greening", "greening", "Grade 2"),    # greening caps a fruit at Grade 2
+    ("rot", "rot", OUT_OF_GRADE),           # decay excludes every grade
+    ("defective", None, "Grade 2"),         # a model without types
+])
+def test_defect_type_decides_the_navel_orange_grade(standards, label, type_, grade):
+    from grader.rules import facts_from
+
+    facts = facts_from(80.0, 12.0, 0.0, 0.0, 0.95, _evidence(label, type_))
+    assert facts.defects == (() if label == "sound" else tuple(dict.fromkeys(("defective", label))))
+    assert grade_fruit(standards["gbt-21488-navel-oranges"], facts).grade == grade
+
+
+def test_lemon_standard(standards):
+    std = standards["citrus-export-lemons"]
+    assert std.commodity == "lemon" and std.grade_names == ["Class I", "Class II"]
+    ok = FruitFacts(brix=7.0, blemish_area_cm2=0.5)
+    assert grade_fruit(std, ok).grade == "Class I"
+    assert grade_fruit(std, FruitFacts(brix=6.0, blemish_area_cm2=0.5)).grade == OUT_OF_GRADE  # below 6.5 °Brix
+    assert grade_fruit(std, FruitFacts(brix=7.0, blemish_area_cm2=1.5)).grade == "Class II"

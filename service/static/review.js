@@ -259,6 +259,10 @@ function renderFruit(item) {
   const reasons = item.reasons.length ? item.reasons : ["meets every rule of its grade"];
   $("reasons").replaceChildren(...reasons.map((r) => Object.assign(document.createElement("li"), { textContent: r })));
   const d = item.defect;
+  // a model that tells defect types apart: its most probable types, P(type | defective)
+  const typeText = (ev) => ev && ev.type_probabilities
+    ? `; type ${Object.entries(ev.type_probabilities).sort((a, b) => b[1] - a[1]).slice(0, 3).map(([t, p]) => `${t} ${Number(p).toFixed(2)}`).join(", ")}`
+    : "";
   const brixSrc = m.brix_source ? `${m.brix_source}${m.brix_n ? `, n=${m.brix_n}` : ""}${m.brix_spread != null ? `, sd ${m.brix_spread}` : ""}` : "";
   const rows = [
     ["Diameter (caliper)", fmt(m.diameter_mm, 1, "mm")],
@@ -268,7 +272,7 @@ function renderFruit(item) {
     ["Colour coverage", m.colour_coverage == null ? "–" : `${(m.colour_coverage * 100).toFixed(0)} %`],
     ["Blemish area", fmt(m.blemish_area_cm2, 2, "cm²")],
     ["Largest blemish", fmt(m.largest_blemish_cm2, 2, "cm²")],
-    ["Defect (model)", d ? `${d.label}, p(defective) ${Number(d.score).toFixed(2)}` : "–"],
+    ["Defect (model)", d ? `${d.label}, p(defective) ${Number(d.score).toFixed(2)}${typeText(d)}` : "–"],
     ["Brix", m.brix == null ? "–" : `${Number(m.brix).toFixed(1)} °Brix (${brixSrc})`],
     ["Scale", m.mm_per_px == null ? "uncalibrated" : fmt(m.mm_per_px, 4, "mm/px")],
     ["Outlet", m.outlet || "–"],

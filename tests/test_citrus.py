@@ -143,6 +143,15 @@ def test_navel_orange_lot_under_gbt_21488_synthetic(client):
     check_lot_report(client, "NAVEL-SYN", fruits)
 
 
+def test_a_citrus_lot_takes_its_commodity_default_standard(client):
+    r = client.post("/v1/lots", json={"id": "LEM-1", "commodity": "lemon"}, headers=headers())
+    assert r.status_code == 201 and r.json()["standard_id"] == "citrus-export-lemons"
+    r = client.post("/v1/lots", json={"id": "NAV-1", "commodity": "orange"}, headers=headers())
+    assert r.json()["standard_id"] == "gbt-21488-navel-oranges"
+    r = client.post("/v1/lots", json={"id": "LEM-2", "commodity": "lemon", "standard_id": "unece-ffv50-apples"}, headers=headers())
+    assert r.status_code == 422 and r.json()["error"]["code"] == "commodity_mismatch"
+
+
 # ----------------------------------------------------------------------------- real photos
 def _citrus_data() -> Path:
     if not (SHARED_DATA / "orange-diseases").is_dir() or not (SHARED_DATA / "lemons").is_dir():

@@ -49,7 +49,13 @@ def _lot(request: Request, lot_id: str) -> LotRow:
 @router.post("", summary="Open a lot", status_code=201)
 def create_lot(request: Request, body: LotIn, _=Depends(require("camera", "inspector", "trainer"))) -> dict[str, Any]:
     ctx = request.app.state.ctx
-    std = get_standard(ctx.standards, body.standard_id) if body.standard_id else ctx.default_standard
+    if body.commodity is not None and body.commodity not in ctx.commodities:
+        raise ApiError(422, "unknown_commodity", f"unknown commodity {body.commodity!r}; known: {sorted(ctx.commodities)}", "commodity")
+    # the standard asked for, else the commodity's default standard, else the service's
+    std_id = body.standard_id or (ctx.commodities[body.commodity].default_standard if body.commodity else None)
+    std = get_standard(ctx.standards, std_id) if std_id else ctx.default_standard
+    if body.commodity is not None and std.commodity != body.commodity:
+        raise ApiError(422, "commodity_mismatch", f"standard {std.id!r} is for {std.commodity}, not {body.commodity}", "standard_id")
     commodity = body.commodity or std.commodity
     if commodity not in ctx.commodities:
         raise ApiError(422, "unknown_commodity", f"unknown commodity {commodity!r}; known: {sorted(ctx.commodities)}", "commodity")

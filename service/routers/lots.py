@@ -35,7 +35,7 @@ class LotIn(BaseModel):
     orchard_block: PlainText | None = Field(default=None, max_length=200)
     variety: PlainText | None = Field(default=None, max_length=100)
     commodity: PlainText | None = Field(default=None, max_length=50, description="default: the standard's commodity")
-    standard_id: PlainText | None = Field(default=None, max_length=100, description="default: the service's default standard")
+    standard_id: PlainText | None = Field(default=None, max_length=100, description="default: the commodity's default standard, else the service's")
     harvest_date: dt.date | None = None
 
 

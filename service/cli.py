@@ -13,7 +13,9 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -58,22 +60,19 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate(args: argparse.Namespace) -> int:
-    try:
-        from training import evaluate
-    except ImportError as exc:  # matplotlib and tqdm come with the train extra
-        print(f"evaluate needs the [train] extra (pip install -e '.[train]'): {exc}", file=sys.stderr)
-        return 2
-    return evaluate.run_args(args)
+def _training_command(name: str) -> Callable[[argparse.Namespace], int]:
+    """A subcommand whose code lives in ``training.<name>`` (its ``run_args``): matplotlib and tqdm
+    come with the [train] extra, so a serving-only install says what to add instead of failing."""
 
+    def run(args: argparse.Namespace) -> int:
+        try:
+            module = importlib.import_module(f"training.{name}")
+        except ImportError as exc:
+            print(f"{name} needs the [train] extra (pip install -e '.[train]'): {exc}", file=sys.stderr)
+            return 2
+        return int(module.run_args(args))
 
-def _compare(args: argparse.Namespace) -> int:
-    try:
-        from training import compare
-    except ImportError as exc:  # matplotlib and tqdm come with the train extra
-        print(f"compare needs the [train] extra (pip install -e '.[train]'): {exc}", file=sys.stderr)
-        return 2
-    return compare.run_args(args)
+    return run
 
 
 def _repo():
@@ -211,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads per model (default: all cores, as serving)")
     c.add_argument("--latency-repeats", type=int, default=15, metavar="N", help="timed runs per model and batch size (median)")
     c.add_argument("--gates-file", help="gate defaults (default training/configs/compare_gates.yaml)")
-    c.set_defaults(func=_compare)
+    c.set_defaults(func=_training_command("compare"))
 
     e = sub.add_parser(
         "evaluate", help="one model's figures on the held-out split its own manifest names",
@@ -226,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--out", metavar="DIR", help="report dir (default var/evaluate/<name>-<version>-<split>)")
     e.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (default: all cores, as serving)")
     e.add_argument("--latency-repeats", type=int, default=15, metavar="N", help="timed runs per batch size (median)")
-    e.set_defaults(func=_evaluate)
+    e.set_defaults(func=_training_command("evaluate"))
 
     d = sub.add_parser("dataset", help="datasets from the line: export reviewed fruit, suggest fruit to review")
     d.add_argument("action", choices=["build", "suggest"],

@@ -26,6 +26,7 @@ import datetime as dt
 import hashlib
 import json
 import shutil
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -64,12 +65,28 @@ class LineItem:
     disagreement: bool = False
 
 
-def verdict_label(decision: str, defect_label: str | None, model_label: str | None) -> tuple[str | None, str | None]:
-    """(sound/defective or None, where the label came from)."""
+def verdict_label(decision: str, defect_label: str | None, model_label: str | None,
+                  classes: Sequence[str] = CLASSES) -> tuple[str | None, str | None]:
+    """(the training label in the model's ``classes`` or None, where it came from). For a sound /
+    defective model any defect is "defective"; for a model that tells defect types apart (e.g.
+    sound, blackspot, canker, greening, rot) the inspector's type, or the model's label the
+    inspector confirmed; None when that is not one of its classes (a type it does not know)."""
+    typed = len(classes) > 2
+
+    def in_classes(label: str) -> str | None:
+        label = label.strip().lower()
+        if label == "sound":
+            return "sound"
+        if not typed:
+            return "defective"
+        return label if label in classes else None
+
     if defect_label:
-        return ("sound" if defect_label.strip().lower() == "sound" else "defective"), "inspector"
+        c = in_classes(defect_label)
+        return (c, "inspector") if c else (None, None)
     if decision == "confirm" and model_label:
-        return ("sound" if model_label == "sound" else "defective"), "confirmed"
+        c = in_classes(model_label)
+        return (c, "confirmed") if c else (None, None)
     return None, None
 
 
@@ -107,8 +124,11 @@ def _sha256(path: Path) -> str:
 
 
 def build(repo, out_dir: Path, *, since: dt.datetime | None = None, lot: str | None = None, margin_frac: float = 0.08,
-          base: Path | None = None, base_splits: dict[str, list[str]] | None = None, progress=None) -> dict[str, Any]:
-    """Export reviewed fruit (and optionally a base dataset) to ``out_dir``; returns the manifest."""
+          base: Path | None = None, base_splits: dict[str, list[str]] | None = None, progress=None,
+          commodity: str | None = None, classes: Sequence[str] = CLASSES) -> dict[str, Any]:
+    """Export reviewed fruit (and optionally a base dataset) to ``out_dir``; returns the manifest.
+    ``commodity`` keeps one commodity's fruit; ``classes`` are the labels of the model to train
+    (a typed citrus model keeps the inspectors' defect types)."""
     from service.storage import FruitRow, ImageRow, ResultRow, VerdictRow
 
     out_dir = Path(out_dir)
@@ -124,14 +144,17 @@ def build(repo, out_dir: Path, *, since: dt.datetime | None = None, lot: str | N
             q = q.where(VerdictRow.created_at >= since)
         if lot:
             q = q.where(ResultRow.lot_id == lot)
-        rows = [(v, f, r, img, r.payload["fruits"][f.index]) for v, f, r, img in s.execute(q).all()]
+        rows = [(v, f, r, img, r.payload["fruits"][f.index]) for v, f, r, img in s.execute(q).all()
+                if commodity is None or r.payload.get("commodity") == commodity]  # the commodity is in the stored payload
     skipped: dict[str, int] = {}
     candidates = []
     for v, f, r, img, fruit in rows:
         model = fruit.get("defect") or {}
-        label, label_source = verdict_label(v.decision, v.defect_label, model.get("label"))
+        label, label_source = verdict_label(v.decision, v.defect_label, model.get("label"), classes)
         if label is None:
-            skipped["corrected grade without a defect label"] = skipped.get("corrected grade without a defect label", 0) + 1
+            why = ("a defect label that is not one of the model's classes" if v.defect_label or v.decision == "confirm"
+                   else "corrected grade without a defect label")
+            skipped[why] = skipped.get(why, 0) + 1
             continue
         session = f"{r.camera_id or 'camera?'}/{r.created_at.date().isoformat()}"
         candidates.append((v, f, r, img, fruit, model, label, label_source, session, r.lot_id or session))
@@ -176,8 +199,8 @@ def build(repo, out_dir: Path, *, since: dt.datetime | None = None, lot: str | N
         counts.setdefault(i.split, {}).setdefault(i.label, 0)
         counts[i.split][i.label] += 1
     manifest = {
-        "sha256": digest, "classes": list(CLASSES), "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
-        "filters": {"since": since.isoformat() if since else None, "lot": lot}, "base": str(base) if base else None,
+        "sha256": digest, "classes": list(classes), "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "filters": {"since": since.isoformat() if since else None, "lot": lot, "commodity": commodity}, "base": str(base) if base else None,
         "counts": counts, "skipped": skipped, "disagreements": sum(i.disagreement for i in items),
         "items": [asdict(i) for i in items],
     }

@@ -54,7 +54,7 @@ def _train(args: argparse.Namespace) -> int:
     work = Path(args.work_dir) if args.work_dir else Path("var") / "train" / f"{cfg['name']}-{cfg['version']}"
     try:
         train.run(cfg, out, work, resume=args.resume)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ValueError) as exc:  # data missing, or not in this model's classes
         print(f"grader train: {exc}", file=sys.stderr)
         return 2
     return 0
@@ -94,6 +94,19 @@ def _when(raw: str | None):
     return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
 
 
+def _commodity_classes(settings, commodity: str) -> list[str]:
+    """The classes of the model that judges a commodity: its profile's artifact, else the default model's."""
+    import json
+
+    from grader.commodities import get_commodity, load_commodities
+
+    profile = get_commodity(load_commodities(*([settings.commodities_dir] if settings.commodities_dir else [])), commodity)
+    model_dir = settings.models_root / profile.model if profile.model else settings.model_dir
+    if (model_dir / "DEFAULT").is_file():
+        model_dir = model_dir / (model_dir / "DEFAULT").read_text().strip()
+    return list(json.loads((model_dir / "metadata.json").read_text())["classes"])
+
+
 def _dataset(args: argparse.Namespace) -> int:
     import json
 
@@ -115,7 +128,8 @@ def _dataset(args: argparse.Namespace) -> int:
                 print(f"  exporting reviewed fruit {i}/{n}", flush=True)
 
         m = line.build(repo, Path(args.out), since=_when(args.since), lot=args.lot, base=Path(args.base) if args.base else None,
-                       base_splits=splits, progress=progress)
+                       base_splits=splits, progress=progress, commodity=args.commodity,
+                       classes=_commodity_classes(settings, args.commodity) if args.commodity else line.CLASSES)
         print(f"dataset {args.out}: manifest sha256 {m['sha256'][:16]}…, {len(m['items'])} items, "
               f"{m['disagreements']} where inspector and model disagree")
         for split, counts in sorted(m["counts"].items()):
@@ -234,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--out", help="build: the dataset directory to write")
     d.add_argument("--since", help="only fruit reviewed (build) or graded (suggest) at or after this ISO 8601 time")
     d.add_argument("--lot", help="only this lot")
+    d.add_argument("--commodity", help="build: only this commodity's fruit, labelled in the classes of its model "
+                                       "(an orange dataset keeps the inspectors' defect types)")
     d.add_argument("--base", help="build: merge a base dataset, e.g. ../shared/data/fruitnet-apples (referenced, not copied)")
     d.add_argument("--base-config", default=str(Path(__file__).resolve().parents[1] / "training" / "configs" / "apple_defect.yaml"),
                    help="build: the training config whose data.splits give the base dataset's session splits")

@@ -22,6 +22,14 @@ def test_verdicts_become_labels():
     assert line.verdict_label("correct", None, "sound") == (None, None)  # a grade correction alone says nothing
 
 
+def test_verdicts_become_typed_labels_for_a_typed_model():
+    classes = ("sound", "blackspot", "canker", "greening", "rot")
+    assert line.verdict_label("correct", "Canker", "sound", classes) == ("canker", "inspector")
+    assert line.verdict_label("confirm", None, "greening", classes) == ("greening", "confirmed")
+    assert line.verdict_label("correct", "sound", "rot", classes) == ("sound", "inspector")
+    assert line.verdict_label("correct", "scar", "sound", classes) == (None, None)  # not a type this model knows
+
+
 def test_splits_keep_whole_groups_and_fill_every_split():
     groups = [f"L-{i}" for i in range(10)]
     s = line.assign_splits(groups + groups)
@@ -140,3 +148,36 @@ def test_build_merges_a_base_dataset_by_reference(client, reviewed, tmp_path, sh
     assert len(base) > 1000 and all(i["kind"] == "image" and i["path"].startswith("/") for i in base)
     assert not list((tmp_path / "ds").rglob("IMG*"))  # referenced by path and hash, never copied
     assert {i["split"] for i in base} == {"train", "val", "test"} and len({i["sha256"] for i in base}) > 1000
+
+
+ORANGE_CLASSES = ("sound", "blackspot", "canker", "greening", "rot")
+
+
+def test_build_keeps_one_commodity_and_its_defect_types(client, reviewed, tmp_path):
+    """Orange fruit reviewed with defect types next to the apples: an orange dataset holds only the
+    oranges, labelled with the inspectors' types; a type the model does not know is left out."""
+    client.post("/v1/lots", json={"id": "NAV-1", "commodity": "orange"}, headers=headers())
+    oranges = [_grade(client, 300 + k, "NAV-1")[0]["id"] for k in range(3)]
+    h = headers("inspector")
+    labels = dict(zip(oranges, ("canker", "sound", "scar")))
+    for item in client.get("/v1/review/queue?limit=100&lot_id=NAV-1", headers=h).json()["items"]:
+        body = {"decision": "confirm", "defect_label": labels[item["result_id"]], "inspector": "Li"}
+        assert client.post(f"/v1/review/fruits/{item['fruit']}/verdict", json=body, headers=h).status_code == 200
+    m = line.build(client.app.state.ctx.repo, tmp_path / "nav", commodity="orange", classes=ORANGE_CLASSES)
+    assert m["classes"] == list(ORANGE_CLASSES) and m["filters"]["commodity"] == "orange"
+    assert sorted(i["label"] for i in m["items"]) == ["canker", "sound"]
+    assert {i["lot"] for i in m["items"]} == {"NAV-1"}
+    assert m["skipped"] == {"a defect label that is not one of the model's classes": 1}
+    apples = line.build(client.app.state.ctx.repo, tmp_path / "apples", commodity="apple")
+    assert len(apples["items"]) == 11 and {i["label"] for i in apples["items"]} <= {"sound", "defective"}
+
+
+def test_training_refuses_a_dataset_labelled_in_other_classes(tmp_path):
+    pytest.importorskip("torch")
+    from training.train import load_manifest_data
+
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"sha256": "x", "items": [{"path": "a.jpg", "kind": "crop", "label": "canker", "split": "train",
+                                                               "session": "s"}]}))
+    with pytest.raises(ValueError, match=r"\['canker'\] are not classes of this model"):
+        load_manifest_data(manifest, 64, 0.08, tmp_path, ["sound", "defective"])

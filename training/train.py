@@ -30,7 +30,8 @@ from tqdm import tqdm
 
 from datasets import citrus, fruitnet
 from datasets.synthetic import random_fruit_image
-from grader.defect import ModelSpec, preprocess, softmax
+from grader.defect import ModelSpec, energy, preprocess, softmax
+from grader.measure import CROP_FILL_RGB
 from training.crops import crop_cache
 from training.crops import load_rgb
 from training.export import INPUT_NAME, OUTPUT_NAME, check_export, export_onnx, parity_record
@@ -108,7 +109,7 @@ def load_data(cfg: dict[str, Any], work_dir: Path) -> tuple[dict[str, np.ndarray
         digest = "synthetic-" + str(n)
         return crops, labels, sessions, items, digest
     if d.get("kind") == "manifest":
-        return load_manifest_data(Path(d["manifest"]), size, margin, work_dir)
+        return load_manifest_data(Path(d["manifest"]), size, margin, work_dir, classes_of(cfg))
     if d.get("kind") == "citrus":
         return load_citrus_data(cfg, size, margin, work_dir)
     root = Path(d["root"])
@@ -129,10 +130,12 @@ def load_citrus_data(cfg: dict[str, Any], size: int, margin: float, work_dir: Pa
     d = cfg["data"]
     root = Path(d["root"])
     classes = classes_of(cfg)
-    manifest = citrus.build_manifest(
-        root, cfg["commodity"], seed=int(d.get("split_seed", cfg["seed"])), fractions=d.get("fractions"),
+    # one network for several commodities (data.commodities: [lemon, orange]) trains on each one's
+    # manifest, split exactly as that commodity's own model is, so the test photos are the same
+    manifest = [it for commodity in d.get("commodities") or [cfg["commodity"]] for it in citrus.build_manifest(
+        root, commodity, seed=int(d.get("split_seed", cfg["seed"])), fractions=d.get("fractions"),
         max_bits=int(d.get("max_hash_bits", citrus.DEFAULT_MAX_BITS)), cache_dir=work_dir / "cache",
-    )
+    )]
     crops: dict[str, np.ndarray] = {}
     labels: dict[str, np.ndarray] = {}
     sessions: dict[str, list[str]] = {}
@@ -144,12 +147,17 @@ def load_citrus_data(cfg: dict[str, Any], size: int, margin: float, work_dir: Pa
     return crops, labels, sessions, [asdict(it) for it in manifest], citrus.manifest_hash(manifest)
 
 
-def load_manifest_data(path: Path, size: int, margin: float, work_dir: Path):
+def load_manifest_data(path: Path, size: int, margin: float, work_dir: Path, classes: list[str] = CLASSES):
     """A dataset written by `grader dataset build`: fruit crops from the line ("crop" items, used as
-    they are) and whole photos of a merged base dataset ("image" items, cropped like FruitNet)."""
+    they are) and whole photos of a merged base dataset ("image" items, cropped like FruitNet),
+    labelled in the config's model classes."""
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: build the dataset first (grader dataset build --out DIR)")
     m = json.loads(path.read_text())
+    unknown = sorted({it["label"] for it in m["items"]} - set(classes))
+    if unknown:
+        raise ValueError(f"{path} labels {unknown} are not classes of this model ({classes}): "
+                                "build the dataset with --commodity of the model, or train with that commodity's config")
     root = path.parent
     crops: dict[str, np.ndarray] = {}
     labels: dict[str, np.ndarray] = {}
@@ -168,21 +176,59 @@ def load_manifest_data(path: Path, size: int, margin: float, work_dir: Path):
             parts.append(np.stack([cv2.resize(load_rgb(root / it["path"]), (size, size), interpolation=cv2.INTER_AREA) for it in line]))
         ordered = photos + line
         crops[split] = np.concatenate(parts)
-        labels[split] = np.array([CLASSES.index(it["label"]) for it in ordered])
+        labels[split] = np.array([classes.index(it["label"]) for it in ordered])
         sessions[split] = [it["session"] for it in ordered]
     return crops, labels, sessions, m["items"], m["sha256"]
 
 
 class CropDataset(torch.utils.data.Dataset):
-    def __init__(self, crops: np.ndarray, labels: np.ndarray, transform: T.Transform) -> None:
+    """Training crops. With ``colour_transfer_p`` > 0, that share of the crops is given the fruit
+    colour statistics of another random training crop (see :func:`colour_transfer`)."""
+
+    def __init__(self, crops: np.ndarray, labels: np.ndarray, transform: T.Transform, colour_transfer_p: float = 0.0, seed: int = 0) -> None:
         self.crops, self.labels, self.transform = crops, labels, transform
+        self.colour_transfer_p = colour_transfer_p
+        self.rng = np.random.default_rng(seed)
+        self.stats = [fruit_colour_stats(c) for c in crops] if colour_transfer_p > 0 else []
 
     def __len__(self) -> int:
         return len(self.crops)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        x = torch.from_numpy(self.crops[i]).permute(2, 0, 1)  # uint8 CHW
+        crop = self.crops[i]
+        if self.colour_transfer_p > 0 and self.rng.random() < self.colour_transfer_p:
+            crop = colour_transfer(crop, self.stats[int(self.rng.integers(len(self.crops)))])
+        x = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1)  # uint8 CHW
         return self.transform(x), int(self.labels[i])
+
+
+def _fruit_pixels(crop: np.ndarray) -> np.ndarray:
+    """Pixels of a model crop that are fruit, not the painted-out background (CROP_FILL_RGB)."""
+    return (np.abs(crop.astype(np.int16) - np.array(CROP_FILL_RGB, np.int16)) > 2).any(axis=2)
+
+
+def fruit_colour_stats(crop: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Lab mean and spread of a crop's fruit pixels (None for a crop with too little fruit)."""
+    fruit = _fruit_pixels(crop)
+    if fruit.sum() < 50:
+        return None
+    px = cv2.cvtColor(crop, cv2.COLOR_RGB2LAB).astype(np.float32)[fruit]
+    return px.mean(0), px.std(0) + 1e-3
+
+
+def colour_transfer(crop: np.ndarray, target: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
+    """The crop's fruit pixels moved to another fruit's Lab mean and spread (Reinhard transfer): the
+    photo's overall colour, exposure and saturation change, its local spots and texture stay. When
+    the overall colour tells the photo's source (lab vs stock), this takes that cue away."""
+    own = fruit_colour_stats(crop)
+    if own is None or target is None:
+        return crop
+    fruit = _fruit_pixels(crop)
+    lab = cv2.cvtColor(crop, cv2.COLOR_RGB2LAB).astype(np.float32)
+    lab[fruit] = (lab[fruit] - own[0]) / own[1] * target[1] + target[0]
+    out = cv2.cvtColor(np.clip(lab, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
+    out[~fruit] = crop[~fruit]
+    return out
 
 
 def train_transform(cfg: dict[str, Any]) -> T.Transform:
@@ -256,7 +302,7 @@ def run(cfg: dict[str, Any], out_dir: Path, work_dir: Path, resume: bool = False
         set_bn_momentum(model, float(cfg["model"]["bn_momentum"]))
     tr = cfg["train"]
     loader = torch.utils.data.DataLoader(
-        CropDataset(crops["train"], labels["train"], train_transform(cfg)),
+        CropDataset(crops["train"], labels["train"], train_transform(cfg), float(cfg["augment"].get("colour_transfer_p", 0.0)), int(cfg["seed"])),
         batch_size=int(tr["batch_size"]), shuffle=True, drop_last=len(crops["train"]) > int(tr["batch_size"]),
         generator=torch.Generator().manual_seed(int(cfg["seed"])),
     )
@@ -320,6 +366,20 @@ def _scores(logits: np.ndarray, temperature: float = 1.0, cfg: dict[str, Any] | 
     return softmax(logits, temperature)[:, [classes.index(c) for c in defective_of(cfg)]].sum(axis=1)
 
 
+def pick_threshold_by_group(y: np.ndarray, scores: np.ndarray, groups: list[str]) -> float:
+    """The threshold whose smallest balanced accuracy over the groups holding both classes is the
+    largest (ties: the larger pooled balanced accuracy, then the lower threshold)."""
+    g = np.array(groups)
+    both = [k for k in sorted(set(groups)) if 0 < y[g == k].sum() < (g == k).sum()] or sorted(set(groups))
+    best: tuple[float, float, float] | None = None
+    for t in np.unique(np.clip(scores, 0.02, 0.98)):
+        per = [binary_report(y[g == k], scores[g == k], float(t), counts_only=True)["balanced_accuracy"] for k in both]
+        key = (float(np.nanmin(per)), float(binary_report(y, scores, float(t), counts_only=True)["balanced_accuracy"]), -float(t))
+        if best is None or key > best:
+            best = key
+    return 0.5 if best is None else -best[2]
+
+
 def type_report(labels: np.ndarray, logits: np.ndarray, cfg: dict[str, Any]) -> dict[str, Any]:
     """How well the defect type is told among the truly defective fruit: the most probable
     defective class against the true one (accuracy, balanced accuracy, per-type recall, confusion)."""
@@ -359,19 +419,23 @@ def finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, history,
     val_logits = predict_logits(model, eval_batches["val"])
     temperature = fit_temperature(val_logits, labels["val"])
     val_scores = _scores(val_logits, temperature, cfg)
+    # out of distribution: a crop whose energy (grader.defect.energy at the calibrated temperature,
+    # as serving computes it) lies above this high quantile of the val crops' energies is unlike
+    # the fruit the model was chosen on; serving sets DefectEvidence.ood and the grader an "ood" flag
+    ood_q = float(cfg["thresholds"].get("ood_energy_quantile", 0.99))
+    ood_threshold = float(np.quantile(energy(val_logits, temperature), ood_q))
     th = cfg["thresholds"]
     y_val, min_recall = is_defective(labels["val"], cfg), float(th["min_recall_defective"])
     threshold = pick_threshold(y_val, val_scores, min_recall)
     rule = f"largest threshold keeping val recall on defective >= {min_recall}"
-    per_group_thresholds = None
-    if th.get("per_group"):
-        # the recall must hold in every group (source) of val, not only pooled: where one source's
-        # defects are far easier than another's, a pooled threshold would sit above the harder ones
-        groups = np.array(sessions["val"])
-        per_group_thresholds = {g: pick_threshold(y_val[groups == g], val_scores[groups == g], min_recall)
-                                for g in sorted(set(sessions["val"])) if y_val[groups == g].any()}
-        threshold = min(per_group_thresholds.values())
-        rule += f" in every {group_key} of val (the smallest of the per-{group_key} thresholds)"
+    if th.get("rule", "recall") == "balanced_in_every_group":
+        # sources whose defects score on different scales (lab-shot diseases near 1, stock-photo rot
+        # lower) cannot all keep the recall at one threshold without giving up their sound fruit:
+        # the threshold that serves the worst-served source best
+        threshold = pick_threshold_by_group(y_val, val_scores, sessions["val"])
+        rule = f"threshold maximising the smallest per-{group_key} balanced accuracy on val (ties: the larger pooled one, then the lower threshold)"
+    elif th.get("rule", "recall") != "recall":
+        raise ValueError(f"thresholds.rule must be recall or balanced_in_every_group, got {th['rule']!r}")
     # the review band spans the threshold: from (1 - m)·t below it to t + m·(1 - t) above it, so a
     # low threshold does not send every sound fruit to an inspector
     m = float(th["review_margin"])
@@ -385,6 +449,7 @@ def finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, history,
         rep = binary_report(y, s_cal, threshold)
         rep["ece_before"] = expected_calibration_error(y, s_raw)
         rep["ece_after"] = expected_calibration_error(y, s_cal)
+        rep["ood_share"] = float((energy(logits, temperature) > ood_threshold).mean())
         if multi:
             rep["types"] = type_report(labels[split], logits, cfg)
         per_group = {}
@@ -430,7 +495,6 @@ def finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, history,
             "review_band": list(band),
             "chosen_on": "val",
             "rule": rule,
-            **({f"per_{group_key}": per_group_thresholds} if per_group_thresholds is not None else {}),
         },
         "metrics": metrics,
         "history": history,
@@ -445,6 +509,9 @@ def finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, history,
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "config": cfg,
     }
+    meta["thresholds"]["ood_energy"] = ood_threshold
+    meta["thresholds"]["ood_energy_rule"] = (f"quantile {ood_q:g} of the val crops' energy -T*logsumexp(logits/T) "
+                                            "at the calibration temperature T; above it a crop is out of distribution")
     meta = _json_safe(meta)
     ModelSpec.from_metadata(meta)  # the artifact must load the way serving loads it
     (out_dir / "metadata.json").write_text(json.dumps(meta, indent=2, allow_nan=False))

@@ -62,3 +62,30 @@ def test_onnx_serving_path_matches_torch(tiny_artifact):
     got = np.array([e.score for e in served.predict(crops)])
     assert np.abs(ref - got).max() < 1e-4
     assert served.check_parity() < 1e-4  # the recorded parity logits (torch) are what the graph computes
+
+
+def test_ood_energy_threshold_is_chosen_on_val_and_served(tiny_artifact):
+    """The artifact carries an energy threshold, the 0.99 quantile of its val crops' energies as the
+    served ONNX graph computes them, and serving turns it into DefectEvidence.ood.
+
+    No assertion that it fires on non-fruit: an energy score of a sound/defective classifier does not
+    tell fruit from non-fruit (a flat blue patch or an empty belt scores *lower* energy than fruit,
+    on this tiny model and on the shipped apple model alike; see docs/defect_model.md)."""
+    from service.onnx_model import OnnxDefectModel
+
+    out, _, cfg, meta = tiny_artifact
+    th = json.loads((out / "metadata.json").read_text())["thresholds"]
+    assert th["ood_energy"] == meta["thresholds"]["ood_energy"] and np.isfinite(th["ood_energy"])
+    assert "quantile 0.99" in th["ood_energy_rule"] and "val" in th["ood_energy_rule"]
+    served = OnnxDefectModel(out, threads=1)
+    assert served.spec.ood_energy_threshold == th["ood_energy"]
+
+    # the val crops exactly as training made them (data.kind=synthetic: seeds 10_000.., cache_size side)
+    n_val = max(16, int(cfg["data"]["n"]) // 4)
+    val = [random_fruit_image(10_000 + i, size_px=int(cfg["data"]["cache_size"]))[0] for i in range(n_val)]
+    ev = served.predict(val)
+    energies = np.array([e.ood_score for e in ev])
+    assert abs(np.quantile(energies, 0.99) - th["ood_energy"]) < 1e-4 * max(1.0, abs(th["ood_energy"]))
+    assert all(isinstance(e.ood, bool) and e.ood == (e.ood_score > th["ood_energy"]) for e in ev)
+    assert sum(e.ood for e in ev) <= max(1, int(np.ceil(0.01 * n_val)))  # val-like fruit are not OOD
+    assert meta["metrics"]["val"]["ood_share"] <= max(1, int(np.ceil(0.01 * n_val))) / n_val

@@ -1,7 +1,7 @@
 """Citrus defect models against their targets, on held-out photos, the way the service sees them.
 
     .venv/bin/python bench/citrus_eval.py [--lemon models/lemon-defect/0.1.0] \
-        [--orange models/orange-defect/0.1.0] [--data ../shared/data] [--json out.json] [--no-leak-check]
+        [--orange models/orange-defect/0.1.0] [--data ../shared/data] [--split test|val] [--json out.json] [--no-leak-check]
 
 Each artifact's own ``manifest.json`` names its test photos (whole near-duplicate groups the model
 never saw; datasets/citrus.py); every file is checked against its recorded sha256. Every photo
@@ -61,6 +61,8 @@ TARGETS = {
     "orange_type_accuracy": 0.90,
 }
 DISEASES = ("blackspot", "canker", "greening")
+#: the manifest split scored (--split): test for the figures, val to choose between models
+SPLIT = "test"
 
 
 def load_rgb(path: Path) -> np.ndarray:
@@ -73,7 +75,7 @@ def load_rgb(path: Path) -> np.ndarray:
 def read_manifest(artifact: Path, data: Path, check: bool = True) -> list[dict[str, Any]]:
     items = json.loads((artifact / "manifest.json").read_text())["items"]
     if check:
-        bad = [it["path"] for it in items if it["split"] == "test" and file_sha256(data / it["path"]) != it["sha256"]]
+        bad = [it["path"] for it in items if it["split"] == SPLIT and file_sha256(data / it["path"]) != it["sha256"]]
         if bad:
             raise SystemExit(f"{len(bad)} test photos differ from the manifest's sha256 (e.g. {bad[0]}): not the data the model was tested on")
     return items
@@ -164,12 +166,12 @@ def verdict(value: float, target: float) -> str:
 def lemon_report(artifact: Path, data: Path, threads: int, out: dict[str, Any]) -> None:
     model = OnnxDefectModel(artifact, threads=threads)
     items = read_manifest(artifact, data)
-    test = [it for it in items if it["split"] == "test" and it["label"] in ("sound", "defective")]
+    test = [it for it in items if it["split"] == SPLIT and it["label"] in ("sound", "defective")]
     rows = score_items(model, test, data)
     rep = balanced([(r["label"] == "defective", called(r)) for r in rows])
     out["lemon"] = {"artifact": str(artifact), "threshold": model.spec.threshold_defective, **rep}
     print(f"\n== lemons: {artifact} (threshold {model.spec.threshold_defective:.3f}) ==")
-    print(f"test photos: {rep['n_sound']} sound, {rep['n_defective']} defective; no fruit found in {rep['no_fruit']}; "
+    print(f"{SPLIT} photos: {rep['n_sound']} sound, {rep['n_defective']} defective; no fruit found in {rep['no_fruit']}; "
           f"more than one fruit found in {sum(1 for r in rows if r['n_fruit'] > 1)} (the largest is graded)")
     print(f"  balanced accuracy sound vs defective   {fmt(rep['balanced_accuracy'])}   target >= {TARGETS['lemon_balanced_accuracy']}   "
           f"{verdict(rep['balanced_accuracy'], TARGETS['lemon_balanced_accuracy'])}")
@@ -178,13 +180,13 @@ def lemon_report(artifact: Path, data: Path, threads: int, out: dict[str, Any]) 
     empties = [it for it in items if it["label"] == "empty"]
     found = {it["path"]: len(measure_image(load_rgb(data / it["path"]), None)) for it in empties}
     share_all = float(np.mean([n == 0 for n in found.values()]))
-    test_empty = [it["path"] for it in empties if it["split"] == "test"]
+    test_empty = [it["path"] for it in empties if it["split"] == SPLIT]
     share_test = float(np.mean([found[p] == 0 for p in test_empty])) if test_empty else float("nan")
     out["empty"] = {"n": len(empties), "no_fruit_share": share_all, "n_test": len(test_empty), "no_fruit_share_test": share_test,
                     "with_fruit": sorted(p for p, n in found.items() if n)}
     print(f"  empty frames, measure_image finds no fruit: {sum(n == 0 for n in found.values())}/{len(empties)} = {fmt(share_all)}   "
           f"target >= {TARGETS['empty_no_fruit_share']}   {verdict(share_all, TARGETS['empty_no_fruit_share'])}")
-    print(f"    test split alone: {sum(found[p] == 0 for p in test_empty)}/{len(test_empty)} = {fmt(share_test)}; "
+    print(f"    {SPLIT} split alone: {sum(found[p] == 0 for p in test_empty)}/{len(test_empty)} = {fmt(share_test)}; "
           f"frames with a 'fruit': {', '.join(Path(p).name for p in out['empty']['with_fruit']) or 'none'}")
     print("    (the segmentation's colour-contrast and visible-share rules were set looking at these frames: not a held-out figure)")
 
@@ -193,7 +195,7 @@ def orange_report(artifact: Path, data: Path, threads: int, out: dict[str, Any],
     model = OnnxDefectModel(artifact, threads=threads)
     spec = model.spec
     items = read_manifest(artifact, data)
-    test = [it for it in items if it["split"] == "test"]
+    test = [it for it in items if it["split"] == SPLIT]
     rows = score_items(model, test, data)
     print(f"\n== oranges: {artifact} (classes {', '.join(spec.classes)}; threshold {spec.threshold_defective:.3f}) ==")
     o: dict[str, Any] = {"artifact": str(artifact), "threshold": spec.threshold_defective, "per_source": {}}
@@ -201,7 +203,7 @@ def orange_report(artifact: Path, data: Path, threads: int, out: dict[str, Any],
         rs = [r for r in rows if r["source"] == source]
         o["per_source"][source] = balanced([(r["label"] != "sound", called(r)) for r in rs])
     fr, fd = o["per_source"]["oranges-fresh-rotten"], o["per_source"]["orange-diseases"]
-    print(f"test photos: oranges-fresh-rotten {fr['n_sound']} fresh + {fr['n_defective']} rotten; orange-diseases {fd['n_sound']} fresh + "
+    print(f"{SPLIT} photos: oranges-fresh-rotten {fr['n_sound']} fresh + {fr['n_defective']} rotten; orange-diseases {fd['n_sound']} fresh + "
           f"{fd['n_defective']} diseased; no fruit found in {fr['no_fruit'] + fd['no_fruit']}")
     t = TARGETS["orange_fresh_vs_rotten_balanced_accuracy"]
     print(f"  oranges-fresh-rotten  fresh vs rotten    balanced accuracy {fmt(fr['balanced_accuracy'])}   target >= {t}   {verdict(fr['balanced_accuracy'], t)}"
@@ -296,15 +298,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--orange", default=str(REPO / "models" / "orange-defect" / "0.1.0"))
     ap.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--split", default="test", choices=["test", "val"],
+                    help="the manifest split to score: test for the published figures, val to choose between models")
     ap.add_argument("--json", help="also write every figure to this JSON file")
     ap.add_argument("--no-leak-check", action="store_true", help="skip the perceptual-hash leak check (hashes every orange photo once)")
     args = ap.parse_args(argv)
     data = Path(args.data)
+    global SPLIT
+    SPLIT = args.split
     if not (data / "lemons").is_dir():
         print(f"{data} has no citrus photos: nothing to evaluate", file=sys.stderr)
         return 2
     t0 = time.time()
-    out: dict[str, Any] = {"targets": TARGETS}
+    out: dict[str, Any] = {"targets": TARGETS, "split": SPLIT}
     lemon_report(Path(args.lemon), data, args.threads, out)
     orange_report(Path(args.orange), data, args.threads, out, not args.no_leak_check)
     print(f"\n({time.time() - t0:.0f} s)")

@@ -50,8 +50,9 @@ if str(REPO) not in sys.path:
 
 from datasets import citrus  # noqa: E402
 from datasets.fruitnet import file_sha256  # noqa: E402
-from grader.measure import CROP_FILL_RGB, crop_for_model, measure_image, segment_fruits  # noqa: E402
+from grader.measure import crop_for_model, measure_image, segment_fruits  # noqa: E402
 from service.onnx_model import OnnxDefectModel  # noqa: E402
+from training.colour import colour_transfer, fruit_pixels, mean_colour_stats  # noqa: E402
 
 TARGETS = {
     "lemon_balanced_accuracy": 0.95,
@@ -89,7 +90,7 @@ def service_crop(rgb: np.ndarray, margin: float) -> tuple[np.ndarray | None, int
         return None, 0, 0.0
     seg = max(segs, key=lambda s: int(s.mask.sum()))
     crop = crop_for_model(rgb, seg.bbox, margin, seg.mask)
-    share = float((crop != np.array(CROP_FILL_RGB, np.uint8)).any(axis=2).mean())
+    share = float(fruit_pixels(crop).mean())
     return crop, len(segs), share
 
 
@@ -123,35 +124,6 @@ def called(row: dict[str, Any]) -> bool | None:
     """Called defective (any defective class), sound, or None when no fruit was found."""
     ev = row.get("evidence")
     return None if ev is None else ev.label != "sound"
-
-
-# ----------------------------------------------------------------------------- colour swap
-def _fruit_lab(crop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    fruit = (crop != np.array(CROP_FILL_RGB, np.uint8)).any(axis=2)
-    return cv2.cvtColor(crop, cv2.COLOR_RGB2LAB).astype(np.float32), fruit
-
-
-def colour_stats(crops: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Mean over crops of the per-crop Lab mean and spread of the fruit pixels."""
-    mus, sds = [], []
-    for c in crops:
-        lab, fruit = _fruit_lab(c)
-        if fruit.sum() > 50:
-            mus.append(lab[fruit].mean(0))
-            sds.append(lab[fruit].std(0) + 1e-3)
-    return np.mean(mus, 0), np.mean(sds, 0)
-
-
-def recolour(crop: np.ndarray, mu_t: np.ndarray, sd_t: np.ndarray) -> np.ndarray:
-    """Reinhard colour transfer of the fruit pixels to the target Lab statistics."""
-    lab, fruit = _fruit_lab(crop)
-    if fruit.sum() <= 50:
-        return crop
-    px = lab[fruit]
-    lab[fruit] = (px - px.mean(0)) / (px.std(0) + 1e-3) * sd_t + mu_t
-    out = cv2.cvtColor(np.clip(lab, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
-    out[~fruit] = crop[~fruit]
-    return out
 
 
 # ----------------------------------------------------------------------------- reports
@@ -250,7 +222,7 @@ def orange_report(artifact: Path, data: Path, threads: int, out: dict[str, Any],
             crop, _, _ = service_crop(load_rgb(data / it["path"]), spec.crop_margin_frac)
             if crop is not None:
                 train_crops[key].append(crop)
-    lab_stats, stock_stats = colour_stats(train_crops["lab_diseased"]), colour_stats(train_crops["stock_sound"])
+    lab_stats, stock_stats = mean_colour_stats(train_crops["lab_diseased"]), mean_colour_stats(train_crops["stock_sound"])
     swap: dict[str, Any] = {}
     for name, sel, target, want in (
         ("fresh (stock) given lab colours, still sound", lambda r: r["label"] == "sound", lab_stats, False),
@@ -260,7 +232,7 @@ def orange_report(artifact: Path, data: Path, threads: int, out: dict[str, Any],
         rs = [r for r in rows if sel(r) and r.get("evidence") is not None]
         if not rs:
             continue
-        evs = model.predict([recolour(r["crop"], *target) for r in rs])
+        evs = model.predict([colour_transfer(r["crop"], target) for r in rs])
         before = float(np.mean([(r["evidence"].label != "sound") == want for r in rs]))
         after = float(np.mean([(e.label != "sound") == want for e in evs]))
         swap[name] = {"n": len(rs), "right_before": before, "right_after": after}
@@ -268,7 +240,7 @@ def orange_report(artifact: Path, data: Path, threads: int, out: dict[str, Any],
     for d in DISEASES:
         rs = [r for r in rows if r["label"] == d and r.get("evidence") is not None]
         if rs:
-            evs = model.predict([recolour(r["crop"], *stock_stats) for r in rs])
+            evs = model.predict([colour_transfer(r["crop"], stock_stats) for r in rs])
             swap[f"{d} given stock colours, still defective"] = float(np.mean([e.label != "sound" for e in evs]))
     print("      per disease, still defective with stock colours: "
           + ", ".join(f"{d} {fmt(swap.get(f'{d} given stock colours, still defective'))}" for d in DISEASES))

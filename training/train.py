@@ -31,7 +31,7 @@ from tqdm import tqdm
 from datasets import citrus, fruitnet
 from datasets.synthetic import random_fruit_image
 from grader.defect import ModelSpec, energy, preprocess, softmax
-from grader.measure import CROP_FILL_RGB
+from training.colour import colour_transfer, fruit_colour_stats
 from training.crops import crop_cache
 from training.crops import load_rgb
 from training.export import INPUT_NAME, OUTPUT_NAME, check_export, export_onnx, parity_record
@@ -200,35 +200,6 @@ class CropDataset(torch.utils.data.Dataset):
             crop = colour_transfer(crop, self.stats[int(self.rng.integers(len(self.crops)))])
         x = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1)  # uint8 CHW
         return self.transform(x), int(self.labels[i])
-
-
-def _fruit_pixels(crop: np.ndarray) -> np.ndarray:
-    """Pixels of a model crop that are fruit, not the painted-out background (CROP_FILL_RGB)."""
-    return (np.abs(crop.astype(np.int16) - np.array(CROP_FILL_RGB, np.int16)) > 2).any(axis=2)
-
-
-def fruit_colour_stats(crop: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """Lab mean and spread of a crop's fruit pixels (None for a crop with too little fruit)."""
-    fruit = _fruit_pixels(crop)
-    if fruit.sum() < 50:
-        return None
-    px = cv2.cvtColor(crop, cv2.COLOR_RGB2LAB).astype(np.float32)[fruit]
-    return px.mean(0), px.std(0) + 1e-3
-
-
-def colour_transfer(crop: np.ndarray, target: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
-    """The crop's fruit pixels moved to another fruit's Lab mean and spread (Reinhard transfer): the
-    photo's overall colour, exposure and saturation change, its local spots and texture stay. When
-    the overall colour tells the photo's source (lab vs stock), this takes that cue away."""
-    own = fruit_colour_stats(crop)
-    if own is None or target is None:
-        return crop
-    fruit = _fruit_pixels(crop)
-    lab = cv2.cvtColor(crop, cv2.COLOR_RGB2LAB).astype(np.float32)
-    lab[fruit] = (lab[fruit] - own[0]) / own[1] * target[1] + target[0]
-    out = cv2.cvtColor(np.clip(lab, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
-    out[~fruit] = crop[~fruit]
-    return out
 
 
 def train_transform(cfg: dict[str, Any]) -> T.Transform:

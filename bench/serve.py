@@ -1,6 +1,6 @@
 """End-to-end serving benchmark: the real server, real JPEGs, many concurrent cameras.
 
-    .venv/bin/python bench/serve.py [--seconds 10] [--concurrency 1,4,16] [--rate 100] [--database-url URL]
+    .venv/bin/python bench/serve.py [--seconds 10] [--concurrency 1,4,16] [--rate 100] [--workers N] [--database-url URL]
 
 Starts `grader serve` (SQLite in a temporary data dir unless --database-url), posts JPEGs (FruitNet
 apple photos from ../shared/data when present, else synthetic fruit) and prints, in one run:
@@ -141,6 +141,7 @@ def main() -> None:
     ap.add_argument("--database-url", default=None)
     ap.add_argument("--images", type=int, default=40)
     ap.add_argument("--max-in-flight", type=int, default=None, help="GRADER_MAX_IN_FLIGHT for the server")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="server worker processes (default: one per core)")
     args = ap.parse_args()
 
     jpegs = images(args.images)
@@ -154,7 +155,8 @@ def main() -> None:
             env["GRADER_DATABASE_URL"] = args.database_url
         if args.max_in_flight:
             env["GRADER_MAX_IN_FLIGHT"] = str(args.max_in_flight)
-        server = ServerProcess(Path(tmp), env).start()
+        server = ServerProcess(Path(tmp), env, workers=args.workers).start()
+        print(f"server: grader serve --workers {args.workers}, {'PostgreSQL' if args.database_url else 'SQLite'}")
         try:
             base = server.url
             url = base + "/v1/grade"

@@ -284,19 +284,44 @@ def _refine_edge(crop_rgb: np.ndarray, coarse: np.ndarray) -> np.ndarray:
     ring = cv2.morphologyEx(coarse.astype(np.uint8), cv2.MORPH_GRADIENT, np.ones((7, 7), np.uint8)).astype(bool)
     if not ring.any():
         return coarse
-    lab = _to_lab(crop_rgb)
+    lab = cv2.cvtColor(crop_rgb, cv2.COLOR_RGB2LAB)
     inner = cv2.erode(coarse.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
     outer = ~cv2.dilate(coarse.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
     if inner.sum() < 10 or outer.sum() < 10:
         return coarse
-    fg = np.median(lab[inner], axis=0)
-    bg = np.median(lab[outer], axis=0)
-    d_fg = np.linalg.norm(lab - fg, axis=2)
-    d_bg = np.linalg.norm(lab - bg, axis=2)
+    fg = _channel_medians(lab[inner])
+    bg = _channel_medians(lab[outer])
+    edge = lab[ring].astype(np.float32)  # only the ring is re-decided: distances there only
+    d_fg = ((edge - fg) ** 2).sum(axis=1)
+    d_bg = ((edge - bg) ** 2).sum(axis=1)
     refined = coarse.copy()
-    refined[ring] = d_fg[ring] < d_bg[ring]
+    refined[ring] = d_fg < d_bg
     refined = cv2.morphologyEx(refined.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)).astype(bool)
     return _fill_holes(refined)
+
+
+def _hist_quantiles(values: np.ndarray, groups: np.ndarray, n_groups: int, q: float) -> np.ndarray:
+    """``np.quantile(values[groups == g], q)`` (linear interpolation) for every group g at once, for
+    uint8 values: counted in one histogram instead of sorted, so O(pixels). NaN for an empty group."""
+    hist = np.bincount(groups.astype(np.intp) * 256 + values, minlength=n_groups * 256).reshape(n_groups, 256)
+    cum = hist.cumsum(axis=1)
+    out = np.full(n_groups, np.nan)
+    for g in range(n_groups):
+        n = int(cum[g, -1])
+        if n == 0:
+            continue
+        pos = q * (n - 1)
+        lo = math.floor(pos)
+        # the k-th smallest value (0-based) is the first bin whose cumulative count exceeds k
+        v_lo, v_hi = np.searchsorted(cum[g], [lo, min(lo + 1, n - 1)], side="right")
+        out[g] = v_lo + (pos - lo) * (v_hi - v_lo)
+    return out
+
+
+def _channel_medians(pixels_u8: np.ndarray) -> np.ndarray:
+    """Per-channel median of (N, 3) uint8 pixels, as ``np.median(pixels, axis=0)``."""
+    zeros = np.zeros(len(pixels_u8), np.intp)
+    return np.array([_hist_quantiles(pixels_u8[:, c], zeros, 1, 0.5)[0] for c in range(3)], np.float32)
 
 
 def caliper_widths_px(contour: np.ndarray) -> tuple[float, float, float]:
@@ -422,33 +447,34 @@ def _distance_to_edge(mask: np.ndarray, size: int) -> np.ndarray:
 
 def _skin_departure(image_rgb: np.ndarray, seg: "Segment | FruitMeasurement", params: BlemishParams) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """(skin mask, Lab distance from the reference skin colour, darkening in L*) over the fruit's
-    bbox; None when too little skin is visible to judge."""
+    bbox, both 0 off the skin; None when too little skin is visible to judge."""
     x0, y0, x1, y1 = seg.bbox
-    lab = _to_lab(image_rgb[y0:y1, x0:x1])
     mask = seg.mask
     dist = _distance_to_edge(mask, 5)
     dmax = max(float(dist.max()), 1.0)
     skin = mask & (dist > max(params.edge_margin_frac * dmax, params.edge_margin_px))
-    if skin.sum() < 20:
+    idx = np.flatnonzero(skin)
+    if len(idx) < 20:
         return None
+    lab = cv2.cvtColor(np.ascontiguousarray(image_rgb[y0:y1, x0:x1]), cv2.COLOR_RGB2LAB).reshape(-1, 3)[idx]  # uint8, skin only
     # rings of equal skin area (quantiles of the distance from the edge), so a spot in the middle
     # of the fruit never fills the small central ring and becomes its own reference
-    edges = np.quantile(dist[skin], np.linspace(0, 1, params.rings + 1)[1:-1])
-    rings = np.searchsorted(edges, dist, side="right")
-    ref = np.zeros_like(lab)
-    for ring in range(params.rings):
-        sel = skin & (rings == ring)
-        if sel.any():
-            # the reference is the median of the ring's brighter 60 %: blemishes are darker, so
-            # one that covers up to 40 % of a ring does not shift its reference (estimated on at
-            # most 4000 of the ring's pixels: the same median, for less work)
-            ring_lab = lab[sel]
-            if len(ring_lab) > 4000:
-                ring_lab = ring_lab[:: len(ring_lab) // 4000]
-            bright = ring_lab[ring_lab[:, 0] >= np.quantile(ring_lab[:, 0], 0.4)]
-            ref[sel] = np.median(bright, axis=0)
-    delta_e = np.linalg.norm(lab - ref, axis=2)
-    return skin, delta_e, ref[..., 0] - lab[..., 0]
+    d = dist.ravel()[idx]
+    edges = np.quantile(d, np.linspace(0, 1, params.rings + 1)[1:-1])
+    rings = np.searchsorted(edges, d, side="right")
+    # each ring's reference is the median of its brighter 60 %: blemishes are darker, so one that
+    # covers up to 40 % of a ring does not shift its reference (medians and quantiles of uint8 Lab
+    # from histograms: exact, and linear in the number of pixels)
+    l_cut = _hist_quantiles(lab[:, 0], rings, params.rings, 0.4)
+    bright = lab[:, 0] >= l_cut[rings]
+    ref_table = np.stack([_hist_quantiles(lab[bright, c], rings[bright], params.rings, 0.5) for c in range(3)], axis=1)
+    ref = ref_table[rings].astype(np.float32)
+    lab_f = lab.astype(np.float32)
+    delta_e = np.zeros(mask.shape, np.float32)
+    darkening = np.zeros(mask.shape, np.float32)
+    delta_e.ravel()[idx] = np.sqrt(((lab_f - ref) ** 2).sum(axis=1))
+    darkening.ravel()[idx] = ref[:, 0] - lab_f[:, 0]
+    return skin, delta_e, darkening
 
 
 def skin_anomaly_map(image_rgb: np.ndarray, seg: "Segment | FruitMeasurement", params: BlemishParams | None = None) -> np.ndarray:

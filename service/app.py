@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 from fastapi import FastAPI
 
 from grader.calibration import ReferenceSpec
@@ -54,6 +55,7 @@ class Context:
 
 
 def build_context(settings: Settings) -> Context:
+    cv2.setNumThreads(settings.opencv_threads)  # process-wide: measurement's OpenCV calls
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.resolved_database_url)
     init_db(engine)

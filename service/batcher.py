@@ -1,7 +1,9 @@
 """Micro-batching of concurrent inference requests into one ONNX Runtime call.
 
-Requests from many threads put their crops on a bounded queue; one worker thread takes what has
-arrived within ``max_wait_ms`` (up to ``max_batch`` crops) and runs it as one batch. When the queue
+Requests from many threads put their crops on a bounded queue; one worker thread takes everything
+already queued (up to ``max_batch`` crops) and runs it as one batch. It waits up to ``max_wait_ms``
+for more only while other requests are announced (:meth:`MicroBatcher.expecting`: measuring their
+fruit, about to submit): a lone request is never held back for company that is not coming. When the queue
 is full the caller gets :class:`Overloaded` at once, and the service answers 503 with Retry-After,
 instead of every camera's latency growing without bound.
 """
@@ -12,7 +14,8 @@ import queue
 import threading
 import time
 from concurrent.futures import Future
-from typing import Sequence
+from contextlib import contextmanager
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -35,12 +38,34 @@ class MicroBatcher:
         self.max_batch, self.max_wait_s = max_batch, max_wait_ms / 1000.0
         self._q: queue.Queue[tuple[np.ndarray, Future, OnnxDefectModel]] = queue.Queue(maxsize=max_queue)
         self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._expected = 0  # requests announced but not yet submitted
+        self._local = threading.local()
         self._worker = threading.Thread(target=self._loop, name="inference-batcher", daemon=True)
         self._worker.start()
+
+    @contextmanager
+    def expecting(self) -> Iterator[None]:
+        """Announce a request that will submit soon (it is decoding or measuring): while any is
+        announced the worker may wait up to max_wait_ms to run it in the same batch."""
+        with self._lock:
+            self._expected += 1
+        self._local.announced = True
+        try:
+            yield
+        finally:
+            self._arrived()  # a request that found no fruit never submits
+
+    def _arrived(self) -> None:
+        if getattr(self._local, "announced", False):
+            self._local.announced = False
+            with self._lock:
+                self._expected -= 1
 
     def submit(self, model: OnnxDefectModel, batch: np.ndarray) -> np.ndarray:
         """Logits for a preprocessed batch, run together with whatever else is waiting."""
         fut: Future = Future()
+        self._arrived()
         try:
             self._q.put_nowait((batch, fut, model))
         except queue.Full:
@@ -58,13 +83,16 @@ class MicroBatcher:
             n = len(first[0])
             deadline = time.perf_counter() + self.max_wait_s
             while n < self.max_batch:
-                left = deadline - time.perf_counter()
-                if left <= 0:
-                    break
-                try:
-                    item = self._q.get(timeout=left)
+                try:  # everything already waiting joins at once
+                    item = self._q.get_nowait()
                 except queue.Empty:
-                    break
+                    left = deadline - time.perf_counter()
+                    if left <= 0 or self._expected <= 0:
+                        break  # nobody else is on the way: run now
+                    try:
+                        item = self._q.get(timeout=min(left, 0.001))
+                    except queue.Empty:
+                        continue
                 items.append(item)
                 n += len(item[0])
             QUEUE_DEPTH.set(self._q.qsize())

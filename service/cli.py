@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -22,18 +23,23 @@ from pathlib import Path
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from service.http_protocol import NoDelayHttpProtocol
     from service.settings import Settings
 
     settings = Settings()
     from service.app import announce
 
     announce(settings, args.host, args.port)
+    if args.workers > 1 and "GRADER_ONNX_THREADS" not in os.environ:
+        # each worker process runs its own ONNX Runtime session: share the cores out, not multiply them
+        os.environ["GRADER_ONNX_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.workers))
     uvicorn.run(
         "service.app:app_from_env",
         factory=True,
         host=args.host,
         port=args.port,
         workers=args.workers,
+        http=NoDelayHttpProtocol,
         log_level=args.log_level,
         timeout_graceful_shutdown=10,
     )
@@ -194,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("serve", help="run the HTTP service")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
-    s.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (use PostgreSQL for more than one)")
+    s.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (SQLite or PostgreSQL; replicas on several hosts need PostgreSQL)")
     s.add_argument("--log-level", default="info")
     s.set_defaults(func=_serve)
 

@@ -101,9 +101,10 @@ def lookup(ctx, req: GradeRequest) -> ResultRow | None:
 
 
 def grade_rgb(ctx, req: GradeRequest, rgb: np.ndarray) -> tuple[ScaledFrame, ImageGrade]:
-    scaled = resolve_scale(rgb, req.commodity, req.mm_per_px, req.reference_diameter_mm, req.camera_cal, ctx.reference)
-    graded = grade_image(rgb, req.model, req.standard, mm_per_px=scaled.mm_per_px, sweetness=req.sweetness, policy=ctx.policy,
-                         commodity=req.commodity, measurements=scaled.fruit, lot=req.lot_ctx)
+    with req.model.batcher.expecting():  # the batcher may hold a batch a moment for this request's crops
+        scaled = resolve_scale(rgb, req.commodity, req.mm_per_px, req.reference_diameter_mm, req.camera_cal, ctx.reference)
+        graded = grade_image(rgb, req.model, req.standard, mm_per_px=scaled.mm_per_px, sweetness=req.sweetness, policy=ctx.policy,
+                             commodity=req.commodity, measurements=scaled.fruit, lot=req.lot_ctx)
     graded.image_flags.extend(scaled.flags)
     return scaled, graded
 

@@ -27,12 +27,13 @@ class ServerProcess:
     to ``data_dir/server.log``. Leaving the block sends SIGTERM and waits for a clean exit."""
 
     def __init__(self, data_dir: Path, env: dict[str, str] | None = None, port: int | None = None, ready_timeout_s: float = 90.0,
-                 log_level: str = "warning"):
+                 log_level: str = "warning", workers: int = 1):
         self.data_dir = Path(data_dir)
         self.env = dict(env or {})
         self.port = port or free_port()
         self.ready_timeout_s = ready_timeout_s
         self.log_level = log_level
+        self.workers = workers
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -50,7 +51,8 @@ class ServerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **self.env, "GRADER_DATA_DIR": str(self.data_dir)}
         with open(self.log_path, "a") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(self.port), "--log-level", self.log_level],
+            self.proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(self.port), "--log-level", self.log_level,
+                                          "--workers", str(self.workers)],
                                          env=env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + self.ready_timeout_s
         while time.monotonic() < deadline:

@@ -12,6 +12,8 @@ import hashlib
 import os
 import tempfile
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -285,16 +287,31 @@ def alembic_config(engine: Engine):
 
 def init_db(engine: Engine) -> None:
     """Bring the database to the newest schema with the Alembic migrations (on every start; a
-    no-op when it is current). On PostgreSQL, replicas starting together take turns on an advisory
-    lock, so only one of them migrates."""
+    no-op when it is current). Processes starting together take turns, so only one of them
+    migrates: on PostgreSQL on an advisory lock, on a SQLite file on a lock file next to it (uvicorn
+    workers of one host)."""
     from alembic import command
 
     cfg = alembic_config(engine)
-    with engine.begin() as conn:
+    with _sqlite_file_lock(engine), engine.begin() as conn:
         if engine.dialect.name == "postgresql":
             conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7412093)")  # released at commit
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
+
+
+@contextmanager
+def _sqlite_file_lock(engine: Engine) -> Iterator[None]:
+    """An exclusive lock on ``<database>.migrate.lock`` for a SQLite file database; nothing otherwise."""
+    db = engine.url.database if engine.dialect.name == "sqlite" else None
+    if not db or db == ":memory:":
+        yield
+        return
+    import fcntl
+
+    with open(f"{db}.migrate.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
+        yield
 
 
 class StorageUnavailable(Exception):

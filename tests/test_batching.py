@@ -41,8 +41,9 @@ def test_concurrent_requests_share_batches_and_get_their_own_answers(model):
     barrier = threading.Barrier(8)
 
     def worker(i):
-        barrier.wait()
-        results[i] = served.predict([cs[i]])[0].score
+        with b.expecting():  # as the grading path does while it measures the fruit
+            barrier.wait()
+            results[i] = served.predict([cs[i]])[0].score
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
     [t.start() for t in threads]
@@ -50,6 +51,19 @@ def test_concurrent_requests_share_batches_and_get_their_own_answers(model):
     b.close()
     assert results == pytest.approx(direct, abs=1e-5)
     assert max(sizes) > 1 and sum(sizes) == 8
+
+
+def test_a_lone_request_is_not_held_for_company(model):
+    """Nothing else announced: the batch runs at once, not after max_wait_ms (here 20 s)."""
+    b = MicroBatcher(max_batch=16, max_wait_ms=20_000)
+    served = ServingModel(model, b)
+    cs = crops(1)
+    t0 = time.monotonic()
+    with b.expecting():
+        served.predict(cs)
+    assert time.monotonic() - t0 < 10  # far from 20 s: it did not wait for a batch to fill
+    assert b._expected == 0  # its announcement ended when it submitted
+    b.close()
 
 
 def test_full_queue_is_refused_at_once(model):

@@ -52,3 +52,27 @@ def test_keys_never_reach_the_logs(tmp_path):
     assert "/v1/grade" in log  # the access log is on
     for key in (*API_KEYS.values(), "wrong-key-abcdef"):
         assert key not in log
+
+
+def test_two_workers_share_one_sqlite_database(tmp_path):
+    """`grader serve --workers 2` on SQLite: the workers start together on a new database (one
+    migrates, the other waits on the lock file), take concurrent cameras, and every result is stored."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    env = {"GRADER_API_KEYS": ",".join(f"{r}:{k}" for r, k in API_KEYS.items())}
+    imgs = [jpeg_bytes(make_fruit_image(seed=s, diameter_mm=70, mm_per_px=0.3)[0]) for s in range(4)]
+    with ServerProcess(tmp_path / "var", env, workers=2, log_level="info") as srv:
+        def post(i: int) -> int:
+            with httpx.Client(timeout=60) as c:  # a connection per camera: the kernel spreads them over the workers
+                r = c.post(srv.url + "/v1/grade", files={"image": ("a.jpg", imgs[i % 4], "image/jpeg")},
+                           data={"camera_id": f"cam-{i % 3}", "fruit_id": f"f{i}", "mm_per_px": "0.3"}, headers={"X-API-Key": API_KEYS["camera"]})
+                return r.status_code
+
+        with ThreadPoolExecutor(6) as pool:
+            codes = list(pool.map(post, range(24)))
+        assert codes == [200] * 24
+        listed = httpx.get(srv.url + "/v1/results", params={"limit": 100}, headers={"X-API-Key": API_KEYS["inspector"]}, timeout=10).json()
+        rows = listed["items"] if isinstance(listed, dict) else listed
+        assert sorted(r["fruit_id"] for r in rows) == sorted(f"f{i}" for i in range(24))
+        assert srv.log().count("Started server process") == 2
+        assert "Traceback" not in srv.log()

@@ -202,15 +202,14 @@ def segment_fruits(image_rgb: np.ndarray, params: SegmentationParams | None = No
             continue
         blob = labels == i
         blobs.extend(_split_touching(blob, min_area) if params.split_touching else [blob])
-    colour_dist = None
     kept = []
+    colour_only = np.array([0.0, 1.0, 1.0], dtype=np.float32)
     for blob in blobs:
         if params.min_visible_frac > 0 and _visible_fraction(blob) < params.min_visible_frac:
             continue  # mostly outside the frame
         if params.min_colour_contrast > 0:
-            if colour_dist is None:
-                colour_dist = _distance_to(lab, background, np.array([0.0, 1.0, 1.0], dtype=np.float32))
-            if float(np.median(colour_dist[blob])) < params.min_colour_contrast and not (
+            colour_dist = _distance_to(lab[blob][:, None, :], background, colour_only)  # the blob's pixels only
+            if float(np.median(colour_dist)) < params.min_colour_contrast and not (
                 blob.sum() >= params.lightness_only_min_area_frac * sh * sw
                 and float(np.median(dist[blob])) >= params.lightness_only_min_contrast
             ):
@@ -340,15 +339,12 @@ def caliper_widths_px(contour: np.ndarray) -> tuple[float, float, float]:
         return 1.0, 1.0, 4.0
     # largest width: projection of the hull onto the direction that maximises it, pixel-extent corrected
     # (the max Feret direction is searched finely around the farthest pair's direction)
-    best = 0.0
-    best_angle = math.atan2(axis[1], axis[0])
-    for da in np.linspace(-0.1, 0.1, 21):
-        a = best_angle + da
-        u = np.array([math.cos(a), math.sin(a)])
-        p = hull @ u
-        width = p.max() - p.min()
-        if width > best:
-            best, best_u = width, u
+    angles = math.atan2(axis[1], axis[0]) + np.linspace(-0.1, 0.1, 21)
+    dirs = np.stack([np.cos(angles), np.sin(angles)], axis=1)  # (21, 2)
+    proj = hull @ dirs.T
+    widths = proj.max(axis=0) - proj.min(axis=0)
+    k = int(np.argmax(widths))
+    best, best_u = float(widths[k]), dirs[k]
     perp = np.array([-best_u[1], best_u[0]])
     p = hull @ perp
     minor = p.max() - p.min()
@@ -386,9 +382,15 @@ def measure_segment(
     diameter_px, other_px = (minor_px, major_px) if size_axis == "minor" else (major_px, minor_px)
     area_px = float(seg.mask.sum())
     roundness = float(min(1.0, 4 * math.pi * area_px / max(perimeter_px, 1.0) ** 2))
-    spots = blemish_mask(image_rgb, seg, blemish or BlemishParams(), colour_bands)
+    in_band = None
+    if colour_bands:  # one colour-band mask of the fruit's box, for the blemish test and the coverage
+        from .commodities import colour_mask
+
+        x0, y0, x1, y1 = seg.bbox
+        in_band = colour_mask(image_rgb[y0:y1, x0:x1], colour_bands)
+    spots = blemish_mask(image_rgb, seg, blemish or BlemishParams(), colour_bands, in_band)
     blemish_px, largest_px = _spot_areas(spots)
-    coverage = colour_coverage(image_rgb, seg, colour_bands) if colour_bands else None
+    coverage = colour_coverage(image_rgb, seg, colour_bands, in_band) if colour_bands else None
 
     unscaled = FruitMeasurement(
         bbox=seg.bbox,
@@ -491,7 +493,8 @@ def skin_anomaly_map(image_rgb: np.ndarray, seg: "Segment | FruitMeasurement", p
     return np.where(skin, heat, 0.0).astype(np.float32)
 
 
-def blemish_mask(image_rgb: np.ndarray, seg: Segment, params: BlemishParams, healthy_bands: tuple["ColourBand", ...] = ()) -> np.ndarray:
+def blemish_mask(image_rgb: np.ndarray, seg: Segment, params: BlemishParams, healthy_bands: tuple["ColourBand", ...] = (),
+                 in_band: np.ndarray | None = None) -> np.ndarray:
     """Skin pixels that look blemished (bool, bbox-sized like ``seg.mask``).
 
     Pixels in the commodity's target colour (``healthy_bands``, e.g. an apple's red blush) are
@@ -509,7 +512,9 @@ def blemish_mask(image_rgb: np.ndarray, seg: Segment, params: BlemishParams, hea
     if healthy_bands:
         from .commodities import colour_mask
 
-        cores = spots & ~colour_mask(image_rgb[y0:y1, x0:x1], healthy_bands)
+        if in_band is None:
+            in_band = colour_mask(image_rgb[y0:y1, x0:x1], healthy_bands)
+        cores = spots & ~in_band
         # thin lines of off-colour (the boundary between two healthy colours) are not spots
         cores = cv2.morphologyEx(cores.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)).astype(bool)
         # a spot's own rim blends into the skin colour (anti-aliasing, JPEG chroma): keep candidate
@@ -529,9 +534,10 @@ def _spot_areas(spots: np.ndarray) -> tuple[float, float]:
     return total, float(stats[1:, cv2.CC_STAT_AREA].max()) if n > 1 else 0.0
 
 
-def colour_coverage(image_rgb: np.ndarray, seg: Segment, bands: tuple["ColourBand", ...]) -> float:
+def colour_coverage(image_rgb: np.ndarray, seg: Segment, bands: tuple["ColourBand", ...], in_band: np.ndarray | None = None) -> float:
     """Share (0..1) of the fruit's visible skin inside the commodity's target colour bands.
-    The outermost rim (edge pixels mixed with background) is left out."""
+    The outermost rim (edge pixels mixed with background) is left out. ``in_band``: the bands'
+    mask of the fruit's box when the caller has it already."""
     from .commodities import colour_mask
 
     x0, y0, x1, y1 = seg.bbox
@@ -539,7 +545,9 @@ def colour_coverage(image_rgb: np.ndarray, seg: Segment, bands: tuple["ColourBan
     skin = seg.mask & (dist > 0.04 * max(float(dist.max()), 1.0))
     if not skin.any():
         return 0.0
-    return float((colour_mask(image_rgb[y0:y1, x0:x1], bands) & skin).sum() / skin.sum())
+    if in_band is None:
+        in_band = colour_mask(image_rgb[y0:y1, x0:x1], bands)
+    return float((in_band & skin).sum() / skin.sum())
 
 
 def measure_image(

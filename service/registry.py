@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from grader.errors import InvalidModelArtifact
 
@@ -72,12 +73,18 @@ class Registry:
         loaded = OnnxDefectModel(path, self.threads)
         meta = json.loads((path / "metadata.json").read_text())
         mid = model_id(meta)
-        with self.repo.sessions() as s, s.begin():
-            row = s.get(ModelVersionRow, mid)
+        try:
+            with self.repo.sessions() as s, s.begin():
+                row = s.get(ModelVersionRow, mid)
+                if row is None:
+                    row = ModelVersionRow(id=mid, name=meta["name"], version=str(meta["version"]), path=str(path),
+                                          onnx_sha256=loaded.sha256, status="available", meta=meta, created_at=utcnow())
+                    s.add(row)
+        except IntegrityError:  # another process (a worker or replica starting with this one) registered it first
+            with self.repo.sessions() as s:
+                row = s.get(ModelVersionRow, mid)
             if row is None:
-                row = ModelVersionRow(id=mid, name=meta["name"], version=str(meta["version"]), path=str(path),
-                                      onnx_sha256=loaded.sha256, status="available", meta=meta, created_at=utcnow())
-                s.add(row)
+                raise
         return row
 
     def _serving(self, shipped: ModelVersionRow, commodity: str) -> ServingModel:

@@ -38,6 +38,9 @@ class ModelSpec:
     #: energy score (-T·logsumexp(logits/T)) above which a crop is not a fruit this model knows;
     #: None when the model's metadata gives no threshold (then no OOD flag can fire)
     ood_energy_threshold: float | None = None
+    #: ``ood_distance`` (Mahalanobis distance of the pooled features to the training fruit's) above
+    #: which a crop is not a fruit this model knows; None for a model without that output
+    ood_distance_threshold: float | None = None
     crop_margin_frac: float = 0.08
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -63,6 +66,7 @@ class ModelSpec:
                 review_band=(float(thr.get("review_band", [0.3, 0.7])[0]), float(thr.get("review_band", [0.3, 0.7])[1])),
                 crop_margin_frac=float(pre.get("crop_margin_frac", 0.08)),
                 ood_energy_threshold=None if thr.get("ood_energy") is None else float(thr["ood_energy"]),
+                ood_distance_threshold=None if thr.get("ood_distance") is None else float(thr["ood_distance"]),
                 raw=meta,
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
@@ -103,14 +107,36 @@ def energy(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return -temperature * (m + np.log(np.exp(z - m[:, None]).sum(axis=1)))
 
 
-def evidence_from_logits(logits: np.ndarray, spec: ModelSpec) -> list[DefectEvidence]:
-    """Turn raw model outputs into calibrated defect evidence, one per crop."""
+def evidence_from_logits(logits: np.ndarray, spec: ModelSpec, defect_map: np.ndarray | None = None,
+                         ood_distance: np.ndarray | None = None) -> list[DefectEvidence]:
+    """Turn raw model outputs into calibrated defect evidence, one per crop.
+
+    ``defect_map`` (N, h, w) and ``ood_distance`` (N,) are the graph's extra outputs where it has
+    them; when not given they are taken from ``logits`` itself if it carries them as attributes
+    (what ``service.onnx_model.OnnxDefectModel.run`` returns, rows sliced with the logits, so the
+    service's micro-batcher hands every request its own rows without knowing about them)."""
+    if defect_map is None:
+        defect_map = getattr(logits, "defect_map", None)
+    if ood_distance is None:
+        ood_distance = getattr(logits, "ood_distance", None)
+    n = len(logits)
+    for name, extra in (("defect_map", defect_map), ("ood_distance", ood_distance)):
+        if extra is not None and len(extra) != n:
+            raise ValueError(f"{name} has {len(extra)} rows for {n} crops")
+    logits = np.asarray(logits)
     probs = softmax(logits, spec.temperature)
     energies = energy(logits, spec.temperature)
     idx = [spec.classes.index(c) for c in spec.defective_classes]
     typed = len(idx) > 1  # the model tells defect types apart
     out = []
-    for row, e in zip(probs, energies):
+    for k, (row, e) in enumerate(zip(probs, energies)):
+        dist = None if ood_distance is None else float(ood_distance[k])
+        signals = []
+        if spec.ood_energy_threshold is not None and e > spec.ood_energy_threshold:
+            signals.append("energy")
+        if dist is not None and spec.ood_distance_threshold is not None and not dist <= spec.ood_distance_threshold:
+            signals.append("distance")  # a NaN distance counts as far
+        judged = spec.ood_energy_threshold is not None or (dist is not None and spec.ood_distance_threshold is not None)
         score = float(row[idx].sum())
         if score >= spec.threshold_defective:
             label = spec.defective_classes[int(np.argmax(row[idx]))] if typed else spec.defective_classes[0]
@@ -128,9 +154,13 @@ def evidence_from_logits(logits: np.ndarray, spec: ModelSpec) -> list[DefectEvid
                 model_name=spec.name,
                 model_version=spec.version,
                 ood_score=float(e),
-                ood=None if spec.ood_energy_threshold is None else bool(e > spec.ood_energy_threshold),
+                ood=bool(signals) if judged else None,
                 type=label if typed and label in spec.defective_classes else None,
                 type_probabilities=type_probabilities,
+                ood_distance=dist,
+                ood_signals=tuple(signals),
+                defect_map=None if defect_map is None else np.asarray(defect_map[k], np.float32),
+                map_crop_margin_frac=None if defect_map is None else spec.crop_margin_frac,
             )
         )
     return out

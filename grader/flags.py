@@ -63,6 +63,19 @@ def image_quality_flags(image_rgb: np.ndarray, policy: FlagPolicy) -> list[Flag]
     return flags
 
 
+def ood_signals_text(defect: DefectEvidence) -> str:
+    """Which out-of-distribution signal fired, with its value: the feature distance to the training
+    fruit, the energy of the logits, or both. Evidence stored before the signals were recorded
+    fired on energy, the only signal then."""
+    fired = defect.ood_signals or ("energy",)
+    parts = []
+    if "distance" in fired and defect.ood_distance is not None:
+        parts.append(f"feature distance {defect.ood_distance:.1f} from the training fruit, above its threshold")
+    if "energy" in fired and defect.ood_score is not None:
+        parts.append(f"energy {defect.ood_score:.2f}, above its threshold")
+    return " and ".join(parts) or "out of distribution"
+
+
 def fruit_flags(
     defect: DefectEvidence | None,
     decision: GradeDecision | None,
@@ -76,7 +89,7 @@ def fruit_flags(
     if defect is not None and defect.label in policy.decay_labels:
         flags.append(Flag("decay", f"the model sees {defect.label} (score {defect.score:.2f})", 10))
     if defect is not None and defect.ood:
-        flags.append(Flag("ood", f"the image does not look like fruit the model knows (energy {defect.ood_score:.2f}): not trusted", 15))
+        flags.append(Flag("ood", f"the image does not look like fruit the model knows ({ood_signals_text(defect)}): not trusted", 15))
     if defect is not None:
         lo, hi = policy.review_band
         if lo <= defect.score <= hi:

@@ -3,7 +3,8 @@
 Sizes are the median over the views that could be sized (a caliper reads the same fruit several
 times); blemish areas add up when each view shows a different side (the largest spot is the
 largest seen), or are the median when every view shows the same side (a belt under a video
-camera); colour coverage is the mean; the defect evidence is the worst view's."""
+camera); colour coverage is the mean; the defect evidence is the worst view's (its CNN map only when that
+view is the best one, whose image is kept)."""
 
 from __future__ import annotations
 
@@ -50,6 +51,10 @@ def fuse_views(views: list[tuple[FruitMeasurement, DefectEvidence | None]], blem
         cut_off=not sized and all(m.cut_off for m in ms),
         quality_flags=list(flags.values()),
     )
-    defects = [d for _, d in views if d is not None]
-    worst = max(defects, key=lambda d: d.score) if defects else None
+    defects = [(i, d) for i, (_, d) in enumerate(views) if d is not None]
+    k, worst = max(defects, key=lambda x: x[1].score) if defects else (None, None)
+    if worst is not None and k != best and worst.defect_map is not None:
+        # the map is where the worst view's crop shows its evidence: only the best view's image is
+        # kept with the result, so another view's map would be drawn over the wrong picture
+        worst = replace(worst, defect_map=None, map_crop_margin_frac=None)
     return fused, worst, best

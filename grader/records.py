@@ -88,6 +88,17 @@ class DefectEvidence:
     #: for such a model: P(type | defective) over its defective classes (sums to 1); None for a model
     #: with one defective class, whose evidence (and its dict) stays as it always was
     type_probabilities: dict[str, float] | None = None
+    #: Mahalanobis distance of the crop's pooled CNN features to the training fruit's (the graph's
+    #: ``ood_distance`` output); None for a model without it, whose dict stays as it always was
+    ood_distance: float | None = None
+    #: which signals are past their thresholds: "energy", "distance" (empty when none is)
+    ood_signals: tuple[str, ...] = ()
+    #: P(defective) per cell of the model's square fruit crop (the graph's ``defect_map``: the
+    #: classifier head at each location of the last feature map), rows top to bottom; None without it
+    defect_map: np.ndarray | None = field(default=None, compare=False, repr=False)
+    #: the margin of that square crop around the fruit's bbox (the model's ``crop_margin_frac``), so
+    #: the map can be laid over the image later
+    map_crop_margin_frac: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -100,7 +111,21 @@ class DefectEvidence:
         if self.type_probabilities is not None:
             out["type"] = self.type
             out["type_probabilities"] = {k: round(float(v), 4) for k, v in self.type_probabilities.items()}
+        if self.ood_distance is not None:
+            out["ood_distance"] = round(float(self.ood_distance), 4)
+            out["ood_signals"] = list(self.ood_signals)
+        if self.defect_map is not None:
+            out["map"] = [[round(float(v), 3) for v in row] for row in np.asarray(self.defect_map)]
+            out["map_crop_margin_frac"] = self.map_crop_margin_frac
         return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], model_name: str, model_version: str) -> "DefectEvidence":
+        """The evidence a stored result's ``defect`` dict holds (as :meth:`to_dict` wrote it)."""
+        m = d.get("map")
+        return cls(d["label"], d["score"], d.get("probabilities", {}), model_name, model_version, d.get("ood_score"), d.get("ood"),
+                   d.get("type"), d.get("type_probabilities"), d.get("ood_distance"), tuple(d.get("ood_signals") or ()),
+                   None if m is None else np.asarray(m, np.float32), d.get("map_crop_margin_frac"))
 
 
 @dataclass(frozen=True)

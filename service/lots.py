@@ -78,8 +78,7 @@ def regrade_fruit(s: Session, result: ResultRow, index: int, sweetness: Sweetnes
     fruits = [dict(f) for f in payload["fruits"]]
     f = fruits[index]
     d = f.get("defect")
-    defect = None if d is None else DefectEvidence(d["label"], d["score"], d.get("probabilities", {}), result.model_name,
-                                                   result.model_version, d.get("ood_score"), d.get("ood"))
+    defect = None if d is None else DefectEvidence.from_dict(d, result.model_name, result.model_version)
     facts = FruitFacts(
         diameter_mm=f.get("diameter_mm"),
         brix=None if sweetness is None else sweetness.brix,

@@ -20,6 +20,38 @@ from grader.errors import InvalidModelArtifact
 from grader.records import DefectEvidence
 
 
+#: the graph's optional outputs (training/explain.py adds them), requested when the graph has them
+EXTRA_OUTPUTS = ("defect_map", "ood_distance")
+
+
+class ModelOutputs(np.ndarray):
+    """The logits of a batch (an ordinary (N, classes) array to every caller) carrying the graph's
+    extra outputs of the same rows as attributes: ``defect_map`` (N, h, w) and ``ood_distance`` (N,),
+    each None when the graph has no such output. Slicing rows (``out[i:j]``) slices them alike:
+    that is how the micro-batcher's split of a batch (service/batcher.py) hands each request its own
+    maps without knowing about them. Any other indexing or operation returns logits without them."""
+
+    defect_map: np.ndarray | None
+    ood_distance: np.ndarray | None
+
+    @classmethod
+    def wrap(cls, logits: np.ndarray, defect_map: np.ndarray | None, ood_distance: np.ndarray | None) -> "ModelOutputs":
+        out = np.asarray(logits).view(cls)
+        out.defect_map, out.ood_distance = defect_map, ood_distance
+        return out
+
+    def __array_finalize__(self, obj) -> None:
+        self.defect_map = None
+        self.ood_distance = None
+
+    def __getitem__(self, key):
+        got = super().__getitem__(key)
+        if isinstance(got, ModelOutputs) and isinstance(key, slice):  # rows i:j, every column
+            got.defect_map = None if self.defect_map is None else self.defect_map[key]
+            got.ood_distance = None if self.ood_distance is None else self.ood_distance[key]
+        return got
+
+
 def resolve_model_dir(path: Path) -> Path:
     """An artifact directory itself, or a directory whose DEFAULT file names one (relative)."""
     path = Path(path)
@@ -61,6 +93,16 @@ class OnnxDefectModel:
         shape = inputs[self.spec.input_name].shape
         if len(shape) != 4 or [shape[2], shape[3]] != list(self.spec.input_size):
             raise InvalidModelArtifact(f"model input shape {shape} does not match metadata input_size {self.spec.input_size}")
+        outputs = {o.name for o in self.session.get_outputs()}
+        if self.spec.output_name not in outputs:
+            raise InvalidModelArtifact(f"model has no output {self.spec.output_name!r} (has {sorted(outputs)})")
+        self.extra_outputs = tuple(n for n in EXTRA_OUTPUTS if n in outputs)
+        if self.spec.ood_distance_threshold is not None and "ood_distance" not in outputs:
+            raise InvalidModelArtifact("metadata.json sets thresholds.ood_distance but the graph has no ood_distance output")
+        want_t = (meta.get("outputs") or {}).get("defect_map", {}).get("temperature")
+        if "defect_map" in outputs and want_t is not None and abs(float(want_t) - self.spec.temperature) > 1e-6 * self.spec.temperature:
+            raise InvalidModelArtifact(f"the graph's defect_map was built at temperature {want_t}, the metadata calibrates at "
+                                       f"{self.spec.temperature}: rerun python -m training.explain on the artifact")
         self.warm_up()
 
     def check_parity(self) -> float:
@@ -83,11 +125,18 @@ class OnnxDefectModel:
         h, w = self.spec.input_size
         self.run(np.zeros((1, 3, h, w), np.float32))
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        out = self.session.run([self.spec.output_name], {self.spec.input_name: batch})[0]
+    def run(self, batch: np.ndarray) -> ModelOutputs:
+        """The batch's logits, carrying ``defect_map`` and ``ood_distance`` where the graph has them."""
+        got = self.session.run([self.spec.output_name, *self.extra_outputs], {self.spec.input_name: batch})
+        out, extra = got[0], dict(zip(self.extra_outputs, got[1:]))
         if out.shape != (len(batch), len(self.spec.classes)):
             raise InvalidModelArtifact(f"model output shape {out.shape} does not match {len(self.spec.classes)} classes")
-        return out
+        dmap, dist = extra.get("defect_map"), extra.get("ood_distance")
+        if dmap is not None and (dmap.ndim != 3 or len(dmap) != len(batch)):
+            raise InvalidModelArtifact(f"model output defect_map has shape {dmap.shape}, expected ({len(batch)}, h, w)")
+        if dist is not None and dist.shape != (len(batch),):
+            raise InvalidModelArtifact(f"model output ood_distance has shape {dist.shape}, expected ({len(batch)},)")
+        return ModelOutputs.wrap(out, dmap, dist)
 
     def predict(self, crops: Sequence[np.ndarray]) -> list[DefectEvidence]:
         if not crops:

@@ -66,11 +66,12 @@ def test_onnx_serving_path_matches_torch(tiny_artifact):
 
 def test_ood_energy_threshold_is_chosen_on_val_and_served(tiny_artifact):
     """The artifact carries an energy threshold, the 0.99 quantile of its val crops' energies as the
-    served ONNX graph computes them, and serving turns it into DefectEvidence.ood.
+    served ONNX graph computes them, and serving turns it into one of DefectEvidence.ood's signals.
 
-    No assertion that it fires on non-fruit: an energy score of a sound/defective classifier does not
-    tell fruit from non-fruit (a flat blue patch or an empty belt scores *lower* energy than fruit,
-    on this tiny model and on the shipped apple model alike; see docs/defect_model.md)."""
+    No assertion that energy fires on non-fruit: an energy score of a sound/defective classifier does
+    not tell fruit from non-fruit (a flat blue patch or an empty belt scores *lower* energy than fruit,
+    on this tiny model and on the shipped apple model alike; see docs/defect_model.md). The feature
+    distance does on this model: test_ood_distance_fires_on_non_fruit."""
     from service.onnx_model import OnnxDefectModel
 
     out, _, cfg, meta = tiny_artifact
@@ -86,6 +87,267 @@ def test_ood_energy_threshold_is_chosen_on_val_and_served(tiny_artifact):
     ev = served.predict(val)
     energies = np.array([e.ood_score for e in ev])
     assert abs(np.quantile(energies, 0.99) - th["ood_energy"]) < 1e-4 * max(1.0, abs(th["ood_energy"]))
-    assert all(isinstance(e.ood, bool) and e.ood == (e.ood_score > th["ood_energy"]) for e in ev)
-    assert sum(e.ood for e in ev) <= max(1, int(np.ceil(0.01 * n_val)))  # val-like fruit are not OOD
+    assert all(("energy" in e.ood_signals) == (e.ood_score > th["ood_energy"]) for e in ev)
+    assert sum("energy" in e.ood_signals for e in ev) <= max(1, int(np.ceil(0.01 * n_val)))  # val-like fruit are not OOD
     assert meta["metrics"]["val"]["ood_share"] <= max(1, int(np.ceil(0.01 * n_val))) / n_val
+
+
+# ----------------------------------------------------------------------------- defect_map and ood_distance
+def _val_crops(cfg):
+    """The val crops exactly as training made them (data.kind=synthetic: seeds 10_000.., cache_size side)."""
+    n_val = max(16, int(cfg["data"]["n"]) // 4)
+    return [random_fruit_image(10_000 + i, size_px=int(cfg["data"]["cache_size"]))[0] for i in range(n_val)]
+
+
+def non_fruit_images(side: int = 96, seed: int = 0) -> dict[str, np.ndarray]:
+    """Crops that are not fruit: a flat blue patch, a checkerboard, random noise, printed text."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    check = ((np.indices((side, side)) // max(4, side // 8)).sum(0) % 2 * 255).astype(np.uint8)
+    text = np.full((side, side, 3), 255, np.uint8)
+    cv2.putText(text, "LOT 7", (4, side // 2 + 8), cv2.FONT_HERSHEY_SIMPLEX, side / 110, (0, 0, 0), 2)
+    return {
+        "flat blue patch": np.full((side, side, 3), (30, 60, 200), np.uint8),
+        "checkerboard": np.stack([check] * 3, axis=-1),
+        "random noise": rng.integers(0, 256, (side, side, 3), dtype=np.uint8),
+        "text": text,
+    }
+
+
+def test_tiny_artifact_has_the_explanation_outputs(tiny_artifact):
+    import onnx
+
+    from training import explain
+
+    out, _, cfg, meta = tiny_artifact
+    graph = onnx.load(str(out / "model.onnx")).graph
+    assert [o.name for o in graph.output] == ["logits", "defect_map", "ood_distance"]
+    m = json.loads((out / "metadata.json").read_text())
+    assert m["outputs"]["defect_map"]["temperature"] == m["calibration"]["temperature"]
+    assert m["outputs"]["defect_map"]["shape"] == ["N", 4, 4]  # 64 px through four stride-2 blocks
+    assert m["outputs"]["ood_distance"]["fitted_on"] == "train crops (48)"
+    th = m["thresholds"]
+    assert np.isfinite(th["ood_distance"]) and th["ood_distance"] > 0
+    assert "quantile 0.99" in th["ood_distance_rule"] and "val" in th["ood_distance_rule"]
+    for split in ("val", "test"):
+        assert 0.0 <= m["metrics"][split]["ood_distance_share"] <= 1.0
+    assert (out / "model.onnx").stat().st_size < 20 * 2**20
+    assert explain.find_head(onnx.load(str(out / "model.onnx"))).pooled  # the edited graph is still readable
+
+
+def test_graph_edit_keeps_logits_bit_identical(tiny_artifact, tmp_path):
+    """Stripping the two outputs gives back the exported graph; its logits are the edited graph's,
+    bit for bit, and editing again is the same edit."""
+    import onnx
+
+    from grader.defect import ModelSpec
+    from training import explain
+
+    out, _, cfg, meta = tiny_artifact
+    spec = ModelSpec.from_metadata(meta)
+    edited = onnx.load(str(out / "model.onnx"))
+    plain = explain.strip_outputs(edited)
+    assert [o.name for o in plain.graph.output] == ["logits"]
+    assert not any(n.name.startswith(explain.PREFIX) for n in plain.graph.node)
+    crops = _val_crops(cfg) + list(non_fruit_images().values())
+    (before,) = explain.run_graph(plain, ["logits"], crops, spec)
+    (after,) = explain.run_graph(edited, ["logits"], crops, spec)
+    assert np.array_equal(before, after)
+    # the parity record (torch's logits) still holds for the edited graph
+    from service.onnx_model import OnnxDefectModel
+
+    assert OnnxDefectModel(out, threads=1).check_parity() < 1e-4
+    # a second edit of the edited graph strips the first: same outputs, same threshold (the train
+    # crops as training made them: seeds 0.., cache_size side)
+    train = [random_fruit_image(i, size_px=int(cfg["data"]["cache_size"])) for i in range(int(cfg["data"]["n"]))]
+    again = explain.add_outputs(out / "model.onnx", tmp_path / "again.onnx", spec, [img for img, _ in train],
+                                np.array([int(bad) for _, bad in train]), _val_crops(cfg))
+    assert again.threshold == pytest.approx(meta["thresholds"]["ood_distance"], rel=1e-5)
+    assert [o.name for o in onnx.load(str(tmp_path / "again.onnx")).graph.output] == ["logits", "defect_map", "ood_distance"]
+
+
+def _torch_defect_map(model, batch: np.ndarray, temperature: float, defective: list[int]) -> np.ndarray:
+    """The classifier head at each location of the last feature map, in torch: softmax at T, summed
+    over the defective classes."""
+    with torch.no_grad():
+        feats = model.features(torch.from_numpy(batch))  # (N, C, h, w): what the global pool averages
+        per_cell = model.classifier(feats.permute(0, 2, 3, 1))  # the head on every (n, i, j)
+        return torch.softmax(per_cell.double() / temperature, dim=-1)[..., defective].sum(-1).numpy()
+
+
+def test_defect_map_equals_torch(tiny_artifact):
+    from service.onnx_model import OnnxDefectModel
+    from training.models_registry import build_model
+
+    out, work, cfg, _ = tiny_artifact
+    model = build_model("small_fruitnet", 2)
+    model.load_state_dict(torch.load(work / "best.pt"))
+    model.eval()
+    served = OnnxDefectModel(out, threads=1)
+    crops = _val_crops(cfg)[:6] + list(non_fruit_images().values())
+    batch = preprocess(crops, served.spec)
+    got = served.run(batch).defect_map
+    want = _torch_defect_map(model, batch, served.spec.temperature, [1])
+    assert got.shape == want.shape == (len(crops), 4, 4)
+    assert np.abs(got - want).max() < 1e-4
+    # a linear head: the mean of the cells' logits is the logits (the pool is an average)
+    with torch.no_grad():
+        feats = model.features(torch.from_numpy(batch))
+        cell_logits = model.classifier(feats.permute(0, 2, 3, 1)).mean(dim=(1, 2)).numpy()
+        assert np.abs(cell_logits - model(torch.from_numpy(batch)).numpy()).max() < 1e-4
+    ev = served.predict(crops)
+    assert all(e.defect_map.shape == (4, 4) and e.map_crop_margin_frac == served.spec.crop_margin_frac for e in ev)
+    d = ev[0].to_dict()
+    assert np.abs(np.array(d["map"]) - got[0]).max() <= 5e-4  # stored rounded to 3 decimals
+
+
+def test_defect_map_of_a_nonlinear_head_equals_torch(tmp_path):
+    """mobilenet_v3_small's head is Gemm, HardSwish, Gemm: every layer runs at each location."""
+    from grader.defect import ModelSpec
+    from training import explain
+    from training.export import export_onnx
+    from training.models_registry import build_model
+
+    torch.manual_seed(0)
+    model = build_model("mobilenet_v3_small", 3).eval()
+    export_onnx(model, tmp_path / "m.onnx", 64)
+    spec = ModelSpec("net", "0", ("sound", "rot", "scab"), ("rot", "scab"), (64, 64), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), temperature=0.7)
+    rng = np.random.default_rng(0)
+    crops = list(rng.integers(0, 256, (30, 64, 64, 3), dtype=np.uint8))
+    ex = explain.add_outputs(tmp_path / "m.onnx", tmp_path / "e.onnx", spec, crops[:24], rng.integers(0, 3, 24), crops[24:])
+    assert ex.head["head_layers"] == ["Gemm", "HardSwish", "Gemm"]
+    batch = preprocess(crops[24:], spec)
+    logits, maps = explain.run_graph(tmp_path / "e.onnx", ["logits", "defect_map"], batch, spec)
+    assert np.abs(maps - _torch_defect_map(model, batch, 0.7, [1, 2])).max() < 1e-4
+    (plain,) = explain.run_graph(tmp_path / "m.onnx", ["logits"], batch, spec)
+    assert np.array_equal(plain, logits)
+
+
+def test_a_graph_without_a_global_pool_is_refused(tmp_path):
+    from onnx import TensorProto, helper
+
+    from training import explain
+
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 8, 8])
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 192])
+    graph = helper.make_graph([helper.make_node("Flatten", ["input"], ["logits"])], "flat", [x], [y])
+    with pytest.raises(explain.UnsupportedGraph, match="global pool"):
+        explain.find_head(helper.make_model(graph))
+
+
+def test_ood_distance_threshold_is_the_val_quantile(tiny_artifact):
+    from service.onnx_model import OnnxDefectModel
+
+    out, _, cfg, meta = tiny_artifact
+    th = json.loads((out / "metadata.json").read_text())["thresholds"]
+    served = OnnxDefectModel(out, threads=1)
+    assert served.spec.ood_distance_threshold == th["ood_distance"]
+    val = _val_crops(cfg)
+    ev = served.predict(val)
+    dist = np.array([e.ood_distance for e in ev])
+    assert abs(np.quantile(dist, 0.99) - th["ood_distance"]) < 1e-4 * max(1.0, th["ood_distance"])
+    assert all(("distance" in e.ood_signals) == (e.ood_distance > th["ood_distance"]) for e in ev)
+    assert all(e.ood == bool(e.ood_signals) for e in ev)  # either signal makes the crop OOD
+    assert meta["metrics"]["val"]["ood_distance_share"] == pytest.approx(float((dist > th["ood_distance"]).mean()))
+    d = ev[0].to_dict()
+    assert d["ood_distance"] == pytest.approx(dist[0], abs=1e-4) and d["ood_signals"] == list(ev[0].ood_signals)
+
+
+def test_ood_distance_fires_on_non_fruit(tiny_artifact):
+    """Through the service's ONNX path: every non-fruit crop is past the feature-distance threshold
+    (flagged `ood`, the reason naming the distance), val-like synthetic fruit mostly are not."""
+    from grader.flags import FlagPolicy, fruit_flags
+    from service.onnx_model import OnnxDefectModel
+
+    out, _, cfg, _ = tiny_artifact
+    served = OnnxDefectModel(out, threads=1)
+    images = non_fruit_images(int(cfg["data"]["cache_size"]))
+    for name, e in zip(images, served.predict(list(images.values()))):
+        assert e.ood and "distance" in e.ood_signals, (name, e.ood_distance, served.spec.ood_distance_threshold)
+        flags = [f for f in fruit_flags(e, None, FlagPolicy()) if f.code == "ood"]
+        assert flags and "feature distance" in flags[0].reason, name
+    fresh = [random_fruit_image(30_000 + i, size_px=int(cfg["data"]["cache_size"]))[0] for i in range(40)]
+    ev = served.predict(fresh)
+    assert sum("distance" in e.ood_signals for e in ev) <= 4  # 10 %: fruit of the same kind as train and val
+
+
+def test_non_fruit_is_flagged_through_the_api(tiny_artifact, tmp_path):
+    """POST /v1/grade with the tiny model serving: shapes the segmentation takes for fruit (a blue
+    disc, a checkerboard disc, a noise disc) come back flagged `ood` by the feature distance; the
+    result stores the CNN map and the overlay draws it."""
+    import cv2
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    from .conftest import API_KEYS, headers, png_bytes
+
+    out, _, _, _ = tiny_artifact
+    settings = Settings(data_dir=tmp_path / "var", api_keys=",".join(f"{r}:{k}" for r, k in API_KEYS.items()),
+                        review_sample_share=0.0, model_dir=out)
+    disc = np.zeros((400, 400), np.uint8)
+    cv2.circle(disc, (200, 200), 110, 1, -1)
+    disc = disc.astype(bool)
+    fills = {
+        "blue disc": np.full((400, 400, 3), (30, 60, 200), np.uint8),
+        "checkerboard disc": np.stack([((np.indices((400, 400)) // 16).sum(0) % 2 * 255).astype(np.uint8)] * 3, -1),
+        "noise disc": np.random.default_rng(1).integers(0, 256, (400, 400, 3), dtype=np.uint8),
+    }
+    with TestClient(create_app(settings)) as client:
+        for name, fill in fills.items():
+            img = np.full((400, 400, 3), 235, np.uint8)
+            img[disc] = fill[disc]
+            r = client.post("/v1/grade", files={"image": ("x.png", png_bytes(img), "image/png")}, data={"mm_per_px": "0.3"}, headers=headers())
+            assert r.status_code == 200, r.text
+            fruit = r.json()["fruits"]
+            assert len(fruit) == 1, name
+            d = fruit[0]["defect"]
+            assert d["ood"] is True and "distance" in d["ood_signals"], (name, d["ood_distance"])
+            assert "ood" in fruit[0]["flags"]
+            reason = next(f["reason"] for f in fruit[0]["flag_details"] if f["code"] == "ood")
+            assert "feature distance" in reason
+            assert np.array(d["map"]).shape == (4, 4)
+        rid = r.json()["id"]
+        plain = client.get(f"/v1/results/{rid}/overlay?layers=", headers=headers("inspector"))
+        cnn = client.get(f"/v1/results/{rid}/overlay?layers=cnn", headers=headers("inspector"))
+        assert plain.status_code == cnn.status_code == 200 and cnn.content[:8] == b"\x89PNG\r\n\x1a\n"
+        a = cv2.imdecode(np.frombuffer(plain.content, np.uint8), cv2.IMREAD_COLOR).astype(int)
+        b = cv2.imdecode(np.frombuffer(cnn.content, np.uint8), cv2.IMREAD_COLOR).astype(int)
+        changed = np.abs(a - b).sum(axis=2) > 0
+        assert changed[disc].mean() > 0.9 and not changed[~disc].any()  # over the fruit, only the fruit
+
+
+def test_artifact_without_the_new_outputs_still_serves(tiny_artifact, tmp_path):
+    """A graph exported before training/explain.py (logits only, no ood_distance threshold) loads,
+    passes its parity check and serves: evidence as before, OOD by energy alone."""
+    import onnx
+
+    from grader.errors import InvalidModelArtifact
+    from service.onnx_model import OnnxDefectModel
+    from training import explain
+
+    out, _, cfg, _ = tiny_artifact
+    old = tmp_path / "old"
+    old.mkdir()
+    onnx.save(explain.strip_outputs(onnx.load(str(out / "model.onnx"))), str(old / "model.onnx"))
+    meta = json.loads((out / "metadata.json").read_text())
+    meta.pop("outputs")
+    for k in ("ood_distance", "ood_distance_rule"):
+        meta["thresholds"].pop(k)
+    (old / "metadata.json").write_text(json.dumps(meta))
+    served = OnnxDefectModel(old, threads=1)
+    assert served.extra_outputs == () and served.check_parity() < 1e-4
+    crops = _val_crops(cfg)[:4] + list(non_fruit_images().values())
+    ev = served.predict(crops)
+    assert all(e.defect_map is None and e.ood_distance is None for e in ev)
+    assert all(e.ood == (e.ood_score > meta["thresholds"]["ood_energy"]) for e in ev)
+    assert set(ev[0].to_dict()) == {"label", "score", "probabilities", "ood_score", "ood"}
+    new = OnnxDefectModel(out, threads=1)
+    assert np.array_equal(np.asarray(served.run(preprocess(crops, served.spec))), np.asarray(new.run(preprocess(crops, new.spec))))
+    # a threshold for a distance the graph does not compute is refused
+    meta["thresholds"]["ood_distance"] = 3.0
+    (old / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(InvalidModelArtifact, match="ood_distance"):
+        OnnxDefectModel(old, threads=1)

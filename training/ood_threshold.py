@@ -28,11 +28,13 @@ from training import train
 from training.metrics import auc, fit_temperature
 
 
-def recompute(artifact: Path, work_dir: Path) -> dict:
+def recompute(artifact: Path, work_dir: Path, data: tuple | None = None) -> dict:
+    """The val crops' figures through the artifact's graph; ``data``: what ``train.load_data`` gave
+    for the artifact's config, when the caller has it already."""
     meta = json.loads((artifact / "metadata.json").read_text())
     cfg = yaml.safe_load((artifact / "config.yaml").read_text())
     spec = ModelSpec.from_metadata(meta)
-    crops, labels, _sessions, _items, digest = train.load_data(cfg, work_dir)
+    crops, labels, _sessions, _items, digest = data if data is not None else train.load_data(cfg, work_dir)
     sess = ort.InferenceSession(str(artifact / "model.onnx"), providers=["CPUExecutionProvider"])
     batch = preprocess(list(crops["val"]), train.spec_for(cfg))
     logits = np.concatenate([sess.run([spec.output_name], {spec.input_name: batch[i : i + 64]})[0] for i in range(0, len(batch), 64)])
@@ -48,6 +50,14 @@ def recompute(artifact: Path, work_dir: Path) -> dict:
     }
 
 
+def calibration_matches(r: dict) -> bool:
+    """The recomputed val crops are the ones the model was calibrated on: same manifest, the same
+    temperature refitted on them, the same val AUC."""
+    return (r["manifest_sha256"] == r["recorded_manifest_sha256"]
+            and abs(r["temperature"] - r["recorded_temperature"]) <= 1e-4 * r["recorded_temperature"]
+            and (r["recorded_val_auc"] is None or abs(r["val_auc"] - r["recorded_val_auc"]) < 1e-6))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("artifact", type=Path)
@@ -59,10 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     work = a.work_dir or Path("var") / "train" / f"{meta['name']}-{meta['version']}"
     r = recompute(a.artifact, work)
     print(json.dumps(r, indent=1))
-    same = (r["manifest_sha256"] == r["recorded_manifest_sha256"]
-            and abs(r["temperature"] - r["recorded_temperature"]) <= 1e-4 * r["recorded_temperature"]
-            and (r["recorded_val_auc"] is None or abs(r["val_auc"] - r["recorded_val_auc"]) < 1e-6))
-    if not same:
+    if not calibration_matches(r):
         print(f"{a.artifact}: the recomputed val crops are not the ones the model was calibrated on; nothing written", file=sys.stderr)
         return 2
     if a.write:

@@ -32,6 +32,7 @@ from datasets import citrus, fruitnet
 from datasets.synthetic import random_fruit_image
 from grader.defect import ModelSpec, energy, preprocess, softmax
 from training.colour import colour_transfer, fruit_colour_stats
+from training import explain
 from training.crops import crop_cache
 from training.crops import load_rgb
 from training.export import INPUT_NAME, OUTPUT_NAME, check_export, export_onnx, parity_record
@@ -326,7 +327,8 @@ def run(cfg: dict[str, Any], out_dir: Path, work_dir: Path, resume: bool = False
 
     model.load_state_dict(best["state"])
     torch.save(model.state_dict(), work_dir / "best.pt")
-    return finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, history, best["epoch"], earlier_seconds + time.time() - t_start)
+    return finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, history, best["epoch"], earlier_seconds + time.time() - t_start,
+                  train_crops=crops["train"])
 
 
 def _scores(logits: np.ndarray, temperature: float = 1.0, cfg: dict[str, Any] | None = None) -> np.ndarray:
@@ -382,8 +384,9 @@ def _json_safe(x: Any) -> Any:
     return x
 
 
-def finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, history, best_epoch, train_seconds) -> dict[str, Any]:
-    """Calibrate and pick thresholds on val, evaluate on test, export, check, write metadata."""
+def finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, history, best_epoch, train_seconds, train_crops) -> dict[str, Any]:
+    """Calibrate and pick thresholds on val, evaluate on test, export (with the explanation outputs
+    of training/explain.py, fitted on ``train_crops``), check, write metadata."""
     classes, defective = classes_of(cfg), defective_of(cfg)
     multi = len(defective) > 1
     group_key = cfg["data"].get("report_by", "session")  # "source" for citrus: per-source figures
@@ -435,10 +438,19 @@ def finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, history,
         metrics[split] = rep
 
     export_onnx(model, out_dir / "model.onnx", int(cfg["model"]["input_size"]))
+    spec = spec_for(cfg, temperature, threshold, band)
+    # the same graph edit an existing artifact gets from `python -m training.explain`: defect_map and
+    # ood_distance, the latter fitted on the train crops, its threshold a quantile of the val crops'
+    explained = explain.add_outputs(out_dir / "model.onnx", out_dir / "model.onnx", spec, train_crops, labels["train"], eval_batches["val"],
+                                    float(cfg["thresholds"].get("ood_distance_quantile", 0.99)))
+    distance_shares = {"val": float((explained.val_distances > explained.threshold).mean())}
+    for split in eval_batches:
+        if split != "val":
+            (dist,) = explain.run_graph(out_dir / "model.onnx", [explain.DISTANCE_OUTPUT], eval_batches[split], spec)
+            distance_shares[split] = float((dist > explained.threshold).mean())
     check_batch = eval_batches["test"][:32]
     metrics["onnx_check"] = check_export(model, out_dir / "model.onnx", check_batch, temperature)
     parity = parity_record(model, int(cfg["model"]["input_size"]))
-    spec = spec_for(cfg, temperature, threshold, band)
     meta = {
         "name": cfg["name"],
         "version": str(cfg["version"]),
@@ -483,6 +495,7 @@ def finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, history,
     meta["thresholds"]["ood_energy"] = ood_threshold
     meta["thresholds"]["ood_energy_rule"] = (f"quantile {ood_q:g} of the val crops' energy -T*logsumexp(logits/T) "
                                             "at the calibration temperature T; above it a crop is out of distribution")
+    explain.update_metadata(meta, explained, distance_shares)
     meta = _json_safe(meta)
     ModelSpec.from_metadata(meta)  # the artifact must load the way serving loads it
     (out_dir / "metadata.json").write_text(json.dumps(meta, indent=2, allow_nan=False))

@@ -112,7 +112,7 @@ def get_result_image(request: Request, result_id: str, _=Depends(require("camera
 
 @router.get(
     "/results/{result_id}/overlay",
-    summary="The result's image with outlines, caliper diameters, blemish outlines, a heat map and grades drawn on it",
+    summary="The result's image with outlines, caliper diameters, blemish outlines, a heat map, the defect model's map and grades drawn on it",
     response_class=Response,
     responses={200: {"content": {"image/png": {}}}},
 )
@@ -150,13 +150,22 @@ async def get_result_overlay(
         stored = {tuple(f["bbox"]): f for f in row.payload["fruits"]}
         labels = [fruit_label(m, stored.get(tuple(m.bbox), {}).get("grade")) for m in fruit]
         flagged = [bool(stored.get(tuple(m.bbox), {}).get("flagged")) for m in fruit]
-        over = draw_overlay(rgb, fruit, labels, flagged, refs, layers=wanted)
+        over = draw_overlay(rgb, fruit, labels, flagged, refs, layers=wanted,
+                            cnn_maps=[stored_cnn_map(stored.get(tuple(m.bbox), {})) for m in fruit])
         if fruit_index is not None:
             over = crop_around(over, row.payload["fruits"][fruit_index]["bbox"])
         ok, png = cv2.imencode(".png", cv2.cvtColor(over, cv2.COLOR_RGB2BGR))
         return png.tobytes()
 
     return Response(await run_in_threadpool(render), media_type="image/png", headers={"Cache-Control": "private, max-age=300"})
+
+
+def stored_cnn_map(fruit: dict):
+    """The defect model's map stored with a fruit's result (grid, crop margin), or None."""
+    d = fruit.get("defect") or {}
+    if not d.get("map") or d.get("map_crop_margin_frac") is None:
+        return None
+    return d["map"], float(d["map_crop_margin_frac"])
 
 
 def crop_around(image, bbox, margin_frac: float = 0.3):

@@ -421,7 +421,7 @@ async function toggleView() {
 }
 
 // ---------------------------------------------------------------- keyboard and wiring
-const LAYER_KEYS = { c: "contour", d: "diameter", b: "blemish", h: "heatmap", t: "labels" };
+const LAYER_KEYS = { c: "contour", d: "diameter", b: "blemish", h: "heatmap", m: "cnn", t: "labels" };
 
 function onKey(ev) {
   if (!state.key || ev.ctrlKey || ev.metaKey || ev.altKey) return;

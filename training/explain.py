@@ -1,0 +1,532 @@
+"""The defect model's two extra outputs, added to an exported ONNX graph without touching ``logits``:
+
+* ``defect_map`` (N, h, w): the classifier head applied at every location of the last feature map
+  (the tensor the global average pool reduces), softmaxed at the calibration temperature and summed
+  over the defective classes: P(defective) of each cell, a class-activation map in probability units.
+* ``ood_distance`` (N,): the Mahalanobis distance of the pooled feature vector (the pool's output,
+  flattened: what the head reads) to the nearest class mean of the TRAIN crops, under their shared
+  within-class covariance (Ledoit-Wolf shrunk; its top ``MAX_DIMS`` principal directions kept
+  exactly, the rest as one isotropic residual term), all from initializers inside the graph.
+
+Its threshold is a quantile (``thresholds.ood_distance_quantile``, default 0.99) of the VAL crops'
+distances, chosen exactly like the energy threshold. ``grader train`` calls :func:`add_outputs` on
+every export; an existing artifact gets the same edit from its own train and val crops:
+
+    python -m training.explain models/apple-defect/0.1.0 [--write] [--work-dir DIR]
+    python -m training.explain models/apple-defect/0.1.0 --latency    # what the two outputs cost
+
+Like ``training/ood_threshold.py`` it first proves that the recomputed crops are the ones the model
+was calibrated on (manifest hash, refitted temperature, val AUC), then checks that the edited graph's
+``logits`` are bit for bit the old graph's on every val and test crop and that the parity record
+still holds; otherwise it refuses (exit status 2) and the artifact stays as it is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import yaml
+from onnx import TensorProto, helper, numpy_helper
+
+from grader.defect import ModelSpec, preprocess
+
+MAP_OUTPUT = "defect_map"
+DISTANCE_OUTPUT = "ood_distance"
+PREFIX = "explain/"  # every node, tensor and initializer this module adds: one strip removes them all
+MAX_DIMS = 128  # principal directions of the feature covariance kept exactly (the graph stays small)
+
+# element-wise layers a head may hold between its Gemm/MatMul layers (copied as they are)
+ELEMENTWISE = {"Relu", "HardSwish", "HardSigmoid", "Sigmoid", "Tanh", "LeakyRelu", "Elu", "Selu", "Gelu", "Softplus",
+               "Mish", "Clip", "Identity", "Dropout", "Erf"}
+RESHAPES = {"Flatten", "Reshape", "Squeeze"}
+
+
+class UnsupportedGraph(ValueError):
+    """The graph's head is not one this module can apply per location: nothing was changed."""
+
+
+@dataclass
+class Head:
+    pool: onnx.NodeProto  # GlobalAveragePool (or ReduceMean over H, W)
+    feature_map: str  # (N, C, h, w): what the pool reduces
+    pooled: str  # (N, C): the flattened pool output, what the head reads
+    layers: list[onnx.NodeProto]  # pooled -> logits, in order
+    logits: str
+
+
+@dataclass
+class DistanceModel:
+    """Mahalanobis distance to the nearest class mean under a shared covariance, as a small PPCA:
+    exact in the top ``dims`` principal directions, one variance for the rest."""
+
+    means: np.ndarray  # (K, C) class means of the train features
+    classes: list[int]  # class index of each mean
+    directions: np.ndarray  # (C, k) orthonormal principal directions
+    variances: np.ndarray  # (k,) their variances
+    residual_variance: float | None  # variance of every other direction; None when k == C
+    shrinkage: float
+    n_train: int
+
+    def distance(self, feats: np.ndarray) -> np.ndarray:
+        d = feats.astype(np.float64)[:, None, :] - self.means[None]  # (N, K, C)
+        p = d @ self.directions  # (N, K, k)
+        q = (p**2 / self.variances).sum(-1)
+        if self.residual_variance is not None:
+            r = d - p @ self.directions.T
+            q = q + (r**2).sum(-1) / self.residual_variance
+        return np.sqrt(np.maximum(q.min(axis=1), 0.0))
+
+
+@dataclass
+class Explained:
+    """What :func:`add_outputs` did and measured."""
+
+    threshold: float
+    quantile: float
+    val_distances: np.ndarray
+    map_shape: tuple[int, int]
+    distance: DistanceModel
+    head: dict[str, Any] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- graph reading
+def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    out: dict[str, list[onnx.NodeProto]] = {}
+    for n in graph.node:
+        if n.name.startswith(PREFIX):  # an earlier edit's branches are not part of the head
+            continue
+        for i in n.input:
+            out.setdefault(i, []).append(n)
+    return out
+
+
+def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
+    out = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    for n in graph.node:
+        if n.op_type == "Constant":
+            for a in n.attribute:
+                if a.name == "value":
+                    out[n.output[0]] = numpy_helper.to_array(a.t)
+    return out
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=1)
+
+
+def _is_spatial_pool(n: onnx.NodeProto, consts: dict[str, np.ndarray]) -> bool:
+    if n.op_type == "GlobalAveragePool":
+        return True
+    if n.op_type != "ReduceMean":
+        return False
+    attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+    axes = attrs.get("axes")
+    if axes is None and len(n.input) > 1:
+        axes = consts.get(n.input[1])
+    return axes is not None and {int(a) for a in np.atleast_1d(axes)} in ({2, 3}, {-2, -1})
+
+
+def find_head(model: onnx.ModelProto, logits: str = "logits") -> Head:
+    """The global pool whose output the classifier head turns into ``logits``, and that head: a
+    chain of Gemm / MatMul / Add layers with constant weights and element-wise activations.
+    Anything else (a second consumer of the pooled features, a layer mixing in another tensor) is
+    refused: the head would not be the same function at each location."""
+    g = model.graph
+    consts, cons = _constants(g), _consumers(g)
+    if logits not in {o.name for o in g.output}:
+        raise UnsupportedGraph(f"the graph has no output {logits!r}")
+    found: list[Head] = []
+    problems: list[str] = []
+    for pool in (n for n in g.node if _is_spatial_pool(n, consts)):
+        t, pooled, layers, why = pool.output[0], None, [], None
+        while t != logits:
+            nxt = cons.get(t, [])
+            if len(nxt) != 1:
+                why = f"{t!r} feeds {len(nxt)} nodes, not one head"
+                break
+            n = nxt[0]
+            if n.input[0] != t:
+                why = f"{n.op_type} {n.name!r} takes {t!r} as a second input"
+                break
+            if n.op_type in RESHAPES and pooled is None:
+                t = n.output[0]
+                continue
+            pooled = pooled or t
+            if n.op_type in ("Gemm", "MatMul", "Add"):
+                if n.op_type == "Gemm" and any(a.name == "transA" and a.i for a in n.attribute):
+                    why = f"Gemm {n.name!r} transposes its input"
+                    break
+                if any(i not in consts for i in n.input[1:] if i):
+                    why = f"{n.op_type} {n.name!r} has a weight that is not a constant"
+                    break
+            elif n.op_type in ELEMENTWISE:
+                if any(i not in consts for i in n.input[1:] if i):
+                    why = f"{n.op_type} {n.name!r} has a parameter that is not a constant"
+                    break
+            else:
+                why = f"{n.op_type} {n.name!r} is not a layer the head may hold (Gemm, MatMul, Add, element-wise activations)"
+                break
+            layers.append(n)
+            t = n.output[0]
+        if why is None and not any(n.op_type in ("Gemm", "MatMul") for n in layers):
+            why = "no Gemm/MatMul between the pool and the logits"
+        if why is None:
+            found.append(Head(pool, pool.input[0], pooled or pool.output[0], layers, logits))
+        else:
+            problems.append(f"{pool.op_type} {pool.name!r}: {why}")
+    if len(found) != 1:
+        detail = "; ".join(problems) or "no GlobalAveragePool / ReduceMean over H, W in the graph"
+        raise UnsupportedGraph(f"cannot find one global pool followed by a classifier head ending in {logits!r} "
+                               f"({len(found)} found): {detail}")
+    return found[0]
+
+
+# ----------------------------------------------------------------------------- graph editing
+class _Builder:
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.model, self.opset = model, _opset(model)
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self.k = 0
+
+    def name(self, what: str) -> str:
+        self.k += 1
+        return f"{PREFIX}{what}_{self.k}"
+
+    def const(self, what: str, value: np.ndarray) -> str:
+        n = self.name(what)
+        self.inits.append(numpy_helper.from_array(np.asarray(value), n))
+        return n
+
+    def node(self, op: str, inputs: list[str], output: str | None = None, **attrs) -> str:
+        out = output or self.name(op.lower())
+        self.nodes.append(helper.make_node(op, inputs, [out], name=self.name(op), **attrs))
+        return out
+
+    def reduce(self, op: str, x: str, axes: list[int], keepdims: int = 0) -> str:
+        # ReduceSum takes axes as an input from opset 13, the other reductions from opset 18
+        if self.opset >= (13 if op == "ReduceSum" else 18):
+            return self.node(op, [x, self.const("axes", np.array(axes, np.int64))], keepdims=keepdims)
+        return self.node(op, [x], axes=axes, keepdims=keepdims)
+
+    def unsqueeze(self, x: str, axes: list[int]) -> str:
+        if self.opset >= 13:
+            return self.node("Unsqueeze", [x, self.const("axes", np.array(axes, np.int64))])
+        return self.node("Unsqueeze", [x], axes=axes)
+
+
+def strip_outputs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy without anything :func:`add_outputs` added (the graph as it was exported)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    keep = [n for n in g.node if not n.name.startswith(PREFIX)]
+    del g.node[:]
+    g.node.extend(keep)
+    inits = [i for i in g.initializer if not i.name.startswith(PREFIX)]
+    del g.initializer[:]
+    g.initializer.extend(inits)
+    outs = [o for o in g.output if o.name not in (MAP_OUTPUT, DISTANCE_OUTPUT) and not o.name.startswith(PREFIX)]
+    del g.output[:]
+    g.output.extend(outs)
+    vi = [v for v in g.value_info if not v.name.startswith(PREFIX) and v.name not in (MAP_OUTPUT, DISTANCE_OUTPUT)]
+    del g.value_info[:]
+    g.value_info.extend(vi)
+    return m
+
+
+def _with_output(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    if name not in {o.name for o in m.graph.output}:
+        m.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", "features"]))
+    return m
+
+
+def _map_branch(b: _Builder, head: Head, temperature: float, defective_idx: list[int], n_classes: int) -> None:
+    """defect_map: the head at each location. The feature map goes to (N·h·w, C) rows and through
+    the head's own nodes (same initializers, same attributes), then softmax at T, defective sum."""
+    x = b.node("Transpose", [head.feature_map], perm=[0, 2, 3, 1])
+    shape = b.node("Shape", [head.feature_map])
+    hw = b.node("Slice", [shape, b.const("start", np.array([2], np.int64)), b.const("end", np.array([4], np.int64))])
+    channels = b.node("Slice", [shape, b.const("start", np.array([1], np.int64)), b.const("end", np.array([2], np.int64))])
+    rows = b.node("Reshape", [x, b.node("Concat", [b.const("minus1", np.array([-1], np.int64)), channels], axis=0)])
+    t = rows
+    for n in head.layers:
+        if n.op_type in ("Identity", "Dropout"):
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        t = b.node(n.op_type, [t, *n.input[1:]], **attrs)
+    z = b.node("Div", [t, b.const("temperature", np.array(temperature, np.float32))])
+    p = b.node("Softmax", [z], axis=1)
+    onehot = np.zeros(n_classes, np.float32)
+    onehot[defective_idx] = 1.0
+    flat = b.node("MatMul", [p, b.const("defective_classes", onehot)])
+    out_shape = b.node("Concat", [b.const("minus1", np.array([-1], np.int64)), hw], axis=0)
+    b.node("Reshape", [flat, out_shape], output=MAP_OUTPUT)
+
+
+def _distance_branch(b: _Builder, pooled: str, dm: DistanceModel) -> None:
+    d = b.node("Sub", [b.unsqueeze(pooled, [1]), b.const("class_means", dm.means.astype(np.float32))])  # (N, K, C)
+    directions = b.const("directions", dm.directions.astype(np.float32))
+    p = b.node("MatMul", [d, directions])  # (N, K, k)
+    q = b.reduce("ReduceSum", b.node("Mul", [b.node("Mul", [p, p]), b.const("inv_variances", (1.0 / dm.variances).astype(np.float32))]), [-1])
+    if dm.residual_variance is not None:
+        back = b.node("MatMul", [p, b.node("Transpose", [directions], perm=[1, 0])])  # back in feature space
+        r = b.node("Sub", [d, back])
+        rr = b.reduce("ReduceSum", b.node("Mul", [r, r]), [-1])
+        q = b.node("Add", [q, b.node("Mul", [rr, b.const("inv_residual_variance", np.array(1.0 / dm.residual_variance, np.float32))])])
+    nearest = b.reduce("ReduceMin", q, [1])
+    nonneg = b.node("Max", [nearest, b.const("zero", np.array(0.0, np.float32))])
+    b.node("Sqrt", [nonneg], output=DISTANCE_OUTPUT)
+
+
+def _finish(model: onnx.ModelProto, b: _Builder, outputs: dict[str, list]) -> onnx.ModelProto:
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    m.graph.node.extend(b.nodes)
+    m.graph.initializer.extend(b.inits)
+    for name, shape in outputs.items():
+        m.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, shape))
+    onnx.checker.check_model(m)
+    return m
+
+
+# ----------------------------------------------------------------------------- fitting
+def ledoit_wolf_shrinkage(x: np.ndarray) -> float:
+    """Ledoit & Wolf (2004)'s shrinkage of the covariance of the centred rows ``x`` towards
+    (trace/p)·I: the weight in [0, 1] of the identity part."""
+    n, p = x.shape
+    x2 = x**2
+    tr = x2.sum(axis=0) / n
+    mu = tr.sum() / p
+    delta = ((x.T @ x) ** 2).sum() / n**2
+    beta = 1.0 / (p * n) * ((x2.T @ x2).sum() / n - delta)
+    delta = (delta - 2.0 * mu * tr.sum() + p * mu**2) / p
+    beta = min(beta, delta)
+    return 0.0 if beta <= 0 or delta <= 0 else float(beta / delta)
+
+
+def fit_distance(feats: np.ndarray, labels: np.ndarray, max_dims: int = MAX_DIMS) -> DistanceModel:
+    feats = feats.astype(np.float64)
+    labels = np.asarray(labels).astype(int)
+    classes = sorted(set(labels.tolist()))
+    means = np.stack([feats[labels == c].mean(axis=0) for c in classes])
+    centred = feats - means[[classes.index(c) for c in labels]]
+    n, c = centred.shape
+    cov = centred.T @ centred / n
+    s = ledoit_wolf_shrinkage(centred)
+    mu = np.trace(cov) / c
+    if mu <= 0:
+        raise ValueError("the train features do not vary: no covariance to measure a distance with")
+    cov = (1 - s) * cov + s * mu * np.eye(c)
+    vals, vecs = np.linalg.eigh(cov)
+    order = np.argsort(vals)[::-1]
+    vals, vecs = np.maximum(vals[order], 1e-12 * mu), vecs[:, order]
+    k = min(max_dims, c)
+    rest = vals[k:]
+    return DistanceModel(means=means, classes=classes, directions=vecs[:, :k], variances=vals[:k],
+                         residual_variance=float(rest.mean()) if len(rest) else None, shrinkage=s, n_train=n)
+
+
+def _chunks(x: np.ndarray | Sequence[np.ndarray], spec: ModelSpec, size: int = 64):
+    """Preprocessed float batches from a preprocessed array or from uint8 RGB crops."""
+    for i in range(0, len(x), size):
+        part = x[i : i + size]
+        yield part if isinstance(part, np.ndarray) and part.dtype == np.float32 and part.ndim == 4 else preprocess(list(part), spec)
+
+
+def run_graph(model: onnx.ModelProto | bytes | Path, names: list[str], x, spec: ModelSpec) -> list[np.ndarray]:
+    """The named outputs of a graph on crops (uint8 RGB) or a preprocessed batch, in chunks."""
+    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else Path(model).read_bytes() if isinstance(model, Path) else model
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    sess = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+    parts: list[list[np.ndarray]] = [[] for _ in names]
+    for batch in _chunks(x, spec):
+        for k, v in enumerate(sess.run(names, {spec.input_name: batch})):
+            parts[k].append(v)
+    return [np.concatenate(p) if p else np.zeros((0,)) for p in parts]
+
+
+def add_outputs(onnx_in: Path, onnx_out: Path, spec: ModelSpec, train_crops, train_labels: np.ndarray, val_crops,
+                quantile: float = 0.99, max_dims: int = MAX_DIMS) -> Explained:
+    """Edit the graph at ``onnx_in`` (any earlier edit stripped first) and write it to ``onnx_out``:
+    ``defect_map`` at ``spec.temperature`` over ``spec.defective_classes``, and ``ood_distance``
+    fitted on the train crops' pooled features, its threshold the ``quantile`` of the val crops'.
+    Crops are uint8 RGB crops or batches preprocessed as ``spec`` says. Raises UnsupportedGraph
+    (nothing written) for a head it cannot apply per location, RuntimeError when the edited graph's
+    logits are not bit for bit the original's on the val crops."""
+    original = strip_outputs(onnx.load(str(onnx_in)))
+    head = find_head(original, spec.output_name)
+    probe = _with_output(original, head.pooled)
+    (train_feats,) = run_graph(probe, [head.pooled], train_crops, spec)
+    train_feats = train_feats.reshape(len(train_feats), -1)
+    if len(train_feats) != len(train_labels):
+        raise ValueError(f"{len(train_feats)} train crops but {len(train_labels)} labels")
+    dm = fit_distance(train_feats, train_labels, max_dims)
+
+    b = _Builder(original)
+    defective_idx = [spec.classes.index(c) for c in spec.defective_classes]
+    _map_branch(b, head, spec.temperature, defective_idx, len(spec.classes))
+    _distance_branch(b, head.pooled, dm)
+    edited = _finish(original, b, {MAP_OUTPUT: ["batch", "map_h", "map_w"], DISTANCE_OUTPUT: ["batch"]})
+
+    before_logits, val_feats = run_graph(probe, [spec.output_name, head.pooled], val_crops, spec)
+    logits, maps, dist = run_graph(edited, [spec.output_name, MAP_OUTPUT, DISTANCE_OUTPUT], val_crops, spec)
+    if not np.array_equal(before_logits, logits):
+        raise RuntimeError(f"the edited graph's logits differ from the original's (max |Δ| {np.abs(before_logits - logits).max():.3g})")
+    want = dm.distance(val_feats.reshape(len(val_feats), -1))
+    if len(want) and not np.allclose(dist, want, rtol=1e-3, atol=1e-3):
+        raise RuntimeError(f"ood_distance in the graph disagrees with its fit (max |Δ| {np.abs(dist - want).max():.3g})")
+    onnx_out.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(edited, str(onnx_out))
+    head_info = {"pool": head.pool.name, "feature_map": head.feature_map, "pooled_features": head.pooled,
+                 "head_layers": [n.op_type for n in head.layers]}
+    return Explained(threshold=float(np.quantile(dist, quantile)), quantile=quantile, val_distances=dist,
+                     map_shape=(int(maps.shape[1]), int(maps.shape[2])), distance=dm, head=head_info)
+
+
+def update_metadata(meta: dict[str, Any], ex: Explained, shares: dict[str, float], how: str = "") -> dict[str, Any]:
+    """Write the outputs' description, the threshold and its rule, and the per-split shares over it."""
+    dm = ex.distance
+    meta["outputs"] = {
+        MAP_OUTPUT: {
+            "shape": ["N", *ex.map_shape],
+            "meaning": "P(defective) per location: the classifier head applied at each cell of the last feature map "
+                       "(the tensor the global average pool reduces), softmax at the calibration temperature, summed over "
+                       "the defective classes; cells tile the model's square fruit crop, rows top to bottom",
+            "temperature": meta["calibration"]["temperature"],
+            **ex.head,
+        },
+        DISTANCE_OUTPUT: {
+            "shape": ["N"],
+            "meaning": "Mahalanobis distance of the pooled feature vector to the nearest train class mean, under the train "
+                       "crops' shared within-class covariance (Ledoit-Wolf shrunk; exact in its top principal directions, "
+                       "one variance for the rest)",
+            "fitted_on": f"train crops ({dm.n_train})",
+            "dims": int(dm.directions.shape[1]),
+            "feature_dims": int(dm.directions.shape[0]),
+            "shrinkage": round(dm.shrinkage, 6),
+            "residual_term": dm.residual_variance is not None,
+            "classes": [meta["classes"][c] for c in dm.classes],
+        },
+    }
+    meta["thresholds"]["ood_distance"] = ex.threshold
+    meta["thresholds"]["ood_distance_rule"] = (
+        f"quantile {ex.quantile:g} of the val crops' ood_distance (Mahalanobis distance of the pooled features to the "
+        f"train features); above it a crop is out of distribution{how}")
+    for split, share in shares.items():
+        if isinstance(meta.get("metrics", {}).get(split), dict):
+            meta["metrics"][split]["ood_distance_share"] = share
+    return meta
+
+
+# ----------------------------------------------------------------------------- existing artifacts
+def explain_artifact(artifact: Path, work_dir: Path, write: bool = False, out=sys.stdout) -> int:
+    from training import train
+    from training.ood_threshold import calibration_matches, recompute
+
+    meta_path = artifact / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    cfg = yaml.safe_load((artifact / "config.yaml").read_text())
+    spec = ModelSpec.from_metadata(meta)
+    data = train.load_data(cfg, work_dir)
+    crops, labels = data[0], data[1]
+    r = recompute(artifact, work_dir, data)
+    if not calibration_matches(r):
+        print(json.dumps(r, indent=1), file=out)
+        print(f"{artifact}: the recomputed crops are not the ones the model was calibrated on; nothing written", file=sys.stderr)
+        return 2
+    q = float(cfg.get("thresholds", {}).get("ood_distance_quantile", 0.99))
+    with tempfile.TemporaryDirectory() as tmp:
+        edited = Path(tmp) / "model.onnx"
+        try:
+            ex = add_outputs(artifact / "model.onnx", edited, spec, crops["train"], labels["train"], crops["val"], q)
+        except (UnsupportedGraph, RuntimeError) as exc:
+            print(f"{artifact}: {exc}; nothing written", file=sys.stderr)
+            return 2
+        shares = {"val": float((ex.val_distances > ex.threshold).mean())}
+        for split in ("test",):
+            if split in crops and len(crops[split]):
+                old, = run_graph(artifact / "model.onnx", [spec.output_name], crops[split], spec)
+                new, dist = run_graph(edited, [spec.output_name, DISTANCE_OUTPUT], crops[split], spec)
+                if not np.array_equal(old, new):
+                    print(f"{artifact}: the edited graph's {split} logits differ from the original's; nothing written", file=sys.stderr)
+                    return 2
+                shares[split] = float((dist > ex.threshold).mean())
+        new_meta = update_metadata(json.loads(meta_path.read_text()), ex, shares,
+                                   " (added after training by training/explain.py from the same train and val crops)")
+        ModelSpec.from_metadata(new_meta)
+        size_mib = edited.stat().st_size / 2**20
+        report = {"artifact": str(artifact), "map_shape": list(ex.map_shape), "ood_distance": ex.threshold, "quantile": q,
+                  "shares_over_threshold": shares, "dims": int(ex.distance.directions.shape[1]),
+                  "shrinkage": ex.distance.shrinkage, "onnx_mib": round(size_mib, 2)}
+        print(json.dumps(report, indent=1), file=out)
+        if size_mib >= 20:
+            print(f"{artifact}: the edited graph is {size_mib:.1f} MiB (limit 20); nothing written", file=sys.stderr)
+            return 2
+        if write:
+            from service.onnx_model import OnnxDefectModel
+
+            (Path(tmp) / "metadata.json").write_text(json.dumps(new_meta, indent=2, allow_nan=False))
+            OnnxDefectModel(Path(tmp), threads=1).check_parity()  # the registry's check, on the edited artifact
+            shutil.copyfile(edited, artifact / "model.onnx")
+            meta_path.write_text(json.dumps(new_meta, indent=2, allow_nan=False))
+            if (artifact / "metrics.json").exists():
+                (artifact / "metrics.json").write_text(json.dumps(new_meta["metrics"], indent=2, allow_nan=False))
+            print(f"{artifact}: model.onnx has {MAP_OUTPUT} {list(ex.map_shape)} and {DISTANCE_OUTPUT}; "
+                  f"thresholds.ood_distance = {ex.threshold:.6g}", file=out)
+    return 0
+
+
+def latency(artifact: Path, repeats: int = 40, threads: int = 1) -> dict[str, dict]:
+    """ms per crop of the artifact's graph with and without the two outputs (strip_outputs),
+    interleaved repeat by repeat (training.compare.measure_latency) on random crops."""
+    from service.onnx_model import OnnxDefectModel
+    from training.compare import measure_latency
+
+    meta = json.loads((artifact / "metadata.json").read_text())
+    with tempfile.TemporaryDirectory() as tmp:
+        plain = Path(tmp)
+        onnx.save(strip_outputs(onnx.load(str(artifact / "model.onnx"))), str(plain / "model.onnx"))
+        meta.pop("outputs", None)
+        meta["thresholds"].pop("ood_distance", None)
+        (plain / "metadata.json").write_text(json.dumps(meta))
+        models = [OnnxDefectModel(plain, threads), OnnxDefectModel(artifact, threads)]
+        side = int(meta["preprocessing"]["input_size"][0])
+        crops = [np.random.default_rng(i).integers(0, 256, (side, side, 3), dtype=np.uint8) for i in range(16)]
+        got = measure_latency(models, [crops, crops], repeats=repeats)
+    return {"logits only": got[0], "with defect_map and ood_distance": got[1]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("artifact", type=Path)
+    p.add_argument("--work-dir", type=Path, help="crop cache (default var/train/<name>-<version>)")
+    p.add_argument("--write", action="store_true", help="write the edited model.onnx and metadata.json")
+    p.add_argument("--latency", action="store_true",
+                   help="only measure ms per crop (1 thread, batch 1 and 16) with and without the two outputs")
+    a = p.parse_args(argv)
+    if a.latency:
+        for name, r in latency(a.artifact).items():
+            print(f"{name:34s} batch 1: {r['batch_1']:.3f} ms/crop, batch 16: {r['batch_16']:.3f} ms/crop "
+                  f"(IQR {r['iqr']['batch_1']:.3f}, {r['iqr']['batch_16']:.3f})")
+        return 0
+    meta = json.loads((a.artifact / "metadata.json").read_text())
+    work = a.work_dir or Path("var") / "train" / f"{meta['name']}-{meta['version']}"
+    return explain_artifact(a.artifact, work, a.write)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -107,18 +107,36 @@ def energy(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return -temperature * (m + np.log(np.exp(z - m[:, None]).sum(axis=1)))
 
 
+@dataclass(frozen=True)
+class ModelOutputs:
+    """A batch's model outputs, row-aligned: ``logits`` (N, classes) and, where the graph has them,
+    ``defect_map`` (N, h, w) and ``ood_distance`` (N,)."""
+
+    logits: np.ndarray
+    defect_map: np.ndarray | None = None
+    ood_distance: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.logits)
+
+    def rows(self, start: int, stop: int) -> "ModelOutputs":
+        """Rows start:stop of every output (one request's share of a micro-batch)."""
+        cut = slice(start, stop)
+        return ModelOutputs(self.logits[cut], None if self.defect_map is None else self.defect_map[cut],
+                            None if self.ood_distance is None else self.ood_distance[cut])
+
+
+def evidence_from_outputs(out: ModelOutputs, spec: ModelSpec) -> list[DefectEvidence]:
+    """Calibrated defect evidence, one per crop, from all of a batch's outputs."""
+    return evidence_from_logits(out.logits, spec, out.defect_map, out.ood_distance)
+
+
 def evidence_from_logits(logits: np.ndarray, spec: ModelSpec, defect_map: np.ndarray | None = None,
                          ood_distance: np.ndarray | None = None) -> list[DefectEvidence]:
     """Turn raw model outputs into calibrated defect evidence, one per crop.
 
     ``defect_map`` (N, h, w) and ``ood_distance`` (N,) are the graph's extra outputs where it has
-    them; when not given they are taken from ``logits`` itself if it carries them as attributes
-    (what ``service.onnx_model.OnnxDefectModel.run`` returns, rows sliced with the logits, so the
-    service's micro-batcher hands every request its own rows without knowing about them)."""
-    if defect_map is None:
-        defect_map = getattr(logits, "defect_map", None)
-    if ood_distance is None:
-        ood_distance = getattr(logits, "ood_distance", None)
+    them (see :class:`ModelOutputs`)."""
     n = len(logits)
     for name, extra in (("defect_map", defect_map), ("ood_distance", ood_distance)):
         if extra is not None and len(extra) != n:

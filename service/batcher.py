@@ -19,7 +19,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from grader.defect import evidence_from_logits, preprocess
+from grader.defect import ModelOutputs, evidence_from_outputs, preprocess
 from grader.records import DefectEvidence
 
 from .metrics import INFERENCE_BATCH, INFERENCE_SECONDS, QUEUE_DEPTH
@@ -62,8 +62,8 @@ class MicroBatcher:
             with self._lock:
                 self._expected -= 1
 
-    def submit(self, model: OnnxDefectModel, batch: np.ndarray) -> np.ndarray:
-        """Logits for a preprocessed batch, run together with whatever else is waiting."""
+    def submit(self, model: OnnxDefectModel, batch: np.ndarray) -> ModelOutputs:
+        """The model's outputs for a preprocessed batch, run together with whatever else is waiting."""
         fut: Future = Future()
         self._arrived()
         try:
@@ -105,16 +105,16 @@ class MicroBatcher:
     def _run(self, items: list[tuple[np.ndarray, Future, OnnxDefectModel]]) -> None:
         try:
             t0 = time.perf_counter()
-            logits = items[0][2].run(np.concatenate([b for b, _, _ in items]))
+            outputs = items[0][2].run(np.concatenate([b for b, _, _ in items]))
             INFERENCE_SECONDS.observe(time.perf_counter() - t0)
-            INFERENCE_BATCH.observe(len(logits))
+            INFERENCE_BATCH.observe(len(outputs))
         except Exception as exc:  # hand the error to every waiting request, never lose one silently
             for _, fut, _ in items:
                 fut.set_exception(exc)
             return
         i = 0
         for b, fut, _ in items:
-            fut.set_result(logits[i : i + len(b)])
+            fut.set_result(outputs.rows(i, i + len(b)))
             i += len(b)
 
     def close(self) -> None:
@@ -136,4 +136,4 @@ class ServingModel:
         if not crops:
             return []
         batch = preprocess(crops, self.spec)  # in the caller's thread: preprocessing runs in parallel
-        return evidence_from_logits(self.batcher.submit(self.onnx, batch), self.spec)
+        return evidence_from_outputs(self.batcher.submit(self.onnx, batch), self.spec)

@@ -15,41 +15,13 @@ from typing import Sequence
 import numpy as np
 import onnxruntime as ort
 
-from grader.defect import ModelSpec, evidence_from_logits, parity_probe, preprocess
+from grader.defect import ModelOutputs, ModelSpec, evidence_from_outputs, parity_probe, preprocess
 from grader.errors import InvalidModelArtifact
 from grader.records import DefectEvidence
 
 
 #: the graph's optional outputs (training/explain.py adds them), requested when the graph has them
 EXTRA_OUTPUTS = ("defect_map", "ood_distance")
-
-
-class ModelOutputs(np.ndarray):
-    """The logits of a batch (an ordinary (N, classes) array to every caller) carrying the graph's
-    extra outputs of the same rows as attributes: ``defect_map`` (N, h, w) and ``ood_distance`` (N,),
-    each None when the graph has no such output. Slicing rows (``out[i:j]``) slices them alike:
-    that is how the micro-batcher's split of a batch (service/batcher.py) hands each request its own
-    maps without knowing about them. Any other indexing or operation returns logits without them."""
-
-    defect_map: np.ndarray | None
-    ood_distance: np.ndarray | None
-
-    @classmethod
-    def wrap(cls, logits: np.ndarray, defect_map: np.ndarray | None, ood_distance: np.ndarray | None) -> "ModelOutputs":
-        out = np.asarray(logits).view(cls)
-        out.defect_map, out.ood_distance = defect_map, ood_distance
-        return out
-
-    def __array_finalize__(self, obj) -> None:
-        self.defect_map = None
-        self.ood_distance = None
-
-    def __getitem__(self, key):
-        got = super().__getitem__(key)
-        if isinstance(got, ModelOutputs) and isinstance(key, slice):  # rows i:j, every column
-            got.defect_map = None if self.defect_map is None else self.defect_map[key]
-            got.ood_distance = None if self.ood_distance is None else self.ood_distance[key]
-        return got
 
 
 def resolve_model_dir(path: Path) -> Path:
@@ -112,7 +84,7 @@ class OnnxDefectModel:
         if not isinstance(rec, dict) or "logits" not in rec:
             raise InvalidModelArtifact("metadata.json has no parity record (logits of the parity probe): export it with grader train")
         want = np.asarray(rec["logits"], np.float32)
-        got = self.run(parity_probe(self.spec.input_size))
+        got = self.run(parity_probe(self.spec.input_size)).logits
         if got.shape != want.shape:
             raise InvalidModelArtifact(f"parity record has shape {want.shape}, the graph gives {got.shape}")
         diff = float(np.abs(got - want).max())
@@ -126,7 +98,7 @@ class OnnxDefectModel:
         self.run(np.zeros((1, 3, h, w), np.float32))
 
     def run(self, batch: np.ndarray) -> ModelOutputs:
-        """The batch's logits, carrying ``defect_map`` and ``ood_distance`` where the graph has them."""
+        """The batch's logits, with ``defect_map`` and ``ood_distance`` where the graph has them."""
         got = self.session.run([self.spec.output_name, *self.extra_outputs], {self.spec.input_name: batch})
         out, extra = got[0], dict(zip(self.extra_outputs, got[1:]))
         if out.shape != (len(batch), len(self.spec.classes)):
@@ -136,9 +108,9 @@ class OnnxDefectModel:
             raise InvalidModelArtifact(f"model output defect_map has shape {dmap.shape}, expected ({len(batch)}, h, w)")
         if dist is not None and dist.shape != (len(batch),):
             raise InvalidModelArtifact(f"model output ood_distance has shape {dist.shape}, expected ({len(batch)},)")
-        return ModelOutputs.wrap(out, dmap, dist)
+        return ModelOutputs(out, dmap, dist)
 
     def predict(self, crops: Sequence[np.ndarray]) -> list[DefectEvidence]:
         if not crops:
             return []
-        return evidence_from_logits(self.run(preprocess(crops, self.spec)), self.spec)
+        return evidence_from_outputs(self.run(preprocess(crops, self.spec)), self.spec)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from datasets.synthetic import make_fruit_image
-from grader.defect import ModelSpec, evidence_from_logits
+from grader.defect import ModelOutputs, ModelSpec, evidence_from_logits, evidence_from_outputs
 from grader.flags import FlagPolicy, fruit_flags
 from grader.fusion import fuse_views
 from grader.measure import crop_for_model, measure_image
@@ -25,17 +25,15 @@ SPEC = ModelSpec("m", "1", ("sound", "defective"), ("defective",), (64, 64), (0.
 
 
 def test_model_outputs_slice_their_maps_with_their_rows():
-    from service.onnx_model import ModelOutputs
-
     logits = np.arange(12, dtype=np.float32).reshape(6, 2)
     maps = np.random.default_rng(0).random((6, 3, 3)).astype(np.float32)
     dist = np.arange(6, dtype=np.float32)
-    out = ModelOutputs.wrap(logits, maps, dist)
-    part = out[2:5]  # what the micro-batcher hands one request
-    assert np.array_equal(np.asarray(part), logits[2:5])
+    out = ModelOutputs(logits, maps, dist)
+    part = out.rows(2, 5)  # what the micro-batcher hands one request
+    assert len(part) == 3 and np.array_equal(part.logits, logits[2:5])
     assert np.array_equal(part.defect_map, maps[2:5]) and np.array_equal(part.ood_distance, dist[2:5])
-    assert (out * 2).defect_map is None and out[[0, 1]].defect_map is None  # anything else: plain logits
-    ev = evidence_from_logits(part, SPEC)
+    assert ModelOutputs(logits).rows(0, 2).defect_map is None  # a graph without the extra outputs
+    ev = evidence_from_outputs(part, SPEC)
     assert [e.ood_distance for e in ev] == [2.0, 3.0, 4.0]
     assert np.array_equal(ev[1].defect_map, maps[3])
     with pytest.raises(ValueError, match="rows"):

@@ -33,12 +33,15 @@ def _serve(args: argparse.Namespace) -> int:
     if args.workers > 1 and "GRADER_ONNX_THREADS" not in os.environ:
         # each worker process runs its own ONNX Runtime session: share the cores out, not multiply them
         os.environ["GRADER_ONNX_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.workers))
+    if args.workers > 1:
+        from service.workers import serve_workers
+
+        return serve_workers(args.workers, args.host, args.port, args.log_level)
     uvicorn.run(
         "service.app:app_from_env",
         factory=True,
         host=args.host,
         port=args.port,
-        workers=args.workers,
         http=NoDelayHttpProtocol,
         log_level=args.log_level,
         timeout_graceful_shutdown=10,
@@ -200,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("serve", help="run the HTTP service")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
-    s.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (SQLite or PostgreSQL; replicas on several hosts need PostgreSQL)")
+    s.add_argument("--workers", type=int, default=1, help="server processes, each with its own socket on the port (SQLite or PostgreSQL; replicas on several hosts need PostgreSQL)")
     s.add_argument("--log-level", default="info")
     s.set_defaults(func=_serve)
 

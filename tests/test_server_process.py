@@ -76,3 +76,52 @@ def test_two_workers_share_one_sqlite_database(tmp_path):
         assert sorted(r["fruit_id"] for r in rows) == sorted(f"f{i}" for i in range(24))
         assert srv.log().count("Started server process") == 2
         assert "Traceback" not in srv.log()
+
+
+def _children(pid: int) -> list[int]:
+    """Worker processes of a `grader serve --workers N` supervisor (Linux /proc)."""
+    from pathlib import Path
+
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+                cmd = (d / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"spawn_main" in cmd:
+                out.append(int(d.name))
+    return out
+
+
+def test_a_worker_that_dies_is_replaced(tmp_path):
+    """Killing one of two workers (as the OOM killer would) leaves the service answering, and the
+    supervisor starts another; SIGTERM still stops everything cleanly."""
+    import os
+    import signal
+    import time
+
+    env = {"GRADER_API_KEYS": ",".join(f"{r}:{k}" for r, k in API_KEYS.items())}
+    img = jpeg_bytes(make_fruit_image(seed=1, diameter_mm=70, mm_per_px=0.3)[0])
+    srv = ServerProcess(tmp_path / "var", env, workers=2, log_level="info").start()
+    try:
+        before = _children(srv.proc.pid)
+        assert len(before) == 2
+        os.kill(before[0], signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            now = _children(srv.proc.pid)
+            if len(now) == 2 and before[0] not in now and srv.log().count("Application startup complete") >= 3:
+                break
+            time.sleep(0.3)
+        assert before[0] not in now and len(now) == 2, srv.log()[-2000:]
+        for i in range(6):
+            with httpx.Client(timeout=60) as c:
+                r = c.post(srv.url + "/v1/grade", files={"image": ("a.jpg", img, "image/jpeg")}, data={"mm_per_px": "0.3"},
+                           headers={"X-API-Key": API_KEYS["camera"]})
+            assert r.status_code == 200, r.text
+        assert "starting another" in srv.log()
+    finally:
+        assert srv.stop() == 0
+    assert _children(srv.proc.pid) == []

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from fastapi import APIRouter
 from fastapi.responses import FileResponse, RedirectResponse
-from starlette.middleware.base import BaseHTTPMiddleware
-from starlette.requests import Request
+from starlette.datastructures import MutableHeaders
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
@@ -40,18 +40,30 @@ def root() -> RedirectResponse:
     return RedirectResponse("/review")
 
 
-class PageHeaders(BaseHTTPMiddleware):
-    """Security headers: nosniff on every response, the page policy on pages and static assets."""
+class PageHeaders:
+    """Security headers: nosniff on every response, the page policy on pages and static assets.
+    A plain ASGI middleware: it only edits the response head, so the request body (a camera's
+    upload) passes through untouched, without the streams a BaseHTTPMiddleware puts around it."""
 
-    async def dispatch(self, request: Request, call_next):
-        response = await call_next(request)
-        # no response is ever sniffed into another type (a stored image served back stays an image)
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        path = request.url.path
-        if path in ("/review", "/line") or path.startswith("/static/"):
-            for k, v in PAGE_HEADERS.items():
-                response.headers.setdefault(k, v)
-        return response
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        extra = PAGE_HEADERS if path in ("/review", "/line") or path.startswith("/static/") else {"X-Content-Type-Options": "nosniff"}
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for k, v in extra.items():
+                    if k not in headers:
+                        headers.append(k, v)
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 def static_files() -> StaticFiles:

@@ -319,8 +319,8 @@ def _hist_quantiles(values: np.ndarray, groups: np.ndarray, n_groups: int, q: fl
 
 def _channel_medians(pixels_u8: np.ndarray) -> np.ndarray:
     """Per-channel median of (N, 3) uint8 pixels, as ``np.median(pixels, axis=0)``."""
-    zeros = np.zeros(len(pixels_u8), np.intp)
-    return np.array([_hist_quantiles(pixels_u8[:, c], zeros, 1, 0.5)[0] for c in range(3)], np.float32)
+    channel = np.broadcast_to(np.arange(3), pixels_u8.shape)  # the channel is the group: one histogram pass
+    return _hist_quantiles(pixels_u8.ravel(), channel.ravel(), 3, 0.5).astype(np.float32)
 
 
 def caliper_widths_px(contour: np.ndarray) -> tuple[float, float, float]:
@@ -469,7 +469,8 @@ def _skin_departure(image_rgb: np.ndarray, seg: "Segment | FruitMeasurement", pa
     # from histograms: exact, and linear in the number of pixels)
     l_cut = _hist_quantiles(lab[:, 0], rings, params.rings, 0.4)
     bright = lab[:, 0] >= l_cut[rings]
-    ref_table = np.stack([_hist_quantiles(lab[bright, c], rings[bright], params.rings, 0.5) for c in range(3)], axis=1)
+    group = rings[bright][:, None] * 3 + np.arange(3)  # (ring, channel) pairs: one histogram pass
+    ref_table = _hist_quantiles(lab[bright].ravel(), group.ravel(), params.rings * 3, 0.5).reshape(params.rings, 3)
     ref = ref_table[rings].astype(np.float32)
     lab_f = lab.astype(np.float32)
     delta_e = np.zeros(mask.shape, np.float32)

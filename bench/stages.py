@@ -1,0 +1,87 @@
+"""Where a grade request's CPU time goes, stage by stage, in one process (no HTTP).
+
+    .venv/bin/python bench/stages.py [--images 40] [--repeats 3]
+
+Runs the service's own request path (service/grading.py: lookup, decode, measure, crop and
+preprocess, ONNX Runtime, rules, store) on the same photos as bench/serve.py, with the settings a
+worker of `grader serve --workers 2` on 2 cores has (OpenCV and ONNX Runtime single-threaded), and
+prints the CPU milliseconds per photo of each stage. Each photo is stored as new bytes, as on a line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=40)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+
+    import serve  # the benchmark's photos and fresh-bytes helper
+
+    from grader import pipeline
+    from grader.defect import preprocess
+    from service import batcher, grading, scale
+    from service.app import build_context
+    from service.imaging import decode_image
+    from service.settings import Settings
+
+    cpu: dict[str, float] = {}
+
+    def timed(name: str, fn):
+        def wrapper(*a, **k):
+            t0 = time.thread_time()  # the CPU time of the thread that runs the stage
+            try:
+                return fn(*a, **k)
+            finally:
+                cpu[name] = cpu.get(name, 0.0) + time.thread_time() - t0
+        return wrapper
+
+    # time the stages inside the path by wrapping the functions it calls
+    scale.measure_image = timed("measure (segment, size, colour, blemish)", scale.measure_image)
+    pipeline.image_quality_flags = timed("image quality (blur, exposure)", pipeline.image_quality_flags)
+    pipeline.crop_for_model = timed("crop for the model", pipeline.crop_for_model)
+    batcher.preprocess = timed("preprocess (resize, normalise)", preprocess)
+    pipeline.decide = timed("rules and flags", pipeline.decide)
+
+    jpegs = serve.images(args.images)
+    settings = Settings(data_dir=Path(tempfile.mkdtemp(prefix="grader-stages-")), api_keys="camera:stages-key-0000000000",
+                        onnx_threads=1, opencv_threads=1)
+    ctx = build_context(settings)
+    run_onnx = ctx.model.onnx.run
+    ctx.model.onnx.run = timed("ONNX Runtime (batch 1)", run_onnx)
+    n = 0
+    total = 0.0
+    for rep in range(args.repeats + 1):
+        if rep == 1:  # the first pass warms caches and is not counted
+            cpu.clear()
+            n, total = 0, 0.0
+        for data in jpegs:
+            data = serve.fresh(data)
+            t0 = time.process_time()
+            req = grading.parse(None, "bench-cam", None, None, None, "0.2", None, None, None)
+            timed("lookup (database)", grading.lookup)(ctx, req)
+            rgb, media_type = timed("decode JPEG", decode_image)(data, settings.max_image_pixels)
+            scaled, graded = grading.grade_rgb(ctx, req, rgb)
+            timed("store (image file + fsync, rows, commit)", grading.store)(ctx, req, data, media_type, rgb, scaled, graded, None)
+            total += time.process_time() - t0
+            n += 1
+    print(f"{n} photos, CPU ms per photo by stage (one process, OpenCV and ONNX Runtime on 1 thread):")
+    for name, s in sorted(cpu.items(), key=lambda kv: -kv[1]):
+        print(f"  {name:<42} {1000 * s / n:6.2f}")
+    print(f"  {'whole request path (no HTTP)':<42} {1000 * total / n:6.2f}")
+    ctx.batcher.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -15,6 +15,7 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 import cv2
 import numpy as np
 
+from .colour import ColourNormalise, resized_fruit_mask
 from .errors import InvalidModelArtifact
 from .records import DefectEvidence
 
@@ -42,6 +43,9 @@ class ModelSpec:
     #: which a crop is not a fruit this model knows; None for a model without that output
     ood_distance_threshold: float | None = None
     crop_margin_frac: float = 0.08
+    #: per-crop colour normalisation of the fruit pixels (``preprocessing.colour_normalise``), applied
+    #: by :func:`preprocess` after resizing; None (the key absent): none
+    colour_normalise: ColourNormalise | None = None
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
@@ -51,6 +55,7 @@ class ModelSpec:
             classes = tuple(meta["classes"])
             defective = tuple(meta.get("defective_classes", [c for c in classes if c != "sound"]))
             thr = meta.get("thresholds", {})
+            norm = pre.get("colour_normalise")
             spec = cls(
                 name=str(meta["name"]),
                 version=str(meta["version"]),
@@ -65,6 +70,7 @@ class ModelSpec:
                 threshold_defective=float(thr.get("defective", 0.5)),
                 review_band=(float(thr.get("review_band", [0.3, 0.7])[0]), float(thr.get("review_band", [0.3, 0.7])[1])),
                 crop_margin_frac=float(pre.get("crop_margin_frac", 0.08)),
+                colour_normalise=None if norm is None else ColourNormalise.from_dict(norm),
                 ood_energy_threshold=None if thr.get("ood_energy") is None else float(thr["ood_energy"]),
                 ood_distance_threshold=None if thr.get("ood_distance") is None else float(thr["ood_distance"]),
                 raw=meta,
@@ -81,15 +87,21 @@ class ModelSpec:
 
 
 def preprocess(crops: Sequence[np.ndarray], spec: ModelSpec) -> np.ndarray:
-    """RGB uint8 crops -> float32 NCHW batch, resized and normalised as the metadata says."""
+    """RGB uint8 crops -> float32 NCHW batch, resized and normalised as the metadata says.
+
+    With ``spec.colour_normalise`` each resized crop's fruit pixels (the crop's own fruit mask,
+    resized alike) first get the canonical Lab mean and spread, exactly as training applied it to
+    its augmented crops."""
     h, w = spec.input_size
     batch = np.empty((len(crops), 3, h, w), np.float32)
     mean = np.asarray(spec.mean, np.float32).reshape(3, 1, 1)
     std = np.asarray(spec.std, np.float32).reshape(3, 1, 1)
     for i, crop in enumerate(crops):
         interp = cv2.INTER_AREA if crop.shape[0] >= h else cv2.INTER_LINEAR
-        x = cv2.resize(crop, (w, h), interpolation=interp).astype(np.float32) / 255.0
-        batch[i] = (x.transpose(2, 0, 1) - mean) / std
+        x = cv2.resize(crop, (w, h), interpolation=interp)
+        if spec.colour_normalise is not None:
+            x = spec.colour_normalise.apply(x, resized_fruit_mask(crop, (w, h), interp))
+        batch[i] = (x.astype(np.float32).transpose(2, 0, 1) / 255.0 - mean) / std
     return batch
 
 

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from datasets import citrus, fruitnet
 from datasets.synthetic import random_fruit_image
 from grader.defect import ModelSpec, energy, preprocess, softmax
-from training.colour import colour_transfer, fruit_colour_stats
+from training.colour import ColourNormalise, colour_transfer, fruit_colour_stats, fruit_pixels, mean_colour_stats
 from training import explain
 from training.crops import crop_cache
 from training.crops import load_rgb
@@ -53,7 +53,9 @@ def load_config(path: Path, overrides: list[str] | None = None) -> dict[str, Any
         node = cfg
         parts = key.split(".")
         for p in parts[:-1]:
-            node = node.setdefault(p, {})
+            if node.get(p) is None:  # an absent key or one set to null (e.g. model.colour_normalise)
+                node[p] = {}
+            node = node[p]
         node[parts[-1]] = yaml.safe_load(raw)
     return cfg
 
@@ -182,9 +184,48 @@ def load_manifest_data(path: Path, size: int, margin: float, work_dir: Path, cla
     return crops, labels, sessions, m["items"], m["sha256"]
 
 
+# ----------------------------------------------------------------------------- colour normalisation
+def colour_normalise_of(cfg: dict[str, Any]) -> ColourNormalise | None:
+    """``model.colour_normalise`` of a config: None (absent, null or false: off), or the per-crop
+    colour normalisation (grader.colour.ColourNormalise) that training and serving apply. The config
+    may give only the method (``reinhard-lab``, alone or as ``{method: ...}``): :func:`resolve_colour_normalise`
+    then fixes the canonical Lab mean and spread from the train crops before anything else runs."""
+    raw = cfg["model"].get("colour_normalise")
+    if raw is None or raw is False:
+        return None
+    if isinstance(raw, str):
+        raw = {"method": raw}
+    if not isinstance(raw, dict):
+        raise ValueError(f"model.colour_normalise must be null, a method name or a mapping, got {raw!r}")
+    if raw.get("mean") is None or raw.get("std") is None:
+        raise ValueError("model.colour_normalise has no mean/std yet: resolve_colour_normalise(cfg, train crops) first")
+    return ColourNormalise.from_dict(raw)
+
+
+def resolve_colour_normalise(cfg: dict[str, Any], train_crops: np.ndarray) -> dict[str, Any]:
+    """The config with ``model.colour_normalise`` complete: a method without a Lab mean and spread
+    gets the mean over the train crops of their fruit pixels' Lab mean and spread (a fixed target
+    written into the artifact's config.yaml and metadata.json, so every later crop, in training and
+    in serving, is mapped to the same constants)."""
+    raw = cfg["model"].get("colour_normalise")
+    if raw is None or raw is False:
+        return cfg
+    raw = {"method": raw} if isinstance(raw, str) else dict(raw)
+    if raw.get("mean") is None or raw.get("std") is None:
+        mu, sd = mean_colour_stats(list(train_crops))
+        raw["mean"], raw["std"] = [round(float(v), 3) for v in mu], [round(float(v), 3) for v in sd]
+        raw.setdefault("fitted_on", f"train crops ({len(train_crops)}): mean of their fruit pixels' Lab mean and spread")
+    raw.setdefault("min_std", 1.0)
+    cfg["model"]["colour_normalise"] = raw
+    colour_normalise_of(cfg)  # valid
+    return cfg
+
+
 class CropDataset(torch.utils.data.Dataset):
     """Training crops. With ``colour_transfer_p`` > 0, that share of the crops is given the fruit
-    colour statistics of another random training crop (see :func:`colour_transfer`)."""
+    colour statistics of another random training crop (see :func:`colour_transfer`). A
+    :class:`NormalisingTransform` also gets each crop's fruit mask, to normalise its colour after
+    the augmentation."""
 
     def __init__(self, crops: np.ndarray, labels: np.ndarray, transform: T.Transform, colour_transfer_p: float = 0.0, seed: int = 0) -> None:
         self.crops, self.labels, self.transform = crops, labels, transform
@@ -197,29 +238,61 @@ class CropDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         crop = self.crops[i]
+        fruit = fruit_pixels(crop) if isinstance(self.transform, NormalisingTransform) else None  # before the transfer
         if self.colour_transfer_p > 0 and self.rng.random() < self.colour_transfer_p:
             crop = colour_transfer(crop, self.stats[int(self.rng.integers(len(self.crops)))])
         x = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1)  # uint8 CHW
+        if fruit is not None:
+            return self.transform(x, fruit), int(self.labels[i])
         return self.transform(x), int(self.labels[i])
 
 
-def train_transform(cfg: dict[str, Any]) -> T.Transform:
+def augment_steps(cfg: dict[str, Any]) -> tuple[list[T.Transform], list[T.Transform], list[T.Transform]]:
+    """The training transforms in three groups, applied in this order: geometric (crop, flips,
+    rotation), colour (jitter, hue shift, grey, blur), and the tensor scaling and normalisation."""
     a, m = cfg["augment"], cfg["model"]
     size = int(m["input_size"])
-    return T.Compose(
-        [
-            T.RandomResizedCrop(size, scale=tuple(a["scale"]), ratio=(0.85, 1.18), antialias=True),
-            T.RandomHorizontalFlip(),
-            T.RandomVerticalFlip(),
-            T.RandomRotation(float(a["rotation_deg"])),
-            T.ColorJitter(brightness=a["brightness"], contrast=a["contrast"], saturation=a["saturation"], hue=a["hue"]),
-            T.RandomApply([T.ColorJitter(hue=0.5)], p=float(a.get("hue_shift_p", 0.0))),
-            T.RandomGrayscale(p=float(a.get("grayscale_p", 0.0))),
-            T.RandomApply([T.GaussianBlur(5, sigma=(0.1, 1.5))], p=float(a["blur_p"])),
-            T.ToDtype(torch.float32, scale=True),
-            T.Normalize(mean=m["mean"], std=m["std"]),
-        ]
-    )
+    geometric = [
+        T.RandomResizedCrop(size, scale=tuple(a["scale"]), ratio=(0.85, 1.18), antialias=True),
+        T.RandomHorizontalFlip(),
+        T.RandomVerticalFlip(),
+        T.RandomRotation(float(a["rotation_deg"])),
+    ]
+    colour = [
+        T.ColorJitter(brightness=a["brightness"], contrast=a["contrast"], saturation=a["saturation"], hue=a["hue"]),
+        T.RandomApply([T.ColorJitter(hue=0.5)], p=float(a.get("hue_shift_p", 0.0))),
+        T.RandomGrayscale(p=float(a.get("grayscale_p", 0.0))),
+        T.RandomApply([T.GaussianBlur(5, sigma=(0.1, 1.5))], p=float(a["blur_p"])),
+    ]
+    scale = [T.ToDtype(torch.float32, scale=True), T.Normalize(mean=m["mean"], std=m["std"])]
+    return geometric, colour, scale
+
+
+class NormalisingTransform:
+    """The training transforms with the model's colour normalisation last, as serving applies it
+    (grader.defect.preprocess): the fruit mask rides along the geometric steps as a fourth channel
+    (rotated-in corners are not fruit), the colour steps change only the RGB, then the fruit pixels
+    of the augmented crop get the canonical Lab mean and spread, then scaling and normalisation."""
+
+    def __init__(self, cfg: dict[str, Any], norm: ColourNormalise) -> None:
+        geometric, colour, scale = augment_steps(cfg)
+        self.geometric, self.colour, self.scale = T.Compose(geometric), T.Compose(colour), T.Compose(scale)
+        self.norm = norm
+
+    def __call__(self, x: torch.Tensor, fruit: np.ndarray) -> torch.Tensor:
+        mask = torch.from_numpy(fruit.astype(np.uint8) * 255)[None]
+        x4 = self.geometric(torch.cat([x, mask]))
+        rgb, fruit_now = self.colour(x4[:3]), (x4[3] >= 128).numpy()
+        out = self.norm.apply(np.ascontiguousarray(rgb.permute(1, 2, 0).numpy()), fruit_now)
+        return self.scale(torch.from_numpy(out).permute(2, 0, 1))
+
+
+def train_transform(cfg: dict[str, Any]) -> T.Transform | NormalisingTransform:
+    norm = colour_normalise_of(cfg)
+    if norm is not None:
+        return NormalisingTransform(cfg, norm)
+    geometric, colour, scale = augment_steps(cfg)
+    return T.Compose(geometric + colour + scale)
 
 
 # ----------------------------------------------------------------------------- loop
@@ -250,6 +323,7 @@ def spec_for(cfg: dict[str, Any], temperature: float = 1.0, threshold: float = 0
         name=cfg["name"], version=str(cfg["version"]), classes=tuple(classes_of(cfg)), defective_classes=tuple(defective_of(cfg)),
         input_size=(int(m["input_size"]), int(m["input_size"])), mean=tuple(m["mean"]), std=tuple(m["std"]),
         temperature=temperature, threshold_defective=threshold, review_band=band, crop_margin_frac=float(m.get("crop_margin_frac", 0.08)),
+        colour_normalise=colour_normalise_of(cfg),
     )
 
 
@@ -262,6 +336,9 @@ def run(cfg: dict[str, Any], out_dir: Path, work_dir: Path, resume: bool = False
     (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
 
     crops, labels, sessions, manifest, digest = load_data(cfg, work_dir)
+    if cfg["model"].get("colour_normalise") not in (None, False):
+        cfg = resolve_colour_normalise(cfg, crops["train"])  # its canonical colour, fixed before anything uses it
+        (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     (out_dir / "manifest.json").write_text(json.dumps({"sha256": digest, "items": manifest}, indent=0))
     spec0 = spec_for(cfg)
     eval_batches = {s: preprocess(list(crops[s]), spec0) for s in crops if s != "train"}
@@ -471,6 +548,7 @@ def finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, history,
             "crop": "square fruit crop, background painted out: grader.measure.crop_for_model(mask=...)",
             "crop_margin_frac": spec.crop_margin_frac,
             "resize": "cv2 INTER_AREA (downscale) / INTER_LINEAR (upscale)",
+            **({} if spec.colour_normalise is None else {"colour_normalise": spec.colour_normalise.to_dict()}),
         },
         "calibration": {"method": "temperature scaling on val", "temperature": temperature},
         "thresholds": {

@@ -4,6 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
+WORKERS ?= 1
 
 .PHONY: run test test-fast train bench clean
 
@@ -31,7 +32,7 @@ $(CHROMIUM):
 	else echo "no apt-get: install Chromium yourself to run the browser tests"; fi
 
 run: $(VENV)/.serve-installed
-	$(BIN)/grader serve --host $(HOST) --port $(PORT)
+	$(BIN)/grader serve --host $(HOST) --port $(PORT) --workers $(WORKERS)
 
 test: $(VENV)/.all-installed $(CHROMIUM)
 	$(BIN)/python -m pytest

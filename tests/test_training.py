@@ -64,6 +64,54 @@ def test_onnx_serving_path_matches_torch(tiny_artifact):
     assert served.check_parity() < 1e-4  # the recorded parity logits (torch) are what the graph computes
 
 
+def test_colour_normalised_artifact_serves_what_torch_computes(tmp_path_factory):
+    """model.colour_normalise on: the canonical Lab colour fitted on the train crops travels in
+    config.yaml and metadata.json (preprocessing.colour_normalise), serving reads it, and the served
+    ONNX scores on fresh segmented crops equal torch's on the same preprocessing."""
+    from dataclasses import replace
+
+    import yaml
+
+    from grader.colour import ColourNormalise
+    from service.onnx_model import OnnxDefectModel
+    from training import train
+    from training.models_registry import build_model
+
+    out, work = tmp_path_factory.mktemp("artifact-norm"), tmp_path_factory.mktemp("work-norm")
+    cfg = train.load_config(
+        train.DEFAULT_CONFIG,
+        ["data.kind=synthetic", "data.n=48", "data.cache_size=96", "train.epochs=1", "train.batch_size=16",
+         "model.arch=small_fruitnet", "model.input_size=64", "name=tiny-norm", "version=0.0.1", "model.colour_normalise=reinhard-lab"],
+    )
+    meta = train.run(cfg, out, work)
+    norm = json.loads((out / "metadata.json").read_text())["preprocessing"]["colour_normalise"]
+    assert norm["method"] == "reinhard-lab" and len(norm["mean"]) == len(norm["std"]) == 3
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert (saved["model"]["colour_normalise"]["mean"], saved["model"]["colour_normalise"]["std"]) == (norm["mean"], norm["std"])
+    # the artifact's config.yaml gives the same preprocessing (training.explain and ood_threshold remake crops from it)
+    assert train.spec_for(saved).colour_normalise == ColourNormalise.from_dict(norm)
+    assert meta["metrics"]["onnx_check"]["max_abs_diff_scores"] < 1e-4
+
+    served = OnnxDefectModel(out, threads=1)
+    assert served.spec.colour_normalise == ColourNormalise.from_dict(norm)
+    model = build_model("small_fruitnet", 2)
+    model.load_state_dict(torch.load(work / "best.pt"))
+    model.eval()
+    crops = []
+    for seed in range(8):
+        img, _ = random_fruit_image(700 + seed)
+        seg = segment_fruits(img)[0]
+        crops.append(crop_for_model(img, seg.bbox, served.spec.crop_margin_frac, seg.mask))
+    batch = preprocess(crops, served.spec)
+    assert not np.allclose(batch, preprocess(crops, replace(served.spec, colour_normalise=None)))  # it is applied
+    with torch.no_grad():
+        logits = model(torch.from_numpy(batch)).numpy().astype(np.float64)
+    ref = softmax(logits, served.spec.temperature)[:, 1]
+    got = np.array([e.score for e in served.predict(crops)])
+    assert np.abs(ref - got).max() < 1e-4
+    assert served.check_parity() < 1e-4
+
+
 def test_ood_energy_threshold_is_chosen_on_val_and_served(tiny_artifact):
     """The artifact carries an energy threshold, the 0.99 quantile of its val crops' energies as the
     served ONNX graph computes them, and serving turns it into one of DefectEvidence.ood's signals.

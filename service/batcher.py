@@ -48,6 +48,9 @@ class MicroBatcher:
     def expecting(self) -> Iterator[None]:
         """Announce a request that will submit soon (it is decoding or measuring): while any is
         announced the worker may wait up to max_wait_ms to run it in the same batch."""
+        if getattr(self._local, "announced", False):  # already announced by an enclosing block
+            yield
+            return
         with self._lock:
             self._expected += 1
         self._local.announced = True

@@ -63,6 +63,9 @@ def test_a_lone_request_is_not_held_for_company(model):
         served.predict(cs)
     assert time.monotonic() - t0 < 10  # far from 20 s: it did not wait for a batch to fill
     assert b._expected == 0  # its announcement ended when it submitted
+    with b.expecting(), b.expecting():  # nested announcements of one thread count once
+        assert b._expected == 1
+    assert b._expected == 0
     b.close()
 
 

@@ -55,7 +55,7 @@ class Settings(BaseSettings):
     onnx_threads: int = Field(default=0, ge=0)
     #: OpenCV's own worker threads per process. Requests already run in parallel threads (and
     #: processes, with --workers), so measurement runs single-threaded: OpenCV's pool splitting a
-    #: 256-px fruit photo costs more CPU than it saves (bench/serve.py: about 1.6x throughput).
+    #: 256-px fruit photo costs more CPU than it saves (compare: GRADER_OPENCV_THREADS=0 bench/serve.py).
     opencv_threads: int = Field(default=1, ge=0)
 
     #: micro-batching: crops per inference call, how long the first request waits for company,

@@ -63,9 +63,9 @@ class Settings(BaseSettings):
     max_batch: int = Field(default=16, ge=1, le=256)
     max_batch_wait_ms: float = Field(default=5.0, ge=0, le=100)
     max_inference_queue: int = Field(default=256, ge=1)
-    #: grade requests in progress at once in one server process; past it 503 + Retry-After. About
-    #: four per core the process has: more only queue (at 100 fruit/s offered to 2 workers on 2
-    #: cores, 24 collapsed throughput to 42/s with seconds of latency, 8 kept 92/s; bench/serve.py)
+    #: grade requests in progress at once in one server process; past it 503 + Retry-After. More
+    #: only queue: at 100 fruit/s offered to 2 workers on 2 cores, 24 collapsed throughput to about
+    #: 40/s with seconds of latency, 8 kept about 90/s (`bench/serve.py --max-in-flight N`)
     max_in_flight: int = Field(default=8, ge=1)
 
     # --- flag triggers (each trades inspector workload against missed abnormal fruit)

@@ -130,6 +130,13 @@ def test_inspector_works_the_queue_with_the_keyboard(server, browser):
         page.wait_for_selector("#picture[data-layers*=heatmap]")
         page.keyboard.press("h")
         page.wait_for_selector("#picture[data-layers='contour,diameter,blemish']")
+        # ...and the defect model's own map (M), drawn from the map stored with the result
+        page.keyboard.press("m")
+        page.wait_for_selector("#picture[data-layers*=cnn]")
+        page.wait_for_function("document.getElementById('picture').complete && document.getElementById('picture').naturalWidth > 0")
+        assert "unavailable" not in page.inner_text("#status")
+        page.keyboard.press("m")
+        page.wait_for_selector("#picture[data-layers='contour,diameter,blemish']")
 
         page.keyboard.press("Enter")  # confirm fruit 1
         page.wait_for_selector("#status:has-text('Confirmed')")

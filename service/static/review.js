@@ -226,7 +226,6 @@ async function showPicture() {
   try {
     const src = await picture(item, layers());
     if (state.current !== item) return;
-    if (state.current !== item) return;
     const lay = layers();
     img.src = src;
     await img.decode().catch(() => {});

@@ -14,6 +14,8 @@ orchard objects, and a centred disc for frames and patches; "unmasked" is the sa
 background left in (what the model would see if the segmentation passed a whole region on).
 The val/test crops are the artifact's own, made as training made them (``training.train.load_data``
 with its config.yaml, cached under var/train/<name>-<version>). Seeded: reruns give the same figures.
+The signals: ``ood_distance`` (pooled features), ``ood_distance_early`` (an early block's averaged
+output, where the artifact has it) and the energy; "any" is the service's ``ood`` flag.
 AUROC: how well each signal ranks a set's crops above the model's own test crops, at any threshold.
 ``--blocks`` adds an exploratory table: the same distance rule on each block's pooled output.
 """
@@ -93,16 +95,21 @@ def judge(ev: list, reference: list | None) -> dict[str, float | int]:
     each signal for telling these crops from those, whatever the threshold."""
     n = len(ev)
     dist = np.array([e.ood_distance for e in ev], float)
+    early = np.array([np.nan if e.ood_distance_early is None else e.ood_distance_early for e in ev], float)
     out: dict[str, float | int] = {
         "n": n,
         "distance": sum("distance" in e.ood_signals for e in ev) / n,
+        "early_distance": sum("early-distance" in e.ood_signals for e in ev) / n,
         "energy": sum("energy" in e.ood_signals for e in ev) / n,
         "either": sum(bool(e.ood) for e in ev) / n,
         "median_distance": float(np.median(dist)),
+        "median_early_distance": float(np.median(early)),
     }
     if reference is not None:
         y = np.r_[np.ones(n), np.zeros(len(reference))]
         out["auroc_distance"] = auc(y, np.r_[dist, [e.ood_distance for e in reference]])
+        out["auroc_early_distance"] = auc(y, np.r_[early, [np.nan if e.ood_distance_early is None else e.ood_distance_early
+                                                           for e in reference]])
         out["auroc_energy"] = auc(y, np.r_[[e.ood_score for e in ev], [e.ood_score for e in reference]])
     return out
 
@@ -216,13 +223,17 @@ def main(argv: list[str] | None = None) -> int:
 
     test_ev = evidence(model, sets[f"{spec.name} test crops"])
     rows = {name: judge(evidence(model, c), None if name.startswith(spec.name) else test_ev) for name, c in sets.items()}
-    print(f"{spec.name} {spec.version}: thresholds ood_distance {spec.ood_distance_threshold:.4g}, "
-          f"ood_energy {spec.ood_energy_threshold:.4g} (both the 0.99 quantile of the val crops)")
-    print("| crops | n | over ood_distance | over ood_energy | either (flag `ood`) | median distance | AUROC vs test crops: distance / energy |")
-    print("|---|---|---|---|---|---|---|")
+    early_thr = "none" if spec.ood_distance_early_threshold is None else f"{spec.ood_distance_early_threshold:.4g}"
+    print(f"{spec.name} {spec.version}: thresholds ood_distance {spec.ood_distance_threshold:.4g}, ood_distance_early "
+          f"{early_thr}, ood_energy {spec.ood_energy_threshold:.4g} (each the 0.99 quantile of the val crops)")
+    print("| crops | n | over ood_distance | over ood_distance_early | over ood_energy | any (flag `ood`) | median distance / early "
+          "| AUROC vs test crops: distance / early / energy |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, r in rows.items():
-        roc = f"{r['auroc_distance']:.2f} / {r['auroc_energy']:.2f}" if "auroc_distance" in r else "–"
-        print(f"| {name} | {r['n']} | {r['distance']:.1%} | {r['energy']:.1%} | {r['either']:.1%} | {r['median_distance']:.1f} | {roc} |")
+        roc = (f"{r['auroc_distance']:.2f} / {r['auroc_early_distance']:.2f} / {r['auroc_energy']:.2f}"
+               if "auroc_distance" in r else "–")
+        print(f"| {name} | {r['n']} | {r['distance']:.1%} | {r['early_distance']:.1%} | {r['energy']:.1%} | {r['either']:.1%} "
+              f"| {r['median_distance']:.1f} / {r['median_early_distance']:.1f} | {roc} |")
     if a.blocks:
         own = {"train": crops["train"], "val": crops["val"], "test": crops["test"]}
         blocks_report(a.artifact, spec, own, labels["train"],
@@ -230,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"({time.time() - t0:.0f} s)")
     if a.json:
         a.json.write_text(json.dumps({"artifact": str(a.artifact), "ood_distance": spec.ood_distance_threshold,
+                                      "ood_distance_early": spec.ood_distance_early_threshold,
                                       "ood_energy": spec.ood_energy_threshold, "rows": rows}, indent=1))
     return 0
 

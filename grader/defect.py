@@ -42,6 +42,10 @@ class ModelSpec:
     #: ``ood_distance`` (Mahalanobis distance of the pooled features to the training fruit's) above
     #: which a crop is not a fruit this model knows; None for a model without that output
     ood_distance_threshold: float | None = None
+    #: ``ood_distance_early`` (the same distance on an early block's globally averaged output: the
+    #: texture statistics the pooled features average away) above which a crop is not a fruit this
+    #: model knows; None for a model without that output
+    ood_distance_early_threshold: float | None = None
     crop_margin_frac: float = 0.08
     #: per-crop colour normalisation of the fruit pixels (``preprocessing.colour_normalise``), applied
     #: by :func:`preprocess` after resizing; None (the key absent): none
@@ -73,6 +77,7 @@ class ModelSpec:
                 colour_normalise=None if norm is None else ColourNormalise.from_dict(norm),
                 ood_energy_threshold=None if thr.get("ood_energy") is None else float(thr["ood_energy"]),
                 ood_distance_threshold=None if thr.get("ood_distance") is None else float(thr["ood_distance"]),
+                ood_distance_early_threshold=None if thr.get("ood_distance_early") is None else float(thr["ood_distance_early"]),
                 raw=meta,
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
@@ -122,11 +127,12 @@ def energy(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
 @dataclass(frozen=True)
 class ModelOutputs:
     """A batch's model outputs, row-aligned: ``logits`` (N, classes) and, where the graph has them,
-    ``defect_map`` (N, h, w) and ``ood_distance`` (N,)."""
+    ``defect_map`` (N, h, w), ``ood_distance`` (N,) and ``ood_distance_early`` (N,)."""
 
     logits: np.ndarray
     defect_map: np.ndarray | None = None
     ood_distance: np.ndarray | None = None
+    ood_distance_early: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.logits)
@@ -135,22 +141,25 @@ class ModelOutputs:
         """Rows start:stop of every output (one request's share of a micro-batch)."""
         cut = slice(start, stop)
         return ModelOutputs(self.logits[cut], None if self.defect_map is None else self.defect_map[cut],
-                            None if self.ood_distance is None else self.ood_distance[cut])
+                            None if self.ood_distance is None else self.ood_distance[cut],
+                            None if self.ood_distance_early is None else self.ood_distance_early[cut])
 
 
 def evidence_from_outputs(out: ModelOutputs, spec: ModelSpec) -> list[DefectEvidence]:
     """Calibrated defect evidence, one per crop, from all of a batch's outputs."""
-    return evidence_from_logits(out.logits, spec, out.defect_map, out.ood_distance)
+    return evidence_from_logits(out.logits, spec, out.defect_map, out.ood_distance, out.ood_distance_early)
 
 
 def evidence_from_logits(logits: np.ndarray, spec: ModelSpec, defect_map: np.ndarray | None = None,
-                         ood_distance: np.ndarray | None = None) -> list[DefectEvidence]:
+                         ood_distance: np.ndarray | None = None,
+                         ood_distance_early: np.ndarray | None = None) -> list[DefectEvidence]:
     """Turn raw model outputs into calibrated defect evidence, one per crop.
 
-    ``defect_map`` (N, h, w) and ``ood_distance`` (N,) are the graph's extra outputs where it has
-    them (see :class:`ModelOutputs`)."""
+    ``defect_map`` (N, h, w), ``ood_distance`` (N,) and ``ood_distance_early`` (N,) are the graph's
+    extra outputs where it has them (see :class:`ModelOutputs`). A crop is ``ood`` when any signal
+    with a threshold is past it: "energy", "distance", "early-distance" (``ood_signals``)."""
     n = len(logits)
-    for name, extra in (("defect_map", defect_map), ("ood_distance", ood_distance)):
+    for name, extra in (("defect_map", defect_map), ("ood_distance", ood_distance), ("ood_distance_early", ood_distance_early)):
         if extra is not None and len(extra) != n:
             raise ValueError(f"{name} has {len(extra)} rows for {n} crops")
     logits = np.asarray(logits)
@@ -161,12 +170,17 @@ def evidence_from_logits(logits: np.ndarray, spec: ModelSpec, defect_map: np.nda
     out = []
     for k, (row, e) in enumerate(zip(probs, energies)):
         dist = None if ood_distance is None else float(ood_distance[k])
+        early = None if ood_distance_early is None else float(ood_distance_early[k])
         signals = []
         if spec.ood_energy_threshold is not None and e > spec.ood_energy_threshold:
             signals.append("energy")
         if dist is not None and spec.ood_distance_threshold is not None and not dist <= spec.ood_distance_threshold:
             signals.append("distance")  # a NaN distance counts as far
-        judged = spec.ood_energy_threshold is not None or (dist is not None and spec.ood_distance_threshold is not None)
+        early_judged = early is not None and spec.ood_distance_early_threshold is not None
+        if early_judged and not early <= spec.ood_distance_early_threshold:
+            signals.append("early-distance")
+        judged = (spec.ood_energy_threshold is not None or (dist is not None and spec.ood_distance_threshold is not None)
+                  or early_judged)
         score = float(row[idx].sum())
         if score >= spec.threshold_defective:
             label = spec.defective_classes[int(np.argmax(row[idx]))] if typed else spec.defective_classes[0]
@@ -189,6 +203,7 @@ def evidence_from_logits(logits: np.ndarray, spec: ModelSpec, defect_map: np.nda
                 type_probabilities=type_probabilities,
                 ood_distance=dist,
                 ood_signals=tuple(signals),
+                ood_distance_early=early,
                 defect_map=None if defect_map is None else np.asarray(defect_map[k], np.float32),
                 map_crop_margin_frac=None if defect_map is None else spec.crop_margin_frac,
             )

@@ -65,12 +65,15 @@ def image_quality_flags(image_rgb: np.ndarray, policy: FlagPolicy) -> list[Flag]
 
 def ood_signals_text(defect: DefectEvidence) -> str:
     """Which out-of-distribution signal fired, with its value: the feature distance to the training
-    fruit, the energy of the logits, or both. Evidence stored before the signals were recorded
+    fruit (pooled features, or an early block's texture statistics), the energy of the logits, or
+    several. Evidence stored before the signals were recorded
     fired on energy, the only signal then."""
     fired = defect.ood_signals or ("energy",)
     parts = []
     if "distance" in fired and defect.ood_distance is not None:
         parts.append(f"feature distance {defect.ood_distance:.1f} from the training fruit, above its threshold")
+    if "early-distance" in fired and defect.ood_distance_early is not None:
+        parts.append(f"early-layer texture distance {defect.ood_distance_early:.1f} from the training fruit, above its threshold")
     if "energy" in fired and defect.ood_score is not None:
         parts.append(f"energy {defect.ood_score:.2f}, above its threshold")
     return " and ".join(parts) or "out of distribution"

@@ -91,7 +91,7 @@ class DefectEvidence:
     #: Mahalanobis distance of the crop's pooled CNN features to the training fruit's (the graph's
     #: ``ood_distance`` output); None for a model without it, whose dict stays as it always was
     ood_distance: float | None = None
-    #: which signals are past their thresholds: "energy", "distance" (empty when none is)
+    #: which signals are past their thresholds: "energy", "distance", "early-distance" (empty when none is)
     ood_signals: tuple[str, ...] = ()
     #: P(defective) per cell of the model's square fruit crop (the graph's ``defect_map``: the
     #: classifier head at each location of the last feature map), rows top to bottom; None without it
@@ -99,6 +99,9 @@ class DefectEvidence:
     #: the margin of that square crop around the fruit's bbox (the model's ``crop_margin_frac``), so
     #: the map can be laid over the image later
     map_crop_margin_frac: float | None = None
+    #: the same distance on an early block's globally averaged output (the graph's
+    #: ``ood_distance_early``: texture the pooled features average away); None without it
+    ood_distance_early: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -114,6 +117,9 @@ class DefectEvidence:
         if self.ood_distance is not None:
             out["ood_distance"] = round(float(self.ood_distance), 4)
             out["ood_signals"] = list(self.ood_signals)
+        if self.ood_distance_early is not None:
+            out["ood_distance_early"] = round(float(self.ood_distance_early), 4)
+            out["ood_signals"] = list(self.ood_signals)
         if self.defect_map is not None:
             out["map"] = [[round(float(v), 3) for v in row] for row in np.asarray(self.defect_map)]
             out["map_crop_margin_frac"] = self.map_crop_margin_frac
@@ -125,7 +131,7 @@ class DefectEvidence:
         m = d.get("map")
         return cls(d["label"], d["score"], d.get("probabilities", {}), model_name, model_version, d.get("ood_score"), d.get("ood"),
                    d.get("type"), d.get("type_probabilities"), d.get("ood_distance"), tuple(d.get("ood_signals") or ()),
-                   None if m is None else np.asarray(m, np.float32), d.get("map_crop_margin_frac"))
+                   None if m is None else np.asarray(m, np.float32), d.get("map_crop_margin_frac"), d.get("ood_distance_early"))
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from grader.records import DefectEvidence
 
 
 #: the graph's optional outputs (training/explain.py adds them), requested when the graph has them
-EXTRA_OUTPUTS = ("defect_map", "ood_distance")
+EXTRA_OUTPUTS = ("defect_map", "ood_distance", "ood_distance_early")
 
 
 def resolve_model_dir(path: Path) -> Path:
@@ -71,6 +71,8 @@ class OnnxDefectModel:
         self.extra_outputs = tuple(n for n in EXTRA_OUTPUTS if n in outputs)
         if self.spec.ood_distance_threshold is not None and "ood_distance" not in outputs:
             raise InvalidModelArtifact("metadata.json sets thresholds.ood_distance but the graph has no ood_distance output")
+        if self.spec.ood_distance_early_threshold is not None and "ood_distance_early" not in outputs:
+            raise InvalidModelArtifact("metadata.json sets thresholds.ood_distance_early but the graph has no ood_distance_early output")
         want_t = (meta.get("outputs") or {}).get("defect_map", {}).get("temperature")
         if "defect_map" in outputs and want_t is not None and abs(float(want_t) - self.spec.temperature) > 1e-6 * self.spec.temperature:
             raise InvalidModelArtifact(f"the graph's defect_map was built at temperature {want_t}, the metadata calibrates at "
@@ -98,17 +100,18 @@ class OnnxDefectModel:
         self.run(np.zeros((1, 3, h, w), np.float32))
 
     def run(self, batch: np.ndarray) -> ModelOutputs:
-        """The batch's logits, with ``defect_map`` and ``ood_distance`` where the graph has them."""
+        """The batch's logits, with ``defect_map``, ``ood_distance`` and ``ood_distance_early`` where the graph has them."""
         got = self.session.run([self.spec.output_name, *self.extra_outputs], {self.spec.input_name: batch})
         out, extra = got[0], dict(zip(self.extra_outputs, got[1:]))
         if out.shape != (len(batch), len(self.spec.classes)):
             raise InvalidModelArtifact(f"model output shape {out.shape} does not match {len(self.spec.classes)} classes")
-        dmap, dist = extra.get("defect_map"), extra.get("ood_distance")
+        dmap, dist, early = extra.get("defect_map"), extra.get("ood_distance"), extra.get("ood_distance_early")
         if dmap is not None and (dmap.ndim != 3 or len(dmap) != len(batch)):
             raise InvalidModelArtifact(f"model output defect_map has shape {dmap.shape}, expected ({len(batch)}, h, w)")
-        if dist is not None and dist.shape != (len(batch),):
-            raise InvalidModelArtifact(f"model output ood_distance has shape {dist.shape}, expected ({len(batch)},)")
-        return ModelOutputs(out, dmap, dist)
+        for name, v in (("ood_distance", dist), ("ood_distance_early", early)):
+            if v is not None and v.shape != (len(batch),):
+                raise InvalidModelArtifact(f"model output {name} has shape {v.shape}, expected ({len(batch)},)")
+        return ModelOutputs(out, dmap, dist, early)
 
     def predict(self, crops: Sequence[np.ndarray]) -> list[DefectEvidence]:
         if not crops:

@@ -64,6 +64,39 @@ def test_either_signal_makes_a_crop_ood_and_the_flag_says_which():
     assert {e.ood for e in evidence_from_logits(logits, spec)} == {None}
 
 
+def test_the_early_distance_makes_a_crop_ood_and_the_flag_names_it():
+    logits = np.array([[3.0, 0.0], [3.0, 0.0], [0.1, 0.0]])  # energy under, under, over its threshold
+    dist = np.array([2.0, 2.0, 50.0])
+    early = np.array([1.0, 9.0, np.nan])  # a NaN distance counts as far
+    spec = ModelSpec(**{**SPEC.__dict__, "ood_distance_early_threshold": 5.0})
+    ev = evidence_from_logits(logits, spec, ood_distance=dist, ood_distance_early=early)
+    assert [e.ood_signals for e in ev] == [(), ("early-distance",), ("energy", "distance", "early-distance")]
+    assert [e.ood for e in ev] == [False, True, True]
+    reason = next(f.reason for f in fruit_flags(ev[1], None, FlagPolicy()) if f.code == "ood")
+    assert "early-layer texture distance 9.0" in reason and "energy" not in reason
+    d = ev[1].to_dict()
+    assert d["ood_distance_early"] == 9.0 and d["ood_signals"] == ["early-distance"]
+    back = DefectEvidence.from_dict(d, "m", "1")
+    assert back.ood_distance_early == 9.0 and back.ood_signals == ("early-distance",)
+    # the micro-batcher's slices carry it; without its threshold it is reported but does not judge
+    part = ModelOutputs(logits, None, dist, early).rows(1, 2)
+    assert [e.ood_distance_early for e in evidence_from_outputs(part, spec)] == [9.0]
+    assert [e.ood for e in evidence_from_logits(logits, SPEC, ood_distance=dist, ood_distance_early=early)] == [False, False, True]
+    with pytest.raises(ValueError, match="ood_distance_early has 2 rows"):
+        evidence_from_logits(logits, spec, ood_distance_early=early[:2])
+    # a model with only the early distance (and no other threshold) still judges by it
+    only = ModelSpec(**{**SPEC.__dict__, "ood_distance_threshold": None, "ood_energy_threshold": None,
+                        "ood_distance_early_threshold": 5.0})
+    assert [e.ood for e in evidence_from_logits(logits, only, ood_distance_early=early)] == [False, True, True]
+    assert ModelSpec.from_metadata({**_meta(), "thresholds": {"ood_distance_early": 7.5}}).ood_distance_early_threshold == 7.5
+    assert ModelSpec.from_metadata(_meta()).ood_distance_early_threshold is None
+
+
+def _meta() -> dict:
+    return {"name": "m", "version": "1", "classes": ["sound", "defective"],
+            "preprocessing": {"input_size": [64, 64], "mean": [0.5] * 3, "std": [0.25] * 3}}
+
+
 def test_evidence_stored_before_the_signals_reads_as_energy():
     old = {"label": "sound", "score": 0.1, "probabilities": {"sound": 0.9, "defective": 0.1}, "ood_score": -0.2, "ood": True}
     ev = DefectEvidence.from_dict(old, "m", "1")
@@ -131,11 +164,14 @@ def test_shipped_artifacts_have_the_outputs_and_their_thresholds(name):
     art = SHIPPED_MODELS / name / "0.1.0"
     meta = json.loads((art / "metadata.json").read_text())
     served = OnnxDefectModel(art, threads=1)
-    assert served.extra_outputs == ("defect_map", "ood_distance")
+    assert served.extra_outputs == ("defect_map", "ood_distance", "ood_distance_early")
     assert served.check_parity() < 1e-4  # the logits torch recorded at training, unchanged by the edit
     th = meta["thresholds"]
     assert th["ood_distance"] > 0 and "quantile 0.99 of the val crops" in th["ood_distance_rule"]
     assert 0.0 <= meta["metrics"]["val"]["ood_distance_share"] <= 0.02
+    assert th["ood_distance_early"] > 0 and "quantile 0.99 of the val crops' ood_distance_early" in th["ood_distance_early_rule"]
+    assert meta["outputs"]["ood_distance_early"]["block"] == "features.3"
+    assert 0.0 <= meta["metrics"]["val"]["ood_distance_early_share"] <= 0.02
     assert (art / "model.onnx").stat().st_size < 20 * 2**20
     side = meta["preprocessing"]["input_size"][0] // 32
     assert meta["outputs"]["defect_map"]["shape"] == ["N", side, side]
@@ -156,3 +192,37 @@ def test_a_graded_fruit_stores_the_map_and_the_overlay_draws_it(client):
     assert a.status_code == b.status_code == 200 and a.content != b.content
     default = client.get(f"/v1/results/{rid}/overlay", headers=headers("inspector"))
     assert default.status_code == 200  # the CNN map is not a default layer (docs/defect_model.md)
+
+
+def test_shipped_apple_model_flags_synthetic_patterns_by_the_early_distance(shared_data):
+    """Through OnnxDefectModel.predict on the shipped apple model: a checkerboard and a noise crop
+    (a disc of them, background painted out as the service does) are `ood`, the early-block distance
+    among the signals, while at most 2 % of a sample of its held-out (test-session) apple crops are."""
+    from datasets.fruitnet import session_of
+    from service.onnx_model import OnnxDefectModel
+    from training.crops import fruit_crop, load_rgb
+
+    art = SHIPPED_MODELS / "apple-defect" / "0.1.0"
+    served = OnnxDefectModel(art, threads=1)
+    meta = json.loads((art / "metadata.json").read_text())
+    margin = served.spec.crop_margin_frac
+    side = 320
+    yy, xx = np.indices((side, side))
+    box = int(side / (1 + 2 * margin))
+    x0 = (side - box) // 2
+    board = np.stack([((np.indices((side, side)) // 24).sum(0) % 2 * 255).astype(np.uint8)] * 3, -1)
+    board[..., 0] = np.where(board[..., 0] > 0, 200, 30)
+    noise = np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
+    mask = ((xx[:box, :box] - box / 2) ** 2 + (yy[:box, :box] - box / 2) ** 2) <= (box / 2) ** 2
+    crops = [crop_for_model(img, (x0, x0, x0 + box, x0 + box), margin, mask) for img in (board, noise)]
+    for name, e in zip(("checkerboard", "noise"), served.predict(crops)):
+        assert e.ood and "early-distance" in e.ood_signals, (name, e.ood_distance_early, served.spec.ood_distance_early_threshold)
+    # held-out apples: the test sessions' photos, segmented as training segments them
+    test_sessions = set(meta["config"]["data"]["splits"]["test"])
+    root = shared_data / "fruitnet-apples" / meta["config"]["data"].get("subset", "single")
+    photos = sorted(p for p in root.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png") and session_of(p.name) in test_sessions)
+    if len(photos) < 50:
+        pytest.skip(f"too few held-out apple photos found under {root}")
+    sample = [fruit_crop(load_rgb(p), margin) for p in photos[:: max(1, len(photos) // 150)][:150]]
+    ev = served.predict(sample)
+    assert sum(bool(e.ood) for e in ev) <= 0.02 * len(ev), [e.ood_signals for e in ev if e.ood]

@@ -170,7 +170,7 @@ def test_tiny_artifact_has_the_explanation_outputs(tiny_artifact):
 
     out, _, cfg, meta = tiny_artifact
     graph = onnx.load(str(out / "model.onnx")).graph
-    assert [o.name for o in graph.output] == ["logits", "defect_map", "ood_distance"]
+    assert [o.name for o in graph.output] == ["logits", "defect_map", "ood_distance", "ood_distance_early"]
     m = json.loads((out / "metadata.json").read_text())
     assert m["outputs"]["defect_map"]["temperature"] == m["calibration"]["temperature"]
     assert m["outputs"]["defect_map"]["shape"] == ["N", 4, 4]  # 64 px through four stride-2 blocks
@@ -180,6 +180,12 @@ def test_tiny_artifact_has_the_explanation_outputs(tiny_artifact):
     assert "quantile 0.99" in th["ood_distance_rule"] and "val" in th["ood_distance_rule"]
     for split in ("val", "test"):
         assert 0.0 <= m["metrics"][split]["ood_distance_share"] <= 1.0
+        assert 0.0 <= m["metrics"][split]["ood_distance_early_share"] <= 1.0
+    assert np.isfinite(th["ood_distance_early"]) and th["ood_distance_early"] > 0
+    assert "quantile 0.99" in th["ood_distance_early_rule"] and "features.3" in th["ood_distance_early_rule"]
+    early = m["outputs"]["ood_distance_early"]
+    assert early["block"] == "features.3" and early["fitted_on"] == "train crops (48)"
+    assert early["feature_dims"] == 256 and "features.3" in early["block_output"]  # small_fruitnet's fourth block: 8·32 channels
     assert (out / "model.onnx").stat().st_size < 20 * 2**20
     assert explain.find_head(onnx.load(str(out / "model.onnx"))).pooled  # the edited graph is still readable
 
@@ -212,7 +218,9 @@ def test_graph_edit_keeps_logits_bit_identical(tiny_artifact, tmp_path):
     again = explain.add_outputs(out / "model.onnx", tmp_path / "again.onnx", spec, [img for img, _ in train],
                                 np.array([int(bad) for _, bad in train]), _val_crops(cfg))
     assert again.threshold == pytest.approx(meta["thresholds"]["ood_distance"], rel=1e-5)
-    assert [o.name for o in onnx.load(str(tmp_path / "again.onnx")).graph.output] == ["logits", "defect_map", "ood_distance"]
+    assert again.early.threshold == pytest.approx(meta["thresholds"]["ood_distance_early"], rel=1e-5)
+    assert [o.name for o in onnx.load(str(tmp_path / "again.onnx")).graph.output] == ["logits", "defect_map", "ood_distance",
+                                                                                      "ood_distance_early"]
 
 
 def _torch_defect_map(model, batch: np.ndarray, temperature: float, defective: list[int]) -> np.ndarray:
@@ -382,7 +390,7 @@ def test_artifact_without_the_new_outputs_still_serves(tiny_artifact, tmp_path):
     onnx.save(explain.strip_outputs(onnx.load(str(out / "model.onnx"))), str(old / "model.onnx"))
     meta = json.loads((out / "metadata.json").read_text())
     meta.pop("outputs")
-    for k in ("ood_distance", "ood_distance_rule"):
+    for k in ("ood_distance", "ood_distance_rule", "ood_distance_early", "ood_distance_early_rule"):
         meta["thresholds"].pop(k)
     (old / "metadata.json").write_text(json.dumps(meta))
     served = OnnxDefectModel(old, threads=1)
@@ -398,4 +406,93 @@ def test_artifact_without_the_new_outputs_still_serves(tiny_artifact, tmp_path):
     meta["thresholds"]["ood_distance"] = 3.0
     (old / "metadata.json").write_text(json.dumps(meta))
     with pytest.raises(InvalidModelArtifact, match="ood_distance"):
+        OnnxDefectModel(old, threads=1)
+
+
+def test_ood_distance_early_is_the_val_quantile_and_served(tiny_artifact):
+    """The early-block distance: its threshold is the 0.99 quantile of the val crops' values (as
+    served), the service reports it on every crop and marks `ood` ("early-distance") past it."""
+    from grader.flags import FlagPolicy, fruit_flags
+    from service.onnx_model import OnnxDefectModel
+
+    out, _, cfg, meta = tiny_artifact
+    th = meta["thresholds"]
+    served = OnnxDefectModel(out, threads=1)
+    assert served.extra_outputs == ("defect_map", "ood_distance", "ood_distance_early")
+    assert served.spec.ood_distance_early_threshold == th["ood_distance_early"]
+    ev = served.predict(_val_crops(cfg))
+    early = np.array([e.ood_distance_early for e in ev])
+    assert abs(np.quantile(early, 0.99) - th["ood_distance_early"]) < 1e-4 * max(1.0, th["ood_distance_early"])
+    assert all(("early-distance" in e.ood_signals) == (e.ood_distance_early > th["ood_distance_early"]) for e in ev)
+    assert meta["metrics"]["val"]["ood_distance_early_share"] == pytest.approx(float((early > th["ood_distance_early"]).mean()))
+    fired = [e for e in ev if "early-distance" in e.ood_signals]
+    assert fired and all(e.ood for e in fired)  # the val crops past their own 0.99 quantile are `ood` by it
+    images = non_fruit_images(int(cfg["data"]["cache_size"]))
+    for name, e in zip(images, served.predict(list(images.values()))):
+        if "early-distance" in e.ood_signals:
+            assert e.ood
+            reason = next(f.reason for f in fruit_flags(e, None, FlagPolicy()) if f.code == "ood")
+            assert "early-layer texture distance" in reason, name
+    assert ev[0].to_dict()["ood_distance_early"] == pytest.approx(early[0], abs=1e-4)
+
+
+def test_early_block_is_configurable_and_a_missing_one_is_refused(tiny_artifact, tmp_path):
+    """Another block gives another early distance, logits bit for bit the same; a block the graph
+    does not have is refused and nothing is written; None adds no early distance."""
+    import onnx
+
+    from grader.defect import ModelSpec
+    from training import explain
+
+    out, _, cfg, meta = tiny_artifact
+    spec = ModelSpec.from_metadata(meta)
+    train = [random_fruit_image(i, size_px=int(cfg["data"]["cache_size"])) for i in range(int(cfg["data"]["n"]))]
+    crops, labels = [img for img, _ in train], np.array([int(bad) for _, bad in train])
+    ex = explain.add_outputs(out / "model.onnx", tmp_path / "b1.onnx", spec, crops, labels, _val_crops(cfg), early_block="features.1")
+    assert ex.early.block == "features.1" and ex.early.distance.directions.shape[0] == 64  # 2·32 channels
+    probe = crops[:8] + list(non_fruit_images().values())
+    (before,) = explain.run_graph(out / "model.onnx", ["logits"], probe, spec)
+    after, dist, early = explain.run_graph(tmp_path / "b1.onnx", ["logits", "ood_distance", "ood_distance_early"], probe, spec)
+    assert np.array_equal(before, after)
+    (shipped_dist,) = explain.run_graph(out / "model.onnx", ["ood_distance"], probe, spec)
+    assert np.allclose(dist, shipped_dist, rtol=1e-5, atol=1e-5)  # the pooled distance is the same fit
+    with pytest.raises(explain.UnsupportedGraph, match="no block or tensor 'features.9'"):
+        explain.add_outputs(out / "model.onnx", tmp_path / "b9.onnx", spec, crops, labels, _val_crops(cfg), early_block="features.9")
+    assert not (tmp_path / "b9.onnx").exists()
+    none = explain.add_outputs(out / "model.onnx", tmp_path / "none.onnx", spec, crops, labels, _val_crops(cfg), early_block=None)
+    assert none.early is None
+    assert [o.name for o in onnx.load(str(tmp_path / "none.onnx")).graph.output] == ["logits", "defect_map", "ood_distance"]
+    assert explain.early_block_of({"thresholds": {"ood_distance_early_block": None}}) is None
+    assert explain.early_block_of({"thresholds": {}}) == "features.3"
+
+
+def test_artifact_with_the_pooled_distance_only_still_serves(tiny_artifact, tmp_path):
+    """An artifact edited before the early distance (defect_map and ood_distance, no
+    ood_distance_early) loads and serves as before; a threshold for the missing output is refused."""
+    from grader.defect import ModelSpec
+    from grader.errors import InvalidModelArtifact
+    from service.onnx_model import OnnxDefectModel
+    from training import explain
+
+    out, _, cfg, meta = tiny_artifact
+    spec = ModelSpec.from_metadata(meta)
+    old = tmp_path / "old"
+    old.mkdir()
+    train = [random_fruit_image(i, size_px=int(cfg["data"]["cache_size"])) for i in range(int(cfg["data"]["n"]))]
+    explain.add_outputs(out / "model.onnx", old / "model.onnx", spec, [img for img, _ in train],
+                        np.array([int(bad) for _, bad in train]), _val_crops(cfg), early_block=None)
+    m = json.loads((out / "metadata.json").read_text())
+    m["outputs"].pop("ood_distance_early")
+    for k in ("ood_distance_early", "ood_distance_early_rule"):
+        m["thresholds"].pop(k)
+    (old / "metadata.json").write_text(json.dumps(m))
+    served = OnnxDefectModel(old, threads=1)
+    assert served.extra_outputs == ("defect_map", "ood_distance") and served.check_parity() < 1e-4
+    ev = served.predict(_val_crops(cfg)[:4] + list(non_fruit_images().values()))
+    assert all(e.ood_distance_early is None and "early-distance" not in e.ood_signals for e in ev)
+    assert all(e.ood == bool(e.ood_signals) for e in ev)
+    assert "ood_distance_early" not in ev[0].to_dict()
+    m["thresholds"]["ood_distance_early"] = 3.0
+    (old / "metadata.json").write_text(json.dumps(m))
+    with pytest.raises(InvalidModelArtifact, match="ood_distance_early"):
         OnnxDefectModel(old, threads=1)

@@ -7,9 +7,15 @@
   flattened: what the head reads) to the nearest class mean of the TRAIN crops, under their shared
   within-class covariance (Ledoit-Wolf shrunk; its top ``MAX_DIMS`` principal directions kept
   exactly, the rest as one isotropic residual term), all from initializers inside the graph.
+* ``ood_distance_early`` (N,): the same distance, fitted the same way on the same train crops, of the
+  globally averaged output of an early block (``thresholds.ood_distance_early_block`` in the config,
+  ``--early-block`` here; default ``features.3``, the block bench/ood_eval.py --blocks found best for
+  mobilenet_v3_small): low-level texture statistics that the pooled features average away (flat
+  colour, checkerboards, noise, text). A graph without that block is refused.
 
-Its threshold is a quantile (``thresholds.ood_distance_quantile``, default 0.99) of the VAL crops'
-distances, chosen exactly like the energy threshold. ``grader train`` calls :func:`add_outputs` on
+Each threshold is a quantile (``thresholds.ood_distance_quantile``, default 0.99) of the VAL crops'
+distances (``thresholds.ood_distance`` and ``thresholds.ood_distance_early``), chosen exactly like the
+energy threshold. ``grader train`` calls :func:`add_outputs` on
 every export; an existing artifact gets the same edit from its own train and val crops:
 
     python -m training.explain models/apple-defect/0.1.0 [--write] [--work-dir DIR]
@@ -42,6 +48,8 @@ from grader.defect import ModelSpec, preprocess
 
 MAP_OUTPUT = "defect_map"
 DISTANCE_OUTPUT = "ood_distance"
+EARLY_OUTPUT = "ood_distance_early"
+DEFAULT_EARLY_BLOCK = "features.3"  # mobilenet_v3_small: bench/ood_eval.py --blocks (docs/defect_model.md)
 PREFIX = "explain/"  # every node, tensor and initializer this module adds: one strip removes them all
 MAX_DIMS = 128  # principal directions of the feature covariance kept exactly (the graph stays small)
 
@@ -88,6 +96,17 @@ class DistanceModel:
 
 
 @dataclass
+class EarlyDistance:
+    """The early-block distance :func:`add_outputs` added: where it taps and what it measured."""
+
+    block: str
+    tensor: str  # the block's output (N, C, h, w), globally averaged before the distance
+    threshold: float
+    val_distances: np.ndarray
+    distance: DistanceModel
+
+
+@dataclass
 class Explained:
     """What :func:`add_outputs` did and measured."""
 
@@ -97,6 +116,7 @@ class Explained:
     map_shape: tuple[int, int]
     distance: DistanceModel
     head: dict[str, Any] = field(default_factory=dict)
+    early: EarlyDistance | None = None
 
 
 # ----------------------------------------------------------------------------- graph reading
@@ -191,6 +211,23 @@ def find_head(model: onnx.ModelProto, logits: str = "logits") -> Head:
     return found[0]
 
 
+def find_block_output(model: onnx.ModelProto, block: str) -> str:
+    """The output tensor of the block named ``block``: the last node (graph order, which exporters
+    keep topological) whose name has ``block`` as one of its ``/``-separated parts (torch's export
+    names ``/features/features.3/block/...``), or a 4-d tensor of that exact name. Raises
+    UnsupportedGraph when the graph has neither."""
+    nodes = [n for n in model.graph.node if not n.name.startswith(PREFIX)]
+    produced = {o for n in nodes for o in n.output}
+    if block in produced:
+        return block
+    hits = [n for n in nodes if block in n.name.split("/")]
+    if not hits:
+        blocks = sorted({p for n in nodes for p in n.name.split("/")[1:-1] if p.split(".")[-1].isdigit()})
+        raise UnsupportedGraph(f"the graph has no block or tensor {block!r} for the early distance "
+                               f"(blocks it has: {', '.join(blocks[:40]) or 'none named'})")
+    return hits[-1].output[0]
+
+
 # ----------------------------------------------------------------------------- graph editing
 class _Builder:
     def __init__(self, model: onnx.ModelProto) -> None:
@@ -236,21 +273,27 @@ def strip_outputs(model: onnx.ModelProto) -> onnx.ModelProto:
     inits = [i for i in g.initializer if not i.name.startswith(PREFIX)]
     del g.initializer[:]
     g.initializer.extend(inits)
-    outs = [o for o in g.output if o.name not in (MAP_OUTPUT, DISTANCE_OUTPUT) and not o.name.startswith(PREFIX)]
+    outs = [o for o in g.output if o.name not in (MAP_OUTPUT, DISTANCE_OUTPUT, EARLY_OUTPUT) and not o.name.startswith(PREFIX)]
     del g.output[:]
     g.output.extend(outs)
-    vi = [v for v in g.value_info if not v.name.startswith(PREFIX) and v.name not in (MAP_OUTPUT, DISTANCE_OUTPUT)]
+    vi = [v for v in g.value_info if not v.name.startswith(PREFIX) and v.name not in (MAP_OUTPUT, DISTANCE_OUTPUT, EARLY_OUTPUT)]
     del g.value_info[:]
     g.value_info.extend(vi)
     return m
 
 
-def _with_output(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
+def _with_output(model: onnx.ModelProto, *names: str) -> onnx.ModelProto:
     m = onnx.ModelProto()
     m.CopyFrom(model)
-    if name not in {o.name for o in m.graph.output}:
-        m.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", "features"]))
+    for name in names:
+        if name not in {o.name for o in m.graph.output}:
+            m.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
     return m
+
+
+def _pooled_block(b: _Builder, tensor: str) -> str:
+    """(N, C, h, w) -> (N, C): the global average the early distance reads."""
+    return b.node("Flatten", [b.node("GlobalAveragePool", [tensor])], axis=1)
 
 
 def _map_branch(b: _Builder, head: Head, temperature: float, defective_idx: list[int], n_classes: int) -> None:
@@ -276,7 +319,7 @@ def _map_branch(b: _Builder, head: Head, temperature: float, defective_idx: list
     b.node("Reshape", [flat, out_shape], output=MAP_OUTPUT)
 
 
-def _distance_branch(b: _Builder, pooled: str, dm: DistanceModel) -> None:
+def _distance_branch(b: _Builder, pooled: str, dm: DistanceModel, output: str = DISTANCE_OUTPUT) -> None:
     d = b.node("Sub", [b.unsqueeze(pooled, [1]), b.const("class_means", dm.means.astype(np.float32))])  # (N, K, C)
     directions = b.const("directions", dm.directions.astype(np.float32))
     p = b.node("MatMul", [d, directions])  # (N, K, k)
@@ -288,7 +331,7 @@ def _distance_branch(b: _Builder, pooled: str, dm: DistanceModel) -> None:
         q = b.node("Add", [q, b.node("Mul", [rr, b.const("inv_residual_variance", np.array(1.0 / dm.residual_variance, np.float32))])])
     nearest = b.reduce("ReduceMin", q, [1])
     nonneg = b.node("Max", [nearest, b.const("zero", np.array(0.0, np.float32))])
-    b.node("Sqrt", [nonneg], output=DISTANCE_OUTPUT)
+    b.node("Sqrt", [nonneg], output=output)
 
 
 def _finish(model: onnx.ModelProto, b: _Builder, outputs: dict[str, list]) -> onnx.ModelProto:
@@ -360,45 +403,64 @@ def run_graph(model: onnx.ModelProto | bytes | Path, names: list[str], x, spec: 
 
 
 def add_outputs(onnx_in: Path, onnx_out: Path, spec: ModelSpec, train_crops, train_labels: np.ndarray, val_crops,
-                quantile: float = 0.99, max_dims: int = MAX_DIMS) -> Explained:
+                quantile: float = 0.99, max_dims: int = MAX_DIMS, early_block: str | None = DEFAULT_EARLY_BLOCK) -> Explained:
     """Edit the graph at ``onnx_in`` (any earlier edit stripped first) and write it to ``onnx_out``:
-    ``defect_map`` at ``spec.temperature`` over ``spec.defective_classes``, and ``ood_distance``
-    fitted on the train crops' pooled features, its threshold the ``quantile`` of the val crops'.
-    Crops are uint8 RGB crops or batches preprocessed as ``spec`` says. Raises UnsupportedGraph
-    (nothing written) for a head it cannot apply per location, RuntimeError when the edited graph's
-    logits are not bit for bit the original's on the val crops."""
+    ``defect_map`` at ``spec.temperature`` over ``spec.defective_classes``, ``ood_distance`` fitted
+    on the train crops' pooled features and, unless ``early_block`` is None, ``ood_distance_early``
+    fitted the same way on the train crops' globally averaged ``early_block`` output; each threshold
+    the ``quantile`` of the val crops'. Crops are uint8 RGB crops or batches preprocessed as ``spec``
+    says. Raises UnsupportedGraph (nothing written) for a head it cannot apply per location or a graph
+    without ``early_block``, RuntimeError when the edited graph's logits are not bit for bit the
+    original's on the val crops."""
     original = strip_outputs(onnx.load(str(onnx_in)))
     head = find_head(original, spec.output_name)
-    probe = _with_output(original, head.pooled)
-    (train_feats,) = run_graph(probe, [head.pooled], train_crops, spec)
-    train_feats = train_feats.reshape(len(train_feats), -1)
+    pb = _Builder(original)
+    early_tensor = early_pooled = None
+    if early_block is not None:
+        early_tensor = find_block_output(original, early_block)
+        early_pooled = _pooled_block(pb, early_tensor)
+    probe = _with_output(_finish(original, pb, {}), head.pooled, *([early_pooled] if early_pooled else []))
+    feat_names = [head.pooled, *([early_pooled] if early_pooled else [])]
+    train_out = run_graph(probe, feat_names, train_crops, spec)
+    train_feats = train_out[0].reshape(len(train_out[0]), -1)
     if len(train_feats) != len(train_labels):
         raise ValueError(f"{len(train_feats)} train crops but {len(train_labels)} labels")
     dm = fit_distance(train_feats, train_labels, max_dims)
+    dm_early = None if early_pooled is None else fit_distance(train_out[1].reshape(len(train_out[1]), -1), train_labels, max_dims)
 
     b = _Builder(original)
     defective_idx = [spec.classes.index(c) for c in spec.defective_classes]
     _map_branch(b, head, spec.temperature, defective_idx, len(spec.classes))
     _distance_branch(b, head.pooled, dm)
-    edited = _finish(original, b, {MAP_OUTPUT: ["batch", "map_h", "map_w"], DISTANCE_OUTPUT: ["batch"]})
+    outputs = {MAP_OUTPUT: ["batch", "map_h", "map_w"], DISTANCE_OUTPUT: ["batch"]}
+    if dm_early is not None:
+        _distance_branch(b, _pooled_block(b, early_tensor), dm_early, EARLY_OUTPUT)
+        outputs[EARLY_OUTPUT] = ["batch"]
+    edited = _finish(original, b, outputs)
 
-    before_logits, val_feats = run_graph(probe, [spec.output_name, head.pooled], val_crops, spec)
-    logits, maps, dist = run_graph(edited, [spec.output_name, MAP_OUTPUT, DISTANCE_OUTPUT], val_crops, spec)
+    before_logits, *val_feats = run_graph(probe, [spec.output_name, *feat_names], val_crops, spec)
+    logits, maps, *dists = run_graph(edited, [spec.output_name, MAP_OUTPUT, *list(outputs)[1:]], val_crops, spec)
     if not np.array_equal(before_logits, logits):
         raise RuntimeError(f"the edited graph's logits differ from the original's (max |Δ| {np.abs(before_logits - logits).max():.3g})")
-    want = dm.distance(val_feats.reshape(len(val_feats), -1))
-    if len(want) and not np.allclose(dist, want, rtol=1e-3, atol=1e-3):
-        raise RuntimeError(f"ood_distance in the graph disagrees with its fit (max |Δ| {np.abs(dist - want).max():.3g})")
+    for name, model_, feats, got in zip(list(outputs)[1:], [dm, dm_early], val_feats, dists):
+        want = model_.distance(feats.reshape(len(feats), -1))
+        if len(want) and not np.allclose(got, want, rtol=1e-3, atol=1e-3):
+            raise RuntimeError(f"{name} in the graph disagrees with its fit (max |Δ| {np.abs(got - want).max():.3g})")
     onnx_out.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(edited, str(onnx_out))
     head_info = {"pool": head.pool.name, "feature_map": head.feature_map, "pooled_features": head.pooled,
                  "head_layers": [n.op_type for n in head.layers]}
-    return Explained(threshold=float(np.quantile(dist, quantile)), quantile=quantile, val_distances=dist,
-                     map_shape=(int(maps.shape[1]), int(maps.shape[2])), distance=dm, head=head_info)
+    early = None
+    if dm_early is not None:
+        early = EarlyDistance(block=str(early_block), tensor=str(early_tensor), threshold=float(np.quantile(dists[1], quantile)),
+                              val_distances=dists[1], distance=dm_early)
+    return Explained(threshold=float(np.quantile(dists[0], quantile)), quantile=quantile, val_distances=dists[0],
+                     map_shape=(int(maps.shape[1]), int(maps.shape[2])), distance=dm, head=head_info, early=early)
 
 
-def update_metadata(meta: dict[str, Any], ex: Explained, shares: dict[str, float], how: str = "") -> dict[str, Any]:
-    """Write the outputs' description, the threshold and its rule, and the per-split shares over it."""
+def update_metadata(meta: dict[str, Any], ex: Explained, shares: dict[str, float], how: str = "",
+                    early_shares: dict[str, float] | None = None) -> dict[str, Any]:
+    """Write the outputs' description, the thresholds and their rules, and the per-split shares over them."""
     dm = ex.distance
     meta["outputs"] = {
         MAP_OUTPUT: {
@@ -429,11 +491,45 @@ def update_metadata(meta: dict[str, Any], ex: Explained, shares: dict[str, float
     for split, share in shares.items():
         if isinstance(meta.get("metrics", {}).get(split), dict):
             meta["metrics"][split]["ood_distance_share"] = share
+    for k in ("ood_distance_early", "ood_distance_early_rule"):
+        meta["thresholds"].pop(k, None)
+    for split in meta.get("metrics", {}).values():
+        if isinstance(split, dict):
+            split.pop("ood_distance_early_share", None)
+    if ex.early is not None:
+        de = ex.early.distance
+        meta["outputs"][EARLY_OUTPUT] = {
+            "shape": ["N"],
+            "meaning": f"Mahalanobis distance of the globally averaged output of the early block {ex.early.block} to the "
+                       "nearest train class mean, under the train crops' shared within-class covariance (fitted as "
+                       f"{DISTANCE_OUTPUT}): texture statistics the pooled features average away",
+            "block": ex.early.block,
+            "block_output": ex.early.tensor,
+            "fitted_on": f"train crops ({de.n_train})",
+            "dims": int(de.directions.shape[1]),
+            "feature_dims": int(de.directions.shape[0]),
+            "shrinkage": round(de.shrinkage, 6),
+            "residual_term": de.residual_variance is not None,
+            "classes": [meta["classes"][c] for c in de.classes],
+        }
+        meta["thresholds"]["ood_distance_early"] = ex.early.threshold
+        meta["thresholds"]["ood_distance_early_rule"] = (
+            f"quantile {ex.quantile:g} of the val crops' ood_distance_early (Mahalanobis distance of the globally averaged "
+            f"output of block {ex.early.block} to the train crops'); above it a crop is out of distribution{how}")
+        for split, share in (early_shares or {}).items():
+            if isinstance(meta.get("metrics", {}).get(split), dict):
+                meta["metrics"][split]["ood_distance_early_share"] = share
     return meta
 
 
 # ----------------------------------------------------------------------------- existing artifacts
-def explain_artifact(artifact: Path, work_dir: Path, write: bool = False, out=sys.stdout) -> int:
+def early_block_of(cfg: dict[str, Any]) -> str | None:
+    """The config's early block (``thresholds.ood_distance_early_block``; null: no early distance)."""
+    th = cfg.get("thresholds") or {}
+    return th["ood_distance_early_block"] if "ood_distance_early_block" in th else DEFAULT_EARLY_BLOCK
+
+
+def explain_artifact(artifact: Path, work_dir: Path, write: bool = False, out=sys.stdout, early_block: str | None = None) -> int:
     from training import train
     from training.ood_threshold import calibration_matches, recompute
 
@@ -449,29 +545,38 @@ def explain_artifact(artifact: Path, work_dir: Path, write: bool = False, out=sy
         print(f"{artifact}: the recomputed crops are not the ones the model was calibrated on; nothing written", file=sys.stderr)
         return 2
     q = float(cfg.get("thresholds", {}).get("ood_distance_quantile", 0.99))
+    block = early_block if early_block is not None else early_block_of(cfg)
     with tempfile.TemporaryDirectory() as tmp:
         edited = Path(tmp) / "model.onnx"
         try:
-            ex = add_outputs(artifact / "model.onnx", edited, spec, crops["train"], labels["train"], crops["val"], q)
+            ex = add_outputs(artifact / "model.onnx", edited, spec, crops["train"], labels["train"], crops["val"], q, early_block=block)
         except (UnsupportedGraph, RuntimeError) as exc:
             print(f"{artifact}: {exc}; nothing written", file=sys.stderr)
             return 2
         shares = {"val": float((ex.val_distances > ex.threshold).mean())}
+        early_shares = {} if ex.early is None else {"val": float((ex.early.val_distances > ex.early.threshold).mean())}
         for split in ("test",):
             if split in crops and len(crops[split]):
                 old, = run_graph(artifact / "model.onnx", [spec.output_name], crops[split], spec)
-                new, dist = run_graph(edited, [spec.output_name, DISTANCE_OUTPUT], crops[split], spec)
+                names = [spec.output_name, DISTANCE_OUTPUT, *([EARLY_OUTPUT] if ex.early else [])]
+                new, dist, *early = run_graph(edited, names, crops[split], spec)
                 if not np.array_equal(old, new):
                     print(f"{artifact}: the edited graph's {split} logits differ from the original's; nothing written", file=sys.stderr)
                     return 2
                 shares[split] = float((dist > ex.threshold).mean())
+                if ex.early is not None:
+                    early_shares[split] = float((early[0] > ex.early.threshold).mean())
         new_meta = update_metadata(json.loads(meta_path.read_text()), ex, shares,
-                                   " (added after training by training/explain.py from the same train and val crops)")
+                                   " (added after training by training/explain.py from the same train and val crops)", early_shares)
         ModelSpec.from_metadata(new_meta)
         size_mib = edited.stat().st_size / 2**20
         report = {"artifact": str(artifact), "map_shape": list(ex.map_shape), "ood_distance": ex.threshold, "quantile": q,
                   "shares_over_threshold": shares, "dims": int(ex.distance.directions.shape[1]),
                   "shrinkage": ex.distance.shrinkage, "onnx_mib": round(size_mib, 2)}
+        if ex.early is not None:
+            report[EARLY_OUTPUT] = {"block": ex.early.block, "tensor": ex.early.tensor, "threshold": ex.early.threshold,
+                                    "shares_over_threshold": early_shares, "feature_dims": int(ex.early.distance.directions.shape[0]),
+                                    "shrinkage": ex.early.distance.shrinkage}
         print(json.dumps(report, indent=1), file=out)
         if size_mib >= 20:
             print(f"{artifact}: the edited graph is {size_mib:.1f} MiB (limit 20); nothing written", file=sys.stderr)
@@ -486,12 +591,14 @@ def explain_artifact(artifact: Path, work_dir: Path, write: bool = False, out=sy
             if (artifact / "metrics.json").exists():
                 (artifact / "metrics.json").write_text(json.dumps(new_meta["metrics"], indent=2, allow_nan=False))
             print(f"{artifact}: model.onnx has {MAP_OUTPUT} {list(ex.map_shape)} and {DISTANCE_OUTPUT}; "
-                  f"thresholds.ood_distance = {ex.threshold:.6g}", file=out)
+                  f"thresholds.ood_distance = {ex.threshold:.6g}"
+                  + ("" if ex.early is None else f"; {EARLY_OUTPUT} ({ex.early.block}): thresholds.ood_distance_early = {ex.early.threshold:.6g}"),
+                  file=out)
     return 0
 
 
 def latency(artifact: Path, repeats: int = 40, threads: int = 1) -> dict[str, dict]:
-    """ms per crop of the artifact's graph with and without the two outputs (strip_outputs),
+    """ms per crop of the artifact's graph with and without the extra outputs (strip_outputs),
     interleaved repeat by repeat (training.compare.measure_latency) on random crops."""
     from service.onnx_model import OnnxDefectModel
     from training.compare import measure_latency
@@ -501,13 +608,14 @@ def latency(artifact: Path, repeats: int = 40, threads: int = 1) -> dict[str, di
         plain = Path(tmp)
         onnx.save(strip_outputs(onnx.load(str(artifact / "model.onnx"))), str(plain / "model.onnx"))
         meta.pop("outputs", None)
-        meta["thresholds"].pop("ood_distance", None)
+        for k in ("ood_distance", "ood_distance_early"):
+            meta["thresholds"].pop(k, None)
         (plain / "metadata.json").write_text(json.dumps(meta))
         models = [OnnxDefectModel(plain, threads), OnnxDefectModel(artifact, threads)]
         side = int(meta["preprocessing"]["input_size"][0])
         crops = [np.random.default_rng(i).integers(0, 256, (side, side, 3), dtype=np.uint8) for i in range(16)]
         got = measure_latency(models, [crops, crops], repeats=repeats)
-    return {"logits only": got[0], "with defect_map and ood_distance": got[1]}
+    return {"logits only": got[0], "with defect_map and the distances": got[1]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -515,8 +623,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("artifact", type=Path)
     p.add_argument("--work-dir", type=Path, help="crop cache (default var/train/<name>-<version>)")
     p.add_argument("--write", action="store_true", help="write the edited model.onnx and metadata.json")
+    p.add_argument("--early-block", help=f"block whose pooled output ood_distance_early measures (default: the config's "
+                   f"thresholds.ood_distance_early_block, else {DEFAULT_EARLY_BLOCK})")
     p.add_argument("--latency", action="store_true",
-                   help="only measure ms per crop (1 thread, batch 1 and 16) with and without the two outputs")
+                   help="only measure ms per crop (1 thread, batch 1 and 16) with and without the extra outputs")
     a = p.parse_args(argv)
     if a.latency:
         for name, r in latency(a.artifact).items():
@@ -525,7 +635,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     meta = json.loads((a.artifact / "metadata.json").read_text())
     work = a.work_dir or Path("var") / "train" / f"{meta['name']}-{meta['version']}"
-    return explain_artifact(a.artifact, work, a.write)
+    return explain_artifact(a.artifact, work, a.write, early_block=a.early_block)
 
 
 if __name__ == "__main__":

@@ -519,12 +519,18 @@ def finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, history,
     # the same graph edit an existing artifact gets from `python -m training.explain`: defect_map and
     # ood_distance, the latter fitted on the train crops, its threshold a quantile of the val crops'
     explained = explain.add_outputs(out_dir / "model.onnx", out_dir / "model.onnx", spec, train_crops, labels["train"], eval_batches["val"],
-                                    float(cfg["thresholds"].get("ood_distance_quantile", 0.99)))
+                                    float(cfg["thresholds"].get("ood_distance_quantile", 0.99)),
+                                    early_block=explain.early_block_of(cfg))
     distance_shares = {"val": float((explained.val_distances > explained.threshold).mean())}
+    early = explained.early
+    early_shares = {} if early is None else {"val": float((early.val_distances > early.threshold).mean())}
     for split in eval_batches:
         if split != "val":
-            (dist,) = explain.run_graph(out_dir / "model.onnx", [explain.DISTANCE_OUTPUT], eval_batches[split], spec)
+            names = [explain.DISTANCE_OUTPUT, *([explain.EARLY_OUTPUT] if early else [])]
+            dist, *dist_early = explain.run_graph(out_dir / "model.onnx", names, eval_batches[split], spec)
             distance_shares[split] = float((dist > explained.threshold).mean())
+            if early is not None:
+                early_shares[split] = float((dist_early[0] > early.threshold).mean())
     check_batch = eval_batches["test"][:32]
     metrics["onnx_check"] = check_export(model, out_dir / "model.onnx", check_batch, temperature)
     parity = parity_record(model, int(cfg["model"]["input_size"]))
@@ -573,7 +579,7 @@ def finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, history,
     meta["thresholds"]["ood_energy"] = ood_threshold
     meta["thresholds"]["ood_energy_rule"] = (f"quantile {ood_q:g} of the val crops' energy -T*logsumexp(logits/T) "
                                             "at the calibration temperature T; above it a crop is out of distribution")
-    explain.update_metadata(meta, explained, distance_shares)
+    explain.update_metadata(meta, explained, distance_shares, early_shares=early_shares)
     meta = _json_safe(meta)
     ModelSpec.from_metadata(meta)  # the artifact must load the way serving loads it
     (out_dir / "metadata.json").write_text(json.dumps(meta, indent=2, allow_nan=False))

@@ -458,6 +458,21 @@ def add_outputs(onnx_in: Path, onnx_out: Path, spec: ModelSpec, train_crops, tra
                      map_shape=(int(maps.shape[1]), int(maps.shape[2])), distance=dm, head=head_info, early=early)
 
 
+def _distance_record(dm, meta: dict[str, Any], meaning: str, **where: str) -> dict[str, Any]:
+    """metadata.json ``outputs`` entry of a fitted feature distance (``where``: the block it reads)."""
+    return {
+        "shape": ["N"],
+        "meaning": meaning,
+        **where,
+        "fitted_on": f"train crops ({dm.n_train})",
+        "dims": int(dm.directions.shape[1]),
+        "feature_dims": int(dm.directions.shape[0]),
+        "shrinkage": round(dm.shrinkage, 6),
+        "residual_term": dm.residual_variance is not None,
+        "classes": [meta["classes"][c] for c in dm.classes],
+    }
+
+
 def update_metadata(meta: dict[str, Any], ex: Explained, shares: dict[str, float], how: str = "",
                     early_shares: dict[str, float] | None = None) -> dict[str, Any]:
     """Write the outputs' description, the thresholds and their rules, and the per-split shares over them."""
@@ -471,18 +486,10 @@ def update_metadata(meta: dict[str, Any], ex: Explained, shares: dict[str, float
             "temperature": meta["calibration"]["temperature"],
             **ex.head,
         },
-        DISTANCE_OUTPUT: {
-            "shape": ["N"],
-            "meaning": "Mahalanobis distance of the pooled feature vector to the nearest train class mean, under the train "
-                       "crops' shared within-class covariance (Ledoit-Wolf shrunk; exact in its top principal directions, "
-                       "one variance for the rest)",
-            "fitted_on": f"train crops ({dm.n_train})",
-            "dims": int(dm.directions.shape[1]),
-            "feature_dims": int(dm.directions.shape[0]),
-            "shrinkage": round(dm.shrinkage, 6),
-            "residual_term": dm.residual_variance is not None,
-            "classes": [meta["classes"][c] for c in dm.classes],
-        },
+        DISTANCE_OUTPUT: _distance_record(
+            dm, meta, "Mahalanobis distance of the pooled feature vector to the nearest train class mean, under the train "
+                      "crops' shared within-class covariance (Ledoit-Wolf shrunk; exact in its top principal directions, "
+                      "one variance for the rest)"),
     }
     meta["thresholds"]["ood_distance"] = ex.threshold
     meta["thresholds"]["ood_distance_rule"] = (
@@ -498,20 +505,11 @@ def update_metadata(meta: dict[str, Any], ex: Explained, shares: dict[str, float
             split.pop("ood_distance_early_share", None)
     if ex.early is not None:
         de = ex.early.distance
-        meta["outputs"][EARLY_OUTPUT] = {
-            "shape": ["N"],
-            "meaning": f"Mahalanobis distance of the globally averaged output of the early block {ex.early.block} to the "
-                       "nearest train class mean, under the train crops' shared within-class covariance (fitted as "
-                       f"{DISTANCE_OUTPUT}): texture statistics the pooled features average away",
-            "block": ex.early.block,
-            "block_output": ex.early.tensor,
-            "fitted_on": f"train crops ({de.n_train})",
-            "dims": int(de.directions.shape[1]),
-            "feature_dims": int(de.directions.shape[0]),
-            "shrinkage": round(de.shrinkage, 6),
-            "residual_term": de.residual_variance is not None,
-            "classes": [meta["classes"][c] for c in de.classes],
-        }
+        meta["outputs"][EARLY_OUTPUT] = _distance_record(
+            de, meta, f"Mahalanobis distance of the globally averaged output of the early block {ex.early.block} to the "
+                      "nearest train class mean, under the train crops' shared within-class covariance (fitted as "
+                      f"{DISTANCE_OUTPUT}): texture statistics the pooled features average away",
+            block=ex.early.block, block_output=ex.early.tensor)
         meta["thresholds"]["ood_distance_early"] = ex.early.threshold
         meta["thresholds"]["ood_distance_early_rule"] = (
             f"quantile {ex.quantile:g} of the val crops' ood_distance_early (Mahalanobis distance of the globally averaged "

@@ -253,13 +253,13 @@ def _visible_fraction(blob: np.ndarray) -> float:
 
 
 def _segment_from_mask(full: np.ndarray, image_rgb: np.ndarray, params: SegmentationParams, refine: bool) -> Segment | None:
-    ys, xs = np.nonzero(full)
-    if len(xs) == 0:
+    bx, by, bw, bh = cv2.boundingRect(full.view(np.uint8))
+    if bw == 0:
         return None
     h, w = full.shape
     pad = 4
-    x0, x1 = max(0, xs.min() - pad), min(w, xs.max() + 1 + pad)
-    y0, y1 = max(0, ys.min() - pad), min(h, ys.max() + 1 + pad)
+    x0, x1 = max(0, bx - pad), min(w, bx + bw + pad)
+    y0, y1 = max(0, by - pad), min(h, by + bh + pad)
     local = full[y0:y1, x0:x1]
     if refine:
         local = _refine_edge(image_rgb[y0:y1, x0:x1], local)
@@ -269,8 +269,8 @@ def _segment_from_mask(full: np.ndarray, image_rgb: np.ndarray, params: Segmenta
     contour = max(contours, key=cv2.contourArea)
     local = np.zeros(local.shape, np.uint8)
     cv2.drawContours(local, [contour], -1, 1, thickness=cv2.FILLED)
-    ys, xs = np.nonzero(local)
-    bx0, by0, bx1, by1 = x0 + xs.min(), y0 + ys.min(), x0 + xs.max() + 1, y0 + ys.max() + 1
+    lx, ly, lw, lh = cv2.boundingRect(local)
+    bx0, by0, bx1, by1 = x0 + lx, y0 + ly, x0 + lx + lw, y0 + ly + lh
     mask = local[by0 - y0 : by1 - y0, bx0 - x0 : bx1 - x0].astype(bool)
     contour = contour.reshape(-1, 2) + np.array([x0, y0])
     cut_off = bool(bx0 <= 0 or by0 <= 0 or bx1 >= w or by1 >= h)
@@ -288,8 +288,8 @@ def _refine_edge(crop_rgb: np.ndarray, coarse: np.ndarray) -> np.ndarray:
     outer = ~cv2.dilate(coarse.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
     if inner.sum() < 10 or outer.sum() < 10:
         return coarse
-    fg = _channel_medians(lab[inner])
-    bg = _channel_medians(lab[outer])
+    fg = _masked_channel_medians(lab, inner)
+    bg = _masked_channel_medians(lab, outer)
     edge = lab[ring].astype(np.float32)  # only the ring is re-decided: distances there only
     d_fg = ((edge - fg) ** 2).sum(axis=1)
     d_bg = ((edge - bg) ** 2).sum(axis=1)
@@ -317,10 +317,21 @@ def _hist_quantiles(values: np.ndarray, groups: np.ndarray, n_groups: int, q: fl
     return out
 
 
-def _channel_medians(pixels_u8: np.ndarray) -> np.ndarray:
-    """Per-channel median of (N, 3) uint8 pixels, as ``np.median(pixels, axis=0)``."""
-    channel = np.broadcast_to(np.arange(3), pixels_u8.shape)  # the channel is the group: one histogram pass
-    return _hist_quantiles(pixels_u8.ravel(), channel.ravel(), 3, 0.5).astype(np.float32)
+def _masked_channel_medians(image_u8: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Per-channel median of a 3-channel uint8 image's pixels under ``mask``, as
+    ``np.median(image[mask], axis=0)``: OpenCV's masked histograms, no copy of the pixels."""
+    m = mask.view(np.uint8) if mask.dtype == bool else mask
+    n = int(cv2.countNonZero(m))
+    out = np.full(3, np.nan, np.float32)
+    if n == 0:
+        return out
+    pos = 0.5 * (n - 1)
+    lo = math.floor(pos)
+    for c in range(3):
+        cum = cv2.calcHist([image_u8], [c], m, [256], [0, 256]).ravel().cumsum()
+        v_lo, v_hi = np.searchsorted(cum, [lo, min(lo + 1, n - 1)], side="right")
+        out[c] = v_lo + (pos - lo) * (v_hi - v_lo)
+    return out
 
 
 def caliper_widths_px(contour: np.ndarray) -> tuple[float, float, float]:
@@ -443,7 +454,7 @@ def _distance_to_edge(mask: np.ndarray, size: int) -> np.ndarray:
     """Each mask pixel's distance to the nearest pixel outside the fruit. The mask is bbox-sized,
     so the fruit touches the array's border; padding makes the border count as outside (OpenCV's
     distance transform does not see beyond the array)."""
-    padded = np.pad(mask.astype(np.uint8), 1)
+    padded = cv2.copyMakeBorder(mask.view(np.uint8) if mask.dtype == bool else mask.astype(np.uint8), 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
     return cv2.distanceTransform(padded, cv2.DIST_L2, size)[1:-1, 1:-1]
 
 

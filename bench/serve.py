@@ -21,7 +21,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,6 +28,9 @@ sys.path.insert(0, str(REPO))
 KEY = "bench-camera-key-123"
 
 from service.process import ServerProcess  # noqa: E402
+
+sys.path.insert(0, str(REPO / "bench"))
+from httpload import GradePoster  # noqa: E402
 
 
 def images(n: int) -> list[bytes]:
@@ -84,6 +86,24 @@ def fresh(jpeg: bytes) -> bytes:
     return jpeg[:2] + b"\xff\xfe" + (len(com) + 2).to_bytes(2, "big") + com + jpeg[2:]
 
 
+def tree_cpu_seconds(pid: int) -> float | None:
+    """CPU seconds (user + system) used so far by a process and its children (Linux /proc);
+    None where /proc cannot tell."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total, todo = 0.0, [pid]
+    try:
+        while todo:
+            p = todo.pop()
+            stat = Path(f"/proc/{p}/stat").read_text()
+            fields = stat[stat.rindex(")") + 2 :].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+    except (OSError, ValueError):
+        return None
+    return total
+
+
 def pct(lat: list[float]) -> tuple[float, float, float]:
     a = np.array(lat) * 1000
     return tuple(float(np.percentile(a, p)) for p in (50, 95, 99)) if len(a) else (float("nan"),) * 3
@@ -96,17 +116,22 @@ async def closed_loop(url: str, jpegs: list[bytes], clients: int, seconds: float
 
     async def client(i: int) -> None:
         nonlocal errors
-        async with httpx.AsyncClient(timeout=30) as c:
-            k = i
+        camera = GradePoster(url, KEY)  # one camera: one keep-alive connection
+        k = i
+        try:
             while time.perf_counter() < stop:
                 t0 = time.perf_counter()
-                r = await c.post(url, files={"image": ("f.jpg", fresh(jpegs[k % len(jpegs)]), "image/jpeg")},
-                                 data={"mm_per_px": "0.2"}, headers={"X-API-Key": KEY})
-                if r.status_code == 200:
+                try:
+                    status = await camera.post(fresh(jpegs[k % len(jpegs)]))
+                except ConnectionError:
+                    status = 0
+                if status == 200:
                     lat.append(time.perf_counter() - t0)
                 else:
                     errors += 1
                 k += clients
+        finally:
+            camera.close()
 
     t0 = time.perf_counter()
     await asyncio.gather(*(client(i) for i in range(clients)))
@@ -116,32 +141,33 @@ async def closed_loop(url: str, jpegs: list[bytes], clients: int, seconds: float
 async def open_loop(url: str, jpegs: list[bytes], rate: float, seconds: float) -> tuple[int, int, list[float], float]:
     lat: list[float] = []
     errors = dropped = 0
-    async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=200)) as c:
-        async def one(k: int) -> None:
-            nonlocal errors, dropped
-            t0 = time.perf_counter()
-            try:
-                r = await c.post(url, files={"image": ("f.jpg", fresh(jpegs[k % len(jpegs)]), "image/jpeg")},
-                                 data={"mm_per_px": "0.2"}, headers={"X-API-Key": KEY})
-            except httpx.TransportError:
-                dropped += 1
-                return
-            if r.status_code == 200:
-                lat.append(time.perf_counter() - t0)
-            else:
-                errors += 1
+    line = GradePoster(url, KEY)  # a pool of keep-alive connections, a new one whenever all are busy
 
-        tasks, start, k = [], time.perf_counter(), 0
-        while (now := time.perf_counter()) - start < seconds:
-            due = start + k / rate
-            if now < due:
-                await asyncio.sleep(due - now)
-            tasks.append(asyncio.create_task(one(k)))
-            k += 1
-        await asyncio.gather(*tasks)
-        if dropped:
-            print(f"  connections dropped before an answer: {dropped}")
-        return len(lat), errors + dropped, lat, time.perf_counter() - start
+    async def one(k: int) -> None:
+        nonlocal errors, dropped
+        t0 = time.perf_counter()
+        try:
+            status = await line.post(fresh(jpegs[k % len(jpegs)]))
+        except ConnectionError:
+            dropped += 1
+            return
+        if status == 200:
+            lat.append(time.perf_counter() - t0)
+        else:
+            errors += 1
+
+    tasks, start, k = [], time.perf_counter(), 0
+    while (now := time.perf_counter()) - start < seconds:
+        due = start + k / rate
+        if now < due:
+            await asyncio.sleep(due - now)
+        tasks.append(asyncio.create_task(one(k)))
+        k += 1
+    await asyncio.gather(*tasks)
+    line.close()
+    if dropped:
+        print(f"  connections dropped before an answer: {dropped}")
+    return len(lat), errors + dropped, lat, time.perf_counter() - start
 
 
 def main() -> None:
@@ -174,16 +200,27 @@ def main() -> None:
             asyncio.run(closed_loop(url, jpegs, 2, 2))  # warm up
             print(f"\nclosed loop, {args.seconds:g} s each (throughput = fruit graded and stored per second)")
             print(f"{'clients':>8} {'fruit/s':>8} {'% of model-only b16':>20} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>7}")
+            client_cpu, client_requests = 0.0, 0
+            server_cpu0 = tree_cpu_seconds(server.proc.pid)
             for n in [int(x) for x in args.concurrency.split(",")]:
+                c0 = time.process_time()
                 ok, err, lat, wall = asyncio.run(closed_loop(url, jpegs, n, args.seconds))
+                client_cpu, client_requests = client_cpu + time.process_time() - c0, client_requests + ok + err
                 p50, p95, p99 = pct(lat)
                 print(f"{n:>8} {ok / wall:>8.1f} {100 * ok / wall / mo[16]:>19.0f}% {p50:>8.1f} {p95:>8.1f} {p99:>8.1f} {err:>7}")
             print(f"\nopen loop: requests sent at a fixed rate for {args.seconds:g} s, whatever the answers (latency of served requests)")
             print(f"{'offered/s':>10} {'served/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'refused/failed':>15}")
             for rate in [float(x) for x in args.rate.split(",")]:
+                c0 = time.process_time()
                 ok, err, lat, wall = asyncio.run(open_loop(url, jpegs, rate, args.seconds))
+                client_cpu, client_requests = client_cpu + time.process_time() - c0, client_requests + ok + err
                 p50, p95, p99 = pct(lat)
                 print(f"{rate:>10g} {ok / wall:>9.1f} {p50:>8.1f} {p95:>8.1f} {p99:>8.1f} {err:>15}")
+            server_cpu1 = tree_cpu_seconds(server.proc.pid)
+            if server_cpu0 is not None and server_cpu1 is not None:
+                print(f"\nserver: {1000 * (server_cpu1 - server_cpu0) / max(client_requests, 1):.1f} ms of CPU per request "
+                      "(all worker processes, every request of the closed and open loops)")
+            print(f"load generator (bench/httpload.py, same machine): {1000 * client_cpu / max(client_requests, 1):.2f} ms of CPU per request")
         finally:
             rc = server.stop()
             if rc not in (0, -15) or "Traceback" in server.log():

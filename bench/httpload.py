@@ -1,0 +1,78 @@
+"""A lean HTTP/1.1 load generator for the grading endpoint: keep-alive connections over asyncio
+streams, the multipart body assembled from bytes prepared once.
+
+The benchmark's cameras run on the same two cores as the server, so every millisecond the load
+generator spends is taken from the service it measures; a general-purpose client (httpx builds each
+multipart body and parses each answer in Python) costs about as much CPU per request as a sizeable
+part of the grading itself. Cameras on a line are other machines: this client keeps the
+benchmark's own share small (bench/serve.py prints it per request) and sends exactly what a camera
+sends: `POST /v1/grade` with the photo as a multipart file, `mm_per_px`, the API key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from urllib.parse import urlsplit
+
+BOUNDARY = b"orchard-grader-bench-7f3a9c"
+
+
+class GradePoster:
+    """Posts photos to ``url`` (http://host:port/v1/grade) with ``api_key``; one instance per event loop."""
+
+    def __init__(self, url: str, api_key: str, mm_per_px: str = "0.2") -> None:
+        u = urlsplit(url)
+        self.host, self.port, self.path = u.hostname or "127.0.0.1", u.port or 80, u.path or "/"
+        self.head_fmt = (
+            f"POST {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nX-API-Key: {api_key}\r\n"
+            f"Content-Type: multipart/form-data; boundary={BOUNDARY.decode()}\r\nContent-Length: %d\r\n\r\n"
+        ).encode()
+        self.prefix = (
+            b"--" + BOUNDARY + b'\r\nContent-Disposition: form-data; name="mm_per_px"\r\n\r\n' + mm_per_px.encode() + b"\r\n"
+            b"--" + BOUNDARY + b'\r\nContent-Disposition: form-data; name="image"; filename="f.jpg"\r\n'
+            b"Content-Type: image/jpeg\r\n\r\n"
+        )
+        self.suffix = b"\r\n--" + BOUNDARY + b"--\r\n"
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+    async def _connection(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if self.idle:
+            return self.idle.pop()
+        return await asyncio.open_connection(self.host, self.port)
+
+    async def post(self, jpeg: bytes) -> int:
+        """Send one photo and wait for the whole answer; its HTTP status. Raises ConnectionError
+        when the connection closes before an answer."""
+        reader, writer = await self._connection()
+        try:
+            body_len = len(self.prefix) + len(jpeg) + len(self.suffix)
+            writer.write(self.head_fmt % body_len + self.prefix)
+            writer.write(jpeg)
+            writer.write(self.suffix)
+            status_line = await reader.readline()
+            if not status_line:
+                raise ConnectionError("connection closed before an answer")
+            status = int(status_line.split(b" ", 2)[1])
+            length, close = 0, False
+            while (line := await reader.readline()) not in (b"\r\n", b""):
+                name, _, value = line.partition(b":")
+                name = name.strip().lower()
+                if name == b"content-length":
+                    length = int(value)
+                elif name == b"connection" and value.strip().lower() == b"close":
+                    close = True
+            if length:
+                await reader.readexactly(length)
+        except (OSError, asyncio.IncompleteReadError, ValueError, IndexError) as exc:
+            writer.close()
+            raise ConnectionError(str(exc)) from exc
+        if close:
+            writer.close()
+        else:
+            self.idle.append((reader, writer))
+        return status
+
+    def close(self) -> None:
+        for _, writer in self.idle:
+            writer.close()
+        self.idle.clear()

@@ -76,6 +76,25 @@ def build_manifest(root: Path, splits: dict[str, list[str]], subset: str = "sing
     return items
 
 
+def group_items(root: Path, sessions: list[str], split: str = "train") -> list[Item]:
+    """The ``group/{good,bad}`` photos (several apples each, all of the folder's class) of
+    ``sessions``, as items of ``split``. ``group/mixed`` is left out: its apples carry no label.
+
+    FruitNet's group photos of 20200728 show good and bad apples on one table under one camera:
+    fruit cut out of them (training/crops.py: group_fruit_crops) are training crops whose
+    background, camera and variety do not tell the label."""
+    wanted = set(sessions)
+    items = []
+    for folder, label in LABELS.items():
+        d = root / "group" / folder
+        if not d.is_dir():
+            raise FileNotFoundError(f"{d} not found: is the FruitNet apple data at {root}?")
+        for p in sorted(d.iterdir()):
+            if p.suffix.lower() in IMAGE_SUFFIXES and session_of(p.name) in wanted:
+                items.append(Item(str(p.relative_to(root)), label, session_of(p.name), split, file_sha256(p)))
+    return items
+
+
 def manifest_hash(items: list[Item]) -> str:
     """One hash for the whole split: any change of file, label or split changes it."""
     h = hashlib.sha256()

@@ -36,6 +36,54 @@ def fruit_crop(image_rgb: np.ndarray, margin_frac: float, min_area_frac: float =
     return image_rgb[y0 : y0 + side, x0 : x0 + side]
 
 
+def is_whole_fruit(image_rgb: np.ndarray, seg) -> bool:
+    """A segment of a group photo that is one whole apple: clear of the frame edge, at least 1 % of
+    the frame, convex and roundish (solidity >= 0.9, caliper ratio >= 0.7, roundness >= 0.75: two
+    touching apples, a cut half, a cloth or a table edge fail), and fruit-coloured (median hue red
+    to green, not the teal table or a black strip)."""
+    h, w = image_rgb.shape[:2]
+    area = float(seg.mask.sum())
+    if seg.cut_off or area < 0.01 * h * w:
+        return False
+    major, minor, perimeter = measure_module.caliper_widths_px(seg.contour)
+    hull_area = cv2.contourArea(cv2.convexHull(seg.contour.reshape(-1, 1, 2)))
+    if area / max(hull_area, 1.0) < 0.9 or minor / max(major, 1.0) < 0.7 or 4 * np.pi * area / perimeter**2 < 0.75:
+        return False
+    x0, y0, x1, y1 = seg.bbox
+    hsv = cv2.cvtColor(np.ascontiguousarray(image_rgb[y0:y1, x0:x1]), cv2.COLOR_RGB2HSV_FULL)[seg.mask]
+    hue_deg = float(np.median(hsv[:, 0])) * 360.0 / 256.0
+    return (hue_deg <= 110 or hue_deg >= 300) and float(np.median(hsv[:, 1])) >= 50
+
+
+def group_fruit_crops(image_rgb: np.ndarray, margin_frac: float) -> list[np.ndarray]:
+    """Every whole apple of a photo with several (:func:`is_whole_fruit`), as model crops."""
+    return [crop_for_model(image_rgb, s.bbox, margin_frac, s.mask) for s in segment_fruits(image_rgb) if is_whole_fruit(image_rgb, s)]
+
+
+def _group(args: tuple[str, int, float]) -> list[np.ndarray]:
+    path, size, margin = args
+    return [cv2.resize(c, (size, size), interpolation=cv2.INTER_AREA) for c in group_fruit_crops(load_rgb(Path(path)), margin)]
+
+
+def group_crop_cache(paths: Sequence[Path], size: int, margin_frac: float, cache_dir: Path, workers: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """(N, size, size, 3) uint8 crops of every whole apple in the photos, and each crop's photo index."""
+    code = hashlib.sha256(Path(measure_module.__file__).read_bytes() + Path(__file__).read_bytes()).hexdigest()
+    key = hashlib.sha256(("\n".join(map(str, paths)) + f"|group|{size}|{margin_frac}|{code}").encode()).hexdigest()[:16]
+    cache = cache_dir / f"group-crops-{key}.npz"
+    if cache.exists():
+        z = np.load(cache)
+        return z["crops"], z["photo"]
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    jobs = [(str(p), size, margin_frac) for p in paths]
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        per_photo = list(tqdm(pool.map(_group, jobs, chunksize=8), total=len(jobs), desc="group fruit crops", unit="img"))
+    crops = [c for cs in per_photo for c in cs]
+    photo = np.array([i for i, cs in enumerate(per_photo) for _ in cs], dtype=int)
+    arr = np.stack(crops) if crops else np.zeros((0, size, size, 3), np.uint8)
+    np.savez(cache, crops=arr, photo=photo)
+    return arr, photo
+
+
 def _one(args: tuple[str, int, float]) -> np.ndarray:
     path, size, margin = args
     crop = fruit_crop(load_rgb(Path(path)), margin)

@@ -33,7 +33,7 @@ from datasets.synthetic import random_fruit_image
 from grader.defect import ModelSpec, energy, preprocess, softmax
 from training.colour import ColourNormalise, colour_transfer, fruit_colour_stats, fruit_pixels, mean_colour_stats
 from training import explain
-from training.crops import crop_cache
+from training.crops import crop_cache, group_crop_cache
 from training.crops import load_rgb
 from training.export import INPUT_NAME, OUTPUT_NAME, check_export, export_onnx, parity_record
 from training.metrics import auc, binary_report, expected_calibration_error, fit_temperature, pick_threshold
@@ -123,6 +123,15 @@ def load_data(cfg: dict[str, Any], work_dir: Path) -> tuple[dict[str, np.ndarray
         crops[split] = crop_cache([root / it.path for it in its], size, margin, work_dir / "cache")
         labels[split] = np.array([CLASSES.index(it.label) for it in its])
         sessions[split] = [it.session for it in its]
+    if d.get("group_train"):
+        # every whole apple of the train sessions' group photos is one more training crop
+        groups = fruitnet.group_items(root, d["splits"]["train"])
+        manifest += groups
+        digest = fruitnet.manifest_hash(manifest)
+        extra, photo = group_crop_cache([root / it.path for it in groups], size, margin, work_dir / "cache")
+        crops["train"] = np.concatenate([crops["train"], extra])
+        labels["train"] = np.concatenate([labels["train"], [CLASSES.index(groups[i].label) for i in photo]]).astype(int)
+        sessions["train"] = sessions["train"] + [groups[i].session for i in photo]
     return crops, labels, sessions, [it.__dict__ for it in manifest], digest
 
 

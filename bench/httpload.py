@@ -17,6 +17,10 @@ from urllib.parse import urlsplit
 BOUNDARY = b"orchard-grader-bench-7f3a9c"
 
 
+class _StaleConnection(Exception):
+    """The connection closed before any byte of the answer."""
+
+
 class GradePoster:
     """Posts photos to ``url`` (http://host:port/v1/grade) with ``api_key``; one instance per event loop."""
 
@@ -35,23 +39,34 @@ class GradePoster:
         self.suffix = b"\r\n--" + BOUNDARY + b"--\r\n"
         self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
 
-    async def _connection(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        if self.idle:
-            return self.idle.pop()
-        return await asyncio.open_connection(self.host, self.port)
-
     async def post(self, jpeg: bytes) -> int:
-        """Send one photo and wait for the whole answer; its HTTP status. Raises ConnectionError
-        when the connection closes before an answer."""
-        reader, writer = await self._connection()
+        """Send one photo and wait for the whole answer; its HTTP status. A kept-alive connection
+        that the server closed while idle (its keep-alive timeout) is replaced and the photo sent
+        again, as HTTP clients do when no byte of an answer came; ConnectionError otherwise."""
+        while self.idle:
+            try:
+                return await self._post_on(*self.idle.pop(), jpeg)
+            except _StaleConnection:
+                continue
+        try:
+            return await self._post_on(*await asyncio.open_connection(self.host, self.port), jpeg)
+        except _StaleConnection as exc:
+            raise ConnectionError(str(exc)) from exc
+
+    async def _post_on(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, jpeg: bytes) -> int:
         try:
             body_len = len(self.prefix) + len(jpeg) + len(self.suffix)
             writer.write(self.head_fmt % body_len + self.prefix)
             writer.write(jpeg)
             writer.write(self.suffix)
-            status_line = await reader.readline()
+            try:
+                status_line = await reader.readline()
+            except OSError as exc:  # reset before any byte of an answer
+                writer.close()
+                raise _StaleConnection(str(exc)) from exc
             if not status_line:
-                raise ConnectionError("connection closed before an answer")
+                writer.close()
+                raise _StaleConnection("connection closed before an answer")
             status = int(status_line.split(b" ", 2)[1])
             length, close = 0, False
             while (line := await reader.readline()) not in (b"\r\n", b""):

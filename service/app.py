@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,8 +118,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def app_from_env() -> FastAPI:
-    """uvicorn factory: settings from the environment (GRADER_*)."""
-    return create_app(Settings())
+    """uvicorn factory: settings from the environment (GRADER_*).
+
+    What is built at start (the model sessions, the app, the ORM's metadata: over 100,000 objects)
+    lives as long as the process, so it is moved out of the garbage collector's reach: a full
+    collection then scans only what requests left behind, instead of pausing one request for
+    tens of milliseconds (about 75 ms measured, once every few hundred requests)."""
+    app = create_app(Settings())
+    gc.collect()
+    gc.freeze()
+    return app
 
 
 def announce(settings: Settings, host: str, port: int) -> None:

@@ -1,11 +1,15 @@
 """Where a grade request's CPU time goes, stage by stage, in one process (no HTTP).
 
-    .venv/bin/python bench/stages.py [--images 40] [--repeats 3]
+    .venv/bin/python bench/stages.py [--images 40] [--repeats 3] [--no-freeze]
 
 Runs the service's own request path (service/grading.py: lookup, decode, measure, crop and
 preprocess, ONNX Runtime, rules, store) on the same photos as bench/serve.py, with the settings a
 worker of `grader serve --workers 2` on 2 cores has (OpenCV and ONNX Runtime single-threaded), and
 prints the CPU milliseconds per photo of each stage. Each photo is stored as new bytes, as on a line.
+It also reports the garbage collector's full collections during the run, the first (warm-up) pass
+included: the server collects and freezes what it built at start before it serves
+(service/app.py: app_from_env), as this script does unless --no-freeze, which shows what the first
+full collection after start costs a request without it.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=40)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--no-freeze", action="store_true", help="serve right after start-up, as the server did before freezing")
     args = ap.parse_args()
 
     import serve  # the benchmark's photos and fresh-bytes helper
@@ -58,6 +63,22 @@ def main() -> None:
     settings = Settings(data_dir=Path(tempfile.mkdtemp(prefix="grader-stages-")), api_keys="camera:stages-key-0000000000",
                         onnx_threads=1, opencv_threads=1)
     ctx = build_context(settings)
+    import gc
+
+    if not args.no_freeze:
+        gc.collect()
+        gc.freeze()  # as the server does once its app is built
+    pauses: list[float] = []
+    started: list[float] = []
+
+    def on_gc(phase: str, info: dict) -> None:
+        if info["generation"] == 2:
+            if phase == "start":
+                started.append(time.perf_counter())
+            else:
+                pauses.append(time.perf_counter() - started.pop())
+
+    gc.callbacks.append(on_gc)
     run_onnx = ctx.model.onnx.run
     ctx.model.onnx.run = timed("ONNX Runtime (batch 1)", run_onnx)
     n = 0
@@ -80,6 +101,9 @@ def main() -> None:
     for name, s in sorted(cpu.items(), key=lambda kv: -kv[1]):
         print(f"  {name:<42} {1000 * s / n:6.2f}")
     print(f"  {'whole request path (no HTTP)':<42} {1000 * total / n:6.2f}")
+    frozen = "none frozen" if args.no_freeze else f"{gc.get_freeze_count()} objects of the start-up frozen"
+    longest = f", the longest {1000 * max(pauses):.1f} ms" if pauses else ""
+    print(f"full garbage collections during the {n + len(jpegs)} requests ({frozen}): {len(pauses)}{longest}")
     ctx.batcher.close()
 
 

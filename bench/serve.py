@@ -200,27 +200,31 @@ def main() -> None:
             asyncio.run(closed_loop(url, jpegs, 2, 2))  # warm up
             print(f"\nclosed loop, {args.seconds:g} s each (throughput = fruit graded and stored per second)")
             print(f"{'clients':>8} {'fruit/s':>8} {'% of model-only b16':>20} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>7}")
-            client_cpu, client_requests = 0.0, 0
+            client = {"cpu_s": 0.0, "requests": 0}  # the load generator's own CPU, over every loop below
+
+            def run_loop(loop) -> tuple[int, int, list[float], float]:
+                c0 = time.process_time()
+                ok, err, lat, wall = asyncio.run(loop)
+                client["cpu_s"] += time.process_time() - c0
+                client["requests"] += ok + err
+                return ok, err, lat, wall
+
             server_cpu0 = tree_cpu_seconds(server.proc.pid)
             for n in [int(x) for x in args.concurrency.split(",")]:
-                c0 = time.process_time()
-                ok, err, lat, wall = asyncio.run(closed_loop(url, jpegs, n, args.seconds))
-                client_cpu, client_requests = client_cpu + time.process_time() - c0, client_requests + ok + err
+                ok, err, lat, wall = run_loop(closed_loop(url, jpegs, n, args.seconds))
                 p50, p95, p99 = pct(lat)
                 print(f"{n:>8} {ok / wall:>8.1f} {100 * ok / wall / mo[16]:>19.0f}% {p50:>8.1f} {p95:>8.1f} {p99:>8.1f} {err:>7}")
             print(f"\nopen loop: requests sent at a fixed rate for {args.seconds:g} s, whatever the answers (latency of served requests)")
             print(f"{'offered/s':>10} {'served/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'refused/failed':>15}")
             for rate in [float(x) for x in args.rate.split(",")]:
-                c0 = time.process_time()
-                ok, err, lat, wall = asyncio.run(open_loop(url, jpegs, rate, args.seconds))
-                client_cpu, client_requests = client_cpu + time.process_time() - c0, client_requests + ok + err
+                ok, err, lat, wall = run_loop(open_loop(url, jpegs, rate, args.seconds))
                 p50, p95, p99 = pct(lat)
                 print(f"{rate:>10g} {ok / wall:>9.1f} {p50:>8.1f} {p95:>8.1f} {p99:>8.1f} {err:>15}")
             server_cpu1 = tree_cpu_seconds(server.proc.pid)
             if server_cpu0 is not None and server_cpu1 is not None:
-                print(f"\nserver: {1000 * (server_cpu1 - server_cpu0) / max(client_requests, 1):.1f} ms of CPU per request "
+                print(f"\nserver: {1000 * (server_cpu1 - server_cpu0) / max(client['requests'], 1):.1f} ms of CPU per request "
                       "(all worker processes, every request of the closed and open loops)")
-            print(f"load generator (bench/httpload.py, same machine): {1000 * client_cpu / max(client_requests, 1):.2f} ms of CPU per request")
+            print(f"load generator (bench/httpload.py, same machine): {1000 * client['cpu_s'] / max(client['requests'], 1):.2f} ms of CPU per request")
         finally:
             rc = server.stop()
             if rc not in (0, -15) or "Traceback" in server.log():

@@ -3,10 +3,10 @@ streams, the multipart body assembled from bytes prepared once.
 
 The benchmark's cameras run on the same two cores as the server, so every millisecond the load
 generator spends is taken from the service it measures; a general-purpose client (httpx builds each
-multipart body and parses each answer in Python) costs about as much CPU per request as a sizeable
-part of the grading itself. Cameras on a line are other machines: this client keeps the
-benchmark's own share small (bench/serve.py prints it per request) and sends exactly what a camera
-sends: `POST /v1/grade` with the photo as a multipart file, `mm_per_px`, the API key.
+multipart body and parses each answer in Python) spends more of it. Cameras on a line are other
+machines: this client keeps the benchmark's own share small (bench/serve.py prints it per request)
+and sends exactly what a camera sends: `POST /v1/grade` with the photo as a multipart file,
+`mm_per_px`, the API key.
 """
 
 from __future__ import annotations

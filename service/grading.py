@@ -3,6 +3,7 @@ database knows, measure and grade, then store (image first, then the result, one
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +20,7 @@ from .batcher import ServingModel
 from .errors import ApiError
 from .forms import number_field, text_field
 from .lots import lot_context, sweetness_fields, sweetness_for
-from .metrics import FLAGS, FRUITS
+from .metrics import FLAGS, FRUITS, STORE_SECONDS
 from .scale import ScaledFrame, resolve_scale
 from .storage import CalibrationRow, FruitRow, ImageRow, LotRow, ResultRow, latest_calibration, utcnow
 
@@ -112,6 +113,7 @@ def grade_rgb(ctx, req: GradeRequest, rgb: np.ndarray) -> tuple[ScaledFrame, Ima
 def store(ctx, req: GradeRequest, data: bytes, media_type: str, rgb: np.ndarray, scaled: ScaledFrame, graded: ImageGrade,
           key: str | None) -> tuple[ResultRow, bool]:
     """Image file, then result + fruit rows in one transaction. (result, replayed)."""
+    t0 = time.perf_counter()
     sha, path = ctx.images.put(data, media_type)
     share = ctx.settings.review_sample_share
     for i, f in enumerate(graded.fruits):  # active learning: a few uncertain, unflagged fruit go to review
@@ -148,6 +150,7 @@ def store(ctx, req: GradeRequest, data: bytes, media_type: str, rgb: np.ndarray,
         for i, f in enumerate(fruits)
     ]
     saved = ctx.repo.save_result(img, row, fruit_rows)
+    STORE_SECONDS.observe(time.perf_counter() - t0)
     replayed = saved.id != row.id  # a concurrent retry committed first: its result is the answer
     if not replayed:
         for f in fruits:

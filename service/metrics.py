@@ -1,4 +1,4 @@
-"""Prometheus metrics (served at GET /metrics): requests by route, inference, queue, flags.
+"""Prometheus metrics (served at GET /metrics): requests by route, inference, storing, queue, flags.
 
 With several worker processes each reports its own figures (scrape each, or run one worker per
 container)."""
@@ -18,6 +18,9 @@ INFERENCE_BATCH = Histogram("grader_inference_batch_size", "crops per inference 
                             buckets=(1, 2, 4, 8, 16, 32, 64))
 INFERENCE_SECONDS = Histogram("grader_inference_seconds", "ONNX Runtime time per inference call", registry=REGISTRY,
                               buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2))
+STORE_SECONDS = Histogram("grader_store_seconds", "time to store a result: image file written and synced, rows committed "
+                          "(waiting for the database's writer included)", registry=REGISTRY,
+                          buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2))
 QUEUE_DEPTH = Gauge("grader_inference_queue_depth", "requests waiting for inference", registry=REGISTRY)
 FRUITS = Counter("grader_fruits_total", "fruit graded", ["grade"], registry=REGISTRY)
 FLAGS = Counter("grader_flags_total", "flags raised, by code (flag rate = this / grader_fruits_total)", ["code"], registry=REGISTRY)

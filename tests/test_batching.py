@@ -116,6 +116,7 @@ def test_metrics_after_grading(client):
     text = client.get("/metrics").text
     assert 'grader_http_requests_total{method="POST",route="/v1/grade",status="200"}' in text
     assert "grader_inference_batch_size_count" in text and "grader_inference_queue_depth" in text
+    assert "grader_store_seconds_count" in text
     assert 'grader_flags_total{code="uncalibrated"}' in text
 
 

@@ -110,6 +110,15 @@ def grade_rgb(ctx, req: GradeRequest, rgb: np.ndarray) -> tuple[ScaledFrame, Ima
     return scaled, graded
 
 
+def grade_and_store(ctx, req: GradeRequest, data: bytes, media_type: str, rgb: np.ndarray,
+                    key: str | None) -> tuple[ImageGrade, ResultRow, bool]:
+    """grade_rgb then store, in one call: a request hands its work to a thread once, not twice.
+    (graded, stored result, replayed)."""
+    scaled, graded = grade_rgb(ctx, req, rgb)
+    saved, replayed = store(ctx, req, data, media_type, rgb, scaled, graded, key)
+    return graded, saved, replayed
+
+
 def store(ctx, req: GradeRequest, data: bytes, media_type: str, rgb: np.ndarray, scaled: ScaledFrame, graded: ImageGrade,
           key: str | None) -> tuple[ResultRow, bool]:
     """Image file, then result + fruit rows in one transaction. (result, replayed)."""

@@ -75,8 +75,7 @@ async def grade(
             return result_payload(existing, replayed=True)
         data = await read_limited(image, ctx.settings.max_image_bytes)
         rgb, media_type = await decode_upload(data, ctx.settings.max_image_pixels, ctx.settings.decode_budget_s)
-        scaled, graded = await run_in_threadpool(grading.grade_rgb, ctx, req, rgb)
-        saved, replayed = await run_in_threadpool(grading.store, ctx, req, data, media_type, rgb, scaled, graded, req.key)
+        graded, saved, replayed = await run_in_threadpool(grading.grade_and_store, ctx, req, data, media_type, rgb, req.key)
         if ctx.shadow is not None and not replayed:  # after the reply: never on the camera's critical path
             background.add_task(shadow.judge, ctx.repo, ctx.shadow, req.model.model_id, saved.id, rgb, graded.fruits)
         return result_payload(saved, replayed=replayed)
@@ -161,8 +160,7 @@ async def grade_batch(
                     if prior is not None:
                         out.append(result_payload(prior, replayed=True))
                         continue
-                scaled, graded = await run_in_threadpool(grading.grade_rgb, ctx, req, rgb)
-                saved, replayed = await run_in_threadpool(grading.store, ctx, req, data, media_type, rgb, scaled, graded, key)
+                graded, saved, replayed = await run_in_threadpool(grading.grade_and_store, ctx, req, data, media_type, rgb, key)
                 if ctx.shadow is not None and not replayed:
                     background.add_task(shadow.judge, ctx.repo, ctx.shadow, req.model.model_id, saved.id, rgb, graded.fruits)
                 out.append(result_payload(saved, replayed=replayed))

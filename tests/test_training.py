@@ -41,16 +41,20 @@ def test_artifact_has_everything_serving_needs(tiny_artifact):
     assert m["metrics"]["onnx_check"]["max_abs_diff_scores"] < 1e-4
 
 
-def test_onnx_serving_path_matches_torch(tiny_artifact):
+def _torch_and_served(tiny_artifact):
+    """The tiny artifact's best checkpoint in torch (eval mode) and its ONNX graph as the service loads it."""
     from service.onnx_model import OnnxDefectModel
     from training.models_registry import build_model
 
-    out, work, cfg, _ = tiny_artifact
+    out, work, _, _ = tiny_artifact
     model = build_model("small_fruitnet", 2)
     model.load_state_dict(torch.load(work / "best.pt"))
     model.eval()
-    served = OnnxDefectModel(out, threads=1)
+    return model, OnnxDefectModel(out, threads=1)
 
+
+def test_onnx_serving_path_matches_torch(tiny_artifact):
+    model, served = _torch_and_served(tiny_artifact)
     crops = []
     for seed in range(8):
         img, _ = random_fruit_image(500 + seed)
@@ -233,14 +237,9 @@ def _torch_defect_map(model, batch: np.ndarray, temperature: float, defective: l
 
 
 def test_defect_map_equals_torch(tiny_artifact):
-    from service.onnx_model import OnnxDefectModel
-    from training.models_registry import build_model
 
-    out, work, cfg, _ = tiny_artifact
-    model = build_model("small_fruitnet", 2)
-    model.load_state_dict(torch.load(work / "best.pt"))
-    model.eval()
-    served = OnnxDefectModel(out, threads=1)
+    cfg = tiny_artifact[2]
+    model, served = _torch_and_served(tiny_artifact)
     crops = _val_crops(cfg)[:6] + list(non_fruit_images().values())
     batch = preprocess(crops, served.spec)
     got = served.run(batch).defect_map

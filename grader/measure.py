@@ -610,9 +610,9 @@ def crop_for_model(
     keep[max(0, oy) : oy + mh, max(0, ox) : ox + mw] = mask[max(0, -oy) : side - oy, max(0, -ox) : side - ox]
     grow = max(1, int(round(side * 0.015)))
     keep = cv2.dilate(keep, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1)))
-    out = np.empty_like(crop)
+    out = np.empty((side, side, 3), np.uint8)
     out[:] = CROP_FILL_RGB
-    out[keep.astype(bool)] = crop[keep.astype(bool)]
+    cv2.copyTo(crop, keep, out)  # the fruit's pixels over the fill
     return out
 
 

@@ -16,6 +16,7 @@ import math
 import random
 import subprocess
 import time
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -193,6 +194,17 @@ def load_manifest_data(path: Path, size: int, margin: float, work_dir: Path, cla
     return crops, labels, sessions, m["items"], m["sha256"]
 
 
+def group_balanced_sampler(labels: np.ndarray, groups: list[str], seed: int) -> torch.utils.data.WeightedRandomSampler:
+    """Draws training crops so that every (group, label) pair — a photo source's or capture
+    session's sound fruit, its rot, … — comes up equally often, however many photos each has: a
+    label that one source holds mostly cannot be learnt as that source's look."""
+    keys = [f"{g}\t{y}" for g, y in zip(groups, labels)]
+    size = Counter(keys)
+    weights = torch.tensor([1.0 / size[k] for k in keys], dtype=torch.double)
+    return torch.utils.data.WeightedRandomSampler(weights, num_samples=len(keys), replacement=True,
+                                                  generator=torch.Generator().manual_seed(seed + 1))
+
+
 # ----------------------------------------------------------------------------- colour normalisation
 def colour_normalise_of(cfg: dict[str, Any]) -> ColourNormalise | None:
     """``model.colour_normalise`` of a config: None (absent, null or false: off), or the per-crop
@@ -359,13 +371,17 @@ def run(cfg: dict[str, Any], out_dir: Path, work_dir: Path, resume: bool = False
         # hundred steps in all, evaluation would run on stale statistics far from the weights'
         set_bn_momentum(model, float(cfg["model"]["bn_momentum"]))
     tr = cfg["train"]
+    sampler = group_balanced_sampler(labels["train"], sessions["train"], int(cfg["seed"])) if tr.get("balance") == "group_label" else None
+    if tr.get("balance") not in (None, "group_label"):
+        raise ValueError(f"train.balance must be null or group_label, got {tr.get('balance')!r}")
     loader = torch.utils.data.DataLoader(
         CropDataset(crops["train"], labels["train"], train_transform(cfg), float(cfg["augment"].get("colour_transfer_p", 0.0)), int(cfg["seed"])),
-        batch_size=int(tr["batch_size"]), shuffle=True, drop_last=len(crops["train"]) > int(tr["batch_size"]),
+        batch_size=int(tr["batch_size"]), shuffle=sampler is None, sampler=sampler, drop_last=len(crops["train"]) > int(tr["batch_size"]),
         generator=torch.Generator().manual_seed(int(cfg["seed"])),
     )
     counts = np.bincount(labels["train"], minlength=len(classes)).astype(np.float32)
-    class_weight = torch.tensor(counts.sum() / np.maximum(counts, 1) / len(classes))
+    # with a balancing sampler the batches' mix of classes is already the sampler's; else rarer classes weigh more
+    class_weight = None if sampler is not None else torch.tensor(counts.sum() / np.maximum(counts, 1) / len(classes))
     criterion = nn.CrossEntropyLoss(weight=class_weight, label_smoothing=float(tr.get("label_smoothing", 0.0)))
     opt = torch.optim.AdamW(model.parameters(), lr=float(tr["lr"]), weight_decay=float(tr["weight_decay"]))
     epochs = int(tr["epochs"])

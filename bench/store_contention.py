@@ -51,7 +51,9 @@ def _burn(cpu_ms: float, rng: np.random.Generator) -> None:
 
 
 def _worker(url: str, mode: str, threads: int, seconds: float, cpu_ms: float, pid: int, out) -> None:
-    from service.storage import Repository, make_engine
+    import uuid
+
+    from service.storage import Repository, _SaveJob, make_engine, utcnow
 
     engine = make_engine(url)
     repo = Repository(engine)
@@ -68,10 +70,6 @@ def _worker(url: str, mode: str, threads: int, seconds: float, cpu_ms: float, pi
             if mode == "group":
                 repo.save_result(img, res, fruits)
             else:  # one transaction per result, waiting on SQLite's busy handler
-                import uuid
-
-                from service.storage import _SaveJob, utcnow
-
                 res.id, res.created_at, res.fruits = str(uuid.uuid4()), utcnow(), fruits
                 with engine.begin() as conn:
                     Repository._insert(conn, _SaveJob(img, res, fruits))

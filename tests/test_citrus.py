@@ -18,7 +18,7 @@ from service.settings import SHIPPED_MODELS
 
 from .conftest import SHARED_DATA, headers, png_bytes
 
-ORANGE_ART = SHIPPED_MODELS / "orange-defect" / "0.1.0"
+ORANGE_ART = SHIPPED_MODELS / "orange-defect" / "0.2.0"
 LEMON_ART = SHIPPED_MODELS / "lemon-defect" / "0.1.0"
 
 # GB/T 21488-2008 as shared/standards.md gives it (best grade first): minimum °Brix, total and
@@ -183,11 +183,15 @@ def _mm_per_px_for(rgb: np.ndarray, diameter_mm: float) -> float:
 @pytest.mark.realdata
 def test_navel_orange_lot_under_gbt_21488_real_photos(client):
     """Held-out orange photos (the orange model's own test split) graded in a GB/T 21488 lot with
-    refractometer readings: grades, defect types and the lot report agree with the standard."""
+    refractometer readings: grades, defect types and the lot report agree with the standard.
+
+    Lab-shot diseased fruit are a few of each type; rotten oranges are every test photo of them, as
+    the model misses some rot (recall 0.806 on these photos, bench/citrus_eval.py) and a handful
+    would say little about it."""
     data = _citrus_data()
     items = _test_split(ORANGE_ART)
     picks: list[dict] = []
-    for label, source, k in (("sound", "orange-diseases", 3), ("sound", "oranges-fresh-rotten", 3), ("rot", None, 4),
+    for label, source, k in (("sound", "orange-diseases", 3), ("sound", "oranges-fresh-rotten", 3), ("rot", None, None),
                              ("blackspot", None, 4), ("canker", None, 4), ("greening", None, 4)):
         picks += sorted((it for it in items if it["label"] == label and source in (None, it["source"])), key=lambda it: it["sha256"])[:k]
     open_navel_lot(client, "NAVEL-REAL")
@@ -203,12 +207,17 @@ def test_navel_orange_lot_under_gbt_21488_real_photos(client):
         body = grade(client, png, mm_per_px=_mm_per_px_for(rgb, 75.0), lot_id="NAVEL-REAL", fruit_id=f"real-{i}")
         fruits.append((it, check_orange_result(body, brix, "refractometer")))
         every_fruit += body["fruits"]
-    diseased = [(it, f) for it, f in fruits if it["label"] != "sound"]
+    diseased = [(it, f) for it, f in fruits if it["label"] not in ("sound", "rot")]
     called = np.mean([f["defect"]["label"] != "sound" for _, f in diseased])
     typed = np.mean([f["defect"]["type"] == it["label"] for it, f in diseased])
+    rotten = [f for it, f in fruits if it["label"] == "rot"]
+    rot_called = np.mean([f["defect"]["label"] != "sound" for f in rotten])
+    rot_typed = np.mean([f["defect"]["type"] == "rot" for f in rotten if f["defect"]["label"] != "sound"])
     sound_ok = np.mean([f["defect"]["label"] == "sound" for it, f in fruits if it["label"] == "sound"])
-    assert called >= 0.85, f"diseased or rotten oranges called defective: {called:.2f}"
-    assert typed >= 0.7, f"defect type right among diseased or rotten oranges: {typed:.2f}"
+    assert called >= 0.85, f"diseased oranges called defective: {called:.2f}"
+    assert typed >= 0.7, f"defect type right among diseased oranges: {typed:.2f}"
+    assert len(rotten) >= 30 and rot_called >= 0.75, f"rotten oranges called defective: {rot_called:.2f} of {len(rotten)}"
+    assert rot_typed >= 0.9, f"rotten oranges called defective and typed rot: {rot_typed:.2f}"
     assert sound_ok >= 0.6, f"sound oranges called sound: {sound_ok:.2f}"
     # greening is allowed no better than Grade 2 and decay in no grade
     for it, f in fruits:

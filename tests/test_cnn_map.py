@@ -157,11 +157,17 @@ def test_fused_views_keep_the_map_only_when_it_is_the_kept_views():
 
 
 # ----------------------------------------------------------------------------- the shipped artifacts
-@pytest.mark.parametrize("name", ["apple-defect", "orange-defect", "lemon-defect"])
-def test_shipped_artifacts_have_the_outputs_and_their_thresholds(name):
+SHIPPED_ARTIFACTS = sorted(p.parent for p in SHIPPED_MODELS.glob("*/*/metadata.json"))
+
+
+def test_every_commodity_ships_one_artifact():
+    assert [f"{a.parent.name}/{a.name}" for a in SHIPPED_ARTIFACTS] == ["apple-defect/0.1.0", "lemon-defect/0.1.0", "orange-defect/0.2.0"]
+
+
+@pytest.mark.parametrize("art", SHIPPED_ARTIFACTS, ids=lambda a: f"{a.parent.name}-{a.name}")
+def test_shipped_artifacts_have_the_outputs_and_their_thresholds(art):
     from service.onnx_model import OnnxDefectModel
 
-    art = SHIPPED_MODELS / name / "0.1.0"
     meta = json.loads((art / "metadata.json").read_text())
     served = OnnxDefectModel(art, threads=1)
     assert served.extra_outputs == ("defect_map", "ood_distance", "ood_distance_early")

@@ -47,12 +47,12 @@ def orange_served(settings, tmp_path):
     root = tmp_path / "models"
     # only the default model: the orange artifact below is this test's own
     shutil.copytree(SHIPPED_MODELS, root, ignore=lambda d, names: [n for n in names if d == str(SHIPPED_MODELS) and n not in ("DEFAULT", ART.parent.name)])
-    dest = root / "orange-defect" / "0.1.0"
+    dest = root / "orange-defect" / "0.2.0"
     shutil.copytree(ART, dest)
     meta = json.loads((dest / "metadata.json").read_text())
     meta.update(name="orange-defect", commodity="orange")
     (dest / "metadata.json").write_text(json.dumps(meta))
-    # the shipped orange profile names orange-defect/0.1.0; the shipped lemon profile's model is
+    # the shipped orange profile names orange-defect/0.2.0; the shipped lemon profile's model is
     # absent from this root, so lemons fall back to the default model
     with TestClient(create_app(settings.model_copy(update={"models_root": root, "model_dir": root}))) as c:
         yield c

@@ -400,7 +400,7 @@ def measure_segment(
         x0, y0, x1, y1 = seg.bbox
         in_band = colour_mask(image_rgb[y0:y1, x0:x1], colour_bands)
     spots = blemish_mask(image_rgb, seg, blemish or BlemishParams(), colour_bands, in_band)
-    blemish_px, largest_px = _spot_areas(spots)
+    blemish_px = float(cv2.countNonZero(spots.view(np.uint8)))  # areas in cm² and the largest spot: with_scale
     coverage = colour_coverage(image_rgb, seg, colour_bands, in_band) if colour_bands else None
 
     unscaled = FruitMeasurement(

@@ -10,9 +10,9 @@ instead of every camera's latency growing without bound.
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
+from collections import deque
 from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import Iterator, Sequence
@@ -32,13 +32,18 @@ class Overloaded(Exception):
 
 class MicroBatcher:
     """One worker thread running queued batches; each queued item names the ONNX model it was
-    preprocessed for, so a model swap never mixes two models' inputs in one call."""
+    preprocessed for, so a model swap never mixes two models' inputs in one call.
+
+    The queue and the count of announced requests share one condition variable: the worker sleeps
+    until a crop is queued or the last announced request arrives, never polling (a poll every
+    millisecond while it waits for company would take the interpreter lock from the threads that
+    are measuring fruit, hundreds of times a second on a busy line)."""
 
     def __init__(self, max_batch: int = 16, max_wait_ms: float = 5.0, max_queue: int = 256) -> None:
-        self.max_batch, self.max_wait_s = max_batch, max_wait_ms / 1000.0
-        self._q: queue.Queue[tuple[np.ndarray, Future, OnnxDefectModel]] = queue.Queue(maxsize=max_queue)
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
+        self.max_batch, self.max_wait_s, self.max_queue = max_batch, max_wait_ms / 1000.0, max_queue
+        self._items: deque[tuple[np.ndarray, Future, OnnxDefectModel]] = deque()
+        self._cond = threading.Condition()
+        self._stop = False
         self._expected = 0  # requests announced but not yet submitted
         self._local = threading.local()
         self._worker = threading.Thread(target=self._loop, name="inference-batcher", daemon=True)
@@ -51,54 +56,67 @@ class MicroBatcher:
         if getattr(self._local, "announced", False):  # already announced by an enclosing block
             yield
             return
-        with self._lock:
+        with self._cond:
             self._expected += 1
         self._local.announced = True
         try:
             yield
         finally:
-            self._arrived()  # a request that found no fruit never submits
+            with self._cond:
+                self._arrived()  # a request that found no fruit never submits
 
     def _arrived(self) -> None:
+        """End this thread's announcement (call with the condition held)."""
         if getattr(self._local, "announced", False):
             self._local.announced = False
-            with self._lock:
-                self._expected -= 1
+            self._expected -= 1
+            if self._expected <= 0:
+                self._cond.notify()  # a worker waiting for company stops waiting
+
+    def queued(self) -> int:
+        """Requests waiting for inference."""
+        return len(self._items)
 
     def submit(self, model: OnnxDefectModel, batch: np.ndarray) -> ModelOutputs:
         """The model's outputs for a preprocessed batch, run together with whatever else is waiting."""
         fut: Future = Future()
-        self._arrived()
-        try:
-            self._q.put_nowait((batch, fut, model))
-        except queue.Full:
-            raise Overloaded(f"inference queue is full ({self._q.maxsize} waiting)") from None
-        QUEUE_DEPTH.set(self._q.qsize())
+        with self._cond:
+            self._arrived()
+            if len(self._items) >= self.max_queue:
+                raise Overloaded(f"inference queue is full ({self.max_queue} waiting)")
+            self._items.append((batch, fut, model))
+            depth = len(self._items)
+            self._cond.notify()
+        QUEUE_DEPTH.set(depth)
         return fut.result()
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                first = self._q.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            items = [first]
-            n = len(first[0])
+    def _next_batch(self) -> list[tuple[np.ndarray, Future, OnnxDefectModel]] | None:
+        """Everything already queued, up to max_batch crops; waits up to max_wait_ms for more only
+        while other requests are announced. None once closed."""
+        with self._cond:
+            while not self._items:
+                if self._stop:
+                    return None
+                self._cond.wait()
+            first = self._items.popleft()
+            items, n = [first], len(first[0])
             deadline = time.perf_counter() + self.max_wait_s
             while n < self.max_batch:
-                try:  # everything already waiting joins at once
-                    item = self._q.get_nowait()
-                except queue.Empty:
-                    left = deadline - time.perf_counter()
-                    if left <= 0 or self._expected <= 0:
-                        break  # nobody else is on the way: run now
-                    try:
-                        item = self._q.get(timeout=min(left, 0.001))
-                    except queue.Empty:
-                        continue
-                items.append(item)
-                n += len(item[0])
-            QUEUE_DEPTH.set(self._q.qsize())
+                if self._items:  # everything already waiting joins at once
+                    item = self._items.popleft()
+                    items.append(item)
+                    n += len(item[0])
+                    continue
+                left = deadline - time.perf_counter()
+                if left <= 0 or self._expected <= 0 or self._stop:
+                    break  # nobody else is on the way: run now
+                self._cond.wait(left)
+            depth = len(self._items)
+        QUEUE_DEPTH.set(depth)
+        return items
+
+    def _loop(self) -> None:
+        while (items := self._next_batch()) is not None:
             by_model: dict[int, list] = {}
             for it in items:
                 by_model.setdefault(id(it[2]), []).append(it)
@@ -121,7 +139,9 @@ class MicroBatcher:
             i += len(b)
 
     def close(self) -> None:
-        self._stop.set()
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
         self._worker.join(timeout=2)
 
 

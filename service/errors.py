@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import parse_qsl
 
 from fastapi import FastAPI, Request
 from pydantic import BaseModel, Field
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from grader.calibration import CalibrationFailed
 from grader.commodities import UnknownCommodity
@@ -88,14 +90,34 @@ def _body(code: str, message: str, field: str | None = None, **extra) -> dict:
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
+class RefuseControlCharacters:
+    """Paths and query values with control characters (NUL, newlines...) are refused with 422
+    before any route sees them: identifiers never carry them into the database, a file name or a log.
+    A plain ASGI middleware: the request body (a camera's upload) passes through untouched, without
+    the task and streams a BaseHTTPMiddleware puts around every request."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and _has_control_characters(scope):
+            body = _body("invalid_characters", "the path or query contains control characters", "path")
+            await JSONResponse(body, status_code=422)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def _has_control_characters(scope: Scope) -> bool:
+    if _CONTROL.search(scope.get("path", "")):
+        return True
+    query = scope.get("query_string", b"")
+    if not query:
+        return False
+    return any(_CONTROL.search(k) or _CONTROL.search(v) for k, v in parse_qsl(query.decode("latin-1"), keep_blank_values=True))
+
+
 def install(app: FastAPI) -> None:
-    @app.middleware("http")
-    async def _no_control_characters(request: Request, call_next):
-        """Paths and query values with control characters (NUL, newlines...) are refused before any
-        route sees them: identifiers never carry them into the database, a file name or a log."""
-        if _CONTROL.search(request.scope.get("path", "")) or any(_CONTROL.search(k) or _CONTROL.search(v) for k, v in request.query_params.multi_items()):
-            return JSONResponse(_body("invalid_characters", "the path or query contains control characters", "path"), status_code=422)
-        return await call_next(request)
+    app.add_middleware(RefuseControlCharacters)
 
     @app.exception_handler(ApiError)
     async def _api(_: Request, exc: ApiError) -> JSONResponse:

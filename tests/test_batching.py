@@ -69,6 +69,44 @@ def test_a_lone_request_is_not_held_for_company(model):
     b.close()
 
 
+def test_a_waiting_batch_runs_as_soon_as_the_last_announced_request_drops_out(model):
+    """Two requests announced; one submits, the other finds no fruit and never will: the batch
+    waiting for it (max_wait_ms 20 s) runs the moment its announcement ends, woken, not polled."""
+    b = MicroBatcher(max_batch=16, max_wait_ms=20_000)
+    served = ServingModel(model, b)
+    cs = crops(1)
+    measuring = threading.Event()
+    done = threading.Event()
+
+    def no_fruit():
+        with b.expecting():
+            measuring.set()
+            done.wait(timeout=30)  # still "measuring" until the other request has submitted
+
+    other = threading.Thread(target=no_fruit)
+    other.start()
+    measuring.wait(timeout=10)
+    got = []
+
+    def submit():
+        with b.expecting():
+            got.append(served.predict(cs))
+
+    submitter = threading.Thread(target=submit)
+    submitter.start()
+    deadline = time.monotonic() + 10
+    while b.queued() == 0 and time.monotonic() < deadline and not got:
+        time.sleep(0.01)
+    time.sleep(0.1)
+    assert not got  # held for the announced request's company
+    t0 = time.monotonic()
+    done.set()  # that request ends without submitting
+    submitter.join(timeout=10)
+    other.join(timeout=10)
+    assert got and time.monotonic() - t0 < 5
+    b.close()
+
+
 def test_full_queue_is_refused_at_once(model):
     b = MicroBatcher(max_queue=1)
     b.close()  # no worker: the queue fills
@@ -81,7 +119,7 @@ def test_full_queue_is_refused_at_once(model):
     with pytest.raises(Overloaded):
         served.predict(cs)
     assert time.perf_counter() - t0 < 0.5
-    _, fut, _ = b._q.get_nowait()
+    _, fut, _ = b._items.popleft()
     fut.set_exception(RuntimeError("released"))
 
 
@@ -99,12 +137,12 @@ def test_overloaded_service_answers_503_with_retry_after(settings):
         first = threading.Thread(target=lambda: c.post("/v1/grade", files=files, headers=headers()), daemon=True)
         first.start()
         deadline = time.time() + 10
-        while batcher._q.qsize() < 1 and time.time() < deadline:
+        while batcher.queued() < 1 and time.time() < deadline:
             time.sleep(0.05)
         r = c.post("/v1/grade", files=files, headers=headers())
         assert r.status_code == 503 and r.headers["Retry-After"] == "1"
         assert r.json()["error"]["code"] == "overloaded"
-        _, fut, _ = batcher._q.get_nowait()
+        _, fut, _ = batcher._items.popleft()
         fut.set_exception(RuntimeError("released"))
         first.join(timeout=10)
         assert c.get("/v1/results", headers=headers("inspector")).json()["items"] == []  # nothing half-stored

@@ -85,11 +85,6 @@ def _to_lab(image_rgb: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(image_rgb, cv2.COLOR_RGB2LAB).astype(np.float32)
 
 
-def _background_distance(lab: np.ndarray, params: SegmentationParams) -> np.ndarray:
-    """Per-pixel distance (ΔE-like, lightness half-weighted) to the nearest background colour."""
-    return _distance_to(lab, _background_colours(lab, params), np.array([0.5, 1.0, 1.0], dtype=np.float32))
-
-
 def _background_colours(lab: np.ndarray, params: SegmentationParams) -> np.ndarray:
     """The background's Lab colours, learned from the frame's border strip (k, 3)."""
     h, w = lab.shape[:2]

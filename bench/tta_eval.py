@@ -1,0 +1,86 @@
+"""Test-time augmentation, measured: does averaging a defect model's logits over the eight flips and
+quarter turns of each fruit crop (a fruit on a belt has no up and no handedness) sort the held-out
+fruit better than the one crop the service judges today?
+
+    .venv/bin/python bench/tta_eval.py [--model models/apple-defect/0.1.0] [--work-dir var/train/tta]
+
+Remakes the artifact's val and test crops exactly as training made them (training.train.load_data
+with the artifact's config.yaml; the first run builds the crop cache from ../shared/data, about a
+minute), runs the served ONNX graph on every view, and prints balanced accuracy and ROC AUC of
+sound vs defective for: the crop alone, the four flips (none, horizontal, vertical, both), and all
+eight symmetries of the square. Each way gets its own threshold, chosen on val as training chooses
+it (the largest keeping recall on defective fruit >= thresholds.min_recall_defective), then applied
+to test. Nothing here is used by the service: it is the measurement behind docs/defect_model.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from grader.defect import preprocess, softmax  # noqa: E402
+from service.onnx_model import OnnxDefectModel  # noqa: E402
+from training.metrics import auc, pick_threshold  # noqa: E402
+from training.train import is_defective, load_data  # noqa: E402
+
+#: the eight symmetries of a square crop (N, H, W, 3)
+VIEWS = {
+    "identity": lambda c: c,
+    "flip left-right": lambda c: c[:, :, ::-1],
+    "flip up-down": lambda c: c[:, ::-1],
+    "turn 180": lambda c: c[:, ::-1, ::-1],
+    "turn 90": lambda c: np.rot90(c, 1, axes=(1, 2)),
+    "turn 270": lambda c: np.rot90(c, 3, axes=(1, 2)),
+    "transpose": lambda c: np.transpose(c, (0, 2, 1, 3)),
+    "anti-transpose": lambda c: np.rot90(np.transpose(c, (0, 2, 1, 3)), 2, axes=(1, 2)),
+}
+WAYS = {"crop alone": ["identity"], "4 flips": ["identity", "flip left-right", "flip up-down", "turn 180"], "8 symmetries": list(VIEWS)}
+
+
+def logits_of(model: OnnxDefectModel, crops: np.ndarray, batch: int = 64) -> np.ndarray:
+    out = []
+    for i in range(0, len(crops), batch):
+        x = preprocess(list(crops[i : i + batch]), model.spec)
+        out.append(model.session.run([model.spec.output_name], {model.spec.input_name: x})[0])
+    return np.concatenate(out)
+
+
+def balanced(y: np.ndarray, called: np.ndarray) -> float:
+    return 0.5 * (float(called[y].mean()) + float((~called[~y]).mean()))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path, default=REPO / "models" / "apple-defect" / "0.1.0")
+    ap.add_argument("--work-dir", type=Path, default=REPO / "var" / "train" / "tta")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+
+    cfg = yaml.safe_load((args.model / "config.yaml").read_text())
+    crops, labels, _, _, _ = load_data(cfg, args.work_dir)
+    model = OnnxDefectModel(args.model, threads=args.threads)
+    sound = [i for i, c in enumerate(model.spec.classes) if c not in model.spec.defective_classes]
+    min_recall = float(cfg["thresholds"].get("min_recall_defective", 0.95))
+    logits = {split: {name: logits_of(model, np.ascontiguousarray(f(crops[split]))) for name, f in VIEWS.items()} for split in ("val", "test")}
+    y = {split: is_defective(labels[split], cfg).astype(bool) for split in ("val", "test")}
+    print(f"{args.model}: val {len(y['val'])} crops, test {len(y['test'])} crops; threshold per way from val (recall defective >= {min_recall:g})")
+    print(f"{'views averaged':<14} {'val bal.acc':>11} {'val AUC':>8} {'test bal.acc':>12} {'test AUC':>9} {'test recall def':>16} {'threshold':>10}")
+    for way, names in WAYS.items():
+        score = {split: 1.0 - softmax(np.mean([logits[split][n] for n in names], axis=0), model.spec.temperature)[:, sound].sum(axis=1)
+                 for split in ("val", "test")}
+        t = pick_threshold(y["val"].astype(int), score["val"], min_recall)
+        called = {split: score[split] >= t for split in score}
+        print(f"{way:<14} {balanced(y['val'], called['val']):>11.3f} {auc(y['val'].astype(int), score['val']):>8.3f} "
+              f"{balanced(y['test'], called['test']):>12.3f} {auc(y['test'].astype(int), score['test']):>9.3f} "
+              f"{float(called['test'][y['test']].mean()):>16.3f} {t:>10.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -52,6 +52,40 @@ def logits_of(model: OnnxDefectModel, crops: np.ndarray, batch: int = 64) -> np.
     return np.concatenate(out)
 
 
+#: the same symmetries on a preprocessed (N, 3, H, W) batch, as a service would take them (one resize
+#: and normalisation per fruit, then flips and transposes of the tensor)
+TENSOR_VIEWS = {
+    "identity": lambda x: x,
+    "flip left-right": lambda x: x[..., ::-1],
+    "flip up-down": lambda x: x[..., ::-1, :],
+    "turn 180": lambda x: x[..., ::-1, ::-1],
+    "turn 90": lambda x: np.rot90(x, 1, axes=(2, 3)),
+    "turn 270": lambda x: np.rot90(x, 3, axes=(2, 3)),
+    "transpose": lambda x: np.swapaxes(x, 2, 3),
+    "anti-transpose": lambda x: np.rot90(np.swapaxes(x, 2, 3), 2, axes=(2, 3)),
+}
+
+
+def cpu_ms_per_fruit(model: OnnxDefectModel, crops: np.ndarray, repeats: int = 20) -> dict[int, float]:
+    """Process CPU milliseconds per fruit to preprocess ``crops`` once, take 1, 4 or 8 views of the
+    batch and run them as one call."""
+    import time
+
+    out = {}
+    for n, names in ((1, WAYS["crop alone"]), (4, WAYS["4 flips"]), (8, WAYS["8 symmetries"])):
+        def once() -> None:
+            x = preprocess(list(crops), model.spec)
+            views = np.ascontiguousarray(np.concatenate([TENSOR_VIEWS[name](x) for name in names]))
+            model.session.run([model.spec.output_name], {model.spec.input_name: views})
+
+        once()  # warm
+        t0 = time.process_time()
+        for _ in range(repeats):
+            once()
+        out[n] = 1000 * (time.process_time() - t0) / (repeats * len(crops))
+    return out
+
+
 def balanced(y: np.ndarray, called: np.ndarray) -> float:
     return 0.5 * (float(called[y].mean()) + float((~called[~y]).mean()))
 
@@ -60,7 +94,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, default=REPO / "models" / "apple-defect" / "0.1.0")
     ap.add_argument("--work-dir", type=Path, default=REPO / "var" / "train" / "tta")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (1: as each worker of `grader serve --workers 2` on 2 cores)")
     args = ap.parse_args()
 
     cfg = yaml.safe_load((args.model / "config.yaml").read_text())
@@ -71,6 +105,9 @@ def main() -> None:
     logits = {split: {name: logits_of(model, np.ascontiguousarray(f(crops[split]))) for name, f in VIEWS.items()} for split in ("val", "test")}
     y = {split: is_defective(labels[split], cfg).astype(bool) for split in ("val", "test")}
     print(f"{args.model}: val {len(y['val'])} crops, test {len(y['test'])} crops; threshold per way from val (recall defective >= {min_recall:g})")
+    per_fruit = cpu_ms_per_fruit(model, np.ascontiguousarray(crops["val"][:16]))
+    print("CPU per fruit, ONNX Runtime on " + str(args.threads) + " thread(s), 16 fruit per call (preprocessing included): "
+          + ", ".join(f"{n} view{'s' if n > 1 else ''} {ms:.2f} ms" for n, ms in per_fruit.items()))
     print(f"{'views averaged':<14} {'val bal.acc':>11} {'val AUC':>8} {'test bal.acc':>12} {'test AUC':>9} {'test recall def':>16} {'threshold':>10}")
     for way, names in WAYS.items():
         score = {split: 1.0 - softmax(np.mean([logits[split][n] for n in names], axis=0), model.spec.temperature)[:, sound].sum(axis=1)

@@ -27,21 +27,20 @@ sys.path.insert(0, str(REPO))
 
 from grader.defect import preprocess, softmax  # noqa: E402
 from service.onnx_model import OnnxDefectModel  # noqa: E402
-from training.metrics import auc, pick_threshold  # noqa: E402
+from training.metrics import binary_report, pick_threshold  # noqa: E402
 from training.train import is_defective, load_data  # noqa: E402
 
-#: the eight symmetries of a square crop (N, H, W, 3)
-VIEWS = {
-    "identity": lambda c: c,
-    "flip left-right": lambda c: c[:, :, ::-1],
-    "flip up-down": lambda c: c[:, ::-1],
-    "turn 180": lambda c: c[:, ::-1, ::-1],
-    "turn 90": lambda c: np.rot90(c, 1, axes=(1, 2)),
-    "turn 270": lambda c: np.rot90(c, 3, axes=(1, 2)),
-    "transpose": lambda c: np.transpose(c, (0, 2, 1, 3)),
-    "anti-transpose": lambda c: np.rot90(np.transpose(c, (0, 2, 1, 3)), 2, axes=(1, 2)),
-}
-WAYS = {"crop alone": ["identity"], "4 flips": ["identity", "flip left-right", "flip up-down", "turn 180"], "8 symmetries": list(VIEWS)}
+def symmetries(x: np.ndarray, axes: tuple[int, int]) -> dict[str, np.ndarray]:
+    """The eight symmetries of the square image(s) in ``x`` whose rows and columns are ``axes``:
+    (1, 2) for crops (N, H, W, 3), (2, 3) for a preprocessed batch (N, 3, H, W). Views, no copies."""
+    h, w = axes
+    t = np.swapaxes(x, h, w)
+    return {"identity": x, "flip left-right": np.flip(x, w), "flip up-down": np.flip(x, h), "turn 180": np.flip(x, axes),
+            "turn 90": np.rot90(x, 1, axes), "turn 270": np.rot90(x, 3, axes), "transpose": t, "anti-transpose": np.flip(t, axes)}
+
+
+WAYS = {"crop alone": ["identity"], "4 flips": ["identity", "flip left-right", "flip up-down", "turn 180"],
+        "8 symmetries": ["identity", "flip left-right", "flip up-down", "turn 180", "turn 90", "turn 270", "transpose", "anti-transpose"]}
 
 
 def logits_of(model: OnnxDefectModel, crops: np.ndarray, batch: int = 64) -> np.ndarray:
@@ -52,20 +51,6 @@ def logits_of(model: OnnxDefectModel, crops: np.ndarray, batch: int = 64) -> np.
     return np.concatenate(out)
 
 
-#: the same symmetries on a preprocessed (N, 3, H, W) batch, as a service would take them (one resize
-#: and normalisation per fruit, then flips and transposes of the tensor)
-TENSOR_VIEWS = {
-    "identity": lambda x: x,
-    "flip left-right": lambda x: x[..., ::-1],
-    "flip up-down": lambda x: x[..., ::-1, :],
-    "turn 180": lambda x: x[..., ::-1, ::-1],
-    "turn 90": lambda x: np.rot90(x, 1, axes=(2, 3)),
-    "turn 270": lambda x: np.rot90(x, 3, axes=(2, 3)),
-    "transpose": lambda x: np.swapaxes(x, 2, 3),
-    "anti-transpose": lambda x: np.rot90(np.swapaxes(x, 2, 3), 2, axes=(2, 3)),
-}
-
-
 def cpu_ms_per_fruit(model: OnnxDefectModel, crops: np.ndarray, repeats: int = 20) -> dict[int, float]:
     """Process CPU milliseconds per fruit to preprocess ``crops`` once, take 1, 4 or 8 views of the
     batch and run them as one call."""
@@ -74,8 +59,8 @@ def cpu_ms_per_fruit(model: OnnxDefectModel, crops: np.ndarray, repeats: int = 2
     out = {}
     for n, names in ((1, WAYS["crop alone"]), (4, WAYS["4 flips"]), (8, WAYS["8 symmetries"])):
         def once() -> None:
-            x = preprocess(list(crops), model.spec)
-            views = np.ascontiguousarray(np.concatenate([TENSOR_VIEWS[name](x) for name in names]))
+            every = symmetries(preprocess(list(crops), model.spec), (2, 3))  # one resize per fruit, then the tensor turned
+            views = np.ascontiguousarray(np.concatenate([every[name] for name in names]))
             model.session.run([model.spec.output_name], {model.spec.input_name: views})
 
         once()  # warm
@@ -84,10 +69,6 @@ def cpu_ms_per_fruit(model: OnnxDefectModel, crops: np.ndarray, repeats: int = 2
             once()
         out[n] = 1000 * (time.process_time() - t0) / (repeats * len(crops))
     return out
-
-
-def balanced(y: np.ndarray, called: np.ndarray) -> float:
-    return 0.5 * (float(called[y].mean()) + float((~called[~y]).mean()))
 
 
 def main() -> None:
@@ -102,8 +83,9 @@ def main() -> None:
     model = OnnxDefectModel(args.model, threads=args.threads)
     sound = [i for i, c in enumerate(model.spec.classes) if c not in model.spec.defective_classes]
     min_recall = float(cfg["thresholds"].get("min_recall_defective", 0.95))
-    logits = {split: {name: logits_of(model, np.ascontiguousarray(f(crops[split]))) for name, f in VIEWS.items()} for split in ("val", "test")}
-    y = {split: is_defective(labels[split], cfg).astype(bool) for split in ("val", "test")}
+    logits = {split: {name: logits_of(model, np.ascontiguousarray(v)) for name, v in symmetries(crops[split], (1, 2)).items()}
+              for split in ("val", "test")}
+    y = {split: is_defective(labels[split], cfg) for split in ("val", "test")}
     print(f"{args.model}: val {len(y['val'])} crops, test {len(y['test'])} crops; threshold per way from val (recall defective >= {min_recall:g})")
     per_fruit = cpu_ms_per_fruit(model, np.ascontiguousarray(crops["val"][:16]))
     print("CPU per fruit, ONNX Runtime on " + str(args.threads) + " thread(s), 16 fruit per call (preprocessing included): "
@@ -112,11 +94,10 @@ def main() -> None:
     for way, names in WAYS.items():
         score = {split: 1.0 - softmax(np.mean([logits[split][n] for n in names], axis=0), model.spec.temperature)[:, sound].sum(axis=1)
                  for split in ("val", "test")}
-        t = pick_threshold(y["val"].astype(int), score["val"], min_recall)
-        called = {split: score[split] >= t for split in score}
-        print(f"{way:<14} {balanced(y['val'], called['val']):>11.3f} {auc(y['val'].astype(int), score['val']):>8.3f} "
-              f"{balanced(y['test'], called['test']):>12.3f} {auc(y['test'].astype(int), score['test']):>9.3f} "
-              f"{float(called['test'][y['test']].mean()):>16.3f} {t:>10.3f}")
+        t = pick_threshold(y["val"], score["val"], min_recall)
+        val, test = (binary_report(y[split], score[split], t) for split in ("val", "test"))
+        print(f"{way:<14} {val['balanced_accuracy']:>11.3f} {val['auc']:>8.3f} {test['balanced_accuracy']:>12.3f} {test['auc']:>9.3f} "
+              f"{test['recall_defective']:>16.3f} {t:>10.3f}")
 
 
 if __name__ == "__main__":

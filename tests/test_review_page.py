@@ -114,6 +114,8 @@ def test_inspector_works_the_queue_with_the_keyboard(server, browser):
         assert page.inner_text("#count-total") == "3"
         assert API_KEYS["inspector"] not in page.url  # the key lives in the tab's session storage, never in the URL
         assert page.evaluate("sessionStorage.getItem('grader.key')") == API_KEYS["inspector"]
+        # the list can be drawn before the claimed fruit's details: wait for them, never read too early
+        page.wait_for_selector("#flags li")
         assert "uncalibrated" in page.inner_text("#flags")
         assert "mm" in page.inner_text("#measurements") or "uncalibrated" in page.inner_text("#measurements")
         assert page.is_visible("#keys") and "Enter" in page.inner_text("#keys")  # shortcuts are shown

@@ -7,8 +7,8 @@ fruit better than the one crop the service judges today?
 Remakes the artifact's val and test crops exactly as training made them (training.train.load_data
 with the artifact's config.yaml; the first run builds the crop cache from ../shared/data, about a
 minute), runs the served ONNX graph on every view, and prints balanced accuracy and ROC AUC of
-sound vs defective for: the crop alone, the four flips (none, horizontal, vertical, both), and all
-eight symmetries of the square. Each way gets its own threshold, chosen on val as training chooses
+sound vs defective for: the crop alone, the four flips (none, horizontal, vertical, both), the four
+quarter turns, and all eight symmetries of the square. Each way gets its own threshold, chosen on val as training chooses
 it (the largest keeping recall on defective fruit >= thresholds.min_recall_defective), then applied
 to test. Nothing here is used by the service: it is the measurement behind docs/defect_model.md.
 """
@@ -40,6 +40,7 @@ def symmetries(x: np.ndarray, axes: tuple[int, int]) -> dict[str, np.ndarray]:
 
 
 WAYS = {"crop alone": ["identity"], "4 flips": ["identity", "flip left-right", "flip up-down", "turn 180"],
+        "4 turns": ["identity", "turn 90", "turn 180", "turn 270"],
         "8 symmetries": ["identity", "flip left-right", "flip up-down", "turn 180", "turn 90", "turn 270", "transpose", "anti-transpose"]}
 
 
@@ -81,6 +82,8 @@ def main() -> None:
     cfg = yaml.safe_load((args.model / "config.yaml").read_text())
     crops, labels, _, _, _ = load_data(cfg, args.work_dir)
     model = OnnxDefectModel(args.model, threads=args.threads)
+    if model.spec.test_time_views > 1:
+        sys.exit(f"{args.model}: its graph already averages {model.spec.test_time_views} views of the crop; measure a single-view artifact")
     sound = [i for i, c in enumerate(model.spec.classes) if c not in model.spec.defective_classes]
     min_recall = float(cfg["thresholds"].get("min_recall_defective", 0.95))
     logits = {split: {name: logits_of(model, np.ascontiguousarray(v)) for name, v in symmetries(crops[split], (1, 2)).items()}

@@ -50,6 +50,10 @@ class ModelSpec:
     #: per-crop colour normalisation of the fruit pixels (``preprocessing.colour_normalise``), applied
     #: by :func:`preprocess` after resizing; None (the key absent): none
     colour_normalise: ColourNormalise | None = None
+    #: how many symmetries of the crop the graph itself averages its logits over
+    #: (``preprocessing.test_time_views.count``; training/views.py); nothing to do for serving, which
+    #: runs the graph as it is, but every decision of the model is that average
+    test_time_views: int = 1
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
@@ -75,6 +79,7 @@ class ModelSpec:
                 review_band=(float(thr.get("review_band", [0.3, 0.7])[0]), float(thr.get("review_band", [0.3, 0.7])[1])),
                 crop_margin_frac=float(pre.get("crop_margin_frac", 0.08)),
                 colour_normalise=None if norm is None else ColourNormalise.from_dict(norm),
+                test_time_views=int((pre.get("test_time_views") or {}).get("count", 1)),
                 ood_energy_threshold=None if thr.get("ood_energy") is None else float(thr["ood_energy"]),
                 ood_distance_threshold=None if thr.get("ood_distance") is None else float(thr["ood_distance"]),
                 ood_distance_early_threshold=None if thr.get("ood_distance_early") is None else float(thr["ood_distance_early"]),

@@ -23,7 +23,8 @@ def tiny_artifact(tmp_path_factory):
     cfg = train.load_config(
         train.DEFAULT_CONFIG,
         ["data.kind=synthetic", "data.n=48", "data.cache_size=96", "train.epochs=1", "train.batch_size=16",
-         "model.arch=small_fruitnet", "model.input_size=64", "name=tiny-test", "version=0.0.1"],
+         "model.arch=small_fruitnet", "model.input_size=64", "name=tiny-test", "version=0.0.1",
+         "model.test_time_views=1"],  # the crop alone: these tests compare the graph with the torch network itself
     )
     meta = train.run(cfg, out, work)
     return out, work, cfg, meta
@@ -85,7 +86,8 @@ def test_colour_normalised_artifact_serves_what_torch_computes(tmp_path_factory)
     cfg = train.load_config(
         train.DEFAULT_CONFIG,
         ["data.kind=synthetic", "data.n=48", "data.cache_size=96", "train.epochs=1", "train.batch_size=16",
-         "model.arch=small_fruitnet", "model.input_size=64", "name=tiny-norm", "version=0.0.1", "model.colour_normalise=reinhard-lab"],
+         "model.arch=small_fruitnet", "model.input_size=64", "name=tiny-norm", "version=0.0.1", "model.colour_normalise=reinhard-lab",
+         "model.test_time_views=1"],
     )
     meta = train.run(cfg, out, work)
     norm = json.loads((out / "metadata.json").read_text())["preprocessing"]["colour_normalise"]
@@ -495,3 +497,91 @@ def test_artifact_with_the_pooled_distance_only_still_serves(tiny_artifact, tmp_
     (old / "metadata.json").write_text(json.dumps(m))
     with pytest.raises(InvalidModelArtifact, match="ood_distance_early"):
         OnnxDefectModel(old, threads=1)
+
+
+def test_test_time_views_live_in_the_graph_and_equal_torch(tmp_path_factory):
+    """model.test_time_views: the served graph averages the logits over turns of the crop, exactly
+    as torch's ViewAverage does (calibration and thresholds were taken on it), its decision does not
+    change when the crop is turned, and the defect map still reads the crop as given."""
+    import onnx
+    import onnxruntime as ort
+
+    from service.onnx_model import OnnxDefectModel
+    from training import train
+    from training.models_registry import build_model
+    from training.views import ViewAverage, add_views, numpy_view
+
+    out, work = tmp_path_factory.mktemp("artifact-views"), tmp_path_factory.mktemp("work-views")
+    cfg = train.load_config(
+        train.DEFAULT_CONFIG,
+        ["data.kind=synthetic", "data.n=48", "data.cache_size=96", "train.epochs=1", "train.batch_size=16",
+         "model.arch=small_fruitnet", "model.input_size=64", "name=tiny-views", "version=0.0.1", "model.test_time_views=4"],
+    )
+    meta = train.run(cfg, out, work)
+    assert meta["preprocessing"]["test_time_views"]["count"] == 4
+    assert meta["preprocessing"]["test_time_views"]["views"] == ["identity", "turn 90", "turn 180", "turn 270"]
+    check = meta["metrics"]["onnx_check"]
+    assert check["max_abs_diff_scores"] < 1e-4 and check["views"]["max_abs_diff_logits"] < 1e-5
+
+    served = OnnxDefectModel(out, threads=1)
+    assert served.spec.test_time_views == 4 and served.check_parity() < 1e-4
+    model = build_model("small_fruitnet", 2)
+    model.load_state_dict(torch.load(work / "best.pt"))
+    model.eval()
+    crops = _val_crops(cfg)[:6] + list(non_fruit_images().values())
+    batch = preprocess(crops, served.spec)
+    with torch.no_grad():
+        averaged = ViewAverage(model, 4)(torch.from_numpy(batch)).numpy()
+        single = model(torch.from_numpy(batch)).numpy()
+    ref = softmax(averaged.astype(np.float64), served.spec.temperature)[:, 1]
+    got = np.array([e.score for e in served.predict(crops)])
+    assert np.abs(ref - got).max() < 1e-4
+    sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    a, map_a = sess.run(["logits", "defect_map"], {"input": batch})
+    # the average is what is served, not the crop alone (a one-epoch model moves little under turns)
+    assert np.abs(a - single).max() > 10 * max(np.abs(a - averaged).max(), 1e-7)
+    # turning the crop a quarter turn changes nothing; the map is always the crop's own as given
+    turned = np.ascontiguousarray(numpy_view(batch, "turn 90"))
+    b, map_b = sess.run(["logits", "defect_map"], {"input": turned})
+    assert np.abs(a - b).max() < 1e-5
+    assert np.abs(map_a - _torch_defect_map(model, batch, served.spec.temperature, [1])).max() < 1e-4
+    assert np.abs(map_b - _torch_defect_map(model, turned, served.spec.temperature, [1])).max() < 1e-4
+    # the edit is refused twice over, and for a view count that is not a set of symmetries
+    with pytest.raises(ValueError, match="already averages"):
+        add_views(onnx.load(str(out / "model.onnx")), 4)
+    with pytest.raises(ValueError, match="one of"):
+        train.run(train.load_config(train.DEFAULT_CONFIG, ["data.kind=synthetic", "model.test_time_views=3"]), tmp_path_factory.mktemp("x"),
+                  tmp_path_factory.mktemp("y"))
+
+
+def test_views_derived_from_an_existing_artifact_equal_torch(tiny_artifact, tmp_path):
+    """python -m training.views: an artifact's own network with its logits averaged over the views,
+    calibrated again on its val crops; what it serves is torch's average at the new temperature,
+    the map is the crop's own at that temperature, and its parity record holds."""
+    from service.onnx_model import OnnxDefectModel
+    from training import views
+
+    out, work, cfg, meta = tiny_artifact
+    model, _ = _torch_and_served(tiny_artifact)
+    assert views.main([str(out), "--views", "4", "--version", "0.0.2", "--out", str(tmp_path / "d"), "--work-dir", str(work)]) == 0
+    derived = json.loads((tmp_path / "d" / "metadata.json").read_text())
+    assert derived["version"] == "0.0.2" and derived["derived_from"]["artifact"] == "tiny-test@0.0.1"
+    assert derived["config"]["model"]["test_time_views"] == 4 and derived["preprocessing"]["test_time_views"]["count"] == 4
+    assert derived["outputs"]["defect_map"]["temperature"] == derived["calibration"]["temperature"]
+    assert derived["thresholds"]["ood_distance"] == meta["thresholds"]["ood_distance"]  # the distances read the crop as given
+    served = OnnxDefectModel(tmp_path / "d", threads=1)
+    assert served.check_parity() < 1e-4
+    crops = _val_crops(cfg)[:6]
+    batch = preprocess(crops, served.spec)
+    with torch.no_grad():
+        from training.views import ViewAverage
+
+        ref = softmax(ViewAverage(model, 4)(torch.from_numpy(batch)).numpy().astype(np.float64), served.spec.temperature)[:, 1]
+    ev = served.predict(crops)
+    assert np.abs(ref - np.array([e.score for e in ev])).max() < 1e-4
+    assert np.abs(served.run(batch).defect_map - _torch_defect_map(model, batch, served.spec.temperature, [1])).max() < 1e-4
+    # the figures are the derived graph's: the val threshold obeys the config's rule on them
+    assert derived["metrics"]["val"]["recall_defective"] >= float(cfg["thresholds"]["min_recall_defective"]) - 1e-9
+    # a derived artifact is not derived again; nothing is written
+    assert views.main([str(tmp_path / "d"), "--views", "4", "--version", "0.0.3", "--out", str(tmp_path / "e"), "--work-dir", str(work)]) == 2
+    assert not (tmp_path / "e").exists()

@@ -535,6 +535,10 @@ def explain_artifact(artifact: Path, work_dir: Path, write: bool = False, out=sy
     meta = json.loads(meta_path.read_text())
     cfg = yaml.safe_load((artifact / "config.yaml").read_text())
     spec = ModelSpec.from_metadata(meta)
+    if spec.test_time_views > 1:
+        print(f"{artifact}: its graph averages {spec.test_time_views} views of the crop (training/views.py); the outputs are "
+              "added before the views, by `grader train`; nothing written", file=sys.stderr)
+        return 2
     data = train.load_data(cfg, work_dir)
     crops, labels = data[0], data[1]
     r = recompute(artifact, work_dir, data)

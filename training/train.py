@@ -23,6 +23,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+import onnx
 import torch
 import yaml
 from torch import nn
@@ -39,6 +40,8 @@ from training.crops import load_rgb
 from training.export import INPUT_NAME, OUTPUT_NAME, check_export, export_onnx, parity_record
 from training.metrics import auc, binary_report, expected_calibration_error, fit_temperature, pick_threshold
 from training.models_registry import build_model
+from training.views import ViewAverage, add_views, check_views, view_names
+from training.views import metadata_record as views_record
 
 CLASSES = ["sound", "defective"]  # the default classes (model.classes in a config overrides them)
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "apple_defect.yaml"
@@ -350,6 +353,7 @@ def spec_for(cfg: dict[str, Any], temperature: float = 1.0, threshold: float = 0
 
 def run(cfg: dict[str, Any], out_dir: Path, work_dir: Path, resume: bool = False) -> dict[str, Any]:
     t_start = time.time()
+    view_names(int(cfg["model"].get("test_time_views", 1)))  # a bad count fails now, not after training
     seed_everything(int(cfg["seed"]))
     torch.set_num_threads(int(cfg["train"].get("num_threads", 2)))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -486,13 +490,14 @@ def _json_safe(x: Any) -> Any:
     return x
 
 
-def finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, history, best_epoch, train_seconds, train_crops) -> dict[str, Any]:
-    """Calibrate and pick thresholds on val, evaluate on test, export (with the explanation outputs
-    of training/explain.py, fitted on ``train_crops``), check, write metadata."""
-    classes, defective = classes_of(cfg), defective_of(cfg)
-    multi = len(defective) > 1
+def calibrate(cfg: dict[str, Any], logits: dict[str, np.ndarray], labels: dict[str, np.ndarray], sessions: dict[str, list[str]]) -> dict[str, Any]:
+    """Everything the artifact decides from its logits: the temperature fitted on val, the
+    defective threshold and review band by the config's rule on val, the energy threshold for
+    out-of-distribution, and the figures of every split (``logits`` holds val and the other
+    evaluated splits). Training calls it on torch's logits, training/views.py on a graph's."""
     group_key = cfg["data"].get("report_by", "session")  # "source" for citrus: per-source figures
-    val_logits = predict_logits(model, eval_batches["val"])
+    multi = len(defective_of(cfg)) > 1
+    val_logits = logits["val"]
     temperature = fit_temperature(val_logits, labels["val"])
     val_scores = _scores(val_logits, temperature, cfg)
     # out of distribution: a crop whose energy (grader.defect.energy at the calibrated temperature,
@@ -517,17 +522,16 @@ def finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, history,
     m = float(th["review_margin"])
     band = (threshold * (1 - m), threshold + m * (1 - threshold))
 
-    metrics: dict[str, Any] = {"best_epoch": best_epoch, "train_seconds": round(train_seconds, 1)}
-    for split in eval_batches:
-        logits = predict_logits(model, eval_batches[split])
-        s_raw, s_cal = _scores(logits, 1.0, cfg), _scores(logits, temperature, cfg)
+    metrics: dict[str, Any] = {}
+    for split, split_logits in logits.items():
+        s_raw, s_cal = _scores(split_logits, 1.0, cfg), _scores(split_logits, temperature, cfg)
         y = is_defective(labels[split], cfg)
         rep = binary_report(y, s_cal, threshold)
         rep["ece_before"] = expected_calibration_error(y, s_raw)
         rep["ece_after"] = expected_calibration_error(y, s_cal)
-        rep["ood_share"] = float((energy(logits, temperature) > ood_threshold).mean())
+        rep["ood_share"] = float((energy(split_logits, temperature) > ood_threshold).mean())
         if multi:
-            rep["types"] = type_report(labels[split], logits, cfg)
+            rep["types"] = type_report(labels[split], split_logits, cfg)
         per_group = {}
         for sess in sorted(set(sessions[split])):
             idx = np.array([i for i, s in enumerate(sessions[split]) if s == sess])
@@ -535,9 +539,30 @@ def finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, history,
             if group_key != "session":
                 per_group[sess]["auc"] = auc(y[idx], s_cal[idx])
             if multi:
-                per_group[sess]["types"] = type_report(labels[split][idx], logits[idx], cfg)
+                per_group[sess]["types"] = type_report(labels[split][idx], split_logits[idx], cfg)
         rep[f"per_{group_key}"] = per_group
         metrics[split] = rep
+    return {"temperature": temperature, "threshold": threshold, "band": band, "rule": rule, "ood_threshold": ood_threshold,
+            "ood_rule": (f"quantile {ood_q:g} of the val crops' energy -T*logsumexp(logits/T) "
+                         "at the calibration temperature T; above it a crop is out of distribution"),
+            "metrics": metrics}
+
+
+def finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, history, best_epoch, train_seconds, train_crops) -> dict[str, Any]:
+    """Calibrate and pick thresholds on val, evaluate on test, export (with the explanation outputs
+    of training/explain.py, fitted on ``train_crops``), check, write metadata."""
+    classes, defective = classes_of(cfg), defective_of(cfg)
+    multi = len(defective) > 1
+    group_key = cfg["data"].get("report_by", "session")  # "source" for citrus: per-source figures
+    # test-time views (training/views.py): the served graph averages the logits over turns of the
+    # crop, so calibration, thresholds and every figure are taken on that average (the epoch was
+    # chosen on the crop alone, as every epoch is validated)
+    views = int(cfg["model"].get("test_time_views", 1))
+    judge = ViewAverage(model, views)
+    logits = {split: predict_logits(judge, eval_batches[split]) for split in eval_batches}
+    cal = calibrate(cfg, logits, labels, sessions)
+    temperature, threshold, band, metrics = cal["temperature"], cal["threshold"], cal["band"], cal["metrics"]
+    metrics = {"best_epoch": best_epoch, "train_seconds": round(train_seconds, 1), **metrics}
 
     export_onnx(model, out_dir / "model.onnx", int(cfg["model"]["input_size"]))
     spec = spec_for(cfg, temperature, threshold, band)
@@ -546,6 +571,13 @@ def finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, history,
     explained = explain.add_outputs(out_dir / "model.onnx", out_dir / "model.onnx", spec, train_crops, labels["train"], eval_batches["val"],
                                     float(cfg["thresholds"].get("ood_distance_quantile", 0.99)),
                                     early_block=explain.early_block_of(cfg))
+    view_check = None
+    if views > 1:
+        single = onnx.load(str(out_dir / "model.onnx"))
+        averaged = add_views(single, views, INPUT_NAME, OUTPUT_NAME)
+        extras = [o.name for o in single.graph.output if o.name != OUTPUT_NAME]
+        view_check = check_views(single, averaged, eval_batches["val"][:16], views, extras, INPUT_NAME, OUTPUT_NAME)
+        onnx.save(averaged, str(out_dir / "model.onnx"))
     distance_shares = {"val": float((explained.val_distances > explained.threshold).mean())}
     early = explained.early
     early_shares = {} if early is None else {"val": float((early.val_distances > early.threshold).mean())}
@@ -557,8 +589,10 @@ def finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, history,
             if early is not None:
                 early_shares[split] = float((dist_early[0] > early.threshold).mean())
     check_batch = eval_batches["test"][:32]
-    metrics["onnx_check"] = check_export(model, out_dir / "model.onnx", check_batch, temperature)
-    parity = parity_record(model, int(cfg["model"]["input_size"]))
+    metrics["onnx_check"] = check_export(judge, out_dir / "model.onnx", check_batch, temperature)
+    if view_check is not None:
+        metrics["onnx_check"]["views"] = view_check
+    parity = parity_record(judge, int(cfg["model"]["input_size"]))
     meta = {
         "name": cfg["name"],
         "version": str(cfg["version"]),
@@ -580,13 +614,14 @@ def finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, history,
             "crop_margin_frac": spec.crop_margin_frac,
             "resize": "cv2 INTER_AREA (downscale) / INTER_LINEAR (upscale)",
             **({} if spec.colour_normalise is None else {"colour_normalise": spec.colour_normalise.to_dict()}),
+            **({} if views == 1 else {"test_time_views": views_record(views)}),
         },
         "calibration": {"method": "temperature scaling on val", "temperature": temperature},
         "thresholds": {
             "defective": threshold,
             "review_band": list(band),
             "chosen_on": "val",
-            "rule": rule,
+            "rule": cal["rule"],
         },
         "metrics": metrics,
         "history": history,
@@ -601,9 +636,8 @@ def finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, history,
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "config": cfg,
     }
-    meta["thresholds"]["ood_energy"] = ood_threshold
-    meta["thresholds"]["ood_energy_rule"] = (f"quantile {ood_q:g} of the val crops' energy -T*logsumexp(logits/T) "
-                                            "at the calibration temperature T; above it a crop is out of distribution")
+    meta["thresholds"]["ood_energy"] = cal["ood_threshold"]
+    meta["thresholds"]["ood_energy_rule"] = cal["ood_rule"]
     explain.update_metadata(meta, explained, distance_shares, early_shares=early_shares)
     meta = _json_safe(meta)
     ModelSpec.from_metadata(meta)  # the artifact must load the way serving loads it

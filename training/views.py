@@ -1,0 +1,359 @@
+"""Test-time views: a defect model that averages its logits over symmetries of the fruit crop.
+
+A fruit on a belt has no up and no handedness, so the model's opinion of it should not depend on
+how the crop happens to be turned; trained with flips and rotations, a network still moves a little
+under them, and the average over the views of one crop is a steadier opinion (bench/tta_eval.py
+measured it; docs/defect_model.md has the figures).
+
+The views live **inside the ONNX graph** (:func:`add_views`), so everything that runs the artifact —
+the service, ``grader evaluate``, ``grader compare``, the benchmarks — computes the same average
+without knowing about it: the graph stacks the views of its input batch (N crops -> V·N rows), runs
+the network once on them, and returns the mean of the V logits of each crop. The extra outputs of
+training/explain.py (``defect_map``, ``ood_distance``, ``ood_distance_early``) read the crop as given
+(the first N rows), so the map is drawn over the picture the inspector sees. Torch computes the same
+average with :class:`ViewAverage`: training calibrates and picks thresholds on it, and the export is
+checked against it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+#: the views, in graph order; a model with V views uses the first V of the list that V names
+SYMMETRIES = ("identity", "turn 90", "turn 180", "turn 270", "flip left-right", "flip up-down", "transpose", "anti-transpose")
+VIEW_SETS = {1: SYMMETRIES[:1], 4: SYMMETRIES[:4], 8: SYMMETRIES}
+PREFIX = "views__"
+
+
+def view_names(views: int) -> tuple[str, ...]:
+    if views not in VIEW_SETS:
+        raise ValueError(f"test-time views must be one of {sorted(VIEW_SETS)} (the crop alone, its four quarter turns, "
+                         f"or all eight symmetries of the square), got {views!r}")
+    return VIEW_SETS[views]
+
+
+def numpy_view(x: np.ndarray, name: str) -> np.ndarray:
+    """One symmetry of a batch (N, C, H, W) of square images, rows and columns being axes 2 and 3."""
+    t = np.swapaxes(x, 2, 3)
+    return {"identity": x, "turn 90": np.rot90(x, 1, (2, 3)), "turn 180": np.flip(x, (2, 3)), "turn 270": np.rot90(x, 3, (2, 3)),
+            "flip left-right": np.flip(x, 3), "flip up-down": np.flip(x, 2), "transpose": t, "anti-transpose": np.flip(t, (2, 3))}[name]
+
+
+def views_of(meta: dict[str, Any]) -> int:
+    """How many views an artifact's graph averages (1 for an artifact without the record)."""
+    return int((meta.get("preprocessing", {}).get("test_time_views") or {}).get("count", 1))
+
+
+def metadata_record(views: int) -> dict[str, Any]:
+    return {
+        "count": views,
+        "views": list(view_names(views)),
+        "where": "inside model.onnx (training/views.py): the graph stacks these views of each preprocessed crop, runs the network "
+                 "once and returns the mean of their logits; defect_map and the ood distances read the crop as given",
+    }
+
+
+# ----------------------------------------------------------------------------- torch
+def torch_view(x, name: str):
+    import torch
+
+    t = x.transpose(2, 3)
+    return {"identity": lambda: x, "turn 90": lambda: torch.rot90(x, 1, (2, 3)), "turn 180": lambda: torch.flip(x, (2, 3)),
+            "turn 270": lambda: torch.rot90(x, 3, (2, 3)), "flip left-right": lambda: torch.flip(x, (3,)),
+            "flip up-down": lambda: torch.flip(x, (2,)), "transpose": lambda: t, "anti-transpose": lambda: torch.flip(t, (2, 3))}[name]()
+
+
+def ViewAverage(model, views: int):  # noqa: N802 - a factory of an nn.Module, named as the class it builds
+    """``model`` whose logits are averaged over the first ``views`` symmetries (torch's side of
+    :func:`add_views`). With one view, ``model`` itself."""
+    from torch import nn
+
+    names = view_names(views)
+    if views == 1:
+        return model
+
+    class _ViewAverage(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            return sum(self.model(torch_view(x, n)) for n in names) / len(names)
+
+    return _ViewAverage()
+
+
+# ----------------------------------------------------------------------------- the graph edit
+class _Nodes:
+    def __init__(self, opset: int) -> None:
+        self.opset, self.nodes, self.inits, self.k = opset, [], [], 0
+
+    def name(self, what: str) -> str:
+        self.k += 1
+        return f"{PREFIX}{what}_{self.k}"
+
+    def const(self, what: str, value) -> str:
+        n = self.name(what)
+        self.inits.append(numpy_helper.from_array(np.asarray(value), n))
+        return n
+
+    def node(self, op: str, inputs: list[str], output: str | None = None, **attrs) -> str:
+        out = output or self.name(op.lower())
+        self.nodes.append(helper.make_node(op, inputs, [out], name=self.name(op), **attrs))
+        return out
+
+    def flip(self, x: str, axes: list[int]) -> str:
+        big = np.iinfo(np.int64).max
+        return self.node("Slice", [x, self.const("starts", np.full(len(axes), -1, np.int64)), self.const("ends", np.full(len(axes), -big, np.int64)),
+                                   self.const("axes", np.array(axes, np.int64)), self.const("steps", np.full(len(axes), -1, np.int64))])
+
+    def view(self, x: str, name: str, transposed: list[str]) -> str:
+        if name == "identity":
+            return x
+        if name in ("turn 180", "flip left-right", "flip up-down"):
+            return self.flip(x, {"turn 180": [2, 3], "flip left-right": [3], "flip up-down": [2]}[name])
+        if not transposed:
+            transposed.append(self.node("Transpose", [x], perm=[0, 1, 3, 2]))
+        t = transposed[0]
+        # np.rot90(x, 1, (2, 3)) is the transpose flipped up-down, rot90(x, 3) the transpose flipped left-right
+        return {"transpose": lambda: t, "turn 90": lambda: self.flip(t, [2]), "turn 270": lambda: self.flip(t, [3]),
+                "anti-transpose": lambda: self.flip(t, [2, 3])}[name]()
+
+
+def _ancestors(graph: onnx.GraphProto, output: str) -> set[int]:
+    """Indices of the nodes that ``output`` depends on."""
+    producer = {o: i for i, n in enumerate(graph.node) for o in n.output}
+    seen: set[int] = set()
+    todo = [output]
+    while todo:
+        i = producer.get(todo.pop())
+        if i is None or i in seen:
+            continue
+        seen.add(i)
+        todo.extend(graph.node[i].input)
+    return seen
+
+
+def add_views(model: onnx.ModelProto, views: int, input_name: str = "input", logits: str = "logits") -> onnx.ModelProto:
+    """A copy of ``model`` that averages ``logits`` over ``views`` symmetries of its input, the
+    other outputs computed on the input as given. ``model`` must be a single-view graph."""
+    names = view_names(views)
+    if any(n.name.startswith(PREFIX) for n in model.graph.node):
+        raise ValueError("the graph already averages over test-time views")
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    if views == 1:
+        return m
+    g = m.graph
+    opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), 17)
+    core = _ancestors(g, logits)  # the network itself: every node the logits need
+    b = _Nodes(opset)
+    transposed: list[str] = []
+    stacked = b.node("Concat", [b.view(input_name, v, transposed) for v in names], axis=0)
+    n_view_nodes = len(b.nodes)
+    n = b.node("Slice", [b.node("Shape", [input_name]), b.const("zero", np.array([0], np.int64)), b.const("one", np.array([1], np.int64))])
+    all_logits = f"{PREFIX}logits_all"
+    sliced: dict[str, str] = {}
+    extra: list[onnx.NodeProto] = []
+    for i, node in enumerate(g.node):
+        if i in core:
+            for k, x in enumerate(node.input):
+                if x == input_name:
+                    node.input[k] = stacked
+            for k, y in enumerate(node.output):
+                if y == logits:
+                    node.output[k] = all_logits
+        else:  # an extra output's branch: it reads the first N rows, the crops as given
+            for k, x in enumerate(node.input):
+                if x == input_name:
+                    continue
+                if any(x in g.node[j].output for j in core):
+                    if x not in sliced:
+                        sliced[x] = b.node("Slice", [x, b.const("zero", np.array([0], np.int64)), n, b.const("axis0", np.array([0], np.int64))])
+                    node.input[k] = sliced[x]
+            extra.append(node)
+    classes = b.node("Slice", [b.node("Shape", [all_logits]), b.const("one", np.array([1], np.int64)), b.const("two", np.array([2], np.int64))])
+    shape = b.node("Concat", [b.const("views", np.array([views, -1], np.int64)), classes], axis=0)
+    per_view = b.node("Reshape", [all_logits, shape])
+    if opset >= 18:
+        b.node("ReduceMean", [per_view, b.const("axes", np.array([0], np.int64))], output=logits, keepdims=0)
+    else:
+        b.node("ReduceMean", [per_view], output=logits, axes=[0], keepdims=0)
+    # topological order: the views, the network, then the average, the slices and the branches
+    ordered = [*b.nodes[:n_view_nodes], *(nd for i, nd in enumerate(g.node) if i in core), *b.nodes[n_view_nodes:], *extra]
+    del g.node[:]
+    g.node.extend(ordered)
+    g.initializer.extend(b.inits)
+    del g.value_info[:]  # shapes inferred for one view no longer hold for the stacked rows
+    onnx.checker.check_model(m)
+    return m
+
+
+def check_views(single: onnx.ModelProto, averaged: onnx.ModelProto, batch: np.ndarray, views: int, outputs: list[str],
+                input_name: str = "input", logits: str = "logits", tolerance: float = 1e-5) -> dict[str, float]:
+    """Run both graphs on ``batch`` (preprocessed, NCHW): the averaged graph's logits must be the
+    mean of the single graph's over the numpy views of the batch, and its other ``outputs`` the
+    single graph's on the batch itself. Returns the largest differences; raises past ``tolerance``."""
+    import onnxruntime as ort
+
+    def session(mp: onnx.ModelProto):
+        return ort.InferenceSession(mp.SerializeToString(), providers=["CPUExecutionProvider"])
+
+    one, avg = session(single), session(averaged)
+    want = np.mean([one.run([logits], {input_name: np.ascontiguousarray(numpy_view(batch, v))})[0] for v in view_names(views)], axis=0)
+    got, *extras = avg.run([logits, *outputs], {input_name: batch})
+    base = one.run(outputs, {input_name: batch}) if outputs else []
+    diff = {"max_abs_diff_logits": float(np.abs(got - want).max())}
+    for name, a, e in zip(outputs, base, extras):  # relative to the output's scale (distances run to the hundreds)
+        diff[f"max_rel_diff_{name}"] = float(np.abs(a - e).max() / max(1.0, float(np.abs(a).max())))
+    worst = max(diff.values())
+    if not np.isfinite(worst) or worst > tolerance:
+        raise RuntimeError(f"the averaged graph disagrees with the single-view graph: {diff}")
+    return diff
+
+
+# ----------------------------------------------------------------------------- an existing artifact
+def set_map_temperature(model: onnx.ModelProto, temperature: float) -> int:
+    """Set the calibration temperature the ``defect_map`` branch (training/explain.py) divides by;
+    returns how many constants were set (0 for a graph without the map)."""
+    from training.explain import PREFIX as EXPLAIN
+
+    k = 0
+    for init in model.graph.initializer:
+        if init.name.startswith(f"{EXPLAIN}temperature"):
+            init.CopyFrom(numpy_helper.from_array(np.array(temperature, np.float32), init.name))
+            k += 1
+    return k
+
+
+def derive(artifact, out, views: int, version: str, work_dir, data: tuple | None = None) -> dict[str, Any]:
+    """A new artifact at ``out``: ``artifact``'s network with its logits averaged over ``views``
+    symmetries, calibrated and thresholded again on the same val crops by the same rules
+    (training/train.py: calibrate), every split's figures recomputed through the new graph.
+
+    The crops are remade from the artifact's config.yaml as training made them, and must be the ones
+    it was calibrated on (manifest hash, refitted temperature and val AUC equal to the recorded
+    ones: training/ood_threshold.py); the single-view graph must still reproduce its recorded parity
+    logits; the new graph must equal the average of the old one over the views. Otherwise it raises
+    and writes nothing."""
+    import datetime as dt
+    import json
+    import shutil
+    from pathlib import Path
+
+    import yaml
+
+    from grader.defect import ModelSpec, parity_probe, preprocess
+    from training import train
+    from training.explain import run_graph
+    from training.ood_threshold import calibration_matches, recompute
+
+    artifact, out = Path(artifact), Path(out)
+    meta = json.loads((artifact / "metadata.json").read_text())
+    cfg = yaml.safe_load((artifact / "config.yaml").read_text())
+    old = ModelSpec.from_metadata(meta)
+    if old.test_time_views != 1:
+        raise ValueError(f"{artifact} already averages {old.test_time_views} views")
+    data = data if data is not None else train.load_data(cfg, Path(work_dir))
+    crops, labels, sessions = data[0], data[1], data[2]
+    r = recompute(artifact, Path(work_dir), data)
+    if not calibration_matches(r):
+        raise RuntimeError(f"{artifact}: the remade crops are not the ones it was calibrated on: {r}")
+
+    import onnxruntime as ort
+
+    single = onnx.load(str(artifact / "model.onnx"))
+    probe = parity_probe(old.input_size)
+    one = ort.InferenceSession(single.SerializeToString(), providers=["CPUExecutionProvider"])
+    recorded = np.asarray(meta["parity"]["logits"], np.float32)
+    drift = float(np.abs(one.run([old.output_name], {old.input_name: probe})[0] - recorded).max())
+    if drift > float(meta["parity"].get("tolerance", 1e-3)):
+        raise RuntimeError(f"{artifact}: model.onnx no longer reproduces its parity logits (max |Δ| {drift:.2e})")
+
+    averaged = add_views(single, views, old.input_name, old.output_name)
+    spec = train.spec_for(cfg)
+    logits = {split: run_graph(averaged, [old.output_name], crops[split], spec)[0] for split in crops if split != "train"}
+    cal = train.calibrate(cfg, logits, labels, sessions)
+    has_map = any(o.name == "defect_map" for o in single.graph.output)
+    if has_map and set_map_temperature(single, cal["temperature"]) != 1:
+        raise RuntimeError(f"{artifact}: the defect_map branch has not exactly one temperature constant")
+    averaged = add_views(single, views, old.input_name, old.output_name)
+    extras = [o.name for o in single.graph.output if o.name != old.output_name]
+    check = check_views(single, averaged, preprocess(list(crops["val"][:16]), spec), views, extras, old.input_name, old.output_name)
+
+    new_cfg = yaml.safe_load(yaml.safe_dump(cfg))
+    new_cfg["version"] = version
+    new_cfg["model"]["test_time_views"] = views
+    metrics = {k: v for k, v in meta["metrics"].items() if k not in cal["metrics"]}
+    for split, rep in cal["metrics"].items():  # the feature distances read the crop as given: their shares stand
+        for k in ("ood_distance_share", "ood_distance_early_share"):
+            if k in meta["metrics"].get(split, {}):
+                rep[k] = meta["metrics"][split][k]
+        metrics[split] = rep
+    metrics["onnx_check"] = {"views": check, "torch": meta["metrics"].get("onnx_check"),
+                             "note": "torch was checked against the single-view graph at export; the views against that graph here"}
+    new = json.loads(json.dumps(meta))
+    new.update(version=version, config=new_cfg, metrics=metrics, code_version=train.code_version(),
+               created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+    new["preprocessing"]["test_time_views"] = metadata_record(views)
+    if has_map:
+        new["outputs"]["defect_map"]["temperature"] = cal["temperature"]
+    new["calibration"] = {"method": "temperature scaling on val, of the logits averaged over the views", "temperature": cal["temperature"]}
+    new["thresholds"].update(defective=cal["threshold"], review_band=list(cal["band"]), rule=cal["rule"], ood_energy=cal["ood_threshold"],
+                             ood_energy_rule=cal["ood_rule"])
+    parity = np.mean([one.run([old.output_name], {old.input_name: np.ascontiguousarray(numpy_view(probe, v))})[0] for v in view_names(views)], axis=0)
+    new["parity"] = {"probe": meta["parity"]["probe"], "logits": parity.astype(float).tolist(), "tolerance": meta["parity"].get("tolerance", 1e-3),
+                     "source": "the mean over the views of the single-view graph's logits, that graph reproducing torch's recorded parity "
+                               f"logits within {drift:.1e}"}
+    new["derived_from"] = {"artifact": f"{meta['name']}@{meta['version']}", "by": f"python -m training.views {artifact} --views {views} --version {version}",
+                           "what": "the same network, its logits averaged over test-time views; calibration, thresholds and metrics refitted on "
+                                   "the same val crops by the same rules; feature distances and their thresholds unchanged"}
+    new = train._json_safe(new)
+    ModelSpec.from_metadata(new)
+    out.mkdir(parents=True, exist_ok=True)
+    onnx.save(averaged, str(out / "model.onnx"))
+    (out / "metadata.json").write_text(json.dumps(new, indent=2, allow_nan=False))
+    (out / "metrics.json").write_text(json.dumps(new["metrics"], indent=2, allow_nan=False))
+    (out / "config.yaml").write_text(yaml.safe_dump(new_cfg, sort_keys=False))
+    shutil.copy(artifact / "manifest.json", out / "manifest.json")
+    return new
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import sys
+    from pathlib import Path
+
+    p = argparse.ArgumentParser(description="Derive an artifact whose graph averages its logits over test-time views of the crop "
+                                            "(the network unchanged; calibration, thresholds and figures refitted on the same val crops).")
+    p.add_argument("artifact", type=Path)
+    p.add_argument("--views", type=int, default=4, choices=sorted(VIEW_SETS))
+    p.add_argument("--version", required=True, help="version of the new artifact")
+    p.add_argument("--out", type=Path, help="default models/<name>/<version>")
+    p.add_argument("--work-dir", type=Path, help="crop cache (default var/train/<name>-<artifact version>)")
+    a = p.parse_args(argv)
+    import json
+
+    meta = json.loads((a.artifact / "metadata.json").read_text())
+    out = a.out or Path("models") / meta["name"] / a.version
+    work = a.work_dir or Path("var") / "train" / f"{meta['name']}-{meta['version']}"
+    try:
+        new = derive(a.artifact, out, a.views, a.version, work)
+    except (RuntimeError, ValueError) as exc:
+        print(f"{exc}; nothing written", file=sys.stderr)
+        return 2
+    for split in ("val", "test"):
+        m = new["metrics"].get(split)
+        if m:
+            print(f"{split}: balanced accuracy {m['balanced_accuracy']:.3f}, AUC {m['auc']:.3f}, recall defective {m['recall_defective']:.3f}, "
+                  f"sound {m['recall_sound']:.3f}")
+    print(f"threshold {new['thresholds']['defective']:.3f}, temperature {new['calibration']['temperature']:.3f}; artifact written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

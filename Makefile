@@ -43,7 +43,7 @@ test-fast: $(VENV)/.all-installed
 
 # retrain the shipped default model from ../shared/data (about 12 minutes on 2 cores)
 train: $(VENV)/.all-installed
-	$(BIN)/grader train --out models/apple-defect/0.1.0
+	$(BIN)/grader train --out models/apple-defect/0.2.0
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -56,9 +56,9 @@ def model_only(jpegs: list[bytes]) -> dict[int, float]:
 
     from grader.measure import crop_for_model, segment_fruits
     from service.onnx_model import OnnxDefectModel
-    from service.settings import SHIPPED_MODELS
+    from service.settings import Settings
 
-    m = OnnxDefectModel(SHIPPED_MODELS)
+    m = OnnxDefectModel(Settings().model_dir)  # the server's model: GRADER_MODEL_DIR, else the shipped default
     crops = []
     for b in jpegs[:16]:
         rgb = cv2.cvtColor(cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)

@@ -60,12 +60,13 @@ def orange_served(settings, tmp_path):
 
 def test_each_commodity_is_judged_by_its_own_model(orange_served):
     c = orange_served
-    assert c.get("/healthz").json()["models"] == {"apple": "apple-defect@0.1.0", "orange": "orange-defect@0.1.0"}
+    v = ART.name  # the default apple artifact, whose copy (its version kept) judges oranges here
+    assert c.get("/healthz").json()["models"] == {"apple": f"apple-defect@{v}", "orange": f"orange-defect@{v}"}
     assert grade(c, commodity="orange").json()["model"]["name"] == "orange-defect"
     assert grade(c, commodity="apple").json()["model"]["name"] == "apple-defect"
     assert grade(c, commodity="lemon").json()["model"]["name"] == "apple-defect"  # no lemon model here: the default judges it
     listed = c.get("/v1/models", headers=headers("trainer")).json()
-    assert listed["serving_by_commodity"] == {"apple": "apple-defect@0.1.0", "orange": "orange-defect@0.1.0"}
+    assert listed["serving_by_commodity"] == {"apple": f"apple-defect@{v}", "orange": f"orange-defect@{v}"}
     # a rollback of one commodity leaves the other alone
     assert c.post("/v1/models/rollback?commodity=orange", headers=headers("trainer")).status_code == 409
     assert grade(c, commodity="apple").json()["model"]["name"] == "apple-defect"

@@ -23,6 +23,7 @@ pytest.importorskip("torch")
 pytestmark = pytest.mark.slow
 
 CAM, INSP, TRAIN = ({"X-API-Key": API_KEYS[r]} for r in ("camera", "inspector", "trainer"))
+SERVING = (REPO / "models" / "DEFAULT").read_text().strip().split("/")[1]  # the shipped default's version
 
 
 def grader(env: dict[str, str], *args: str, ok=(0,)) -> subprocess.CompletedProcess:
@@ -68,7 +69,7 @@ def test_reviewed_fruit_become_a_candidate_that_is_compared_shadowed_promoted_an
         cand = tmp_path / "candidate"
         grader(env, "train", "--from-dataset", str(ds), "--out", str(cand), "--work-dir", str(tmp_path / "work"),
                "--set", "model.arch=small_fruitnet", "--set", "model.input_size=64", "--set", "train.epochs=1",
-               "--set", "train.batch_size=8", "--set", "version=0.2.0-loop")
+               "--set", "train.batch_size=8", "--set", "version=0.3.0-loop")
         meta = json.loads((cand / "metadata.json").read_text())
         assert meta["training_data"]["manifest_sha256"] == manifest["sha256"] and meta["parity"]["logits"]
 
@@ -85,7 +86,7 @@ def test_reviewed_fruit_become_a_candidate_that_is_compared_shadowed_promoted_an
         cid = up.json()["id"]
         c.post(f"/v1/models/{cid}/shadow", headers=TRAIN).raise_for_status()
         served = [post(c, 900 + k, mm_per_px="0.55") for k in range(4)]
-        assert all(r["model"]["version"] == "0.1.0" for r in served)
+        assert all(r["model"]["version"] == SERVING for r in served)
         deadline = time.monotonic() + 30
         while (sh := c.get("/v1/models/shadow", headers=TRAIN).json())["fruit_compared"] < sum(len(r["fruits"]) for r in served):
             assert time.monotonic() < deadline, sh
@@ -111,8 +112,8 @@ def test_reviewed_fruit_become_a_candidate_that_is_compared_shadowed_promoted_an
         time.sleep(1.5)
         stop.set()
         t.join(timeout=60)
-        assert not failures and "0.2.0-loop" in versions
+        assert not failures and "0.3.0-loop" in versions
         assert not c.get("/v1/models/shadow", headers=TRAIN).json()["active"]  # the shadow now serves
         # 8. and back
-        assert c.post("/v1/models/rollback", headers=TRAIN).json()["id"] == "apple-defect@0.1.0"
-        assert post(c, 1500)["model"]["version"] == "0.1.0"
+        assert c.post("/v1/models/rollback", headers=TRAIN).json()["id"] == f"apple-defect@{SERVING}"
+        assert post(c, 1500)["model"]["version"] == SERVING

@@ -234,7 +234,12 @@ def main(argv: list[str] | None = None) -> int:
                if "auroc_distance" in r else "–")
         print(f"| {name} | {r['n']} | {r['distance']:.1%} | {r['early_distance']:.1%} | {r['energy']:.1%} | {r['either']:.1%} "
               f"| {r['median_distance']:.1f} / {r['median_early_distance']:.1f} | {roc} |")
-    if a.blocks:
+    if a.blocks and spec.test_time_views > 1:
+        # the block taps read the network's own tensors, which a views graph holds for every view
+        print(f"--blocks: {spec.name} {spec.version} averages {spec.test_time_views} views in its graph; the block table reads "
+              "the network's tensors one view at a time: run it on the single-view artifact of the same network "
+              f"({spec.raw.get('derived_from', {}).get('artifact', 'its parent')})")
+    elif a.blocks:
         own = {"train": crops["train"], "val": crops["val"], "test": crops["test"]}
         blocks_report(a.artifact, spec, own, labels["train"],
                       {k: v for k, v in sets.items() if not k.startswith(spec.name) and "unmasked" not in k})

@@ -230,15 +230,18 @@ def find_block_output(model: onnx.ModelProto, block: str) -> str:
 
 # ----------------------------------------------------------------------------- graph editing
 class _Builder:
-    def __init__(self, model: onnx.ModelProto) -> None:
-        self.model, self.opset = model, _opset(model)
+    """New nodes and initializers for a graph, every name under ``prefix`` (training/views.py builds
+    its own under another)."""
+
+    def __init__(self, model: onnx.ModelProto, prefix: str = PREFIX) -> None:
+        self.model, self.opset, self.prefix = model, _opset(model), prefix
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
         self.k = 0
 
     def name(self, what: str) -> str:
         self.k += 1
-        return f"{PREFIX}{what}_{self.k}"
+        return f"{self.prefix}{what}_{self.k}"
 
     def const(self, what: str, value: np.ndarray) -> str:
         n = self.name(what)

@@ -23,6 +23,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from training.explain import _Builder
+
 #: the views, in graph order; a model with V views uses the first V of the list that V names
 SYMMETRIES = ("identity", "turn 90", "turn 180", "turn 270", "flip left-right", "flip up-down", "transpose", "anti-transpose")
 VIEW_SETS = {1: SYMMETRIES[:1], 4: SYMMETRIES[:4], 8: SYMMETRIES}
@@ -88,23 +90,8 @@ def ViewAverage(model, views: int):  # noqa: N802 - a factory of an nn.Module, n
 
 
 # ----------------------------------------------------------------------------- the graph edit
-class _Nodes:
-    def __init__(self, opset: int) -> None:
-        self.opset, self.nodes, self.inits, self.k = opset, [], [], 0
-
-    def name(self, what: str) -> str:
-        self.k += 1
-        return f"{PREFIX}{what}_{self.k}"
-
-    def const(self, what: str, value) -> str:
-        n = self.name(what)
-        self.inits.append(numpy_helper.from_array(np.asarray(value), n))
-        return n
-
-    def node(self, op: str, inputs: list[str], output: str | None = None, **attrs) -> str:
-        out = output or self.name(op.lower())
-        self.nodes.append(helper.make_node(op, inputs, [out], name=self.name(op), **attrs))
-        return out
+class _Nodes(_Builder):
+    """The graph edit's builder: explain's, with the flips and turns of an NCHW tensor."""
 
     def flip(self, x: str, axes: list[int]) -> str:
         big = np.iinfo(np.int64).max
@@ -149,9 +136,8 @@ def add_views(model: onnx.ModelProto, views: int, input_name: str = "input", log
     if views == 1:
         return m
     g = m.graph
-    opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), 17)
     core = _ancestors(g, logits)  # the network itself: every node the logits need
-    b = _Nodes(opset)
+    b = _Nodes(m, PREFIX)
     transposed: list[str] = []
     stacked = b.node("Concat", [b.view(input_name, v, transposed) for v in names], axis=0)
     n_view_nodes = len(b.nodes)
@@ -179,10 +165,7 @@ def add_views(model: onnx.ModelProto, views: int, input_name: str = "input", log
     classes = b.node("Slice", [b.node("Shape", [all_logits]), b.const("one", np.array([1], np.int64)), b.const("two", np.array([2], np.int64))])
     shape = b.node("Concat", [b.const("views", np.array([views, -1], np.int64)), classes], axis=0)
     per_view = b.node("Reshape", [all_logits, shape])
-    if opset >= 18:
-        b.node("ReduceMean", [per_view, b.const("axes", np.array([0], np.int64))], output=logits, keepdims=0)
-    else:
-        b.node("ReduceMean", [per_view], output=logits, axes=[0], keepdims=0)
+    b.nodes.append(helper.make_node("Identity", [b.reduce("ReduceMean", per_view, [0])], [logits], name=b.name("Identity")))
     # topological order: the views, the network, then the average, the slices and the branches
     ordered = [*b.nodes[:n_view_nodes], *(nd for i, nd in enumerate(g.node) if i in core), *b.nodes[n_view_nodes:], *extra]
     del g.node[:]

@@ -137,6 +137,7 @@ def add_views(model: onnx.ModelProto, views: int, input_name: str = "input", log
         return m
     g = m.graph
     core = _ancestors(g, logits)  # the network itself: every node the logits need
+    core_tensors = {o for i in core for o in g.node[i].output}
     b = _Nodes(m, PREFIX)
     transposed: list[str] = []
     stacked = b.node("Concat", [b.view(input_name, v, transposed) for v in names], axis=0)
@@ -157,7 +158,7 @@ def add_views(model: onnx.ModelProto, views: int, input_name: str = "input", log
             for k, x in enumerate(node.input):
                 if x == input_name:
                     continue
-                if any(x in g.node[j].output for j in core):
+                if x in core_tensors:
                     if x not in sliced:
                         sliced[x] = b.node("Slice", [x, b.const("zero", np.array([0], np.int64)), n, b.const("axis0", np.array([0], np.int64))])
                     node.input[k] = sliced[x]

@@ -365,6 +365,7 @@ async function submit(decision, grade) {
     $("undo").disabled = false;
     setStatus(decision === "confirm" ? `Confirmed ${v.grade} for fruit ${item.fruit}.` : `Corrected fruit ${item.fruit}: ${v.model_grade} → ${v.grade}.`);
     state.items = state.items.filter((i) => i.fruit !== item.fruit);
+    $("count-total").textContent = String(Math.max(0, Number($("count-total").textContent) - 1)); // the list and its count move together
     state.current = null;
     state.busy = false;
     await showNext();              // the prefetched picture shows at once

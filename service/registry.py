@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 import threading
 import time
@@ -29,6 +30,9 @@ from .storage import ModelVersionRow, Repository, utcnow
 #: what an uploaded artifact's metadata.json must hold: identity, classes, preprocessing,
 #: thresholds, its measured metrics, the hash of its training data, and its parity record
 REQUIRED_METADATA = ("name", "version", "classes", "preprocessing", "thresholds", "metrics", "training_data", "parity")
+
+
+log = logging.getLogger("grader.registry")
 
 
 def model_id(meta: dict[str, Any]) -> str:
@@ -95,6 +99,10 @@ class Registry:
             if serving is None:
                 serving = s.get(ModelVersionRow, shipped.id)
                 serving.status, serving.promoted_at = "serving", utcnow()
+            elif serving.id != shipped.id:
+                # what serves changes only when a trainer says so, also when an upgrade ships a new default
+                log.warning("%s: serving %s (promoted earlier); the shipped %s is registered but not served: "
+                            "POST /v1/models/%s/promote to serve it", commodity, serving.id, shipped.id, shipped.id)
             path, mid = serving.path, serving.id
         return ServingModel(OnnxDefectModel(Path(path), self.threads), self.batcher, mid)
 

@@ -116,7 +116,7 @@ def test_promote_while_requests_flow_then_roll_back(client):
     assert r.json()["model"]["version"] == "0.2.0"
 
 
-def test_promotion_survives_a_restart(settings):
+def test_promotion_survives_a_restart(settings, caplog):
     from fastapi.testclient import TestClient
 
     from service.app import create_app
@@ -125,5 +125,7 @@ def test_promotion_survives_a_restart(settings):
         onnx, meta = artifact("0.3.0")
         assert upload(c, onnx, meta).status_code == 201
         assert c.post("/v1/models/apple-defect@0.3.0/promote", headers=headers("trainer")).status_code == 200
-    with TestClient(create_app(settings)) as c:
+    with caplog.at_level("WARNING", logger="grader.registry"), TestClient(create_app(settings)) as c:
         assert c.get("/healthz").json()["model"]["version"] == "0.3.0"
+    # the start says which shipped default is not served, and how to serve it (an upgrade that ships a new one)
+    assert any(f"the shipped {ART.parent.name}@{ART.name} is registered but not served" in r.getMessage() for r in caplog.records)

@@ -45,11 +45,6 @@ def numpy_view(x: np.ndarray, name: str) -> np.ndarray:
             "flip left-right": np.flip(x, 3), "flip up-down": np.flip(x, 2), "transpose": t, "anti-transpose": np.flip(t, (2, 3))}[name]
 
 
-def views_of(meta: dict[str, Any]) -> int:
-    """How many views an artifact's graph averages (1 for an artifact without the record)."""
-    return int((meta.get("preprocessing", {}).get("test_time_views") or {}).get("count", 1))
-
-
 def metadata_record(views: int) -> dict[str, Any]:
     return {
         "count": views,

@@ -1,7 +1,9 @@
 """Micro-batching of concurrent inference requests into one ONNX Runtime call.
 
 Requests from many threads put their crops on a bounded queue; one worker thread takes everything
-already queued (up to ``max_batch`` crops) and runs it as one batch. It waits up to ``max_wait_ms``
+already queued (up to ``max_batch`` rows of the network: crops times the views a model's graph
+averages, so a four-view model runs at most a quarter as many crops per call) and runs it as one
+batch. It waits up to ``max_wait_ms``
 for more only while other requests are announced (:meth:`MicroBatcher.expecting`: measuring their
 fruit, about to submit): a lone request is never held back for company that is not coming. When the queue
 is full the caller gets :class:`Overloaded` at once, and the service answers 503 with Retry-After,
@@ -24,6 +26,11 @@ from grader.records import DefectEvidence
 
 from .metrics import INFERENCE_BATCH, INFERENCE_SECONDS, QUEUE_DEPTH
 from .onnx_model import OnnxDefectModel
+
+
+def _rows(item: tuple[np.ndarray, Future, OnnxDefectModel]) -> int:
+    """Rows of the network a queued batch makes: its crops times the views its model's graph averages."""
+    return len(item[0]) * item[2].spec.test_time_views
 
 
 class Overloaded(Exception):
@@ -91,7 +98,7 @@ class MicroBatcher:
         return fut.result()
 
     def _next_batch(self) -> list[tuple[np.ndarray, Future, OnnxDefectModel]] | None:
-        """Everything already queued, up to max_batch crops; waits up to max_wait_ms for more only
+        """Everything already queued, up to max_batch rows; waits up to max_wait_ms for more only
         while other requests are announced. None once closed."""
         with self._cond:
             while not self._items:
@@ -99,13 +106,13 @@ class MicroBatcher:
                     return None
                 self._cond.wait()
             first = self._items.popleft()
-            items, n = [first], len(first[0])
+            items, n = [first], _rows(first)
             deadline = time.perf_counter() + self.max_wait_s
             while n < self.max_batch:
                 if self._items:  # everything already waiting joins at once
                     item = self._items.popleft()
                     items.append(item)
-                    n += len(item[0])
+                    n += _rows(item)
                     continue
                 left = deadline - time.perf_counter()
                 if left <= 0 or self._expected <= 0 or self._stop:

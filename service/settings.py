@@ -58,7 +58,8 @@ class Settings(BaseSettings):
     #: 256-px fruit photo costs more CPU than it saves (compare: GRADER_OPENCV_THREADS=0 bench/serve.py).
     opencv_threads: int = Field(default=1, ge=0)
 
-    #: micro-batching: crops per inference call, how long the first request waits for company,
+    #: micro-batching: rows of the network per inference call (crops times the model's test-time
+    #: views: 16 crops of a one-view model, 4 of the four-view apple default), how long the first request waits for company,
     #: and how many requests may wait before the service answers 503 (bounded latency under overload)
     max_batch: int = Field(default=16, ge=1, le=256)
     max_batch_wait_ms: float = Field(default=5.0, ge=0, le=100)

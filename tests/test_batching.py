@@ -176,3 +176,33 @@ def test_admission_limit_answers_503_before_any_work(settings):
         app.state.ctx.in_flight = 0
         assert c.post("/v1/grade", files={"image": ("f.jpg", jpeg_bytes(img), "image/jpeg")}, headers=headers()).status_code == 200
         assert app.state.ctx.in_flight == 0
+
+
+def test_max_batch_counts_the_rows_a_views_model_runs(model):
+    """GRADER_MAX_BATCH is rows of the network: the four-view default runs at most a quarter as many
+    crops per call (a call of 16 crops would be 64 rows, holding every request behind it), a
+    one-view model the full number."""
+    from service.settings import SHIPPED_MODELS as ROOT
+
+    single = OnnxDefectModel(ROOT / "apple-defect" / "0.1.0", threads=1)
+    assert model.spec.test_time_views == 4 and single.spec.test_time_views == 1
+    cs = crops(12)
+    for m, most in ((model, 4), (single, 16)):
+        b = MicroBatcher(max_batch=16, max_wait_ms=2_000)
+        served = ServingModel(m, b)
+        sizes = []
+        orig = b._run
+        b._run = lambda items: (sizes.append(sum(len(x) for x, _, _ in items)), orig(items))
+        barrier = threading.Barrier(12)
+
+        def worker(i, served=served, b=b, barrier=barrier):
+            with b.expecting():
+                barrier.wait()
+                served.predict([cs[i]])
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(12)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        b.close()
+        assert sum(sizes) == 12 and max(sizes) <= most, (m.spec.version, sizes)
+        assert max(sizes) > (1 if m is model else 4), (m.spec.version, sizes)  # still batched; the one-view model past 4

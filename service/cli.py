@@ -66,6 +66,9 @@ def _train(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as exc:  # data missing, or not in this model's classes
         print(f"grader train: {exc}", file=sys.stderr)
         return 2
+    except train.TrainingFailed as exc:  # trained, but nothing worth exporting
+        print(f"grader train: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -585,3 +585,45 @@ def test_views_derived_from_an_existing_artifact_equal_torch(tiny_artifact, tmp_
     # a derived artifact is not derived again; nothing is written
     assert views.main([str(tmp_path / "d"), "--views", "4", "--version", "0.0.3", "--out", str(tmp_path / "e"), "--work-dir", str(work)]) == 2
     assert not (tmp_path / "e").exists()
+
+
+def test_an_epoch_with_constant_or_broken_outputs_is_never_selected():
+    from training.train import outputs_collapsed
+
+    rng = np.random.default_rng(0)
+    assert not outputs_collapsed(rng.normal(size=(20, 2)).astype(np.float32))
+    # a collapsed network: one output for every crop, plus rounding noise that an AUC would still rank
+    assert outputs_collapsed((np.array([[0.4, -0.3]]) + 1e-8 * rng.normal(size=(20, 2))).astype(np.float32))
+    broken = rng.normal(size=(20, 2)).astype(np.float32)
+    broken[3, 1] = np.nan
+    assert outputs_collapsed(broken)
+
+
+def test_a_distance_is_refused_on_features_that_do_not_vary():
+    from training.explain import fit_distance
+
+    rng = np.random.default_rng(0)
+    feats = 0.4 + 1e-8 * rng.normal(size=(200, 32))
+    with pytest.raises(ValueError, match="do not vary"):
+        fit_distance(feats, np.arange(200) % 2)
+    fit_distance(0.4 + 0.1 * rng.normal(size=(200, 32)), np.arange(200) % 2)  # features that vary fit
+
+
+def test_a_network_that_learns_nothing_is_refused_not_exported(tmp_path):
+    """A learning rate that wrecks the network leaves no epoch worth selecting: `grader train` says
+    so and exports nothing (it used to export whichever epoch ranked val noise best, or crash at the
+    end)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    sets = ["data.kind=synthetic", "data.n=48", "data.cache_size=96", "train.epochs=2", "train.batch_size=16",
+            "model.arch=small_fruitnet", "model.input_size=64", "name=tiny-test", "version=0.0.1", "train.lr=1e6"]
+    cmd = [sys.executable, "-m", "service.cli", "train", "--out", str(out), "--work-dir", str(tmp_path / "work")]
+    for s in sets:
+        cmd += ["--set", s]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "no epoch of 2 gave val outputs that vary" in done.stderr
+    assert "not a candidate" in done.stdout
+    assert not (out / "model.onnx").exists()

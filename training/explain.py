@@ -373,8 +373,11 @@ def fit_distance(feats: np.ndarray, labels: np.ndarray, max_dims: int = MAX_DIMS
     cov = centred.T @ centred / n
     s = ledoit_wolf_shrinkage(centred)
     mu = np.trace(cov) / c
-    if mu <= 0:
-        raise ValueError("the train features do not vary: no covariance to measure a distance with")
+    # features that vary less than float32 can tell apart (a spread under 1e-5 of their size) are a
+    # collapsed network's: no distance measured in the float32 graph would match its fit
+    if mu <= 1e-10 * float(np.mean(means**2)):
+        raise ValueError(f"the train features do not vary (variance {mu:.3g} per feature against a mean square of "
+                         f"{float(np.mean(means**2)):.3g}): no covariance to measure a distance with")
     cov = (1 - s) * cov + s * mu * np.eye(c)
     vals, vecs = np.linalg.eigh(cov)
     order = np.argsort(vals)[::-1]

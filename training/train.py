@@ -424,17 +424,43 @@ def run(cfg: dict[str, Any], out_dir: Path, work_dir: Path, resume: bool = False
         if len(defective_of(cfg)) > 1:
             entry["val_type_balanced_accuracy"] = type_report(labels["val"], val_logits, cfg)["balanced_accuracy"]
             score = (val["auc"] + entry["val_type_balanced_accuracy"]) / 2
+        collapsed = outputs_collapsed(val_logits)
+        if collapsed:
+            entry["collapsed"] = True
         history.append(entry)
-        if score >= best["score"]:
+        if not collapsed and score >= best["score"]:
             best = {"score": score, "state": copy.deepcopy(model.state_dict()), "epoch": epoch + 1}
         extra = f" type bal.acc {entry['val_type_balanced_accuracy']:.3f}" if "val_type_balanced_accuracy" in entry else ""
+        if collapsed:
+            extra += " (outputs constant or not finite on val: not a candidate)"
         print(f"epoch {epoch + 1}/{epochs} loss {total / max(n, 1):.4f} val bal.acc {val['balanced_accuracy']:.3f} auc {val['auc']:.3f}{extra} ({time.time() - t_start:.0f}s)")
         torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "epoch": epoch, "best": best, "history": history, "rng": torch.get_rng_state(), "elapsed_seconds": earlier_seconds + time.time() - t_start}, ckpt_path)
 
+    if best["epoch"] < 0:
+        raise TrainingFailed(f"no epoch of {epochs} gave val outputs that vary (every one was constant up to rounding, or not finite): the network "
+                             "did not learn; try a lower train.lr, more epochs or another seed")
     model.load_state_dict(best["state"])
     torch.save(model.state_dict(), work_dir / "best.pt")
     return finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, history, best["epoch"], earlier_seconds + time.time() - t_start,
                   train_crops=crops["train"])
+
+
+#: an epoch whose val logits all lie within this share of their size of each other (every class) has
+#: collapsed: its output is one constant plus float32 rounding noise (about 1e-7 of the size), and an
+#: AUC ranked on that noise can look good by chance (seen: val AUC 0.93 from a spread of 6e-8)
+MIN_VAL_LOGIT_SPREAD = 1e-5
+
+
+class TrainingFailed(RuntimeError):
+    """Training ended without a model worth exporting."""
+
+
+def outputs_collapsed(logits: np.ndarray) -> bool:
+    """Whether a network's logits on a split are not finite or constant up to rounding (a diverged
+    or collapsed network): such an epoch is never selected, whatever its val AUC."""
+    if not np.isfinite(logits).all():
+        return True
+    return len(logits) > 1 and float(np.ptp(logits, axis=0).max()) < MIN_VAL_LOGIT_SPREAD * max(1.0, float(np.abs(logits).max()))
 
 
 def _scores(logits: np.ndarray, temperature: float = 1.0, cfg: dict[str, Any] | None = None) -> np.ndarray:

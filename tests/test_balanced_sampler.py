@@ -1,8 +1,10 @@
-"""train.balance: group_label draws every (source, label) pair equally often."""
+"""train.balance: group_label draws every (source, label) pair equally often; train.session_weight
+draws the named sessions more often."""
 
 import numpy as np
+import pytest
 
-from training.train import group_balanced_sampler
+from training.train import group_balanced_sampler, session_weighted_sampler
 
 
 def test_every_group_and_label_pair_is_drawn_about_equally_often():
@@ -16,3 +18,21 @@ def test_every_group_and_label_pair_is_drawn_about_equally_often():
     assert set(shares) == {"stock/0", "stock/1", "lab/0", "lab/2"}
     assert all(0.2 < s < 0.3 for s in shares.values()), shares
     assert list(group_balanced_sampler(labels, groups, seed=7)) == list(drawn)  # seeded
+
+
+def test_named_sessions_are_drawn_that_many_times_as_often():
+    groups = ["a"] * 500 + ["b"] * 400 + ["mixed"] * 100
+    sampler = session_weighted_sampler(groups, {"mixed": 6}, seed=7)
+    drawn = [groups[i] for i in sampler]
+    assert len(drawn) == len(groups)
+    # weights 500 : 400 : 600 -> shares 1/3, 4/15, 2/5
+    share = {g: drawn.count(g) / len(drawn) for g in ("a", "b", "mixed")}
+    assert share["mixed"] == pytest.approx(0.4, abs=0.05) and share["a"] == pytest.approx(1 / 3, abs=0.05), share
+    assert [groups[i] for i in session_weighted_sampler(groups, {"mixed": 6}, seed=7)] == drawn  # seeded
+
+
+def test_session_weights_name_train_sessions_and_positive_factors():
+    with pytest.raises(ValueError, match="not in train: nowhere"):
+        session_weighted_sampler(["a", "b"], {"nowhere": 2}, seed=7)
+    with pytest.raises(ValueError, match="must be positive"):
+        session_weighted_sampler(["a", "b"], {"a": 0}, seed=7)

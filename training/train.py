@@ -208,6 +208,19 @@ def group_balanced_sampler(labels: np.ndarray, groups: list[str], seed: int) -> 
                                                   generator=torch.Generator().manual_seed(seed + 1))
 
 
+def session_weighted_sampler(groups: list[str], weight: dict[str, float], seed: int) -> torch.utils.data.WeightedRandomSampler:
+    """Draws training crops of the sessions (or sources) named in ``weight`` that many times as often
+    as the others (``{"20200728": 4}``): more of the few photos where the labels share a look."""
+    unknown = sorted(set(weight) - set(groups))
+    if unknown:
+        raise ValueError(f"train.session_weight names sessions not in train: {', '.join(unknown)}")
+    if any(not (float(w) > 0) for w in weight.values()):
+        raise ValueError(f"train.session_weight factors must be positive, got {weight}")
+    w = torch.tensor([float(weight.get(g, 1.0)) for g in groups], dtype=torch.double)
+    return torch.utils.data.WeightedRandomSampler(w, num_samples=len(groups), replacement=True,
+                                                  generator=torch.Generator().manual_seed(seed + 1))
+
+
 # ----------------------------------------------------------------------------- colour normalisation
 def colour_normalise_of(cfg: dict[str, Any]) -> ColourNormalise | None:
     """``model.colour_normalise`` of a config: None (absent, null or false: off), or the per-crop
@@ -378,6 +391,10 @@ def run(cfg: dict[str, Any], out_dir: Path, work_dir: Path, resume: bool = False
     sampler = group_balanced_sampler(labels["train"], sessions["train"], int(cfg["seed"])) if tr.get("balance") == "group_label" else None
     if tr.get("balance") not in (None, "group_label"):
         raise ValueError(f"train.balance must be null or group_label, got {tr.get('balance')!r}")
+    if tr.get("session_weight"):
+        if sampler is not None:
+            raise ValueError("train.session_weight and train.balance cannot both be set")
+        sampler = session_weighted_sampler(sessions["train"], tr["session_weight"], int(cfg["seed"]))
     loader = torch.utils.data.DataLoader(
         CropDataset(crops["train"], labels["train"], train_transform(cfg), float(cfg["augment"].get("colour_transfer_p", 0.0)), int(cfg["seed"])),
         batch_size=int(tr["batch_size"]), shuffle=sampler is None, sampler=sampler, drop_last=len(crops["train"]) > int(tr["batch_size"]),

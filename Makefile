@@ -44,7 +44,7 @@ test-fast: $(VENV)/.all-installed
 # retrain the shipped default model's recipe from ../shared/data (about 15 minutes on 2 cores), into
 # var/: training is not bit-exact across machines, so evaluate the result before it replaces models/
 train: $(VENV)/.all-installed
-	$(BIN)/grader train --out var/models/apple-defect/0.2.0 --work-dir var/train/apple-defect-0.2.0
+	$(BIN)/grader train --out var/models/apple-defect/0.3.0 --work-dir var/train/apple-defect-0.3.0
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -3,7 +3,7 @@ crops that are not the fruit it knows: tennis balls and apples on the tree from 
 frames, the lemon set's empty belt frames, lemons and oranges, and synthetic patches (flat colour,
 checkerboard, random noise, printed text).
 
-    .venv/bin/python bench/ood_eval.py [--artifact models/apple-defect/0.2.0] [--json FILE] [--blocks]
+    .venv/bin/python bench/ood_eval.py [--artifact models/apple-defect/0.3.0] [--json FILE] [--blocks]
 
 Everything goes through the service's ONNX path (service.onnx_model.OnnxDefectModel.predict: the
 model's preprocessing, its graph, grader.defect.evidence_from_logits at the artifact's thresholds).
@@ -167,7 +167,7 @@ def blocks_report(artifact: Path, spec, own: dict[str, np.ndarray], train_labels
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--artifact", type=Path, default=REPO / "models" / "apple-defect" / "0.2.0")
+    ap.add_argument("--artifact", type=Path, default=REPO / "models" / "apple-defect" / "0.3.0")
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     ap.add_argument("--work-dir", type=Path, help="the artifact's crop cache (default var/train/<name>-<version>)")
     ap.add_argument("--threads", type=int, default=2)

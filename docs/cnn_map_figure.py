@@ -2,7 +2,7 @@
 the model's crop, the shipped apple model's ONNX graph), each shown with the defect model's map
 (overlay layer ``cnn``) next to the skin colour-departure heat map (layer ``heatmap``):
 
-    .venv/bin/python docs/cnn_map_figure.py [--artifact models/apple-defect/0.2.0]
+    .venv/bin/python docs/cnn_map_figure.py [--artifact models/apple-defect/0.3.0]
 
 Without ../shared/data it draws seeded synthetic apples instead (and says so in the picture).
 """
@@ -63,7 +63,7 @@ def panel(img: np.ndarray, bbox, text: list[str]) -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--artifact", type=Path, default=REPO / "models" / "apple-defect" / "0.2.0")
+    ap.add_argument("--artifact", type=Path, default=REPO / "models" / "apple-defect" / "0.3.0")
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "fruitnet-apples" / "single")
     a = ap.parse_args(argv)
     model = OnnxDefectModel(a.artifact, threads=1)

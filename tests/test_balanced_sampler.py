@@ -31,8 +31,13 @@ def test_named_sessions_are_drawn_that_many_times_as_often():
     assert [groups[i] for i in session_weighted_sampler(groups, {"mixed": 6}, seed=7)] == drawn  # seeded
 
 
-def test_session_weights_name_train_sessions_and_positive_factors():
-    with pytest.raises(ValueError, match="not in train: nowhere"):
-        session_weighted_sampler(["a", "b"], {"nowhere": 2}, seed=7)
+def test_session_weights_need_positive_factors_and_skip_sessions_not_in_train():
+    # a config's weights name its own data's sessions: other data (--set data.kind=..., a line dataset)
+    # trains as if they were not set, and says so
+    with pytest.warns(UserWarning, match="not in train, ignored: nowhere"):
+        assert session_weighted_sampler(["a", "b"] * 50, {"nowhere": 2}, seed=7) is None  # plain shuffling
+    with pytest.warns(UserWarning, match="ignored: nowhere"):
+        drawn = [["a", "b"][i % 2] for i in session_weighted_sampler(["a", "b"] * 50, {"nowhere": 2, "b": 3}, seed=7)]
+    assert drawn.count("b") > drawn.count("a")
     with pytest.raises(ValueError, match="must be positive"):
         session_weighted_sampler(["a", "b"], {"a": 0}, seed=7)

@@ -4,7 +4,7 @@ Usage::
 
     grader compare CURRENT CANDIDATE --data DIR [--split test] [--out DIR] [--gate key=value ...]
                    [--threads N] [--latency-repeats 15] [--gates-file FILE]
-    grader compare models models/apple-defect/0.2.0 --data var/datasets/apples-2026-11
+    grader compare models models/apple-defect/0.3.0 --data var/datasets/apples-2026-11
     grader compare models cand/ --data ds/ --gate min_defective_recall=0.97 --gate max_ece=null
 
 CURRENT and CANDIDATE are model artifact directories (model.onnx + metadata.json) or directories

@@ -16,6 +16,7 @@ import math
 import random
 import subprocess
 import time
+import warnings
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
@@ -208,14 +209,18 @@ def group_balanced_sampler(labels: np.ndarray, groups: list[str], seed: int) -> 
                                                   generator=torch.Generator().manual_seed(seed + 1))
 
 
-def session_weighted_sampler(groups: list[str], weight: dict[str, float], seed: int) -> torch.utils.data.WeightedRandomSampler:
+def session_weighted_sampler(groups: list[str], weight: dict[str, float], seed: int) -> torch.utils.data.WeightedRandomSampler | None:
     """Draws training crops of the sessions (or sources) named in ``weight`` that many times as often
-    as the others (``{"20200728": 4}``): more of the few photos where the labels share a look."""
+    as the others (``{"20200728": 4}``): more of the few photos where the labels share a look. A named
+    session the train split does not hold (other data given on the command line) is ignored, with a
+    warning; None (plain shuffling) when it holds none of them."""
     unknown = sorted(set(weight) - set(groups))
     if unknown:
-        raise ValueError(f"train.session_weight names sessions not in train: {', '.join(unknown)}")
+        warnings.warn(f"train.session_weight names sessions not in train, ignored: {', '.join(unknown)}", stacklevel=2)
     if any(not (float(w) > 0) for w in weight.values()):
         raise ValueError(f"train.session_weight factors must be positive, got {weight}")
+    if not set(weight) & set(groups):
+        return None
     w = torch.tensor([float(weight.get(g, 1.0)) for g in groups], dtype=torch.double)
     return torch.utils.data.WeightedRandomSampler(w, num_samples=len(groups), replacement=True,
                                                   generator=torch.Generator().manual_seed(seed + 1))

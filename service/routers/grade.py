@@ -32,7 +32,7 @@ GRADE_EXAMPLE = {
             "flags": [],
         }
     ],
-    "model": {"name": "apple-defect", "version": "0.2.0"},
+    "model": {"name": "apple-defect", "version": "0.3.0"},
 }
 
 

@@ -406,7 +406,8 @@ def run(cfg: dict[str, Any], out_dir: Path, work_dir: Path, resume: bool = False
         generator=torch.Generator().manual_seed(int(cfg["seed"])),
     )
     counts = np.bincount(labels["train"], minlength=len(classes)).astype(np.float32)
-    # with a balancing sampler the batches' mix of classes is already the sampler's; else rarer classes weigh more
+    # with a sampler (train.balance or train.session_weight) the batches' mix of classes is the sampler's and
+    # the loss weighs every crop alike; without one, rarer classes weigh more
     class_weight = None if sampler is not None else torch.tensor(counts.sum() / np.maximum(counts, 1) / len(classes))
     criterion = nn.CrossEntropyLoss(weight=class_weight, label_smoothing=float(tr.get("label_smoothing", 0.0)))
     opt = torch.optim.AdamW(model.parameters(), lr=float(tr["lr"]), weight_decay=float(tr["weight_decay"]))

@@ -1,7 +1,7 @@
 """Citrus defect models against their targets, on held-out photos, the way the service sees them.
 
     .venv/bin/python bench/citrus_eval.py [--lemon models/lemon-defect/0.1.0] \
-        [--orange models/orange-defect/0.2.0] [--data ../shared/data] [--split test|val] [--json out.json] [--no-leak-check]
+        [--orange models/orange-defect/0.3.0] [--data ../shared/data] [--split test|val] [--json out.json] [--no-leak-check]
 
 Each artifact's own ``manifest.json`` names its test photos (whole near-duplicate groups the model
 never saw; datasets/citrus.py); every file is checked against its recorded sha256. Every photo
@@ -267,7 +267,7 @@ def leak_report(items: list[dict[str, Any]], data: Path, bits: int = 160) -> dic
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--lemon", default=str(REPO / "models" / "lemon-defect" / "0.1.0"))
-    ap.add_argument("--orange", default=str(REPO / "models" / "orange-defect" / "0.2.0"))
+    ap.add_argument("--orange", default=str(REPO / "models" / "orange-defect" / "0.3.0"))
     ap.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--split", default="test", choices=["test", "val"],

@@ -47,7 +47,7 @@ class Commodity(BaseModel):
     defect_types: tuple[str, ...] = ()
     colour_bands: tuple[ColourBand, ...] = ()
     #: the commodity's defect-model artifact, relative to the models directory (e.g.
-    #: "orange-defect/0.2.0"); None: the service's default model judges it
+    #: "orange-defect/0.3.0"); None: the service's default model judges it
     model: str | None = None
 
 

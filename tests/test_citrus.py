@@ -18,7 +18,7 @@ from service.settings import SHIPPED_MODELS
 
 from .conftest import SHARED_DATA, headers, png_bytes
 
-ORANGE_ART = SHIPPED_MODELS / "orange-defect" / "0.2.0"
+ORANGE_ART = SHIPPED_MODELS / "orange-defect" / "0.3.0"
 LEMON_ART = SHIPPED_MODELS / "lemon-defect" / "0.1.0"
 
 # GB/T 21488-2008 as shared/standards.md gives it (best grade first): minimum °Brix, total and

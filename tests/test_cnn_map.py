@@ -161,11 +161,11 @@ SHIPPED_ARTIFACTS = sorted(p.parent for p in SHIPPED_MODELS.glob("*/*/metadata.j
 
 
 def test_shipped_artifacts_are_the_serving_ones_and_the_apple_rollbacks():
-    """One serving artifact per commodity, plus the apple models it replaced, kept as rollbacks:
+    """One serving artifact per commodity, plus the models they replaced, kept as rollbacks: apple
     0.2.0 (the earlier default) and 0.1.0, 0.2.0's network without its test-time views, which
-    costs a quarter of the model CPU."""
+    costs a quarter of the model CPU; orange 0.2.0."""
     assert [f"{a.parent.name}/{a.name}" for a in SHIPPED_ARTIFACTS] == ["apple-defect/0.1.0", "apple-defect/0.2.0", "apple-defect/0.3.0",
-                                                                        "lemon-defect/0.1.0", "orange-defect/0.2.0"]
+                                                                        "lemon-defect/0.1.0", "orange-defect/0.2.0", "orange-defect/0.3.0"]
     assert (SHIPPED_MODELS / "DEFAULT").read_text().strip() == "apple-defect/0.3.0"
     default = json.loads((SHIPPED_MODELS / "apple-defect" / "0.3.0" / "metadata.json").read_text())
     assert default["preprocessing"]["test_time_views"]["count"] == 4 and "derived_from" not in default  # grader train, in one go

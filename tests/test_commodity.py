@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
 from datasets.synthetic import make_fruit_image
+from grader.commodities import load_commodities
 from service.settings import SHIPPED_MODELS
 
 from .conftest import headers, png_bytes
 
 ART = SHIPPED_MODELS / (SHIPPED_MODELS / "DEFAULT").read_text().strip()
+ORANGE_MODEL = load_commodities(Path(__file__).resolve().parents[1] / "grader" / "commodities")["orange"].model
 
 
 def grade(client, **form):
@@ -47,26 +50,25 @@ def orange_served(settings, tmp_path):
     root = tmp_path / "models"
     # only the default model: the orange artifact below is this test's own
     shutil.copytree(SHIPPED_MODELS, root, ignore=lambda d, names: [n for n in names if d == str(SHIPPED_MODELS) and n not in ("DEFAULT", ART.parent.name)])
-    dest = root / "orange-defect" / "0.2.0"
+    dest = root / ORANGE_MODEL  # where the shipped orange profile looks for its model
     shutil.copytree(ART, dest)
     meta = json.loads((dest / "metadata.json").read_text())
-    meta.update(name="orange-defect", commodity="orange")
+    meta.update(name="orange-defect", commodity="orange", version=dest.name)
     (dest / "metadata.json").write_text(json.dumps(meta))
-    # the shipped orange profile names orange-defect/0.2.0; the shipped lemon profile's model is
-    # absent from this root, so lemons fall back to the default model
+    # the shipped lemon profile's model is absent from this root, so lemons fall back to the default model
     with TestClient(create_app(settings.model_copy(update={"models_root": root, "model_dir": root}))) as c:
         yield c
 
 
 def test_each_commodity_is_judged_by_its_own_model(orange_served):
     c = orange_served
-    v = ART.name  # the default apple artifact, whose copy (its version kept) judges oranges here
-    assert c.get("/healthz").json()["models"] == {"apple": f"apple-defect@{v}", "orange": f"orange-defect@{v}"}
+    v, ov = ART.name, Path(ORANGE_MODEL).name  # the default apple artifact, whose copy judges oranges here
+    assert c.get("/healthz").json()["models"] == {"apple": f"apple-defect@{v}", "orange": f"orange-defect@{ov}"}
     assert grade(c, commodity="orange").json()["model"]["name"] == "orange-defect"
     assert grade(c, commodity="apple").json()["model"]["name"] == "apple-defect"
     assert grade(c, commodity="lemon").json()["model"]["name"] == "apple-defect"  # no lemon model here: the default judges it
     listed = c.get("/v1/models", headers=headers("trainer")).json()
-    assert listed["serving_by_commodity"] == {"apple": f"apple-defect@{v}", "orange": f"orange-defect@{v}"}
+    assert listed["serving_by_commodity"] == {"apple": f"apple-defect@{v}", "orange": f"orange-defect@{ov}"}
     # a rollback of one commodity leaves the other alone
     assert c.post("/v1/models/rollback?commodity=orange", headers=headers("trainer")).status_code == 409
     assert grade(c, commodity="apple").json()["model"]["name"] == "apple-defect"

@@ -45,7 +45,7 @@ def test_list_and_get_the_serving_model(client):
     body = client.get("/v1/models", headers=headers("trainer")).json()
     assert body["serving"] == "apple-defect@0.3.0"
     # one serving model per commodity: the default (apple) and the citrus models the profiles name
-    assert body["serving_by_commodity"] == {"apple": "apple-defect@0.3.0", "lemon": "lemon-defect@0.1.0", "orange": "orange-defect@0.2.0"}
+    assert body["serving_by_commodity"] == {"apple": "apple-defect@0.3.0", "lemon": "lemon-defect@0.1.0", "orange": "orange-defect@0.3.0"}
     assert {m["id"] for m in body["models"]} == set(body["serving_by_commodity"].values())
     assert all(m["status"] == "serving" and m["test_metrics"]["balanced_accuracy"] > 0 for m in body["models"])
     full = client.get("/v1/models/apple-defect@0.3.0", headers=headers("inspector")).json()
@@ -74,7 +74,7 @@ def test_bad_artifacts_are_refused_and_nothing_changes(client):
     assert r.status_code == 422 and "parity" in r.json()["error"]["message"]
     # nothing was registered: only the shipped models (one per commodity)
     assert sorted(m["id"] for m in client.get("/v1/models", headers=headers("trainer")).json()["models"]) == \
-        ["apple-defect@0.3.0", "lemon-defect@0.1.0", "orange-defect@0.2.0"]
+        ["apple-defect@0.3.0", "lemon-defect@0.1.0", "orange-defect@0.3.0"]
 
 
 def test_promote_while_requests_flow_then_roll_back(client):

@@ -1,6 +1,6 @@
 """``grader evaluate ARTIFACT``: one model's figures on the held-out split its own manifest names.
 
-    grader evaluate models/orange-defect/0.2.0 [--data DIR] [--split test] [--out DIR]
+    grader evaluate models/orange-defect/0.3.0 [--data DIR] [--split test] [--out DIR]
 
 The artifact's ``manifest.json`` (written by ``grader train``) lists every photo with its label,
 split, capture session or source, and sha256; each file of the split is checked against its hash,

@@ -236,9 +236,12 @@ def main(argv: list[str] | None = None) -> int:
               f"| {r['median_distance']:.1f} / {r['median_early_distance']:.1f} | {roc} |")
     if a.blocks and spec.test_time_views > 1:
         # the block taps read the network's own tensors, which a views graph holds for every view
+        parent = spec.raw.get("derived_from", {}).get("artifact")
+        how = (f"({parent})" if parent else
+               "(make one from the run that trained it: grader train --resume --set model.test_time_views=1 "
+               "--set version=<v>-single --out DIR --work-dir <that run's work dir>)")
         print(f"--blocks: {spec.name} {spec.version} averages {spec.test_time_views} views in its graph; the block table reads "
-              "the network's tensors one view at a time: run it on the single-view artifact of the same network "
-              f"({spec.raw.get('derived_from', {}).get('artifact', 'its parent')})")
+              f"the network's tensors one view at a time: run it on the single-view artifact of the same network {how}")
     elif a.blocks:
         own = {"train": crops["train"], "val": crops["val"], "test": crops["test"]}
         blocks_report(a.artifact, spec, own, labels["train"],

@@ -43,12 +43,12 @@ def upload(client, onnx, meta):
 
 def test_list_and_get_the_serving_model(client):
     body = client.get("/v1/models", headers=headers("trainer")).json()
-    assert body["serving"] == "apple-defect@0.3.0"
+    assert body["serving"] == f"apple-defect@{ART.name}"
     # one serving model per commodity: the default (apple) and the citrus models the profiles name
-    assert body["serving_by_commodity"] == {"apple": "apple-defect@0.3.0", "lemon": "lemon-defect@0.1.0", "orange": "orange-defect@0.3.0"}
+    assert body["serving_by_commodity"] == {"apple": f"apple-defect@{ART.name}", "lemon": "lemon-defect@0.1.0", "orange": "orange-defect@0.3.0"}
     assert {m["id"] for m in body["models"]} == set(body["serving_by_commodity"].values())
     assert all(m["status"] == "serving" and m["test_metrics"]["balanced_accuracy"] > 0 for m in body["models"])
-    full = client.get("/v1/models/apple-defect@0.3.0", headers=headers("inspector")).json()
+    full = client.get(f"/v1/models/apple-defect@{ART.name}", headers=headers("inspector")).json()
     assert full["metadata"]["preprocessing"]["input_size"] == [128, 128]
     assert full["metadata"]["preprocessing"]["test_time_views"]["count"] == 4
     assert client.get("/v1/models/nope@1", headers=headers("trainer")).status_code == 404
@@ -74,7 +74,7 @@ def test_bad_artifacts_are_refused_and_nothing_changes(client):
     assert r.status_code == 422 and "parity" in r.json()["error"]["message"]
     # nothing was registered: only the shipped models (one per commodity)
     assert sorted(m["id"] for m in client.get("/v1/models", headers=headers("trainer")).json()["models"]) == \
-        ["apple-defect@0.3.0", "lemon-defect@0.1.0", "orange-defect@0.3.0"]
+        [f"apple-defect@{ART.name}", "lemon-defect@0.1.0", "orange-defect@0.3.0"]
 
 
 def test_promote_while_requests_flow_then_roll_back(client):
@@ -106,14 +106,14 @@ def test_promote_while_requests_flow_then_roll_back(client):
     stop.set()
     [t.join() for t in threads]
     assert set(statuses) == {200}, "no request may fail or be dropped during the swap"
-    assert versions[0] == "0.3.0" and versions[-1] == "0.3.1-candidate"
+    assert versions[0] == ART.name and versions[-1] == "0.3.1-candidate"
     listed = {m["id"]: m["status"] for m in client.get("/v1/models", headers=headers("trainer")).json()["models"] if m["id"].startswith("apple")}
-    assert listed == {"apple-defect@0.3.0": "available", "apple-defect@0.3.1-candidate": "serving"}
+    assert listed == {f"apple-defect@{ART.name}": "available", "apple-defect@0.3.1-candidate": "serving"}
 
     back = client.post("/v1/models/rollback", headers=headers("trainer")).json()
-    assert back["id"] == "apple-defect@0.3.0" and back["status"] == "serving"
+    assert back["id"] == f"apple-defect@{ART.name}" and back["status"] == "serving"
     r = client.post("/v1/grade", files={"image": ("f.jpg", data, "image/jpeg")}, headers=headers())
-    assert r.json()["model"]["version"] == "0.3.0"
+    assert r.json()["model"]["version"] == ART.name
 
 
 def test_promotion_survives_a_restart(settings, caplog):

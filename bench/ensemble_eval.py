@@ -32,6 +32,7 @@ from training.metrics import auc, binary_report, pick_threshold  # noqa: E402
 
 def member_logits(artifact: Path, split: str) -> tuple[list[str], np.ndarray, np.ndarray]:
     """(photo paths, defective truth, calibrated logit of P(defective)) of one artifact's split."""
+    print(f"scoring {artifact} on its {split} photos ...", file=sys.stderr, flush=True)
     report, _ = evaluate_artifact(artifact, split=split)
     rows = sorted(report["scores"], key=lambda r: r["path"])
     p = np.clip(np.array([r["score"] for r in rows], dtype=np.float64), 1e-7, 1 - 1e-7)

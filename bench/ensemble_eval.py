@@ -7,8 +7,8 @@ Scores every artifact's val and test photos through the served ONNX graph on ful
 as `grader evaluate` does (training/evaluate.py: evaluate_artifact; its reports land under
 var/evaluate/), then averages the members' calibrated logits, log(p / (1 - p)), fruit by fruit. Each
 row (every member alone, every combination of two or more) gets its own threshold, chosen on val by
-the first artifact's rule (the largest threshold keeping recall on defective fruit >=
-thresholds.min_recall_defective), then applied to test. The artifacts must be of one data split
+the apple models' rule (the largest threshold keeping recall on defective fruit >= the first
+artifact's thresholds.min_recall_defective), then applied to test. The artifacts must be of one data split
 (the same manifest). Nothing here is used by the service: an average of N networks costs N times
 the model's CPU per fruit.
 """

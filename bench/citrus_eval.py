@@ -5,7 +5,8 @@
 
 Each artifact's own ``manifest.json`` names its test photos (whole near-duplicate groups the model
 never saw; datasets/citrus.py); every file is checked against its recorded sha256. Every photo
-goes through the service's path: ``grader.measure.segment_fruits`` → the largest fruit →
+goes through the service's path: ``grader.measure.segment_fruits`` with the commodity profile's
+settings (``Commodity.segmentation``) → the largest fruit →
 ``grader.measure.crop_for_model(..., mask)`` (background painted out) →
 ``service.onnx_model.OnnxDefectModel.predict`` (the shipped model.onnx, its metadata's threshold).
 A photo in which no fruit is found gets no grade: it counts as wrong for its class.
@@ -50,7 +51,8 @@ if str(REPO) not in sys.path:
 
 from datasets import citrus  # noqa: E402
 from datasets.fruitnet import file_sha256  # noqa: E402
-from grader.measure import crop_for_model, measure_image, segment_fruits  # noqa: E402
+from grader.commodities import load_commodities  # noqa: E402
+from grader.measure import SegmentationParams, crop_for_model, measure_image, segment_fruits  # noqa: E402
 from service.onnx_model import OnnxDefectModel  # noqa: E402
 from training.colour import colour_transfer, fruit_pixels, mean_colour_stats  # noqa: E402
 
@@ -82,10 +84,11 @@ def read_manifest(artifact: Path, data: Path, check: bool = True) -> list[dict[s
     return items
 
 
-def service_crop(rgb: np.ndarray, margin: float) -> tuple[np.ndarray | None, int, float]:
-    """The largest fruit's model crop as the service makes it, the number of fruit found and the
-    fruit's share of the crop (None crop when no fruit is found)."""
-    segs = segment_fruits(rgb)
+def service_crop(rgb: np.ndarray, margin: float, params: SegmentationParams | None = None) -> tuple[np.ndarray | None, int, float]:
+    """The largest fruit's model crop as the service makes it (``params``: the commodity's
+    segmentation settings), the number of fruit found and the fruit's share of the crop (None crop
+    when no fruit is found)."""
+    segs = segment_fruits(rgb, params)
     if not segs:
         return None, 0, 0.0
     seg = max(segs, key=lambda s: int(s.mask.sum()))
@@ -105,11 +108,11 @@ def balanced(pairs: list[tuple[bool, bool | None]]) -> dict[str, Any]:
             "n_defective": len(d), "n_sound": len(s), "no_fruit": sum(1 for _, c in pairs if c is None)}
 
 
-def score_items(model: OnnxDefectModel, items: list[dict[str, Any]], data: Path) -> list[dict[str, Any]]:
+def score_items(model: OnnxDefectModel, items: list[dict[str, Any]], data: Path, params: SegmentationParams | None = None) -> list[dict[str, Any]]:
     out = []
     crops, keep = [], []
     for it in items:
-        crop, n, share = service_crop(load_rgb(data / it["path"]), model.spec.crop_margin_frac)
+        crop, n, share = service_crop(load_rgb(data / it["path"]), model.spec.crop_margin_frac, params)
         row = {**it, "n_fruit": n, "fruit_share": share, "crop": crop}
         out.append(row)
         if crop is not None:
@@ -139,7 +142,8 @@ def lemon_report(artifact: Path, data: Path, threads: int, out: dict[str, Any]) 
     model = OnnxDefectModel(artifact, threads=threads)
     items = read_manifest(artifact, data)
     test = [it for it in items if it["split"] == SPLIT and it["label"] in ("sound", "defective")]
-    rows = score_items(model, test, data)
+    params = load_commodities()["lemon"].segmentation()  # as the service segments a lemon
+    rows = score_items(model, test, data, params)
     rep = balanced([(r["label"] == "defective", called(r)) for r in rows])
     out["lemon"] = {"artifact": str(artifact), "threshold": model.spec.threshold_defective, **rep}
     print(f"\n== lemons: {artifact} (threshold {model.spec.threshold_defective:.3f}) ==")
@@ -150,7 +154,7 @@ def lemon_report(artifact: Path, data: Path, threads: int, out: dict[str, Any]) 
     print(f"  recall defective {fmt(rep['recall_defective'])}, recall sound {fmt(rep['recall_sound'])}")
 
     empties = [it for it in items if it["label"] == "empty"]
-    found = {it["path"]: len(measure_image(load_rgb(data / it["path"]), None)) for it in empties}
+    found = {it["path"]: len(measure_image(load_rgb(data / it["path"]), None, params)) for it in empties}
     share_all = float(np.mean([n == 0 for n in found.values()]))
     test_empty = [it["path"] for it in empties if it["split"] == SPLIT]
     share_test = float(np.mean([found[p] == 0 for p in test_empty])) if test_empty else float("nan")
@@ -168,7 +172,8 @@ def orange_report(artifact: Path, data: Path, threads: int, out: dict[str, Any],
     spec = model.spec
     items = read_manifest(artifact, data)
     test = [it for it in items if it["split"] == SPLIT]
-    rows = score_items(model, test, data)
+    params = load_commodities()["orange"].segmentation()  # as the service segments an orange
+    rows = score_items(model, test, data, params)
     print(f"\n== oranges: {artifact} (classes {', '.join(spec.classes)}; threshold {spec.threshold_defective:.3f}) ==")
     o: dict[str, Any] = {"artifact": str(artifact), "threshold": spec.threshold_defective, "per_source": {}}
     for source in ("oranges-fresh-rotten", "orange-diseases"):
@@ -219,7 +224,7 @@ def orange_report(artifact: Path, data: Path, threads: int, out: dict[str, Any],
     for it in [it for it in items if it["split"] == "train"]:
         key = "lab_diseased" if it["label"] in DISEASES else "stock_sound" if it["label"] == "sound" else None
         if key and len(train_crops[key]) < 120:
-            crop, _, _ = service_crop(load_rgb(data / it["path"]), spec.crop_margin_frac)
+            crop, _, _ = service_crop(load_rgb(data / it["path"]), spec.crop_margin_frac, params)
             if crop is not None:
                 train_crops[key].append(crop)
     lab_stats, stock_stats = mean_colour_stats(train_crops["lab_diseased"]), mean_colour_stats(train_crops["stock_sound"])

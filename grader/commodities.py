@@ -10,6 +10,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .errors import GraderError
+from .measure import SegmentationParams
 from .standards import load_toml_model
 
 SHIPPED_DIR = Path(__file__).parent / "commodities"
@@ -49,6 +50,14 @@ class Commodity(BaseModel):
     #: the commodity's defect-model artifact, relative to the models directory (e.g.
     #: "orange-defect/0.3.0"); None: the service's default model judges it
     model: str | None = None
+    #: > 0: on a backdrop this plain (grader.measure.SegmentationParams.flat_background_max_std), the
+    #: fruit finder takes textured pixels as fruit as well as coloured ones, so white or grey mould on
+    #: a white backdrop stays part of the fruit; 0: colour alone
+    plain_backdrop_max_texture_std: float = Field(0.0, ge=0.0)
+
+    def segmentation(self) -> SegmentationParams:
+        """The fruit finder's settings for this commodity."""
+        return SegmentationParams(flat_background_max_std=self.plain_backdrop_max_texture_std)
 
 
 def load_commodities(*dirs: Path) -> dict[str, Commodity]:

@@ -56,6 +56,15 @@ class SegmentationParams:
     # outline is a fruit mostly outside the frame (a neighbour's sliver): nothing to size or grade.
     # 0 keeps every piece; raising it drops fruit that are half in view.
     min_visible_frac: float = 0.25
+    # On a plain backdrop (the border strip's local lightness texture, the 0.9 quantile of the
+    # standard deviation of L* over 5x5 pixels, at most flat_background_max_std) white or grey mould
+    # can match the backdrop's colour, so colour alone cuts it out of the fruit; there, pixels
+    # textured more than texture_over_background times the backdrop (and at least min_texture_std)
+    # count as fruit too. On a textured belt (concrete, cloth, leaves) the cue stays off by itself.
+    # 0 (the default) turns it off; a commodity profile turns it on (citrus: plain_backdrop_max_texture_std).
+    flat_background_max_std: float = 0.0
+    min_texture_std: float = 3.0
+    texture_over_background: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -115,6 +124,26 @@ def _distance_to(lab: np.ndarray, centres: np.ndarray, weight: np.ndarray) -> np
         cur += (channels[2] - c[2]) ** 2
         d2 = cur if d2 is None else np.minimum(d2, cur, out=d2)
     return np.sqrt(d2)
+
+
+def _border_strip(a: np.ndarray, frac: float) -> np.ndarray:
+    """The values of a 2-D array's border strip (its outer ``frac`` of the shorter side, at least 2 px)."""
+    h, w = a.shape[:2]
+    b = max(2, int(round(min(h, w) * frac)))
+    return np.concatenate([a[:b].ravel(), a[-b:].ravel(), a[:, :b].ravel(), a[:, -b:].ravel()])
+
+
+def _textured_on_plain_backdrop(lightness: np.ndarray, params: SegmentationParams) -> np.ndarray | None:
+    """Pixels whose local lightness texture stands out from a plain backdrop's (bool), or None when
+    the backdrop is itself textured (or the cue is off): see SegmentationParams.flat_background_max_std."""
+    if params.flat_background_max_std <= 0:
+        return None
+    mean = cv2.blur(lightness, (5, 5))
+    std = np.sqrt(np.maximum(cv2.blur(lightness * lightness, (5, 5)) - mean * mean, 0.0))
+    backdrop = float(np.quantile(_border_strip(std, params.border_frac), 0.9))
+    if backdrop > params.flat_background_max_std:
+        return None
+    return std > max(params.min_texture_std, params.texture_over_background * backdrop)
 
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
@@ -182,6 +211,9 @@ def segment_fruits(image_rgb: np.ndarray, params: SegmentationParams | None = No
     otsu_input = np.clip(dist, 0, 255).astype(np.uint8)
     otsu, _ = cv2.threshold(otsu_input, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     mask = dist > max(float(otsu), params.min_contrast)
+    textured = _textured_on_plain_backdrop(np.ascontiguousarray(lab[..., 0]), params)
+    if textured is not None:
+        mask |= textured
     k = max(3, int(round(min(small.shape[:2]) * 0.01)) | 1)
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
     mask = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_OPEN, kernel)
@@ -207,7 +239,7 @@ def segment_fruits(image_rgb: np.ndarray, params: SegmentationParams | None = No
             if float(np.median(colour_dist)) < params.min_colour_contrast and not (
                 blob.sum() >= params.lightness_only_min_area_frac * sh * sw
                 and float(np.median(dist[blob])) >= params.lightness_only_min_contrast
-            ):
+            ) and not (textured is not None and float(textured[blob].mean()) >= 0.5):
                 continue  # lightness only: a shadow, stain or hole, not a fruit
         kept.append(blob)
     blobs = kept

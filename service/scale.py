@@ -28,7 +28,8 @@ def resolve_scale(image_rgb: np.ndarray, commodity: Commodity | None, request_mm
                   reference_diameter_mm: float | None, camera: CalibrationRow | None, spec: ReferenceSpec) -> ScaledFrame:
     bands = commodity.colour_bands if commodity else ()
     axis = commodity.size_axis if commodity else "major"
-    measured = measure_image(image_rgb, None, colour_bands=bands, size_axis=axis)
+    params = commodity.segmentation() if commodity else None
+    measured = measure_image(image_rgb, None, params, colour_bands=bands, size_axis=axis)
     refs: list[FruitMeasurement] = []
     flags: list[Flag] = []
     if reference_diameter_mm is not None:

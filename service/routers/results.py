@@ -141,8 +141,10 @@ async def get_result_overlay(
 
         rgb, _ = decode_image(Path(img.path).read_bytes(), ctx.settings.max_image_pixels)
         std = ctx.standards.get(row.standard_id)
-        commodity = ctx.commodities.get(std.commodity) if std else None
-        ms = measure_image(rgb, None, colour_bands=commodity.colour_bands if commodity else (),
+        # the commodity that measured the result (a result says which), else its standard's
+        commodity = ctx.commodities.get(row.payload.get("commodity") or (std.commodity if std else ""))
+        ms = measure_image(rgb, None, commodity.segmentation() if commodity else None,
+                           colour_bands=commodity.colour_bands if commodity else (),
                            size_axis=commodity.size_axis if commodity else "major")
         ref_boxes = {tuple(r["bbox"]) for r in row.payload.get("references", [])}
         refs = [m for m in ms if tuple(m.bbox) in ref_boxes]

@@ -96,11 +96,7 @@ def _to_lab(image_rgb: np.ndarray) -> np.ndarray:
 
 def _background_colours(lab: np.ndarray, params: SegmentationParams) -> np.ndarray:
     """The background's Lab colours, learned from the frame's border strip (k, 3)."""
-    h, w = lab.shape[:2]
-    b = max(2, int(round(min(h, w) * params.border_frac)))
-    border = np.concatenate(
-        [lab[:b].reshape(-1, 3), lab[-b:].reshape(-1, 3), lab[:, :b].reshape(-1, 3), lab[:, -b:].reshape(-1, 3)]
-    )
+    border = _border_strip(lab, params.border_frac)
     if len(border) > 3000:  # a sample of the strip learns its colours as well, for less work
         border = border[np.linspace(0, len(border) - 1, 3000).astype(int)]
     k = min(params.background_clusters, len(border))
@@ -127,10 +123,12 @@ def _distance_to(lab: np.ndarray, centres: np.ndarray, weight: np.ndarray) -> np
 
 
 def _border_strip(a: np.ndarray, frac: float) -> np.ndarray:
-    """The values of a 2-D array's border strip (its outer ``frac`` of the shorter side, at least 2 px)."""
+    """The pixels of an image's border strip (its outer ``frac`` of the shorter side, at least 2 px),
+    one row per pixel: (n,) for a one-channel image, (n, c) for c channels."""
     h, w = a.shape[:2]
     b = max(2, int(round(min(h, w) * frac)))
-    return np.concatenate([a[:b].ravel(), a[-b:].ravel(), a[:, :b].ravel(), a[:, -b:].ravel()])
+    tail = a.shape[2:]
+    return np.concatenate([a[:b].reshape(-1, *tail), a[-b:].reshape(-1, *tail), a[:, :b].reshape(-1, *tail), a[:, -b:].reshape(-1, *tail)])
 
 
 def _textured_on_plain_backdrop(lightness: np.ndarray, params: SegmentationParams) -> np.ndarray | None:

@@ -179,12 +179,20 @@ def orange_report(artifact: Path, data: Path, threads: int, out: dict[str, Any],
     for source in ("oranges-fresh-rotten", "orange-diseases"):
         rs = [r for r in rows if r["source"] == source]
         o["per_source"][source] = balanced([(r["label"] != "sound", called(r)) for r in rs])
+        # every photo called wrong, for a look at what the model (or the segmentation) missed
+        o["per_source"][source]["wrong"] = [
+            {"path": r["path"], "label": r["label"], "n_fruit": r["n_fruit"], "fruit_share": round(r["fruit_share"], 3),
+             "score": None if r.get("evidence") is None else round(float(r["evidence"].score), 4)}
+            for r in rs if called(r) is not (r["label"] != "sound")]
     fr, fd = o["per_source"]["oranges-fresh-rotten"], o["per_source"]["orange-diseases"]
     print(f"{SPLIT} photos: oranges-fresh-rotten {fr['n_sound']} fresh + {fr['n_defective']} rotten; orange-diseases {fd['n_sound']} fresh + "
           f"{fd['n_defective']} diseased; no fruit found in {fr['no_fruit'] + fd['no_fruit']}")
     t = TARGETS["orange_fresh_vs_rotten_balanced_accuracy"]
     print(f"  oranges-fresh-rotten  fresh vs rotten    balanced accuracy {fmt(fr['balanced_accuracy'])}   target >= {t}   {verdict(fr['balanced_accuracy'], t)}"
           f"   (recall rotten {fmt(fr['recall_defective'])}, recall fresh {fmt(fr['recall_sound'])})")
+    print("    called wrong: " + ", ".join(f"{Path(w['path']).name} ({w['label']}, "
+                                            + ("no fruit" if w["score"] is None else f"{w['n_fruit']} found, score {w['score']:.2f}") + ")"
+                                            for w in fr["wrong"]))
     t = TARGETS["orange_fresh_vs_diseased_balanced_accuracy"]
     print(f"  orange-diseases       fresh vs diseased  balanced accuracy {fmt(fd['balanced_accuracy'])}   target >= {t}   {verdict(fd['balanced_accuracy'], t)}"
           f"   (recall diseased {fmt(fd['recall_defective'])}, recall fresh {fmt(fd['recall_sound'])})")

@@ -17,6 +17,7 @@ import numpy as np
 
 from .colour import ColourNormalise, resized_fruit_mask
 from .errors import InvalidModelArtifact
+from .measure import SegmentationParams
 from .records import DefectEvidence
 
 
@@ -54,6 +55,11 @@ class ModelSpec:
     #: (``preprocessing.test_time_views.count``; training/views.py); nothing to do for serving, which
     #: runs the graph as it is, but every decision of the model is that average
     test_time_views: int = 1
+    #: the fruit finder's settings the model's training crops were cut with
+    #: (``preprocessing.crop_segmentation``: the fields of :class:`grader.measure.SegmentationParams`
+    #: that differ from its defaults); None (the key absent): the defaults. Serving measures with the
+    #: commodity's own settings; evaluation of an artifact on photos cuts its crops with these
+    crop_segmentation: SegmentationParams | None = None
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
@@ -80,6 +86,7 @@ class ModelSpec:
                 crop_margin_frac=float(pre.get("crop_margin_frac", 0.08)),
                 colour_normalise=None if norm is None else ColourNormalise.from_dict(norm),
                 test_time_views=int((pre.get("test_time_views") or {}).get("count", 1)),
+                crop_segmentation=None if pre.get("crop_segmentation") is None else SegmentationParams(**pre["crop_segmentation"]),
                 ood_energy_threshold=None if thr.get("ood_energy") is None else float(thr["ood_energy"]),
                 ood_distance_threshold=None if thr.get("ood_distance") is None else float(thr["ood_distance"]),
                 ood_distance_early_threshold=None if thr.get("ood_distance_early") is None else float(thr["ood_distance_early"]),

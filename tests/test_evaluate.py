@@ -84,3 +84,37 @@ def test_evaluate_reproduces_the_shipped_lemon_figures(tmp_path):
     # makes: the figures agree to within a few photos
     assert report["metrics"]["balanced_accuracy"] == pytest.approx(recorded["balanced_accuracy"], abs=0.02)
     assert report["metrics"]["auc"] == pytest.approx(recorded["auc"], abs=0.01)
+
+
+def test_evaluate_cuts_crops_with_the_segmentation_the_model_was_trained_on(tmp_path):
+    """An artifact whose metadata records ``preprocessing.crop_segmentation`` (trained with
+    ``data.segmentation: commodity``) is evaluated on crops cut with those settings, as its training
+    crops were: here a white-mould orange on white, whole with the orange profile's texture cue."""
+    from grader.commodities import load_commodities
+    from service.onnx_model import OnnxDefectModel
+    from training.crops import fruit_crop
+    from training.evaluate import evaluate_artifact
+
+    from .test_mould_segmentation import mouldy_orange
+
+    art, data = tmp_path / "art", tmp_path / "photos"
+    art.mkdir()
+    data.mkdir()
+    shutil.copy(SHIPPED_MODELS / "lemon-defect" / "0.1.0" / "model.onnx", art / "model.onnx")
+    meta = json.loads((SHIPPED_MODELS / "lemon-defect" / "0.1.0" / "metadata.json").read_text())
+    params = load_commodities()["orange"].segmentation()
+    meta["preprocessing"]["crop_segmentation"] = {"flat_background_max_std": params.flat_background_max_std}
+    (art / "metadata.json").write_text(json.dumps(meta))
+    img = mouldy_orange(backdrop_noise=0.0)
+    (data / "o.png").write_bytes(png_bytes(img))
+    items = [{"path": "o.png", "label": "defective", "source": "lab", "split": "test",
+              "sha256": hashlib.sha256((data / "o.png").read_bytes()).hexdigest()}]
+    (art / "manifest.json").write_text(json.dumps({"sha256": "x", "items": items}))
+    report, _ = evaluate_artifact(art, data, "test", tmp_path / "report", threads=1, latency_repeats=1)
+    model = OnnxDefectModel(art, threads=1)
+    assert model.spec.crop_segmentation == params
+    margin = model.spec.crop_margin_frac
+    [whole] = model.predict([fruit_crop(img, margin, params=params)])
+    [half] = model.predict([fruit_crop(img, margin)])
+    assert report["scores"][0]["score"] == pytest.approx(whole.score, abs=1e-9)
+    assert abs(whole.score - half.score) > 1e-6  # the two crops differ, and so do their scores

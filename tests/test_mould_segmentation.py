@@ -75,3 +75,56 @@ def test_a_mouldy_orange_posted_as_an_orange_is_sized_whole_and_its_overlay_draw
     assert max(f["area_mm2"] for f in as_apple.json()["fruits"]) < 0.7 * fruit["area_mm2"]
     overlay = client.get(f"/v1/results/{as_orange.json()['id']}/overlay", headers=headers("inspector"))
     assert overlay.status_code == 200 and overlay.headers["content-type"] == "image/png"
+
+
+# ----------------------------------------------------------------------------- training crops
+def _fruit_share_of_crop(crop: np.ndarray) -> float:
+    """Share of a crop that is not the painted-out fill (grader.colour.CROP_FILL_RGB)."""
+    from grader.colour import CROP_FILL_RGB
+
+    return float((np.abs(crop.astype(int) - np.array(CROP_FILL_RGB)).sum(axis=2) > 0).mean())
+
+
+def test_training_crops_cut_with_the_commodity_settings_keep_the_mould(tmp_path) -> None:
+    from training.crops import crop_cache, fruit_crop
+
+    img = mouldy_orange(backdrop_noise=0.0)
+    orange = load_commodities()["orange"].segmentation()
+    colour_only, textured = fruit_crop(img, 0.08), fruit_crop(img, 0.08, params=orange)
+    # colour alone: the orange half, the mould painted out; the orange profile: the whole disc
+    assert _fruit_share_of_crop(colour_only) < 0.7 * _fruit_share_of_crop(textured)
+    assert _fruit_share_of_crop(textured) > 0.5  # a disc fills pi/4 of its square, less the margin
+    # the cache keys on the settings: the same photo list cached twice, one entry per setting
+    path = tmp_path / "o.png"
+    cv2.imwrite(str(path), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    a = crop_cache([path], 64, 0.08, tmp_path / "cache", workers=1)
+    b = crop_cache([path], 64, 0.08, tmp_path / "cache", workers=1, params=orange)
+    assert len(list((tmp_path / "cache").glob("crops-*.npy"))) == 2
+    assert not np.array_equal(a, b)
+    assert np.array_equal(crop_cache([path], 64, 0.08, tmp_path / "cache", workers=1, params=SegmentationParams()), a)
+
+
+def test_data_segmentation_commodity_is_recorded_in_the_metadata_and_read_back() -> None:
+    from grader.defect import ModelSpec
+    from grader.errors import InvalidModelArtifact
+    from training import train
+
+    cfg = train.load_config(train.DEFAULT_CONFIG, ["commodity=orange", "data.segmentation=commodity"])
+    params = train.segmentation_of(cfg)
+    assert params == load_commodities()["orange"].segmentation()
+    record = train.crop_segmentation_record(params)
+    assert record == {"crop_segmentation": {"flat_background_max_std": load_commodities()["orange"].plain_backdrop_max_texture_std}}
+    meta = {"name": "m", "version": "1", "classes": ["sound", "defective"],
+            "preprocessing": {"input_size": [32, 32], "mean": [0, 0, 0], "std": [1, 1, 1], **record}}
+    assert ModelSpec.from_metadata(meta).crop_segmentation == params
+    # colour alone (the default) and an apple's profile record nothing: older artifacts read the same
+    assert train.segmentation_of(train.load_config(train.DEFAULT_CONFIG)) is None
+    assert train.segmentation_of(train.load_config(train.DEFAULT_CONFIG, ["data.segmentation=commodity"])) is None
+    assert ModelSpec.from_metadata({**meta, "preprocessing": {**meta["preprocessing"], "crop_segmentation": None}}).crop_segmentation is None
+    with pytest.raises(InvalidModelArtifact):
+        ModelSpec.from_metadata({**meta, "preprocessing": {**meta["preprocessing"], "crop_segmentation": {"no_such_setting": 1}}})
+    with pytest.raises(ValueError, match="data.segmentation"):
+        train.segmentation_of(train.load_config(train.DEFAULT_CONFIG, ["data.segmentation=texture"]))
+    with pytest.raises(ValueError, match="one commodity"):
+        train.segmentation_of(train.load_config(train.DEFAULT_CONFIG, ["commodity=orange", "data.segmentation=commodity",
+                                                                       "data.commodities=[lemon, orange]"]))

@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(report0["data"]["dir"])
     items = [compare.Item(path=s["path"], file=root / s["path"], kind="image", label=s["label"], defective=s["label"] != "sound",
                           session=s["group"], lot=None) for s in report0["scores"][:16]]
-    crops = compare.load_crops(items, models[0].spec.crop_margin_frac)
+    crops = compare.load_crops(items, models[0].spec.crop_margin_frac, models[0].spec.crop_segmentation)
     lat = compare.measure_latency(models, [crops] * len(models), repeats=a.repeats)
     rows = []
     for d, model, l in zip(a.artifacts, models, lat):

@@ -54,6 +54,7 @@ import yaml
 
 from grader.defect import preprocess
 from grader.errors import InvalidModelArtifact
+from grader.measure import SegmentationParams
 from service.onnx_model import OnnxDefectModel
 from training.crops import fruit_crop, load_rgb
 from training.metrics import binary_report, expected_calibration_error
@@ -157,15 +158,16 @@ def load_dataset(root: Path, split: str) -> Dataset:
                    manifest_sha256=manifest.get("sha256"), manifest_file_sha256=hashlib.sha256(raw).hexdigest())
 
 
-def load_crops(items: Sequence[Item], margin_frac: float) -> list[np.ndarray]:
-    """RGB crops in item order: crop items as stored, image items through training's fruit_crop."""
+def load_crops(items: Sequence[Item], margin_frac: float, params: SegmentationParams | None = None) -> list[np.ndarray]:
+    """RGB crops in item order: crop items as stored, image items through training's fruit_crop
+    (with the fruit finder's settings ``params``: a model's ``spec.crop_segmentation``)."""
     crops = []
     for it in items:
         try:
             rgb = load_rgb(it.file)
         except ValueError as exc:
             raise CompareInputError(str(exc)) from exc
-        crops.append(fruit_crop(rgb, margin_frac) if it.kind == "image" else rgb)
+        crops.append(fruit_crop(rgb, margin_frac, params=params) if it.kind == "image" else rgb)
     return crops
 
 
@@ -181,16 +183,16 @@ def score_items(items: Sequence[Item], models: dict[str, OnnxDefectModel], keep:
                 ) -> tuple[dict[str, np.ndarray], dict[str, list[np.ndarray]]]:
     """Calibrated P(defective) per item and model, exactly as serving computes it, and each model's
     first ``keep`` crops (to time it on). Items stream through in batches, since whole photos make
-    large crops; models sharing a crop margin share the cropping."""
-    by_margin: dict[float, list[str]] = {}
+    large crops; models sharing a crop margin and segmentation settings share the cropping."""
+    by_crop: dict[tuple[float, SegmentationParams | None], list[str]] = {}
     for role, model in models.items():
-        by_margin.setdefault(model.spec.crop_margin_frac, []).append(role)
+        by_crop.setdefault((model.spec.crop_margin_frac, model.spec.crop_segmentation), []).append(role)
     scores: dict[str, list[float]] = {role: [] for role in models}
     kept: dict[str, list[np.ndarray]] = {}
-    for margin, roles in by_margin.items():
+    for (margin, params), roles in by_crop.items():
         first: list[np.ndarray] = []
         for i in range(0, len(items), SCORE_BATCH):
-            crops = load_crops(items[i : i + SCORE_BATCH], margin)
+            crops = load_crops(items[i : i + SCORE_BATCH], margin, params)
             first.extend(crops[: keep - len(first)])
             for role in roles:
                 scores[role].extend(e.score for e in models[role].predict(crops))

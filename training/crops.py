@@ -13,7 +13,7 @@ import numpy as np
 from tqdm import tqdm
 
 from grader import measure as measure_module
-from grader.measure import crop_for_model, segment_fruits
+from grader.measure import SegmentationParams, crop_for_model, segment_fruits
 
 
 def load_rgb(path: Path) -> np.ndarray:
@@ -23,11 +23,14 @@ def load_rgb(path: Path) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def fruit_crop(image_rgb: np.ndarray, margin_frac: float, min_area_frac: float = 0.02) -> np.ndarray:
+def fruit_crop(image_rgb: np.ndarray, margin_frac: float, min_area_frac: float = 0.02,
+               params: SegmentationParams | None = None) -> np.ndarray:
     """The largest segmented fruit's square crop, background painted out; the centred square when
-    none is found (a photo whose background defeats segmentation still trains on its middle)."""
+    none is found (a photo whose background defeats segmentation still trains on its middle).
+    ``params``: the fruit finder's settings (a commodity's :meth:`~grader.commodities.Commodity.segmentation`);
+    None: the defaults."""
     h, w = image_rgb.shape[:2]
-    segs = [s for s in segment_fruits(image_rgb) if s.mask.sum() >= min_area_frac * h * w]
+    segs = [s for s in segment_fruits(image_rgb, params) if s.mask.sum() >= min_area_frac * h * w]
     if segs:
         seg = max(segs, key=lambda s: s.mask.sum())
         return crop_for_model(image_rgb, seg.bbox, margin_frac, seg.mask)
@@ -84,23 +87,26 @@ def group_crop_cache(paths: Sequence[Path], size: int, margin_frac: float, cache
     return arr, photo
 
 
-def _one(args: tuple[str, int, float]) -> np.ndarray:
-    path, size, margin = args
-    crop = fruit_crop(load_rgb(Path(path)), margin)
+def _one(args: tuple[str, int, float, SegmentationParams | None]) -> np.ndarray:
+    path, size, margin, params = args
+    crop = fruit_crop(load_rgb(Path(path)), margin, params=params)
     return cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)
 
 
-def crop_cache(paths: Sequence[Path], size: int, margin_frac: float, cache_dir: Path, workers: int = 2) -> np.ndarray:
-    """(N, size, size, 3) uint8 crops, cached on disk by the list of files, size and margin."""
-    # the key covers the files, the crop geometry and the measurement code itself, so a change to
-    # segmentation never trains or evaluates on stale crops
+def crop_cache(paths: Sequence[Path], size: int, margin_frac: float, cache_dir: Path, workers: int = 2,
+               params: SegmentationParams | None = None) -> np.ndarray:
+    """(N, size, size, 3) uint8 crops, cached on disk by the list of files, size, margin and the
+    fruit finder's settings (``params``, None: the defaults)."""
+    # the key covers the files, the crop geometry, the segmentation settings and the measurement
+    # code itself, so a change to segmentation never trains or evaluates on stale crops
     code = hashlib.sha256(Path(measure_module.__file__).read_bytes()).hexdigest()
-    key = hashlib.sha256(("\n".join(map(str, paths)) + f"|{size}|{margin_frac}|{code}").encode()).hexdigest()[:16]
+    seg = "" if params is None or params == SegmentationParams() else f"|{params!r}"
+    key = hashlib.sha256(("\n".join(map(str, paths)) + f"|{size}|{margin_frac}|{code}{seg}").encode()).hexdigest()[:16]
     cache = cache_dir / f"crops-{key}.npy"
     if cache.exists():
         return np.load(cache)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    jobs = [(str(p), size, margin_frac) for p in paths]
+    jobs = [(str(p), size, margin_frac, params) for p in paths]
     with ProcessPoolExecutor(max_workers=workers) as pool:
         crops = list(tqdm(pool.map(_one, jobs, chunksize=16), total=len(jobs), desc="fruit crops", unit="img"))
     arr = np.stack(crops) if crops else np.zeros((0, size, size, 3), np.uint8)

@@ -137,7 +137,7 @@ def evaluate_artifact(artifact: Path, data: Path | None = None, split: str = "te
     y = dataset.y
     scores, types, sample = [], [], []
     for i in range(0, len(dataset.items), compare.SCORE_BATCH):
-        crops = compare.load_crops(dataset.items[i : i + compare.SCORE_BATCH], spec.crop_margin_frac)
+        crops = compare.load_crops(dataset.items[i : i + compare.SCORE_BATCH], spec.crop_margin_frac, spec.crop_segmentation)
         sample.extend(crops[: max(compare.LATENCY_BATCHES) - len(sample)])
         for ev in model.predict(crops):
             scores.append(ev.score)

@@ -33,7 +33,9 @@ from tqdm import tqdm
 
 from datasets import citrus, fruitnet
 from datasets.synthetic import random_fruit_image
+from grader.commodities import get_commodity, load_commodities
 from grader.defect import ModelSpec, energy, preprocess, softmax
+from grader.measure import SegmentationParams
 from training.colour import ColourNormalise, colour_transfer, fruit_colour_stats, fruit_pixels, mean_colour_stats
 from training import explain
 from training.crops import crop_cache, group_crop_cache
@@ -95,6 +97,30 @@ def defective_of(cfg: dict[str, Any]) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- data
+def segmentation_of(cfg: dict[str, Any]) -> SegmentationParams | None:
+    """The fruit finder's settings the training crops are cut with: ``data.segmentation: commodity``
+    takes the commodity profile's (grader/commodities/<commodity>.toml: what the service measures
+    that commodity with); ``colour`` (the default, what every model before it was trained on) the
+    defaults, colour alone. None when they are the defaults."""
+    how = cfg["data"].get("segmentation", "colour")
+    if how == "colour":
+        return None
+    if how != "commodity":
+        raise ValueError(f"data.segmentation must be 'colour' or 'commodity', got {how!r}")
+    if len(cfg["data"].get("commodities") or [cfg.get("commodity")]) > 1:
+        raise ValueError("data.segmentation: commodity needs one commodity per model (data.commodities names several)")
+    params = get_commodity(load_commodities(), cfg.get("commodity", "apple")).segmentation()
+    return None if params == SegmentationParams() else params
+
+
+def crop_segmentation_record(params: SegmentationParams | None) -> dict[str, Any]:
+    """``preprocessing.crop_segmentation`` of the metadata: the settings that differ from the defaults."""
+    if params is None:
+        return {}
+    default = asdict(SegmentationParams())
+    return {"crop_segmentation": {k: v for k, v in asdict(params).items() if v != default[k]}}
+
+
 def load_data(cfg: dict[str, Any], work_dir: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, list[str]], list[dict[str, Any]], str]:
     """Crops, labels and sessions per split, the manifest items and the manifest hash."""
     d = cfg["data"]
@@ -117,7 +143,7 @@ def load_data(cfg: dict[str, Any], work_dir: Path) -> tuple[dict[str, np.ndarray
         digest = "synthetic-" + str(n)
         return crops, labels, sessions, items, digest
     if d.get("kind") == "manifest":
-        return load_manifest_data(Path(d["manifest"]), size, margin, work_dir, classes_of(cfg))
+        return load_manifest_data(Path(d["manifest"]), size, margin, work_dir, classes_of(cfg), segmentation_of(cfg))
     if d.get("kind") == "citrus":
         return load_citrus_data(cfg, size, margin, work_dir)
     root = Path(d["root"])
@@ -125,7 +151,7 @@ def load_data(cfg: dict[str, Any], work_dir: Path) -> tuple[dict[str, np.ndarray
     digest = fruitnet.manifest_hash(manifest)
     for split in d["splits"]:
         its = [it for it in manifest if it.split == split]
-        crops[split] = crop_cache([root / it.path for it in its], size, margin, work_dir / "cache")
+        crops[split] = crop_cache([root / it.path for it in its], size, margin, work_dir / "cache", params=segmentation_of(cfg))
         labels[split] = np.array([CLASSES.index(it.label) for it in its])
         sessions[split] = [it.session for it in its]
     if d.get("group_train"):
@@ -158,13 +184,14 @@ def load_citrus_data(cfg: dict[str, Any], size: int, margin: float, work_dir: Pa
     sessions: dict[str, list[str]] = {}
     for split in citrus.SPLITS:
         its = [it for it in manifest if it.split == split and citrus.model_label(it, classes) is not None]
-        crops[split] = crop_cache([root / it.path for it in its], size, margin, work_dir / "cache")
+        crops[split] = crop_cache([root / it.path for it in its], size, margin, work_dir / "cache", params=segmentation_of(cfg))
         labels[split] = np.array([classes.index(citrus.model_label(it, classes)) for it in its], dtype=int)
         sessions[split] = [it.source for it in its]
     return crops, labels, sessions, [asdict(it) for it in manifest], citrus.manifest_hash(manifest)
 
 
-def load_manifest_data(path: Path, size: int, margin: float, work_dir: Path, classes: list[str] = CLASSES):
+def load_manifest_data(path: Path, size: int, margin: float, work_dir: Path, classes: list[str] = CLASSES,
+                       params: SegmentationParams | None = None):
     """A dataset written by `grader dataset build`: fruit crops from the line ("crop" items, used as
     they are) and whole photos of a merged base dataset ("image" items, cropped like FruitNet),
     labelled in the config's model classes."""
@@ -188,7 +215,7 @@ def load_manifest_data(path: Path, size: int, margin: float, work_dir: Path, cla
         line = [it for it in its if it["kind"] == "crop"]
         parts = []
         if photos:
-            parts.append(crop_cache([Path(it["path"]) for it in photos], size, margin, work_dir / "cache"))
+            parts.append(crop_cache([Path(it["path"]) for it in photos], size, margin, work_dir / "cache", params=params))
         if line:
             parts.append(np.stack([cv2.resize(load_rgb(root / it["path"]), (size, size), interpolation=cv2.INTER_AREA) for it in line]))
         ordered = photos + line
@@ -365,7 +392,7 @@ def spec_for(cfg: dict[str, Any], temperature: float = 1.0, threshold: float = 0
         name=cfg["name"], version=str(cfg["version"]), classes=tuple(classes_of(cfg)), defective_classes=tuple(defective_of(cfg)),
         input_size=(int(m["input_size"]), int(m["input_size"])), mean=tuple(m["mean"]), std=tuple(m["std"]),
         temperature=temperature, threshold_defective=threshold, review_band=band, crop_margin_frac=float(m.get("crop_margin_frac", 0.08)),
-        colour_normalise=colour_normalise_of(cfg),
+        colour_normalise=colour_normalise_of(cfg), crop_segmentation=segmentation_of(cfg),
     )
 
 
@@ -662,6 +689,7 @@ def finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, history,
             "crop": "square fruit crop, background painted out: grader.measure.crop_for_model(mask=...)",
             "crop_margin_frac": spec.crop_margin_frac,
             "resize": "cv2 INTER_AREA (downscale) / INTER_LINEAR (upscale)",
+            **crop_segmentation_record(spec.crop_segmentation),
             **({} if spec.colour_normalise is None else {"colour_normalise": spec.colour_normalise.to_dict()}),
             **({} if views == 1 else {"test_time_views": views_record(views)}),
         },

@@ -627,3 +627,70 @@ def test_a_network_that_learns_nothing_is_refused_not_exported(tmp_path):
     assert "no epoch of 2 gave val outputs that vary" in done.stderr
     assert "not a candidate" in done.stdout
     assert not (out / "model.onnx").exists()
+
+
+def test_an_artifact_refitted_on_crops_cut_with_its_commodity_segmentation(tmp_path):
+    """python -m training.views --views 1 --crops-segmentation commodity: a model trained on crops
+    cut by colour alone gets its calibration and thresholds refitted on val crops cut as the service
+    cuts its commodity (white mould on white kept in an orange), the graph itself unchanged."""
+    import hashlib
+
+    import cv2
+
+    from grader.commodities import load_commodities
+    from grader.defect import ModelSpec
+    from service.onnx_model import OnnxDefectModel
+    from training import train, views
+    from training.crops import crop_cache
+    from training.metrics import fit_temperature
+
+    from .test_mould_segmentation import mouldy_orange
+
+    photos, items = tmp_path / "photos", []
+    photos.mkdir()
+    for i in range(32):
+        split = "train" if i < 16 else "val" if i < 24 else "test"
+        img = mouldy_orange(backdrop_noise=0.0, seed=i)
+        sound = i % 2 == 0
+        if sound:  # the same orange without its mould
+            yy, xx = np.mgrid[:240, :240]
+            img[(yy - 120) ** 2 + (xx - 120) ** 2 <= 50**2] = (228, 122, 32)
+        path = photos / f"o{i}.png"
+        cv2.imwrite(str(path), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+        items.append({"kind": "image", "path": str(path), "label": "sound" if sound else "defective", "split": split, "session": "s"})
+    manifest = photos / "manifest.json"
+    manifest.write_text(json.dumps({"sha256": hashlib.sha256(json.dumps(items).encode()).hexdigest(), "items": items}))
+    cfg = train.load_config(train.DEFAULT_CONFIG, [
+        "data.kind=manifest", f"data.manifest={manifest}", "data.cache_size=64", "data.group_train=false", "commodity=orange",
+        "train.epochs=1", "train.batch_size=8", "model.arch=small_fruitnet", "model.input_size=48", "name=tiny-orange",
+        "version=0.0.1", "model.test_time_views=1"])
+    art, work = tmp_path / "art", tmp_path / "work"
+    meta = train.run(cfg, art, work)
+    assert "crop_segmentation" not in meta["preprocessing"]  # colour alone, as every model before it
+
+    d = tmp_path / "d"
+    argv = [str(art), "--views", "1", "--crops-segmentation", "commodity", "--version", "0.0.2", "--out", str(d), "--work-dir", str(work)]
+    assert views.main(argv) == 0
+    derived = json.loads((d / "metadata.json").read_text())
+    params = load_commodities()["orange"].segmentation()
+    assert derived["preprocessing"]["crop_segmentation"] == {"flat_background_max_std": params.flat_background_max_std}
+    assert "test_time_views" not in derived["preprocessing"] and derived["config"]["data"]["segmentation"] == "commodity"
+    assert "--crops-segmentation commodity" in derived["derived_from"]["by"]
+    assert ModelSpec.from_metadata(derived).crop_segmentation == params
+    assert (d / "model.onnx").read_bytes() != b"" and derived["thresholds"]["ood_distance"] == meta["thresholds"]["ood_distance"]
+    # the temperature is the one fitted on the val crops cut with the orange profile's settings
+    val = [it for it in items if it["split"] == "val"]
+    served = OnnxDefectModel(d, threads=1)
+    crops = crop_cache([it["path"] for it in val], 64, 0.08, work / "cache", workers=1, params=params)
+    logits = served.run(preprocess(list(crops), served.spec)).logits
+    y = np.array([it["label"] == "defective" for it in val], int)
+    assert derived["calibration"]["temperature"] == pytest.approx(fit_temperature(logits, y), rel=1e-6)
+    assert derived["metrics"]["val"]["n"] == 8
+    # the graph is the same network: the same crop gives the same logits in both
+    old = OnnxDefectModel(art, threads=1)
+    assert np.abs(old.run(preprocess(list(crops), old.spec)).logits - logits).max() < 1e-5
+    # nothing more to derive: the same crops again, or crops that are already the commodity's
+    assert views.main([str(art), "--views", "1", "--version", "0.0.3", "--out", str(tmp_path / "e"), "--work-dir", str(work)]) == 2
+    assert views.main([str(d), "--views", "1", "--crops-segmentation", "commodity", "--version", "0.0.3", "--out", str(tmp_path / "e"),
+                       "--work-dir", str(work)]) == 2
+    assert not (tmp_path / "e").exists()

@@ -209,7 +209,8 @@ def set_map_temperature(model: onnx.ModelProto, temperature: float) -> int:
     return k
 
 
-def derive(artifact, out, views: int, version: str, work_dir, data: tuple | None = None) -> dict[str, Any]:
+def derive(artifact, out, views: int, version: str, work_dir, data: tuple | None = None,
+           segmentation: str | None = None) -> dict[str, Any]:
     """A new artifact at ``out``: ``artifact``'s network with its logits averaged over ``views``
     symmetries, calibrated and thresholded again on the same val crops by the same rules
     (training/train.py: calibrate), every split's figures recomputed through the new graph.
@@ -218,7 +219,14 @@ def derive(artifact, out, views: int, version: str, work_dir, data: tuple | None
     it was calibrated on (manifest hash, refitted temperature and val AUC equal to the recorded
     ones: training/ood_threshold.py); the single-view graph must still reproduce its recorded parity
     logits; the new graph must equal the average of the old one over the views. Otherwise it raises
-    and writes nothing."""
+    and writes nothing.
+
+    ``segmentation`` (``"commodity"``; training/train.py ``data.segmentation``): once those checks
+    pass, the val and test crops are cut again with the commodity profile's fruit finder, the one
+    the service measures that commodity with, and calibration, thresholds and figures are refitted
+    on them (with ``views`` 1, that alone: the graph unchanged). For a model trained on crops cut by
+    colour alone whose commodity the service segments otherwise (oranges: white mould kept in the
+    fruit), so that its threshold is chosen on the crops it will be given."""
     import datetime as dt
     import json
     import shutil
@@ -237,11 +245,21 @@ def derive(artifact, out, views: int, version: str, work_dir, data: tuple | None
     old = ModelSpec.from_metadata(meta)
     if old.test_time_views != 1:
         raise ValueError(f"{artifact} already averages {old.test_time_views} views")
+    if views == 1 and segmentation is None:
+        raise ValueError("nothing to derive: one view and the same crops is the artifact itself")
+    if old.crop_segmentation is not None and segmentation is not None:
+        raise ValueError(f"{artifact} was already calibrated on crops cut with its commodity's segmentation")
     data = data if data is not None else train.load_data(cfg, Path(work_dir))
-    crops, labels, sessions = data[0], data[1], data[2]
     r = recompute(artifact, Path(work_dir), data)
     if not calibration_matches(r):
         raise RuntimeError(f"{artifact}: the remade crops are not the ones it was calibrated on: {r}")
+    if segmentation is not None:
+        cfg = yaml.safe_load(yaml.safe_dump(cfg))
+        cfg["data"]["segmentation"] = segmentation
+        if train.segmentation_of(cfg) is None:
+            raise ValueError(f"the {cfg.get('commodity', 'apple')} profile's segmentation is the default: the crops would not change")
+        data = train.load_data(cfg, Path(work_dir))
+    crops, labels, sessions = data[0], data[1], data[2]
 
     import onnxruntime as ort
 
@@ -268,9 +286,9 @@ def derive(artifact, out, views: int, version: str, work_dir, data: tuple | None
     new_cfg["version"] = version
     new_cfg["model"]["test_time_views"] = views
     metrics = {k: v for k, v in meta["metrics"].items() if k not in cal["metrics"]}
-    for split, rep in cal["metrics"].items():  # the feature distances read the crop as given: their shares stand
+    for split, rep in cal["metrics"].items():  # the feature distances read the crop as given: on the same crops their shares stand
         for k in ("ood_distance_share", "ood_distance_early_share"):
-            if k in meta["metrics"].get(split, {}):
+            if k in meta["metrics"].get(split, {}) and segmentation is None:
                 rep[k] = meta["metrics"][split][k]
         metrics[split] = rep
     metrics["onnx_check"] = {"views": check, "torch": meta["metrics"].get("onnx_check"),
@@ -278,19 +296,27 @@ def derive(artifact, out, views: int, version: str, work_dir, data: tuple | None
     new = json.loads(json.dumps(meta))
     new.update(version=version, config=new_cfg, metrics=metrics, code_version=train.code_version(),
                created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
-    new["preprocessing"]["test_time_views"] = metadata_record(views)
+    if views != 1:
+        new["preprocessing"]["test_time_views"] = metadata_record(views)
+    new["preprocessing"].update(train.crop_segmentation_record(train.segmentation_of(cfg)))
     if has_map:
         new["outputs"]["defect_map"]["temperature"] = cal["temperature"]
-    new["calibration"] = {"method": "temperature scaling on val, of the logits averaged over the views", "temperature": cal["temperature"]}
+    new["calibration"] = {"method": "temperature scaling on val" + ("" if views == 1 else ", of the logits averaged over the views"),
+                          "temperature": cal["temperature"]}
     new["thresholds"].update(defective=cal["threshold"], review_band=list(cal["band"]), rule=cal["rule"], ood_energy=cal["ood_threshold"],
                              ood_energy_rule=cal["ood_rule"])
     parity = np.mean([one.run([old.output_name], {old.input_name: np.ascontiguousarray(numpy_view(probe, v))})[0] for v in view_names(views)], axis=0)
     new["parity"] = {"probe": meta["parity"]["probe"], "logits": parity.astype(float).tolist(), "tolerance": meta["parity"].get("tolerance", 1e-3),
                      "source": "the mean over the views of the single-view graph's logits, that graph reproducing torch's recorded parity "
                                f"logits within {drift:.1e}"}
-    new["derived_from"] = {"artifact": f"{meta['name']}@{meta['version']}", "by": f"python -m training.views {artifact} --views {views} --version {version}",
-                           "what": "the same network, its logits averaged over test-time views; calibration, thresholds and metrics refitted on "
-                                   "the same val crops by the same rules; feature distances and their thresholds unchanged"}
+    recut = "" if segmentation is None else f" --crops-segmentation {segmentation}"
+    what = ("the same network" + ("" if views == 1 else ", its logits averaged over test-time views") + "; calibration, thresholds and metrics "
+            + ("refitted on the same val crops" if segmentation is None else
+               "refitted on val and test crops cut again with the commodity profile's segmentation (preprocessing.crop_segmentation)")
+            + " by the same rules; feature distances and their thresholds unchanged"
+            + ("" if segmentation is None else " (fitted on the original crops; their shares on the new crops not recomputed)"))
+    new["derived_from"] = {"artifact": f"{meta['name']}@{meta['version']}",
+                           "by": f"python -m training.views {artifact} --views {views}{recut} --version {version}", "what": what}
     new = train._json_safe(new)
     ModelSpec.from_metadata(new)
     out.mkdir(parents=True, exist_ok=True)
@@ -308,9 +334,12 @@ def main(argv: list[str] | None = None) -> int:
     from pathlib import Path
 
     p = argparse.ArgumentParser(description="Derive an artifact whose graph averages its logits over test-time views of the crop "
-                                            "(the network unchanged; calibration, thresholds and figures refitted on the same val crops).")
+                                            "(the network unchanged; calibration, thresholds and figures refitted on the same val crops), "
+                                            "or refitted on crops cut with the commodity's segmentation (--views 1 --crops-segmentation commodity).")
     p.add_argument("artifact", type=Path)
     p.add_argument("--views", type=int, default=4, choices=sorted(VIEW_SETS))
+    p.add_argument("--crops-segmentation", choices=["commodity"],
+                   help="refit on val/test crops cut with the commodity profile's segmentation (what the service measures it with)")
     p.add_argument("--version", required=True, help="version of the new artifact")
     p.add_argument("--out", type=Path, help="default models/<name>/<version>")
     p.add_argument("--work-dir", type=Path, help="crop cache (default var/train/<name>-<artifact version>)")
@@ -321,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     out = a.out or Path("models") / meta["name"] / a.version
     work = a.work_dir or Path("var") / "train" / f"{meta['name']}-{meta['version']}"
     try:
-        new = derive(a.artifact, out, a.views, a.version, work)
+        new = derive(a.artifact, out, a.views, a.version, work, segmentation=a.crops_segmentation)
     except (RuntimeError, ValueError) as exc:
         print(f"{exc}; nothing written", file=sys.stderr)
         return 2

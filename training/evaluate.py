@@ -6,7 +6,8 @@ The artifact's ``manifest.json`` (written by ``grader train``) lists every photo
 split, capture session or source, and sha256; each file of the split is checked against its hash,
 so the figures are of exactly the photos the model was tested on. Every photo goes through the
 crop the model saw in training (the largest segmented fruit, background painted out:
-``training.crops.fruit_crop``) and the served ONNX graph with its metadata's temperature and
+``training.crops.fruit_crop``, with the fruit finder's settings the metadata records in
+``preprocessing.crop_segmentation``, the defaults where it records none) and the served ONNX graph with its metadata's temperature and
 threshold (``service.onnx_model.OnnxDefectModel``), so the figures reproduce
 ``metadata.json: metrics.<split>``.
 

@@ -149,9 +149,10 @@ def load_data(cfg: dict[str, Any], work_dir: Path) -> tuple[dict[str, np.ndarray
     root = Path(d["root"])
     manifest = fruitnet.build_manifest(root, d["splits"], d.get("subset", "single"))
     digest = fruitnet.manifest_hash(manifest)
+    params = segmentation_of(cfg)
     for split in d["splits"]:
         its = [it for it in manifest if it.split == split]
-        crops[split] = crop_cache([root / it.path for it in its], size, margin, work_dir / "cache", params=segmentation_of(cfg))
+        crops[split] = crop_cache([root / it.path for it in its], size, margin, work_dir / "cache", params=params)
         labels[split] = np.array([CLASSES.index(it.label) for it in its])
         sessions[split] = [it.session for it in its]
     if d.get("group_train"):
@@ -182,9 +183,10 @@ def load_citrus_data(cfg: dict[str, Any], size: int, margin: float, work_dir: Pa
     crops: dict[str, np.ndarray] = {}
     labels: dict[str, np.ndarray] = {}
     sessions: dict[str, list[str]] = {}
+    params = segmentation_of(cfg)
     for split in citrus.SPLITS:
         its = [it for it in manifest if it.split == split and citrus.model_label(it, classes) is not None]
-        crops[split] = crop_cache([root / it.path for it in its], size, margin, work_dir / "cache", params=segmentation_of(cfg))
+        crops[split] = crop_cache([root / it.path for it in its], size, margin, work_dir / "cache", params=params)
         labels[split] = np.array([classes.index(citrus.model_label(it, classes)) for it in its], dtype=int)
         sessions[split] = [it.source for it in its]
     return crops, labels, sessions, [asdict(it) for it in manifest], citrus.manifest_hash(manifest)

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import hashlib
 import json
 import math
+import os
 import random
 import subprocess
 import time
@@ -145,7 +147,19 @@ def load_data(cfg: dict[str, Any], work_dir: Path) -> tuple[dict[str, np.ndarray
     if d.get("kind") == "manifest":
         return load_manifest_data(Path(d["manifest"]), size, margin, work_dir, classes_of(cfg), segmentation_of(cfg))
     if d.get("kind") == "citrus":
-        return load_citrus_data(cfg, size, margin, work_dir)
+        return add_extra_train(cfg, load_citrus_data(cfg, size, margin, work_dir), size, margin, work_dir)
+    if d.get("extra_train") and d.get("kind", "fruitnet") != "fruitnet":
+        raise ValueError(f"data.extra_train works with data.kind fruitnet or citrus, not {d.get('kind')!r}")
+    return add_extra_train(cfg, load_fruitnet_data(cfg, size, margin, work_dir), size, margin, work_dir)
+
+
+def load_fruitnet_data(cfg: dict[str, Any], size: int, margin: float, work_dir: Path):
+    """FruitNet apples split by whole capture session (datasets/fruitnet.py), optionally with the
+    train sessions' group photos cut into one crop per whole apple (``data.group_train``)."""
+    d = cfg["data"]
+    crops: dict[str, np.ndarray] = {}
+    labels: dict[str, np.ndarray] = {}
+    sessions: dict[str, list[str]] = {}
     root = Path(d["root"])
     manifest = fruitnet.build_manifest(root, d["splits"], d.get("subset", "single"))
     digest = fruitnet.manifest_hash(manifest)
@@ -190,6 +204,78 @@ def load_citrus_data(cfg: dict[str, Any], size: int, margin: float, work_dir: Pa
         labels[split] = np.array([classes.index(citrus.model_label(it, classes)) for it in its], dtype=int)
         sessions[split] = [it.source for it in its]
     return crops, labels, sessions, [asdict(it) for it in manifest], citrus.manifest_hash(manifest)
+
+
+def extra_train_items(cfg: dict[str, Any], work_dir: Path) -> list[dict[str, Any]]:
+    """The photos ``data.extra_train`` adds to the train split: other fruit's photos, each source's
+    *train* split only (its own manifest's, so its val and test photos stay unseen), labelled in
+    this model's classes. Each entry::
+
+        {kind: citrus, commodity: lemon, root: ../shared/data}                 # lemons' train split
+        {kind: fruitnet, sessions: ["20190809"], root: ../shared/data/fruitnet-apples}
+        ... labels: {defective: rot}    # a source label -> a class of this model (else the label itself,
+                                        # or "defective" for a binary model); a label with no class is left out
+        ... group: apples               # the group the sampler and reports see (default: source or session)
+
+    Items are manifest entries with the path relative to this model's ``data.root``, ``"extra": true``."""
+    d = cfg["data"]
+    entries = d.get("extra_train") or []
+    if not isinstance(entries, list):
+        raise ValueError(f"data.extra_train must be a list of sources, got {entries!r}")
+    classes = classes_of(cfg)
+    main_root = Path(d["root"]).resolve()
+    own = set(d.get("commodities") or [cfg.get("commodity")]) if d.get("kind") == "citrus" else {"apple"}
+    out: list[dict[str, Any]] = []
+    for e in entries:
+        kind, root = e.get("kind"), Path(e.get("root", d["root"]))
+        mapping = dict(e.get("labels") or {})
+        if kind == "citrus":
+            commodity = e.get("commodity")
+            if commodity not in citrus.FOLDERS:
+                raise ValueError(f"data.extra_train: citrus commodity must be one of {sorted(citrus.FOLDERS)}, got {commodity!r}")
+            if commodity in own:
+                raise ValueError(f"data.extra_train: {commodity} is this model's own data already")
+            items = [(it.path, it.label, it.source) for it in citrus.build_manifest(
+                root, commodity, seed=int(e.get("split_seed", 7)), fractions=e.get("fractions"),
+                max_bits=int(e.get("max_hash_bits", citrus.DEFAULT_MAX_BITS)), cache_dir=work_dir / "cache") if it.split == "train"]
+        elif kind == "fruitnet":
+            if "apple" in own:
+                raise ValueError("data.extra_train: fruitnet apples are this model's own data already")
+            if not e.get("sessions"):
+                raise ValueError("data.extra_train: a fruitnet source names its sessions (e.g. the apple model's train sessions)")
+            items = [(it.path, it.label, it.session) for it in fruitnet.build_manifest(root, {"train": list(e["sessions"])}, e.get("subset", "single"))]
+        else:
+            raise ValueError(f"data.extra_train: kind must be citrus or fruitnet, got {kind!r}")
+        unknown = sorted(set(mapping.values()) - set(classes))
+        if unknown:
+            raise ValueError(f"data.extra_train labels map to {unknown}, not classes of this model ({classes})")
+        for path, label, group in items:
+            cls = mapping.get(label) or citrus.model_label({"label": label}, classes)
+            if cls is None:
+                continue
+            file = (root / path).resolve()
+            out.append({"path": os.path.relpath(file, main_root), "label": cls, "session": str(e.get("group") or group),
+                        "split": "train", "sha256": fruitnet.file_sha256(file), "extra": True, "source_label": label})
+    return out
+
+
+def add_extra_train(cfg: dict[str, Any], loaded, size: int, margin: float, work_dir: Path):
+    """``loaded`` (crops, labels, sessions, manifest items, digest) with ``data.extra_train``'s
+    photos added to train; the digest then covers them too."""
+    crops, labels, sessions, manifest, digest = loaded
+    extra = extra_train_items(cfg, work_dir)
+    if not extra:
+        return loaded
+    classes = classes_of(cfg)
+    root = Path(cfg["data"]["root"])
+    crops["train"] = np.concatenate([crops["train"], crop_cache([root / it["path"] for it in extra], size, margin, work_dir / "cache",
+                                                                  params=segmentation_of(cfg))])
+    labels["train"] = np.concatenate([labels["train"], [classes.index(it["label"]) for it in extra]]).astype(int)
+    sessions["train"] = sessions["train"] + [it["session"] for it in extra]
+    h = hashlib.sha256(digest.encode())
+    for it in sorted(extra, key=lambda i: i["path"]):
+        h.update(f"{it['path']}\t{it['label']}\t{it['split']}\t{it['sha256']}\n".encode())
+    return crops, labels, sessions, manifest + extra, h.hexdigest()
 
 
 def load_manifest_data(path: Path, size: int, margin: float, work_dir: Path, classes: list[str] = CLASSES,

@@ -43,6 +43,11 @@ class GradePoster:
         """Send one photo and wait for the whole answer; its HTTP status. A kept-alive connection
         that the server closed while idle (its keep-alive timeout) is replaced and the photo sent
         again, as HTTP clients do when no byte of an answer came; ConnectionError otherwise."""
+        return (await self.post_answer(jpeg))[0]
+
+    async def post_answer(self, jpeg: bytes) -> tuple[int, float | None]:
+        """As :meth:`post`: the HTTP status and the answer's ``Retry-After`` in seconds (None when
+        absent), which a camera told 503 waits before it sends the photo again."""
         while self.idle:
             try:
                 return await self._post_on(*self.idle.pop(), jpeg)
@@ -53,7 +58,7 @@ class GradePoster:
         except _StaleConnection as exc:
             raise ConnectionError(str(exc)) from exc
 
-    async def _post_on(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, jpeg: bytes) -> int:
+    async def _post_on(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, jpeg: bytes) -> tuple[int, float | None]:
         try:
             body_len = len(self.prefix) + len(jpeg) + len(self.suffix)
             writer.write(self.head_fmt % body_len + self.prefix)
@@ -68,7 +73,7 @@ class GradePoster:
                 writer.close()
                 raise _StaleConnection("connection closed before an answer")
             status = int(status_line.split(b" ", 2)[1])
-            length, close = 0, False
+            length, close, retry_after = 0, False, None
             while (line := await reader.readline()) not in (b"\r\n", b""):
                 name, _, value = line.partition(b":")
                 name = name.strip().lower()
@@ -76,6 +81,8 @@ class GradePoster:
                     length = int(value)
                 elif name == b"connection" and value.strip().lower() == b"close":
                     close = True
+                elif name == b"retry-after":
+                    retry_after = float(value)
             if length:
                 await reader.readexactly(length)
         except (OSError, asyncio.IncompleteReadError, ValueError, IndexError) as exc:
@@ -85,7 +92,7 @@ class GradePoster:
             writer.close()
         else:
             self.idle.append((reader, writer))
-        return status
+        return status, retry_after
 
     def close(self) -> None:
         for _, writer in self.idle:

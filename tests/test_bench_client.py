@@ -51,3 +51,30 @@ def test_grade_poster_posts_photos_and_reconnects_after_the_keep_alive_timeout(t
         assert {round(f["diameter_mm"]) for r in items for f in r["fruits"]} == {70}
     finally:
         proc.stop()
+
+
+def test_grade_poster_reads_the_retry_after_of_a_refusal():
+    """A camera told 503 learns how long to wait (bench/serve.py's cameras then wait that long)."""
+    answers = [b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 2\r\n\r\n{}",
+               b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"]
+
+    async def scenario() -> list[tuple[int, float | None]]:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            for answer in answers:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+                await reader.readexactly(length)
+                writer.write(answer)
+                await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        poster = GradePoster(f"http://127.0.0.1:{port}/v1/grade", "key")
+        got = [await poster.post_answer(b"\xff\xd8photo"), await poster.post_answer(b"\xff\xd8photo")]
+        poster.close()
+        server.close()
+        await server.wait_closed()
+        return got
+
+    assert asyncio.run(scenario()) == [(503, 1.0), (200, None)]

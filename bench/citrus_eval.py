@@ -55,6 +55,7 @@ from grader.commodities import load_commodities  # noqa: E402
 from grader.measure import SegmentationParams, crop_for_model, measure_image, segment_fruits  # noqa: E402
 from service.onnx_model import OnnxDefectModel  # noqa: E402
 from training.colour import colour_transfer, fruit_pixels, mean_colour_stats  # noqa: E402
+from training.metrics import intervals  # noqa: E402
 
 TARGETS = {
     "lemon_balanced_accuracy": 0.95,
@@ -105,7 +106,14 @@ def balanced(pairs: list[tuple[bool, bool | None]]) -> dict[str, Any]:
     rd = float(np.mean(d)) if d else float("nan")
     rs = float(np.mean(s)) if s else float("nan")
     return {"balanced_accuracy": float(np.nanmean([rd, rs])), "recall_defective": rd, "recall_sound": rs,
-            "n_defective": len(d), "n_sound": len(s), "no_fruit": sum(1 for _, c in pairs if c is None)}
+            "n_defective": len(d), "n_sound": len(s), "no_fruit": sum(1 for _, c in pairs if c is None),
+            **intervals(tp=sum(d), fn=len(d) - sum(d), tn=sum(s), fp=len(s) - sum(s))}
+
+
+def ci(rep: dict[str, Any]) -> str:
+    """The balanced accuracy's 95 % interval over the photos (training/metrics.py: intervals)."""
+    lo, hi = rep.get("balanced_accuracy_ci95") or (float("nan"), float("nan"))
+    return f"95 % interval over these photos {fmt(lo)}-{fmt(hi)}"
 
 
 def score_items(model: OnnxDefectModel, items: list[dict[str, Any]], data: Path, params: SegmentationParams | None = None) -> list[dict[str, Any]]:
@@ -151,7 +159,7 @@ def lemon_report(artifact: Path, data: Path, threads: int, out: dict[str, Any]) 
           f"more than one fruit found in {sum(1 for r in rows if r['n_fruit'] > 1)} (the largest is graded)")
     print(f"  balanced accuracy sound vs defective   {fmt(rep['balanced_accuracy'])}   target >= {TARGETS['lemon_balanced_accuracy']}   "
           f"{verdict(rep['balanced_accuracy'], TARGETS['lemon_balanced_accuracy'])}")
-    print(f"  recall defective {fmt(rep['recall_defective'])}, recall sound {fmt(rep['recall_sound'])}")
+    print(f"  recall defective {fmt(rep['recall_defective'])}, recall sound {fmt(rep['recall_sound'])}; {ci(rep)}")
 
     empties = [it for it in items if it["label"] == "empty"]
     found = {it["path"]: len(measure_image(load_rgb(data / it["path"]), None, params)) for it in empties}
@@ -189,13 +197,13 @@ def orange_report(artifact: Path, data: Path, threads: int, out: dict[str, Any],
           f"{fd['n_defective']} diseased; no fruit found in {fr['no_fruit'] + fd['no_fruit']}")
     t = TARGETS["orange_fresh_vs_rotten_balanced_accuracy"]
     print(f"  oranges-fresh-rotten  fresh vs rotten    balanced accuracy {fmt(fr['balanced_accuracy'])}   target >= {t}   {verdict(fr['balanced_accuracy'], t)}"
-          f"   (recall rotten {fmt(fr['recall_defective'])}, recall fresh {fmt(fr['recall_sound'])})")
+          f"   (recall rotten {fmt(fr['recall_defective'])}, recall fresh {fmt(fr['recall_sound'])}; {ci(fr)})")
     print("    called wrong: " + ", ".join(f"{Path(w['path']).name} ({w['label']}, "
                                             + ("no fruit" if w["score"] is None else f"{w['n_fruit']} found, score {w['score']:.2f}") + ")"
                                             for w in fr["wrong"]))
     t = TARGETS["orange_fresh_vs_diseased_balanced_accuracy"]
     print(f"  orange-diseases       fresh vs diseased  balanced accuracy {fmt(fd['balanced_accuracy'])}   target >= {t}   {verdict(fd['balanced_accuracy'], t)}"
-          f"   (recall diseased {fmt(fd['recall_defective'])}, recall fresh {fmt(fd['recall_sound'])})")
+          f"   (recall diseased {fmt(fd['recall_defective'])}, recall fresh {fmt(fd['recall_sound'])}; {ci(fd)})")
 
     diseased = [r for r in rows if r["label"] in DISEASES]
     typed = [r for r in diseased if r.get("evidence") is not None and r["evidence"].type_probabilities]

@@ -57,6 +57,13 @@ def test_evaluate_writes_report_and_figures(synthetic_artifact, tmp_path, capsys
     for name in ("roc.png", "reliability.png", "confusion.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "![confusion](confusion.png)" in (out / "report.md").read_text()
+    # how sure the figures are on so few photos: each recall's 95 % interval holds the recall
+    (tn, fp), (fn, tp) = m["confusion"]["matrix"]
+    for key, k, n in (("recall_defective", tp, tp + fn), ("recall_sound", tn, tn + fp)):
+        lo, hi = m[key + "_ci95"]
+        assert lo <= k / n <= hi and hi - lo > 0.3  # three photos a class say little
+    assert m["balanced_accuracy_ci95"][0] <= m["balanced_accuracy"] <= m["balanced_accuracy_ci95"][1]
+    assert "95 % intervals over these photos" in printed and "95 % intervals over these photos" in (out / "report.md").read_text()
 
 
 def test_evaluate_refuses_changed_or_missing_photos(synthetic_artifact, tmp_path, capsys):

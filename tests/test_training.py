@@ -694,3 +694,16 @@ def test_an_artifact_refitted_on_crops_cut_with_its_commodity_segmentation(tmp_p
     assert views.main([str(d), "--views", "1", "--crops-segmentation", "commodity", "--version", "0.0.3", "--out", str(tmp_path / "e"),
                        "--work-dir", str(work)]) == 2
     assert not (tmp_path / "e").exists()
+
+
+def test_wilson_intervals_match_the_textbook_and_hold_at_the_ends():
+    from training.metrics import intervals, wilson_interval
+
+    lo, hi = wilson_interval(29, 36)  # 29 of 36 rotten oranges caught
+    assert (round(lo, 3), round(hi, 3)) == (0.650, 0.902)
+    assert wilson_interval(10, 10)[1] == 1.0 and round(wilson_interval(10, 10)[0], 3) == 0.722
+    assert wilson_interval(0, 10)[0] == 0.0 and round(wilson_interval(0, 10)[1], 3) == 0.278
+    assert all(v != v for v in wilson_interval(0, 0))
+    ci = intervals(tp=29, fn=7, tn=34, fp=2)
+    assert ci["recall_defective_ci95"][0] < ci["balanced_accuracy_ci95"][0] < (29 / 36 + 34 / 36) / 2 < ci["balanced_accuracy_ci95"][1]
+    assert "balanced_accuracy_ci95" not in intervals(0, 0, 0, 0)

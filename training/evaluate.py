@@ -184,6 +184,12 @@ def _f(x: Any) -> str:
     return "–" if x is None or (isinstance(x, float) and x != x) else f"{x:.3f}" if isinstance(x, float) else str(x)
 
 
+def _ci_text(m: dict[str, Any]) -> str:
+    """The 95 % intervals of a metrics dict (training/metrics.py: intervals), in words."""
+    names = (("balanced_accuracy_ci95", "balanced accuracy"), ("recall_defective_ci95", "recall defective"), ("recall_sound_ci95", "recall sound"))
+    return ", ".join(f"{name} {_f(m[k][0])}–{_f(m[k][1])}" for k, name in names if m.get(k) and m[k][0] == m[k][0])
+
+
 def render_markdown(r: dict[str, Any]) -> str:
     m, d = r["metrics"], r["data"]
     lines = [f"# {r['model']['name']} {r['model']['version']} on its {d['split']} split", "",
@@ -194,6 +200,9 @@ def render_markdown(r: dict[str, Any]) -> str:
     for key, name in (("n", "photos"), ("balanced_accuracy", "balanced accuracy"), ("recall_defective", "recall, defective"),
                       ("recall_sound", "recall, sound"), ("auc", "ROC AUC"), ("ece", "expected calibration error")):
         lines.append(f"| {name} | {_f(m.get(key))} | " + " | ".join(_f(g.get(key)) for g in r["per_group"].values()) + " |")
+    if m.get("balanced_accuracy_ci95"):
+        lines += ["", f"95 % intervals over these photos: {_ci_text(m)}. Photos of one capture session or source are not "
+                  "independent draws, so a new session's figures are less certain than that."]
     rec = r["recorded_in_metadata"]
     lines += ["", f"Recorded at training (`metadata.json: metrics.{d['split']}`): balanced accuracy {_f(rec.get('balanced_accuracy'))}, "
               f"recall defective {_f(rec.get('recall_defective'))}, AUC {_f(rec.get('auc'))}.", ""]
@@ -212,6 +221,8 @@ def summary(r: dict[str, Any], out: Path) -> str:
     rows = [f"{r['model']['name']} {r['model']['version']}, {r['data']['split']} split: {r['data']['n']} photos",
             f"  overall            balanced accuracy {_f(m['balanced_accuracy'])}  recall defective {_f(m['recall_defective'])}  "
             f"recall sound {_f(m['recall_sound'])}  AUC {_f(m['auc'])}  ECE {_f(m['ece'])}"]
+    if m.get("balanced_accuracy_ci95"):
+        rows.append(f"  95 % intervals over these photos (a new session's are wider): {_ci_text(m)}")
     for g, gm in r["per_group"].items():
         rows.append(f"  {g:<18} balanced accuracy {_f(gm['balanced_accuracy'])}  recall defective {_f(gm['recall_defective'])}  "
                     f"recall sound {_f(gm['recall_sound'])}  (n {gm['n']})")

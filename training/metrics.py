@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,30 @@ def auc(y: np.ndarray, s: np.ndarray) -> float:
     return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 
 
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % (z = 1.96) Wilson score interval of a proportion k / n: sound at 0 and n successes, where
+    the textbook p ± z·se collapses to a point; (nan, nan) without trials."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def intervals(tp: int, fn: int, tn: int, fp: int) -> dict[str, list[float]]:
+    """95 % intervals over the photos: each recall's Wilson interval, and for balanced accuracy the
+    mean of the two recalls' lower bounds and of their upper bounds (wider than an exact interval:
+    both recalls at a bound at once is rarer than 2.5 %). Photos of one capture session or source
+    are not independent draws, so what a new session would give is less certain than these say."""
+    rd, rs = wilson_interval(tp, tp + fn), wilson_interval(tn, tn + fp)
+    out = {"recall_defective_ci95": list(rd), "recall_sound_ci95": list(rs)}
+    both = [r for r in (rd, rs) if r[0] == r[0]]
+    if both:
+        out["balanced_accuracy_ci95"] = [float(np.mean([r[0] for r in both])), float(np.mean([r[1] for r in both]))]
+    return out
+
+
 def binary_report(y: np.ndarray, scores: np.ndarray, threshold: float, counts_only: bool = False) -> dict[str, Any]:
     y = np.asarray(y).astype(int)
     pred = (scores >= threshold).astype(int)
@@ -45,6 +70,7 @@ def binary_report(y: np.ndarray, scores: np.ndarray, threshold: float, counts_on
         "recall_defective": rec,
         "recall_sound": spec,
         "confusion": {"labels": ["sound", "defective"], "matrix": [[tn, fp], [fn, tp]]},
+        **intervals(tp, fn, tn, fp),
     }
     if not counts_only:
         out["auc"] = auc(y, scores)

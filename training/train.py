@@ -235,7 +235,7 @@ def extra_train_items(cfg: dict[str, Any], work_dir: Path) -> list[dict[str, Any
                 raise ValueError(f"data.extra_train: citrus commodity must be one of {sorted(citrus.FOLDERS)}, got {commodity!r}")
             if commodity in own:
                 raise ValueError(f"data.extra_train: {commodity} is this model's own data already")
-            items = [(it.path, it.label, it.source) for it in citrus.build_manifest(
+            items = [(it.path, it.label, it.source, it.sha256) for it in citrus.build_manifest(
                 root, commodity, seed=int(e.get("split_seed", 7)), fractions=e.get("fractions"),
                 max_bits=int(e.get("max_hash_bits", citrus.DEFAULT_MAX_BITS)), cache_dir=work_dir / "cache") if it.split == "train"]
         elif kind == "fruitnet":
@@ -243,19 +243,19 @@ def extra_train_items(cfg: dict[str, Any], work_dir: Path) -> list[dict[str, Any
                 raise ValueError("data.extra_train: fruitnet apples are this model's own data already")
             if not e.get("sessions"):
                 raise ValueError("data.extra_train: a fruitnet source names its sessions (e.g. the apple model's train sessions)")
-            items = [(it.path, it.label, it.session) for it in fruitnet.build_manifest(root, {"train": list(e["sessions"])}, e.get("subset", "single"))]
+            items = [(it.path, it.label, it.session, it.sha256) for it in fruitnet.build_manifest(root, {"train": list(e["sessions"])}, e.get("subset", "single"))]
         else:
             raise ValueError(f"data.extra_train: kind must be citrus or fruitnet, got {kind!r}")
         unknown = sorted(set(mapping.values()) - set(classes))
         if unknown:
             raise ValueError(f"data.extra_train labels map to {unknown}, not classes of this model ({classes})")
-        for path, label, group in items:
+        for path, label, group, sha256 in items:  # hashes as the source's manifest took them
             cls = mapping.get(label) or citrus.model_label({"label": label}, classes)
             if cls is None:
                 continue
             file = (root / path).resolve()
             out.append({"path": os.path.relpath(file, main_root), "label": cls, "session": str(e.get("group") or group),
-                        "split": "train", "sha256": fruitnet.file_sha256(file), "extra": True, "source_label": label})
+                        "split": "train", "sha256": sha256, "extra": True, "source_label": label})
     return out
 
 

@@ -39,7 +39,7 @@ from grader.commodities import get_commodity, load_commodities
 from grader.defect import ModelSpec, energy, preprocess, softmax
 from grader.measure import SegmentationParams
 from training.colour import ColourNormalise, colour_transfer, fruit_colour_stats, fruit_pixels, mean_colour_stats
-from training import explain
+from training import explain, mixstyle
 from training.crops import crop_cache, group_crop_cache
 from training.crops import load_rgb
 from training.export import INPUT_NAME, OUTPUT_NAME, check_export, export_onnx, parity_record
@@ -503,6 +503,7 @@ def run(cfg: dict[str, Any], out_dir: Path, work_dir: Path, resume: bool = False
 
     classes = classes_of(cfg)
     model = build_model(cfg["model"]["arch"], len(classes))
+    style_hooks = mixstyle.attach(model, cfg["model"].get("mixstyle"))  # training only; removed before export
     if cfg["model"].get("bn_momentum") is not None:
         # torchvision's MobileNetV3 keeps BatchNorm running statistics with momentum 0.01: with a few
         # hundred steps in all, evaluation would run on stale statistics far from the weights'
@@ -578,6 +579,8 @@ def run(cfg: dict[str, Any], out_dir: Path, work_dir: Path, resume: bool = False
         raise TrainingFailed(f"no epoch of {epochs} gave val outputs that vary (every one was constant up to rounding, or not finite): the network "
                              "did not learn; try a lower train.lr, more epochs or another seed")
     model.load_state_dict(best["state"])
+    for h in style_hooks:
+        h.remove()
     torch.save(model.state_dict(), work_dir / "best.pt")
     return finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, history, best["epoch"], earlier_seconds + time.time() - t_start,
                   train_crops=crops["train"])

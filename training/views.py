@@ -172,11 +172,21 @@ def add_views(model: onnx.ModelProto, views: int, input_name: str = "input", log
     return m
 
 
+#: how far the averaged graph's other outputs (CNN map, feature distances) may differ from the single
+#: graph's, relative to their scale. The averaged graph runs the batch stacked with its views, and ONNX
+#: Runtime's kernels for another batch size round float32 differently; a Mahalanobis distance through
+#: the inverse of a near-singular feature covariance (a network that learned little) magnifies that to
+#: ~1e-4 (seen: 7.2e-5), far below anything its threshold can tell apart
+OUTPUTS_REL_TOLERANCE = 1e-3
+
+
 def check_views(single: onnx.ModelProto, averaged: onnx.ModelProto, batch: np.ndarray, views: int, outputs: list[str],
-                input_name: str = "input", logits: str = "logits", tolerance: float = 1e-5) -> dict[str, float]:
+                input_name: str = "input", logits: str = "logits", tolerance: float = 1e-5,
+                outputs_tolerance: float = OUTPUTS_REL_TOLERANCE) -> dict[str, float]:
     """Run both graphs on ``batch`` (preprocessed, NCHW): the averaged graph's logits must be the
-    mean of the single graph's over the numpy views of the batch, and its other ``outputs`` the
-    single graph's on the batch itself. Returns the largest differences; raises past ``tolerance``."""
+    mean of the single graph's over the numpy views of the batch (within ``tolerance``), and its
+    other ``outputs`` the single graph's on the batch itself (within ``outputs_tolerance`` of their
+    scale). Returns the largest differences; raises past either."""
     import onnxruntime as ort
 
     def session(mp: onnx.ModelProto):
@@ -189,9 +199,10 @@ def check_views(single: onnx.ModelProto, averaged: onnx.ModelProto, batch: np.nd
     diff = {"max_abs_diff_logits": float(np.abs(got - want).max())}
     for name, a, e in zip(outputs, base, extras):  # relative to the output's scale (distances run to the hundreds)
         diff[f"max_rel_diff_{name}"] = float(np.abs(a - e).max() / max(1.0, float(np.abs(a).max())))
-    worst = max(diff.values())
-    if not np.isfinite(worst) or worst > tolerance:
-        raise RuntimeError(f"the averaged graph disagrees with the single-view graph: {diff}")
+    limits = {k: tolerance if k == "max_abs_diff_logits" else outputs_tolerance for k in diff}
+    if any(not np.isfinite(v) or v > limits[k] for k, v in diff.items()):
+        raise RuntimeError(f"the averaged graph disagrees with the single-view graph: {diff} "
+                           f"(allowed: logits {tolerance:g}, other outputs {outputs_tolerance:g} of their scale)")
     return diff
 
 

@@ -62,7 +62,7 @@ def _train(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("models") / cfg["name"] / str(cfg["version"])
     work = Path(args.work_dir) if args.work_dir else Path("var") / "train" / f"{cfg['name']}-{cfg['version']}"
     try:
-        train.run(cfg, out, work, resume=args.resume)
+        train.run(cfg, out, work, resume=args.resume, report_split="val" if args.hide_test else "test")
     except (FileNotFoundError, ValueError) as exc:  # data missing, or not in this model's classes
         print(f"grader train: {exc}", file=sys.stderr)
         return 2
@@ -217,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--work-dir", help="checkpoints and crop cache (default var/train/<name>-<version>)")
     t.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --work-dir")
     t.add_argument("--from-dataset", metavar="DIR", help="train on a dataset built by `grader dataset build` instead of the config's data")
+    t.add_argument("--hide-test", action="store_true",
+                   help="print the validation figures at the end instead of the test split's, for choosing between candidates "
+                        "before looking at test (metadata.json records both)")
     t.set_defaults(func=_train)
 
     c = sub.add_parser(

@@ -707,3 +707,20 @@ def test_wilson_intervals_match_the_textbook_and_hold_at_the_ends():
     ci = intervals(tp=29, fn=7, tn=34, fp=2)
     assert ci["recall_defective_ci95"][0] < ci["balanced_accuracy_ci95"][0] < (29 / 36 + 34 / 36) / 2 < ci["balanced_accuracy_ci95"][1]
     assert "balanced_accuracy_ci95" not in intervals(0, 0, 0, 0)
+
+
+def test_hide_test_prints_validation_figures_and_still_records_test(tmp_path, capsys):
+    """Choosing between candidates on validation: `grader train --hide-test` keeps the test figures
+    off the screen, and metadata.json still records them for after the choice."""
+    from service.cli import main as cli_main
+
+    args = ["train", "--out", str(tmp_path / "art"), "--work-dir", str(tmp_path / "work"), "--hide-test"]
+    for s in ["data.kind=synthetic", "data.n=48", "data.cache_size=96", "train.epochs=1", "train.batch_size=16",
+              "model.arch=small_fruitnet", "model.input_size=64", "model.test_time_views=1", "name=tiny-hide", "version=0.0.1"]:
+        args += ["--set", s]
+    assert cli_main(args) == 0
+    printed = capsys.readouterr().out
+    assert "val: balanced accuracy" in printed and "test: balanced accuracy" not in printed
+    assert "metrics.test" in printed
+    meta = json.loads((tmp_path / "art" / "metadata.json").read_text())
+    assert {"val", "test"} <= set(meta["metrics"])

@@ -484,7 +484,12 @@ def spec_for(cfg: dict[str, Any], temperature: float = 1.0, threshold: float = 0
     )
 
 
-def run(cfg: dict[str, Any], out_dir: Path, work_dir: Path, resume: bool = False) -> dict[str, Any]:
+def run(cfg: dict[str, Any], out_dir: Path, work_dir: Path, resume: bool = False, report_split: str = "test") -> dict[str, Any]:
+    """Train, calibrate on val, evaluate and export into ``out_dir``; the metadata. The figures
+    printed at the end are ``report_split``'s ("val" keeps the test figures out of sight while
+    choosing between candidates; metadata.json records both either way)."""
+    if report_split not in ("val", "test"):
+        raise ValueError(f"report_split must be val or test, got {report_split!r}")
     t_start = time.time()
     view_names(int(cfg["model"].get("test_time_views", 1)))  # a bad count fails now, not after training
     seed_everything(int(cfg["seed"]))
@@ -583,7 +588,7 @@ def run(cfg: dict[str, Any], out_dir: Path, work_dir: Path, resume: bool = False
         h.remove()
     torch.save(model.state_dict(), work_dir / "best.pt")
     return finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, history, best["epoch"], earlier_seconds + time.time() - t_start,
-                  train_crops=crops["train"])
+                  train_crops=crops["train"], report_split=report_split)
 
 
 #: an epoch whose val logits all lie within this share of their size of each other (every class) has
@@ -715,7 +720,8 @@ def calibrate(cfg: dict[str, Any], logits: dict[str, np.ndarray], labels: dict[s
             "metrics": metrics}
 
 
-def finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, history, best_epoch, train_seconds, train_crops) -> dict[str, Any]:
+def finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, history, best_epoch, train_seconds, train_crops,
+           report_split: str = "test") -> dict[str, Any]:
     """Calibrate and pick thresholds on val, evaluate on test, export (with the explanation outputs
     of training/explain.py, fitted on ``train_crops``), check, write metadata."""
     classes, defective = classes_of(cfg), defective_of(cfg)
@@ -812,17 +818,20 @@ def finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, history,
     ModelSpec.from_metadata(meta)  # the artifact must load the way serving loads it
     (out_dir / "metadata.json").write_text(json.dumps(meta, indent=2, allow_nan=False))
     (out_dir / "metrics.json").write_text(json.dumps(meta["metrics"], indent=2, allow_nan=False))
-    t = metrics["test"]
+    split = report_split
+    t = metrics[split]
     print(
-        f"test: balanced accuracy {t['balanced_accuracy']:.3f}, recall(defective) {t['recall_defective']:.3f}, "
+        f"{split}: balanced accuracy {t['balanced_accuracy']:.3f}, recall(defective) {t['recall_defective']:.3f}, "
         f"AUC {t['auc']:.3f}, ECE {t['ece_before']:.3f} -> {t['ece_after']:.3f}; "
         f"onnx vs torch max |Δscore| {metrics['onnx_check']['max_abs_diff_scores']:.2e}"
     )
     if multi:
-        print(f"test: defect type accuracy {t['types']['accuracy']:.3f} (balanced {t['types']['balanced_accuracy']:.3f}) over {t['types']['n']} defective fruit")
+        print(f"{split}: defect type accuracy {t['types']['accuracy']:.3f} (balanced {t['types']['balanced_accuracy']:.3f}) over {t['types']['n']} defective fruit")
     if group_key != "session":
         for g, r in t[f"per_{group_key}"].items():
-            print(f"test, {group_key} {g}: n {r['n']}, balanced accuracy {r['balanced_accuracy']:.3f}, recall(defective) {r['recall_defective']:.3f}, "
+            print(f"{split}, {group_key} {g}: n {r['n']}, balanced accuracy {r['balanced_accuracy']:.3f}, recall(defective) {r['recall_defective']:.3f}, "
                   f"recall(sound) {r['recall_sound']:.3f}" + (f", type accuracy {r['types']['accuracy']:.3f}" if multi and r["types"]["n"] else ""))
+    if split != "test":
+        print(f"(the test figures are in {out_dir / 'metadata.json'}: metrics.test)")
     print(f"artifact written to {out_dir}")
     return meta

@@ -69,6 +69,14 @@ def test_bad_settings_are_refused(cfg, message):
     assert mixstyle.attach(build_model("mobilenet_v3_small", 2), None) == []
 
 
+def test_a_layer_without_a_feature_map_is_refused_on_the_first_batch():
+    model = build_model("mobilenet_v3_small", 2)
+    mixstyle.attach(model, {"p": 1.0, "layers": ["classifier"]})
+    model.train()
+    with pytest.raises(ValueError, match="layer classifier gives no"):
+        model(torch.randn(4, 3, 64, 64))
+
+
 @pytest.mark.slow
 def test_a_model_trained_with_mixstyle_exports_the_plain_network(tmp_path):
     from training import train

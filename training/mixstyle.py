@@ -60,9 +60,16 @@ def attach(model: nn.Module, cfg: dict[str, Any] | None) -> list[torch.utils.hoo
         raise ValueError(f"model.mixstyle.layers must name modules of the network, got {layers} "
                          f"({', '.join(missing) or 'none given'}; e.g. features.1)")
 
+    names = {id(modules[name]): name for name in layers}
+
     def hook(module: nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor | None:
-        if not module.training or output.dim() != 4 or float(torch.rand(())) >= p:
+        if not module.training:
             return None  # the output as it is
+        if not isinstance(output, torch.Tensor) or output.dim() != 4:  # fails on the first batch, not silently never mixing
+            raise ValueError(f"model.mixstyle: layer {names[id(module)]} gives no (batch, channels, height, width) feature map "
+                             "to mix; name a convolutional block, e.g. features.1")
+        if float(torch.rand(())) >= p:
+            return None
         return mix_styles(output, alpha, eps)
 
     return [modules[name].register_forward_hook(hook) for name in layers]

@@ -1,6 +1,6 @@
 """Where a grade request's CPU time goes, stage by stage, in one process (no HTTP).
 
-    .venv/bin/python bench/stages.py [--images 40] [--repeats 3] [--no-freeze]
+    .venv/bin/python bench/stages.py [--images 40] [--repeats 3] [--no-freeze] [--upscale K]
 
 Runs the service's own request path (service/grading.py: lookup, decode, measure, crop and
 preprocess, ONNX Runtime, rules, store) on the same photos as bench/serve.py, with the settings a
@@ -9,7 +9,8 @@ prints the CPU milliseconds per photo of each stage. Each photo is stored as new
 It also reports the garbage collector's full collections during the run, the first (warm-up) pass
 included: the server collects and freezes what it built at start before it serves
 (service/app.py: app_from_env), as this script does unless --no-freeze, which shows what the first
-full collection after start costs a request without it.
+full collection after start costs a request without it. ``--upscale 18`` grades the same photos
+enlarged 18 times (bicubic, 3456 x 4608 px: a 16-MP phone photo) at an 18th of the scale.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=40)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-freeze", action="store_true", help="serve right after start-up, as the server did before freezing")
+    ap.add_argument("--upscale", type=int, default=1, help="grade the photos enlarged this many times (18: a 16-MP phone photo)")
     args = ap.parse_args()
 
     import serve  # the benchmark's photos and fresh-bytes helper
@@ -60,6 +62,8 @@ def main() -> None:
     pipeline.decide = timed("rules and flags", pipeline.decide)
 
     jpegs = serve.images(args.images)
+    if args.upscale > 1:
+        jpegs = [enlarged(j, args.upscale) for j in jpegs]
     settings = Settings(data_dir=Path(tempfile.mkdtemp(prefix="grader-stages-")), api_keys="camera:stages-key-0000000000",
                         onnx_threads=1, opencv_threads=1)
     ctx = build_context(settings)
@@ -90,14 +94,16 @@ def main() -> None:
         for data in jpegs:
             data = serve.fresh(data)
             t0 = time.process_time()
-            req = grading.parse(None, "bench-cam", None, None, None, "0.2", None, None, None)
+            req = grading.parse(None, "bench-cam", None, None, None, str(0.2 / args.upscale), None, None, None)
             timed("lookup (database)", grading.lookup)(ctx, req)
             rgb, media_type = timed("decode JPEG", decode_image)(data, settings.max_image_pixels)
+            h, w = rgb.shape[:2]
             scaled, graded = grading.grade_rgb(ctx, req, rgb)
             timed("store (image file + fsync, rows, commit)", grading.store)(ctx, req, data, media_type, rgb, scaled, graded, None)
             total += time.process_time() - t0
             n += 1
-    print(f"{n} photos, CPU ms per photo by stage (one process, OpenCV and ONNX Runtime on 1 thread):")
+    size = "" if args.upscale == 1 else f" enlarged {args.upscale}x ({w} x {h} px)"
+    print(f"{n} photos{size}, CPU ms per photo by stage (one process, OpenCV and ONNX Runtime on 1 thread):")
     for name, s in sorted(cpu.items(), key=lambda kv: -kv[1]):
         print(f"  {name:<42} {1000 * s / n:6.2f}")
     print(f"  {'whole request path (no HTTP)':<42} {1000 * total / n:6.2f}")
@@ -105,6 +111,17 @@ def main() -> None:
     longest = f", the longest {1000 * max(pauses):.1f} ms" if pauses else ""
     print(f"full garbage collections during the {n + len(jpegs)} requests ({frozen}): {len(pauses)}{longest}")
     ctx.batcher.close()
+
+
+def enlarged(jpeg: bytes, k: int) -> bytes:
+    """The photo enlarged ``k`` times (bicubic), as a JPEG of quality 90."""
+    import cv2
+    import numpy as np
+
+    bgr = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    ok, out = cv2.imencode(".jpg", cv2.resize(bgr, None, fx=k, fy=k, interpolation=cv2.INTER_CUBIC), [cv2.IMWRITE_JPEG_QUALITY, 90])
+    assert ok
+    return out.tobytes()
 
 
 if __name__ == "__main__":

@@ -78,6 +78,10 @@ class BlemishParams:
     edge_margin_frac: float = 0.04  # outermost share of the radius ignored (edge pixels mix with background)
     edge_margin_px: float = 3.0  # ...and at least this many pixels (blur and chroma subsampling spread the edge)
     rings: int = 6  # skin reference colours, by distance from the edge (equal-area rings)
+    # a fruit wider than this (pixels, e.g. in a 16-MP phone photo) has its skin judged on a copy of
+    # its box shrunk to this width: a blemish of a square millimetre still spans several pixels
+    # there, and the work no longer grows with the camera's resolution
+    work_max_side_px: int = 1024
 
 
 @dataclass
@@ -418,15 +422,19 @@ def measure_segment(
     diameter_px, other_px = (minor_px, major_px) if size_axis == "minor" else (major_px, minor_px)
     area_px = float(seg.mask.sum())
     roundness = float(min(1.0, 4 * math.pi * area_px / max(perimeter_px, 1.0) ** 2))
+    blemish = blemish or BlemishParams()
+    skin_rgb, skin_seg = _skin_view(image_rgb, seg, blemish.work_max_side_px)
     in_band = None
     if colour_bands:  # one colour-band mask of the fruit's box, for the blemish test and the coverage
         from .commodities import colour_mask
 
-        x0, y0, x1, y1 = seg.bbox
-        in_band = colour_mask(image_rgb[y0:y1, x0:x1], colour_bands)
-    spots = blemish_mask(image_rgb, seg, blemish or BlemishParams(), colour_bands, in_band)
+        x0, y0, x1, y1 = skin_seg.bbox
+        in_band = colour_mask(skin_rgb[y0:y1, x0:x1], colour_bands)
+    spots = blemish_mask(skin_rgb, skin_seg, blemish, colour_bands, in_band)
+    if skin_seg is not seg:  # back to the fruit's own box, pixel for pixel
+        spots = cv2.resize(spots.view(np.uint8), seg.mask.shape[::-1], interpolation=cv2.INTER_NEAREST).view(bool) & seg.mask
     blemish_px = float(cv2.countNonZero(spots.view(np.uint8)))  # areas in cm² and the largest spot: with_scale
-    coverage = colour_coverage(image_rgb, seg, colour_bands, in_band) if colour_bands else None
+    coverage = colour_coverage(skin_rgb, skin_seg, colour_bands, in_band) if colour_bands else None
 
     unscaled = FruitMeasurement(
         bbox=seg.bbox,
@@ -448,6 +456,22 @@ def measure_segment(
         cut_off=seg.cut_off,
     )
     return with_scale(unscaled, mm_per_px)
+
+
+def _skin_view(image_rgb: np.ndarray, seg: Segment, max_side_px: int) -> tuple[np.ndarray, Segment]:
+    """The image and segment on which a fruit's skin is judged: as they are, or, for a fruit wider
+    than ``max_side_px``, its box alone shrunk to that width (area-averaged colours, the mask by
+    majority) with the segment in the shrunk box's coordinates."""
+    x0, y0, x1, y1 = seg.bbox
+    w, h = x1 - x0, y1 - y0
+    if max(w, h) <= max_side_px:
+        return image_rgb, seg
+    f = max_side_px / max(w, h)
+    size = (max(1, int(round(w * f))), max(1, int(round(h * f))))
+    region = cv2.resize(np.ascontiguousarray(image_rgb[y0:y1, x0:x1]), size, interpolation=cv2.INTER_AREA)
+    mask = cv2.resize(seg.mask.astype(np.uint8) * 255, size, interpolation=cv2.INTER_AREA) >= 128
+    contour = np.round((seg.contour - np.array([x0, y0])) * f).astype(np.int32)
+    return region, Segment((0, 0, size[0], size[1]), contour, mask, seg.cut_off)
 
 
 def with_scale(m: FruitMeasurement, mm_per_px: float | None) -> FruitMeasurement:
@@ -604,6 +628,12 @@ def measure_image(
 CROP_FILL_RGB = (124, 116, 104)
 
 
+#: up to this growth (pixels; crops up to ~1100 px across, every training photo's) the fruit mask is
+#: grown with OpenCV's elliptic kernel, whose cost grows with the kernel's area; beyond it with a
+#: distance transform (the same disc, up to single boundary pixels)
+_DISC_KERNEL_MAX_PX = 16
+
+
 def crop_for_model(
     image_rgb: np.ndarray,
     bbox: BBox,
@@ -634,7 +664,10 @@ def crop_for_model(
     mh, mw = mask.shape
     keep[max(0, oy) : oy + mh, max(0, ox) : ox + mw] = mask[max(0, -oy) : side - oy, max(0, -ox) : side - ox]
     grow = max(1, int(round(side * 0.015)))
-    keep = cv2.dilate(keep, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1)))
+    if grow <= _DISC_KERNEL_MAX_PX:
+        keep = cv2.dilate(keep, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1)))
+    else:  # a phone photo's fruit: the same disc from a distance transform, linear in the pixels
+        keep = (cv2.distanceTransform(1 - keep, cv2.DIST_L2, cv2.DIST_MASK_PRECISE) <= grow + 0.5).view(np.uint8)
     out = np.empty((side, side, 3), np.uint8)
     out[:] = CROP_FILL_RGB
     cv2.copyTo(crop, keep, out)  # the fruit's pixels over the fill

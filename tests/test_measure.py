@@ -167,3 +167,51 @@ def test_skin_anomaly_map_is_hot_on_blemishes_and_cool_on_clean_skin():
     assert 0.0 <= heat.min() and heat.max() <= 1.0
     assert heat[m.blemish_mask].mean() > 0.5 > 0.1 > heat[seg.mask & ~m.blemish_mask].mean()
     assert not heat[~seg.mask].any()
+
+
+@pytest.mark.parametrize("colour", ["red", "yellow", "green"])
+def test_phone_photo_fruit_is_judged_on_a_shrunk_copy_and_measured_alike(colour):
+    """A fruit ~1900 px across (a 16-MP photo) has its skin judged on a copy 1024 px wide: the same
+    size, blemish area and colour coverage as judged at full resolution, within the tolerances."""
+    import cv2
+
+    from grader.commodities import load_commodities
+    from grader.measure import BlemishParams
+
+    bands = load_commodities()["apple"].colour_bands
+    img, truth = make_fruit_image(seed=11, diameter_mm=75.0, mm_per_px=0.2, colour=colour, blemishes_cm2=(2.0, 0.3, 0.8))
+    k = 5
+    big = cv2.resize(img, None, fx=k, fy=k, interpolation=cv2.INTER_CUBIC)
+    [m] = measure_image(big, 0.2 / k, colour_bands=bands)
+    [full] = measure_image(big, 0.2 / k, colour_bands=bands, blemish=BlemishParams(work_max_side_px=10**6))
+    t = truth.fruits[0]
+    assert max(m.bbox[2] - m.bbox[0], m.bbox[3] - m.bbox[1]) > 1024  # the shrunk path ran
+    assert m.diameter_mm == pytest.approx(75.0, abs=0.5)
+    assert m.blemish_area_cm2 == pytest.approx(t.blemish_area_cm2, rel=0.15)
+    assert m.largest_blemish_cm2 == pytest.approx(t.largest_blemish_cm2, rel=0.15)
+    assert m.blemish_area_cm2 == pytest.approx(full.blemish_area_cm2, rel=0.1)
+    assert m.colour_coverage == pytest.approx(full.colour_coverage, abs=0.01)
+    assert m.blemish_mask.shape == m.mask.shape and not (m.blemish_mask & ~m.mask).any()
+
+
+def test_large_model_crop_paints_out_the_same_disc_grown_mask():
+    """Past the elliptic kernel's size the fruit mask is grown by a distance transform: the painted
+    out area matches the kernel's to a ring of boundary pixels."""
+    import cv2
+
+    from grader.measure import CROP_FILL_RGB
+
+    img, _ = make_fruit_image(seed=2, diameter_mm=70.0, mm_per_px=0.2, colour="red")
+    big = cv2.resize(img, None, fx=5, fy=5, interpolation=cv2.INTER_CUBIC)
+    [m] = measure_image(big, 0.04)
+    crop = crop_for_model(big, m.bbox, 0.08, m.mask)
+    side = crop.shape[0]
+    grow = int(round(side * 0.015))
+    assert grow > 16  # the distance-transform path
+    keep = np.zeros((side, side), np.uint8)
+    ox = m.bbox[0] - (int(round((m.bbox[0] + m.bbox[2]) / 2 - side / 2)))
+    oy = m.bbox[1] - (int(round((m.bbox[1] + m.bbox[3]) / 2 - side / 2)))
+    keep[oy:oy + m.mask.shape[0], ox:ox + m.mask.shape[1]] = m.mask
+    expect = cv2.dilate(keep, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1))).astype(bool)
+    painted = (crop == np.array(CROP_FILL_RGB, np.uint8)).all(axis=2)
+    assert (painted == ~expect).mean() > 0.999

@@ -87,6 +87,12 @@ def _body(code: str, message: str, field: str | None = None, **extra) -> dict:
     return {"error": {"code": code, "message": message, "field": field, **extra}}
 
 
+#: an overloaded process's answer: retry in a second, on a new connection. With `grader serve
+#: --workers N` each camera's keep-alive connection stays with the process that accepted it; closing
+#: a refused camera's connection lets the kernel hash its retry to any process, so cameras that
+#: crowded onto one process spread out instead of being refused there again and again.
+OVERLOADED_HEADERS = {"Retry-After": "1", "Connection": "close"}
+
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -127,7 +133,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Overloaded)
     async def _overloaded(_: Request, exc: Overloaded) -> JSONResponse:
-        return JSONResponse(_body("overloaded", f"{exc}; retry shortly"), status_code=503, headers={"Retry-After": "1"})
+        return JSONResponse(_body("overloaded", f"{exc}; retry shortly"), status_code=503, headers=OVERLOADED_HEADERS)
 
     @app.exception_handler(GraderError)
     async def _domain(_: Request, exc: GraderError) -> JSONResponse:

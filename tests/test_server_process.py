@@ -78,6 +78,71 @@ def test_two_workers_share_one_sqlite_database(tmp_path):
         assert "Traceback" not in srv.log()
 
 
+def test_a_refused_camera_is_told_to_retry_and_its_connection_is_closed(tmp_path):
+    """Past GRADER_MAX_IN_FLIGHT a camera gets 503 with Retry-After, and the server closes that
+    connection (with several worker processes its retry then may land on a less busy one); the
+    grade that was in progress is answered and stored."""
+    import socket
+    import threading
+
+    import cv2
+
+    env = {"GRADER_API_KEYS": ",".join(f"{r}:{k}" for r, k in API_KEYS.items()), "GRADER_MAX_IN_FLIGHT": "1"}
+    small = jpeg_bytes(make_fruit_image(seed=1, diameter_mm=70, mm_per_px=0.3)[0])
+    big_rgb = cv2.resize(make_fruit_image(seed=2, diameter_mm=70, mm_per_px=0.3)[0], None, fx=12, fy=12)
+    big = jpeg_bytes(big_rgb)  # ~4700 px square: a grade of a second or more holds the one admission slot
+
+    def raw_post(port: int, jpeg: bytes) -> tuple[bytes, bool]:
+        """POST over a raw socket: (the answer's head, whether the server closed the connection after
+        a 503)."""
+        boundary = b"b0undary"
+        body = (b"--" + boundary + b'\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n'
+                b"Content-Type: image/jpeg\r\n\r\n" + jpeg + b"\r\n--" + boundary + b"--\r\n")
+        head = (f"POST /v1/grade HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: {API_KEYS['camera']}\r\n"
+                f"Content-Type: multipart/form-data; boundary={boundary.decode()}\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+            s.sendall(head + body)
+            got = b""
+            while b"\r\n\r\n" not in got:
+                got += s.recv(65536)
+            answer_head, _, rest = got.partition(b"\r\n\r\n")
+            length = int(next(v for k, _, v in (ln.partition(b":") for ln in answer_head.split(b"\r\n")) if k.strip().lower() == b"content-length"))
+            while len(rest) < length:
+                rest += s.recv(65536)
+            if not answer_head.startswith(b"HTTP/1.1 503"):
+                return answer_head, False
+            s.settimeout(2.5)  # well under the server's 5 s keep-alive timeout
+            try:
+                closed = s.recv(1) == b""
+            except socket.timeout:
+                closed = False
+            return answer_head, closed
+
+    with ServerProcess(tmp_path / "var", env) as srv:
+        answers: list[tuple[bytes, bool]] = []
+        big_answers: list[tuple[bytes, bool]] = []
+
+        def big_camera() -> None:  # sends the big photo again after each refusal, as a camera does
+            for _ in range(50):
+                big_answers.append(raw_post(srv.port, big))
+                if not big_answers[-1][0].startswith(b"HTTP/1.1 503"):
+                    return
+
+        t = threading.Thread(target=big_camera)
+        t.start()
+        while t.is_alive():  # a second camera with small photos, refused while the big one is graded
+            answers.append(raw_post(srv.port, small))
+        t.join()
+        assert big_answers[-1][0].startswith(b"HTTP/1.1 200")  # the big photo was graded in the end
+        answers += big_answers
+        refused = [(h, c) for h, c in answers if h.startswith(b"HTTP/1.1 503")]
+        assert refused, "no request was refused while the big photo was being graded"
+        for head, closed in refused:
+            assert b"retry-after: 1" in head.lower() and b"connection: close" in head.lower()
+            assert closed
+        assert all(h.startswith((b"HTTP/1.1 200", b"HTTP/1.1 503")) for h, _ in answers)
+
+
 def _children(pid: int) -> list[int]:
     """Worker processes of a `grader serve --workers N` supervisor (Linux /proc)."""
     from pathlib import Path

@@ -12,7 +12,7 @@ from grader.pipeline import ImageGrade, decide
 
 from .. import grading, shadow
 from ..auth import Principal, require
-from ..errors import ApiError
+from ..errors import OVERLOADED_HEADERS, ApiError
 from ..forms import read_limited
 from ..imaging import decode_upload
 from .results import result_payload
@@ -83,7 +83,8 @@ async def grade(
 
 class admitted:
     """Admission control: past max_in_flight concurrent grades a camera is told to retry at once
-    (503 + Retry-After), so latency stays bounded instead of every request queueing behind a backlog."""
+    (503 + Retry-After, its connection closed: errors.OVERLOADED_HEADERS), so latency stays bounded
+    instead of every request queueing behind a backlog."""
 
     def __init__(self, ctx, weight: int = 1) -> None:
         self.ctx, self.weight = ctx, weight
@@ -92,7 +93,7 @@ class admitted:
         ctx = self.ctx
         if ctx.in_flight >= ctx.settings.max_in_flight:
             raise ApiError(503, "overloaded", f"{ctx.in_flight} grades in progress (limit {ctx.settings.max_in_flight}); retry shortly",
-                           headers={"Retry-After": "1"})
+                           headers=OVERLOADED_HEADERS)
         ctx.in_flight += self.weight
         return self
 

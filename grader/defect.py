@@ -17,7 +17,7 @@ import numpy as np
 
 from .colour import ColourNormalise, resized_fruit_mask
 from .errors import InvalidModelArtifact
-from .measure import SegmentationParams
+from .measure import SegmentationParams, fruit_body
 from .records import DefectEvidence
 
 
@@ -60,6 +60,9 @@ class ModelSpec:
     #: that differ from its defaults); None (the key absent): the defaults. Serving measures with the
     #: commodity's own settings; evaluation of an artifact on photos cuts its crops with these
     crop_segmentation: SegmentationParams | None = None
+    #: ``preprocessing.fruit_body.factor``: every crop first gets :func:`grader.measure.fruit_body`
+    #: (what sticks out of the fruit's round body painted out, e.g. a hand); None (the key absent): not
+    fruit_body: float | None = None
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
@@ -87,6 +90,7 @@ class ModelSpec:
                 colour_normalise=None if norm is None else ColourNormalise.from_dict(norm),
                 test_time_views=int((pre.get("test_time_views") or {}).get("count", 1)),
                 crop_segmentation=None if pre.get("crop_segmentation") is None else SegmentationParams(**pre["crop_segmentation"]),
+                fruit_body=None if pre.get("fruit_body") is None else float(pre["fruit_body"]["factor"]),
                 ood_energy_threshold=None if thr.get("ood_energy") is None else float(thr["ood_energy"]),
                 ood_distance_threshold=None if thr.get("ood_distance") is None else float(thr["ood_distance"]),
                 ood_distance_early_threshold=None if thr.get("ood_distance_early") is None else float(thr["ood_distance_early"]),
@@ -98,6 +102,8 @@ class ModelSpec:
             raise InvalidModelArtifact("metadata.json: mean and std need 3 values, std > 0")
         if not set(spec.defective_classes) <= set(spec.classes) or len(spec.classes) < 2:
             raise InvalidModelArtifact("metadata.json: defective_classes must be among classes (>= 2 classes)")
+        if spec.fruit_body is not None and not 1.0 <= spec.fruit_body <= 3.0:
+            raise InvalidModelArtifact("metadata.json: preprocessing.fruit_body.factor must be within 1..3")
         if not 0.0 < spec.temperature < 100.0 or not math.isfinite(spec.temperature):
             raise InvalidModelArtifact("metadata.json: calibration temperature out of range")
         return spec
@@ -114,6 +120,8 @@ def preprocess(crops: Sequence[np.ndarray], spec: ModelSpec) -> np.ndarray:
     mean = np.asarray(spec.mean, np.float32).reshape(3, 1, 1)
     std = np.asarray(spec.std, np.float32).reshape(3, 1, 1)
     for i, crop in enumerate(crops):
+        if spec.fruit_body is not None:
+            crop = fruit_body(crop, spec.fruit_body)
         interp = cv2.INTER_AREA if crop.shape[0] >= h else cv2.INTER_LINEAR
         x = cv2.resize(crop, (w, h), interpolation=interp)
         if spec.colour_normalise is not None:

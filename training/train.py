@@ -37,7 +37,7 @@ from datasets import citrus, fruitnet
 from datasets.synthetic import random_fruit_image
 from grader.commodities import get_commodity, load_commodities
 from grader.defect import ModelSpec, energy, preprocess, softmax
-from grader.measure import SegmentationParams
+from grader.measure import SegmentationParams, fruit_body
 from training.colour import ColourNormalise, colour_transfer, fruit_colour_stats, fruit_pixels, mean_colour_stats
 from training import explain, mixstyle
 from training.crops import crop_cache, group_crop_cache
@@ -480,8 +480,18 @@ def spec_for(cfg: dict[str, Any], temperature: float = 1.0, threshold: float = 0
         name=cfg["name"], version=str(cfg["version"]), classes=tuple(classes_of(cfg)), defective_classes=tuple(defective_of(cfg)),
         input_size=(int(m["input_size"]), int(m["input_size"])), mean=tuple(m["mean"]), std=tuple(m["std"]),
         temperature=temperature, threshold_defective=threshold, review_band=band, crop_margin_frac=float(m.get("crop_margin_frac", 0.08)),
-        colour_normalise=colour_normalise_of(cfg), crop_segmentation=segmentation_of(cfg),
+        colour_normalise=colour_normalise_of(cfg), crop_segmentation=segmentation_of(cfg), fruit_body=fruit_body_of(cfg),
     )
+
+
+def fruit_body_of(cfg: dict[str, Any]) -> float | None:
+    """``model.fruit_body``: null (off) or the factor of grader.measure.fruit_body (1..3)."""
+    raw = cfg["model"].get("fruit_body")
+    if raw is None:
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not 1.0 <= float(raw) <= 3.0:
+        raise ValueError(f"model.fruit_body must be null or a factor within 1..3, got {raw!r}")
+    return float(raw)
 
 
 def run(cfg: dict[str, Any], out_dir: Path, work_dir: Path, resume: bool = False, report_split: str = "test") -> dict[str, Any]:
@@ -503,6 +513,8 @@ def run(cfg: dict[str, Any], out_dir: Path, work_dir: Path, resume: bool = False
         cfg = resolve_colour_normalise(cfg, crops["train"])  # its canonical colour, fixed before anything uses it
         (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     (out_dir / "manifest.json").write_text(json.dumps({"sha256": digest, "items": manifest}, indent=0))
+    if (body := fruit_body_of(cfg)) is not None:  # the train crops as preprocess() will give every other crop
+        crops["train"] = np.stack([fruit_body(c, body) for c in crops["train"]])
     spec0 = spec_for(cfg)
     eval_batches = {s: preprocess(list(crops[s]), spec0) for s in crops if s != "train"}
 
@@ -788,6 +800,8 @@ def finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, history,
             "resize": "cv2 INTER_AREA (downscale) / INTER_LINEAR (upscale)",
             **crop_segmentation_record(spec.crop_segmentation),
             **({} if spec.colour_normalise is None else {"colour_normalise": spec.colour_normalise.to_dict()}),
+            **({} if spec.fruit_body is None else {"fruit_body": {"factor": spec.fruit_body,
+                                                                   "step": "grader.measure.fruit_body, before the resize"}}),
             **({} if views == 1 else {"test_time_views": views_record(views)}),
         },
         "calibration": {"method": "temperature scaling on val" + ("" if views == 1 else ", of the logits averaged over the views"),

@@ -724,3 +724,37 @@ def test_hide_test_prints_validation_figures_and_still_records_test(tmp_path, ca
     assert "metrics.test" in printed
     meta = json.loads((tmp_path / "art" / "metadata.json").read_text())
     assert {"val", "test"} <= set(meta["metrics"])
+
+
+def test_weight_averaging_makes_the_average_the_model(tmp_path):
+    """train.swa: after the schedule, N epochs at a constant rate whose end-of-epoch weights are
+    averaged; the average (BatchNorm statistics recomputed) is what is exported, and bad settings
+    are refused before any training."""
+    from training import train
+
+    for bad in ({"epochs": 0, "lr": 0.001}, {"epochs": 2}, {"epochs": 2, "lr": 2.0}, "yes"):
+        with pytest.raises(ValueError, match="train.swa"):
+            train.swa_of({"train": {"swa": bad}})
+    assert train.swa_of({"train": {}}) == (0, 0.0)
+    cfg = train.load_config(
+        train.DEFAULT_CONFIG,
+        ["data.kind=synthetic", "data.n=24", "data.cache_size=64", "train.epochs=1", "train.batch_size=16",
+         "model.arch=small_fruitnet_lite", "model.input_size=48", "name=tiny-swa", "version=0.0.1",
+         "model.test_time_views=1", "train.swa={epochs: 2, lr: 0.001}"],
+    )
+    meta = train.run(cfg, tmp_path / "art", tmp_path / "work")
+    hist = meta["history"]
+    assert [h.get("averaged", False) for h in hist[:3]] == [False, True, True] and hist[-1]["averaged_model"]
+    assert meta["metrics"]["best_epoch"] == "average of 2-3"
+    assert meta["metrics"]["onnx_check"]["max_abs_diff_scores"] < 1e-4  # the exported graph is the averaged network
+    # the exported weights are the average's: its parameters equal those the checkpoint's averaged copy holds
+    ck = torch.load(tmp_path / "work" / "checkpoint.pt", weights_only=False)
+    best = torch.load(tmp_path / "work" / "best.pt")
+    averaged = {k[len("module."):]: v for k, v in ck["swa"].items() if k.startswith("module.")}
+    weights = [k for k in best if k.endswith(".weight") and "bn" not in k and k in averaged]
+    assert weights and all(torch.equal(best[k], averaged[k]) for k in weights)
+    with pytest.raises(ValueError, match="mixstyle"):
+        train.run(train.load_config(train.DEFAULT_CONFIG, ["data.kind=synthetic", "data.n=24", "data.cache_size=64", "model.arch=small_fruitnet_lite",
+                                                           "model.input_size=48", "train.swa={epochs: 1, lr: 0.001}",
+                                                           "model.mixstyle={p: 0.5, alpha: 0.1, layers: [features.1]}"]),
+                  tmp_path / "art2", tmp_path / "work2")

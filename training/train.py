@@ -484,6 +484,24 @@ def spec_for(cfg: dict[str, Any], temperature: float = 1.0, threshold: float = 0
     )
 
 
+def swa_of(cfg: dict[str, Any]) -> tuple[int, float]:
+    """``train.swa`` of a config: (extra epochs, their constant learning rate); (0, 0.0) when off.
+
+    Weight averaging (Izmailov et al., 2018): after the one-cycle schedule, ``epochs`` more epochs
+    at the constant rate ``lr``, the weights at the end of each averaged; the average, with its
+    BatchNorm statistics computed again on the train crops, is the model (no epoch is selected on val)."""
+    raw = cfg["train"].get("swa")
+    if raw is None:
+        return 0, 0.0
+    try:
+        n, lr = int(raw["epochs"]), float(raw["lr"])
+    except (TypeError, KeyError, ValueError) as exc:
+        raise ValueError(f"train.swa must be null or {{epochs: N, lr: X}}, got {raw!r}") from exc
+    if n < 1 or not 0.0 < lr < 1.0:
+        raise ValueError(f"train.swa needs epochs >= 1 and 0 < lr < 1, got {raw!r}")
+    return n, lr
+
+
 def fruit_body_of(cfg: dict[str, Any]) -> float | None:
     """``model.fruit_body``: null (off) or the factor of grader.measure.fruit_body (1..3)."""
     raw = cfg["model"].get("fruit_body")
@@ -547,6 +565,10 @@ def run(cfg: dict[str, Any], out_dir: Path, work_dir: Path, resume: bool = False
     epochs = int(tr["epochs"])
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=float(tr["lr"]), total_steps=max(1, epochs * len(loader)), pct_start=0.15)
 
+    swa_epochs, swa_lr = swa_of(cfg)
+    if swa_epochs and style_hooks:
+        raise ValueError("train.swa and model.mixstyle cannot both be set (the averaged copy would mix styles while its BatchNorm statistics are computed)")
+    swa_model = torch.optim.swa_utils.AveragedModel(model) if swa_epochs else None
     ckpt_path = work_dir / "checkpoint.pt"
     start_epoch, best, earlier_seconds = 0, {"score": -1.0, "state": copy.deepcopy(model.state_dict()), "epoch": -1}, 0.0
     history: list[dict[str, float]] = []
@@ -554,22 +576,32 @@ def run(cfg: dict[str, Any], out_dir: Path, work_dir: Path, resume: bool = False
         ck = torch.load(ckpt_path, weights_only=False)
         model.load_state_dict(ck["model"]), opt.load_state_dict(ck["opt"]), sched.load_state_dict(ck["sched"])
         start_epoch, best, history = ck["epoch"] + 1, ck["best"], ck["history"]
+        if swa_model is not None and ck.get("swa") is not None:
+            swa_model.load_state_dict(ck["swa"])
         earlier_seconds = float(ck.get("elapsed_seconds", 0.0))
         torch.set_rng_state(ck["rng"])
         print(f"resumed from {ckpt_path} at epoch {start_epoch}")
 
-    for epoch in range(start_epoch, epochs):
+    total_epochs = epochs + swa_epochs
+    for epoch in range(start_epoch, total_epochs):
+        in_swa = epoch >= epochs  # past the schedule: a constant rate, the weights averaged after each epoch
+        if in_swa:
+            for g in opt.param_groups:
+                g["lr"] = swa_lr
         model.train()
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=False)
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{total_epochs}" + (" (averaged)" if in_swa else ""), unit="batch", leave=False)
         total, n = 0.0, 0
         for x, y in bar:
             opt.zero_grad(set_to_none=True)
             loss = criterion(model(x), y)
             loss.backward()
             opt.step()
-            sched.step()
+            if not in_swa:
+                sched.step()
             total, n = total + loss.item() * len(y), n + len(y)
             bar.set_postfix(loss=f"{total / n:.4f}")
+        if in_swa:
+            swa_model.update_parameters(model)
         val_logits = predict_logits(model, eval_batches["val"])
         val = binary_report(is_defective(labels["val"], cfg), _scores(val_logits, 1.0, cfg), 0.5)
         entry = {"epoch": epoch + 1, "loss": total / max(n, 1), "val_balanced_accuracy": val["balanced_accuracy"], "val_auc": val["auc"]}
@@ -583,15 +615,34 @@ def run(cfg: dict[str, Any], out_dir: Path, work_dir: Path, resume: bool = False
         collapsed = outputs_collapsed(val_logits)
         if collapsed:
             entry["collapsed"] = True
+        if in_swa:
+            entry["averaged"] = True  # the figures are of this epoch's weights, not of the average
         history.append(entry)
-        if not collapsed and score >= best["score"]:
+        if not in_swa and not collapsed and score >= best["score"]:
             best = {"score": score, "state": copy.deepcopy(model.state_dict()), "epoch": epoch + 1}
         extra = f" type bal.acc {entry['val_type_balanced_accuracy']:.3f}" if "val_type_balanced_accuracy" in entry else ""
         if collapsed:
             extra += " (outputs constant or not finite on val: not a candidate)"
-        print(f"epoch {epoch + 1}/{epochs} loss {total / max(n, 1):.4f} val bal.acc {val['balanced_accuracy']:.3f} auc {val['auc']:.3f}{extra} ({time.time() - t_start:.0f}s)")
-        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "epoch": epoch, "best": best, "history": history, "rng": torch.get_rng_state(), "elapsed_seconds": earlier_seconds + time.time() - t_start}, ckpt_path)
+        print(f"epoch {epoch + 1}/{total_epochs} loss {total / max(n, 1):.4f} val bal.acc {val['balanced_accuracy']:.3f} auc {val['auc']:.3f}{extra} ({time.time() - t_start:.0f}s)")
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "epoch": epoch, "best": best, "history": history, "rng": torch.get_rng_state(), "elapsed_seconds": earlier_seconds + time.time() - t_start,
+                    "swa": None if swa_model is None else swa_model.state_dict()}, ckpt_path)
 
+    if swa_model is not None:
+        # the average of the last swa_epochs epochs' weights is the model, not a selected epoch;
+        # BatchNorm's running statistics are computed again for the averaged weights on the train crops
+        torch.optim.swa_utils.update_bn(loader, swa_model)
+        model.load_state_dict(swa_model.module.state_dict())
+        val_logits = predict_logits(model, eval_batches["val"])
+        if outputs_collapsed(val_logits):
+            raise TrainingFailed("the averaged weights give constant or non-finite val outputs: try a lower train.swa.lr")
+        val = binary_report(is_defective(labels["val"], cfg), _scores(val_logits, 1.0, cfg), 0.5)
+        history.append({"epoch": total_epochs, "averaged_model": True, "val_balanced_accuracy": val["balanced_accuracy"], "val_auc": val["auc"]})
+        print(f"weights of epochs {epochs + 1}-{total_epochs} averaged: val bal.acc {val['balanced_accuracy']:.3f} auc {val['auc']:.3f}")
+        for h in style_hooks:
+            h.remove()
+        torch.save(model.state_dict(), work_dir / "best.pt")
+        return finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, history, f"average of {epochs + 1}-{total_epochs}",
+                      earlier_seconds + time.time() - t_start, train_crops=crops["train"], report_split=report_split)
     if best["epoch"] < 0:
         raise TrainingFailed(f"no epoch of {epochs} gave val outputs that vary (every one was constant up to rounding, or not finite): the network "
                              "did not learn; try a lower train.lr, more epochs or another seed")

@@ -684,7 +684,9 @@ def fruit_body(crop: np.ndarray, factor: float) -> np.ndarray:
     inscribed circle is nearly the fruit), a hand under it keeps only the strip next to the skin.
     Idempotent: the inscribed circle of the kept pixels is the same circle. The crop's geometry
     (size, the fruit's place) is unchanged, so maps over it still fall on the fruit."""
-    fruit = (np.abs(crop.astype(np.int16) - np.array(CROP_FILL_RGB, np.int16)) > 2).any(axis=2).view(np.uint8)
+    from .colour import fruit_pixels  # grader.colour imports this module
+
+    fruit = fruit_pixels(crop).view(np.uint8)
     if int(cv2.countNonZero(fruit)) < 16:
         return crop
     padded = cv2.copyMakeBorder(fruit, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)

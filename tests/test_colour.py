@@ -187,3 +187,34 @@ def test_training_normalises_after_augmentation_as_serving_does():
     assert rotated >= 6  # most draws rotated black corners in, and none of them counted as fruit
     # off (the default config): the same transforms as always, one Compose
     assert not isinstance(train.train_transform(train.load_config(train.DEFAULT_CONFIG)), train.NormalisingTransform)
+
+
+def test_classes_that_keep_their_colour_neither_take_nor_lend_it():
+    """augment.colour_transfer_keep: a rotten crop keeps its browning (it is the evidence), and no
+    other crop is given a rotten crop's colour; the other crops are transferred among themselves."""
+    pytest.importorskip("torch")
+    from training import train
+
+    crops = np.stack([cv2.resize(_crop(c, s), (96, 96), interpolation=cv2.INTER_AREA)
+                      for s, c in enumerate(["orange", "lemon", "red", "green"])])
+    labels = np.array([4, 4, 0, 0])  # two "rot" crops kept, two sound ones
+    ds = train.CropDataset(crops, labels, lambda x: x, colour_transfer_p=1.0, seed=0, keep_colour=labels == 4)
+    rot_means = [fruit_colour_stats(c)[0] for c in crops[:2]]
+    for _ in range(10):
+        for i in range(4):
+            x, _ = ds[i]
+            out = x.permute(1, 2, 0).numpy()
+            if i < 2:
+                assert np.array_equal(out, crops[i])  # kept as it is
+            else:
+                mean = fruit_colour_stats(out)[0]
+                assert all(np.abs(mean - m).max() > 5 for m in rot_means)  # never a rotten crop's colour
+    cfg = train.load_config(train.DEFAULT_CONFIG, ["model.classes=[sound, blackspot, canker, greening, rot]",
+                                                   "model.defective_classes=[blackspot, canker, greening, rot]"])
+    assert train.colour_keep_of(cfg) == []
+    cfg["augment"]["colour_transfer_keep"] = ["rot"]
+    assert train.colour_keep_of(cfg) == ["rot"]
+    for bad in ("rot", ["mould"]):
+        cfg["augment"]["colour_transfer_keep"] = bad
+        with pytest.raises(ValueError, match="colour_transfer_keep"):
+            train.colour_keep_of(cfg)

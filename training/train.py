@@ -384,11 +384,16 @@ class CropDataset(torch.utils.data.Dataset):
     :class:`NormalisingTransform` also gets each crop's fruit mask, to normalise its colour after
     the augmentation."""
 
-    def __init__(self, crops: np.ndarray, labels: np.ndarray, transform: T.Transform, colour_transfer_p: float = 0.0, seed: int = 0) -> None:
+    def __init__(self, crops: np.ndarray, labels: np.ndarray, transform: T.Transform, colour_transfer_p: float = 0.0, seed: int = 0,
+                 keep_colour: np.ndarray | None = None) -> None:
         self.crops, self.labels, self.transform = crops, labels, transform
         self.colour_transfer_p = colour_transfer_p
         self.rng = np.random.default_rng(seed)
         self.stats = [fruit_colour_stats(c) for c in crops] if colour_transfer_p > 0 else []
+        # crops whose colour is evidence of their class (augment.colour_transfer_keep) neither take
+        # another crop's colour nor lend theirs
+        self.keep = np.zeros(len(crops), bool) if keep_colour is None else np.asarray(keep_colour, bool)
+        self.donors = np.flatnonzero(~self.keep)
 
     def __len__(self) -> int:
         return len(self.crops)
@@ -396,8 +401,8 @@ class CropDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         crop = self.crops[i]
         fruit = fruit_pixels(crop) if isinstance(self.transform, NormalisingTransform) else None  # before the transfer
-        if self.colour_transfer_p > 0 and self.rng.random() < self.colour_transfer_p:
-            crop = colour_transfer(crop, self.stats[int(self.rng.integers(len(self.crops)))])
+        if self.colour_transfer_p > 0 and not self.keep[i] and len(self.donors) and self.rng.random() < self.colour_transfer_p:
+            crop = colour_transfer(crop, self.stats[int(self.donors[self.rng.integers(len(self.donors))])])
         x = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1)  # uint8 CHW
         if fruit is not None:
             return self.transform(x, fruit), int(self.labels[i])
@@ -484,6 +489,18 @@ def spec_for(cfg: dict[str, Any], temperature: float = 1.0, threshold: float = 0
     )
 
 
+def colour_keep_of(cfg: dict[str, Any]) -> list[str]:
+    """``augment.colour_transfer_keep``: the classes whose crops keep their own colour under the
+    colour transfer and never lend it (rot: the browning is the evidence); [] when absent."""
+    keep = cfg["augment"].get("colour_transfer_keep") or []
+    if isinstance(keep, str) or not isinstance(keep, list):
+        raise ValueError(f"augment.colour_transfer_keep must be a list of class names, got {keep!r}")
+    unknown = sorted(set(keep) - set(classes_of(cfg)))
+    if unknown:
+        raise ValueError(f"augment.colour_transfer_keep names {unknown}, not classes of this model ({classes_of(cfg)})")
+    return list(keep)
+
+
 def swa_of(cfg: dict[str, Any]) -> tuple[int, float]:
     """``train.swa`` of a config: (extra epochs, their constant learning rate); (0, 0.0) when off.
 
@@ -520,6 +537,7 @@ def run(cfg: dict[str, Any], out_dir: Path, work_dir: Path, resume: bool = False
         raise ValueError(f"report_split must be val or test, got {report_split!r}")
     t_start = time.time()
     view_names(int(cfg["model"].get("test_time_views", 1)))  # a bad count fails now, not after training
+    colour_keep_of(cfg), swa_of(cfg), fruit_body_of(cfg)  # and bad settings of these before the crops are made
     seed_everything(int(cfg["seed"]))
     torch.set_num_threads(int(cfg["train"].get("num_threads", 2)))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -552,7 +570,8 @@ def run(cfg: dict[str, Any], out_dir: Path, work_dir: Path, resume: bool = False
             raise ValueError("train.session_weight and train.balance cannot both be set")
         sampler = session_weighted_sampler(sessions["train"], tr["session_weight"], int(cfg["seed"]))
     loader = torch.utils.data.DataLoader(
-        CropDataset(crops["train"], labels["train"], train_transform(cfg), float(cfg["augment"].get("colour_transfer_p", 0.0)), int(cfg["seed"])),
+        CropDataset(crops["train"], labels["train"], train_transform(cfg), float(cfg["augment"].get("colour_transfer_p", 0.0)), int(cfg["seed"]),
+                    keep_colour=np.isin(labels["train"], [classes.index(c) for c in colour_keep_of(cfg)])),
         batch_size=int(tr["batch_size"]), shuffle=sampler is None, sampler=sampler, drop_last=len(crops["train"]) > int(tr["batch_size"]),
         generator=torch.Generator().manual_seed(int(cfg["seed"])),
     )

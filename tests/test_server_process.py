@@ -84,6 +84,7 @@ def test_a_refused_camera_is_told_to_retry_and_its_connection_is_closed(tmp_path
     grade that was in progress is answered and stored."""
     import socket
     import threading
+    import time
 
     import cv2
 
@@ -132,6 +133,7 @@ def test_a_refused_camera_is_told_to_retry_and_its_connection_is_closed(tmp_path
         t.start()
         while t.is_alive():  # a second camera with small photos, refused while the big one is graded
             answers.append(raw_post(srv.port, small))
+            time.sleep(0.05)  # room between its photos, so the big one is admitted in the end
         t.join()
         assert big_answers[-1][0].startswith(b"HTTP/1.1 200")  # the big photo was graded in the end
         answers += big_answers

@@ -8,6 +8,8 @@ import pytest
 from datasets.synthetic import make_fruit_image
 from grader.measure import CROP_FILL_RGB, crop_for_model, fruit_body, segment_fruits
 
+from .conftest import TINY_TRAIN
+
 FILL = np.array(CROP_FILL_RGB, np.uint8)
 
 
@@ -98,12 +100,7 @@ def test_training_cuts_the_train_crops_and_records_the_step(tmp_path):
     for bad in (0.9, True, "yes"):
         with pytest.raises(ValueError, match="model.fruit_body"):
             train.fruit_body_of({"model": {"fruit_body": bad}})
-    cfg = train.load_config(
-        train.DEFAULT_CONFIG,
-        ["data.kind=synthetic", "data.n=24", "data.cache_size=64", "train.epochs=1", "train.batch_size=16",
-         "model.arch=small_fruitnet_lite", "model.input_size=48", "name=tiny-body", "version=0.0.1",
-         "model.test_time_views=1", "model.fruit_body=1.2"],
-    )
+    cfg = train.load_config(train.DEFAULT_CONFIG, [*TINY_TRAIN, "name=tiny-body", "model.fruit_body=1.2"])
     meta = train.run(cfg, tmp_path / "art", tmp_path / "work")
     assert meta["preprocessing"]["fruit_body"]["factor"] == 1.2
     assert json.loads((tmp_path / "art" / "metadata.json").read_text())["preprocessing"]["fruit_body"]["factor"] == 1.2

@@ -11,6 +11,8 @@ from datasets.synthetic import random_fruit_image  # noqa: E402
 from grader.defect import preprocess, softmax  # noqa: E402
 from grader.measure import crop_for_model, segment_fruits  # noqa: E402
 
+from .conftest import TINY_TRAIN  # noqa: E402
+
 pytestmark = pytest.mark.slow
 
 
@@ -736,12 +738,7 @@ def test_weight_averaging_makes_the_average_the_model(tmp_path):
         with pytest.raises(ValueError, match="train.swa"):
             train.swa_of({"train": {"swa": bad}})
     assert train.swa_of({"train": {}}) == (0, 0.0)
-    cfg = train.load_config(
-        train.DEFAULT_CONFIG,
-        ["data.kind=synthetic", "data.n=24", "data.cache_size=64", "train.epochs=1", "train.batch_size=16",
-         "model.arch=small_fruitnet_lite", "model.input_size=48", "name=tiny-swa", "version=0.0.1",
-         "model.test_time_views=1", "train.swa={epochs: 2, lr: 0.001}"],
-    )
+    cfg = train.load_config(train.DEFAULT_CONFIG, [*TINY_TRAIN, "name=tiny-swa", "train.swa={epochs: 2, lr: 0.001}"])
     meta = train.run(cfg, tmp_path / "art", tmp_path / "work")
     hist = meta["history"]
     assert [h.get("averaged", False) for h in hist[:3]] == [False, True, True] and hist[-1]["averaged_model"]
@@ -754,7 +751,6 @@ def test_weight_averaging_makes_the_average_the_model(tmp_path):
     weights = [k for k in best if k.endswith(".weight") and "bn" not in k and k in averaged]
     assert weights and all(torch.equal(best[k], averaged[k]) for k in weights)
     with pytest.raises(ValueError, match="mixstyle"):
-        train.run(train.load_config(train.DEFAULT_CONFIG, ["data.kind=synthetic", "data.n=24", "data.cache_size=64", "model.arch=small_fruitnet_lite",
-                                                           "model.input_size=48", "train.swa={epochs: 1, lr: 0.001}",
+        train.run(train.load_config(train.DEFAULT_CONFIG, [*TINY_TRAIN, "train.swa={epochs: 1, lr: 0.001}",
                                                            "model.mixstyle={p: 0.5, alpha: 0.1, layers: [features.1]}"]),
                   tmp_path / "art2", tmp_path / "work2")

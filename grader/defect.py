@@ -47,6 +47,9 @@ class ModelSpec:
     #: texture statistics the pooled features average away) above which a crop is not a fruit this
     #: model knows; None for a model without that output
     ood_distance_early_threshold: float | None = None
+    #: ``fruit_score`` (the fruit check: P(the crop is a fruit), training/fruit_check.py) below which
+    #: a candidate region is not a fruit and is neither graded nor queued; None: no fruit check
+    fruit_threshold: float | None = None
     crop_margin_frac: float = 0.08
     #: per-crop colour normalisation of the fruit pixels (``preprocessing.colour_normalise``), applied
     #: by :func:`preprocess` after resizing; None (the key absent): none
@@ -94,6 +97,7 @@ class ModelSpec:
                 ood_energy_threshold=None if thr.get("ood_energy") is None else float(thr["ood_energy"]),
                 ood_distance_threshold=None if thr.get("ood_distance") is None else float(thr["ood_distance"]),
                 ood_distance_early_threshold=None if thr.get("ood_distance_early") is None else float(thr["ood_distance_early"]),
+                fruit_threshold=None if thr.get("fruit") is None else float(thr["fruit"]),
                 raw=meta,
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
@@ -104,6 +108,8 @@ class ModelSpec:
             raise InvalidModelArtifact("metadata.json: defective_classes must be among classes (>= 2 classes)")
         if spec.fruit_body is not None and not 1.0 <= spec.fruit_body <= 3.0:
             raise InvalidModelArtifact("metadata.json: preprocessing.fruit_body.factor must be within 1..3")
+        if spec.fruit_threshold is not None and not 0.0 <= spec.fruit_threshold <= 1.0:
+            raise InvalidModelArtifact("metadata.json: thresholds.fruit must be within 0..1")
         if not 0.0 < spec.temperature < 100.0 or not math.isfinite(spec.temperature):
             raise InvalidModelArtifact("metadata.json: calibration temperature out of range")
         return spec
@@ -147,12 +153,13 @@ def energy(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
 @dataclass(frozen=True)
 class ModelOutputs:
     """A batch's model outputs, row-aligned: ``logits`` (N, classes) and, where the graph has them,
-    ``defect_map`` (N, h, w), ``ood_distance`` (N,) and ``ood_distance_early`` (N,)."""
+    ``defect_map`` (N, h, w), ``ood_distance`` (N,), ``ood_distance_early`` (N,) and ``fruit_score`` (N,)."""
 
     logits: np.ndarray
     defect_map: np.ndarray | None = None
     ood_distance: np.ndarray | None = None
     ood_distance_early: np.ndarray | None = None
+    fruit_score: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.logits)
@@ -162,24 +169,26 @@ class ModelOutputs:
         cut = slice(start, stop)
         return ModelOutputs(self.logits[cut], None if self.defect_map is None else self.defect_map[cut],
                             None if self.ood_distance is None else self.ood_distance[cut],
-                            None if self.ood_distance_early is None else self.ood_distance_early[cut])
+                            None if self.ood_distance_early is None else self.ood_distance_early[cut],
+                            None if self.fruit_score is None else self.fruit_score[cut])
 
 
 def evidence_from_outputs(out: ModelOutputs, spec: ModelSpec) -> list[DefectEvidence]:
     """Calibrated defect evidence, one per crop, from all of a batch's outputs."""
-    return evidence_from_logits(out.logits, spec, out.defect_map, out.ood_distance, out.ood_distance_early)
+    return evidence_from_logits(out.logits, spec, out.defect_map, out.ood_distance, out.ood_distance_early, out.fruit_score)
 
 
 def evidence_from_logits(logits: np.ndarray, spec: ModelSpec, defect_map: np.ndarray | None = None,
                          ood_distance: np.ndarray | None = None,
-                         ood_distance_early: np.ndarray | None = None) -> list[DefectEvidence]:
+                         ood_distance_early: np.ndarray | None = None, fruit_score: np.ndarray | None = None) -> list[DefectEvidence]:
     """Turn raw model outputs into calibrated defect evidence, one per crop.
 
     ``defect_map`` (N, h, w), ``ood_distance`` (N,) and ``ood_distance_early`` (N,) are the graph's
     extra outputs where it has them (see :class:`ModelOutputs`). A crop is ``ood`` when any signal
     with a threshold is past it: "energy", "distance", "early-distance" (``ood_signals``)."""
     n = len(logits)
-    for name, extra in (("defect_map", defect_map), ("ood_distance", ood_distance), ("ood_distance_early", ood_distance_early)):
+    for name, extra in (("defect_map", defect_map), ("ood_distance", ood_distance), ("ood_distance_early", ood_distance_early),
+                        ("fruit_score", fruit_score)):
         if extra is not None and len(extra) != n:
             raise ValueError(f"{name} has {len(extra)} rows for {n} crops")
     logits = np.asarray(logits)
@@ -191,6 +200,7 @@ def evidence_from_logits(logits: np.ndarray, spec: ModelSpec, defect_map: np.nda
     for k, (row, e) in enumerate(zip(probs, energies)):
         dist = None if ood_distance is None else float(ood_distance[k])
         early = None if ood_distance_early is None else float(ood_distance_early[k])
+        fruit = None if fruit_score is None else float(fruit_score[k])
         signals = []
         if spec.ood_energy_threshold is not None and e > spec.ood_energy_threshold:
             signals.append("energy")
@@ -226,6 +236,8 @@ def evidence_from_logits(logits: np.ndarray, spec: ModelSpec, defect_map: np.nda
                 ood_distance_early=early,
                 defect_map=None if defect_map is None else np.asarray(defect_map[k], np.float32),
                 map_crop_margin_frac=None if defect_map is None else spec.crop_margin_frac,
+                fruit_score=fruit,
+                is_fruit=None if fruit is None or spec.fruit_threshold is None else bool(fruit >= spec.fruit_threshold),
             )
         )
     return out

@@ -19,11 +19,16 @@ from .standards import Standard
 class ImageGrade:
     fruits: list[FruitGrade]
     image_flags: list[Flag] = field(default_factory=list)
+    #: candidate regions the segmentation proposed that the model's fruit check said are not fruit
+    #: (a wall, leaves, a piece of the table): neither graded nor queued; their boxes and scores
+    rejected: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {
             "fruits": [f.to_dict() for f in self.fruits],
             "image_flags": [f.to_dict() for f in self.image_flags],
+            "rejected_candidates": len(self.rejected),
+            "rejected": self.rejected,
         }
 
 
@@ -53,9 +58,22 @@ def grade_image(
         return ImageGrade([], quality + [Flag("no_fruit", "no fruit found in the image", 20)])
     crops = [crop_for_model(image_rgb, m.bbox, model.spec.crop_margin_frac, m.mask) for m in measurements]
     evidence = model.predict(crops)
+    measurements, evidence, rejected = confirm_fruit(measurements, evidence)
+    if not measurements:
+        why = f"no fruit found in the image ({len(rejected)} candidate regions were not fruit)" if rejected else "no fruit found in the image"
+        return ImageGrade([], quality + [Flag("no_fruit", why, 20)], rejected)
     sound = tuple(c for c in model.spec.classes if c not in model.spec.defective_classes)
     fruits = [decide(m, ev, standard, sweetness, policy, lot, sound, quality) for m, ev in zip(measurements, evidence)]
-    return ImageGrade(fruits, [])
+    return ImageGrade(fruits, [], rejected)
+
+
+def confirm_fruit(measurements: list[FruitMeasurement], evidence: list[DefectEvidence]):
+    """Keep the candidates the model's fruit check calls fruit (all of them for a model without
+    one): (measurements, evidence, rejected regions as {bbox, fruit_score})."""
+    keep = [i for i, ev in enumerate(evidence) if ev.is_fruit is not False]
+    rejected = [{"bbox": list(measurements[i].bbox), "fruit_score": round(float(evidence[i].fruit_score or 0.0), 4)}
+                for i in range(len(evidence)) if i not in keep]
+    return [measurements[i] for i in keep], [evidence[i] for i in keep], rejected
 
 
 def decide(

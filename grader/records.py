@@ -102,6 +102,11 @@ class DefectEvidence:
     #: the same distance on an early block's globally averaged output (the graph's
     #: ``ood_distance_early``: texture the pooled features average away); None without it
     ood_distance_early: float | None = None
+    #: P(the crop is a fruit at all) from the model's fruit check (the graph's ``fruit_score``);
+    #: None for a model without it
+    fruit_score: float | None = None
+    #: the fruit check's verdict at the model's ``thresholds.fruit``; None without a fruit check
+    is_fruit: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -117,6 +122,8 @@ class DefectEvidence:
         if self.ood_distance is not None:
             out["ood_distance"] = round(float(self.ood_distance), 4)
             out["ood_signals"] = list(self.ood_signals)
+        if self.fruit_score is not None:
+            out["fruit_score"] = round(float(self.fruit_score), 4)
         if self.ood_distance_early is not None:
             out["ood_distance_early"] = round(float(self.ood_distance_early), 4)
             out["ood_signals"] = list(self.ood_signals)

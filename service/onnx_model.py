@@ -21,7 +21,7 @@ from grader.records import DefectEvidence
 
 
 #: the graph's optional outputs (training/explain.py adds them), requested when the graph has them
-EXTRA_OUTPUTS = ("defect_map", "ood_distance", "ood_distance_early")
+EXTRA_OUTPUTS = ("defect_map", "ood_distance", "ood_distance_early", "fruit_score")
 
 
 def resolve_model_dir(path: Path) -> Path:
@@ -71,6 +71,8 @@ class OnnxDefectModel:
         self.extra_outputs = tuple(n for n in EXTRA_OUTPUTS if n in outputs)
         if self.spec.ood_distance_threshold is not None and "ood_distance" not in outputs:
             raise InvalidModelArtifact("metadata.json sets thresholds.ood_distance but the graph has no ood_distance output")
+        if self.spec.fruit_threshold is not None and "fruit_score" not in outputs:
+            raise InvalidModelArtifact("metadata.json sets thresholds.fruit but the graph has no fruit_score output")
         if self.spec.ood_distance_early_threshold is not None and "ood_distance_early" not in outputs:
             raise InvalidModelArtifact("metadata.json sets thresholds.ood_distance_early but the graph has no ood_distance_early output")
         want_t = (meta.get("outputs") or {}).get("defect_map", {}).get("temperature")
@@ -105,13 +107,13 @@ class OnnxDefectModel:
         out, extra = got[0], dict(zip(self.extra_outputs, got[1:]))
         if out.shape != (len(batch), len(self.spec.classes)):
             raise InvalidModelArtifact(f"model output shape {out.shape} does not match {len(self.spec.classes)} classes")
-        dmap, dist, early = extra.get("defect_map"), extra.get("ood_distance"), extra.get("ood_distance_early")
+        dmap, dist, early, fruit = extra.get("defect_map"), extra.get("ood_distance"), extra.get("ood_distance_early"), extra.get("fruit_score")
         if dmap is not None and (dmap.ndim != 3 or len(dmap) != len(batch)):
             raise InvalidModelArtifact(f"model output defect_map has shape {dmap.shape}, expected ({len(batch)}, h, w)")
-        for name, v in (("ood_distance", dist), ("ood_distance_early", early)):
+        for name, v in (("ood_distance", dist), ("ood_distance_early", early), ("fruit_score", fruit)):
             if v is not None and v.shape != (len(batch),):
                 raise InvalidModelArtifact(f"model output {name} has shape {v.shape}, expected ({len(batch)},)")
-        return ModelOutputs(out, dmap, dist, early)
+        return ModelOutputs(out, dmap, dist, early, fruit)
 
     def predict(self, crops: Sequence[np.ndarray]) -> list[DefectEvidence]:
         if not crops:

@@ -102,6 +102,11 @@ class LineSession:
         spec = req.model.spec
         crops = [crop_for_model(self.frames[d.frame], m.bbox, spec.crop_margin_frac, m.mask) for d, m in zip(views, ms)]
         evidence = req.model.predict(crops)
+        if evidence and sum(ev.is_fruit is False for ev in evidence) * 2 > len(evidence):
+            # most views of the track fail the model's fruit check: a piece of background, not graded
+            self.not_graded.append({**seen, "reason": "not a fruit (the model's fruit check)",
+                                    "fruit_score": round(float(np.median([ev.fruit_score or 0.0 for ev in evidence])), 4)})
+            return None
         fused, worst, best = fuse_views(list(zip(ms, evidence)), blemish="median")
         sound = tuple(c for c in spec.classes if c not in spec.defective_classes)
         fruit = decide(fused, worst, req.standard, req.sweetness, ctx.policy, req.lot_ctx, sound)

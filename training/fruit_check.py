@@ -1,0 +1,199 @@
+"""The fruit check: a fruit / not-fruit head on the defect model's own pooled features.
+
+The belt segmentation proposes candidate regions; on real photos some are a dark wall, leaves, a
+rail or a piece of the table. The defect model runs on every candidate anyway, so a logistic
+regression on the same pooled features (1280 numbers for EfficientNet-Lite0) costs one dot product:
+``fruit_score`` = sigmoid(w · pooled + b), an output of the same ONNX graph. Serving drops a candidate
+whose score is below ``thresholds.fruit`` (grader.pipeline.grade_image): never graded, never queued.
+
+Fitted on datasets/regions.py (real photos' proposals labelled fruit / not fruit, orchard windows,
+synthetic fruit and clutter): train split to fit, val to choose the threshold (keep at least
+``keep_fruit`` of the val fruit), test to report.
+
+    python -m training.fruit_check models/apple-defect/0.4.0 --data-root ../shared/data --write
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+
+from datasets import regions as regions_mod
+from grader.defect import ModelSpec
+from training.explain import _Builder, _finish, _with_output, find_head, run_graph
+
+FRUIT_OUTPUT = "fruit_score"
+PREFIX = "fruit_check/"
+DEFAULT_KEEP_FRUIT = 0.995
+
+
+def strip(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy without an earlier fruit-check branch."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    keep = [n for n in g.node if not n.name.startswith(PREFIX)]
+    del g.node[:]
+    g.node.extend(keep)
+    inits = [i for i in g.initializer if not i.name.startswith(PREFIX)]
+    del g.initializer[:]
+    g.initializer.extend(inits)
+    outs = [o for o in g.output if o.name != FRUIT_OUTPUT]
+    del g.output[:]
+    g.output.extend(outs)
+    return m
+
+
+def pooled_features(model: onnx.ModelProto, spec: ModelSpec, crops) -> np.ndarray:
+    head = find_head(model, spec.output_name)
+    feats = run_graph(_with_output(model, head.pooled), [head.pooled], crops, spec)[0]
+    return feats.reshape(len(feats), -1)
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, seed: int = 0) -> tuple[np.ndarray, float]:
+    """L2-regularised logistic regression (classes weighted equally), standardisation folded into
+    the weights: (w, b) on the raw features."""
+    torch.manual_seed(seed)
+    mu, sd = x.mean(0), x.std(0) + 1e-6
+    xs = torch.tensor((x - mu) / sd, dtype=torch.float64)
+    ys = torch.tensor(y, dtype=torch.float64)
+    pos = float(ys.mean())
+    weight = torch.where(ys > 0, 0.5 / max(pos, 1e-9), 0.5 / max(1 - pos, 1e-9))
+    w = torch.zeros(xs.shape[1], dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=300, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        z = xs @ w + b
+        loss = (weight * torch.nn.functional.binary_cross_entropy_with_logits(z, ys, reduction="none")).mean() + l2 * (w * w).sum() / (2 * len(ys))
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    w_raw = w.detach().numpy() / sd
+    b_raw = float(b.detach().numpy()[0] - (w_raw * mu).sum())
+    return w_raw.astype(np.float32), b_raw
+
+
+def add_branch(model: onnx.ModelProto, spec: ModelSpec, w: np.ndarray, b: float) -> onnx.ModelProto:
+    """``fruit_score`` (N,) = sigmoid(pooled · w + b) added to the graph (an earlier one replaced)."""
+    base = strip(model)
+    head = find_head(base, spec.output_name)
+    bld = _Builder(base, prefix=PREFIX)
+    z = bld.node("Gemm", [head.pooled, bld.const("w", w.reshape(-1, 1).astype(np.float32)), bld.const("b", np.array([b], np.float32))])
+    flat = bld.node("Flatten", [z], axis=0)
+    squeezed = bld.node("Reshape", [flat, bld.const("shape", np.array([-1], np.int64))])
+    bld.node("Sigmoid", [squeezed], output=FRUIT_OUTPUT)
+    return _finish(base, bld, {FRUIT_OUTPUT: ["batch"]})
+
+
+def pick_threshold(scores: np.ndarray, keep: float) -> float:
+    """The largest threshold keeping at least ``keep`` of these (fruit) scores at or above it."""
+    if not len(scores):
+        return 0.5
+    return float(np.quantile(scores, 1.0 - keep, method="lower"))
+
+
+def _report(scores: np.ndarray, is_fruit: np.ndarray, threshold: float, sources: list[str]) -> dict[str, Any]:
+    def one(sel: np.ndarray) -> dict[str, Any]:
+        f, nf = sel & is_fruit, sel & ~is_fruit
+        return {"n_fruit": int(f.sum()), "n_not_fruit": int(nf.sum()),
+                "fruit_kept": float((scores[f] >= threshold).mean()) if f.any() else None,
+                "not_fruit_rejected": float((scores[nf] < threshold).mean()) if nf.any() else None}
+    src = np.array(sources)
+    return {**one(np.ones(len(scores), bool)), "per_source": {s: one(src == s) for s in sorted(set(sources))}}
+
+
+def fit(model: onnx.ModelProto, spec: ModelSpec, crops: np.ndarray, is_fruit: np.ndarray, regions: list, keep: float = DEFAULT_KEEP_FRUIT,
+        l2: float = 1.0) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """The graph with ``fruit_score`` and the record for metadata (threshold, rule, figures per split)."""
+    splits = np.array([r.split for r in regions])
+    feats = pooled_features(model, spec, crops)
+    tr = splits == "train"
+    if not (is_fruit[tr].any() and (~is_fruit[tr]).any()):
+        raise ValueError("the fruit check needs fruit and not-fruit regions in train")
+    w, b = fit_logistic(feats[tr], is_fruit[tr].astype(float), l2)
+    edited = add_branch(model, spec, w, b)
+    scores = run_graph(edited, [FRUIT_OUTPUT], crops, spec)[0]
+    want = 1.0 / (1.0 + np.exp(-(feats @ w + b)))
+    if not np.allclose(scores, want, atol=1e-4):
+        raise RuntimeError(f"fruit_score in the graph disagrees with its fit (max |Δ| {np.abs(scores - want).max():.3g})")
+    val = splits == "val"
+    choose = val if (val & is_fruit).any() else tr
+    threshold = pick_threshold(scores[choose & is_fruit], keep)
+    sources = [r.source for r in regions]
+    record = {
+        "threshold": threshold,
+        "rule": f"largest threshold keeping >= {keep:g} of the {'val' if choose is val else 'train'} fruit regions; below it a candidate is not a fruit",
+        "fitted_on": "datasets/regions.py train split: real photos' segmentation proposals labelled fruit / not fruit, orchard windows, synthetic fruit and clutter",
+        "l2": l2,
+        "metrics": {s: _report(scores[splits == s], is_fruit[splits == s], threshold, [sources[i] for i in np.flatnonzero(splits == s)])
+                    for s in ("train", "val", "test") if (splits == s).any()},
+    }
+    return edited, record
+
+
+def update_metadata(meta: dict[str, Any], record: dict[str, Any]) -> None:
+    meta.setdefault("thresholds", {})["fruit"] = record["threshold"]
+    meta["thresholds"]["fruit_rule"] = record["rule"]
+    meta.setdefault("outputs", {})[FRUIT_OUTPUT] = {
+        "shape": ["N"], "meaning": "P(the crop is a fruit) from a logistic regression on the pooled features (training/fruit_check.py)",
+        "fitted_on": record["fitted_on"], "l2": record["l2"]}
+    meta.setdefault("metrics", {})["fruit_check"] = record["metrics"]
+
+
+#: FruitNet capture sessions per split, as the apple models split them
+APPLE_SPLITS = {"train": ["20190809", "20200728", "20190910"], "val": ["20190812", "IMG_8xxx"], "test": ["IMG_9xxx", "20190824"]}
+
+
+def regions_for(cfg_fc: dict[str, Any], apple_splits: dict[str, list[str]] | None, work_dir: Path, size: int = 160, margin: float = 0.08):
+    """datasets/regions.py's labelled regions under ``fruit_check.data_root`` (FruitNet split by
+    ``apple_splits`` when they are session lists, else as the apple models split it)."""
+    root = Path(cfg_fc.get("data_root", "../shared/data"))
+    if not apple_splits or set(apple_splits) != {"train", "val", "test"}:
+        apple_splits = APPLE_SPLITS
+    return regions_mod.build(root, apple_splits, size=size, margin=margin, work_dir=work_dir / "cache",
+                             n_synthetic=int(cfg_fc.get("n_synthetic", 400)), limit=cfg_fc.get("limit"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m training.fruit_check", description=__doc__.split("\n\n")[0])
+    p.add_argument("artifact", type=Path, help="a model directory (model.onnx + metadata.json)")
+    p.add_argument("--data-root", type=Path, default=Path("../shared/data"))
+    p.add_argument("--work-dir", type=Path, default=Path("var/fruit_check"))
+    p.add_argument("--keep-fruit", type=float, default=DEFAULT_KEEP_FRUIT)
+    p.add_argument("--n-synthetic", type=int, default=400)
+    p.add_argument("--write", action="store_true", help="write the graph and metadata back (else only report)")
+    a = p.parse_args(argv)
+    meta = json.loads((a.artifact / "metadata.json").read_text())
+    spec = ModelSpec.from_metadata(meta)
+    splits = (meta.get("training_data") or {}).get("splits") if meta.get("commodity") == "apple" else None
+    crops, is_fruit, regs = regions_for({"data_root": a.data_root, "n_synthetic": a.n_synthetic}, splits, a.work_dir,
+                                        margin=spec.crop_margin_frac)
+    print(json.dumps(regions_mod.counts(regs), indent=1))
+    model = onnx.load(str(a.artifact / "model.onnx"))
+    edited, record = fit(model, spec, crops, is_fruit, regs, a.keep_fruit)
+    print(json.dumps({k: v for k, v in record.items() if k != "metrics"}, indent=1))
+    for split, rep in record["metrics"].items():
+        print(f"{split}: fruit kept {rep['fruit_kept']}, not fruit rejected {rep['not_fruit_rejected']} "
+              f"({rep['n_fruit']} fruit, {rep['n_not_fruit']} not)")
+        for s, r in rep["per_source"].items():
+            print(f"  {s}: fruit kept {r['fruit_kept']}, not fruit rejected {r['not_fruit_rejected']} ({r['n_fruit']}/{r['n_not_fruit']})")
+    if a.write:
+        onnx.save(edited, str(a.artifact / "model.onnx"))
+        update_metadata(meta, record)
+        (a.artifact / "metadata.json").write_text(json.dumps(meta, indent=2, allow_nan=False))
+        print(f"written to {a.artifact}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

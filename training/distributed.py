@@ -213,15 +213,13 @@ class GlobalBatchLoss(nn.Module):
 
     def __init__(self, criterion: nn.Module, world_size: int) -> None:
         super().__init__()
-        if getattr(criterion, "reduction", "mean") != "mean" or getattr(criterion, "ignore_index", -100) != -100:
-            raise ValueError("GlobalBatchLoss needs a loss with mean reduction and no ignored index")
+        if not isinstance(criterion, nn.CrossEntropyLoss) or criterion.reduction != "mean" or criterion.ignore_index != -100:
+            raise ValueError("GlobalBatchLoss needs a CrossEntropyLoss with mean reduction and no ignored index")
         self.criterion, self.world_size = criterion, world_size
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        c = self.criterion
-        weight = getattr(c, "weight", None)
-        summed = nn.functional.cross_entropy(logits, target, weight=weight, reduction="sum",
-                                             label_smoothing=float(getattr(c, "label_smoothing", 0.0)))
+        weight = self.criterion.weight
+        summed = nn.functional.cross_entropy(logits, target, weight=weight, reduction="sum", label_smoothing=self.criterion.label_smoothing)
         # a weighted mean divides by the weights of the batch's targets (label smoothing included)
         denom = weight[target].sum() if weight is not None else torch.tensor(float(len(target)), device=logits.device)
         totals = torch.stack([summed.detach(), denom.to(summed.dtype)])

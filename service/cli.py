@@ -69,6 +69,8 @@ def _train(args: argparse.Namespace) -> int:
     except train.TrainingFailed as exc:  # trained, but nothing worth exporting
         print(f"grader train: {exc}", file=sys.stderr)
         return 1
+    finally:
+        train.distributed.teardown()  # under torchrun: the process group, if a failure left it up
     return 0
 
 

@@ -50,6 +50,8 @@ class Phases:
         head = head_prefix(model)
         self.head = {n for n, _ in model.named_parameters() if n.startswith(head + ".")}
         self.finetune = trainable_names(model, tr.get("trainable_from"))
+        #: whether some epoch trains only part of the network
+        self.frozen_ever = self.probe_epochs > 0 or tr.get("trainable_from") is not None
 
     def trainable(self, epoch: int) -> set[str]:
         return self.head if epoch < self.probe_epochs else self.finetune

@@ -33,7 +33,7 @@ def mix_styles(x: torch.Tensor, alpha: float, eps: float = 1e-6) -> torch.Tensor
         return x
     mu = x.mean(dim=(2, 3), keepdim=True).detach()
     sig = (x.var(dim=(2, 3), keepdim=True) + eps).sqrt().detach()
-    lam = torch.distributions.Beta(alpha, alpha).sample((b, 1, 1, 1)).to(x.dtype)
+    lam = torch.distributions.Beta(alpha, alpha).sample((b, 1, 1, 1)).to(x)  # x's dtype and device (a GPU under torchrun)
     perm = torch.randperm(b)
     mu_mix = lam * mu + (1 - lam) * mu[perm]
     sig_mix = lam * sig + (1 - lam) * sig[perm]

@@ -39,7 +39,7 @@ from grader.commodities import get_commodity, load_commodities
 from grader.defect import ModelSpec, energy, preprocess, softmax
 from grader.measure import SegmentationParams, fruit_body
 from training.colour import ColourNormalise, colour_transfer, fruit_colour_stats, fruit_pixels, mean_colour_stats
-from training import explain, fruit_check, mixstyle
+from training import distributed, explain, fruit_check, mixstyle
 from training.crops import crop_cache, group_crop_cache
 from training.crops import load_rgb
 from training.export import INPUT_NAME, OUTPUT_NAME, check_export, export_onnx, parity_record
@@ -428,7 +428,18 @@ def augment_steps(cfg: dict[str, Any]) -> tuple[list[T.Transform], list[T.Transf
         T.RandomApply([T.GaussianBlur(5, sigma=(0.1, 1.5))], p=float(a["blur_p"])),
     ]
     scale = [T.ToDtype(torch.float32, scale=True), T.Normalize(mean=m["mean"], std=m["std"])]
+    if not augmenting(cfg):  # the crop only resized to the input size: no random draws at all
+        geometric, colour = [T.Resize((size, size), antialias=True)], [T.Identity()]
     return geometric, colour, scale
+
+
+def augmenting(cfg: dict[str, Any]) -> bool:
+    """``augment.enabled`` (default true): false trains on the crops as they are, resized to the input
+    size, without any random step (geometric, colour, colour transfer), e.g. to compare runs exactly."""
+    on = cfg["augment"].get("enabled", True)
+    if not isinstance(on, bool):
+        raise ValueError(f"augment.enabled must be true or false, got {on!r}")
+    return on
 
 
 class NormalisingTransform:
@@ -462,9 +473,10 @@ def train_transform(cfg: dict[str, Any]) -> T.Transform | NormalisingTransform:
 def predict_logits(model: nn.Module, batch: np.ndarray, bs: int = 128) -> np.ndarray:
     model.eval()
     outs = []
+    device = next(model.parameters()).device  # a GPU under torchrun (training/distributed.py)
     with torch.no_grad():
         for i in range(0, len(batch), bs):
-            outs.append(model(torch.from_numpy(batch[i : i + bs])).numpy())
+            outs.append(model(torch.from_numpy(batch[i : i + bs]).to(device)).cpu().numpy())
     return np.concatenate(outs) if outs else np.zeros((0, len(CLASSES)), np.float32)
 
 
@@ -472,6 +484,15 @@ def set_bn_momentum(model: nn.Module, momentum: float) -> None:
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.momentum = momentum
+
+
+def set_dropout(model: nn.Module, p: float) -> None:
+    """``model.dropout``: every dropout layer's probability set to ``p`` (0: off)."""
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"model.dropout must be within [0, 1), got {p}")
+    for m in model.modules():
+        if isinstance(m, nn.modules.dropout._DropoutNd):
+            m.p = p
 
 
 def is_defective(labels: np.ndarray, cfg: dict[str, Any]) -> np.ndarray:
@@ -541,15 +562,20 @@ def run(cfg: dict[str, Any], out_dir: Path, work_dir: Path, resume: bool = False
     colour_keep_of(cfg), swa_of(cfg), fruit_body_of(cfg)  # and bad settings of these before the crops are made
     seed_everything(int(cfg["seed"]))
     torch.set_num_threads(int(cfg["train"].get("num_threads", 2)))
+    ddp = distributed.setup()  # one process, or one of several under torchrun: only rank 0 writes files
     out_dir.mkdir(parents=True, exist_ok=True)
     work_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    if ddp.main:
+        (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
 
-    crops, labels, sessions, manifest, digest = load_data(cfg, work_dir)
+    with ddp.main_first():  # rank 0 cuts and caches the crops, the others read them
+        crops, labels, sessions, manifest, digest = load_data(cfg, work_dir)
     if cfg["model"].get("colour_normalise") not in (None, False):
         cfg = resolve_colour_normalise(cfg, crops["train"])  # its canonical colour, fixed before anything uses it
-        (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    (out_dir / "manifest.json").write_text(json.dumps({"sha256": digest, "items": manifest}, indent=0))
+        if ddp.main:
+            (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    if ddp.main:
+        (out_dir / "manifest.json").write_text(json.dumps({"sha256": digest, "items": manifest}, indent=0))
     if (body := fruit_body_of(cfg)) is not None:  # the train crops as preprocess() will give every other crop
         crops["train"] = np.stack([fruit_body(c, body) for c in crops["train"]])
     spec0 = spec_for(cfg)
@@ -563,6 +589,9 @@ def run(cfg: dict[str, Any], out_dir: Path, work_dir: Path, resume: bool = False
         # torchvision's MobileNetV3 keeps BatchNorm running statistics with momentum 0.01: with a few
         # hundred steps in all, evaluation would run on stale statistics far from the weights'
         set_bn_momentum(model, float(cfg["model"]["bn_momentum"]))
+    if cfg["model"].get("dropout") is not None:
+        set_dropout(model, float(cfg["model"]["dropout"]))
+    net = ddp.wrap(model, int(cfg["seed"]), frozen_phases=phases.frozen_ever)  # DistributedDataParallel under torchrun; `model` is what is validated and exported
     tr = cfg["train"]
     sampler = group_balanced_sampler(labels["train"], sessions["train"], int(cfg["seed"])) if tr.get("balance") == "group_label" else None
     if tr.get("balance") not in (None, "group_label"):
@@ -571,9 +600,10 @@ def run(cfg: dict[str, Any], out_dir: Path, work_dir: Path, resume: bool = False
         if sampler is not None:
             raise ValueError("train.session_weight and train.balance cannot both be set")
         sampler = session_weighted_sampler(sessions["train"], tr["session_weight"], int(cfg["seed"]))
-    loader = torch.utils.data.DataLoader(
-        CropDataset(crops["train"], labels["train"], train_transform(cfg), float(cfg["augment"].get("colour_transfer_p", 0.0)), int(cfg["seed"]),
-                    keep_colour=np.isin(labels["train"], [classes.index(c) for c in colour_keep_of(cfg)])),
+    # train.batch_size is the global batch: under torchrun every process takes its slice of it
+    loader = ddp.data_loader(
+        CropDataset(crops["train"], labels["train"], train_transform(cfg), float(cfg["augment"].get("colour_transfer_p", 0.0)) if augmenting(cfg) else 0.0,
+                    int(cfg["seed"]) + ddp.rank, keep_colour=np.isin(labels["train"], [classes.index(c) for c in colour_keep_of(cfg)])),
         batch_size=int(tr["batch_size"]), shuffle=sampler is None, sampler=sampler, drop_last=len(crops["train"]) > int(tr["batch_size"]),
         generator=torch.Generator().manual_seed(int(cfg["seed"])),
     )
@@ -581,7 +611,7 @@ def run(cfg: dict[str, Any], out_dir: Path, work_dir: Path, resume: bool = False
     # with a sampler (train.balance or train.session_weight) the batches' mix of classes is the sampler's and
     # the loss weighs every crop alike; without one, rarer classes weigh more
     class_weight = None if sampler is not None else torch.tensor(counts.sum() / np.maximum(counts, 1) / len(classes))
-    criterion = nn.CrossEntropyLoss(weight=class_weight, label_smoothing=float(tr.get("label_smoothing", 0.0)))
+    criterion = ddp.criterion(nn.CrossEntropyLoss(weight=class_weight, label_smoothing=float(tr.get("label_smoothing", 0.0))))
     opt = torch.optim.AdamW(model.parameters(), lr=float(tr["lr"]), weight_decay=float(tr["weight_decay"]))
     epochs = int(tr["epochs"])
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=float(tr["lr"]), total_steps=max(1, epochs * len(loader)), pct_start=0.15)
@@ -594,14 +624,15 @@ def run(cfg: dict[str, Any], out_dir: Path, work_dir: Path, resume: bool = False
     start_epoch, best, earlier_seconds = 0, {"score": -1.0, "state": copy.deepcopy(model.state_dict()), "epoch": -1}, 0.0
     history: list[dict[str, float]] = []
     if resume and ckpt_path.exists():
-        ck = torch.load(ckpt_path, weights_only=False)
+        ck = torch.load(ckpt_path, weights_only=False, map_location=ddp.device)
         model.load_state_dict(ck["model"]), opt.load_state_dict(ck["opt"]), sched.load_state_dict(ck["sched"])
         start_epoch, best, history = ck["epoch"] + 1, ck["best"], ck["history"]
         if swa_model is not None and ck.get("swa") is not None:
             swa_model.load_state_dict(ck["swa"])
         earlier_seconds = float(ck.get("elapsed_seconds", 0.0))
         torch.set_rng_state(ck["rng"])
-        print(f"resumed from {ckpt_path} at epoch {start_epoch}")
+        if ddp.main:
+            print(f"resumed from {ckpt_path} at epoch {start_epoch}")
 
     total_epochs = epochs + swa_epochs
     for epoch in range(start_epoch, total_epochs):
@@ -611,11 +642,12 @@ def run(cfg: dict[str, Any], out_dir: Path, work_dir: Path, resume: bool = False
                 g["lr"] = swa_lr
         model.train()
         phase = phases.apply(epoch)
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{total_epochs}" + (" (averaged)" if in_swa else ""), unit="batch", leave=False)
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{total_epochs}" + (" (averaged)" if in_swa else ""), unit="batch", leave=False, disable=not ddp.main)
         total, n = 0.0, 0
         for x, y in bar:
+            x, y = x.to(ddp.device), y.to(ddp.device)
             opt.zero_grad(set_to_none=True)
-            loss = criterion(model(x), y)
+            loss = criterion(net(x), y)
             loss.backward()
             opt.step()
             if not in_swa:
@@ -624,6 +656,8 @@ def run(cfg: dict[str, Any], out_dir: Path, work_dir: Path, resume: bool = False
             bar.set_postfix(loss=f"{total / n:.4f}")
         if in_swa:
             swa_model.update_parameters(model)
+        if not ddp.main:  # rank 0 alone validates, selects and checkpoints
+            continue
         val_logits = predict_logits(model, eval_batches["val"])
         val = binary_report(is_defective(labels["val"], cfg), _scores(val_logits, 1.0, cfg), 0.5)
         entry = {"epoch": epoch + 1, "phase": phase, "loss": total / max(n, 1), "val_balanced_accuracy": val["balanced_accuracy"], "val_auc": val["auc"]}
@@ -649,10 +683,15 @@ def run(cfg: dict[str, Any], out_dir: Path, work_dir: Path, resume: bool = False
         torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "epoch": epoch, "best": best, "history": history, "rng": torch.get_rng_state(), "elapsed_seconds": earlier_seconds + time.time() - t_start,
                     "swa": None if swa_model is None else swa_model.state_dict()}, ckpt_path)
 
+    if swa_model is not None:  # (under torchrun every process takes part: BatchNorm is synchronised)
+        torch.optim.swa_utils.update_bn(loader, swa_model, device=ddp.device)
+    model = ddp.unwrap(model)  # under torchrun: all meet, the process group ends, plain BatchNorm on the CPU
+    if not ddp.main:
+        return {}
     if swa_model is not None:
         # the average of the last swa_epochs epochs' weights is the model, not a selected epoch;
         # BatchNorm's running statistics are computed again for the averaged weights on the train crops
-        torch.optim.swa_utils.update_bn(loader, swa_model)
+        # (above, before the processes parted)
         model.load_state_dict(swa_model.module.state_dict())
         val_logits = predict_logits(model, eval_batches["val"])
         if outputs_collapsed(val_logits):
@@ -939,3 +978,11 @@ def finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, history,
         print(f"(the test figures are in {out_dir / 'metadata.json'}: metrics.test)")
     print(f"artifact written to {out_dir}")
     return meta
+
+
+if __name__ == "__main__":  # python -m training.train ... (and torchrun ... -m training.train ...): `grader train ...`
+    import sys
+
+    from service.cli import main
+
+    raise SystemExit(main(["train", *sys.argv[1:]]))

@@ -27,7 +27,7 @@ import torch
 
 from datasets import regions as regions_mod
 from grader.defect import ModelSpec
-from training.explain import _Builder, _finish, _with_output, find_head, run_graph
+from training.explain import _Builder, _finish, _with_output, find_head, run_graph, strip_outputs
 
 FRUIT_OUTPUT = "fruit_score"
 PREFIX = "fruit_check/"
@@ -51,8 +51,13 @@ def strip(model: onnx.ModelProto) -> onnx.ModelProto:
     return m
 
 
+def _head(model: onnx.ModelProto, spec: ModelSpec):
+    """The classifier head, found on the graph as exported (without the explanation and fruit-check branches)."""
+    return find_head(strip_outputs(strip(model)), spec.output_name)
+
+
 def pooled_features(model: onnx.ModelProto, spec: ModelSpec, crops) -> np.ndarray:
-    head = find_head(model, spec.output_name)
+    head = _head(model, spec)
     feats = run_graph(_with_output(model, head.pooled), [head.pooled], crops, spec)[0]
     return feats.reshape(len(feats), -1)
 
@@ -86,7 +91,7 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, seed: int = 0) -
 def add_branch(model: onnx.ModelProto, spec: ModelSpec, w: np.ndarray, b: float) -> onnx.ModelProto:
     """``fruit_score`` (N,) = sigmoid(pooled · w + b) added to the graph (an earlier one replaced)."""
     base = strip(model)
-    head = find_head(base, spec.output_name)
+    head = _head(model, spec)
     bld = _Builder(base, prefix=PREFIX)
     z = bld.node("Gemm", [head.pooled, bld.const("w", w.reshape(-1, 1).astype(np.float32)), bld.const("b", np.array([b], np.float32))])
     flat = bld.node("Flatten", [z], axis=0)

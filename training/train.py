@@ -39,7 +39,7 @@ from grader.commodities import get_commodity, load_commodities
 from grader.defect import ModelSpec, energy, preprocess, softmax
 from grader.measure import SegmentationParams, fruit_body
 from training.colour import ColourNormalise, colour_transfer, fruit_colour_stats, fruit_pixels, mean_colour_stats
-from training import distributed, explain, fruit_check, mixstyle
+from training import distributed, explain, fruit_check, mixstyle, probe
 from training.crops import crop_cache, group_crop_cache
 from training.crops import load_rgb
 from training.export import INPUT_NAME, OUTPUT_NAME, check_export, export_onnx, parity_record
@@ -583,6 +583,11 @@ def run(cfg: dict[str, Any], out_dir: Path, work_dir: Path, resume: bool = False
 
     classes = classes_of(cfg)
     model = build_model(cfg["model"]["arch"], len(classes), int(cfg["model"]["input_size"]))
+    method = cfg["train"].get("method", "finetune")
+    if method == "linear_probe":
+        return run_linear_probe(cfg, model, crops, labels, sessions, eval_batches, digest, out_dir, t_start, report_split, ddp)
+    if method != "finetune":
+        raise ValueError(f"train.method must be finetune or linear_probe, got {method!r}")
     phases = Phases(model, cfg)  # which weights train in which epoch (training/finetune.py)
     style_hooks = mixstyle.attach(model, cfg["model"].get("mixstyle"))  # training only; removed before export
     if cfg["model"].get("bn_momentum") is not None:
@@ -714,6 +719,37 @@ def run(cfg: dict[str, Any], out_dir: Path, work_dir: Path, resume: bool = False
         p.requires_grad_(True)
     torch.save(model.state_dict(), work_dir / "best.pt")
     return finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, history, best["epoch"], earlier_seconds + time.time() - t_start,
+                  train_crops=crops["train"], report_split=report_split)
+
+
+def selection_score(cfg: dict[str, Any], val_labels: np.ndarray, val_logits: np.ndarray) -> float:
+    """What chooses between candidates on val: the AUC of sound vs defective; for a model that also
+    tells defect types apart, the mean of that AUC and the type balanced accuracy."""
+    val = binary_report(is_defective(val_labels, cfg), _scores(val_logits, 1.0, cfg), 0.5)
+    if len(defective_of(cfg)) > 1:
+        return (val["auc"] + type_report(val_labels, val_logits, cfg)["balanced_accuracy"]) / 2
+    return val["auc"]
+
+
+def run_linear_probe(cfg, model, crops, labels, sessions, eval_batches, digest, out_dir, t_start, report_split, ddp) -> dict[str, Any]:
+    """``train.method: linear_probe`` (training/probe.py): the pretrained network as it is, its head
+    fitted on the train crops' features (and ``train.probe_views`` - 1 augmented copies of each)."""
+    if ddp.active:
+        raise ValueError("train.method linear_probe runs on one process: launch it without torchrun")
+    tr = cfg["train"]
+    views = int(tr.get("probe_views", 1))
+    if views < 1:
+        raise ValueError(f"train.probe_views must be >= 1, got {views}")
+    batches = [preprocess(list(crops["train"]), spec_for(cfg))]
+    if views > 1:
+        classes = classes_of(cfg)
+        ds = CropDataset(crops["train"], labels["train"], train_transform(cfg), float(cfg["augment"].get("colour_transfer_p", 0.0)), int(cfg["seed"]),
+                         keep_colour=np.isin(labels["train"], [classes.index(c) for c in colour_keep_of(cfg)]))
+        for _ in tqdm(range(views - 1), desc="augmented views", unit="view", leave=False):
+            batches.append(np.stack([ds[i][0].numpy() for i in range(len(ds))]))
+    history = probe.run_probe(model, cfg, batches, labels["train"], sessions["train"], eval_batches["val"],
+                              lambda z: selection_score(cfg, labels["val"], z), len(classes_of(cfg)))
+    return finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, history, "linear probe", time.time() - t_start,
                   train_crops=crops["train"], report_split=report_split)
 
 

@@ -1,0 +1,107 @@
+"""The linear probe: a pretrained backbone kept as it is, its classifier head fitted by L2-regularised
+multinomial logistic regression on the pooled features of the train crops (``train.method: linear_probe``).
+
+The regularisation strength is chosen on val among ``train.probe_l2`` (val AUC of sound vs
+defective; for a typed model the mean of that AUC and the type balanced accuracy, as the
+fine-tuning recipe selects epochs). ``train.probe_views`` > 1 adds that many augmented copies of
+each train crop (the config's augmentation) to the features. The fitted head is written into the
+network's last Linear layer, so export, calibration, thresholds and the explanation outputs run
+exactly as after fine-tuning.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from training.finetune import head_prefix
+
+DEFAULT_L2 = (0.3, 1.0, 3.0, 10.0, 30.0)
+
+
+def pooled(model: nn.Module, batch: np.ndarray, bs: int = 64) -> np.ndarray:
+    """The features the head reads (the input of its last Linear layer), for a preprocessed batch."""
+    head = dict(model.named_modules())[head_prefix(model)]
+    got: list[torch.Tensor] = []
+    hook = head.register_forward_pre_hook(lambda _m, args: got.append(args[0].detach()))
+    model.eval()
+    try:
+        with torch.no_grad():
+            for i in range(0, len(batch), bs):
+                model(torch.from_numpy(np.ascontiguousarray(batch[i : i + bs])))
+    finally:
+        hook.remove()
+    return torch.cat(got).numpy() if got else np.zeros((0, head.in_features), np.float32)
+
+
+def sample_weights(labels: np.ndarray, groups: list[str], balance: str | None) -> np.ndarray:
+    """Every (group, label) pair weighing the same (``group_label``), else every class the same."""
+    keys = [f"{g}\t{y}" for g, y in zip(groups, labels)] if balance == "group_label" else [str(y) for y in labels]
+    size = Counter(keys)
+    w = np.array([1.0 / size[k] for k in keys])
+    return w / w.mean()
+
+
+def fit_softmax(x: np.ndarray, y: np.ndarray, n_classes: int, l2: float, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted multinomial logistic regression with an L2 penalty ``l2``·|W|²/2 (per sample),
+    standardisation folded back: (W (classes, features), b) on the raw features."""
+    mu, sd = x.mean(0), x.std(0) + 1e-6
+    xs = torch.tensor((x - mu) / sd, dtype=torch.float64)
+    ys = torch.tensor(y, dtype=torch.long)
+    ws = torch.tensor(weights, dtype=torch.float64)
+    w = torch.zeros(n_classes, x.shape[1], dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(n_classes, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=500, tolerance_grad=1e-9, tolerance_change=1e-12, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = (ws * nn.functional.cross_entropy(xs @ w.T + b, ys, reduction="none")).mean() + l2 * (w * w).sum() / (2 * len(ys))
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    w_raw = w.detach().numpy() / sd
+    b_raw = b.detach().numpy() - w_raw @ mu
+    return w_raw.astype(np.float32), b_raw.astype(np.float32)
+
+
+def set_head(model: nn.Module, w: np.ndarray, b: np.ndarray) -> None:
+    head = dict(model.named_modules())[head_prefix(model)]
+    with torch.no_grad():
+        head.weight.copy_(torch.from_numpy(w))
+        head.bias.copy_(torch.from_numpy(b))
+
+
+def run_probe(model: nn.Module, cfg: dict[str, Any], train_batches: list[np.ndarray], train_labels: np.ndarray, train_groups: list[str],
+              val_batch: np.ndarray, score: Callable[[np.ndarray], float], n_classes: int) -> list[dict[str, Any]]:
+    """Fit the head for each ``train.probe_l2`` on the train features (``train_batches``: the plain
+    crops and any augmented copies, each aligned with ``train_labels``), keep the one whose val
+    logits ``score`` best; the model's head is left at the chosen fit. Returns the history."""
+    tr = cfg["train"]
+    strengths = [float(v) for v in (tr.get("probe_l2") or DEFAULT_L2)]
+    t0 = time.time()
+    feats = np.concatenate([pooled(model, b) for b in train_batches])
+    labels = np.concatenate([train_labels] * len(train_batches))
+    groups = list(train_groups) * len(train_batches)
+    val_feats = pooled(model, val_batch)
+    weights = sample_weights(labels, groups, tr.get("balance"))
+    print(f"linear probe: {len(feats)} train features ({len(train_batches)} view(s) of {len(train_labels)} crops), "
+          f"{len(val_feats)} val, in {time.time() - t0:.0f}s")
+    history, best = [], None
+    for i, l2 in enumerate(strengths):
+        w, b = fit_softmax(feats, labels, n_classes, l2, weights)
+        val_logits = val_feats @ w.T + b
+        s = float(score(val_logits))
+        history.append({"epoch": i + 1, "phase": "linear probe", "l2": l2, "val_score": s})
+        print(f"linear probe l2={l2:g}: val score {s:.4f}")
+        if best is None or s > best[0]:
+            best = (s, w, b, l2)
+    assert best is not None
+    set_head(model, best[1], best[2])
+    history.append({"chosen_l2": best[3], "val_score": best[0]})
+    return history

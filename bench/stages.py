@@ -1,6 +1,7 @@
 """Where a grade request's CPU time goes, stage by stage, in one process (no HTTP).
 
-    .venv/bin/python bench/stages.py [--images 40] [--repeats 3] [--no-freeze] [--upscale K]
+    .venv/bin/python bench/stages.py [--images 40] [--repeats 3] [--no-freeze] [--upscale K] \
+        [--model-dir models/apple-defect/0.3.0 --model-dir models/apple-defect/0.4.0]
 
 Runs the service's own request path (service/grading.py: lookup, decode, measure, crop and
 preprocess, ONNX Runtime, rules, store) on the same photos as bench/serve.py, with the settings a
@@ -11,6 +12,8 @@ included: the server collects and freezes what it built at start before it serve
 (service/app.py: app_from_env), as this script does unless --no-freeze, which shows what the first
 full collection after start costs a request without it. ``--upscale 18`` grades the same photos
 enlarged 18 times (bicubic, 3456 x 4608 px: a 16-MP phone photo) at an 18th of the scale.
+``--model-dir`` (repeatable) runs the same photos with each model in turn, in one process, so two
+models' CPU per request and per crop are compared side by side (default: the shipped default).
 """
 
 from __future__ import annotations
@@ -26,13 +29,23 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 
+CPU: dict[str, float] = {}  # CPU seconds by stage of the current run
+WRAPPED: list[bool] = []
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=40)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-freeze", action="store_true", help="serve right after start-up, as the server did before freezing")
     ap.add_argument("--upscale", type=int, default=1, help="grade the photos enlarged this many times (18: a 16-MP phone photo)")
+    ap.add_argument("--model-dir", action="append", type=Path, help="a model artifact (repeat to compare models side by side)")
     args = ap.parse_args()
+    for model_dir in args.model_dir or [None]:
+        run(args, model_dir)
+
+
+def run(args, model_dir: Path | None) -> None:
 
     import serve  # the benchmark's photos and fresh-bytes helper
 
@@ -43,7 +56,8 @@ def main() -> None:
     from service.imaging import decode_image
     from service.settings import Settings
 
-    cpu: dict[str, float] = {}
+    cpu = CPU
+    cpu.clear()
 
     def timed(name: str, fn):
         def wrapper(*a, **k):
@@ -54,18 +68,21 @@ def main() -> None:
                 cpu[name] = cpu.get(name, 0.0) + time.thread_time() - t0
         return wrapper
 
-    # time the stages inside the path by wrapping the functions it calls
-    scale.measure_image = timed("measure (segment, size, colour, blemish)", scale.measure_image)
-    pipeline.image_quality_flags = timed("image quality (blur, exposure)", pipeline.image_quality_flags)
-    pipeline.crop_for_model = timed("crop for the model", pipeline.crop_for_model)
-    batcher.preprocess = timed("preprocess (resize, normalise)", preprocess)
-    pipeline.decide = timed("rules and flags", pipeline.decide)
+    # time the stages inside the path by wrapping the functions it calls (once per process)
+    if not WRAPPED:
+        scale.measure_image = timed("measure (segment, size, colour, blemish)", scale.measure_image)
+        pipeline.image_quality_flags = timed("image quality (blur, exposure)", pipeline.image_quality_flags)
+        pipeline.crop_for_model = timed("crop for the model", pipeline.crop_for_model)
+        batcher.preprocess = timed("preprocess (resize, normalise)", preprocess)
+        pipeline.decide = timed("rules and flags", pipeline.decide)
+        WRAPPED.append(True)
 
     jpegs = serve.images(args.images)
     if args.upscale > 1:
         jpegs = [enlarged(j, args.upscale) for j in jpegs]
+    extra = {} if model_dir is None else {"model_dir": model_dir}
     settings = Settings(data_dir=Path(tempfile.mkdtemp(prefix="grader-stages-")), api_keys="camera:stages-key-0000000000",
-                        onnx_threads=1, opencv_threads=1)
+                        onnx_threads=1, opencv_threads=1, **extra)
     ctx = build_context(settings)
     import gc
 
@@ -103,6 +120,7 @@ def main() -> None:
             total += time.process_time() - t0
             n += 1
     size = "" if args.upscale == 1 else f" enlarged {args.upscale}x ({w} x {h} px)"
+    print(f"model {ctx.model.spec.name} {ctx.model.spec.version}:")
     print(f"{n} photos{size}, CPU ms per photo by stage (one process, OpenCV and ONNX Runtime on 1 thread):")
     for name, s in sorted(cpu.items(), key=lambda kv: -kv[1]):
         print(f"  {name:<42} {1000 * s / n:6.2f}")

@@ -213,7 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     s.set_defaults(func=_serve)
 
     t = sub.add_parser("train", help="train, evaluate and export a defect model")
-    t.add_argument("--config", default=str(Path(__file__).resolve().parents[1] / "training" / "configs" / "apple_defect.yaml"))
+    # the shipped apple model's recipe: the pretrained backbone, a linear probe (retraining on the
+    # inspectors' verdicts refits the head on the same ImageNet features)
+    t.add_argument("--config", default=str(Path(__file__).resolve().parents[1] / "training" / "configs" / "apple_defect_lite0.yaml"))
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. train.epochs=5")
     t.add_argument("--out", help="artifact directory (default models/<name>/<version>)")
     t.add_argument("--work-dir", help="checkpoints and crop cache (default var/train/<name>-<version>)")

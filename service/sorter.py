@@ -357,7 +357,7 @@ class Publisher:
 
     def _run(self) -> None:
         backoff, next_try, next_stats, next_alerts, next_prune = 0.2, 0.0, 0.0, 0.0, 0.0
-        down_logged = False
+        down_logged, was_connected, resume_at = False, False, 0.0
         while not self._stop.is_set():
             try:
                 now = time.monotonic()
@@ -385,6 +385,9 @@ class Publisher:
                         s = self._connect()
                         backoff, down_logged = 0.2, False
                         log.info("MQTT: connected to %s as %s", self.cfg.safe(), self.client_id)
+                        if was_connected or self.backlog[0]:  # the broker is back: let the controllers subscribe again first
+                            resume_at = time.monotonic() + self.settings.mqtt_resume_delay_s
+                        was_connected = True
                     except Exception as exc:  # broker down, refused, TLS...: grading goes on, the backlog grows
                         self.last_error = f"{type(exc).__name__}: {exc}"
                         if not down_logged:
@@ -393,6 +396,9 @@ class Publisher:
                         next_try = time.monotonic() + backoff
                         backoff = min(backoff * 2, 2.0)
                         continue
+                if now < resume_at:
+                    self._stop.wait(min(0.1, resume_at - now))
+                    continue
                 self.outbox.wake.clear()
                 if not self._drain(s):
                     self.outbox.wake.wait(self.IDLE_POLL_S)

@@ -329,6 +329,7 @@ class Publisher:
         self._thread: threading.Thread | None = None
         self._session: _Session | None = None
         self._to_mark: list[tuple[_Claimed, float]] = []
+        self._holding = True  # claims of this publisher may be in the database (released at the first claim)
 
     # -- lifecycle
 
@@ -357,7 +358,7 @@ class Publisher:
 
     def _run(self) -> None:
         backoff, next_try, next_stats, next_alerts, next_prune = 0.2, 0.0, 0.0, 0.0, 0.0
-        down_logged, was_connected, resume_at = False, False, 0.0
+        down_logged, was_connected, resume_at, failing = False, False, 0.0, False
         while not self._stop.is_set():
             try:
                 now = time.monotonic()
@@ -402,9 +403,13 @@ class Publisher:
                 self.outbox.wake.clear()
                 if not self._drain(s):
                     self.outbox.wake.wait(self.IDLE_POLL_S)
-            except Exception:  # the database away, say: keep going, the rows stay in the outbox
-                log.exception("MQTT publisher")
+            except Exception as exc:  # the database away, say: keep going, the rows stay in the outbox
+                if not failing:  # once per outage
+                    log.warning("MQTT publisher: %s: %s; retrying every second", type(exc).__name__, str(exc)[:300])
+                failing = True
                 self._stop.wait(1.0)
+                continue
+            failing = False
         if self._session is not None:
             self._drop(self._session)
         try:
@@ -504,6 +509,7 @@ class Publisher:
             for m in mids:
                 s.refused.discard(m)
         self._to_mark.extend(acked)
+        self._holding = len(acked) < len(rows)  # marking the acknowledged ones clears their claims
         if len(acked) < len(rows):  # the rest go again, in order, on a fresh connection
             if not s.lost.is_set():
                 s.reason = s.reason or f"{len(rows) - len(acked)} message(s) not acknowledged within {self.ack_timeout_s:g} s"
@@ -518,6 +524,13 @@ class Publisher:
         and a stream another publisher is sending is left to it: a camera's messages never
         overtake one another."""
         marked, self._to_mark = self._to_mark, []
+        try:
+            return self._claim_tx(marked, limit)
+        except BaseException:
+            self._to_mark = marked + self._to_mark  # marked at the next try (the database away, say)
+            raise
+
+    def _claim_tx(self, marked: list[tuple[_Claimed, float]], limit: int) -> list[_Claimed]:
         now = utcnow()
         out: list[_Claimed] = []
         with self.repo._write_transaction() as conn:
@@ -529,10 +542,14 @@ class Publisher:
                            "detail": {"topic": r.topic, "seq": r.seq, "outlet": r.outlet}} for r, at in marked if r.fruit_row_id is not None]
                 if events:
                     conn.execute(insert(FruitEventRow.__table__), events)
-            conn.execute(update(T).where(T.c.claimed_by == self.me, T.c.sent_at.is_(None)).values(claimed_by=None, claimed_until=None))
+            if self._holding or not limit:  # claims left from a batch that did not go through
+                conn.execute(update(T).where(T.c.claimed_by == self.me, T.c.sent_at.is_(None)).values(claimed_by=None, claimed_until=None))
+                self._holding = False
             if limit:
-                pending = conn.execute(select(T.c.id, T.c.stream, T.c.claimed_by, T.c.claimed_until).where(T.c.sent_at.is_(None))
-                                       .order_by(T.c.id).limit(limit * 4)).all()
+                pending = conn.execute(select(T.c.id, T.c.stream, T.c.claimed_by, T.c.claimed_until, T.c.topic, T.c.payload, T.c.retain,
+                                              T.c.created_at, T.c.seq, T.c.fruit_row_id, T.c.result_id, T.c.outlet)
+                                       .where(T.c.sent_at.is_(None)).order_by(T.c.id).limit(limit * 2)).all()
+                by_id = {p.id: p for p in pending}
                 busy: set[str] = set()
                 take: list[int] = []
                 stream_of: dict[int, str] = {}
@@ -562,11 +579,11 @@ class Publisher:
                     lost = got - set(keep)
                     if lost:
                         conn.execute(update(T).where(T.c.id.in_(lost)).values(claimed_by=None, claimed_until=None))
-                    if keep:
-                        for r in conn.execute(select(T.c.id, T.c.topic, T.c.payload, T.c.retain, T.c.created_at, T.c.stream, T.c.seq,
-                                                     T.c.fruit_row_id, T.c.result_id, T.c.outlet).where(T.c.id.in_(keep)).order_by(T.c.id)):
-                            out.append(_Claimed(r.id, r.topic, json.dumps(r.payload, separators=(",", ":")).encode(), bool(r.retain),
-                                                r.created_at, r.stream, r.seq, r.fruit_row_id, r.result_id, r.outlet))
+                    for i in keep:
+                        r = by_id[i]
+                        out.append(_Claimed(r.id, r.topic, json.dumps(r.payload, separators=(",", ":")).encode(), bool(r.retain),
+                                            r.created_at, r.stream, r.seq, r.fruit_row_id, r.result_id, r.outlet))
+                    self._holding = bool(keep)
         for r, at in marked:
             lat = at - r.created_at.timestamp()
             self.latencies.append(lat)

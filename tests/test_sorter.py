@@ -316,3 +316,41 @@ def test_ejections_come_back_into_the_fruit_history_and_alerts_are_retained(sett
         assert "mis_ejection" in [a["kind"] for a in retained[0][1]["active"]]
         for line_topic in {t for t, _, _ in got}:  # leave no retained messages behind on the machine's broker
             c.app.state.ctx.sorter._session.client.publish(line_topic, b"", qos=1, retain=True).wait_for_publish(5)
+
+
+@pytest.mark.slow
+def test_fruit_of_a_clip_and_of_a_live_stream_are_published(settings, tmp_path):
+    """Line cameras' fruit go out like posted photos: each tracked fruit once, on its camera's topic."""
+    import cv2
+
+    from datasets.video import make_conveyor_clip
+
+    url = shared_broker_url()
+    clip = make_conveyor_clip(tmp_path / "belt.avi", lanes=3, seconds=5, seed=3)
+    with _app(settings, mqtt_url=url) as c:
+        prefix = c.app.state.ctx.settings.mqtt_topic_prefix
+        sub = Collector(url, f"{prefix}/#")
+        try:
+            r = c.post("/v1/cameras/belt-cam/video", files={"video": ("belt.avi", clip.path.read_bytes(), "video/x-msvideo")},
+                       data={"mm_per_px": "0.6", "lanes": "3", "belt_speed_mm_s": str(clip.speed_mm_s)}, headers=headers())
+            clip_fruits = r.json()["fruits"]
+            cap = cv2.VideoCapture(str(clip.path))
+            frames = []
+            while (fr := cap.read())[0]:
+                frames.append(cv2.imencode(".jpg", fr[1])[1].tobytes())
+            live = []
+            with c.websocket_connect(f"/v1/cameras/live-cam/stream?mm_per_px=0.6&lanes=3&fps={clip.fps}", headers=headers()) as ws:
+                for b in frames:
+                    ws.send_bytes(b)
+                ws.send_text("end")
+                while (msg := ws.receive_json())["type"] != "summary":
+                    live.append(msg)
+            n = len(clip_fruits) + len(live)
+            got = decisions(sub.wait_for(lambda m: len(decisions(m)) >= n))
+        finally:
+            sub.close()
+        assert clip_fruits and live and len(got) == n
+        by_topic = {t: [m["fruit_id"] for m in got if m["camera_id"] == cam] for t, cam in (("clip", "belt-cam"), ("live", "live-cam"))}
+        assert sorted(by_topic["clip"]) == sorted(f["fruit_id"] for f in clip_fruits)
+        assert sorted(by_topic["live"]) == sorted(f["fruit_id"] for f in live)
+        assert {m["lane"] for m in got} <= {"1", "2", "3"}

@@ -1,16 +1,19 @@
 """Commit-to-PUBACK latency of the sorter link at a steady rate of graded fruit.
 
     .venv/bin/python bench/mqtt_latency.py [--rate 100] [--seconds 20] [--cameras 4] [--broker mqtt://127.0.0.1:1883]
-                                           [--database-url postgresql+psycopg://postgres@127.0.0.1:5432/test]
+                                           [--postgres postgresql+psycopg://postgres@127.0.0.1:5432/test]
 
-Results of one fruit each are stored at --rate per second (spread over --cameras cameras) through
-``Repository.save_result``, as the service stores a graded fruit: its outlet decision goes into the
+Results of one fruit each are stored at --rate per second (spread over --cameras cameras, from 8
+threads as concurrent requests do) through ``Repository.save_result``, as the service stores a
+graded fruit (on a fresh SQLite file, or with --postgres on a fresh database created through that
+server's URL and dropped afterwards): its outlet decision goes into the
 outbox in the result's transaction, and the service's ``Publisher`` thread publishes it (QoS 1)
 once that commits. Grading itself is left out: what is timed is the link. A subscriber on the same
 broker receives every decision.
 
-Prints, per message: from the outbox row written in the result's transaction (just before its
-commit) to the broker's PUBACK (p50, p99, max), and to the subscriber's receipt; the decisions
+Prints, per message: from its result's commit to the broker's PUBACK (p50, p99, max) and to the
+subscriber's receipt, and from its outbox row's write (in that transaction, before the commit) to
+the PUBACK, which is what the service's histogram grader_mqtt_commit_to_puback_seconds counts; the decisions
 sent, received and duplicated, and whether each camera's ``seq`` arrived in order without gaps.
 """
 
@@ -52,7 +55,8 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--cameras", type=int, default=4)
     ap.add_argument("--broker", default="mqtt://127.0.0.1:1883")
-    ap.add_argument("--database-url", help="default: a fresh SQLite file")
+    ap.add_argument("--postgres", metavar="ADMIN_URL", help="a PostgreSQL server (its URL with any existing database): "
+                    "a fresh database is created there for the run and dropped after it (default: a fresh SQLite file)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -65,11 +69,21 @@ def main() -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="mqtt-bench-"))
     prefix = f"bench-{uuid.uuid4().hex[:6]}"
-    settings = Settings(data_dir=tmp, database_url=args.database_url, mqtt_url=args.broker, mqtt_topic_prefix=prefix)
+    db_url, admin = None, None
+    if args.postgres:
+        import sqlalchemy
+
+        name = f"grader_bench_{uuid.uuid4().hex[:8]}"
+        admin = sqlalchemy.create_engine(args.postgres, isolation_level="AUTOCOMMIT")
+        with admin.connect() as c:
+            c.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        db_url = args.postgres.rsplit("/", 1)[0] + "/" + name
+    settings = Settings(data_dir=tmp, database_url=db_url, mqtt_url=args.broker, mqtt_topic_prefix=prefix)
     engine = make_engine(settings.resolved_database_url)
     init_db(engine)
     repo = Repository(engine)
     repo.outbox = Outbox(settings)
+    repo.outbox.commit_times = {}  # stamped right after each result's transaction commits
     pub = Publisher(settings, repo, repo.outbox).start()
 
     received: list[tuple[float, dict]] = []
@@ -93,20 +107,25 @@ def main() -> int:
     while not pub.connected and time.monotonic() < deadline:
         time.sleep(0.05)
 
-    commit_at: dict[str, float] = {}
+    from concurrent.futures import ThreadPoolExecutor
+
     n = int(args.rate * args.seconds)
-    t0 = time.monotonic()
     late = 0
-    for i in range(n):  # a steady stream, as a line's cameras send it
-        due = t0 + i / args.rate
-        wait = due - time.monotonic()
-        if wait > 0:
-            time.sleep(wait)
-        else:
-            late += 1
+
+    def store(i: int) -> None:
         img, res, fruits = _rows(i, f"cam-{i % args.cameras}")
-        saved = repo.save_result(img, res, fruits)
-        commit_at[saved.id] = time.time()
+        repo.save_result(img, res, fruits)
+
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(8) as pool:
+        for i in range(n):  # a steady stream, as a line's cameras send it
+            due = t0 + i / args.rate
+            wait = due - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            else:
+                late += 1
+            pool.submit(store, i)
     sent_s = time.monotonic() - t0
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -119,7 +138,9 @@ def main() -> int:
     sub.disconnect()
     sub.loop_stop()
 
-    puback = [x * 1000 for x in pub.latencies]
+    commits = repo.outbox.commit_times
+    puback = [(at - commits[r]) * 1000 for r, at in pub.acks if r in commits]
+    written = [x * 1000 for x in pub.latencies]
     first: dict[str, float] = {}
     dup = 0
     for t, m in received:
@@ -127,7 +148,7 @@ def main() -> int:
             dup += 1
         else:
             first[m["result_id"]] = t
-    delivered = [(first[r] - commit_at[r]) * 1000 for r in first if r in commit_at]
+    delivered = [(first[r] - commits[r]) * 1000 for r in first if r in commits]
     in_order = True
     for cam in range(args.cameras):
         seqs = [m["seq"] for _, m in received if m["camera_id"] == f"cam-{cam}"]
@@ -135,6 +156,7 @@ def main() -> int:
     out = {
         "rate_offered": args.rate, "rate_stored": round(n / sent_s, 1), "fruit": n, "late_sends": late, "database": engine.dialect.name,
         "commit_to_puback_ms": {"p50": round(pct(puback, 0.5), 2), "p99": round(pct(puback, 0.99), 2), "max": round(max(puback), 2)},
+        "outbox_write_to_puback_ms": {"p50": round(pct(written, 0.5), 2), "p99": round(pct(written, 0.99), 2)},
         "commit_to_subscriber_ms": {"p50": round(pct(delivered, 0.5), 2), "p99": round(pct(delivered, 0.99), 2),
                                     "max": round(max(delivered), 2) if delivered else None},
         "received": len(first), "duplicates": dup, "seq_in_order_without_gaps": in_order,
@@ -145,10 +167,16 @@ def main() -> int:
         print(f"{n} fruit at {args.rate:g}/s offered ({out['rate_stored']}/s stored, {engine.dialect.name}), {args.cameras} cameras, broker {args.broker}")
         print(f"commit -> PUBACK     p50 {out['commit_to_puback_ms']['p50']} ms, p99 {out['commit_to_puback_ms']['p99']} ms, "
               f"max {out['commit_to_puback_ms']['max']} ms")
+        print(f"outbox row written (in the result's transaction) -> PUBACK p50 {out['outbox_write_to_puback_ms']['p50']} ms, "
+              f"p99 {out['outbox_write_to_puback_ms']['p99']} ms")
         print(f"commit -> subscriber p50 {out['commit_to_subscriber_ms']['p50']} ms, p99 {out['commit_to_subscriber_ms']['p99']} ms, "
               f"max {out['commit_to_subscriber_ms']['max']} ms")
         print(f"received {len(first)}/{n}, duplicates {dup}, every camera's seq in order without gaps: {in_order}")
     engine.dispose()
+    if admin is not None:
+        with admin.connect() as c:
+            c.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
     return 0 if len(first) == n and in_order else 1
 
 

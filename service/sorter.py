@@ -141,6 +141,9 @@ class Outbox:
         self.settings = settings
         self.prefix = settings.mqtt_topic_prefix.strip("/") or "orchard-grader"
         self.wake = threading.Event()  # set after a commit that added messages
+        #: result id -> time.time() its transaction committed, when a benchmark asks (a dict), else None
+        self.commit_times: dict[str, float] | None = None
+        self._local = threading.local()
 
     def line_for(self, camera_id: str | None) -> str:
         return topic_level((self.settings.camera_lines or {}).get(camera_id or "", self.settings.line_name))
@@ -169,6 +172,8 @@ class Outbox:
                     {"topic": self.decision_topic(line, r.camera_id), "payload": msg, "retain": False, "result_id": r.id,
                      "fruit_index": f.index, "fruit_row_id": f.id, "outlet": msg["outlet"]})
         self._insert(conn, by_stream)
+        if self.commit_times is not None:
+            self._local.ids = getattr(self._local, "ids", []) + [r.id for r in results]
 
     def _insert(self, conn, by_stream: dict[str, list[dict[str, Any]]]) -> None:
         now = utcnow()
@@ -189,6 +194,11 @@ class Outbox:
         self._insert(conn, by_stream)
 
     def committed(self) -> None:
+        if self.commit_times is not None:
+            t = time.time()
+            for rid in getattr(self._local, "ids", ()):
+                self.commit_times[rid] = t
+            self._local.ids = []
         self.wake.set()
 
 
@@ -288,6 +298,19 @@ class _Session:
     reason: str = ""
 
 
+def _quick_ack(client) -> None:
+    """Acknowledge what the broker sent at once. A broker that leaves Nagle's algorithm on (Mosquitto's
+    default, set_tcp_nodelay false) holds each PUBACK until its previous one is acknowledged, and
+    Linux delays that acknowledgement (up to 40 ms) while the publisher has nothing to send: every
+    PUBACK after the first of a batch arrived 20-40 ms late (bench/mqtt_latency.py)."""
+    sock = client.socket()
+    if sock is not None and hasattr(socket, "TCP_QUICKACK"):
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+        except OSError:
+            pass
+
+
 @dataclass
 class _Claimed:
     id: int
@@ -322,7 +345,8 @@ class Publisher:
         self.connected = False
         self.last_error: str | None = None
         self.backlog = (0, 0.0)  # messages waiting, age of the oldest (s): refreshed every second
-        self.latencies: collections.deque[float] = collections.deque(maxlen=200_000)  # commit-to-PUBACK, seconds
+        self.latencies: collections.deque[float] = collections.deque(maxlen=200_000)  # outbox write to PUBACK, seconds
+        self.acks: collections.deque[tuple[str, float]] = collections.deque(maxlen=200_000)  # (result id, PUBACK time) for benchmarks
         self.alert_snapshot: Any = None  # (window_min) -> line snapshot with the sorter's section; set by the app
         self._ejections: queue.Queue = queue.Queue(maxsize=100_000)
         self._stop = threading.Event()
@@ -452,6 +476,12 @@ class Publisher:
     # paho's callbacks (its network thread)
 
     def _on_connect(self, s: _Session, rc) -> None:
+        sock = s.client.socket()
+        if sock is not None:  # each decision goes out as it is published, not held for the next (Nagle)
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:  # not TCP (a unix socket)
+                pass
         if rc.is_failure:
             s.reason = f"broker refused the connection: {rc}"
             s.lost.set()
@@ -468,6 +498,7 @@ class Publisher:
         s.changed.set()
 
     def _on_publish(self, s: _Session, mid: int, rc) -> None:
+        _quick_ack(s.client)
         with s.lock:
             if rc is not None and getattr(rc, "is_failure", False):
                 s.refused.add(mid)  # MQTT 5: the broker would not take it (not authorised...): sent again later
@@ -587,6 +618,8 @@ class Publisher:
         for r, at in marked:
             lat = at - r.created_at.timestamp()
             self.latencies.append(lat)
+            if r.result_id is not None and self.outbox.commit_times is not None:
+                self.acks.append((r.result_id, at))
             COMMIT_TO_PUBACK.observe(max(0.0, lat))
             PUBLISHED.labels("decision" if r.result_id else "alert").inc()
         return out

@@ -584,19 +584,23 @@ class Publisher:
                 busy: set[str] = set()
                 take: list[int] = []
                 stream_of: dict[int, str] = {}
+                dead: set[str] = set()
                 for p in pending:
                     if p.stream in busy:
                         continue
                     if p.claimed_by and p.claimed_by != self.me and p.claimed_until is not None and p.claimed_until > now:
-                        busy.add(p.stream)
-                        continue
+                        if not self._gone(p.claimed_by):
+                            busy.add(p.stream)
+                            continue
+                        dead.add(p.claimed_by)
                     if len(take) < limit:
                         take.append(p.id)
                         stream_of[p.id] = p.stream
                 if take:
                     got = set(conn.execute(
                         update(T).where(T.c.id.in_(take), T.c.sent_at.is_(None),
-                                        or_(T.c.claimed_by.is_(None), T.c.claimed_until < now, T.c.claimed_by == self.me))
+                                        or_(T.c.claimed_by.is_(None), T.c.claimed_until < now, T.c.claimed_by == self.me,
+                                            T.c.claimed_by.in_(dead)))
                         .values(claimed_by=self.me, claimed_until=now + self.claim_for, attempts=T.c.attempts + 1)
                         .returning(T.c.id)).scalars())
                     keep, broken = [], set()
@@ -623,6 +627,20 @@ class Publisher:
             COMMIT_TO_PUBACK.observe(max(0.0, lat))
             PUBLISHED.labels("decision" if r.result_id else "alert").inc()
         return out
+
+    def _gone(self, claimer: str) -> bool:
+        """Whether a claim's holder was a process of this host that is no longer running (killed,
+        say): its claims need not be waited out."""
+        host, _, rest = claimer.rpartition("-")[0].rpartition("-")
+        if host != socket.gethostname()[:50] or not rest.isdigit():
+            return False
+        try:
+            os.kill(int(rest), 0)
+        except ProcessLookupError:
+            return True
+        except OSError:  # alive, another user's
+            return False
+        return False
 
     def _refresh_stats(self) -> None:
         with self.repo.sessions() as s:

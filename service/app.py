@@ -107,6 +107,7 @@ def build_context(settings: Settings) -> Context:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     ctx = build_context(settings)
+
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):
         if ctx.sorter is not None:

@@ -149,10 +149,21 @@ def test_two_publishers_never_hold_the_same_rows(tmp_path, settings, db, request
 # --- against a real broker
 
 
+def _db(settings, db: str, request):
+    """The settings on SQLite (as given) or on a fresh PostgreSQL database."""
+    if db == "sqlite":
+        return settings
+    return settings.model_copy(update={"database_url": request.getfixturevalue("fresh_pg_url")})
+
+
+DBS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
 @pytest.mark.slow
-def test_decisions_are_published_after_commit_in_order_per_camera(settings):
+@pytest.mark.parametrize("db", DBS)
+def test_decisions_are_published_after_commit_in_order_per_camera(settings, db, request):
     url = shared_broker_url()
-    with _app(settings, mqtt_url=url) as c:
+    with _app(_db(settings, db, request), mqtt_url=url) as c:
         repo, prefix = c.app.state.ctx.repo, c.app.state.ctx.settings.mqtt_topic_prefix
         committed_when_received = []
         sub = Collector(url, f"{prefix}/#", on_message=lambda t, m: committed_when_received.append(repo.get_result(m["result_id"]) is not None))
@@ -275,7 +286,8 @@ def test_decisions_of_acknowledged_results_arrive_after_a_server_kill(tmp_path):
 
 
 @pytest.mark.slow
-def test_ejections_come_back_into_the_fruit_history_and_alerts_are_retained(settings, monkeypatch):
+@pytest.mark.parametrize("db", DBS)
+def test_ejections_come_back_into_the_fruit_history_and_alerts_are_retained(settings, monkeypatch, db, request):
     """The sorter (grader sorter-sim) ejects one fruit where it was sent and one elsewhere: both
     are in their fruit's events, the mis-ejection raises a line alert, and the alerts topic keeps
     the line's alerts in force for a controller that connects later (MQTT 5 here)."""
@@ -283,7 +295,7 @@ def test_ejections_come_back_into_the_fruit_history_and_alerts_are_retained(sett
 
     url = shared_broker_url()
     monkeypatch.setattr(Publisher, "ALERTS_EVERY_S", 0.3)
-    with _app(settings, mqtt_url=url + "?version=5", line_silent_s=1.5) as c:
+    with _app(_db(settings, db, request), mqtt_url=url + "?version=5", line_silent_s=1.5) as c:
         prefix = c.app.state.ctx.settings.mqtt_topic_prefix
         alerts = Collector(url, f"{prefix}/+/alerts")
 

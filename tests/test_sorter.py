@@ -379,3 +379,37 @@ def test_fruit_of_a_clip_and_of_a_live_stream_are_published(settings, tmp_path):
         assert sorted(by_topic["clip"]) == sorted(f["fruit_id"] for f in clip_fruits)
         assert sorted(by_topic["live"]) == sorted(f["fruit_id"] for f in live)
         assert {m["lane"] for m in got} <= {"1", "2", "3"}
+
+
+@pytest.mark.slow
+def test_two_workers_publish_each_decision_once_in_order(tmp_path):
+    """`grader serve --workers 2` on one SQLite database: both workers' publishers drain one outbox,
+    every decision arrives once, and each camera's seq in order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from service.process import ServerProcess
+
+    url = shared_broker_url()
+    prefix = f"test-{uuid.uuid4().hex[:8]}"
+    env = {"GRADER_API_KEYS": ",".join(f"{r}:{k}" for r, k in API_KEYS.items()), "GRADER_MQTT_URL": url,
+           "GRADER_MQTT_TOPIC_PREFIX": prefix}
+    sub = Collector(url, f"{prefix}/+/+/outlet")
+    try:
+        with ServerProcess(tmp_path / "var", env, workers=2) as srv:
+            def post(i: int) -> int:
+                with httpx.Client(timeout=60) as h:  # a connection per camera: the kernel spreads them over the workers
+                    return h.post(srv.url + "/v1/grade", files={"image": ("a.jpg", IMG[i % 4], "image/jpeg")},
+                                  data={"camera_id": f"cam-{i % 3}", "fruit_id": f"f{i}", "mm_per_px": "0.3"},
+                                  headers={"X-API-Key": API_KEYS["camera"]}).status_code
+
+            with ThreadPoolExecutor(6) as pool:
+                assert list(pool.map(post, range(36))) == [200] * 36
+            sub.wait_for(lambda m: len(decisions(m)) >= 36)
+            time.sleep(0.5)  # nothing more comes
+            assert "Traceback" not in srv.log()
+        got = decisions(sub.messages)
+    finally:
+        sub.close()
+    assert sorted(m["fruit_id"] for m in got) == sorted(f"f{i}" for i in range(36))
+    for cam in range(3):
+        assert [m["seq"] for m in got if m["camera_id"] == f"cam-{cam}"] == list(range(1, 13))

@@ -205,7 +205,8 @@ def _sorter_sim(args: argparse.Namespace) -> int:
 
     try:
         tally = run(args.mqtt_url, prefix=args.prefix, line=args.line, delay_s=args.delay_s, mis_ejection_rate=args.mis_ejection_rate,
-                    miss_rate=args.miss_rate, seed=args.seed, count=args.count, out=None if args.quiet else lambda m: print(m, flush=True))
+                    miss_rate=args.miss_rate, seed=args.seed, count=args.count, out=None if args.quiet else lambda m: print(m, flush=True),
+                    client_id=args.client_id or None)
     except KeyboardInterrupt:
         return 0
     except (OSError, ValueError) as exc:  # broker unreachable, bad URL
@@ -315,6 +316,9 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--miss-rate", type=float, default=0.0, help="share of fruit never ejected (0-1)")
     m.add_argument("--count", type=int, help="stop after this many fruit (default: run until Ctrl-C)")
     m.add_argument("--seed", type=int)
+    m.add_argument("--client-id", default="",
+                   help="a persistent session under this MQTT client id: decisions sent while the simulator is away wait "
+                        "for it at the broker (default: a clean session)")
     m.add_argument("--quiet", action="store_true", help="print only the tallies at the end")
     m.set_defaults(func=_sorter_sim)
 

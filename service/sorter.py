@@ -111,16 +111,18 @@ def topic_level(value: str | None) -> str:
     return _TOPIC_UNSAFE.sub("_", value) if value else "none"
 
 
-def make_client(cfg: BrokerConfig, client_id: str):
-    """A paho client for ``cfg`` (TLS, credentials, protocol version), not yet connected. Shared
-    with ``grader sorter-sim``."""
+def make_client(cfg: BrokerConfig, client_id: str, persistent: bool = False):
+    """A paho client for ``cfg`` (TLS, credentials, protocol version), not yet connected; connect it
+    with ``connect(client, cfg)``. ``persistent``: the broker keeps the session's subscriptions and
+    queues QoS 1 messages while the client is away (``grader sorter-sim``, as a controller would)."""
     from paho.mqtt import client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
     if cfg.version == 5:
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
     else:
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311, clean_session=True)
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311, clean_session=not persistent)
+    c._grader_persistent = persistent
     if cfg.username:
         c.username_pw_set(cfg.username, cfg.password)
     if cfg.tls:
@@ -129,6 +131,20 @@ def make_client(cfg: BrokerConfig, client_id: str):
             c.tls_insecure_set(True)
     c.connect_timeout = 5.0
     return c
+
+
+def connect(client, cfg: BrokerConfig) -> None:
+    """Connect a client made by ``make_client`` (MQTT 5: a persistent session lasts a day)."""
+    if cfg.version == 5:
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        props = Properties(PacketTypes.CONNECT)
+        persistent = getattr(client, "_grader_persistent", False)
+        props.SessionExpiryInterval = 86_400 if persistent else 0
+        client.connect(cfg.host, cfg.port, keepalive=cfg.keepalive, clean_start=not persistent, properties=props)
+    else:
+        client.connect(cfg.host, cfg.port, keepalive=cfg.keepalive)
 
 
 # --- the outbox (database side)
@@ -450,7 +466,7 @@ class Publisher:
         c.on_disconnect = lambda cl, ud, flags, rc, props=None: self._on_disconnect(s, rc)
         c.on_publish = lambda cl, ud, mid, rc=None, props=None: self._on_publish(s, mid, rc)
         c.on_message = lambda cl, ud, msg: self._on_message(msg)
-        c.connect(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive)
+        connect(c, self.cfg)
         c.loop_start()
         if not s.connected.wait(6.0) or s.lost.is_set():
             c.loop_stop()

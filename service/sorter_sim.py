@@ -20,13 +20,16 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from .sorter import make_client, parse_url
+from .sorter import connect, make_client, parse_url
 
 
 def run(url: str, prefix: str = "orchard-grader", line: str = "+", delay_s: float = 1.0, mis_ejection_rate: float = 0.0,
         miss_rate: float = 0.0, seed: int | None = None, count: int | None = None, stop: threading.Event | None = None,
-        out: Callable[[str], None] | None = print, ready: threading.Event | None = None) -> dict[str, Any]:
-    """Run until ``stop`` is set, or ``count`` decisions have been handled. Returns the tallies."""
+        out: Callable[[str], None] | None = print, ready: threading.Event | None = None,
+        client_id: str | None = None) -> dict[str, Any]:
+    """Run until ``stop`` is set, or ``count`` decisions have been handled. Returns the tallies.
+    With ``client_id`` the session is persistent: decisions published while the simulator was
+    away are delivered when it is back (QoS 1), as a real controller would want."""
     cfg = parse_url(url)
     prefix = prefix.strip("/")
     rng = random.Random(seed)
@@ -36,7 +39,8 @@ def run(url: str, prefix: str = "orchard-grader", line: str = "+", delay_s: floa
     seen: set[tuple[str, int]] = set()
     outlets: set[str] = set()
     tally = {"decisions": 0, "duplicates": 0, "ejected": 0, "mis_ejected": 0, "missed": 0}
-    client = make_client(cfg, f"orchard-grader-sorter-sim-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+    client = make_client(cfg, client_id or f"orchard-grader-sorter-sim-{os.getpid()}-{uuid.uuid4().hex[:6]}", persistent=bool(client_id))
+    client.reconnect_delay_set(0.2, 2.0)
 
     def on_connect(c, _ud, _flags, rc, _props=None):
         if not rc.is_failure:
@@ -62,7 +66,7 @@ def run(url: str, prefix: str = "orchard-grader", line: str = "+", delay_s: floa
 
     client.on_connect = on_connect
     client.on_message = on_message
-    client.connect(cfg.host, cfg.port, keepalive=cfg.keepalive)
+    connect(client, cfg)
     client.loop_start()
     if out:
         out(f"sorter-sim: listening on {prefix}/{line}/+/outlet at {cfg.safe()}; ejecting after {delay_s:g} s"

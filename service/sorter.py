@@ -55,6 +55,8 @@ COMMIT_TO_PUBACK = Histogram("grader_mqtt_commit_to_puback_seconds", "from a mes
 T = OutboxRow.__table__
 #: the window line rates are judged on (as service/line.py)
 RECENT_MIN = 5
+#: the sorter_streams row that says when the line's alerts were last checked (unix seconds), by any process
+ALERTS_CLOCK = "~alerts-checked-at"
 #: decisions sent this long ago are forgotten (their fruit events stay)
 KEEP_SENT = dt.timedelta(hours=24)
 
@@ -156,6 +158,8 @@ class Outbox:
     def __init__(self, settings) -> None:
         self.settings = settings
         self.prefix = settings.mqtt_topic_prefix.strip("/") or "orchard-grader"
+        if any(ch in self.prefix for ch in "+#\x00"):
+            raise ValueError(f"GRADER_MQTT_TOPIC_PREFIX: no wildcards (+, #) in a topic, got {self.prefix!r}")
         self.wake = threading.Event()  # set after a commit that added messages
         #: result id -> time.time() its transaction committed, when a benchmark asks (a dict), else None
         self.commit_times: dict[str, float] | None = None
@@ -644,6 +648,19 @@ class Publisher:
             PUBLISHED.labels("decision" if r.result_id else "alert").inc()
         return out
 
+    def _my_turn(self) -> bool:
+        """Whether this process checks the line's alerts now: one process of all the workers and
+        replicas each period (the check reads the line's last hour), by a conditional update of a
+        shared clock row."""
+        st = SorterStreamRow.__table__
+        now = int(time.time())
+        due = now - int(self.ALERTS_EVERY_S) + 1
+        with self.repo._write_transaction() as conn:
+            n = next_seq(conn, ALERTS_CLOCK, 0)  # creates the row once
+            if n - 1 > now:  # a clock far ahead (set by a host with a wrong clock): take it back
+                conn.execute(update(st).where(st.c.stream == ALERTS_CLOCK).values(last_seq=0))
+            return conn.execute(update(st).where(st.c.stream == ALERTS_CLOCK, st.c.last_seq < due).values(last_seq=now)).rowcount == 1
+
     def _gone(self, claimer: str) -> bool:
         """Whether a claim's holder was a process of this host that is no longer running (killed,
         say): its claims need not be waited out."""
@@ -721,7 +738,7 @@ class Publisher:
     def _sync_alerts(self) -> None:
         """Publish each line alert once when it starts and once when it clears (retained: the
         topic holds the line's alerts in force), whichever process notices first."""
-        if self.alert_snapshot is None:
+        if self.alert_snapshot is None or not self._my_turn():
             return
         desired = {}
         for a in self.alert_snapshot()["alerts"]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Date, DateTime, Float, ForeignKey, Integer, String, UniqueConstraint, bindparam, create_engine, event, select
+from sqlalchemy import JSON, Boolean, Date, DateTime, Float, ForeignKey, Index, Integer, String, UniqueConstraint, bindparam, create_engine, event, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.types import TypeDecorator
 from sqlalchemy.exc import IntegrityError
@@ -562,7 +562,9 @@ class OutboxRow(Base):
     broker acknowledged it (PUBACK). A decision's row then keeps where the sorter ejected the fruit."""
 
     __tablename__ = "outbox"
-    __table_args__ = (UniqueConstraint("result_id", "fruit_index", name="uq_outbox_result_fruit"),)
+    #: unsent rows in order straight from the index, however many sent ones are kept beside them
+    __table_args__ = (UniqueConstraint("result_id", "fruit_index", name="uq_outbox_result_fruit"),
+                      Index("ix_outbox_pending", "sent_at", "id"))
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     #: the ordered stream the message belongs to ("<line>/<camera>" or "<line>/alerts") and its place in it
     stream: Mapped[str] = mapped_column(String(250))
@@ -579,7 +581,7 @@ class OutboxRow(Base):
     claimed_by: Mapped[str | None] = mapped_column(String(100), nullable=True)
     claimed_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
-    sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True, index=True)
+    sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     ejected_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True, index=True)
     ejected_outlet: Mapped[str | None] = mapped_column(String(100), nullable=True)
 

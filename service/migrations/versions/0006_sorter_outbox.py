@@ -37,7 +37,7 @@ def upgrade() -> None:
     sa.UniqueConstraint('result_id', 'fruit_index', name='uq_outbox_result_fruit')
     )
     with op.batch_alter_table('outbox', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_outbox_sent_at'), ['sent_at'], unique=False)
+        batch_op.create_index('ix_outbox_pending', ['sent_at', 'id'], unique=False)
         batch_op.create_index(batch_op.f('ix_outbox_ejected_at'), ['ejected_at'], unique=False)
     op.create_table('sorter_streams',
     sa.Column('stream', sa.String(length=250), nullable=False),
@@ -58,5 +58,5 @@ def downgrade() -> None:
     op.drop_table('sorter_streams')
     with op.batch_alter_table('outbox', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_outbox_ejected_at'))
-        batch_op.drop_index(batch_op.f('ix_outbox_sent_at'))
+        batch_op.drop_index('ix_outbox_pending')
     op.drop_table('outbox')

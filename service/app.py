@@ -163,6 +163,10 @@ def announce(settings: Settings, host: str, port: int) -> None:
     print(f"  health   : {base}/healthz")
     print(f"  database : {settings.resolved_database_url}")
     print(f"  model    : {settings.model_dir}")
+    if settings.mqtt_url:  # the password, if any, is left out
+        from .sorter import parse_url
+
+        print(f"  sorter   : {parse_url(settings.mqtt_url).safe()}, decisions on {settings.mqtt_topic_prefix}/<line>/<camera_id>/outlet")
     if fresh:
         print(f"  API keys, generated now and shown only this once (send as header X-API-Key; only their hashes are kept, in {keys_file}):")
         for role, key in fresh.items():

@@ -55,8 +55,9 @@ COMMIT_TO_PUBACK = Histogram("grader_mqtt_commit_to_puback_seconds", "from a mes
 T = OutboxRow.__table__
 #: the window line rates are judged on (as service/line.py)
 RECENT_MIN = 5
-#: the sorter_streams row that says when the line's alerts were last checked (unix seconds), by any process
+#: the sorter_streams row that says when the line's alerts were last checked (seconds since CLOCK_EPOCH), by any process
 ALERTS_CLOCK = "~alerts-checked-at"
+CLOCK_EPOCH = 1_767_225_600  # 2026-01-01 UTC: seconds since then fit the counter's 32-bit integer for decades
 #: decisions sent this long ago are forgotten (their fruit events stay)
 KEEP_SENT = dt.timedelta(hours=24)
 
@@ -246,7 +247,6 @@ def sorter_snapshot(repo: Repository, settings, window_min: int, now: dt.datetim
     fruit ejected and mis-ejected lately, fruit never reported ejected; and the alerts they raise."""
     now = now or utcnow()
     recent = now - dt.timedelta(minutes=RECENT_MIN)
-    since = now - dt.timedelta(minutes=window_min)
     timeout = settings.sorter_ejection_timeout_s
     decision = T.c.result_id.is_not(None)
     with repo.sessions() as s:
@@ -256,7 +256,9 @@ def sorter_snapshot(repo: Repository, settings, window_min: int, now: dt.datetim
         mis = s.execute(select(T.c.stream, func.count()).where(T.c.ejected_at >= recent, T.c.ejected_outlet.is_distinct_from(T.c.outlet))
                         .group_by(T.c.stream)).all()
         missing = [] if not timeout else s.execute(
-            select(T.c.stream, func.count()).where(decision, T.c.sent_at >= since, T.c.sent_at < now - dt.timedelta(seconds=timeout),
+            # fruit whose time to be ejected ran out within the last RECENT_MIN minutes
+            select(T.c.stream, func.count()).where(decision, T.c.sent_at >= recent - dt.timedelta(seconds=timeout),
+                                                   T.c.sent_at < now - dt.timedelta(seconds=timeout),
                                                    T.c.ejected_at.is_(None)).group_by(T.c.stream)).all()
     oldest_s = 0.0 if oldest is None else max(0.0, (now - oldest).total_seconds())
 
@@ -278,7 +280,8 @@ def sorter_snapshot(repo: Repository, settings, window_min: int, now: dt.datetim
                        "message": f"{n} fruit ejected at another outlet than decided in the last {RECENT_MIN} min ({ln})"})
     for ln, n in sorted(missing_by_line.items()):
         alerts.append({"kind": "not_ejected", "severity": "critical", "line": ln,
-                       "message": f"{n} fruit sent to the sorter more than {timeout:g} s ago and never reported ejected ({ln})"})
+                       "message": f"{n} fruit sent to the sorter in the last {RECENT_MIN} min not reported ejected within "
+                                  f"{timeout:g} s ({ln})"})
     snap = {"backlog": backlog, "backlog_oldest_s": round(oldest_s, 1), "published_recent": published, "ejected_recent": ejected,
             "mis_ejected_recent": sum(mis_by_line.values()), "not_ejected": sum(missing_by_line.values())}
     return snap, alerts
@@ -367,7 +370,7 @@ class Publisher:
         self.backlog = (0, 0.0)  # messages waiting, age of the oldest (s): refreshed every second
         self.latencies: collections.deque[float] = collections.deque(maxlen=200_000)  # outbox write to PUBACK, seconds
         self.acks: collections.deque[tuple[str, float]] = collections.deque(maxlen=200_000)  # (result id, PUBACK time) for benchmarks
-        self.alert_snapshot: Any = None  # (window_min) -> line snapshot with the sorter's section; set by the app
+        self.alert_snapshot: Any = None  # () -> the line's snapshot with its alerts (line_snapshot); set by the app
         self._ejections: queue.Queue = queue.Queue(maxsize=100_000)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -653,7 +656,7 @@ class Publisher:
         replicas each period (the check reads the line's last hour), by a conditional update of a
         shared clock row."""
         st = SorterStreamRow.__table__
-        now = int(time.time())
+        now = int(time.time()) - CLOCK_EPOCH
         due = now - int(self.ALERTS_EVERY_S) + 1
         with self.repo._write_transaction() as conn:
             n = next_seq(conn, ALERTS_CLOCK, 0)  # creates the row once

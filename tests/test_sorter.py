@@ -163,7 +163,7 @@ DBS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 @pytest.mark.parametrize("db", DBS)
 def test_decisions_are_published_after_commit_in_order_per_camera(settings, db, request):
     url = shared_broker_url()
-    with _app(_db(settings, db, request), mqtt_url=url) as c:
+    with _app(_db(settings, db, request), mqtt_url=url, sorter_ejection_timeout_s=0.5) as c:
         repo, prefix = c.app.state.ctx.repo, c.app.state.ctx.settings.mqtt_topic_prefix
         committed_when_received = []
         sub = Collector(url, f"{prefix}/#", on_message=lambda t, m: committed_when_received.append(repo.get_result(m["result_id"]) is not None))
@@ -187,6 +187,9 @@ def test_decisions_are_published_after_commit_in_order_per_camera(settings, db, 
         assert [e["stage"] for e in events][-2:] == ["outlet", "published"] and events[-1]["seq"] == 2
         assert all(r.sent_at is not None for r in _outbox(c))
         assert c.get("/readyz").json()["status"] == "ready"
+        time.sleep(0.6)  # no sorter reports ejections here: past the timeout every fruit is missing
+        snap = c.get("/v1/line/stats", headers=headers("inspector")).json()
+        assert snap["sorter"]["not_ejected"] == 9 and "not_ejected" in [a["kind"] for a in snap["alerts"]]
 
 
 @pytest.mark.slow

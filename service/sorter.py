@@ -585,6 +585,10 @@ class Publisher:
             raise
 
     def _claim_tx(self, marked: list[tuple[_Claimed, float]], limit: int) -> list[_Claimed]:
+        if not marked and not self._holding:  # idle: a read, not a turn at the writers' lock
+            with self.repo.sessions() as s:
+                if s.execute(select(T.c.id).where(T.c.sent_at.is_(None)).limit(1)).first() is None:
+                    return []
         now = utcnow()
         out: list[_Claimed] = []
         with self.repo._write_transaction() as conn:

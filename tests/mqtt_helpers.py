@@ -39,7 +39,7 @@ def shared_broker_url() -> str:
 class Broker:
     """`mosquitto -c <conf>` on a free port, persistent (sessions and queued messages survive a stop)."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, tls: bool = False, users: dict[str, str] | None = None) -> None:
         exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
         if exe is None:
             if os.environ.get("GRADER_REQUIRE_MQTT") == "1":
@@ -50,8 +50,25 @@ class Broker:
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.conf = self.dir / "mosquitto.conf"
-        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-                             f"persistence_location {self.dir}/\nlog_dest file {self.dir}/mosquitto.log\n")
+        # `user root`: a broker started by root keeps access to the test's files (ignored when not root)
+        conf = [f"listener {self.port} 127.0.0.1", "user root", "persistence true", f"persistence_location {self.dir}/",
+                f"log_dest file {self.dir}/mosquitto.log"]
+        self.ca = None
+        if tls:  # a self-signed certificate for 127.0.0.1, which is also the CA clients trust
+            self.ca = self.dir / "cert.pem"
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(self.dir / "key.pem"),
+                            "-out", str(self.ca), "-days", "1", "-subj", "/CN=localhost", "-addext",
+                            "subjectAltName=IP:127.0.0.1,DNS:localhost"], check=True, capture_output=True)
+            conf += [f"certfile {self.ca}", f"keyfile {self.dir / 'key.pem'}"]
+        if users:
+            pw = self.dir / "passwords"
+            pw.write_text("")
+            for user, password in users.items():
+                subprocess.run(["mosquitto_passwd", "-b", str(pw), user, password], check=True, capture_output=True)
+            conf += ["allow_anonymous false", f"password_file {pw}"]
+        else:
+            conf.append("allow_anonymous true")
+        self.conf.write_text("\n".join(conf) + "\n")
         self.proc: subprocess.Popen | None = None
 
     @property

@@ -416,3 +416,28 @@ def test_two_workers_publish_each_decision_once_in_order(tmp_path):
     assert sorted(m["fruit_id"] for m in got) == sorted(f"f{i}" for i in range(36))
     for cam in range(3):
         assert [m["seq"] for m in got if m["camera_id"] == f"cam-{cam}"] == list(range(1, 13))
+
+
+@pytest.mark.slow
+def test_tls_and_credentials_come_in_the_url(settings, tmp_path):
+    """mqtts:// with the broker's CA and a user: decisions go out; a wrong password is refused,
+    said on /readyz, and the decisions wait."""
+    broker = Broker(tmp_path / "broker", tls=True, users={"grader": "s3cret:pw"}).start()
+    try:
+        base = f"127.0.0.1:{broker.port}?ca={broker.ca}&version=5"
+        with _app(settings, mqtt_url=f"mqtts://grader:s3cret%3Apw@{base}") as c:
+            _grade(c, "cam-a", "a0")
+            deadline = time.monotonic() + 10
+            while not all(r.sent_at for r in _outbox(c)) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert [r.sent_at is not None for r in _outbox(c)] == [True]
+        with _app(settings.model_copy(update={"data_dir": tmp_path / "other"}), mqtt_url=f"mqtts://grader:wrong@{base}") as c:
+            _grade(c, "cam-a", "a0")
+            deadline = time.monotonic() + 10
+            while "error" not in c.get("/readyz").json()["mqtt"] and time.monotonic() < deadline:
+                time.sleep(0.1)
+            ready = c.get("/readyz").json()
+            assert ready["status"] == "degraded" and "refused" in ready["mqtt"]["error"] and "wrong" not in str(ready)
+            assert _outbox(c)[0].sent_at is None
+    finally:
+        broker.stop()

@@ -510,7 +510,7 @@ class Publisher:
             s.lost.set()
         else:
             # one subscriber per group gets each ejection, however many workers and replicas
-            s.client.subscribe(f"$share/{self.cfg.client_id_prefix}/{self.outbox.ejections_filter()}", qos=1)
+            s.client.subscribe(f"$share/{topic_level(self.cfg.client_id_prefix)}/{self.outbox.ejections_filter()}", qos=1)
         s.connected.set()
         s.changed.set()
 

@@ -534,6 +534,7 @@ class Publisher:
             self._ejections.put_nowait((msg.topic, msg.payload, utcnow()))
         except queue.Full:
             EJECTIONS.labels("dropped").inc()
+        self.outbox.wake.set()  # recorded at once, not at the next poll
 
     # -- outbox
 

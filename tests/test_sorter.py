@@ -127,18 +127,18 @@ def test_two_publishers_never_hold_the_same_rows(tmp_path, settings, db, request
         conn.execute(OutboxRow.__table__.update().values(sent_at=None, claimed_by=None, claimed_until=None))
     pubs = [Publisher(st, repo, outbox) for _ in range(4)]
     held: dict[int, list] = {}
-    threading_errors = []
+    errors = []
 
     def claim(p):
         try:
             held[id(p)] = p._claim(10)
         except Exception as exc:  # collected, asserted below
-            threading_errors.append(exc)
+            errors.append(exc)
 
     threads = [threading.Thread(target=claim, args=(p,)) for p in pubs]
     [t.start() for t in threads]
     [t.join() for t in threads]
-    assert threading_errors == []
+    assert errors == []
     ids = [r.id for rows in held.values() for r in rows]
     assert len(ids) == len(set(ids)) == 10
     streams = [{r.stream for r in rows} for rows in held.values()]

@@ -6,7 +6,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 WORKERS ?= 1
 
-.PHONY: run test test-fast train bench clean
+.PHONY: run test test-fast train bench clean mqtt-tools
 
 # serving needs no torch: the base dependencies only
 $(VENV)/.serve-installed: pyproject.toml
@@ -31,10 +31,22 @@ $(CHROMIUM):
 	  $$SUDO apt-get install -y -q chromium >/dev/null || { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q chromium >/dev/null; }; \
 	else echo "no apt-get: install Chromium yourself to run the browser tests"; fi
 
+# Mosquitto's broker and clients (mosquitto_sub/mosquitto_pub) for the sorter-link tests: the tests
+# talk to the machine's broker at 127.0.0.1:1883 and start brokers of their own to stop and kill
+MOSQUITTO ?= /usr/sbin/mosquitto
+MOSQUITTO_SUB ?= /usr/bin/mosquitto_sub
+$(MOSQUITTO) $(MOSQUITTO_SUB):
+	@if command -v apt-get >/dev/null; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y -q mosquitto mosquitto-clients >/dev/null || { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q mosquitto mosquitto-clients >/dev/null; }; \
+	else echo "no apt-get: install Mosquitto (broker and clients) yourself to run the MQTT tests"; fi
+
+mqtt-tools: $(MOSQUITTO) $(MOSQUITTO_SUB)
+
 run: $(VENV)/.serve-installed
 	$(BIN)/grader serve --host $(HOST) --port $(PORT) --workers $(WORKERS)
 
-test: $(VENV)/.all-installed $(CHROMIUM)
+test: $(VENV)/.all-installed $(CHROMIUM) $(MOSQUITTO) $(MOSQUITTO_SUB)
 	$(BIN)/python -m pytest
 
 # the suite without model training and server processes

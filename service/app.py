@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from .registry import Registry
 from .routers import brix, cameras, fruits, grade, health, line, lots, models, pages, results, review, video
 from .settings import Settings
 from .shadow import Shadow
+from .sorter import Outbox, Publisher, line_snapshot
 from .storage import ImageStore, Repository, init_db, make_engine
 
 log = logging.getLogger("grader.service")
@@ -48,6 +50,7 @@ class Context:
     rate_limiter: RateLimiter
     commodity_models: dict[str, ServingModel] = field(default_factory=dict)  # other commodities' serving models
     shadow: "Shadow | None" = None  # a candidate judging live traffic beside the serving model
+    sorter: "Publisher | None" = None  # the MQTT link to the sorter (GRADER_MQTT_URL), else None
     in_flight: int = 0  # grade requests in progress (changed on the event loop only)
 
     def model_for(self, commodity: str | None) -> ServingModel:
@@ -76,7 +79,12 @@ def build_context(settings: Settings) -> Context:
         outlier_min_n=settings.outlier_min_n,
         disagreement_min_brix=settings.disagreement_min_brix,
     )
+    sorter = None
+    if settings.mqtt_url:  # decisions written to the outbox in each result's transaction, published after commit
+        repo.outbox = Outbox(settings)
+        sorter = Publisher(settings, repo, repo.outbox)
     return Context(
+        sorter=sorter,
         settings=settings,
         repo=repo,
         registry=registry,
@@ -99,7 +107,20 @@ def build_context(settings: Settings) -> Context:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     ctx = build_context(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        if ctx.sorter is not None:
+            ctx.sorter.alert_snapshot = lambda: line_snapshot(ctx)
+            ctx.sorter.start()
+        try:
+            yield
+        finally:
+            if ctx.sorter is not None:
+                ctx.sorter.close()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="orchard-grader",
         version="0.1.0",
         description="Fruit quality grading for packhouses: size, defects and sweetness to a grade, an outlet and a review queue. "
@@ -142,6 +163,10 @@ def announce(settings: Settings, host: str, port: int) -> None:
     print(f"  health   : {base}/healthz")
     print(f"  database : {settings.resolved_database_url}")
     print(f"  model    : {settings.model_dir}")
+    if settings.mqtt_url:  # the password, if any, is left out
+        from .sorter import parse_url
+
+        print(f"  sorter   : {parse_url(settings.mqtt_url).safe()}, decisions on {settings.mqtt_topic_prefix}/<line>/<camera_id>/outlet")
     if fresh:
         print(f"  API keys, generated now and shown only this once (send as header X-API-Key; only their hashes are kept, in {keys_file}):")
         for role, key in fresh.items():

@@ -85,6 +85,27 @@ class Settings(BaseSettings):
     #: a fruit the model calls defective with juice this sweet or sweeter is flagged `signals_disagree`
     disagreement_min_brix: float = 13.0
 
+    # --- the sorter link (MQTT; service/sorter.py). Off unless a broker URL is set.
+    #: mqtt://[user:password@]host[:1883], or mqtts:// for TLS (port 8883). Query options: version=3.1.1|5,
+    #: client_id=<prefix>, ca=<CA file>, insecure=1 (TLS without checking the certificate), keepalive=<s>
+    mqtt_url: str | None = None
+    #: topics: <prefix>/<line>/<camera_id>/outlet, <prefix>/<line>/ejections, <prefix>/<line>/alerts
+    mqtt_topic_prefix: str = "orchard-grader"
+    #: the line a camera belongs to unless camera_lines names another, e.g. {"cam-7": "line-2"}
+    line_name: str = "line-1"
+    camera_lines: dict[str, str] = Field(default_factory=dict)
+    #: a fruit published this long ago and not reported ejected by the sorter raises an alert; 0 = the
+    #: sorter does not report ejections
+    sorter_ejection_timeout_s: float = Field(default=30.0, ge=0)
+    #: an outbox message waiting this long for the broker's acknowledgement raises the backlog alert
+    #: (and /readyz says degraded)
+    mqtt_backlog_alert_s: float = Field(default=10.0, gt=0)
+    #: after the broker comes back, wait this long before sending the backlog, so that controllers
+    #: reconnecting at the same time have subscribed again (one with a persistent session misses nothing anyway)
+    mqtt_resume_delay_s: float = Field(default=3.0, ge=0)
+    #: how long a publisher's claim on outbox rows lasts (another worker or replica takes them over after it)
+    mqtt_claim_s: float = Field(default=10.0, gt=0)
+
     @property
     def resolved_database_url(self) -> str:
         if self.database_url:

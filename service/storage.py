@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Date, DateTime, Float, ForeignKey, Integer, String, bindparam, create_engine, event, select
+from sqlalchemy import JSON, Boolean, Date, DateTime, Float, ForeignKey, Index, Integer, String, UniqueConstraint, bindparam, create_engine, event, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.types import TypeDecorator
 from sqlalchemy.exc import IntegrityError
@@ -418,6 +418,9 @@ class Repository:
         self._writer = threading.Lock()
         self._pending_lock = threading.Lock()
         self._pending: list[_SaveJob] = []
+        #: service.sorter.Outbox when decisions go to the sorter (GRADER_MQTT_URL): its messages are
+        #: written in each result's transaction, and its publisher woken once that commits
+        self.outbox: Any = None
 
     def find_by_idempotency_key(self, key: str) -> ResultRow | None:
         with self.sessions() as s:
@@ -458,11 +461,13 @@ class Repository:
                 with self._write_transaction() as conn:
                     for job in group:
                         self._insert(conn, job)
+                    self._enqueue(conn, group)
             except Exception:  # noqa: BLE001 - a constraint (a retry racing its first attempt) or worse: each alone says which
                 pass
             else:
                 for job in group:
                     job.saved, job.done = job.result, True
+                self._committed()
                 return
         for job in group:
             try:
@@ -476,6 +481,8 @@ class Repository:
             try:
                 with self._write_transaction() as conn:
                     self._insert(conn, job)
+                    self._enqueue(conn, [job])
+                self._committed()
                 return job.result
             except IntegrityError:
                 if job.result.idempotency_key:
@@ -494,6 +501,14 @@ class Repository:
         # turns on a file lock first, which hands the database over the moment it is released.
         with _sqlite_file_lock(self.engine, "write"), self.engine.begin() as conn:
             yield conn
+
+    def _enqueue(self, conn: Any, jobs: list["_SaveJob"]) -> None:
+        if self.outbox is not None:  # the sorter's messages for these results, in their transaction
+            self.outbox.enqueue(conn, [job.result for job in jobs])
+
+    def _committed(self) -> None:
+        if self.outbox is not None:
+            self.outbox.committed()
 
     @staticmethod
     def _insert(conn: Any, job: "_SaveJob") -> None:
@@ -536,3 +551,56 @@ class Repository:
         with self.engine.connect() as c:
             c.exec_driver_sql("SELECT 1")
         return True
+
+
+# --- the sorter link (service/sorter.py): decisions and alerts out over MQTT, ejections back
+
+
+class OutboxRow(Base):
+    """A message for the sorter's controller, written in the transaction of what it reports (a
+    graded fruit's outlet decision, an alert starting or clearing), marked sent only once the
+    broker acknowledged it (PUBACK). A decision's row then keeps where the sorter ejected the fruit."""
+
+    __tablename__ = "outbox"
+    #: unsent rows in order straight from the index, however many sent ones are kept beside them
+    __table_args__ = (UniqueConstraint("result_id", "fruit_index", name="uq_outbox_result_fruit"),
+                      Index("ix_outbox_pending", "sent_at", "id"))
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    #: the ordered stream the message belongs to ("<line>/<camera>" or "<line>/alerts") and its place in it
+    stream: Mapped[str] = mapped_column(String(250))
+    seq: Mapped[int] = mapped_column(Integer)
+    topic: Mapped[str] = mapped_column(String(500))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    retain: Mapped[bool] = mapped_column(Boolean, default=False)
+    result_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    fruit_index: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    fruit_row_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    outlet: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    #: a publisher's claim: no two publishers (workers, replicas) send a row at the same time
+    claimed_by: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    claimed_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    ejected_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True, index=True)
+    ejected_outlet: Mapped[str | None] = mapped_column(String(100), nullable=True)
+
+
+class SorterStreamRow(Base):
+    """The last ``seq`` given in each stream of messages (one per camera of a line, one for a line's
+    alerts): a controller sees gaps and duplicates."""
+
+    __tablename__ = "sorter_streams"
+    stream: Mapped[str] = mapped_column(String(250), primary_key=True)
+    last_seq: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class LineAlertRow(Base):
+    """A line alert in force (one row per alert, e.g. ``camera_silent:cam-2``): its start and its
+    clearing are published once, whichever service process sees them first."""
+
+    __tablename__ = "line_alerts"
+    key: Mapped[str] = mapped_column(String(300), primary_key=True)
+    line: Mapped[str] = mapped_column(String(100))
+    alert: Mapped[dict[str, Any]] = mapped_column(JSON)
+    since: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)

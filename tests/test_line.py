@@ -69,7 +69,11 @@ def test_line_page_shows_a_clip_live(tmp_path):
     from playwright.sync_api import sync_playwright
 
     clip = make_conveyor_clip(tmp_path / "belt.avi", lanes=3, seconds=6, seed=5)
-    env = {"GRADER_API_KEYS": ",".join(f"{r}:{k}" for r, k in API_KEYS.items()), "GRADER_LINE_SILENT_S": "4"}
+    from service.process import free_port
+
+    # the sorter's broker is away (nothing listens there): the board shows the decisions waiting for it
+    env = {"GRADER_API_KEYS": ",".join(f"{r}:{k}" for r, k in API_KEYS.items()), "GRADER_LINE_SILENT_S": "4",
+           "GRADER_MQTT_URL": f"mqtt://127.0.0.1:{free_port()}"}
     with ServerProcess(tmp_path / "var", env) as srv, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1366, "height": 768})
@@ -89,6 +93,8 @@ def test_line_page_shows_a_clip_live(tmp_path):
         page.wait_for_selector(f"#n-window:text-is('{graded}')", timeout=15000)  # no reload: the stream brought it
         assert {el.get_attribute("data-name") for el in page.query_selector_all("#lanes .bar")} == {"lane 1", "lane 2", "lane 3"}
         assert "line1-cam1" in page.inner_text("#cameras")
+        page.wait_for_selector(f"#sorter-backlog:text-is('{graded}')", timeout=15000)
+        assert "NOT connected" in page.inner_text("#sorter-detail") and "warn" in page.get_attribute("#sorter-tile", "class")
         page.wait_for_selector("#alerts li.critical:has-text('line1-cam1')", timeout=20000)  # then the camera goes quiet
         assert API_KEYS["inspector"] not in page.url and not problems, problems
         page.screenshot(path=str(tmp_path / "line.png"))

@@ -16,7 +16,7 @@ def healthz(request: Request) -> dict:
             "models": {c: sm.model_id for c, sm in {m.commodity: m, **ctx.commodity_models}.items()}}
 
 
-@router.get("/readyz", summary="Readiness: model loaded, database reachable, image store writable")
+@router.get("/readyz", summary="Readiness: model loaded, database reachable, image store writable (and the MQTT link, when set: degraded without it)")
 def readyz(request: Request) -> JSONResponse:
     ctx = request.app.state.ctx
     try:
@@ -30,8 +30,12 @@ def readyz(request: Request) -> JSONResponse:
     except Exception as exc:  # StorageUnavailable names the cause
         images = str(exc)
     ok = db == "ok" and images == "ok"
-    return JSONResponse({"status": "ready" if ok else "not ready", "database": db, "images": images, "model": ctx.model.spec.version},
-                        status_code=200 if ok else 503, headers=None if ok else {"Retry-After": "5"})
+    body = {"status": "ready" if ok else "not ready", "database": db, "images": images, "model": ctx.model.spec.version}
+    if ctx.sorter is not None:  # grading goes on without the broker: degraded, still ready (decisions wait in the outbox)
+        body["mqtt"] = ctx.sorter.health()
+        if ok and ctx.sorter.degraded():
+            body["status"] = "degraded"
+    return JSONResponse(body, status_code=200 if ok else 503, headers=None if ok else {"Retry-After": "5"})
 
 
 @router.get("/metrics", summary="Prometheus metrics: requests by route, inference batches and latency, queue depth, flags",

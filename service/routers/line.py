@@ -11,7 +11,7 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from ..auth import require
-from ..line import line_stats
+from ..sorter import line_snapshot
 
 router = APIRouter(prefix="/v1/line", tags=["line"])
 
@@ -19,8 +19,7 @@ router = APIRouter(prefix="/v1/line", tags=["line"])
 @router.get("/stats", summary="The line now: throughput per lane, grade mix, flag rate, last flagged fruit, cameras, alerts")
 def stats(request: Request, window_min: int = Query(60, ge=6, le=24 * 60),
           _=Depends(require("inspector", "trainer"))) -> dict[str, Any]:
-    ctx = request.app.state.ctx
-    return line_stats(ctx.repo, window_min, ctx.settings.line_silent_s)
+    return line_snapshot(request.app.state.ctx, window_min)
 
 
 @router.get("/stream", summary="The same snapshot every few seconds as server-sent events (text/event-stream)",
@@ -33,7 +32,7 @@ async def stream(request: Request, window_min: int = Query(60, ge=6, le=24 * 60)
     async def events():
         sent = 0
         while not await request.is_disconnected() and (max_events is None or sent < max_events):
-            snap = await run_in_threadpool(line_stats, ctx.repo, window_min, ctx.settings.line_silent_s)
+            snap = await run_in_threadpool(line_snapshot, ctx, window_min)
             yield f"event: line\ndata: {json.dumps(snap)}\n\n"
             sent += 1
             if max_events is None or sent < max_events:

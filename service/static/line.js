@@ -99,6 +99,7 @@ function render(s) {
   $("n-window").textContent = String(s.fruit.window);
   $("flag-now").textContent = pct(s.flag_rate.recent);
   $("flag-before").textContent = s.flag_rate.before == null ? "" : `normal: ${pct(s.flag_rate.before)}`;
+  renderSorter(s.sorter);
   bars($("lanes"), s.throughput_per_min.lanes.map((l) => ({ name: `lane ${l.lane}`, value: l.fruit_per_min, label: l.fruit_per_min.toFixed(1) })));
   bars($("grades"), s.grade_mix.map((g) => ({ name: g.grade, value: g.count, label: String(g.count) })));
   const alerts = s.alerts.length ? s.alerts : [{ severity: "ok", message: "all rates within their normal bands" }];
@@ -114,6 +115,20 @@ function render(s) {
   }));
   renderThumbs(s.last_flagged);
 }
+
+// the MQTT link to the sorter, when the service has one (GRADER_MQTT_URL)
+function renderSorter(m) {
+  $("sorter-tile").hidden = !m;
+  if (!m) return;
+  $("sorter-backlog").textContent = String(m.backlog);
+  const link = m.connected ? "broker connected" : "broker NOT connected";
+  const oldest = m.backlog ? `, oldest ${Math.round(m.backlog_oldest_s)} s` : "";
+  $("sorter-detail").textContent = `${link}${oldest}; last ${s_recent()} min: ${m.published_recent} sent, ${m.ejected_recent} ejected, ` +
+    `${m.mis_ejected_recent} mis-ejected`;
+  $("sorter-tile").classList.toggle("warn", m.degraded);
+}
+
+const s_recent = () => $("recent-min").textContent;
 
 async function thumb(url) {
   if (!state.thumbs.has(url)) {

@@ -48,7 +48,7 @@ def photo_sets(data: Path, split: str, limit: int | None) -> dict[str, list[tupl
             out[name] = [(apples / it.path, "apple", "defective" if it.label == "defective" else "sound") for it in items]
     for commodity in ("lemon", "orange"):
         try:
-            items = citrus.build_manifest(data, commodity, seed=7, cache_dir=REPO / "var" / "bench-cache")
+            items = citrus.build_manifest(data, commodity, seed=7, cache_dir=REPO / "var" / "fruit_check" / "cache")
         except (FileNotFoundError, OSError):
             continue
         out[f"{commodity}s"] = [(data / it.path, commodity, "sound" if it.label == "sound" else "defective")

@@ -102,6 +102,9 @@ def judge(ev: list, reference: list | None) -> dict[str, float | int]:
         "early_distance": sum("early-distance" in e.ood_signals for e in ev) / n,
         "energy": sum("energy" in e.ood_signals for e in ev) / n,
         "either": sum(bool(e.ood) for e in ev) / n,
+        # not graded at all: the model's fruit check says the crop is not a fruit
+        "not_fruit": sum(e.is_fruit is False for e in ev) / n,
+        "caught": sum(bool(e.ood) or e.is_fruit is False for e in ev) / n,
         "median_distance": float(np.median(dist)),
         "median_early_distance": float(np.median(early)),
     }
@@ -225,15 +228,16 @@ def main(argv: list[str] | None = None) -> int:
     rows = {name: judge(evidence(model, c), None if name.startswith(spec.name) else test_ev) for name, c in sets.items()}
     early_thr = "none" if spec.ood_distance_early_threshold is None else f"{spec.ood_distance_early_threshold:.4g}"
     print(f"{spec.name} {spec.version}: thresholds ood_distance {spec.ood_distance_threshold:.4g}, ood_distance_early "
-          f"{early_thr}, ood_energy {spec.ood_energy_threshold:.4g} (each the 0.99 quantile of the val crops)")
-    print("| crops | n | over ood_distance | over ood_distance_early | over ood_energy | any (flag `ood`) | median distance / early "
-          "| AUROC vs test crops: distance / early / energy |")
-    print("|---|---|---|---|---|---|---|---|")
+          f"{early_thr}, ood_energy {spec.ood_energy_threshold:.4g} (each the 0.99 quantile of the val crops), "
+          f"fruit check {spec.fruit_threshold}")
+    print("| crops | n | over ood_distance | over ood_distance_early | over ood_energy | any (flag `ood`) | not fruit (not graded) "
+          "| flagged or not graded | median distance / early | AUROC vs test crops: distance / early / energy |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name, r in rows.items():
         roc = (f"{r['auroc_distance']:.2f} / {r['auroc_early_distance']:.2f} / {r['auroc_energy']:.2f}"
                if "auroc_distance" in r else "–")
         print(f"| {name} | {r['n']} | {r['distance']:.1%} | {r['early_distance']:.1%} | {r['energy']:.1%} | {r['either']:.1%} "
-              f"| {r['median_distance']:.1f} / {r['median_early_distance']:.1f} | {roc} |")
+              f"| {r['not_fruit']:.1%} | {r['caught']:.1%} | {r['median_distance']:.1f} / {r['median_early_distance']:.1f} | {roc} |")
     if a.blocks and spec.test_time_views > 1:
         # the block taps read the network's own tensors, which a views graph holds for every view
         parent = spec.raw.get("derived_from", {}).get("artifact")

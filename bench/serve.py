@@ -25,7 +25,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-KEY = "bench-camera-key-123"
+KEY = "bench-camera-key-0123456789"
 
 from service.process import ServerProcess  # noqa: E402
 

@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 from bench.serve import images  # noqa: E402
 from service.process import ServerProcess  # noqa: E402
 
-KEY = "soak-camera-key-1"
+KEY = "soak-camera-key-0123456789"
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 

@@ -16,8 +16,9 @@ from grader.flags import FlagPolicy
 from grader.standards import Standard, get_standard, load_standards
 
 from . import errors
-from .auth import KeyRing, RateLimiter, load_or_create_keys
+from .auth import AuthFailureLimiter, KeyRing, RateLimiter, load_or_create_keys
 from .batcher import MicroBatcher, ServingModel
+from .gate import Gate
 from .metrics import MetricsMiddleware
 from .registry import Registry
 from .routers import brix, cameras, fruits, grade, health, line, lots, models, pages, results, review, video
@@ -46,6 +47,7 @@ class Context:
     api_keys: KeyRing
     keys_file: Path | None
     rate_limiter: RateLimiter
+    auth_failures: AuthFailureLimiter
     commodity_models: dict[str, ServingModel] = field(default_factory=dict)  # other commodities' serving models
     shadow: "Shadow | None" = None  # a candidate judging live traffic beside the serving model
     in_flight: int = 0  # grade requests in progress (changed on the event loop only)
@@ -58,7 +60,8 @@ class Context:
 def build_context(settings: Settings) -> Context:
     cv2.setNumThreads(settings.opencv_threads)  # process-wide: measurement's OpenCV calls
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.resolved_database_url)
+    settings.tmp_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.resolved_database_url, settings.sqlite_synchronous)
     init_db(engine)
     batcher = MicroBatcher(settings.max_batch, settings.max_batch_wait_ms, settings.max_inference_queue)
     repo = Repository(engine)
@@ -92,6 +95,7 @@ def build_context(settings: Settings) -> Context:
         api_keys=keys,
         keys_file=keys_file,
         rate_limiter=RateLimiter(settings.rate_limit_per_min),
+        auth_failures=AuthFailureLimiter(settings.auth_failure_burst, settings.auth_failures_per_min),
         shadow=registry.startup_shadow(),
     )
 
@@ -104,6 +108,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description="Fruit quality grading for packhouses: size, defects and sweetness to a grade, an outlet and a review queue. "
         "Authenticate with the `X-API-Key` header.",
+        docs_url=None,  # served below from the service's own copy of Swagger UI, never a CDN
+        redoc_url=None,
     )
     app.state.ctx = ctx
     app.add_middleware(MetricsMiddleware)
@@ -113,6 +119,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(r.router, responses=errors.ERROR_RESPONSES)
     app.include_router(pages.router)
     app.mount("/static", pages.static_files(), name="static")
+    if settings.docs_enabled:
+        pages.add_docs(app)
+    app.add_middleware(Gate)  # in front of everything that could read a body: the key and the size first
     app.add_middleware(pages.PageHeaders)
     return app
 
@@ -136,7 +145,8 @@ def announce(settings: Settings, host: str, port: int) -> None:
     _, keys_file, fresh = load_or_create_keys(settings.api_keys, settings.data_dir)
     base = f"http://{host}:{port}"
     print(f"orchard-grader on {base}")
-    print(f"  API docs : {base}/docs")
+    if settings.docs_enabled:
+        print(f"  API docs : {base}/docs")
     print(f"  review   : {base}/review")
     print(f"  line     : {base}/line")
     print(f"  health   : {base}/healthz")

@@ -50,6 +50,17 @@ def number_field(name: str, raw: str | None, lo: float, hi: float, lo_open: bool
     return v
 
 
+def physical_field(name: str, raw: str | None) -> float | None:
+    """An optional form or query field holding a physical quantity, checked against its
+    plausible range (service/limits.py); 422 naming the field otherwise."""
+    from .limits import OutOfRange, parse
+
+    try:
+        return parse(name, raw)
+    except OutOfRange as exc:
+        raise ApiError(422, exc.code, exc.message, exc.field) from None
+
+
 def text_field(name: str, raw: str | None, max_len: int = 100) -> str | None:
     if raw is None or raw.strip() == "":
         return None
@@ -60,8 +71,9 @@ def text_field(name: str, raw: str | None, max_len: int = 100) -> str | None:
     return raw.strip()
 
 
-async def read_limited(upload: UploadFile, limit: int) -> bytes:
+async def read_limited(upload: UploadFile, limit: int, field: str = "image", kind: str = "image") -> bytes:
+    """An uploaded file's bytes; 413 ``<kind>_too_large`` naming the field past ``limit``."""
     data = await upload.read(limit + 1)
     if len(data) > limit:
-        raise ApiError(413, "image_too_large", f"image is larger than the limit of {limit} bytes", "image")
+        raise ApiError(413, f"{kind}_too_large", f"{field} is larger than the limit of {limit} bytes", field)
     return data

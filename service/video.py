@@ -203,15 +203,15 @@ def check_avi(path: Path, max_pixels: int, max_frames: int) -> None:
 
     frames = 0
     with open(path, "rb") as f:
-        stack = [(12, size)]
-        while stack:
-            start, end = stack.pop()
+        todo = [(12, size)]  # lists in file order: the header list (hdrl) before the frames (movi)
+        while todo:
+            start, end = todo.pop(0)
             for cid, off, length in chunks(f, start, end):
                 if cid == b"LIST":
                     f.seek(off)
                     kind = f.read(4)
                     if kind in (b"hdrl", b"movi", b"rec "):
-                        stack.append((off + 4, off + length))
+                        todo.append((off + 4, off + length))
                 elif cid == b"avih" and length >= 40:
                     f.seek(off + 32)
                     wh = f.read(8)

@@ -26,7 +26,7 @@ from typing import Any
 from fastapi.responses import JSONResponse
 from prometheus_client import Counter
 from starlette.datastructures import Headers
-from starlette.exceptions import HTTPException
+from fastapi import HTTPException  # FastAPI passes its own HTTPException on while parsing a body (others become 400)
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 

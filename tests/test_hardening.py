@@ -61,6 +61,10 @@ def read_answer(sock: socket.socket, timeout: float) -> tuple[int, dict[str, str
     return int(lines[0].split()[1]), hdrs, rest
 
 
+MULTIPART_START = (b'--b\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n'
+                   b"Content-Type: image/jpeg\r\n\r\n")
+
+
 def post_raw(port: int, path: str, body_len: int, ctype: str, key: str | None = None, chunked: bool = False,
              stop_after: int | None = None, timeout: float = 10.0) -> tuple[int, dict[str, str], bytes, float]:
     """Send a request head announcing ``body_len`` bytes, then the body from a thread (stopping
@@ -77,6 +81,9 @@ def post_raw(port: int, path: str, body_len: int, ctype: str, key: str | None = 
         block = b"x" * 65536
         sent = 0
         try:
+            if ctype.startswith("multipart/") and not chunked:  # a well-formed start: the parser waits for the rest
+                sock.sendall(MULTIPART_START)
+                sent = len(MULTIPART_START)
             while sent < (stop_after if stop_after is not None else body_len) and not answered.is_set():
                 piece = block[: min(len(block), body_len - sent)]
                 sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
@@ -170,7 +177,7 @@ def test_the_websocket_stream_grades_frames_on_a_real_server(server, tmp_path):
 
     from datasets.video import make_conveyor_clip
 
-    clip = make_conveyor_clip(tmp_path / "belt.avi", lanes=1, seconds=3, seed=2)
+    clip = make_conveyor_clip(tmp_path / "belt.avi", lanes=1, seconds=4, seed=2)
     cap = cv2.VideoCapture(str(clip.path))
     frames = []
     while (got := cap.read())[0]:

@@ -51,7 +51,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     422: {"model": ErrorBody, "description": "a field is invalid; the body names it"},
     429: {"model": ErrorBody, "description": "the key is over its rate limit; see Retry-After"},
     503: {"model": ErrorBody, "description": "overloaded or database/storage unavailable; see Retry-After"},
-    507: {"model": ErrorBody, "description": "the image store is full; nothing was stored"},
+    507: {"model": ErrorBody, "description": "the image store or the database's disk is full; nothing was stored"},
 }
 
 

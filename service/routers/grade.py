@@ -43,7 +43,8 @@ GRADE_EXAMPLE = {
     "`brix` (°Brix at 20 °C), `mm_per_px` (camera scale), `standard` (a standard id), `commodity` (apple, orange, lemon; "
     "default: the lot's, else the service's; the result says which was used). The result is stored before "
     "the reply. A retry with the same `Idempotency-Key` header, or the same `camera_id` + `fruit_id`, returns the "
-    "first result instead of grading twice.",
+    "first result instead of grading twice; the same key with another image or other fields is refused (422 "
+    "`idempotency_key_reused`). Keys are scoped to the API key that sent them.",
     responses={200: {"content": {"application/json": {"example": GRADE_EXAMPLE}}}, 401: {"description": "missing or unknown API key"},
                413: {"description": "image over the byte limit"}, 422: {"description": "bad image or field; the body names the field"}},
 )

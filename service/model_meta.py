@@ -112,7 +112,14 @@ def validate_metadata(meta: Any) -> ModelMetadata:
 
 
 def promotion_problem(meta: dict[str, Any]) -> str | None:
-    """Why a version may not serve (missing or impossible test metrics), or None."""
+    """Why a version may not serve (thresholds or preprocessing out of bounds, as a version
+    registered before these checks might have; missing or impossible test metrics), or None."""
+    for name, schema in (("thresholds", Thresholds), ("preprocessing", Preprocessing)):
+        try:
+            schema.model_validate(meta.get(name))
+        except ValidationError as exc:
+            e = exc.errors()[0]
+            return f"{name}.{'.'.join(str(x) for x in e['loc'])}: {e['msg']}"
     test = (meta.get("metrics") or {}).get("test")
     if not isinstance(test, dict):
         return "its metadata has no metrics.test: evaluate it (grader train or grader evaluate) before promoting"

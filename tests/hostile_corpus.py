@@ -172,6 +172,10 @@ def cases(workdir: Path) -> list[Case]:
                               ("reference_diameter_mm", "0.0001"), ("camera_id", "x" * 5000), ("lot_id", "\x00")):
         grade(f"{field_name}={value[:12]!r}", jpg, {422}, **{field_name: value})
     grade("no such lot", jpg, {404}, lot_id="L-none")
+    for i, odd in enumerate(["../../etc/passwd", "..\\..\\windows\\win.ini", "🍎-\u202eevil", "x'; DROP TABLE results;--", "%2e%2e%2f"]):
+        grade(f"identifier {i} is data", jpg, {200}, camera_id=odd, fruit_id=f"{odd}-{i}")
+    out.append(Case("lots: a path as the id", "GET", "/v1/lots/..%2F..%2Fetc%2Fpasswd", "inspector", {404}))
+    out.append(Case("calibration: a path as the camera", "GET", "/v1/cameras/..%2F..%2Fetc/calibration", "inspector", {404}))
     out.append(Case("grade: no image part", "POST", "/v1/grade", "camera", {422}, data={"mm_per_px": "0.3"}))
     out.append(Case("grade: JSON instead of a form", "POST", "/v1/grade", "camera", {400, 422}, content=b'{"image": 1}',
                     headers={"Content-Type": "application/json"}))

@@ -207,11 +207,19 @@ def test_the_websocket_stream_grades_frames_on_a_real_server(server, tmp_path):
 
 @pytest.mark.slow
 def test_key_guessing_is_throttled_and_readiness_needs_room_for_the_largest_upload(tmp_path):
-    """Issue 25, points 9 and 7 (one server: guessing blocks its address)."""
-    env = {**KEYS_ENV, "GRADER_AUTH_FAILURE_BURST": "20", "GRADER_AUTH_FAILURES_PER_MIN": "6",
+    """Issue 25, points 9, 7 and 10's connection limit (one server: guessing blocks its address)."""
+    env = {**KEYS_ENV, "GRADER_AUTH_FAILURE_BURST": "20", "GRADER_AUTH_FAILURES_PER_MIN": "6", "GRADER_MAX_CONNECTIONS": "4",
            # a largest accepted upload bigger than any disk: the disk counts as full
            "GRADER_MAX_VIDEO_BYTES": str(10**15)}
     with ServerProcess(tmp_path / "var", env) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
+        idle = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(4)]
+        try:
+            time.sleep(0.3)
+            assert httpx.get(srv.url + "/healthz", timeout=10).status_code == 503  # the fifth connection
+        finally:
+            for s in idle:
+                s.close()
+        time.sleep(0.5)
         ready = c.get("/readyz")
         assert ready.status_code == 503 and ready.json()["images"].startswith("full") and ready.json()["database"].startswith("full")
         assert c.get("/healthz").status_code == 200

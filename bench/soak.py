@@ -98,7 +98,9 @@ def reconcile(db_url: str, outcomes: dict) -> dict:
 
     engine = create_engine(db_url)
     with engine.connect() as c:
-        stored = dict(c.execute(text("SELECT idempotency_key, id FROM results WHERE idempotency_key LIKE 'soak-%'")).all())
+        # stored as "<API key fingerprint>|<Idempotency-Key>": idempotency keys are scoped to the API key
+        stored = {k.split("|", 1)[1]: rid for k, rid in c.execute(text("SELECT idempotency_key, id FROM results "
+                                                                         "WHERE idempotency_key LIKE '%|soak-%'")).all()}
         images = {r for (r,) in c.execute(text("SELECT r.id FROM results r JOIN images i ON i.sha256 = r.image_sha256"))}
     engine.dispose()
     accepted = {k: v[1] for k, v in outcomes.items() if v[0] == 200}

@@ -67,8 +67,10 @@ def serving_metadata(repo: Repository, default_dir: Path) -> dict[str, Any]:
 
 
 class Registry:
-    def __init__(self, repo: Repository, store_dir: Path, batcher: MicroBatcher, threads: int, poll_s: float = 5.0) -> None:
+    def __init__(self, repo: Repository, store_dir: Path, batcher: MicroBatcher, threads: int, poll_s: float = 5.0,
+                 check_timeout_s: float = 120.0) -> None:
         self.repo, self.store_dir, self.batcher, self.threads, self.poll_s = repo, Path(store_dir), batcher, threads, poll_s
+        self.check_timeout_s = check_timeout_s
         self._lock = threading.Lock()
         self._checked = 0.0
 
@@ -125,6 +127,7 @@ class Registry:
         its parity probe rerun) in a temporary folder, and register it. Every failure is an
         InvalidModelArtifact naming what is wrong (422), and the temporary folder is removed on
         every path."""
+        from .model_check import check_in_child
         from .model_meta import validate_metadata
 
         try:
@@ -151,6 +154,8 @@ class Registry:
         try:
             (tmp / "model.onnx").write_bytes(onnx_bytes)
             (tmp / "metadata.json").write_bytes(meta_bytes)
+            # a graph that would crash or hang ONNX Runtime does so in a process of its own
+            check_in_child(tmp, self.check_timeout_s)
             try:
                 # refuse what would not serve (corrupt, mismatching) or is not what was trained
                 OnnxDefectModel(tmp, self.threads).check_parity()

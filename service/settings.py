@@ -62,6 +62,8 @@ class Settings(BaseSettings):
     #: POST /v1/models: bytes of model.onnx and of metadata.json
     max_model_bytes: int = Field(default=100 * 1024 * 1024, gt=0)
     max_metadata_bytes: int = Field(default=1024 * 1024, gt=0)
+    #: seconds an uploaded model may take to load and run its checks (in a process of its own) before it is refused
+    model_check_timeout_s: float = Field(default=120.0, gt=0)
     #: bytes of any other request body (JSON bodies, forms without a file)
     max_json_bytes: int = Field(default=64 * 1024, gt=0)
 

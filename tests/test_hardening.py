@@ -249,6 +249,25 @@ def test_broken_models_are_422_naming_the_problem_and_leave_nothing(client, sett
     assert len(client.get("/v1/models", headers=headers("trainer")).json()["models"]) == 3  # the shipped ones only
 
 
+def test_a_model_is_first_loaded_in_a_process_of_its_own(settings, tmp_path):
+    """A graph that would crash or hang ONNX Runtime takes a child process down, not the service:
+    the upload is refused (422) when the check fails, crashes or outruns its time."""
+    from fastapi.testclient import TestClient
+
+    from grader.errors import InvalidModelArtifact
+    from service.app import create_app
+    from service.model_check import check_in_child
+
+    from .test_models import artifact
+
+    with pytest.raises(InvalidModelArtifact, match="no model artifact"):
+        check_in_child(tmp_path, 120)
+    with TestClient(create_app(settings.model_copy(update={"model_check_timeout_s": 0.001}))) as c:
+        r = upload(c, model_files(*artifact("0.9.1-slow")))
+        assert r.status_code == 422 and "took longer" in r.json()["error"]["message"]
+        assert not list((settings.data_dir / "models").glob(".upload-*"))
+
+
 def test_oversized_metadata_is_named_as_metadata(client):
     pytest.importorskip("onnx")
     r = upload(client, model_files(onnx_graph(), b" " * (1024 * 1024 + 1)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -135,7 +136,10 @@ def app_from_env() -> FastAPI:
     collector's reach: full collections then scan only what requests left behind. Without it the
     first full collection after start held one request for about 75 ms
     (`bench/stages.py --repeats 15 --no-freeze`)."""
-    app = create_app(Settings())
+    settings = Settings()
+    app = create_app(settings)
+    # parts of an upload that are spooled to disk while it is read wait inside the data dir too
+    tempfile.tempdir = str(settings.tmp_dir.resolve())
     gc.collect()
     gc.freeze()
     return app

@@ -207,14 +207,14 @@ def store(ctx, req: GradeRequest, data: bytes, media_type: str, rgb: np.ndarray,
     ]
     try:
         saved = ctx.repo.save_result(img, row, fruit_rows)
+        replayed = saved.id != row.id  # a concurrent retry committed first: its result is the answer
+        if replayed:
+            check_same_request(req, saved)
     except BaseException:
         if wrote:  # nothing references the file this request wrote (unless a concurrent request stored it meanwhile)
             discard_unreferenced(ctx, sha, path)
         raise
     STORE_SECONDS.observe(time.perf_counter() - t0)
-    replayed = saved.id != row.id  # a concurrent retry committed first: its result is the answer
-    if replayed:
-        check_same_request(req, saved)
     if not replayed:
         for f in fruits:
             FRUITS.labels(f.decision.grade if f.decision else "none").inc()

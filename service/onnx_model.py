@@ -13,7 +13,11 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import onnxruntime as ort
+
+# ONNX Runtime's telemetry SDK otherwise leaves a session file (.ses) in the system's temporary
+# folder at import: the service writes nothing outside its data dir, and phones nowhere
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+import onnxruntime as ort  # noqa: E402
 
 from grader.defect import ModelOutputs, ModelSpec, evidence_from_outputs, parity_probe, preprocess
 from grader.errors import InvalidModelArtifact

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Annotated
 
@@ -33,21 +32,6 @@ def _note(v: str | None) -> str | None:
 PlainText = Annotated[str, AfterValidator(_plain)]
 #: free text (a note): line breaks and tabs allowed, other control characters not
 NoteText = Annotated[str, AfterValidator(_note)]
-
-
-def number_field(name: str, raw: str | None, lo: float, hi: float, lo_open: bool = False) -> float | None:
-    """Parse an optional numeric form field; 422 naming the field when it is not a finite number in range."""
-    if raw is None or raw.strip() == "":
-        return None
-    try:
-        v = float(raw)
-    except ValueError:
-        raise ApiError(422, "invalid_value", f"{name} must be a number, got {raw[:40]!r}", name) from None
-    if not math.isfinite(v):
-        raise ApiError(422, "invalid_value", f"{name} must be a finite number, got {raw[:40]!r}", name)
-    if v < lo or v > hi or (lo_open and v == lo):
-        raise ApiError(422, "out_of_range", f"{name} must be {'>' if lo_open else '>='} {lo:g} and <= {hi:g}, got {v:g}", name)
-    return v
 
 
 def physical_field(name: str, raw: str | None) -> float | None:

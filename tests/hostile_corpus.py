@@ -75,6 +75,24 @@ def avi_with_huge_frames(avi: bytes, w: int = 7000, h: int = 7000, header_too: b
     return bytes(buf)
 
 
+def mutated(data: bytes, seed: int) -> bytes:
+    """``data`` with a few bytes flipped, cut out or inserted (seeded): what a flaky link or a
+    fuzzer sends."""
+    import random
+
+    rng = random.Random(seed)
+    b = bytearray(data)
+    for _ in range(rng.choice([1, 3, 10, 40])):
+        k, mode = rng.randrange(len(b)), rng.random()
+        if mode < 0.6:
+            b[k] = rng.randrange(256)
+        elif mode < 0.8:
+            del b[k : k + rng.randrange(1, 300)]
+        else:
+            b[k:k] = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 50)))
+    return bytes(b)
+
+
 # ------------------------------------------------------------------ model artifacts
 
 def onnx_graph(channels: int = 3, dtype: str = "float", batch: int | str = "N", size: int = 128, outputs: int = 2) -> bytes:
@@ -171,6 +189,9 @@ def cases(workdir: Path) -> list[Case]:
     for field_name, value in (("brix", "true"), ("brix", "99"), ("brix", "-0.1"), ("reference_diameter_mm", "1e9"),
                               ("reference_diameter_mm", "0.0001"), ("camera_id", "x" * 5000), ("lot_id", "\x00")):
         grade(f"{field_name}={value[:12]!r}", jpg, {422}, **{field_name: value})
+    for seed in range(8):  # damaged in transit: graded when the damage spares the fruit, else refused
+        grade(f"mutated JPEG {seed}", mutated(jpg, seed), {200, 422})
+        grade(f"mutated PNG {seed}", mutated(png_bytes(img), 100 + seed), {200, 422}, ctype="image/png")
     grade("no such lot", jpg, {404}, lot_id="L-none")
     for i, odd in enumerate(["../../etc/passwd", "..\\..\\windows\\win.ini", "🍎-\u202eevil", "x'; DROP TABLE results;--", "%2e%2e%2f"]):
         grade(f"identifier {i} is data", jpg, {200}, camera_id=odd, fruit_id=f"{odd}-{i}")
@@ -201,6 +222,9 @@ def cases(workdir: Path) -> list[Case]:
     }.items():
         out.append(Case(f"video: {name}", "POST", "/v1/cameras/cam-h/video", "camera", {422},
                         files=[("video", ("clip.avi", data, "video/x-msvideo"))], data={"mm_per_px": "0.6"}))
+    for seed in range(6):
+        out.append(Case(f"video: mutated AVI {seed}", "POST", "/v1/cameras/cam-h/video", "camera", {200, 422},
+                        files=[("video", ("clip.avi", mutated(avi, seed), "video/x-msvideo"))], data={"mm_per_px": "0.6"}))
     # a clip cut short: the frames before the cut may be graded, or it is refused; never a 5xx
     out.append(Case("video: truncated AVI", "POST", "/v1/cameras/cam-h/video", "camera", {200, 422},
                     files=[("video", ("clip.avi", avi[: len(avi) // 3], "video/x-msvideo"))], data={"mm_per_px": "0.6"}))

@@ -154,15 +154,17 @@ class Registry:
         try:
             (tmp / "model.onnx").write_bytes(onnx_bytes)
             (tmp / "metadata.json").write_bytes(meta_bytes)
-            # a graph that would crash or hang ONNX Runtime does so in a process of its own
-            check_in_child(tmp, self.check_timeout_s)
             try:
+                # a graph that would crash or hang ONNX Runtime does so in a process of its own
+                check_in_child(tmp, self.check_timeout_s)
                 # refuse what would not serve (corrupt, mismatching) or is not what was trained
                 OnnxDefectModel(tmp, self.threads).check_parity()
-            except InvalidModelArtifact:
-                raise
+            except InvalidModelArtifact as exc:  # named without the server's folders
+                raise InvalidModelArtifact(exc.message.replace(f"{tmp}/", "").replace(str(tmp), "the upload"),
+                                           field=exc.field or "model") from None
             except Exception as exc:  # noqa: BLE001 - ONNX Runtime's own errors, numpy's on odd outputs: all a bad artifact
-                raise InvalidModelArtifact(f"model.onnx cannot be used: {type(exc).__name__}: {str(exc)[:500]}", field="model") from None
+                raise InvalidModelArtifact(f"model.onnx cannot be used: {type(exc).__name__}: {str(exc)[:500]}".replace(str(tmp), "the upload"),
+                                           field="model") from None
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(dest, ignore_errors=True)
             tmp.rename(dest)

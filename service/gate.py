@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -59,10 +60,10 @@ class BodyTooLarge(HTTPException):
 
 
 class BodyTimeout(HTTPException):
-    """The client stopped sending its body."""
+    """The client stopped sending its body, or sends it slower than the service accepts."""
 
-    def __init__(self, seconds: float) -> None:
-        super().__init__(408, f"no byte of the request body arrived for {seconds:g} s", headers={"Connection": "close"})
+    def __init__(self, message: str) -> None:
+        super().__init__(408, message, headers={"Connection": "close"})
         self.code, self.field = "body_timeout", None
 
 
@@ -182,7 +183,7 @@ class Gate:
         if not has_body:
             await self.app(scope, receive, send)
             return
-        await self.guarded(scope, receive, send, limit, settings.body_read_timeout_s)
+        await self.guarded(scope, receive, send, limit, settings.body_read_timeout_s, settings.min_body_rate_bytes_s)
 
     @staticmethod
     def authenticate(ctx: Any, scope: Scope, headers: Headers, roles: frozenset[str]) -> JSONResponse | None:
@@ -215,12 +216,14 @@ class Gate:
         REFUSED.labels(reason).inc()
         await response(scope, receive, send)
 
-    async def guarded(self, scope: Scope, receive: Receive, send: Send, limit: int, timeout_s: float) -> None:
+    async def guarded(self, scope: Scope, receive: Receive, send: Send, limit: int, timeout_s: float, min_rate: float) -> None:
         """Run the app with a receive that counts the body against ``limit`` and gives up on a
-        client that stops sending it."""
+        client that stops sending it for ``timeout_s``, or that, past ``timeout_s``, has sent less
+        than ``min_rate`` bytes a second on average (a body dripped a byte at a time)."""
         received = 0
         body_done = False
         started = False
+        t0 = time.monotonic()
 
         async def guarded_receive() -> Message:
             nonlocal received, body_done
@@ -230,13 +233,17 @@ class Gate:
                 message = await asyncio.wait_for(receive(), timeout_s)
             except asyncio.TimeoutError:
                 body_done = True
-                raise BodyTimeout(timeout_s) from None
+                raise BodyTimeout(f"no byte of the request body arrived for {timeout_s:g} s") from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
                     body_done = True
                     raise BodyTooLarge(limit)
                 body_done = not message.get("more_body", False)
+                elapsed = time.monotonic() - t0
+                if not body_done and elapsed > timeout_s and received < min_rate * elapsed:
+                    body_done = True
+                    raise BodyTimeout(f"the body arrives at {received / elapsed:.0f} bytes/s, under the minimum of {min_rate:g}")
             else:
                 body_done = True
             return message

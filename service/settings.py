@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     #: a client that sends no byte of its body (or of its request head) for this long is answered
     #: 408 and its connection closed
     body_read_timeout_s: float = Field(default=15.0, gt=0)
+    #: ...and one whose body, after that long, has come at under this many bytes a second on
+    #: average (a body dripped a byte at a time) gets 408 too
+    min_body_rate_bytes_s: float = Field(default=16 * 1024, ge=0)
     #: an idle keep-alive connection is closed after this long
     timeout_keep_alive_s: int = Field(default=5, ge=1)
     #: open connections per server process; past it new ones get 503 (uvicorn's limit_concurrency)

@@ -159,6 +159,21 @@ def test_a_client_that_stops_sending_is_cut_off(server):
                                         stop_after=64 * 1024, timeout=15)
     assert status == 408 and hdrs["connection"] == "close" and json.loads(body)["error"]["code"] == "body_timeout"
     assert 1.5 < took < 8
+    # a body dripped 100 bytes every 0.3 s: under the minimum rate once the 2 s have passed
+    with socket.create_connection(("127.0.0.1", server.port)) as s:
+        s.sendall((f"POST /v1/grade HTTP/1.1\r\nHost: x\r\nX-API-Key: {API_KEYS['camera']}\r\n"
+                   "Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 1000000\r\n\r\n").encode() + MULTIPART_START)
+        t0, answer = time.monotonic(), b""
+        s.settimeout(0.3)
+        while b"\r\n\r\n" not in answer and time.monotonic() - t0 < 15:
+            try:
+                s.sendall(b"x" * 100)
+                answer += s.recv(65536)
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+        assert answer.startswith(b"HTTP/1.1 408") and time.monotonic() - t0 < 8, answer[:200]
     with socket.create_connection(("127.0.0.1", server.port)) as s:
         s.sendall(b"POST /v1/grade HTTP/1.1\r\nHost: x\r\n")  # and nothing more
         s.settimeout(15)

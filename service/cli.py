@@ -49,7 +49,9 @@ def server_options(settings) -> dict:
     return {
         "factory": True,
         "http": NoDelayHttpProtocol,
-        "ws": "websockets",
+        # the websockets package, through uvicorn's sans-I/O protocol for it (its older `websockets`
+        # protocol is deprecated and will point at this one)
+        "ws": "websockets-sansio",
         # a live frame is an image: the same byte limit
         "ws_max_size": settings.max_image_bytes + 1024,
         "limit_concurrency": settings.max_connections,

@@ -124,7 +124,11 @@ def promotion_problem(meta: dict[str, Any]) -> str | None:
     if not isinstance(test, dict):
         return "its metadata has no metrics.test: evaluate it (grader train or grader evaluate) before promoting"
     for key in PROMOTION_METRICS:
-        v = test.get(key)
+        if key not in test:
+            return f"metrics.test.{key} is missing: evaluate the model before promoting it"
+        v = test[key]
+        if v is None:  # recorded as null: not measurable on that split (grader train writes NaN so)
+            continue
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0.0 <= v <= 1.0:
-            return f"metrics.test.{key} is missing or not a number within [0, 1] (got {v!r})"
+            return f"metrics.test.{key} is not a number within [0, 1] (got {v!r})"
     return None

@@ -1,6 +1,7 @@
 """End-to-end serving benchmark: the real server, real JPEGs, many concurrent cameras.
 
     .venv/bin/python bench/serve.py [--seconds 10] [--concurrency 1,4,16] [--rate 50,75,100] [--workers N] [--database-url URL]
+                                    [--sqlite-synchronous NORMAL,FULL]
 
 Starts `grader serve` (SQLite in a temporary data dir unless --database-url), posts JPEGs (FruitNet
 apple photos from ../shared/data when present, else synthetic fruit) and prints, in one run:
@@ -25,7 +26,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-KEY = "bench-camera-key-123"
+KEY = "bench-camera-key-0123456789"
 
 from service.process import ServerProcess  # noqa: E402
 
@@ -186,6 +187,8 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=40)
     ap.add_argument("--max-in-flight", type=int, default=None, help="GRADER_MAX_IN_FLIGHT for the server")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="server worker processes (default: one per core)")
+    ap.add_argument("--sqlite-synchronous", default="FULL",
+                    help="SQLite sync modes to run one after the other, e.g. NORMAL,FULL: the cost of durable commits in one run")
     args = ap.parse_args()
 
     jpegs = images(args.images)
@@ -193,14 +196,20 @@ def main() -> None:
     mo = model_only(jpegs)
     print(f"model only (ONNX Runtime, {os.cpu_count()} threads): batch 1 {mo[1]:.0f} crops/s, batch 16 {mo[16]:.0f} crops/s")
 
+    for sync in args.sqlite_synchronous.split(","):
+        serve_and_measure(args, jpegs, mo, sync.strip().upper())
+
+
+def serve_and_measure(args, jpegs: list[bytes], mo: dict[int, float], sync: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        env = {"GRADER_API_KEYS": f"camera:{KEY}"}
+        env = {"GRADER_API_KEYS": f"camera:{KEY}", "GRADER_SQLITE_SYNCHRONOUS": sync}
         if args.database_url:
             env["GRADER_DATABASE_URL"] = args.database_url
         if args.max_in_flight:
             env["GRADER_MAX_IN_FLIGHT"] = str(args.max_in_flight)
         server = ServerProcess(Path(tmp), env, workers=args.workers).start()
-        print(f"server: grader serve --workers {args.workers}, {'PostgreSQL' if args.database_url else 'SQLite'}")
+        print(f"\nserver: grader serve --workers {args.workers}, "
+              f"{'PostgreSQL' if args.database_url else f'SQLite synchronous={sync}'}")
         try:
             base = server.url
             url = base + "/v1/grade"

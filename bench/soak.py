@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 from bench.serve import images  # noqa: E402
 from service.process import ServerProcess  # noqa: E402
 
-KEY = "soak-camera-key-1"
+KEY = "soak-camera-key-0123456789"
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
@@ -98,7 +98,9 @@ def reconcile(db_url: str, outcomes: dict) -> dict:
 
     engine = create_engine(db_url)
     with engine.connect() as c:
-        stored = dict(c.execute(text("SELECT idempotency_key, id FROM results WHERE idempotency_key LIKE 'soak-%'")).all())
+        # stored as "<API key fingerprint>|<Idempotency-Key>": idempotency keys are scoped to the API key
+        stored = {k.split("|", 1)[1]: rid for k, rid in c.execute(text("SELECT idempotency_key, id FROM results "
+                                                                         "WHERE idempotency_key LIKE '%|soak-%'")).all()}
         images = {r for (r,) in c.execute(text("SELECT r.id FROM results r JOIN images i ON i.sha256 = r.image_sha256"))}
     engine.dispose()
     accepted = {k: v[1] for k, v in outcomes.items() if v[0] == 200}

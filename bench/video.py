@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO))
 from datasets.video import make_conveyor_clip  # noqa: E402
 from service.process import ServerProcess  # noqa: E402
 
-KEY = "bench-camera-key-123"
+KEY = "bench-camera-key-0123456789"
 
 
 def main(argv: list[str] | None = None) -> int:

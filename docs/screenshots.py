@@ -31,7 +31,7 @@ from service.process import ServerProcess  # noqa: E402
 OUT = Path(__file__).parent / "img" / "review_page.png"
 OUT_LINE = Path(__file__).parent / "img" / "line_page.png"
 REAL_BAD = Path(__file__).resolve().parents[2] / "shared" / "data" / "fruitnet-apples" / "single" / "bad"
-KEYS = {"camera": "shot-camera-key-1", "inspector": "shot-inspector-key-1"}
+KEYS = {"camera": "shot-camera-key-0123456789", "inspector": "shot-inspector-key-0123456789"}
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
 

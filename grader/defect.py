@@ -102,8 +102,15 @@ class ModelSpec:
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise InvalidModelArtifact(f"metadata.json is incomplete or malformed: {exc!r}") from exc
-        if len(spec.mean) != 3 or len(spec.std) != 3 or any(s <= 0 for s in spec.std):
-            raise InvalidModelArtifact("metadata.json: mean and std need 3 values, std > 0")
+        if len(spec.mean) != 3 or len(spec.std) != 3 or not all(math.isfinite(v) for v in spec.mean + spec.std) \
+                or any(s <= 0 for s in spec.std):
+            raise InvalidModelArtifact("metadata.json: mean and std need 3 finite values, std > 0")
+        # NaN fails every comparison: a "NaN" threshold would otherwise grade every fruit sound
+        if not 0.0 <= spec.threshold_defective <= 1.0:
+            raise InvalidModelArtifact(f"metadata.json: thresholds.defective must be within [0, 1], got {spec.threshold_defective}")
+        lo, hi = spec.review_band
+        if not 0.0 <= lo < hi <= 1.0:
+            raise InvalidModelArtifact(f"metadata.json: thresholds.review_band must be [low, high] within [0, 1], got {[lo, hi]}")
         if not set(spec.defective_classes) <= set(spec.classes) or len(spec.classes) < 2:
             raise InvalidModelArtifact("metadata.json: defective_classes must be among classes (>= 2 classes)")
         if spec.fruit_body is not None and not 1.0 <= spec.fruit_body <= 3.0:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,8 +18,9 @@ from grader.flags import FlagPolicy
 from grader.standards import Standard, get_standard, load_standards
 
 from . import errors
-from .auth import KeyRing, RateLimiter, load_or_create_keys
+from .auth import AuthFailureLimiter, KeyRing, RateLimiter, load_or_create_keys
 from .batcher import MicroBatcher, ServingModel
+from .gate import Gate
 from .metrics import MetricsMiddleware
 from .registry import Registry
 from .routers import brix, cameras, fruits, grade, health, line, lots, models, pages, results, review, video
@@ -48,6 +50,7 @@ class Context:
     api_keys: KeyRing
     keys_file: Path | None
     rate_limiter: RateLimiter
+    auth_failures: AuthFailureLimiter
     commodity_models: dict[str, ServingModel] = field(default_factory=dict)  # other commodities' serving models
     shadow: "Shadow | None" = None  # a candidate judging live traffic beside the serving model
     sorter: "Publisher | None" = None  # the MQTT link to the sorter (GRADER_MQTT_URL), else None
@@ -61,11 +64,13 @@ class Context:
 def build_context(settings: Settings) -> Context:
     cv2.setNumThreads(settings.opencv_threads)  # process-wide: measurement's OpenCV calls
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.resolved_database_url)
+    settings.tmp_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.resolved_database_url, settings.sqlite_synchronous)
     init_db(engine)
     batcher = MicroBatcher(settings.max_batch, settings.max_batch_wait_ms, settings.max_inference_queue)
     repo = Repository(engine)
-    registry = Registry(repo, settings.data_dir / "models", batcher, settings.onnx_threads)
+    registry = Registry(repo, settings.data_dir / "models", batcher, settings.onnx_threads,
+                        check_timeout_s=settings.model_check_timeout_s)
     model = registry.startup_model(settings.model_dir)
     standards = load_standards(*([settings.standards_dir] if settings.standards_dir else []))
     commodities = load_commodities(*([settings.commodities_dir] if settings.commodities_dir else []))
@@ -100,6 +105,7 @@ def build_context(settings: Settings) -> Context:
         api_keys=keys,
         keys_file=keys_file,
         rate_limiter=RateLimiter(settings.rate_limit_per_min),
+        auth_failures=AuthFailureLimiter(settings.auth_failure_burst, settings.auth_failures_per_min),
         shadow=registry.startup_shadow(),
     )
 
@@ -125,6 +131,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description="Fruit quality grading for packhouses: size, defects and sweetness to a grade, an outlet and a review queue. "
         "Authenticate with the `X-API-Key` header.",
+        docs_url=None,  # served below from the service's own copy of Swagger UI, never a CDN
+        redoc_url=None,
     )
     app.state.ctx = ctx
     app.add_middleware(MetricsMiddleware)
@@ -134,6 +142,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(r.router, responses=errors.ERROR_RESPONSES)
     app.include_router(pages.router)
     app.mount("/static", pages.static_files(), name="static")
+    if settings.docs_enabled:
+        pages.add_docs(app)
+    app.add_middleware(Gate)  # in front of everything that could read a body: the key and the size first
     app.add_middleware(pages.PageHeaders)
     return app
 
@@ -146,7 +157,10 @@ def app_from_env() -> FastAPI:
     collector's reach: full collections then scan only what requests left behind. Without it the
     first full collection after start held one request for about 75 ms
     (`bench/stages.py --repeats 15 --no-freeze`)."""
-    app = create_app(Settings())
+    settings = Settings()
+    app = create_app(settings)
+    # parts of an upload that are spooled to disk while it is read wait inside the data dir too
+    tempfile.tempdir = str(settings.tmp_dir.resolve())
     gc.collect()
     gc.freeze()
     return app
@@ -157,7 +171,8 @@ def announce(settings: Settings, host: str, port: int) -> None:
     _, keys_file, fresh = load_or_create_keys(settings.api_keys, settings.data_dir)
     base = f"http://{host}:{port}"
     print(f"orchard-grader on {base}")
-    print(f"  API docs : {base}/docs")
+    if settings.docs_enabled:
+        print(f"  API docs : {base}/docs")
     print(f"  review   : {base}/review")
     print(f"  line     : {base}/line")
     print(f"  health   : {base}/healthz")

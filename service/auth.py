@@ -24,6 +24,9 @@ from .errors import ApiError
 
 ROLES = ("camera", "inspector", "trainer", "admin")
 
+#: keys given in GRADER_API_KEYS must be at least this long (generated keys have 32 characters)
+MIN_KEY_LENGTH = 20
+
 
 @dataclass(frozen=True)
 class Principal:
@@ -78,8 +81,9 @@ def parse_api_keys(raw: str) -> KeyRing:
                 raise ValueError(f"GRADER_API_KEYS entry for {role!r}: expected role:sha256:<64 hex digits> with role in {ROLES}")
             ring.add(role, hexd)
             continue
-        if not sep or role not in ROLES or len(key) < 8:
-            raise ValueError(f"GRADER_API_KEYS entry {role!r}...: expected role:key with role in {ROLES} and a key of >= 8 characters")
+        if not sep or role not in ROLES or len(key) < MIN_KEY_LENGTH:
+            raise ValueError(f"GRADER_API_KEYS entry {role!r}...: expected role:key with role in {ROLES} and a key of "
+                             f">= {MIN_KEY_LENGTH} characters")
         ring.add(role, digest(key))
     if not ring:
         raise ValueError("GRADER_API_KEYS holds no keys")
@@ -146,11 +150,59 @@ class RateLimiter:
             return (1.0 - tokens) / self.rate
 
 
+class AuthFailureLimiter:
+    """A token bucket of failed authentications per client address: ``burst`` wrong keys at once,
+    then ``per_min`` a minute. While an address's bucket is empty every request from it is
+    refused (429) before its key is even looked at, so a guess can be neither confirmed nor
+    refuted. Per process. A burst of 0 turns it off."""
+
+    def __init__(self, burst: int, per_min: int, max_addresses: int = 100_000) -> None:
+        self.capacity, self.rate = float(burst), per_min / 60.0
+        self.max_addresses = max_addresses
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def _tokens(self, address: str, now: float) -> float:
+        tokens, at = self._buckets.get(address, (self.capacity, now))
+        return min(self.capacity, tokens + (now - at) * self.rate)
+
+    def blocked_for(self, address: str) -> float:
+        """0 when the address may try a key, else seconds until it may."""
+        if self.capacity <= 0:
+            return 0.0
+        with self._lock:
+            tokens = self._tokens(address, time.monotonic())
+        if tokens >= 1.0:
+            return 0.0
+        return (1.0 - tokens) / self.rate if self.rate > 0 else 3600.0
+
+    def failed(self, address: str) -> None:
+        if self.capacity <= 0:
+            return
+        now = time.monotonic()
+        with self._lock:
+            if len(self._buckets) >= self.max_addresses:  # many addresses: forget the ones that refilled
+                self._buckets = {a: v for a, v in self._buckets.items() if self._tokens(a, now) < self.capacity}
+            self._buckets[address] = (max(0.0, self._tokens(address, now) - 1.0), now)
+
+
+#: where the gate (service/gate.py) leaves the principal it authenticated, in the ASGI scope
+PRINCIPAL_SCOPE_KEY = "grader.principal"
+
+
 def require(*roles: str):
-    """A dependency admitting the given roles (admin is always admitted), within the key's rate."""
+    """A dependency admitting the given roles (admin is always admitted), within the key's rate.
+    The gate in front of the app has already checked the key from the request's headers, before
+    any of the body was read (it finds the roles on the dependency's ``roles``); this is the same
+    check again, next to the route it guards."""
     allowed = set(roles) | {"admin"}
 
     def dependency(request: Request) -> Principal:
+        checked = request.scope.get(PRINCIPAL_SCOPE_KEY)
+        if checked is not None:
+            if checked.role not in allowed:
+                raise ApiError(403, "forbidden", f"role {checked.role!r} may not do this (needs one of {sorted(allowed)})")
+            return checked
         key = request.headers.get("x-api-key")
         if not key:
             raise ApiError(401, "unauthenticated", "missing X-API-Key header", "X-API-Key", {"WWW-Authenticate": "APIKey"})
@@ -166,4 +218,5 @@ def require(*roles: str):
             raise ApiError(403, "forbidden", f"role {principal.role!r} may not do this (needs one of {sorted(allowed)})")
         return principal
 
+    dependency.roles = frozenset(allowed)  # type: ignore[attr-defined]
     return dependency

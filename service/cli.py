@@ -24,7 +24,6 @@ from pathlib import Path
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from service.http_protocol import NoDelayHttpProtocol
     from service.settings import Settings
 
     settings = Settings()
@@ -38,16 +37,28 @@ def _serve(args: argparse.Namespace) -> int:
         from service.workers import serve_workers
 
         return serve_workers(args.workers, args.host, args.port, args.log_level)
-    uvicorn.run(
-        "service.app:app_from_env",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        http=NoDelayHttpProtocol,
-        log_level=args.log_level,
-        timeout_graceful_shutdown=10,
-    )
+    uvicorn.run("service.app:app_from_env", host=args.host, port=args.port, log_level=args.log_level, **server_options(settings))
     return 0
+
+
+def server_options(settings) -> dict:
+    """uvicorn's options from the settings: the HTTP protocol with its head deadline, websockets
+    (the live camera stream), connection limits and timeouts."""
+    from service.http_protocol import NoDelayHttpProtocol
+
+    NoDelayHttpProtocol.head_timeout_s = settings.body_read_timeout_s
+    return {
+        "factory": True,
+        "http": NoDelayHttpProtocol,
+        # the websockets package, through uvicorn's sans-I/O protocol for it (its older `websockets`
+        # protocol is deprecated and will point at this one)
+        "ws": "websockets-sansio",
+        # a live frame is an image: the same byte limit
+        "ws_max_size": settings.max_image_bytes + 1024,
+        "limit_concurrency": settings.max_connections,
+        "timeout_keep_alive": settings.timeout_keep_alive_s,
+        "timeout_graceful_shutdown": 10,
+    }
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -46,11 +46,12 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     403: {"model": ErrorBody, "description": "the key's role may not do this"},
     404: {"model": ErrorBody, "description": "no such result, lot, fruit, model or standard"},
     409: {"model": ErrorBody, "description": "conflicts with the current state (closed lot, claimed fruit, verdict exists)"},
-    413: {"model": ErrorBody, "description": "upload over the byte limit"},
+    408: {"model": ErrorBody, "description": "the client stopped sending the body (GRADER_BODY_READ_TIMEOUT_S)"},
+    413: {"model": ErrorBody, "description": "body or upload over the route's byte limit (refused from Content-Length, before reading)"},
     422: {"model": ErrorBody, "description": "a field is invalid; the body names it"},
     429: {"model": ErrorBody, "description": "the key is over its rate limit; see Retry-After"},
     503: {"model": ErrorBody, "description": "overloaded or database/storage unavailable; see Retry-After"},
-    507: {"model": ErrorBody, "description": "the image store is full; nothing was stored"},
+    507: {"model": ErrorBody, "description": "the image store or the database's disk is full; nothing was stored"},
 }
 
 
@@ -68,7 +69,7 @@ STATUS: dict[type[GraderError], tuple[int, str]] = {
     Uncalibrated: (422, "uncalibrated"),
     UnknownStandard: (404, "unknown_standard"),
     InvalidStandard: (422, "invalid_standard"),
-    InvalidModelArtifact: (422, "invalid_model"),
+    InvalidModelArtifact: (422, "invalid_model_artifact"),
     CalibrationFailed: (422, "calibration_failed"),
     UnknownCommodity: (404, "unknown_commodity"),
     InvalidReading: (422, "invalid_reading"),
@@ -81,6 +82,34 @@ def _is_connection_error(exc) -> bool:
     from sqlalchemy.exc import InterfaceError, OperationalError
 
     return isinstance(exc, (OperationalError, InterfaceError))
+
+
+def validation_code(pydantic_type: str) -> str:
+    """The error code of a field pydantic refused, naming what kind of problem it is."""
+    if pydantic_type in ("missing", "missing_argument"):
+        return "missing_field"
+    if pydantic_type == "finite_number":
+        return "invalid_number"
+    if pydantic_type.startswith(("greater_than", "less_than")):
+        return "out_of_range"
+    if pydantic_type.endswith(("_too_long", "_too_short")):
+        return "invalid_length"
+    if pydantic_type.endswith(("_type", "_parsing")):
+        return "invalid_type"
+    if pydantic_type in ("literal_error", "enum"):
+        return "invalid_choice"
+    if pydantic_type == "extra_forbidden":
+        return "unknown_field"
+    return "invalid_request"
+
+
+def is_storage_full(exc: BaseException) -> bool:
+    """The database refused a write because its disk (or its size limit) is full: SQLite's
+    SQLITE_FULL, PostgreSQL's disk_full (SQLSTATE 53100)."""
+    orig = getattr(exc, "orig", exc)
+    if getattr(orig, "sqlite_errorname", None) == "SQLITE_FULL" or "database or disk is full" in str(orig):
+        return True
+    return getattr(orig, "sqlstate", None) == "53100" or getattr(orig, "pgcode", None) == "53100"
 
 
 def _body(code: str, message: str, field: str | None = None, **extra) -> dict:
@@ -145,10 +174,10 @@ def install(app: FastAPI) -> None:
         problems = []
         for e in exc.errors():
             loc = [str(x) for x in e.get("loc", ()) if x not in ("body", "query", "path", "header", "form")]
-            problems.append({"field": ".".join(loc) or None, "message": e.get("msg", "invalid")})
-        first = problems[0] if problems else {"field": None, "message": "invalid request"}
+            problems.append({"field": ".".join(loc) or None, "message": e.get("msg", "invalid"), "code": validation_code(e.get("type", ""))})
+        first = problems[0] if problems else {"field": None, "message": "invalid request", "code": "invalid_request"}
         msg = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
-        return JSONResponse(_body("invalid_request", msg, first["field"], problems=problems), status_code=422)
+        return JSONResponse(_body(first["code"], msg, first["field"], problems=problems), status_code=422)
 
     from sqlalchemy.exc import DBAPIError, TimeoutError as PoolTimeout
 
@@ -168,6 +197,13 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(DBAPIError)
     async def _database(_: Request, exc: DBAPIError) -> JSONResponse:
+        if is_storage_full(exc):
+            return JSONResponse(_body("storage_full", "the database's disk is full; nothing was stored; retry once an operator has "
+                                      "made room"), status_code=507, headers={"Retry-After": "30"})
+        from sqlalchemy.exc import IntegrityError
+
+        if isinstance(exc, IntegrityError):  # a concurrent request created the same thing first
+            return JSONResponse(_body("conflict", "a concurrent request changed the same record; retry"), status_code=409)
         if not (exc.connection_invalidated or _is_connection_error(exc)):
             raise exc
         return JSONResponse(_body("database_unavailable", "the database is unreachable; nothing was stored; retry shortly"),
@@ -180,4 +216,6 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse(_body(f"http_{exc.status_code}", str(exc.detail)), status_code=exc.status_code, headers=getattr(exc, "headers", None))
+        code = getattr(exc, "code", None) or f"http_{exc.status_code}"
+        return JSONResponse(_body(code, str(exc.detail), getattr(exc, "field", None)), status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))

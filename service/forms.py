@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Annotated
 
@@ -35,19 +34,15 @@ PlainText = Annotated[str, AfterValidator(_plain)]
 NoteText = Annotated[str, AfterValidator(_note)]
 
 
-def number_field(name: str, raw: str | None, lo: float, hi: float, lo_open: bool = False) -> float | None:
-    """Parse an optional numeric form field; 422 naming the field when it is not a finite number in range."""
-    if raw is None or raw.strip() == "":
-        return None
+def physical_field(name: str, raw: str | None) -> float | None:
+    """An optional form or query field holding a physical quantity, checked against its
+    plausible range (service/limits.py); 422 naming the field otherwise."""
+    from .limits import OutOfRange, parse
+
     try:
-        v = float(raw)
-    except ValueError:
-        raise ApiError(422, "invalid_value", f"{name} must be a number, got {raw[:40]!r}", name) from None
-    if not math.isfinite(v):
-        raise ApiError(422, "invalid_value", f"{name} must be a finite number, got {raw[:40]!r}", name)
-    if v < lo or v > hi or (lo_open and v == lo):
-        raise ApiError(422, "out_of_range", f"{name} must be {'>' if lo_open else '>='} {lo:g} and <= {hi:g}, got {v:g}", name)
-    return v
+        return parse(name, raw)
+    except OutOfRange as exc:
+        raise ApiError(422, exc.code, exc.message, exc.field) from None
 
 
 def text_field(name: str, raw: str | None, max_len: int = 100) -> str | None:
@@ -60,8 +55,9 @@ def text_field(name: str, raw: str | None, max_len: int = 100) -> str | None:
     return raw.strip()
 
 
-async def read_limited(upload: UploadFile, limit: int) -> bytes:
+async def read_limited(upload: UploadFile, limit: int, field: str = "image", kind: str = "image") -> bytes:
+    """An uploaded file's bytes; 413 ``<kind>_too_large`` naming the field past ``limit``."""
     data = await upload.read(limit + 1)
     if len(data) > limit:
-        raise ApiError(413, "image_too_large", f"image is larger than the limit of {limit} bytes", "image")
+        raise ApiError(413, f"{kind}_too_large", f"{field} is larger than the limit of {limit} bytes", field)
     return data

@@ -3,6 +3,8 @@ database knows, measure and grade, then store (image first, then the result, one
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +20,7 @@ from grader.standards import Standard, get_standard
 
 from .batcher import ServingModel
 from .errors import ApiError
-from .forms import number_field, text_field
+from .forms import physical_field, text_field
 from .lots import lot_context, sweetness_fields, sweetness_for
 from .metrics import FLAGS, FRUITS, STORE_SECONDS
 from .scale import ScaledFrame, resolve_scale
@@ -44,10 +46,43 @@ class GradeRequest:
     model: ServingModel | None = None
     commodity_field: str | None = None
     extra_payload: dict[str, Any] = field(default_factory=dict)
+    #: the fingerprint of the API key making the request
+    key_id: str | None = None
+    #: SHA-256 over the request's images and fields (see request_hash), stored with its result
+    request_sha256: str | None = None
+
+
+def scoped_key(key_id: str | None, key: str | None) -> str | None:
+    """An idempotency key as stored: prefixed by the fingerprint of the API key that made it, so
+    another key can never replay (or block) it."""
+    if key is None:
+        return None
+    raw = f"{key_id or '-'}|{key}"
+    return raw if len(raw) <= 200 else f"{key_id or '-'}|sha256:{hashlib.sha256(key.encode()).hexdigest()}"
+
+
+def request_hash(req: "GradeRequest", images: list[bytes], **extra: Any) -> str:
+    """What a request asks for, as one digest: its images' bytes and every field that changes its
+    grade. The same idempotency key with a different hash is a different request (422)."""
+    h = hashlib.sha256()
+    for data in images:
+        h.update(hashlib.sha256(data).digest())
+    fields = {**req.fields, "brix": req.brix, "mm_per_px": req.mm_per_px, "reference_diameter_mm": req.reference_diameter_mm,
+              "standard": req.standard_field, "commodity": req.commodity_field, **extra}
+    h.update(json.dumps(fields, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def check_same_request(req: "GradeRequest", existing: ResultRow) -> None:
+    """Refuse a reused idempotency key that stands for a different request."""
+    if req.request_sha256 and existing.request_sha256 and existing.request_sha256 != req.request_sha256:
+        raise ApiError(422, "idempotency_key_reused", "this idempotency key (Idempotency-Key, or camera_id + fruit_id) was used "
+                       f"for a different request (result {existing.id}): use a new key for a new image or new fields",
+                       "Idempotency-Key")
 
 
 def parse(lot_id, camera_id, fruit_id, lane, brix, mm_per_px, standard, reference_diameter_mm, idempotency_key,
-          commodity: str | None = None) -> GradeRequest:
+          commodity: str | None = None, key_id: str | None = None) -> GradeRequest:
     fields = {
         "lot_id": text_field("lot_id", lot_id),
         "camera_id": text_field("camera_id", camera_id),
@@ -59,12 +94,13 @@ def parse(lot_id, camera_id, fruit_id, lane, brix, mm_per_px, standard, referenc
         key = f"camera:{fields['camera_id']}/fruit:{fields['fruit_id']}"
     return GradeRequest(
         fields=fields,
-        brix=number_field("brix", brix, 0.0, 35.0),
-        mm_per_px=number_field("mm_per_px", mm_per_px, 0.0, 10.0, lo_open=True),
-        reference_diameter_mm=number_field("reference_diameter_mm", reference_diameter_mm, 0.0, 1000.0, lo_open=True),
-        key=key,
+        brix=physical_field("brix", brix),
+        mm_per_px=physical_field("mm_per_px", mm_per_px),
+        reference_diameter_mm=physical_field("reference_diameter_mm", reference_diameter_mm),
+        key=scoped_key(key_id, key),
         standard_field=standard,
         commodity_field=text_field("commodity", commodity, 50),
+        key_id=key_id,
     )
 
 
@@ -75,6 +111,7 @@ def lookup(ctx, req: GradeRequest) -> ResultRow | None:
         if req.key is not None:
             existing = s.scalar(select(ResultRow).where(ResultRow.idempotency_key == req.key))
             if existing is not None:
+                check_same_request(req, existing)
                 return existing
         req.lot = None if not f["lot_id"] else s.get(LotRow, f["lot_id"])
         if req.mm_per_px is None and req.reference_diameter_mm is None and f["camera_id"]:
@@ -119,11 +156,21 @@ def grade_and_store(ctx, req: GradeRequest, data: bytes, media_type: str, rgb: n
     return graded, saved, replayed
 
 
+def discard_unreferenced(ctx, sha: str, path) -> None:
+    """Remove an image file whose result could not be committed, unless a row refers to it."""
+    try:
+        if ctx.repo.get_image(sha) is not None:
+            return
+    except Exception:  # noqa: BLE001 - the database is what failed: the file is still nobody's
+        pass
+    ctx.images.discard(path)
+
+
 def store(ctx, req: GradeRequest, data: bytes, media_type: str, rgb: np.ndarray, scaled: ScaledFrame, graded: ImageGrade,
           key: str | None) -> tuple[ResultRow, bool]:
     """Image file, then result + fruit rows in one transaction. (result, replayed)."""
     t0 = time.perf_counter()
-    sha, path = ctx.images.put(data, media_type)
+    sha, path, wrote = ctx.images.put_new(data, media_type)
     share = ctx.settings.review_sample_share
     for i, f in enumerate(graded.fruits):  # active learning: a few uncertain, unflagged fruit go to review
         if share and not f.flags and f.defect is not None:
@@ -142,7 +189,7 @@ def store(ctx, req: GradeRequest, data: bytes, media_type: str, rgb: np.ndarray,
     fruits = graded.fruits
     sw = req.sweetness
     row = ResultRow(
-        created_at=utcnow(), idempotency_key=key, image_sha256=sha, mm_per_px=scaled.mm_per_px, brix=req.brix,
+        created_at=utcnow(), idempotency_key=key, api_key_id=req.key_id, request_sha256=req.request_sha256, image_sha256=sha, mm_per_px=scaled.mm_per_px, brix=req.brix,
         model_name=req.model.spec.name, model_version=req.model.spec.version,
         standard_id=req.standard.id, standard_version=req.standard.version, n_fruits=len(fruits),
         flagged=any(f.flagged for f in fruits) or any(fl.code != "no_fruit" for fl in graded.image_flags),
@@ -158,9 +205,16 @@ def store(ctx, req: GradeRequest, data: bytes, media_type: str, rgb: np.ndarray,
         )
         for i, f in enumerate(fruits)
     ]
-    saved = ctx.repo.save_result(img, row, fruit_rows)
+    try:
+        saved = ctx.repo.save_result(img, row, fruit_rows)
+        replayed = saved.id != row.id  # a concurrent retry committed first: its result is the answer
+        if replayed:
+            check_same_request(req, saved)
+    except BaseException:
+        if wrote:  # nothing references the file this request wrote (unless a concurrent request stored it meanwhile)
+            discard_unreferenced(ctx, sha, path)
+        raise
     STORE_SECONDS.observe(time.perf_counter() - t0)
-    replayed = saved.id != row.id  # a concurrent retry committed first: its result is the answer
     if not replayed:
         for f in fruits:
             FRUITS.labels(f.decision.grade if f.decision else "none").inc()

@@ -57,6 +57,8 @@ def decode_image(data: bytes, max_pixels: int) -> tuple[np.ndarray, str]:
         raise InvalidImage(f"not a readable image: {exc}") from exc
     except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt data
         raise InvalidImage(f"image data is corrupt or truncated: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - a decoder tripped by crafted data (struct.error, EOFError, IndexError...)
+        raise InvalidImage(f"image data cannot be decoded: {type(exc).__name__}") from exc
     return np.ascontiguousarray(rgb), ALLOWED[fmt]
 
 

@@ -13,7 +13,11 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import onnxruntime as ort
+
+# ONNX Runtime's telemetry SDK otherwise leaves a session file (.ses) in the system's temporary
+# folder at import: the service writes nothing outside its data dir, and phones nowhere
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+import onnxruntime as ort  # noqa: E402
 
 from grader.defect import ModelOutputs, ModelSpec, evidence_from_outputs, parity_probe, preprocess
 from grader.errors import InvalidModelArtifact
@@ -59,15 +63,8 @@ class OnnxDefectModel:
             self.session = ort.InferenceSession(onnx_bytes, opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types
             raise InvalidModelArtifact(f"{self.model_dir}/model.onnx cannot be loaded: {exc}") from exc
-        inputs = {i.name: i for i in self.session.get_inputs()}
-        if self.spec.input_name not in inputs:
-            raise InvalidModelArtifact(f"model has no input {self.spec.input_name!r} (has {sorted(inputs)})")
-        shape = inputs[self.spec.input_name].shape
-        if len(shape) != 4 or [shape[2], shape[3]] != list(self.spec.input_size):
-            raise InvalidModelArtifact(f"model input shape {shape} does not match metadata input_size {self.spec.input_size}")
+        self._check_graph()
         outputs = {o.name for o in self.session.get_outputs()}
-        if self.spec.output_name not in outputs:
-            raise InvalidModelArtifact(f"model has no output {self.spec.output_name!r} (has {sorted(outputs)})")
         self.extra_outputs = tuple(n for n in EXTRA_OUTPUTS if n in outputs)
         if self.spec.ood_distance_threshold is not None and "ood_distance" not in outputs:
             raise InvalidModelArtifact("metadata.json sets thresholds.ood_distance but the graph has no ood_distance output")
@@ -79,7 +76,44 @@ class OnnxDefectModel:
         if "defect_map" in outputs and want_t is not None and abs(float(want_t) - self.spec.temperature) > 1e-6 * self.spec.temperature:
             raise InvalidModelArtifact(f"the graph's defect_map was built at temperature {want_t}, the metadata calibrates at "
                                        f"{self.spec.temperature}: rerun python -m training.explain on the artifact")
-        self.warm_up()
+        try:
+            self.warm_up()
+        except InvalidModelArtifact:
+            raise
+        except Exception as exc:  # noqa: BLE001 - ONNX Runtime's errors running the graph
+            raise InvalidModelArtifact(f"model.onnx fails on a batch of the service's input: {type(exc).__name__}: {str(exc)[:400]}") from None
+
+    def _check_graph(self) -> None:
+        """The graph takes what the service feeds it and gives what it reads, or InvalidModelArtifact
+        naming the difference: one float32 NCHW input with 3 (RGB) channels, a free batch axis and
+        the metadata's input_size; a float output of one logit per class."""
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        if self.spec.input_name not in inputs:
+            raise InvalidModelArtifact(f"model has no input {self.spec.input_name!r} (has {sorted(inputs)})")
+        if len(inputs) != 1:
+            raise InvalidModelArtifact(f"model has {len(inputs)} inputs {sorted(inputs)}; the service feeds one, {self.spec.input_name!r}")
+        inp = inputs[self.spec.input_name]
+        if inp.type != "tensor(float)":
+            raise InvalidModelArtifact(f"input dtype: {self.spec.input_name!r} is {inp.type}, the service feeds tensor(float) (float32)")
+        shape = inp.shape
+        if len(shape) != 4:
+            raise InvalidModelArtifact(f"input shape {shape}: the service feeds a 4-d NCHW batch")
+        if isinstance(shape[1], int) and shape[1] != 3:
+            raise InvalidModelArtifact(f"input channels: the graph takes {shape[1]} channels, the service feeds 3 (RGB)")
+        if isinstance(shape[0], int):
+            raise InvalidModelArtifact(f"batch dimension: the graph's batch axis is fixed at {shape[0]}; the service batches crops, "
+                                       "export it with a dynamic batch axis")
+        if [shape[2], shape[3]] != list(self.spec.input_size):
+            raise InvalidModelArtifact(f"model input shape {shape} does not match metadata input_size {self.spec.input_size}")
+        outputs = {o.name: o for o in self.session.get_outputs()}
+        if self.spec.output_name not in outputs:
+            raise InvalidModelArtifact(f"outputs: model has no output {self.spec.output_name!r} (has {sorted(outputs)})")
+        out = outputs[self.spec.output_name]
+        if out.type not in ("tensor(float)", "tensor(double)"):
+            raise InvalidModelArtifact(f"outputs: {self.spec.output_name!r} is {out.type}, expected float logits")
+        if len(out.shape) != 2 or (isinstance(out.shape[1], int) and out.shape[1] != len(self.spec.classes)):
+            raise InvalidModelArtifact(f"outputs: {self.spec.output_name!r} has shape {out.shape}, expected (batch, "
+                                       f"{len(self.spec.classes)}) for the classes {list(self.spec.classes)}")
 
     def check_parity(self) -> float:
         """Rerun the parity probe recorded in metadata.json; raise when the graph's logits differ
@@ -87,8 +121,16 @@ class OnnxDefectModel:
         rec = self.meta.get("parity")
         if not isinstance(rec, dict) or "logits" not in rec:
             raise InvalidModelArtifact("metadata.json has no parity record (logits of the parity probe): export it with grader train")
-        want = np.asarray(rec["logits"], np.float32)
-        got = self.run(parity_probe(self.spec.input_size)).logits
+        try:
+            want = np.asarray(rec["logits"], np.float32)
+        except (TypeError, ValueError) as exc:
+            raise InvalidModelArtifact(f"parity record's logits are not a table of numbers: {exc}") from None
+        try:
+            got = self.run(parity_probe(self.spec.input_size)).logits
+        except InvalidModelArtifact:
+            raise
+        except Exception as exc:  # noqa: BLE001 - ONNX Runtime's errors running the graph
+            raise InvalidModelArtifact(f"model.onnx fails on the parity probe: {type(exc).__name__}: {str(exc)[:400]}") from None
         if got.shape != want.shape:
             raise InvalidModelArtifact(f"parity record has shape {want.shape}, the graph gives {got.shape}")
         diff = float(np.abs(got - want).max())

@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import shutil
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -66,8 +67,10 @@ def serving_metadata(repo: Repository, default_dir: Path) -> dict[str, Any]:
 
 
 class Registry:
-    def __init__(self, repo: Repository, store_dir: Path, batcher: MicroBatcher, threads: int, poll_s: float = 5.0) -> None:
+    def __init__(self, repo: Repository, store_dir: Path, batcher: MicroBatcher, threads: int, poll_s: float = 5.0,
+                 check_timeout_s: float = 120.0) -> None:
         self.repo, self.store_dir, self.batcher, self.threads, self.poll_s = repo, Path(store_dir), batcher, threads, poll_s
+        self.check_timeout_s = check_timeout_s
         self._lock = threading.Lock()
         self._checked = 0.0
 
@@ -120,35 +123,53 @@ class Registry:
                 if cid != default_commodity and c.model and (Path(models_root) / c.model / "model.onnx").exists()}
 
     def upload(self, onnx_bytes: bytes, meta_bytes: bytes) -> ModelVersionRow:
+        """Check an artifact (its metadata against the schema, then its graph loaded, warmed up and
+        its parity probe rerun) in a temporary folder, and register it. Every failure is an
+        InvalidModelArtifact naming what is wrong (422), and the temporary folder is removed on
+        every path."""
+        from .model_check import check_in_child
+        from .model_meta import validate_metadata
+
         try:
             meta = json.loads(meta_bytes)
-            mid = model_id(meta)
-        except (ValueError, KeyError, TypeError) as exc:
-            raise InvalidModelArtifact(f"metadata.json is not valid model metadata: {exc!r}") from exc
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidModelArtifact(f"metadata.json is not valid JSON: {exc}", field="metadata") from None
+        missing = [k for k in REQUIRED_METADATA if not isinstance(meta, dict) or k not in meta]
+        if missing:
+            raise InvalidModelArtifact(f"metadata.json misses required fields {missing} (required: {list(REQUIRED_METADATA)})",
+                                       field="metadata")
+        validate_metadata(meta)
+        mid = model_id(meta)
         safe = f"{meta['name']}/{meta['version']}"
         if ".." in safe or safe.startswith("/") or not all(part.replace("-", "").replace("_", "").replace(".", "").isalnum() for part in safe.split("/")):
-            raise InvalidModelArtifact("name and version may hold letters, digits, '.', '-' and '_' only")
+            raise InvalidModelArtifact("name and version may hold letters, digits, '.', '-' and '_' only", field="metadata")
+        if not onnx_bytes:
+            raise InvalidModelArtifact("model.onnx is empty", field="model")
         with self.repo.sessions() as s:
             if s.get(ModelVersionRow, mid) is not None:
                 raise ApiError(409, "model_exists", f"model {mid} is already registered", "metadata")
         dest = self.store_dir / safe
-        tmp = self.store_dir / f".upload-{hashlib.sha256(onnx_bytes).hexdigest()[:12]}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        (tmp / "model.onnx").write_bytes(onnx_bytes)
-        (tmp / "metadata.json").write_bytes(meta_bytes)
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".upload-", dir=self.store_dir))
         try:
-            missing = [k for k in REQUIRED_METADATA if k not in meta]
-            if missing:
-                raise InvalidModelArtifact(f"metadata.json misses required fields {missing} (required: {list(REQUIRED_METADATA)})")
-            # refuse what would not serve (corrupt, mismatching) or is not what was trained
-            OnnxDefectModel(tmp, self.threads).check_parity()
-        except InvalidModelArtifact:
+            (tmp / "model.onnx").write_bytes(onnx_bytes)
+            (tmp / "metadata.json").write_bytes(meta_bytes)
+            try:
+                # a graph that would crash or hang ONNX Runtime does so in a process of its own
+                check_in_child(tmp, self.check_timeout_s)
+                # refuse what would not serve (corrupt, mismatching) or is not what was trained
+                OnnxDefectModel(tmp, self.threads).check_parity()
+            except InvalidModelArtifact as exc:  # named without the server's folders
+                raise InvalidModelArtifact(exc.message.replace(f"{tmp}/", "").replace(str(tmp), "the upload"),
+                                           field=exc.field or "model") from None
+            except Exception as exc:  # noqa: BLE001 - ONNX Runtime's own errors, numpy's on odd outputs: all a bad artifact
+                raise InvalidModelArtifact(f"model.onnx cannot be used: {type(exc).__name__}: {str(exc)[:500]}".replace(str(tmp), "the upload"),
+                                           field="model") from None
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(dest, ignore_errors=True)
+            tmp.rename(dest)
+        finally:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(dest, ignore_errors=True)
-        tmp.rename(dest)
         return self.register_dir(dest)
 
     def promote(self, ctx, mid: str) -> ModelVersionRow:
@@ -159,6 +180,12 @@ class Registry:
                 if row is None:
                     raise ApiError(404, "not_found", f"no model {mid}", "model_id")
                 path = row.path
+                if row.status != "serving":
+                    from .model_meta import promotion_problem
+
+                    problem = promotion_problem(row.meta or {})
+                    if problem is not None:
+                        raise ApiError(422, "model_not_promotable", f"{mid} may not serve: {problem}", "model_id")
             loaded = ServingModel(OnnxDefectModel(Path(path), self.threads), self.batcher, mid)  # fails before any change
             with self.repo.sessions() as s, s.begin():
                 for other in s.scalars(select(ModelVersionRow).where(ModelVersionRow.status == "serving")):

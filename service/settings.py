@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -28,6 +29,11 @@ class Settings(BaseSettings):
     #: requests a minute per API key (token bucket, bursts of 10 s worth); past it 429 + Retry-After.
     #: Counted per process. 0 = no limit.
     rate_limit_per_min: int = Field(default=12_000, ge=0)
+    #: failed authentications (unknown key) a client address may make in a burst, and how many a
+    #: minute after that; past it every request from that address gets 429 + Retry-After until the
+    #: bucket refills, so keys cannot be guessed at line speed. Per process. 0 = no limit.
+    auth_failure_burst: int = Field(default=100, ge=0)
+    auth_failures_per_min: int = Field(default=60, ge=0)
     #: grade standard used when a request names none (an id from grader/standards/*.toml)
     default_standard: str = "unece-ffv50-apples"
     #: a directory with a packhouse's own standard files, added to the shipped ones
@@ -49,6 +55,35 @@ class Settings(BaseSettings):
     max_video_frames: int = Field(default=6000, gt=0)
     #: seconds an upload may take to decode before it is refused (422)
     decode_budget_s: float = Field(default=10.0, gt=0)
+    #: seconds a clip may take to decode and grade, all its frames together, before it is refused (422)
+    video_budget_s: float = Field(default=300.0, gt=0)
+    #: POST /v1/grade/batch: bytes of all its images together
+    max_batch_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
+    #: POST /v1/models: bytes of model.onnx and of metadata.json
+    max_model_bytes: int = Field(default=100 * 1024 * 1024, gt=0)
+    max_metadata_bytes: int = Field(default=1024 * 1024, gt=0)
+    #: seconds an uploaded model may take to load and run its checks (in a process of its own) before it is refused
+    model_check_timeout_s: float = Field(default=120.0, gt=0)
+    #: bytes of any other request body (JSON bodies, forms without a file)
+    max_json_bytes: int = Field(default=64 * 1024, gt=0)
+
+    # --- connections (`grader serve`): every body limit above is checked from the request's
+    # headers before its body is read, and before that its key
+    #: a client that sends no byte of its body (or of its request head) for this long is answered
+    #: 408 and its connection closed
+    body_read_timeout_s: float = Field(default=15.0, gt=0)
+    #: ...and one whose body, after that long, has come at under this many bytes a second on
+    #: average (a body dripped a byte at a time) gets 408 too
+    min_body_rate_bytes_s: float = Field(default=16 * 1024, ge=0)
+    #: an idle keep-alive connection is closed after this long
+    timeout_keep_alive_s: int = Field(default=5, ge=1)
+    #: open connections per server process; past it new ones get 503 (uvicorn's limit_concurrency)
+    max_connections: int = Field(default=256, ge=1)
+    #: serve the interactive API docs at /docs (Swagger UI, its assets served by the service itself)
+    docs_enabled: bool = True
+    #: SQLite's synchronous mode: FULL syncs the write-ahead log at every commit, so an acknowledged
+    #: result survives a power failure; NORMAL may lose the last commits (faster, not durable)
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
 
     # --- inference
     #: ONNX Runtime intra-op threads; 0 = one per CPU core
@@ -115,3 +150,13 @@ class Settings(BaseSettings):
     @property
     def images_dir(self) -> Path:
         return self.data_dir / "images"
+
+    @property
+    def tmp_dir(self) -> Path:
+        """Where uploads being checked wait (clips): inside the data dir, emptied as each request ends."""
+        return self.data_dir / "tmp"
+
+    @property
+    def largest_upload_bytes(self) -> int:
+        """The largest body the service accepts: what readiness wants free on the disk."""
+        return max(self.max_image_bytes, self.max_batch_bytes, self.max_video_bytes, self.max_model_bytes + self.max_metadata_bytes)

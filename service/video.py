@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -119,7 +120,7 @@ class LineSession:
                                        "view_diameters_mm": [None if m.diameter_mm is None else round(m.diameter_mm, 2) for m in ms]}}
         source = "request" if req.mm_per_px is not None else "camera" if scale is not None else "none"
         saved, replayed = grading.store(ctx, one, jpeg.tobytes(), "image/jpeg", rgb, ScaledFrame([fused], scale, source),
-                                        ImageGrade([fruit], []), f"video:{self.clip_id}:{t.id}")
+                                        ImageGrade([fruit], []), grading.scoped_key(req.key_id, f"video:{self.clip_id}:{t.id}"))
         f = saved.payload["fruits"][0]
         entry = {"fruit_id": fruit_id, "result_id": saved.id, "replayed": replayed, **seen, "views": [d.frame for d in views],
                  "diameter_mm": f.get("diameter_mm"), "blemish_area_cm2": f.get("blemish_area_cm2"), "defect": f.get("defect"),
@@ -132,11 +133,120 @@ class LineSession:
                 "flagged": sum(1 for f in self.graded if f["flagged"]), "not_graded": len(self.not_graded)}
 
 
-def read_frames(path: Path, max_frames: int) -> tuple[float, tuple[int, int], Iterator[tuple[int, np.ndarray]]]:
-    """(fps, (height, width), frames as RGB) of a clip OpenCV can decode; 422 when it cannot."""
+#: leading bytes of the video containers OpenCV reads: (offset, magic) -> container
+CONTAINERS = ((0, b"RIFF", "avi"), (4, b"ftyp", "mp4"), (0, b"\x1a\x45\xdf\xa3", "matroska"), (0, b"\x00\x00\x01\xba", "mpeg-ps"),
+              (0, b"\x00\x00\x01\xb3", "mpeg"), (0, b"OggS", "ogg"), (0, b"FLV", "flv"), (4, b"moov", "mov"), (4, b"mdat", "mov"),
+              (4, b"wide", "mov"), (4, b"free", "mov"))
+
+
+def sniff_container(head: bytes) -> str:
+    """The clip's container from its first bytes; 422 for anything that is not a video container
+    (a single JPEG or PNG posted as a clip, a text file...), before any decoder sees it."""
+    if head.startswith(b"\xff\xd8") or head.startswith(b"\x89PNG"):
+        raise ApiError(422, "invalid_video", "this is a still image, not a video: post it to /v1/grade", "video")
+    for offset, magic, name in CONTAINERS:
+        if head[offset:offset + len(magic)] == magic:
+            if name == "avi" and head[8:12] != b"AVI ":
+                break
+            return name
+    raise ApiError(422, "invalid_video", "not a video container OpenCV can decode (send MP4, MOV, AVI/MJPEG or MKV)", "video")
+
+
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def jpeg_size_at(f, start: int, length: int) -> tuple[int, int] | None:
+    """(width, height) from the frame header of a JPEG stored at ``start`` in ``f``, reading only
+    its marker segments' heads; None when it is not a JPEG or has no frame header before its data."""
+    f.seek(start)
+    if f.read(2) != b"\xff\xd8":
+        return None
+    pos, end = start + 2, start + length
+    for _ in range(256):  # a JPEG has a handful of segments before its frame header
+        if pos + 4 > end:
+            return None
+        f.seek(pos)
+        head = f.read(4)
+        if len(head) < 4 or head[0] != 0xFF:
+            return None
+        marker = head[1]
+        if marker == 0xFF:
+            pos += 1
+            continue
+        if marker in _SOF:
+            sof = f.read(5)
+            if len(sof) < 5:
+                return None
+            return int.from_bytes(sof[3:5], "big"), int.from_bytes(sof[1:3], "big")
+        if marker == 0xDA:  # scan data before any frame header
+            return None
+        pos += 2 + int.from_bytes(head[2:4], "big")
+    return None
+
+
+def check_avi(path: Path, max_pixels: int, max_frames: int) -> None:
+    """Walk an AVI's chunks without decoding anything: the declared frame size, then every
+    MJPEG frame's own size (a frame may differ from the header) against the image pixel limit,
+    and the number of frames against the frame limit. 422 on the first that is over."""
+    size = path.stat().st_size
+
+    def chunks(f, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
+        pos = start
+        while pos + 8 <= end:
+            f.seek(pos)
+            h = f.read(8)
+            if len(h) < 8:
+                return
+            length = int.from_bytes(h[4:8], "little")
+            yield h[:4], pos + 8, min(length, end - pos - 8)
+            pos += 8 + length + (length & 1)
+
+    def too_big(w: int, h: int, where: str) -> None:
+        if w * h > max_pixels:
+            raise ApiError(422, "video_frame_too_large", f"{where} is {w}x{h} = {w * h} pixels, over the image limit of {max_pixels}",
+                           "video")
+
+    frames = 0
+    with open(path, "rb") as f:
+        todo = [(12, size)]  # lists in file order: the header list (hdrl) before the frames (movi)
+        while todo:
+            start, end = todo.pop(0)
+            for cid, off, length in chunks(f, start, end):
+                if cid == b"LIST":
+                    f.seek(off)
+                    kind = f.read(4)
+                    if kind in (b"hdrl", b"movi", b"rec "):
+                        todo.append((off + 4, off + length))
+                elif cid == b"avih" and length >= 40:
+                    f.seek(off + 32)
+                    wh = f.read(8)
+                    too_big(int.from_bytes(wh[:4], "little"), int.from_bytes(wh[4:], "little"), "the clip's frame size")
+                elif cid[2:4] in (b"dc", b"db"):
+                    frames += 1
+                    if frames > max_frames:
+                        raise ApiError(422, "video_too_long", f"the video has more than {max_frames} frames", "video")
+                    dims = jpeg_size_at(f, off, length)
+                    if dims is not None:
+                        too_big(*dims, f"frame {frames - 1}")
+
+
+def read_frames(path: Path, max_frames: int, max_pixels: int | None = None) -> tuple[float, tuple[int, int], Iterator[tuple[int, np.ndarray]]]:
+    """(fps, (height, width), frames as RGB) of a clip OpenCV can decode; 422 when it cannot, when
+    it is not a video container, or when a frame is over the image pixel limit (checked from the
+    container before decoding, and for every decoded frame)."""
+    with open(path, "rb") as f:
+        container = sniff_container(f.read(16))
+    if container == "avi" and max_pixels is not None:
+        check_avi(path, max_pixels, max_frames)
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
         raise ApiError(422, "invalid_video", "not a video OpenCV can decode (send MP4, AVI or MJPEG)", "video")
+    if max_pixels is not None:
+        w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
+        if w * h > max_pixels:
+            cap.release()
+            raise ApiError(422, "video_frame_too_large", f"the clip's frames are {w}x{h} = {w * h} pixels, over the image limit of "
+                           f"{max_pixels}", "video")
     fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
     ok, first = cap.read()
     if not ok or first is None:
@@ -146,6 +256,7 @@ def read_frames(path: Path, max_frames: int) -> tuple[float, tuple[int, int], It
     if count > max_frames:
         cap.release()
         raise ApiError(422, "video_too_long", f"the video has {count} frames, over the limit of {max_frames}", "video")
+    shape = first.shape
 
     def frames() -> Iterator[tuple[int, np.ndarray]]:
         try:
@@ -153,6 +264,9 @@ def read_frames(path: Path, max_frames: int) -> tuple[float, tuple[int, int], It
             while frame is not None:
                 if k >= max_frames:
                     raise ApiError(422, "video_too_long", f"the video has more than {max_frames} frames", "video")
+                if frame.shape != shape:
+                    raise ApiError(422, "invalid_video", f"frame {k} is {frame.shape[1]}x{frame.shape[0]}, the clip's first is "
+                                   f"{shape[1]}x{shape[0]}", "video")
                 yield k, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
                 k += 1
                 ok, frame = cap.read()
@@ -164,11 +278,25 @@ def read_frames(path: Path, max_frames: int) -> tuple[float, tuple[int, int], It
     return (fps if 0 < fps < 1000 else 10.0), first.shape[:2], frames()
 
 
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def process_clip(ctx, req: grading.GradeRequest, path: Path, belt: BeltSetup, max_frames: int) -> dict[str, Any]:
-    clip_id = hashlib.sha256(path.read_bytes()).hexdigest()
-    fps, size, frames = read_frames(path, max_frames)
+    """Decode, track and grade a whole clip, within GRADER_VIDEO_BUDGET_S (422 past it)."""
+    clip_id = file_sha256(path)
+    budget = ctx.settings.video_budget_s
+    t0 = time.monotonic()
+    fps, size, frames = read_frames(path, max_frames, ctx.settings.max_image_pixels)
     session = LineSession(ctx, req, clip_id, size, belt, fps)
     for k, rgb in frames:
+        if time.monotonic() - t0 > budget:
+            raise ApiError(422, "video_too_slow", f"the clip took over {budget:g} s to decode and grade (stopped at frame {k}); "
+                           "send shorter clips", "video")
         session.push(k, rgb)
     session.close()
     fruits = sorted(session.graded, key=lambda f: (f["first_seen_s"], f["lane"]))

@@ -39,10 +39,10 @@ def listening_socket(host: str, port: int) -> socket.socket:
 def _worker(host: str, port: int, log_level: str) -> None:
     import uvicorn
 
-    from service.http_protocol import NoDelayHttpProtocol
+    from service.cli import server_options
+    from service.settings import Settings
 
-    config = uvicorn.Config("service.app:app_from_env", factory=True, http=NoDelayHttpProtocol, log_level=log_level,
-                            timeout_graceful_shutdown=10)
+    config = uvicorn.Config("service.app:app_from_env", log_level=log_level, **server_options(Settings()))
     uvicorn.Server(config).run(sockets=[listening_socket(host, port)])
 
 

@@ -12,10 +12,10 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 API_KEYS = {
-    "camera": "cam-key-123456",
-    "inspector": "insp-key-123456",
-    "trainer": "train-key-123456",
-    "admin": "admin-key-123456",
+    "camera": "camera-key-0123456789ab",
+    "inspector": "inspector-key-0123456789",
+    "trainer": "trainer-key-0123456789ab",
+    "admin": "admin-key-0123456789abcd",
 }
 
 

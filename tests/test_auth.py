@@ -33,13 +33,19 @@ def test_an_older_plain_keys_file_is_rewritten_hashed(tmp_path):
 
 def test_env_keys_plain_or_as_digests():
     d = hashlib.sha256(b"inspector-secret-9").hexdigest()
-    ring = parse_api_keys(f"camera:camera-secret-1, inspector:sha256:{d}")
-    assert ring.lookup("camera-secret-1").role == "camera"
+    ring = parse_api_keys(f"camera:camera-secret-0123456789, inspector:sha256:{d}")
+    assert ring.lookup("camera-secret-0123456789").role == "camera"
     assert ring.lookup("inspector-secret-9").role == "inspector"
     assert ring.lookup("inspector-secret-") is None and ring.lookup("") is None
     with pytest.raises(ValueError) as err:
         parse_api_keys("camera:short")
     assert "short" not in str(err.value)  # a key never appears in an error
+    with pytest.raises(ValueError) as err:  # keys set in the environment: 20 characters at least
+        parse_api_keys("camera:nineteen-chars-key")
+    assert "20" in str(err.value) and "nineteen" not in str(err.value)
+    with pytest.raises(ValueError):
+        parse_api_keys("camera:twenty-characters-k")  # 19
+    assert parse_api_keys("camera:twenty-characters-ke").lookup("twenty-characters-ke").role == "camera"
     with pytest.raises(ValueError):
         parse_api_keys("camera:sha256:nothex")
 

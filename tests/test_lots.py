@@ -136,7 +136,8 @@ def test_unknown_and_closed_lots(client, orange_lot):
     img, _ = make_fruit_image(seed=1)
     files = {"image": ("o.png", png_bytes(img), "image/png")}
     assert client.post("/v1/grade", files=files, data={"lot_id": "nope"}, headers=headers()).status_code == 404
-    assert client.post(f"/v1/lots/{orange_lot}/close", headers=headers()).json()["status"] == "closed"
+    assert client.post(f"/v1/lots/{orange_lot}/close", headers=headers()).status_code == 403  # a camera may not close a lot
+    assert client.post(f"/v1/lots/{orange_lot}/close", headers=headers("inspector")).json()["status"] == "closed"
     r = client.post("/v1/grade", files=files, data={"lot_id": orange_lot}, headers=headers())
     assert r.status_code == 409 and r.json()["error"]["code"] == "lot_closed"
     assert client.post("/v1/lots", json={"id": orange_lot}, headers=headers()).status_code == 409

@@ -57,7 +57,7 @@ def test_list_and_get_the_serving_model(client):
 def test_bad_artifacts_are_refused_and_nothing_changes(client):
     onnx, meta = artifact("9.9.9")
     r = upload(client, b"not an onnx graph", meta)
-    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_model"
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_model_artifact"
     bad_meta = json.loads(meta)
     bad_meta["preprocessing"]["input_size"] = [224, 224]
     r = upload(client, onnx, json.dumps(bad_meta).encode())

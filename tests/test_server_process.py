@@ -201,6 +201,9 @@ def test_the_served_app_is_built_outside_the_garbage_collectors_reach(tmp_path, 
 
     from service.app import app_from_env
 
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", tempfile.tempdir)  # app_from_env points it into the data dir
     monkeypatch.setenv("GRADER_DATA_DIR", str(tmp_path / "var"))
     monkeypatch.setenv("GRADER_API_KEYS", ",".join(f"{r}:{k}" for r, k in API_KEYS.items()))
     before = gc.get_freeze_count()

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
@@ -16,6 +16,7 @@ from grader.sweetness import correct_to_20c, is_outlier
 from ..auth import require
 from ..errors import ApiError
 from ..forms import PlainText
+from ..limits import PHYSICAL
 from ..lots import lot_context, lot_sweetness, regrade_fruit
 from ..storage import BrixReadingRow, LotRow, ResultRow
 
@@ -27,8 +28,11 @@ class BrixIn(BaseModel):
         {"brix": 12.4, "temperature_c": 24.5, "source": "refractometer", "fruit_id": "F-000123"},
         {"brix": 11.8, "source": "refractometer", "lot_id": "L-2026-001"}]})
 
-    brix: float = Field(description="the instrument's reading, °Brix")
-    temperature_c: float | None = Field(default=None, description="juice temperature; the reading is corrected to 20 °C (ICUMSA)")
+    brix: Annotated[float, Strict()] = Field(ge=PHYSICAL["brix"].lo, le=PHYSICAL["brix"].hi, allow_inf_nan=False,
+                                             description="the instrument's reading, °Brix (a JSON number: true is not 1)")
+    temperature_c: Annotated[float, Strict()] | None = Field(
+        default=None, ge=PHYSICAL["temperature_c"].lo, le=PHYSICAL["temperature_c"].hi, allow_inf_nan=False,
+        description="juice temperature, °C; the reading is corrected to 20 °C (ICUMSA)")
     source: Literal["refractometer", "nir"] = "refractometer"
     fruit_id: PlainText | None = Field(default=None, max_length=100, description="the fruit measured (its own reading)")
     lot_id: PlainText | None = Field(default=None, max_length=100, description="without fruit_id: a destructive sample of this lot")

@@ -11,7 +11,7 @@ from grader.calibration import calibrate_from_image
 
 from ..auth import require
 from ..errors import ApiError
-from ..forms import number_field, read_limited, text_field
+from ..forms import physical_field, read_limited, text_field
 from ..imaging import decode_upload
 from ..storage import CalibrationRow, ImageRow
 
@@ -44,7 +44,7 @@ async def calibrate(
 ) -> dict[str, Any]:
     ctx = request.app.state.ctx
     camera = text_field("camera_id", camera_id)
-    ref_mm = number_field("reference_diameter_mm", reference_diameter_mm, 0.0, 1000.0, lo_open=True)
+    ref_mm = physical_field("reference_diameter_mm", reference_diameter_mm)
     if camera is None or ref_mm is None:
         raise ApiError(422, "missing_field", "camera_id and reference_diameter_mm are required", "reference_diameter_mm")
     data = await read_limited(image, ctx.settings.max_image_bytes)
@@ -52,11 +52,18 @@ async def calibrate(
     cal = await run_in_threadpool(calibrate_from_image, rgb, ref_mm, camera)
 
     def store() -> CalibrationRow:
-        sha, path = ctx.images.put(data, media_type)
+        from ..grading import discard_unreferenced
+
+        sha, path, wrote = ctx.images.put_new(data, media_type)
         img = ImageRow(sha256=sha, path=str(path), media_type=media_type, width_px=rgb.shape[1], height_px=rgb.shape[0], size_bytes=len(data))
         row = CalibrationRow(camera_id=camera, mm_per_px=cal.mm_per_px, method=cal.method, reference_diameter_mm=ref_mm,
                              reference_diameter_px=cal.reference_diameter_px, image_sha256=sha, created_at=cal.created_at)
-        return ctx.repo.add_calibration(img, row)
+        try:
+            return ctx.repo.add_calibration(img, row)
+        except BaseException:
+            if wrote:
+                discard_unreferenced(ctx, sha, path)
+            raise
 
     return calibration_payload(await run_in_threadpool(store))
 

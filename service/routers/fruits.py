@@ -15,7 +15,7 @@ router = APIRouter(prefix="/v1/fruits", tags=["fruits"])
 
 
 @router.get("/{fruit_id}/events", summary="A fruit's journey: captured, measured, graded, flagged, outlet, examined")
-def fruit_events(request: Request, fruit_id: str, _=Depends(require("camera", "inspector", "trainer"))) -> dict[str, Any]:
+def fruit_events(request: Request, fruit_id: str, _=Depends(require("inspector", "trainer"))) -> dict[str, Any]:
     """``fruit_id`` is the fruit's own id (as the camera or the video tracker gave it; its latest
     grading when it was graded twice), or the review queue's numeric fruit number."""
     with request.app.state.ctx.repo.sessions() as s:

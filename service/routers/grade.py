@@ -43,7 +43,8 @@ GRADE_EXAMPLE = {
     "`brix` (°Brix at 20 °C), `mm_per_px` (camera scale), `standard` (a standard id), `commodity` (apple, orange, lemon; "
     "default: the lot's, else the service's; the result says which was used). The result is stored before "
     "the reply. A retry with the same `Idempotency-Key` header, or the same `camera_id` + `fruit_id`, returns the "
-    "first result instead of grading twice.",
+    "first result instead of grading twice; the same key with another image or other fields is refused (422 "
+    "`idempotency_key_reused`). Keys are scoped to the API key that sent them.",
     responses={200: {"content": {"application/json": {"example": GRADE_EXAMPLE}}}, 401: {"description": "missing or unknown API key"},
                413: {"description": "image over the byte limit"}, 422: {"description": "bad image or field; the body names the field"}},
 )
@@ -67,13 +68,14 @@ async def grade(
     ctx = request.app.state.ctx
     with admitted(ctx):
         req = grading.parse(lot_id, camera_id, fruit_id, lane, brix, mm_per_px, standard, reference_diameter_mm, idempotency_key,
-                            commodity)
+                            commodity, principal.key_id)
+        data = await read_limited(image, ctx.settings.max_image_bytes)
+        req.request_sha256 = grading.request_hash(req, [data])
         if ctx.registry.due():
             await run_in_threadpool(ctx.registry.follow, ctx)  # a promotion made by another replica
         existing = await run_in_threadpool(grading.lookup, ctx, req)
         if existing is not None:
             return result_payload(existing, replayed=True)
-        data = await read_limited(image, ctx.settings.max_image_bytes)
         rgb, media_type = await decode_upload(data, ctx.settings.max_image_pixels, ctx.settings.decode_budget_s)
         graded, saved, replayed = await run_in_threadpool(grading.grade_and_store, ctx, req, data, media_type, rgb, req.key)
         if ctx.shadow is not None and not replayed:  # after the reply: never on the camera's critical path
@@ -137,13 +139,16 @@ async def grade_batch(
         raise ApiError(422, "invalid_request", "fruit_id names one fruit: use it with mode=views", "fruit_id")
     with admitted(ctx, weight=len(images)):
         req = grading.parse(lot_id, camera_id, fruit_id, lane, brix, mm_per_px, standard, reference_diameter_mm, idempotency_key,
-                            commodity)
+                            commodity, principal.key_id)
+        raw = []
+        for i, up in enumerate(images):
+            raw.append(await read_limited(up, ctx.settings.max_image_bytes, f"images[{i}]"))
+        req.request_sha256 = grading.request_hash(req, raw, mode=mode)
         existing = await run_in_threadpool(grading.lookup, ctx, req)
         if existing is not None and mode == "views":
             return {"mode": mode, "results": [result_payload(existing, replayed=True)]}
         decoded = []
-        for i, up in enumerate(images):
-            data = await read_limited(up, ctx.settings.max_image_bytes)
+        for i, (up, data) in enumerate(zip(images, raw)):
             try:
                 rgb, media_type = await decode_upload(data, ctx.settings.max_image_pixels, ctx.settings.decode_budget_s)
             except Exception as exc:  # name the image that failed, then let the usual mapping answer
@@ -159,6 +164,7 @@ async def grade_batch(
                 if key is not None:
                     prior = await run_in_threadpool(ctx.repo.find_by_idempotency_key, key)
                     if prior is not None:
+                        grading.check_same_request(req, prior)
                         out.append(result_payload(prior, replayed=True))
                         continue
                 graded, saved, replayed = await run_in_threadpool(grading.grade_and_store, ctx, req, data, media_type, rgb, key)

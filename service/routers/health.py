@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
@@ -16,17 +19,37 @@ def healthz(request: Request) -> dict:
             "models": {c: sm.model_id for c, sm in {m.commodity: m, **ctx.commodity_models}.items()}}
 
 
-@router.get("/readyz", summary="Readiness: model loaded, database reachable, image store writable (and the MQTT link, when set: degraded without it)")
+def _free_space(path: Path, need: int) -> str:
+    """"ok" when the file system holding ``path`` has room for ``need`` bytes, else why not."""
+    try:
+        free = shutil.disk_usage(path).free
+    except OSError as exc:
+        return f"cannot tell free space: {exc.strerror or exc}"
+    if free < need:
+        return f"full: {free} bytes free under {path}, the largest accepted upload needs {need}"
+    return "ok"
+
+
+@router.get("/readyz", summary="Readiness: model loaded, database reachable, image store writable, room for the largest upload "
+                              "(and the MQTT link, when set: degraded without it)")
 def readyz(request: Request) -> JSONResponse:
+    """Not ready (503) when the database does not answer, an image cannot be written, or the disk
+    of the image store (or of a SQLite database) has less free space than the largest upload the
+    service accepts (`Settings.largest_upload_bytes`): a camera is then sent elsewhere instead of
+    getting 507 for every grade."""
     ctx = request.app.state.ctx
+    need = ctx.settings.largest_upload_bytes
     try:
         ctx.repo.ping()
         db = "ok"
     except Exception as exc:  # any driver error means "not reachable"
         db = f"unreachable: {type(exc).__name__}"
+    db_file = ctx.repo.engine.url.database if ctx.repo.engine.dialect.name == "sqlite" else None
+    if db == "ok" and db_file and db_file != ":memory:":
+        db = _free_space(Path(db_file).parent, need)
     try:
         ctx.images.probe()
-        images = "ok"
+        images = _free_space(ctx.images.root, need)
     except Exception as exc:  # StorageUnavailable names the cause
         images = str(exc)
     ok = db == "ok" and images == "ok"

@@ -83,14 +83,25 @@ def get_lot(request: Request, lot_id: str, _=Depends(require("camera", "inspecto
     return lot_payload(_lot(request, lot_id))
 
 
-@router.post("/{lot_id}/close", summary="Close a lot: no more grades are accepted into it")
-def close_lot(request: Request, lot_id: str, _=Depends(require("camera", "inspector", "trainer"))) -> dict[str, Any]:
+@router.post("/{lot_id}/close", summary="Close a lot: no more grades are accepted into it (inspectors)")
+def close_lot(request: Request, lot_id: str, _=Depends(require("inspector"))) -> dict[str, Any]:
     with request.app.state.ctx.repo.sessions() as s, s.begin():
         lot = s.get(LotRow, lot_id)
         if lot is None:
             raise ApiError(404, "unknown_lot", f"no lot {lot_id!r}", "lot_id")
         if lot.status == "open":
             lot.status, lot.closed_at = "closed", utcnow()
+    return lot_payload(lot)
+
+
+@router.post("/{lot_id}/reopen", summary="Reopen a closed lot: grades are accepted into it again (inspectors)")
+def reopen_lot(request: Request, lot_id: str, _=Depends(require("inspector"))) -> dict[str, Any]:
+    with request.app.state.ctx.repo.sessions() as s, s.begin():
+        lot = s.get(LotRow, lot_id)
+        if lot is None:
+            raise ApiError(404, "unknown_lot", f"no lot {lot_id!r}", "lot_id")
+        if lot.status == "closed":
+            lot.status, lot.closed_at = "open", None
     return lot_payload(lot)
 
 
@@ -122,12 +133,25 @@ async def report(request: Request, lot_id: str, format: Literal["json", "csv", "
     return out
 
 
+#: a cell a spreadsheet would run as a formula starts with one of these (OWASP, CSV injection)
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """A text cell that a spreadsheet would take for a formula, prefixed with a quote so it is
+    shown as text (OWASP's advice); numbers are written as they are."""
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return "'" + value
+    return value
+
+
 def _csv(s, lot_id: str) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["result_id", "fruit_index", "fruit_id", "grade", "diameter_mm", "brix", "brix_source", "defect_label", "defect_score", "flagged"])
     for f in s.scalars(select(FruitRow).where(FruitRow.lot_id == lot_id).order_by(FruitRow.id)):
-        w.writerow([f.result_id, f.index, f.fruit_id or "", f.grade or "", "" if f.diameter_mm is None else round(f.diameter_mm, 2),
-                    "" if f.brix is None else round(f.brix, 2), f.brix_source or "", f.defect_label or "",
-                    "" if f.defect_score is None else round(f.defect_score, 4), int(f.flagged)])
+        w.writerow([csv_cell(v) for v in (
+            f.result_id, f.index, f.fruit_id or "", f.grade or "", "" if f.diameter_mm is None else round(f.diameter_mm, 2),
+            "" if f.brix is None else round(f.brix, 2), f.brix_source or "", f.defect_label or "",
+            "" if f.defect_score is None else round(f.defect_score, 4), int(f.flagged))])
     return buf.getvalue()

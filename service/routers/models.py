@@ -12,7 +12,6 @@ from .. import shadow
 from ..registry import version_payload
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
-MAX_ARTIFACT_BYTES = 100 * 1024 * 1024
 
 
 @router.get("", summary="Registered model versions, newest first")
@@ -61,8 +60,9 @@ async def upload_model(
 ) -> dict[str, Any]:
     from ..forms import read_limited
 
-    onnx_bytes = await read_limited(model, MAX_ARTIFACT_BYTES)
-    meta_bytes = await read_limited(metadata, 1024 * 1024)
+    settings = request.app.state.ctx.settings
+    onnx_bytes = await read_limited(model, settings.max_model_bytes, "model", "model")
+    meta_bytes = await read_limited(metadata, settings.max_metadata_bytes, "metadata", "metadata")
     row = await run_in_threadpool(request.app.state.ctx.registry.upload, onnx_bytes, meta_bytes)
     return version_payload(row)
 

@@ -25,6 +25,33 @@ PAGE_HEADERS = {
 }
 
 
+#: /docs runs Swagger UI's own inline start-up script; everything else it loads comes from this service
+DOCS_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
+
+DOCS_ASSETS = "/docs-assets"
+
+
+def add_docs(app) -> None:
+    """The interactive API docs at /docs, with Swagger UI's scripts and styles served from the
+    installed swagger-ui-bundle package: the service needs nothing from outside the packhouse
+    network, and no third-party script runs on the origin of /review."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount(DOCS_ASSETS, StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs():
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} - API docs",
+                                   swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js", swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+                                   swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png")
+
+
 @router.get("/review")
 def review_page() -> FileResponse:
     return FileResponse(STATIC_DIR / "review.html", media_type="text/html", headers={"Cache-Control": "no-cache"})
@@ -53,7 +80,12 @@ class PageHeaders:
             await self.app(scope, receive, send)
             return
         path = scope["path"]
-        extra = PAGE_HEADERS if path in ("/review", "/line") or path.startswith("/static/") else {"X-Content-Type-Options": "nosniff"}
+        if path in ("/review", "/line") or path.startswith("/static/"):
+            extra = PAGE_HEADERS
+        elif path == "/docs" or path.startswith(DOCS_ASSETS + "/"):
+            extra = {**DOCS_HEADERS, "X-Content-Type-Options": "nosniff"}
+        else:
+            extra = {"X-Content-Type-Options": "nosniff"}
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":

@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from grader.measure import measure_image, with_scale
 from grader.overlay import DEFAULT_LAYERS, LAYERS, draw_overlay, fruit_label
 
-from ..auth import require
+from ..auth import Principal, require
 from ..errors import ApiError
 from ..imaging import decode_image
 from ..storage import FruitRow, GradeChangeRow, ResultRow
@@ -57,9 +57,15 @@ def list_results(
     since: dt.datetime | None = Query(None, description="ISO 8601 time; results created at or after it"),
     limit: int = Query(50, ge=1, le=500),
     cursor: str | None = Query(None, description="next_cursor of the previous page"),
-    _=Depends(require("camera", "inspector", "trainer")),
+    principal: Principal = Depends(require("camera", "inspector", "trainer")),
 ) -> dict[str, Any]:
+    """A camera key sees only the results made with that same key (give each camera a key of its
+    own), and may not list by lot: a lot's fruit are for inspectors and trainers, like its report."""
     q = select(ResultRow).order_by(ResultRow.created_at.desc(), ResultRow.id.desc())
+    if principal.role == "camera":
+        if lot_id:
+            raise ApiError(403, "forbidden", "a camera key may not list a lot's results (inspector or trainer)", "lot_id")
+        q = q.where(ResultRow.api_key_id == principal.key_id)
     if lot_id:
         q = q.where(ResultRow.lot_id == lot_id)
     if camera_id:
@@ -84,16 +90,17 @@ def list_results(
     return {"items": [result_payload(r) for r in page], "next_cursor": nxt}
 
 
-def _get(request: Request, result_id: str) -> ResultRow:
+def _get(request: Request, result_id: str, principal: Principal | None = None) -> ResultRow:
+    """The result, when the key may see it: a camera key sees only the results it made."""
     row = request.app.state.ctx.repo.get_result(result_id)
-    if row is None:
+    if row is None or (principal is not None and principal.role == "camera" and row.api_key_id != principal.key_id):
         raise ApiError(404, "not_found", f"no result with id {result_id!r}", "result_id")
     return row
 
 
 @router.get("/results/{result_id}", summary="A stored grading result, with its later grade changes")
-def get_result(request: Request, result_id: str, _=Depends(require("camera", "inspector", "trainer"))) -> dict[str, Any]:
-    out = result_payload(_get(request, result_id))
+def get_result(request: Request, result_id: str, principal: Principal = Depends(require("camera", "inspector", "trainer"))) -> dict[str, Any]:
+    out = result_payload(_get(request, result_id, principal))
     with request.app.state.ctx.repo.sessions() as s:
         changes = s.scalars(select(GradeChangeRow).where(GradeChangeRow.result_id == result_id).order_by(GradeChangeRow.id)).all()
     out["grade_changes"] = [{"fruit_index": c.fruit_index, "old_grade": c.old_grade, "new_grade": c.new_grade, "old_brix": c.old_brix,
@@ -102,8 +109,9 @@ def get_result(request: Request, result_id: str, _=Depends(require("camera", "in
 
 
 @router.get("/results/{result_id}/image", summary="The image a result was graded from", response_class=FileResponse)
-def get_result_image(request: Request, result_id: str, _=Depends(require("camera", "inspector", "trainer"))) -> FileResponse:
-    row = _get(request, result_id)
+def get_result_image(request: Request, result_id: str,
+                     principal: Principal = Depends(require("camera", "inspector", "trainer"))) -> FileResponse:
+    row = _get(request, result_id, principal)
     img = request.app.state.ctx.repo.get_image(row.image_sha256)
     if img is None:
         raise ApiError(404, "not_found", f"image of result {result_id!r} is missing", "result_id")
@@ -121,14 +129,14 @@ async def get_result_overlay(
     result_id: str,
     layers: str = Query(",".join(DEFAULT_LAYERS), description=f"comma-separated, any of {', '.join(LAYERS)} (empty: the plain image)"),
     fruit_index: int | None = Query(None, ge=0, description="crop the picture around this fruit of the result"),
-    _=Depends(require("camera", "inspector", "trainer")),
+    principal: Principal = Depends(require("camera", "inspector", "trainer")),
 ) -> Response:
     ctx = request.app.state.ctx
     wanted = [x.strip() for x in layers.split(",") if x.strip()]
     unknown = sorted(set(wanted) - set(LAYERS))
     if unknown:
         raise ApiError(422, "invalid_layers", f"unknown overlay layers {unknown}; known: {list(LAYERS)}", "layers")
-    row = _get(request, result_id)
+    row = _get(request, result_id, principal)
     if fruit_index is not None and fruit_index >= len(row.payload["fruits"]):
         raise ApiError(404, "not_found", f"result {result_id!r} has {len(row.payload['fruits'])} fruit, no index {fruit_index}", "fruit_index")
     img = ctx.repo.get_image(row.image_sha256)

@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from .. import grading
 from ..auth import Principal, require
 from ..errors import ApiError
-from ..forms import number_field
+from ..forms import physical_field
 from ..imaging import decode_upload
 from ..video import BeltSetup, LineSession, process_clip
 from .grade import admitted
@@ -23,15 +23,16 @@ router = APIRouter(prefix="/v1/cameras", tags=["video"])
 CHUNK = 1 << 20
 
 
-def _request(ctx, camera_id: str, lot_id: str | None, mm_per_px: str | None, commodity: str | None, standard: str | None) -> grading.GradeRequest:
-    req = grading.parse(lot_id, camera_id, None, None, None, mm_per_px, standard, None, None, commodity)
+def _request(ctx, camera_id: str, lot_id: str | None, mm_per_px: str | None, commodity: str | None, standard: str | None,
+             key_id: str | None = None) -> grading.GradeRequest:
+    req = grading.parse(lot_id, camera_id, None, None, None, mm_per_px, standard, None, None, commodity, key_id)
     grading.lookup(ctx, req)
     return req
 
 
 def _belt(lanes: int, belt_speed_mm_s: str | None, direction: str) -> BeltSetup:
     return BeltSetup(lanes=lanes, direction=1 if direction == "left_to_right" else -1,
-                     speed_mm_s=number_field("belt_speed_mm_s", belt_speed_mm_s, 0.0, 10_000.0, lo_open=True))
+                     speed_mm_s=physical_field("belt_speed_mm_s", belt_speed_mm_s))
 
 
 @router.post(
@@ -54,11 +55,12 @@ async def post_video(
     lanes: Annotated[int, Form(ge=1, le=16)] = 3,
     belt_speed_mm_s: Annotated[str | None, Form()] = None,
     direction: Annotated[Literal["left_to_right", "right_to_left"], Form()] = "left_to_right",
-    _: Principal = Depends(require("camera")),
+    principal: Principal = Depends(require("camera")),
 ) -> dict[str, Any]:
     ctx = request.app.state.ctx
     belt = _belt(lanes, belt_speed_mm_s, direction)
-    with admitted(ctx, weight=4), tempfile.TemporaryDirectory(prefix="grader-video-") as tmp:
+    # the clip waits inside the data dir (never the system's temporary folder), removed as the request ends
+    with admitted(ctx, weight=4), tempfile.TemporaryDirectory(prefix="video-", dir=ctx.settings.tmp_dir) as tmp:
         path = Path(tmp) / "clip"
         size = 0
         with open(path, "wb") as f:
@@ -69,7 +71,7 @@ async def post_video(
                 f.write(chunk)
         if size == 0:
             raise ApiError(422, "invalid_video", "the video file is empty", "video")
-        req = await run_in_threadpool(_request, ctx, camera_id, lot_id, mm_per_px, commodity, standard)
+        req = await run_in_threadpool(_request, ctx, camera_id, lot_id, mm_per_px, commodity, standard, principal.key_id)
         return await run_in_threadpool(process_clip, ctx, req, path, belt, ctx.settings.max_video_frames)
 
 
@@ -88,9 +90,15 @@ async def stream(ws: WebSocket, camera_id: str, lot_id: str | None = None, mm_pe
         return
     await ws.accept()
     try:
-        if not 0 < fps <= 240:
-            raise ApiError(422, "invalid_value", "fps must be > 0 and <= 240", "fps")
-        req = await run_in_threadpool(_request, ctx, camera_id, lot_id, mm_per_px, commodity, None)
+        from ..limits import OutOfRange, check
+
+        try:
+            check("fps", fps)
+        except OutOfRange as exc:
+            raise ApiError(422, exc.code, exc.message, exc.field) from None
+        if not 1 <= lanes <= 16:
+            raise ApiError(422, "out_of_range", "lanes must be between 1 and 16", "lanes")
+        req = await run_in_threadpool(_request, ctx, camera_id, lot_id, mm_per_px, commodity, None, principal.key_id)
         belt = _belt(lanes, belt_speed_mm_s, direction)
     except ApiError as exc:
         await ws.send_json({"type": "error", "code": exc.code, "message": exc.message, "field": exc.field})
@@ -106,6 +114,10 @@ async def stream(ws: WebSocket, camera_id: str, lot_id: str | None = None, mm_pe
             if msg["type"] == "websocket.disconnect":
                 break
             if msg.get("bytes") is not None:
+                if frame >= ctx.settings.max_video_frames:
+                    await ws.send_json({"type": "error", "code": "video_too_long", "frame": frame,
+                                        "message": f"a stream takes at most {ctx.settings.max_video_frames} frames: open a new one"})
+                    break
                 try:
                     rgb, _ = await decode_upload(msg["bytes"], ctx.settings.max_image_pixels, ctx.settings.decode_budget_s)
                     if session is None:
@@ -127,5 +139,12 @@ async def stream(ws: WebSocket, camera_id: str, lot_id: str | None = None, mm_pe
                 return
     except WebSocketDisconnect:
         pass
-    if session is not None:  # the camera went away: grade and keep what it showed
+    if session is not None:  # the camera went away (or sent too many frames): grade and keep what it showed
         await run_in_threadpool(session.close)
+    try:
+        await ws.close()
+    except Exception:  # noqa: BLE001 - the client already closed it
+        pass
+
+
+stream.grader_roles = frozenset({"camera", "admin"})  # type: ignore[attr-defined]  # read by the gate

@@ -185,6 +185,7 @@ def test_max_batch_counts_the_rows_a_views_model_runs(model):
     from service.settings import SHIPPED_MODELS as ROOT
 
     single = OnnxDefectModel(ROOT / "apple-defect" / "0.1.0", threads=1)
+    model = OnnxDefectModel(ROOT / "apple-defect" / "0.3.0", threads=1)  # the four-view rollback
     assert model.spec.test_time_views == 4 and single.spec.test_time_views == 1
     cs = crops(12)
     for m, most in ((model, 4), (single, 16)):

@@ -85,8 +85,13 @@ def card(meta: dict[str, Any], http_eval: dict[str, Any] | None = None, notes: s
                   f"nor queued ({th.get('fruit_rule')}).", "", "| split | fruit regions | kept | not-fruit regions | rejected |", "|---|---|---|---|---|"]
         for split, r in fc.items():
             lines.append(f"| {split} | {r['n_fruit']} | {_f(r['fruit_kept'])} | {r['n_not_fruit']} | {_f(r['not_fruit_rejected'])} |")
+    commodity = meta.get("commodity", "apple")
+    mine = {"apple": ("apples",), "lemon": ("lemons", "empty belt"), "orange": ("oranges",)}.get(commodity, (commodity,))
+    http_eval = {k: v for k, v in (http_eval or {}).items() if k.startswith(mine)}
     if http_eval:
         lines += ["", "## Through POST /v1/grade (bench/http_eval.py)", "",
+                  "Real photos posted one by one as a packhouse posts them: segmentation, fruit check, model and threshold "
+                  "together. A photo is called defective when any fruit found in it is; one with no fruit found counts as wrong.", "",
                   "| photos | n | exactly one fruit | balanced accuracy | recall defective (95 % CI) | recall sound (95 % CI) | no fruit (empty frames) |",
                   "|---|---|---|---|---|---|---|"]
         for name, r in http_eval.items():

@@ -38,6 +38,9 @@ def result_payload(row: ResultRow, replayed: bool = False) -> dict[str, Any]:
         "flagged": row.flagged,
         "fruits": p["fruits"],
         "image_flags": p.get("image_flags", []),
+        # candidate regions the model's fruit check said are not fruit: neither graded nor queued
+        "rejected_candidates": p.get("rejected_candidates", 0),
+        "rejected": p.get("rejected", []),
         "calibration": p.get("calibration", {"mm_per_px": row.mm_per_px, "source": "request" if row.mm_per_px else "none"}),
         "references": p.get("references", []),
         "image": {"sha256": row.image_sha256, "url": f"/v1/results/{row.id}/image"},

@@ -77,6 +77,19 @@ def test_empty_belt_returns_no_fruit(client):
     assert body["fruits"] == [] and [f["code"] for f in body["image_flags"]] == ["no_fruit"]
 
 
+def test_a_region_that_is_not_fruit_is_neither_graded_nor_queued(client):
+    """A printed page on the belt: the segmentation proposes it, the model's fruit check rejects it."""
+    from datasets.regions import clutter_image
+
+    img, _ = make_frame([], mm_per_px=0.5, size_px=(240, 240))
+    img[40:200, 40:200] = clutter_image(2, 160)  # printed text in a blob
+    body = post_image(client, png_bytes(img), filename="p.png", ctype="image/png", mm_per_px=0.5).json()
+    assert body["fruits"] == [] and body["rejected_candidates"] >= 1 and not body["flagged"]
+    assert body["rejected"][0]["fruit_score"] < 0.5
+    queue = client.get("/v1/review/queue", headers=headers("inspector")).json()
+    assert queue["total"] == 0 and queue["items"] == []
+
+
 @pytest.mark.parametrize("role,key", [(None, None), ("camera", "wrong-key-123")])
 def test_missing_or_wrong_key_is_401(client, fruit_jpeg, role, key):
     h = {"X-API-Key": key} if key else {}

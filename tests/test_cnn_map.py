@@ -185,13 +185,14 @@ def test_shipped_artifacts_have_the_outputs_and_their_thresholds(art):
 
     meta = json.loads((art / "metadata.json").read_text())
     served = OnnxDefectModel(art, threads=1)
-    assert served.extra_outputs == ("defect_map", "ood_distance", "ood_distance_early")
+    pretrained = meta["architecture"] == "efficientnet_lite0"  # the serving models: with their fruit check
+    assert served.extra_outputs == ("defect_map", "ood_distance", "ood_distance_early", *(("fruit_score",) if pretrained else ()))
     assert served.check_parity() < 1e-4  # the logits torch recorded at training, unchanged by the edit
     th = meta["thresholds"]
     assert th["ood_distance"] > 0 and "quantile 0.99 of the val crops" in th["ood_distance_rule"]
     assert 0.0 <= meta["metrics"]["val"]["ood_distance_share"] <= 0.02
     assert th["ood_distance_early"] > 0 and "quantile 0.99 of the val crops' ood_distance_early" in th["ood_distance_early_rule"]
-    assert meta["outputs"]["ood_distance_early"]["block"] == "features.3"
+    assert meta["outputs"]["ood_distance_early"]["block"] == ("_blocks.3" if pretrained else "features.3")
     assert 0.0 <= meta["metrics"]["val"]["ood_distance_early_share"] <= 0.02
     assert (art / "model.onnx").stat().st_size < 20 * 2**20
     side = meta["preprocessing"]["input_size"][0] // 32

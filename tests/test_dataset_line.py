@@ -120,7 +120,12 @@ def test_the_service_routes_a_share_of_uncertain_fruit_to_review(settings, tmp_p
 
     from service.app import create_app
 
-    with TestClient(create_app(settings.model_copy(update={"review_sample_share": 1.0}))) as c:
+    from service.settings import SHIPPED_MODELS
+
+    # the from-scratch 0.3.0 model: the pretrained default flags these synthetic fruit `ood` (their
+    # texture is unlike any photo), and a fruit already flagged is never the sampled one
+    routed = settings.model_copy(update={"review_sample_share": 1.0, "model_dir": SHIPPED_MODELS / "apple-defect" / "0.3.0"})
+    with TestClient(create_app(routed)) as c:
         threshold = c.app.state.ctx.model.spec.threshold_defective
         c.post("/v1/lots", json={"id": "L-R"}, headers=headers())
         fruits = [f for k in range(8) for f in _grade(c, 400 + k, "L-R", mm_per_px="0.55", brix="13")[0]["fruits"]]

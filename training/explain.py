@@ -265,24 +265,30 @@ class _Builder:
         return self.node("Unsqueeze", [x], axes=axes)
 
 
-def strip_outputs(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy without anything :func:`add_outputs` added (the graph as it was exported)."""
+def strip_branch(model: onnx.ModelProto, prefix: str, outputs: tuple[str, ...]) -> onnx.ModelProto:
+    """A copy without the nodes, initializers and value infos named under ``prefix`` and without the
+    graph outputs ``outputs`` (a branch an edit added)."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
     g = m.graph
-    keep = [n for n in g.node if not n.name.startswith(PREFIX)]
+    keep = [n for n in g.node if not n.name.startswith(prefix)]
     del g.node[:]
     g.node.extend(keep)
-    inits = [i for i in g.initializer if not i.name.startswith(PREFIX)]
+    inits = [i for i in g.initializer if not i.name.startswith(prefix)]
     del g.initializer[:]
     g.initializer.extend(inits)
-    outs = [o for o in g.output if o.name not in (MAP_OUTPUT, DISTANCE_OUTPUT, EARLY_OUTPUT) and not o.name.startswith(PREFIX)]
+    outs = [o for o in g.output if o.name not in outputs and not o.name.startswith(prefix)]
     del g.output[:]
     g.output.extend(outs)
-    vi = [v for v in g.value_info if not v.name.startswith(PREFIX) and v.name not in (MAP_OUTPUT, DISTANCE_OUTPUT, EARLY_OUTPUT)]
+    vi = [v for v in g.value_info if not v.name.startswith(prefix) and v.name not in outputs]
     del g.value_info[:]
     g.value_info.extend(vi)
     return m
+
+
+def strip_outputs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy without anything :func:`add_outputs` added (the graph as it was exported)."""
+    return strip_branch(model, PREFIX, (MAP_OUTPUT, DISTANCE_OUTPUT, EARLY_OUTPUT))
 
 
 def _with_output(model: onnx.ModelProto, *names: str) -> onnx.ModelProto:

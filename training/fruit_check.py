@@ -27,7 +27,7 @@ import torch
 
 from datasets import regions as regions_mod
 from grader.defect import ModelSpec
-from training.explain import _Builder, _finish, _with_output, find_head, run_graph, strip_outputs
+from training.explain import _Builder, _finish, _with_output, find_head, run_graph, strip_branch, strip_outputs
 
 FRUIT_OUTPUT = "fruit_score"
 PREFIX = "fruit_check/"
@@ -39,19 +39,7 @@ DEFAULT_KEEP_FRUIT = 0.97
 
 def strip(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy without an earlier fruit-check branch."""
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    g = m.graph
-    keep = [n for n in g.node if not n.name.startswith(PREFIX)]
-    del g.node[:]
-    g.node.extend(keep)
-    inits = [i for i in g.initializer if not i.name.startswith(PREFIX)]
-    del g.initializer[:]
-    g.initializer.extend(inits)
-    outs = [o for o in g.output if o.name != FRUIT_OUTPUT]
-    del g.output[:]
-    g.output.extend(outs)
-    return m
+    return strip_branch(model, PREFIX, (FRUIT_OUTPUT,))
 
 
 def _head(model: onnx.ModelProto, spec: ModelSpec):

@@ -112,7 +112,9 @@ def test_one_process_without_torchrun_is_untouched(monkeypatch):
 #: weights on (no sampler), so the loss's global weighted mean is exercised
 EQUAL_RUN = ["data.kind=synthetic", "data.n=24", "data.cache_size=48", "model.input_size=48", "model.arch=small_fruitnet_lite",
              "train.epochs=2", "train.batch_size=8", "train.num_threads=1", "augment.enabled=false", "model.dropout=0",
-             "version=0.0.1", "model.test_time_views=1", "name=ddp-test"]
+             "version=0.0.1", "model.test_time_views=1", "name=ddp-test",
+             # the default recipe is the linear probe of the pretrained network, on one process: fine-tune instead
+             "train.method=finetune", "train.probe_epochs=0", "train.trainable_from=null", "fruit_check=null"]
 
 
 @pytest.mark.slow

@@ -27,7 +27,6 @@ def checked_artifact(tmp_path_factory):
     out = root / "model"
     cfg = train.load_config(train.DEFAULT_CONFIG, [*TINY_TRAIN, "name=tiny-fruit-check", "model.arch=efficientnet_lite0", "model.input_size=64",
                                                    "model.mean=[0.498, 0.498, 0.498]", "model.std=[0.502, 0.502, 0.502]", "train.probe_epochs=1",
-                                                   "thresholds.ood_distance_early_block=_blocks.3",
                                                    f"fruit_check={{data_root: {root / 'no-data'}, n_synthetic: 60, work_dir: {root / 'work'}}}"])
     meta = train.run(cfg, out, root / "train")
     return out, meta

@@ -620,7 +620,8 @@ def test_a_network_that_learns_nothing_is_refused_not_exported(tmp_path):
 
     out = tmp_path / "out"
     sets = ["data.kind=synthetic", "data.n=48", "data.cache_size=96", "train.epochs=2", "train.batch_size=16",
-            "model.arch=small_fruitnet", "model.input_size=64", "name=tiny-test", "version=0.0.1", "train.lr=1e6"]
+            "model.arch=small_fruitnet", "model.input_size=64", "name=tiny-test", "version=0.0.1", "train.lr=1e6",
+            "train.method=finetune", "train.probe_epochs=0", "train.trainable_from=null", "fruit_check=null"]
     cmd = [sys.executable, "-m", "service.cli", "train", "--out", str(out), "--work-dir", str(tmp_path / "work")]
     for s in sets:
         cmd += ["--set", s]

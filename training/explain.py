@@ -50,6 +50,9 @@ MAP_OUTPUT = "defect_map"
 DISTANCE_OUTPUT = "ood_distance"
 EARLY_OUTPUT = "ood_distance_early"
 DEFAULT_EARLY_BLOCK = "features.3"  # mobilenet_v3_small: bench/ood_eval.py --blocks (docs/defect_model.md)
+#: the early block of the architectures whose modules are named otherwise (EfficientNet-Lite0's
+#: fourth block: stride 8, 40 channels, as features.3 of MobileNetV3-small)
+EARLY_BLOCK_BY_ARCH = {"efficientnet_lite0": "_blocks.3", "efficientnet_lite0_scratch": "_blocks.3"}
 PREFIX = "explain/"  # every node, tensor and initializer this module adds: one strip removes them all
 MAX_DIMS = 128  # principal directions of the feature covariance kept exactly (the graph stays small)
 
@@ -534,9 +537,12 @@ def update_metadata(meta: dict[str, Any], ex: Explained, shares: dict[str, float
 
 # ----------------------------------------------------------------------------- existing artifacts
 def early_block_of(cfg: dict[str, Any]) -> str | None:
-    """The config's early block (``thresholds.ood_distance_early_block``; null: no early distance)."""
+    """The config's early block (``thresholds.ood_distance_early_block``; null: no early distance),
+    else the architecture's (``EARLY_BLOCK_BY_ARCH``, else ``features.3``)."""
     th = cfg.get("thresholds") or {}
-    return th["ood_distance_early_block"] if "ood_distance_early_block" in th else DEFAULT_EARLY_BLOCK
+    if "ood_distance_early_block" in th:
+        return th["ood_distance_early_block"]
+    return EARLY_BLOCK_BY_ARCH.get((cfg.get("model") or {}).get("arch", ""), DEFAULT_EARLY_BLOCK)
 
 
 def explain_artifact(artifact: Path, work_dir: Path, write: bool = False, out=sys.stdout, early_block: str | None = None) -> int:

@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from grader.defect import preprocess, softmax  # noqa: E402
-from service.onnx_model import OnnxDefectModel  # noqa: E402
+from inference.onnx_model import OnnxDefectModel  # noqa: E402
 from training.metrics import binary_report, pick_threshold  # noqa: E402
 from training.train import is_defective, load_data  # noqa: E402
 

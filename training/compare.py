@@ -55,7 +55,7 @@ import yaml
 from grader.defect import preprocess
 from grader.errors import InvalidModelArtifact
 from grader.measure import SegmentationParams
-from service.onnx_model import OnnxDefectModel
+from inference.onnx_model import OnnxDefectModel
 from training.crops import fruit_crop, load_rgb
 from training.metrics import binary_report, expected_calibration_error
 
@@ -668,6 +668,7 @@ def run_args(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     print(summary(report, out))
     return EXIT_PROMOTE if report["verdict"] == "promote" else EXIT_KEEP
+
 
 
 def main(argv: list[str] | None = None) -> int:

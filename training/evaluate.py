@@ -8,7 +8,7 @@ so the figures are of exactly the photos the model was tested on. Every photo go
 crop the model saw in training (the largest segmented fruit, background painted out:
 ``training.crops.fruit_crop``, with the fruit finder's settings the metadata records in
 ``preprocessing.crop_segmentation``, the defaults where it records none) and the served ONNX graph with its metadata's temperature and
-threshold (``service.onnx_model.OnnxDefectModel``), so the figures reproduce
+threshold (``inference.onnx_model.OnnxDefectModel``), so the figures reproduce
 ``metadata.json: metrics.<split>``.
 
 Written to ``--out`` (default ``var/evaluate/<name>-<version>-<split>``): ``report.json``,

@@ -602,7 +602,7 @@ def explain_artifact(artifact: Path, work_dir: Path, write: bool = False, out=sy
             print(f"{artifact}: the edited graph is {size_mib:.1f} MiB (limit 20); nothing written", file=sys.stderr)
             return 2
         if write:
-            from service.onnx_model import OnnxDefectModel
+            from inference.onnx_model import OnnxDefectModel
 
             (Path(tmp) / "metadata.json").write_text(json.dumps(new_meta, indent=2, allow_nan=False))
             OnnxDefectModel(Path(tmp), threads=1).check_parity()  # the registry's check, on the edited artifact
@@ -620,7 +620,7 @@ def explain_artifact(artifact: Path, work_dir: Path, write: bool = False, out=sy
 def latency(artifact: Path, repeats: int = 40, threads: int = 1) -> dict[str, dict]:
     """ms per crop of the artifact's graph with and without the extra outputs (strip_outputs),
     interleaved repeat by repeat (training.compare.measure_latency) on random crops."""
-    from service.onnx_model import OnnxDefectModel
+    from inference.onnx_model import OnnxDefectModel
     from training.compare import measure_latency
 
     meta = json.loads((artifact / "metadata.json").read_text())

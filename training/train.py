@@ -747,6 +747,31 @@ def run_linear_probe(cfg, model, crops, labels, sessions, eval_batches, digest, 
                          keep_colour=np.isin(labels["train"], [classes.index(c) for c in colour_keep_of(cfg)]))
         for _ in tqdm(range(views - 1), desc="augmented views", unit="view", leave=False):
             batches.append(np.stack([ds[i][0].numpy() for i in range(len(ds))]))
+    fit = tr.get("probe_fit", "train")
+    if fit not in ("train", "cross_session"):
+        raise ValueError(f"train.probe_fit must be train or cross_session, got {fit!r}")
+    y_all = np.concatenate([labels["train"], labels["val"]])
+    folds = probe.session_folds(is_defective(y_all, cfg), list(sessions["train"]) + list(sessions["val"]))
+    if fit == "cross_session" and len(folds) < 2:
+        # a dataset whose sessions (lots) cannot be held out in two folds of both classes: the
+        # head learns from train and val chooses, as train.probe_fit: train does
+        print(f"linear probe: {len(folds)} held-out fold(s) of both classes among the train and val sessions; "
+              "cross_session needs two, fitting on train and choosing on val")
+        fit = "train"
+    if fit == "cross_session":
+        # the head learns from every session of train and val; held-out sessions choose the L2
+        # strength, the temperature and the threshold (training/probe.py: run_cross_session)
+        if views > 1:
+            raise ValueError("train.probe_fit cross_session takes the plain crops only: set train.probe_views to 1")
+        feats = np.concatenate([probe.pooled(model, batches[0]), probe.pooled(model, eval_batches["val"])])
+        y = np.concatenate([labels["train"], labels["val"]])
+        groups = list(sessions["train"]) + list(sessions["val"])
+        got = probe.run_cross_session(feats, y, is_defective(y, cfg), groups, [float(v) for v in (tr.get("probe_l2") or probe.DEFAULT_L2)],
+                                      len(classes_of(cfg)), tr.get("balance"), lambda yy, z: selection_score(cfg, yy, z))
+        probe.set_head(model, got["w"], got["b"])
+        held_out = {"logits": got["oof_logits"], "labels": got["oof_labels"], "sessions": got["oof_groups"]}
+        return finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, got["history"], "linear probe (cross-session)",
+                      time.time() - t_start, train_crops=crops["train"], report_split=report_split, held_out=held_out)
     history = probe.run_probe(model, cfg, batches, labels["train"], sessions["train"], eval_batches["val"],
                               lambda z: selection_score(cfg, labels["val"], z), len(classes_of(cfg)))
     return finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, history, "linear probe", time.time() - t_start,
@@ -779,15 +804,17 @@ def _scores(logits: np.ndarray, temperature: float = 1.0, cfg: dict[str, Any] | 
     return softmax(logits, temperature)[:, [classes.index(c) for c in defective_of(cfg)]].sum(axis=1)
 
 
-def pick_threshold_by_group(y: np.ndarray, scores: np.ndarray, groups: list[str]) -> float:
+def pick_threshold_by_group(y: np.ndarray, scores: np.ndarray, groups: list[str], worst: bool = True) -> float:
     """The threshold whose smallest balanced accuracy over the groups holding both classes is the
-    largest (ties: the larger pooled balanced accuracy, then the lower threshold)."""
+    largest (ties: the larger pooled balanced accuracy, then the lower threshold); with
+    ``worst=False``, whose mean balanced accuracy over those groups is the largest."""
     g = np.array(groups)
     both = [k for k in sorted(set(groups)) if 0 < y[g == k].sum() < (g == k).sum()] or sorted(set(groups))
     best: tuple[float, float, float] | None = None
     for t in np.unique(np.clip(scores, 0.02, 0.98)):
         per = [binary_report(y[g == k], scores[g == k], float(t), counts_only=True)["balanced_accuracy"] for k in both]
-        key = (float(np.nanmin(per)), float(binary_report(y, scores, float(t), counts_only=True)["balanced_accuracy"]), -float(t))
+        key = (float(np.nanmin(per) if worst else np.nanmean(per)),
+               float(binary_report(y, scores, float(t), counts_only=True)["balanced_accuracy"]), -float(t))
         if best is None or key > best:
             best = key
     return 0.5 if best is None else -best[2]
@@ -849,8 +876,13 @@ def calibrate(cfg: dict[str, Any], logits: dict[str, np.ndarray], labels: dict[s
         # the threshold that serves the worst-served source best
         threshold = pick_threshold_by_group(y_val, val_scores, sessions["val"])
         rule = f"threshold maximising the smallest per-{group_key} balanced accuracy on val (ties: the larger pooled one, then the lower threshold)"
+    elif th.get("rule", "recall") == "balanced_mean_over_groups":
+        # held-out session folds (train.probe_fit: cross_session): the threshold that does best on
+        # average over the folds, each a pair of sessions never seen by the head that scored it
+        threshold = pick_threshold_by_group(y_val, val_scores, sessions["val"], worst=False)
+        rule = f"threshold maximising the mean per-{group_key} balanced accuracy on val (ties: the lower threshold)"
     elif th.get("rule", "recall") != "recall":
-        raise ValueError(f"thresholds.rule must be recall or balanced_in_every_group, got {th['rule']!r}")
+        raise ValueError(f"thresholds.rule must be recall, balanced_in_every_group or balanced_mean_over_groups, got {th['rule']!r}")
     # the review band spans the threshold: from (1 - m)·t below it to t + m·(1 - t) above it, so a
     # low threshold does not send every sound fruit to an inspector
     m = float(th["review_margin"])
@@ -883,9 +915,11 @@ def calibrate(cfg: dict[str, Any], logits: dict[str, np.ndarray], labels: dict[s
 
 
 def finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, history, best_epoch, train_seconds, train_crops,
-           report_split: str = "test") -> dict[str, Any]:
+           report_split: str = "test", held_out: dict[str, Any] | None = None) -> dict[str, Any]:
     """Calibrate and pick thresholds on val, evaluate on test, export (with the explanation outputs
-    of training/explain.py, fitted on ``train_crops``), check, write metadata."""
+    of training/explain.py, fitted on ``train_crops``), check, write metadata. ``held_out`` (logits,
+    labels, sessions) replaces val for calibration and the val figures where the val sessions were
+    trained on: the held-out-session logits of a cross-session fit."""
     classes, defective = classes_of(cfg), defective_of(cfg)
     multi = len(defective) > 1
     group_key = cfg["data"].get("report_by", "session")  # "source" for citrus: per-source figures
@@ -895,7 +929,11 @@ def finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, history,
     views = int(cfg["model"].get("test_time_views", 1))
     judge = ViewAverage(model, views)
     logits = {split: predict_logits(judge, eval_batches[split]) for split in eval_batches}
-    cal = calibrate(cfg, logits, labels, sessions)
+    if held_out is None:
+        cal = calibrate(cfg, logits, labels, sessions)
+    else:
+        cal = calibrate(cfg, {**logits, "val": held_out["logits"]}, {**labels, "val": held_out["labels"]},
+                        {**sessions, "val": held_out["sessions"]})
     temperature, threshold, band, metrics = cal["temperature"], cal["threshold"], cal["band"], cal["metrics"]
     metrics = {"best_epoch": best_epoch, "train_seconds": round(train_seconds, 1), **metrics}
 
@@ -940,6 +978,7 @@ def finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, history,
     if view_check is not None:
         metrics["onnx_check"]["views"] = view_check
     parity = parity_record(judge, int(cfg["model"]["input_size"]))
+    chosen_on = "val" if held_out is None else "held-out sessions of train and val (metrics.val: each fold scored by a head fitted without it)"
     meta = {
         "name": cfg["name"],
         "version": str(cfg["version"]),
@@ -966,12 +1005,12 @@ def finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, history,
                                                                    "step": "grader.measure.fruit_body, before the resize"}}),
             **({} if views == 1 else {"test_time_views": views_record(views)}),
         },
-        "calibration": {"method": "temperature scaling on val" + ("" if views == 1 else ", of the logits averaged over the views"),
+        "calibration": {"method": f"temperature scaling on {chosen_on}" + ("" if views == 1 else ", of the logits averaged over the views"),
                         "temperature": temperature},
         "thresholds": {
             "defective": threshold,
             "review_band": list(band),
-            "chosen_on": "val",
+            "chosen_on": chosen_on,
             "rule": cal["rule"],
         },
         "metrics": metrics,

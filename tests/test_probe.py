@@ -11,7 +11,7 @@ pytest.importorskip("torch")
 
 from training import probe  # noqa: E402
 from training.metrics import auc  # noqa: E402
-from training.train import pick_threshold_by_group  # noqa: E402
+from training.calibrate import pick_threshold_by_group  # noqa: E402
 
 
 def _sessions(rng, offsets: dict[str, tuple[int, float]], n: int = 40, dim: int = 8):
@@ -78,8 +78,9 @@ def test_cross_session_recipe_trains_calibrates_on_held_out_folds_and_exports(tm
     from pathlib import Path
 
     from training import train
+    from training.config import load_config
 
-    cfg = train.load_config(Path(train.__file__).parent / "configs" / "apple_defect_lite0.yaml",
+    cfg = load_config(Path(train.__file__).parent / "configs" / "apple_defect_lite0.yaml",
                             ["data.kind=synthetic", "data.n=32", "data.cache_size=96", "model.input_size=64", "fruit_check=null",
                              "train.probe_l2=[1.0, 30.0]", "train.num_threads=1", "name=probe-test", "version=0.0.1"])
     assert cfg["train"]["probe_fit"] == "cross_session" and cfg["thresholds"]["rule"] == "balanced_mean_over_groups"

@@ -9,9 +9,10 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 
-from grader.defect import ModelSpec
+from grader.defect import ModelSpec, preprocess
 from training import explain, fruit_check
 from training.calibrate import (
     calibrate,
@@ -68,9 +69,19 @@ def finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, history,
     spec = spec_for(cfg, temperature, threshold, band)
     # the same graph edit an existing artifact gets from `python -m training.explain`: defect_map and
     # ood_distance, the latter fitted on the train crops, its threshold a quantile of the val crops'
-    explained = explain.add_outputs(out_dir / "model.onnx", out_dir / "model.onnx", spec, train_crops, labels["train"], eval_batches["val"],
-                                    float(cfg["thresholds"].get("ood_distance_quantile", 0.99)),
-                                    early_block=explain.early_block_of(cfg))
+    if held_out is None:
+        explained = explain.add_outputs(out_dir / "model.onnx", out_dir / "model.onnx", spec, train_crops, labels["train"], eval_batches["val"],
+                                        float(cfg["thresholds"].get("ood_distance_quantile", 0.99)),
+                                        early_block=explain.early_block_of(cfg))
+    else:
+        # a head fitted on train and val sessions (cross-session): the distances learn every session
+        # too, each threshold read on the sessions held out one at a time (training/explain.py)
+        explained = explain.add_outputs(out_dir / "model.onnx", out_dir / "model.onnx", spec,
+                                        np.concatenate([preprocess(list(train_crops), spec), eval_batches["val"]]),
+                                        np.concatenate([labels["train"], labels["val"]]), eval_batches["val"],
+                                        float(cfg["thresholds"].get("ood_distance_quantile", 0.99)),
+                                        early_block=explain.early_block_of(cfg),
+                                        train_groups=list(sessions["train"]) + list(sessions["val"]))
     view_check = None
     if views > 1:
         single = onnx.load(str(out_dir / "model.onnx"))
@@ -156,7 +167,7 @@ def finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, history,
     }
     meta["thresholds"]["ood_energy"] = cal["ood_threshold"]
     meta["thresholds"]["ood_energy_rule"] = cal["ood_rule"]
-    explain.update_metadata(meta, explained, distance_shares, early_shares=early_shares)
+    explain.update_metadata(meta, explained, distance_shares, early_shares=early_shares, held_out=held_out is not None)
     if fruit_record is not None:
         fruit_check.update_metadata(meta, fruit_record)
     meta = json_safe(meta)

@@ -50,7 +50,7 @@ from training.graph import GraphBuilder, consumers, constants, finish_graph, str
 MAP_OUTPUT = "defect_map"
 DISTANCE_OUTPUT = "ood_distance"
 EARLY_OUTPUT = "ood_distance_early"
-DEFAULT_EARLY_BLOCK = "features.3"  # mobilenet_v3_small: bench/ood_eval.py --blocks (docs/defect_model.md)
+DEFAULT_EARLY_BLOCK = "features.3"  # mobilenet_v3_small: bench/ood_eval.py --blocks (docs/lab/defect_model.md)
 #: the early block of the architectures whose modules are named otherwise (EfficientNet-Lite0's
 #: fourth block: stride 8, 40 channels, as features.3 of MobileNetV3-small)
 EARLY_BLOCK_BY_ARCH = {"efficientnet_lite0": "_blocks.3", "efficientnet_lite0_scratch": "_blocks.3"}
@@ -331,8 +331,22 @@ def run_graph(model: onnx.ModelProto | bytes | Path, names: list[str], x, spec: 
     return [np.concatenate(p) if p else np.zeros((0,)) for p in parts]
 
 
+def held_out_distances(feats: np.ndarray, labels: np.ndarray, groups: list[str], max_dims: int = MAX_DIMS) -> np.ndarray:
+    """Each crop's distance under a fit on the other groups' crops only (leave one session out): how
+    far a fruit of a session never seen lies, the scale a threshold for unseen sessions is read on."""
+    g = np.asarray(groups)
+    out = np.zeros(len(feats))
+    for k in np.unique(g):
+        held = g == k
+        if held.all():
+            raise ValueError("held-out distances need two groups or more")
+        out[held] = fit_distance(feats[~held], labels[~held], max_dims).distance(feats[held])
+    return out
+
+
 def add_outputs(onnx_in: Path, onnx_out: Path, spec: ModelSpec, train_crops, train_labels: np.ndarray, val_crops,
-                quantile: float = 0.99, max_dims: int = MAX_DIMS, early_block: str | None = DEFAULT_EARLY_BLOCK) -> Explained:
+                quantile: float = 0.99, max_dims: int = MAX_DIMS, early_block: str | None = DEFAULT_EARLY_BLOCK,
+                train_groups: list[str] | None = None) -> Explained:
     """Edit the graph at ``onnx_in`` (any earlier edit stripped first) and write it to ``onnx_out``:
     ``defect_map`` at ``spec.temperature`` over ``spec.defective_classes``, ``ood_distance`` fitted
     on the train crops' pooled features and, unless ``early_block`` is None, ``ood_distance_early``
@@ -340,7 +354,12 @@ def add_outputs(onnx_in: Path, onnx_out: Path, spec: ModelSpec, train_crops, tra
     the ``quantile`` of the val crops'. Crops are uint8 RGB crops or batches preprocessed as ``spec``
     says. Raises UnsupportedGraph (nothing written) for a head it cannot apply per location or a graph
     without ``early_block``, RuntimeError when the edited graph's logits are not bit for bit the
-    original's on the val crops."""
+    original's on the val crops.
+
+    With ``train_groups`` (the session of each train crop), the distances are fitted on every train
+    crop and each threshold is the ``quantile`` of the held-out distances (:func:`held_out_distances`)
+    instead of the val crops': for a head fitted on train and val sessions together
+    (``train.probe_fit: cross_session``), whose val crops are no longer unseen."""
     original = strip_outputs(onnx.load(str(onnx_in)))
     head = find_head(original, spec.output_name)
     pb = GraphBuilder(original, PREFIX)
@@ -379,6 +398,8 @@ def add_outputs(onnx_in: Path, onnx_out: Path, spec: ModelSpec, train_crops, tra
     onnx.save(edited, str(onnx_out))
     head_info = {"pool": head.pool.name, "feature_map": head.feature_map, "pooled_features": head.pooled,
                  "head_layers": [n.op_type for n in head.layers]}
+    if train_groups is not None:  # thresholds on the held-out sessions' distances
+        dists = [held_out_distances(f.reshape(len(f), -1), train_labels, train_groups, max_dims) for f in train_out]
     early = None
     if dm_early is not None:
         early = EarlyDistance(block=str(early_block), tensor=str(early_tensor), threshold=float(np.quantile(dists[1], quantile)),
@@ -403,9 +424,11 @@ def _distance_record(dm, meta: dict[str, Any], meaning: str, **where: str) -> di
 
 
 def update_metadata(meta: dict[str, Any], ex: Explained, shares: dict[str, float], how: str = "",
-                    early_shares: dict[str, float] | None = None) -> dict[str, Any]:
-    """Write the outputs' description, the thresholds and their rules, and the per-split shares over them."""
+                    early_shares: dict[str, float] | None = None, held_out: bool = False) -> dict[str, Any]:
+    """Write the outputs' description, the thresholds and their rules, and the per-split shares over them
+    (``held_out``: the thresholds were read on held-out sessions' distances, not the val crops')."""
     dm = ex.distance
+    on = "held-out train and val sessions' (each under a fit without its session)" if held_out else "val crops'"
     meta["outputs"] = {
         MAP_OUTPUT: {
             "shape": ["N", *ex.map_shape],
@@ -422,7 +445,7 @@ def update_metadata(meta: dict[str, Any], ex: Explained, shares: dict[str, float
     }
     meta["thresholds"]["ood_distance"] = ex.threshold
     meta["thresholds"]["ood_distance_rule"] = (
-        f"quantile {ex.quantile:g} of the val crops' ood_distance (Mahalanobis distance of the pooled features to the "
+        f"quantile {ex.quantile:g} of the {on} ood_distance (Mahalanobis distance of the pooled features to the "
         f"train features); above it a crop is out of distribution{how}")
     for split, share in shares.items():
         if isinstance(meta.get("metrics", {}).get(split), dict):
@@ -441,7 +464,7 @@ def update_metadata(meta: dict[str, Any], ex: Explained, shares: dict[str, float
             block=ex.early.block, block_output=ex.early.tensor)
         meta["thresholds"]["ood_distance_early"] = ex.early.threshold
         meta["thresholds"]["ood_distance_early_rule"] = (
-            f"quantile {ex.quantile:g} of the val crops' ood_distance_early (Mahalanobis distance of the globally averaged "
+            f"quantile {ex.quantile:g} of the {on} ood_distance_early (Mahalanobis distance of the globally averaged "
             f"output of block {ex.early.block} to the train crops'); above it a crop is out of distribution{how}")
         for split, share in (early_shares or {}).items():
             if isinstance(meta.get("metrics", {}).get(split), dict):

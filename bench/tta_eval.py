@@ -10,7 +10,7 @@ minute), runs the served ONNX graph on every view, and prints balanced accuracy 
 sound vs defective for: the crop alone, the four flips (none, horizontal, vertical, both), the four
 quarter turns, and all eight symmetries of the square. Each way gets its own threshold, chosen on val as training chooses
 it (the largest keeping recall on defective fruit >= thresholds.min_recall_defective), then applied
-to test. Nothing here is used by the service: it is the measurement behind docs/defect_model.md.
+to test. Nothing here is used by the service: it is the measurement behind docs/lab/defect_model.md.
 """
 
 from __future__ import annotations

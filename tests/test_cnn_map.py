@@ -213,7 +213,7 @@ def test_a_graded_fruit_stores_the_map_and_the_overlay_draws_it(client):
     b = client.get(f"/v1/results/{rid}/overlay?layers=contour,cnn", headers=headers("inspector"))
     assert a.status_code == b.status_code == 200 and a.content != b.content
     default = client.get(f"/v1/results/{rid}/overlay", headers=headers("inspector"))
-    assert default.status_code == 200  # the CNN map is not a default layer (docs/defect_model.md)
+    assert default.status_code == 200  # the CNN map is not a default layer (docs/lab/defect_model.md)
 
 
 def test_shipped_apple_model_flags_synthetic_patterns_by_the_early_distance(shared_data):

@@ -128,7 +128,7 @@ def test_ood_energy_threshold_is_chosen_on_val_and_served(tiny_artifact):
 
     No assertion that energy fires on non-fruit: an energy score of a sound/defective classifier does
     not tell fruit from non-fruit (a flat blue patch or an empty belt scores *lower* energy than fruit,
-    on this tiny model and on the shipped apple model alike; see docs/defect_model.md). The feature
+    on this tiny model and on the shipped apple model alike; see docs/lab/defect_model.md). The feature
     distance does on this model: test_ood_distance_fires_on_non_fruit."""
     from service.onnx_model import OnnxDefectModel
 

@@ -1,4 +1,4 @@
-"""The architecture comparison of docs/defect_model.md: one row per trained artifact.
+"""The architecture comparison of docs/lab/defect_model.md: one row per trained artifact.
 
     python -m training.arch_table var/experiments/apple-mobilenet_v3_small ... [--evaluated var/evaluate] [--threads 1]
 

@@ -3,7 +3,7 @@
 A fruit on a belt has no up and no handedness, so the model's opinion of it should not depend on
 how the crop happens to be turned; trained with flips and rotations, a network still moves a little
 under them, and the average over the views of one crop is a steadier opinion (bench/tta_eval.py
-measured it; docs/defect_model.md has the figures).
+measured it; docs/lab/defect_model.md has the figures).
 
 The views live **inside the ONNX graph** (:func:`add_views`), so everything that runs the artifact —
 the service, ``grader evaluate``, ``grader compare``, the benchmarks — computes the same average

@@ -12,7 +12,8 @@ from training.commands import CONFIGS
 
 def _repo():
     from service.settings import Settings
-    from service.storage import Repository, init_db, make_engine
+    from store.engine import init_db, make_engine
+    from store.repository import Repository
 
     settings = Settings()
     engine = make_engine(settings.resolved_database_url)

@@ -27,7 +27,9 @@ from .routers import brix, cameras, fruits, grade, health, line, lots, models, p
 from .settings import Settings
 from .shadow import Shadow
 from .sorter import Outbox, Publisher, line_snapshot
-from .storage import ImageStore, Repository, init_db, make_engine
+from store.engine import init_db, make_engine
+from store.images import ImageStore
+from store.repository import Repository
 
 log = logging.getLogger("grader.service")
 

@@ -181,7 +181,7 @@ def install(app: FastAPI) -> None:
 
     from sqlalchemy.exc import DBAPIError, TimeoutError as PoolTimeout
 
-    from .storage import StorageUnavailable
+    from store.images import StorageUnavailable
 
     @app.exception_handler(StorageUnavailable)
     async def _storage(_: Request, exc: StorageUnavailable) -> JSONResponse:

@@ -24,7 +24,8 @@ from .forms import physical_field, text_field
 from .lots import lot_context, sweetness_fields, sweetness_for
 from .metrics import FLAGS, FRUITS, STORE_SECONDS
 from .scale import ScaledFrame, resolve_scale
-from .storage import CalibrationRow, FruitRow, ImageRow, LotRow, ResultRow, latest_calibration, utcnow
+from store.repository import latest_calibration
+from store.tables import CalibrationRow, FruitRow, ImageRow, LotRow, ResultRow, utcnow
 
 
 @dataclass

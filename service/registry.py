@@ -25,7 +25,8 @@ from grader.errors import InvalidModelArtifact
 from .batcher import MicroBatcher, ServingModel
 from .errors import ApiError
 from .onnx_model import OnnxDefectModel, resolve_model_dir
-from .storage import ModelVersionRow, Repository, utcnow
+from store.repository import Repository
+from store.tables import ModelVersionRow, utcnow
 
 
 #: what an uploaded artifact's metadata.json must hold: identity, classes, preprocessing,

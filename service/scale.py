@@ -12,7 +12,7 @@ from grader.commodities import Commodity
 from grader.measure import measure_image, with_scale
 from grader.records import Flag, FruitMeasurement
 
-from .storage import CalibrationRow
+from store.tables import CalibrationRow
 
 
 @dataclass

@@ -15,7 +15,8 @@ from grader.measure import crop_for_model
 from grader.records import FruitGrade
 
 from .onnx_model import OnnxDefectModel
-from .storage import Repository, ShadowResultRow, utcnow
+from store.repository import Repository
+from store.tables import ShadowResultRow, utcnow
 
 log = logging.getLogger("grader.shadow")
 

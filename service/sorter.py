@@ -39,7 +39,8 @@ from prometheus_client import Counter, Gauge, Histogram
 from sqlalchemy import and_, delete, func, insert, or_, select, update
 
 from .metrics import REGISTRY
-from .storage import FruitEventRow, FruitRow, LineAlertRow, OutboxRow, Repository, ResultRow, SorterStreamRow, utcnow
+from store.repository import Repository
+from store.tables import FruitEventRow, FruitRow, LineAlertRow, OutboxRow, ResultRow, SorterStreamRow, utcnow
 
 log = logging.getLogger("grader.sorter")
 

@@ -18,7 +18,7 @@ from ..errors import ApiError
 from ..forms import PlainText
 from ..limits import PHYSICAL
 from ..lots import lot_context, lot_sweetness, regrade_fruit
-from ..storage import BrixReadingRow, LotRow, ResultRow
+from store.tables import BrixReadingRow, LotRow, ResultRow
 
 router = APIRouter(prefix="/v1", tags=["sensors"])
 

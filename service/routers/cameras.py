@@ -13,7 +13,7 @@ from ..auth import require
 from ..errors import ApiError
 from ..forms import physical_field, read_limited, text_field
 from ..imaging import decode_upload
-from ..storage import CalibrationRow, ImageRow
+from store.tables import CalibrationRow, ImageRow
 
 router = APIRouter(prefix="/v1/cameras", tags=["cameras"])
 

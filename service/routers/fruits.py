@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from ..auth import require
 from ..errors import ApiError
-from ..storage import FruitEventRow, FruitRow
+from store.tables import FruitEventRow, FruitRow
 
 router = APIRouter(prefix="/v1/fruits", tags=["fruits"])
 

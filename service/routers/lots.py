@@ -20,7 +20,7 @@ from ..errors import ApiError
 from ..forms import PlainText
 from ..lots import lot_payload, lot_report
 from ..report_html import render_lot_report
-from ..storage import FruitRow, LotRow, utcnow
+from store.tables import FruitRow, LotRow, utcnow
 
 router = APIRouter(prefix="/v1/lots", tags=["lots"])
 

@@ -17,7 +17,7 @@ from grader.overlay import DEFAULT_LAYERS, LAYERS, draw_overlay, fruit_label
 from ..auth import Principal, require
 from ..errors import ApiError
 from ..imaging import decode_image
-from ..storage import FruitRow, GradeChangeRow, ResultRow
+from store.tables import FruitRow, GradeChangeRow, ResultRow
 
 router = APIRouter(prefix="/v1", tags=["results"])
 

@@ -15,7 +15,7 @@ from ..errors import ApiError
 from ..forms import NoteText, PlainText, text_field
 from grader.records import OUT_OF_GRADE
 
-from ..storage import FruitEventRow, FruitRow, ResultRow, VerdictRow, utcnow
+from store.tables import FruitEventRow, FruitRow, ResultRow, VerdictRow, utcnow
 
 router = APIRouter(prefix="/v1/review", tags=["review"])
 

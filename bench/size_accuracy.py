@@ -51,8 +51,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from datasets.synthetic import FruitSpec, make_frame  # noqa: E402
-from grader.measure import measure_image  # noqa: E402
 from grader.calibration import scale_from_references  # noqa: E402
+from grader.measure import measure_image  # noqa: E402
 from grader.orchard import (  # noqa: E402
     TENNIS_BALL_DIAMETER_MM,
     ProbParams,

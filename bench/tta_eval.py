@@ -30,6 +30,7 @@ from inference.onnx_model import OnnxDefectModel  # noqa: E402
 from training.metrics import binary_report, pick_threshold  # noqa: E402
 from training.train import is_defective, load_data  # noqa: E402
 
+
 def symmetries(x: np.ndarray, axes: tuple[int, int]) -> dict[str, np.ndarray]:
     """The eight symmetries of the square image(s) in ``x`` whose rows and columns are ``axes``:
     (1, 2) for crops (N, H, W, 3), (2, 3) for a preprocessed batch (N, 3, H, W). Views, no copies."""

@@ -8,9 +8,9 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from fastapi import FastAPI, Request
-from pydantic import BaseModel, Field
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -229,7 +229,8 @@ def install(app: FastAPI) -> None:
         msg = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
         return JSONResponse(_body(first["code"], msg, first["field"], problems=problems), status_code=422)
 
-    from sqlalchemy.exc import DBAPIError, TimeoutError as PoolTimeout
+    from sqlalchemy.exc import DBAPIError
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
 
     from store.images import StorageUnavailable
 

@@ -18,14 +18,14 @@ from grader.flags import LotContext, review_sample_flag
 from grader.pipeline import ImageGrade, grade_image
 from grader.records import SweetnessEvidence
 from grader.standards import Standard, get_standard
+from store.repository import latest_calibration
+from store.tables import CalibrationRow, FruitRow, ImageRow, LotRow, ResultRow, utcnow
 
 from .batcher import ServingModel
 from .forms import physical_field, text_field
 from .lots import lot_context, sweetness_fields, sweetness_for
 from .metrics import FLAGS, FRUITS, STORE_SECONDS
 from .scale import ScaledFrame, resolve_scale
-from store.repository import latest_calibration
-from store.tables import CalibrationRow, FruitRow, ImageRow, LotRow, ResultRow, utcnow
 
 
 @dataclass

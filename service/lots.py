@@ -15,7 +15,6 @@ from grader.records import OUT_OF_GRADE, DefectEvidence, Flag, SweetnessEvidence
 from grader.rules import FruitFacts, grade_fruit
 from grader.standards import Standard
 from grader.sweetness import lot_sample
-
 from store.tables import BrixReadingRow, FruitRow, GradeChangeRow, LotRow, ResultRow, VerdictRow
 
 #: flags that grading decides (and re-grading recomputes); the rest come from measurement

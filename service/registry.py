@@ -7,7 +7,6 @@ checks for a change at most every `poll_s` seconds)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -21,12 +20,11 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from grader.errors import InvalidModelArtifact, ModelExists, ModelIsServing, ModelNotPromotable, NoPreviousModel, UnknownModel
-
-from .batcher import MicroBatcher, ServingModel
-from .onnx_model import OnnxDefectModel, resolve_model_dir
 from store.repository import Repository
 from store.tables import ModelVersionRow, utcnow
 
+from .batcher import MicroBatcher, ServingModel
+from .onnx_model import OnnxDefectModel, resolve_model_dir
 
 #: what an uploaded artifact's metadata.json must hold: identity, classes, preprocessing,
 #: thresholds, its measured metrics, the hash of its training data, and its parity record

@@ -11,7 +11,6 @@ from grader.calibration import ReferenceSpec, reference_diameter_px, scale_from_
 from grader.commodities import Commodity
 from grader.measure import measure_image, with_scale
 from grader.records import Flag, FruitMeasurement
-
 from store.tables import CalibrationRow
 
 

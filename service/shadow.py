@@ -13,10 +13,10 @@ from sqlalchemy import func, select
 
 from grader.measure import crop_for_model
 from grader.records import FruitGrade
-
-from .onnx_model import OnnxDefectModel
 from store.repository import Repository
 from store.tables import ShadowResultRow, utcnow
+
+from .onnx_model import OnnxDefectModel
 
 log = logging.getLogger("grader.shadow")
 

@@ -20,7 +20,7 @@ from datasets.synthetic import make_fruit_image
 from service.process import ServerProcess
 
 from .conftest import API_KEYS, headers, jpeg_bytes
-from .hostile_corpus import avi_with_huge_frames, broken_models, model_files, mjpeg_avi, onnx_graph, shipped_metadata
+from .hostile_corpus import avi_with_huge_frames, broken_models, mjpeg_avi, model_files, onnx_graph, shipped_metadata
 
 KEYS_ENV = {"GRADER_API_KEYS": ",".join(f"{r}:{k}" for r, k in API_KEYS.items())}
 MB = 1024 * 1024

@@ -38,13 +38,12 @@ from datasets.synthetic import random_fruit_image
 from grader.commodities import get_commodity, load_commodities
 from grader.defect import ModelSpec, energy, preprocess, softmax
 from grader.measure import SegmentationParams, fruit_body
-from training.colour import ColourNormalise, colour_transfer, fruit_colour_stats, fruit_pixels, mean_colour_stats
 from training import distributed, explain, fruit_check, mixstyle, probe
-from training.crops import crop_cache, group_crop_cache
-from training.crops import load_rgb
+from training.colour import ColourNormalise, colour_transfer, fruit_colour_stats, fruit_pixels, mean_colour_stats
+from training.crops import crop_cache, group_crop_cache, load_rgb
 from training.export import INPUT_NAME, OUTPUT_NAME, check_export, export_onnx, parity_record
-from training.metrics import auc, binary_report, expected_calibration_error, fit_temperature, pick_threshold
 from training.finetune import Phases
+from training.metrics import auc, binary_report, expected_calibration_error, fit_temperature, pick_threshold
 from training.models_registry import build_model, pretrained_record
 from training.views import ViewAverage, add_views, check_views, view_names
 from training.views import metadata_record as views_record

@@ -185,11 +185,11 @@ def main(argv: list[str] | None = None) -> int:
     if spec.ood_distance_threshold is None:
         print(f"{a.artifact} has no ood_distance threshold: run python -m training.explain on it first", file=sys.stderr)
         return 2
-    from training import train  # torch: only for the artifact's own crops
+    from training.data import load_data
 
     cfg = yaml.safe_load((a.artifact / "config.yaml").read_text())
     work = a.work_dir or REPO / "var" / "train" / f"{spec.name}-{spec.version}"
-    crops, labels, _sessions, _items, _digest = train.load_data(cfg, work)
+    crops, labels, _sessions, _items, _digest = load_data(cfg, work)
     sets: dict[str, list[np.ndarray]] = {}
     for split in ("val", "test"):
         sets[f"{spec.name} {split} crops"] = list(crops[split])

@@ -52,9 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     from grader.defect import ModelSpec, preprocess
+    from training.calibrate import defective_scores
+    from training.config import is_defective
+    from training.data import load_data
     from training.explain import run_graph
     from training.metrics import auc, binary_report
-    from training.train import _scores, is_defective, load_data
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("artifact", type=Path)
@@ -90,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         for split in ("val", "test"):
             logits = run_graph(path, [spec.output_name], crops[split], spec)[0]
             y = is_defective(labels[split], cfg)
-            s = _scores(logits, spec.temperature, cfg)
+            s = defective_scores(logits, spec.temperature, cfg)
             row[f"{split}_auc"] = round(auc(y, s), 4)
             row[f"{split}_balanced_accuracy"] = round(binary_report(y, s, spec.threshold_defective)["balanced_accuracy"], 4)
         rows.append(row)

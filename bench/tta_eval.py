@@ -27,8 +27,9 @@ sys.path.insert(0, str(REPO))
 
 from grader.defect import preprocess, softmax  # noqa: E402
 from inference.onnx_model import OnnxDefectModel  # noqa: E402
+from training.config import is_defective  # noqa: E402
+from training.data import load_data  # noqa: E402
 from training.metrics import binary_report, pick_threshold  # noqa: E402
-from training.train import is_defective, load_data  # noqa: E402
 
 
 def symmetries(x: np.ndarray, axes: tuple[int, int]) -> dict[str, np.ndarray]:

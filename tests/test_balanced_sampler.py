@@ -4,7 +4,7 @@ draws the named sessions more often."""
 import numpy as np
 import pytest
 
-from training.train import group_balanced_sampler, session_weighted_sampler
+from training.data import group_balanced_sampler, session_weighted_sampler
 
 
 def test_every_group_and_label_pair_is_drawn_about_equally_often():

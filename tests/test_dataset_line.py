@@ -178,7 +178,7 @@ def test_build_keeps_one_commodity_and_its_defect_types(client, reviewed, tmp_pa
 
 def test_training_refuses_a_dataset_labelled_in_other_classes(tmp_path):
     pytest.importorskip("torch")
-    from training.train import load_manifest_data
+    from training.data import load_manifest_data
 
     manifest = tmp_path / "manifest.json"
     manifest.write_text(json.dumps({"sha256": "x", "items": [{"path": "a.jpg", "kind": "crop", "label": "canker", "split": "train",

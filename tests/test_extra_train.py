@@ -15,7 +15,8 @@ pytest.importorskip("torch")
 
 from datasets import citrus  # noqa: E402
 from datasets.synthetic import random_fruit_image  # noqa: E402
-from training import train  # noqa: E402
+from training.config import DEFAULT_CONFIG, load_config
+from training.data import extra_train_items, load_data
 
 APPLE_SESSIONS = {"train": ["20190809"], "val": ["20190812"], "test": ["20190824"]}
 
@@ -49,14 +50,14 @@ def data_root(tmp_path_factory) -> Path:
 
 
 def _apple_cfg(root: Path, extra: list[dict]) -> dict:
-    cfg = train.load_config(train.DEFAULT_CONFIG, ["data.cache_size=64"])
+    cfg = load_config(DEFAULT_CONFIG, ["data.cache_size=64"])
     cfg["data"].update({"root": str(root / "fruitnet-apples"), "splits": APPLE_SESSIONS, "extra_train": extra})
     return cfg
 
 
 def test_extra_photos_are_the_sources_own_train_split_in_the_models_classes(data_root, tmp_path):
     cfg = _apple_cfg(data_root, [{"kind": "citrus", "commodity": "lemon", "root": str(data_root)}])
-    items = train.extra_train_items(cfg, tmp_path)
+    items = extra_train_items(cfg, tmp_path)
     lemon_train = {it.path: it for it in citrus.build_manifest(data_root, "lemon", cache_dir=tmp_path / "cache") if it.split == "train"}
     assert items and all(it["split"] == "train" and it["extra"] for it in items)
     # exactly the lemons' own train split: never a photo their val or test holds; empty frames left out
@@ -68,10 +69,10 @@ def test_extra_photos_are_the_sources_own_train_split_in_the_models_classes(data
 
 
 def test_load_data_adds_them_to_train_only_and_the_digest_covers_them(data_root, tmp_path):
-    plain = train.load_data(_apple_cfg(data_root, []), tmp_path)
+    plain = load_data(_apple_cfg(data_root, []), tmp_path)
     extra = [{"kind": "citrus", "commodity": "lemon", "root": str(data_root), "group": "other-fruit"}]
-    crops, labels, sessions, manifest, digest = train.load_data(_apple_cfg(data_root, extra), tmp_path)
-    n_extra = len(train.extra_train_items(_apple_cfg(data_root, extra), tmp_path))
+    crops, labels, sessions, manifest, digest = load_data(_apple_cfg(data_root, extra), tmp_path)
+    n_extra = len(extra_train_items(_apple_cfg(data_root, extra), tmp_path))
     assert len(crops["train"]) == len(plain[0]["train"]) + n_extra == len(labels["train"]) == len(sessions["train"])
     for split in ("val", "test"):
         assert (crops[split] == plain[0][split]).all() and (labels[split] == plain[1][split]).all()
@@ -81,13 +82,13 @@ def test_load_data_adds_them_to_train_only_and_the_digest_covers_them(data_root,
 
 
 def test_an_orange_model_takes_apples_and_lemons_as_rot(data_root, tmp_path):
-    cfg = train.load_config(Path("training/configs/orange_defect.yaml"))
+    cfg = load_config(Path("training/configs/orange_defect.yaml"))
     cfg["data"]["root"] = str(data_root)
     cfg["data"]["extra_train"] = [
         {"kind": "citrus", "commodity": "lemon", "labels": {"defective": "rot"}},
         {"kind": "fruitnet", "root": str(data_root / "fruitnet-apples"), "sessions": ["20190809"], "labels": {"defective": "rot"}, "group": "apples"},
     ]
-    items = train.extra_train_items(cfg, tmp_path)
+    items = extra_train_items(cfg, tmp_path)
     by = Counter((it["session"], it["label"]) for it in items)
     assert by[("apples", "sound")] == 4 and by[("apples", "rot")] == 4  # one session's 8 photos, no other session's
     assert {lab for _, lab in by} == {"sound", "rot"}
@@ -103,16 +104,16 @@ def test_an_orange_model_takes_apples_and_lemons_as_rot(data_root, tmp_path):
     ({"kind": "citrus"}, "must be a list"),
 ])
 def test_bad_extra_sources_are_refused(data_root, tmp_path, extra, message):
-    cfg = train.load_config(Path("training/configs/orange_defect.yaml"))
+    cfg = load_config(Path("training/configs/orange_defect.yaml"))
     cfg["data"].update({"root": str(data_root), "extra_train": extra})
     if extra == [{"kind": "fruitnet", "sessions": ["20190809"]}]:
         cfg = _apple_cfg(data_root, extra)
     with pytest.raises(ValueError, match=message):
-        train.extra_train_items(cfg, tmp_path)
+        extra_train_items(cfg, tmp_path)
 
 
 def test_a_fruitnet_source_must_name_its_sessions(data_root, tmp_path):
-    cfg = train.load_config(Path("training/configs/orange_defect.yaml"))
+    cfg = load_config(Path("training/configs/orange_defect.yaml"))
     cfg["data"].update({"root": str(data_root), "extra_train": [{"kind": "fruitnet", "root": str(data_root / "fruitnet-apples")}]})
     with pytest.raises(ValueError, match="names its sessions"):
-        train.extra_train_items(cfg, tmp_path)
+        extra_train_items(cfg, tmp_path)

@@ -96,11 +96,12 @@ def test_training_cuts_the_train_crops_and_records_the_step(tmp_path):
     import json
 
     from training import train
+    from training.config import DEFAULT_CONFIG, fruit_body_of, load_config
 
     for bad in (0.9, True, "yes"):
         with pytest.raises(ValueError, match="model.fruit_body"):
-            train.fruit_body_of({"model": {"fruit_body": bad}})
-    cfg = train.load_config(train.DEFAULT_CONFIG, [*TINY_TRAIN, "name=tiny-body", "model.fruit_body=1.2"])
+            fruit_body_of({"model": {"fruit_body": bad}})
+    cfg = load_config(DEFAULT_CONFIG, [*TINY_TRAIN, "name=tiny-body", "model.fruit_body=1.2"])
     meta = train.run(cfg, tmp_path / "art", tmp_path / "work")
     assert meta["preprocessing"]["fruit_body"]["factor"] == 1.2
     assert json.loads((tmp_path / "art" / "metadata.json").read_text())["preprocessing"]["fruit_body"]["factor"] == 1.2

@@ -13,6 +13,7 @@ from datasets.regions import Region, clutter_image, counts, one_fruit_regions  #
 from datasets.synthetic import random_fruit_image  # noqa: E402
 from grader.defect import ModelSpec  # noqa: E402
 from training import fruit_check, train  # noqa: E402
+from training.config import DEFAULT_CONFIG, load_config
 
 from .conftest import TINY_TRAIN  # noqa: E402
 
@@ -25,7 +26,7 @@ def checked_artifact(tmp_path_factory):
     check fitted on synthetic fruit against clutter."""
     root = tmp_path_factory.mktemp("fruit-check")
     out = root / "model"
-    cfg = train.load_config(train.DEFAULT_CONFIG, [*TINY_TRAIN, "name=tiny-fruit-check", "model.arch=efficientnet_lite0", "model.input_size=64",
+    cfg = load_config(DEFAULT_CONFIG, [*TINY_TRAIN, "name=tiny-fruit-check", "model.arch=efficientnet_lite0", "model.input_size=64",
                                                    "model.mean=[0.498, 0.498, 0.498]", "model.std=[0.502, 0.502, 0.502]", "train.probe_epochs=1",
                                                    f"fruit_check={{data_root: {root / 'no-data'}, n_synthetic: 60, work_dir: {root / 'work'}}}"])
     meta = train.run(cfg, out, root / "train")

@@ -79,8 +79,9 @@ def test_a_layer_without_a_feature_map_is_refused_on_the_first_batch():
 @pytest.mark.slow
 def test_a_model_trained_with_mixstyle_exports_the_plain_network(tmp_path):
     from training import train
+    from training.config import DEFAULT_CONFIG, load_config
 
-    cfg = train.load_config(train.DEFAULT_CONFIG, [
+    cfg = load_config(DEFAULT_CONFIG, [
         "data.kind=synthetic", "data.n=48", "data.cache_size=96", "train.epochs=1", "train.batch_size=16",
         "model.arch=small_fruitnet", "model.input_size=64", "model.test_time_views=1", "name=tiny-mixstyle", "version=0.0.1",
         "model.mixstyle={p: 1.0, alpha: 0.1, layers: [features.0, features.1]}"])

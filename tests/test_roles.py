@@ -1,4 +1,4 @@
-"""The role table in README.md ("Roles") is the contract: every route of the OpenAPI schema is in
+"""The role table in docs/roles.md ("Roles") is the contract: every route of the OpenAPI schema is in
 it, and every route is called with no key, a wrong key and each role's key, in-process and
 against a real `grader serve` process. A route added without a row in the table fails here."""
 
@@ -11,7 +11,7 @@ import pytest
 
 from .conftest import API_KEYS, headers
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[1] / "docs" / "roles.md"
 ROW = re.compile(r"^\| `(GET|POST|PUT|PATCH|DELETE|WS) ([^`]+)` \| ([^|]+) \|\s*$")
 
 

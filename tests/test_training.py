@@ -19,11 +19,12 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def tiny_artifact(tmp_path_factory):
     from training import train
+    from training.config import DEFAULT_CONFIG, load_config
 
     out = tmp_path_factory.mktemp("artifact")
     work = tmp_path_factory.mktemp("work")
-    cfg = train.load_config(
-        train.DEFAULT_CONFIG,
+    cfg = load_config(
+        DEFAULT_CONFIG,
         ["data.kind=synthetic", "data.n=48", "data.cache_size=96", "train.epochs=1", "train.batch_size=16",
          "model.arch=small_fruitnet", "model.input_size=64", "name=tiny-test", "version=0.0.1",
          "model.test_time_views=1"],  # the crop alone: these tests compare the graph with the torch network itself
@@ -82,11 +83,12 @@ def test_colour_normalised_artifact_serves_what_torch_computes(tmp_path_factory)
     from grader.colour import ColourNormalise
     from service.onnx_model import OnnxDefectModel
     from training import train
+    from training.config import DEFAULT_CONFIG, load_config, spec_for
     from training.models_registry import build_model
 
     out, work = tmp_path_factory.mktemp("artifact-norm"), tmp_path_factory.mktemp("work-norm")
-    cfg = train.load_config(
-        train.DEFAULT_CONFIG,
+    cfg = load_config(
+        DEFAULT_CONFIG,
         ["data.kind=synthetic", "data.n=48", "data.cache_size=96", "train.epochs=1", "train.batch_size=16",
          "model.arch=small_fruitnet", "model.input_size=64", "name=tiny-norm", "version=0.0.1", "model.colour_normalise=reinhard-lab",
          "model.test_time_views=1"],
@@ -97,7 +99,7 @@ def test_colour_normalised_artifact_serves_what_torch_computes(tmp_path_factory)
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert (saved["model"]["colour_normalise"]["mean"], saved["model"]["colour_normalise"]["std"]) == (norm["mean"], norm["std"])
     # the artifact's config.yaml gives the same preprocessing (training.explain and ood_threshold remake crops from it)
-    assert train.spec_for(saved).colour_normalise == ColourNormalise.from_dict(norm)
+    assert spec_for(saved).colour_normalise == ColourNormalise.from_dict(norm)
     assert meta["metrics"]["onnx_check"]["max_abs_diff_scores"] < 1e-4
 
     served = OnnxDefectModel(out, threads=1)
@@ -510,12 +512,13 @@ def test_test_time_views_live_in_the_graph_and_equal_torch(tmp_path_factory):
 
     from service.onnx_model import OnnxDefectModel
     from training import train
+    from training.config import DEFAULT_CONFIG, load_config
     from training.models_registry import build_model
     from training.views import ViewAverage, add_views, numpy_view
 
     out, work = tmp_path_factory.mktemp("artifact-views"), tmp_path_factory.mktemp("work-views")
-    cfg = train.load_config(
-        train.DEFAULT_CONFIG,
+    cfg = load_config(
+        DEFAULT_CONFIG,
         ["data.kind=synthetic", "data.n=48", "data.cache_size=96", "train.epochs=1", "train.batch_size=16",
          "model.arch=small_fruitnet", "model.input_size=64", "name=tiny-views", "version=0.0.1", "model.test_time_views=4"],
     )
@@ -552,7 +555,7 @@ def test_test_time_views_live_in_the_graph_and_equal_torch(tmp_path_factory):
     with pytest.raises(ValueError, match="already averages"):
         add_views(onnx.load(str(out / "model.onnx")), 4)
     with pytest.raises(ValueError, match="one of"):
-        train.run(train.load_config(train.DEFAULT_CONFIG, ["data.kind=synthetic", "model.test_time_views=3"]), tmp_path_factory.mktemp("x"),
+        train.run(load_config(DEFAULT_CONFIG, ["data.kind=synthetic", "model.test_time_views=3"]), tmp_path_factory.mktemp("x"),
                   tmp_path_factory.mktemp("y"))
 
 
@@ -561,11 +564,11 @@ def test_views_derived_from_an_existing_artifact_equal_torch(tiny_artifact, tmp_
     calibrated again on its val crops; what it serves is torch's average at the new temperature,
     the map is the crop's own at that temperature, and its parity record holds."""
     from service.onnx_model import OnnxDefectModel
-    from training import views
+    from training import derive_views
 
     out, work, cfg, meta = tiny_artifact
     model, _ = _torch_and_served(tiny_artifact)
-    assert views.main([str(out), "--views", "4", "--version", "0.0.2", "--out", str(tmp_path / "d"), "--work-dir", str(work)]) == 0
+    assert derive_views.main([str(out), "--views", "4", "--version", "0.0.2", "--out", str(tmp_path / "d"), "--work-dir", str(work)]) == 0
     derived = json.loads((tmp_path / "d" / "metadata.json").read_text())
     assert derived["version"] == "0.0.2" and derived["derived_from"]["artifact"] == "tiny-test@0.0.1"
     assert derived["config"]["model"]["test_time_views"] == 4 and derived["preprocessing"]["test_time_views"]["count"] == 4
@@ -585,12 +588,12 @@ def test_views_derived_from_an_existing_artifact_equal_torch(tiny_artifact, tmp_
     # the figures are the derived graph's: the val threshold obeys the config's rule on them
     assert derived["metrics"]["val"]["recall_defective"] >= float(cfg["thresholds"]["min_recall_defective"]) - 1e-9
     # a derived artifact is not derived again; nothing is written
-    assert views.main([str(tmp_path / "d"), "--views", "4", "--version", "0.0.3", "--out", str(tmp_path / "e"), "--work-dir", str(work)]) == 2
+    assert derive_views.main([str(tmp_path / "d"), "--views", "4", "--version", "0.0.3", "--out", str(tmp_path / "e"), "--work-dir", str(work)]) == 2
     assert not (tmp_path / "e").exists()
 
 
 def test_an_epoch_with_constant_or_broken_outputs_is_never_selected():
-    from training.train import outputs_collapsed
+    from training.calibrate import outputs_collapsed
 
     rng = np.random.default_rng(0)
     assert not outputs_collapsed(rng.normal(size=(20, 2)).astype(np.float32))
@@ -643,7 +646,8 @@ def test_an_artifact_refitted_on_crops_cut_with_its_commodity_segmentation(tmp_p
     from grader.commodities import load_commodities
     from grader.defect import ModelSpec
     from service.onnx_model import OnnxDefectModel
-    from training import train, views
+    from training import derive_views, train
+    from training.config import DEFAULT_CONFIG, load_config
     from training.crops import crop_cache
     from training.metrics import fit_temperature
 
@@ -663,7 +667,7 @@ def test_an_artifact_refitted_on_crops_cut_with_its_commodity_segmentation(tmp_p
         items.append({"kind": "image", "path": str(path), "label": "sound" if sound else "defective", "split": split, "session": "s"})
     manifest = photos / "manifest.json"
     manifest.write_text(json.dumps({"sha256": hashlib.sha256(json.dumps(items).encode()).hexdigest(), "items": items}))
-    cfg = train.load_config(train.DEFAULT_CONFIG, [
+    cfg = load_config(DEFAULT_CONFIG, [
         "data.kind=manifest", f"data.manifest={manifest}", "data.cache_size=64", "data.group_train=false", "commodity=orange",
         "train.epochs=1", "train.batch_size=8", "model.arch=small_fruitnet", "model.input_size=48", "name=tiny-orange",
         "version=0.0.1", "model.test_time_views=1"])
@@ -673,7 +677,7 @@ def test_an_artifact_refitted_on_crops_cut_with_its_commodity_segmentation(tmp_p
 
     d = tmp_path / "d"
     argv = [str(art), "--views", "1", "--crops-segmentation", "commodity", "--version", "0.0.2", "--out", str(d), "--work-dir", str(work)]
-    assert views.main(argv) == 0
+    assert derive_views.main(argv) == 0
     derived = json.loads((d / "metadata.json").read_text())
     params = load_commodities()["orange"].segmentation()
     assert derived["preprocessing"]["crop_segmentation"] == {"flat_background_max_std": params.flat_background_max_std}
@@ -693,8 +697,8 @@ def test_an_artifact_refitted_on_crops_cut_with_its_commodity_segmentation(tmp_p
     old = OnnxDefectModel(art, threads=1)
     assert np.abs(old.run(preprocess(list(crops), old.spec)).logits - logits).max() < 1e-5
     # nothing more to derive: the same crops again, or crops that are already the commodity's
-    assert views.main([str(art), "--views", "1", "--version", "0.0.3", "--out", str(tmp_path / "e"), "--work-dir", str(work)]) == 2
-    assert views.main([str(d), "--views", "1", "--crops-segmentation", "commodity", "--version", "0.0.3", "--out", str(tmp_path / "e"),
+    assert derive_views.main([str(art), "--views", "1", "--version", "0.0.3", "--out", str(tmp_path / "e"), "--work-dir", str(work)]) == 2
+    assert derive_views.main([str(d), "--views", "1", "--crops-segmentation", "commodity", "--version", "0.0.3", "--out", str(tmp_path / "e"),
                        "--work-dir", str(work)]) == 2
     assert not (tmp_path / "e").exists()
 
@@ -734,12 +738,13 @@ def test_weight_averaging_makes_the_average_the_model(tmp_path):
     averaged; the average (BatchNorm statistics recomputed) is what is exported, and bad settings
     are refused before any training."""
     from training import train
+    from training.config import DEFAULT_CONFIG, load_config, swa_of
 
     for bad in ({"epochs": 0, "lr": 0.001}, {"epochs": 2}, {"epochs": 2, "lr": 2.0}, "yes"):
         with pytest.raises(ValueError, match="train.swa"):
-            train.swa_of({"train": {"swa": bad}})
-    assert train.swa_of({"train": {}}) == (0, 0.0)
-    cfg = train.load_config(train.DEFAULT_CONFIG, [*TINY_TRAIN, "name=tiny-swa", "train.swa={epochs: 2, lr: 0.001}"])
+            swa_of({"train": {"swa": bad}})
+    assert swa_of({"train": {}}) == (0, 0.0)
+    cfg = load_config(DEFAULT_CONFIG, [*TINY_TRAIN, "name=tiny-swa", "train.swa={epochs: 2, lr: 0.001}"])
     meta = train.run(cfg, tmp_path / "art", tmp_path / "work")
     hist = meta["history"]
     assert [h.get("averaged", False) for h in hist[:3]] == [False, True, True] and hist[-1]["averaged_model"]
@@ -752,6 +757,6 @@ def test_weight_averaging_makes_the_average_the_model(tmp_path):
     weights = [k for k in best if k.endswith(".weight") and "bn" not in k and k in averaged]
     assert weights and all(torch.equal(best[k], averaged[k]) for k in weights)
     with pytest.raises(ValueError, match="mixstyle"):
-        train.run(train.load_config(train.DEFAULT_CONFIG, [*TINY_TRAIN, "train.swa={epochs: 1, lr: 0.001}",
+        train.run(load_config(DEFAULT_CONFIG, [*TINY_TRAIN, "train.swa={epochs: 1, lr: 0.001}",
                                                            "model.mixstyle={p: 0.5, alpha: 0.1, layers: [features.1]}"]),
                   tmp_path / "art2", tmp_path / "work2")

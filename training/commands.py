@@ -21,10 +21,11 @@ CONFIGS = Path(__file__).resolve().parent / "configs"
 def _train(args: argparse.Namespace) -> int:
     try:
         from training import train
+        from training.config import load_config
     except ImportError as exc:  # torch is an extra
         print(f"training needs the [train] extra (pip install -e '.[train]'): {exc}", file=sys.stderr)
         return 2
-    cfg = train.load_config(Path(args.config), args.set)
+    cfg = load_config(Path(args.config), args.set)
     if args.from_dataset:  # a dataset built from the line (grader dataset build): its manifest gives items and splits
         cfg["data"] = {"kind": "manifest", "manifest": str(Path(args.from_dataset) / "manifest.json"),
                        "cache_size": cfg["data"].get("cache_size", 160)}

@@ -42,9 +42,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import yaml
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper
 
 from grader.defect import ModelSpec, preprocess
+from training.graph import GraphBuilder, constants, consumers, finish_graph, strip_branch, with_output
 
 MAP_OUTPUT = "defect_map"
 DISTANCE_OUTPUT = "ood_distance"
@@ -123,28 +124,10 @@ class Explained:
 
 
 # ----------------------------------------------------------------------------- graph reading
-def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
-    out: dict[str, list[onnx.NodeProto]] = {}
-    for n in graph.node:
-        if n.name.startswith(PREFIX):  # an earlier edit's branches are not part of the head
-            continue
-        for i in n.input:
-            out.setdefault(i, []).append(n)
-    return out
 
 
-def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
-    out = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-    for n in graph.node:
-        if n.op_type == "Constant":
-            for a in n.attribute:
-                if a.name == "value":
-                    out[n.output[0]] = numpy_helper.to_array(a.t)
-    return out
 
 
-def _opset(model: onnx.ModelProto) -> int:
-    return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=1)
 
 
 def _is_spatial_pool(n: onnx.NodeProto, consts: dict[str, np.ndarray]) -> bool:
@@ -165,7 +148,7 @@ def find_head(model: onnx.ModelProto, logits: str = "logits") -> Head:
     Anything else (a second consumer of the pooled features, a layer mixing in another tensor) is
     refused: the head would not be the same function at each location."""
     g = model.graph
-    consts, cons = _constants(g), _consumers(g)
+    consts, cons = constants(g), consumers(g, PREFIX)
     if logits not in {o.name for o in g.output}:
         raise UnsupportedGraph(f"the graph has no output {logits!r}")
     found: list[Head] = []
@@ -232,61 +215,8 @@ def find_block_output(model: onnx.ModelProto, block: str) -> str:
 
 
 # ----------------------------------------------------------------------------- graph editing
-class _Builder:
-    """New nodes and initializers for a graph, every name under ``prefix`` (training/views.py builds
-    its own under another)."""
-
-    def __init__(self, model: onnx.ModelProto, prefix: str = PREFIX) -> None:
-        self.model, self.opset, self.prefix = model, _opset(model), prefix
-        self.nodes: list[onnx.NodeProto] = []
-        self.inits: list[onnx.TensorProto] = []
-        self.k = 0
-
-    def name(self, what: str) -> str:
-        self.k += 1
-        return f"{self.prefix}{what}_{self.k}"
-
-    def const(self, what: str, value: np.ndarray) -> str:
-        n = self.name(what)
-        self.inits.append(numpy_helper.from_array(np.asarray(value), n))
-        return n
-
-    def node(self, op: str, inputs: list[str], output: str | None = None, **attrs) -> str:
-        out = output or self.name(op.lower())
-        self.nodes.append(helper.make_node(op, inputs, [out], name=self.name(op), **attrs))
-        return out
-
-    def reduce(self, op: str, x: str, axes: list[int], keepdims: int = 0) -> str:
-        # ReduceSum takes axes as an input from opset 13, the other reductions from opset 18
-        if self.opset >= (13 if op == "ReduceSum" else 18):
-            return self.node(op, [x, self.const("axes", np.array(axes, np.int64))], keepdims=keepdims)
-        return self.node(op, [x], axes=axes, keepdims=keepdims)
-
-    def unsqueeze(self, x: str, axes: list[int]) -> str:
-        if self.opset >= 13:
-            return self.node("Unsqueeze", [x, self.const("axes", np.array(axes, np.int64))])
-        return self.node("Unsqueeze", [x], axes=axes)
 
 
-def strip_branch(model: onnx.ModelProto, prefix: str, outputs: tuple[str, ...]) -> onnx.ModelProto:
-    """A copy without the nodes, initializers and value infos named under ``prefix`` and without the
-    graph outputs ``outputs`` (a branch an edit added)."""
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    g = m.graph
-    keep = [n for n in g.node if not n.name.startswith(prefix)]
-    del g.node[:]
-    g.node.extend(keep)
-    inits = [i for i in g.initializer if not i.name.startswith(prefix)]
-    del g.initializer[:]
-    g.initializer.extend(inits)
-    outs = [o for o in g.output if o.name not in outputs and not o.name.startswith(prefix)]
-    del g.output[:]
-    g.output.extend(outs)
-    vi = [v for v in g.value_info if not v.name.startswith(prefix) and v.name not in outputs]
-    del g.value_info[:]
-    g.value_info.extend(vi)
-    return m
 
 
 def strip_outputs(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -294,21 +224,14 @@ def strip_outputs(model: onnx.ModelProto) -> onnx.ModelProto:
     return strip_branch(model, PREFIX, (MAP_OUTPUT, DISTANCE_OUTPUT, EARLY_OUTPUT))
 
 
-def _with_output(model: onnx.ModelProto, *names: str) -> onnx.ModelProto:
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    for name in names:
-        if name not in {o.name for o in m.graph.output}:
-            m.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
-    return m
 
 
-def _pooled_block(b: _Builder, tensor: str) -> str:
+def _pooled_block(b: GraphBuilder, tensor: str) -> str:
     """(N, C, h, w) -> (N, C): the global average the early distance reads."""
     return b.node("Flatten", [b.node("GlobalAveragePool", [tensor])], axis=1)
 
 
-def _map_branch(b: _Builder, head: Head, temperature: float, defective_idx: list[int], n_classes: int) -> None:
+def _map_branch(b: GraphBuilder, head: Head, temperature: float, defective_idx: list[int], n_classes: int) -> None:
     """defect_map: the head at each location. The feature map goes to (N·h·w, C) rows and through
     the head's own nodes (same initializers, same attributes), then softmax at T, defective sum."""
     x = b.node("Transpose", [head.feature_map], perm=[0, 2, 3, 1])
@@ -331,7 +254,7 @@ def _map_branch(b: _Builder, head: Head, temperature: float, defective_idx: list
     b.node("Reshape", [flat, out_shape], output=MAP_OUTPUT)
 
 
-def _distance_branch(b: _Builder, pooled: str, dm: DistanceModel, output: str = DISTANCE_OUTPUT) -> None:
+def _distance_branch(b: GraphBuilder, pooled: str, dm: DistanceModel, output: str = DISTANCE_OUTPUT) -> None:
     d = b.node("Sub", [b.unsqueeze(pooled, [1]), b.const("class_means", dm.means.astype(np.float32))])  # (N, K, C)
     directions = b.const("directions", dm.directions.astype(np.float32))
     p = b.node("MatMul", [d, directions])  # (N, K, k)
@@ -346,15 +269,6 @@ def _distance_branch(b: _Builder, pooled: str, dm: DistanceModel, output: str = 
     b.node("Sqrt", [nonneg], output=output)
 
 
-def _finish(model: onnx.ModelProto, b: _Builder, outputs: dict[str, list]) -> onnx.ModelProto:
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    m.graph.node.extend(b.nodes)
-    m.graph.initializer.extend(b.inits)
-    for name, shape in outputs.items():
-        m.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, shape))
-    onnx.checker.check_model(m)
-    return m
 
 
 # ----------------------------------------------------------------------------- fitting
@@ -429,12 +343,12 @@ def add_outputs(onnx_in: Path, onnx_out: Path, spec: ModelSpec, train_crops, tra
     original's on the val crops."""
     original = strip_outputs(onnx.load(str(onnx_in)))
     head = find_head(original, spec.output_name)
-    pb = _Builder(original)
+    pb = GraphBuilder(original, PREFIX)
     early_tensor = early_pooled = None
     if early_block is not None:
         early_tensor = find_block_output(original, early_block)
         early_pooled = _pooled_block(pb, early_tensor)
-    probe = _with_output(_finish(original, pb, {}), head.pooled, *([early_pooled] if early_pooled else []))
+    probe = with_output(finish_graph(original, pb, {}), head.pooled, *([early_pooled] if early_pooled else []))
     feat_names = [head.pooled, *([early_pooled] if early_pooled else [])]
     train_out = run_graph(probe, feat_names, train_crops, spec)
     train_feats = train_out[0].reshape(len(train_out[0]), -1)
@@ -443,7 +357,7 @@ def add_outputs(onnx_in: Path, onnx_out: Path, spec: ModelSpec, train_crops, tra
     dm = fit_distance(train_feats, train_labels, max_dims)
     dm_early = None if early_pooled is None else fit_distance(train_out[1].reshape(len(train_out[1]), -1), train_labels, max_dims)
 
-    b = _Builder(original)
+    b = GraphBuilder(original, PREFIX)
     defective_idx = [spec.classes.index(c) for c in spec.defective_classes]
     _map_branch(b, head, spec.temperature, defective_idx, len(spec.classes))
     _distance_branch(b, head.pooled, dm)
@@ -451,7 +365,7 @@ def add_outputs(onnx_in: Path, onnx_out: Path, spec: ModelSpec, train_crops, tra
     if dm_early is not None:
         _distance_branch(b, _pooled_block(b, early_tensor), dm_early, EARLY_OUTPUT)
         outputs[EARLY_OUTPUT] = ["batch"]
-    edited = _finish(original, b, outputs)
+    edited = finish_graph(original, b, outputs)
 
     before_logits, *val_feats = run_graph(probe, [spec.output_name, *feat_names], val_crops, spec)
     logits, maps, *dists = run_graph(edited, [spec.output_name, MAP_OUTPUT, *list(outputs)[1:]], val_crops, spec)
@@ -546,7 +460,7 @@ def early_block_of(cfg: dict[str, Any]) -> str | None:
 
 
 def explain_artifact(artifact: Path, work_dir: Path, write: bool = False, out=sys.stdout, early_block: str | None = None) -> int:
-    from training import train
+    from training.data import load_data
     from training.ood_threshold import calibration_matches, recompute
 
     meta_path = artifact / "metadata.json"
@@ -557,7 +471,7 @@ def explain_artifact(artifact: Path, work_dir: Path, write: bool = False, out=sy
         print(f"{artifact}: its graph averages {spec.test_time_views} views of the crop (training/views.py); the outputs are "
               "added before the views, by `grader train`; nothing written", file=sys.stderr)
         return 2
-    data = train.load_data(cfg, work_dir)
+    data = load_data(cfg, work_dir)
     crops, labels = data[0], data[1]
     r = recompute(artifact, work_dir, data)
     if not calibration_matches(r):

@@ -27,7 +27,8 @@ import torch
 
 from datasets import regions as regions_mod
 from grader.defect import ModelSpec
-from training.explain import _Builder, _finish, _with_output, find_head, run_graph, strip_branch, strip_outputs
+from training.explain import find_head, run_graph, strip_outputs
+from training.graph import GraphBuilder, finish_graph, strip_branch, with_output
 
 FRUIT_OUTPUT = "fruit_score"
 PREFIX = "fruit_check/"
@@ -49,7 +50,7 @@ def _head(model: onnx.ModelProto, spec: ModelSpec):
 
 def pooled_features(model: onnx.ModelProto, spec: ModelSpec, crops) -> np.ndarray:
     head = _head(model, spec)
-    feats = run_graph(_with_output(model, head.pooled), [head.pooled], crops, spec)[0]
+    feats = run_graph(with_output(model, head.pooled), [head.pooled], crops, spec)[0]
     return feats.reshape(len(feats), -1)
 
 
@@ -83,12 +84,12 @@ def add_branch(model: onnx.ModelProto, spec: ModelSpec, w: np.ndarray, b: float)
     """``fruit_score`` (N,) = sigmoid(pooled · w + b) added to the graph (an earlier one replaced)."""
     base = strip(model)
     head = _head(model, spec)
-    bld = _Builder(base, prefix=PREFIX)
+    bld = GraphBuilder(base, prefix=PREFIX)
     z = bld.node("Gemm", [head.pooled, bld.const("w", w.reshape(-1, 1).astype(np.float32)), bld.const("b", np.array([b], np.float32))])
     flat = bld.node("Flatten", [z], axis=0)
     squeezed = bld.node("Reshape", [flat, bld.const("shape", np.array([-1], np.int64))])
     bld.node("Sigmoid", [squeezed], output=FRUIT_OUTPUT)
-    return _finish(base, bld, {FRUIT_OUTPUT: ["batch"]})
+    return finish_graph(base, bld, {FRUIT_OUTPUT: ["batch"]})
 
 
 def pick_threshold(fruit_scores: np.ndarray, keep: float, other_scores: np.ndarray | None = None) -> float:

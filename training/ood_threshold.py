@@ -24,28 +24,30 @@ import onnxruntime as ort
 import yaml
 
 from grader.defect import ModelSpec, energy, preprocess
-from training import train
+from training.calibrate import defective_scores
+from training.config import is_defective, spec_for
+from training.data import load_data
 from training.metrics import auc, fit_temperature
 
 
 def recompute(artifact: Path, work_dir: Path, data: tuple | None = None) -> dict:
-    """The val crops' figures through the artifact's graph; ``data``: what ``train.load_data`` gave
+    """The val crops' figures through the artifact's graph; ``data``: what ``load_data`` gave
     for the artifact's config, when the caller has it already."""
     meta = json.loads((artifact / "metadata.json").read_text())
     cfg = yaml.safe_load((artifact / "config.yaml").read_text())
     spec = ModelSpec.from_metadata(meta)
-    crops, labels, _sessions, _items, digest = data if data is not None else train.load_data(cfg, work_dir)
+    crops, labels, _sessions, _items, digest = data if data is not None else load_data(cfg, work_dir)
     sess = ort.InferenceSession(str(artifact / "model.onnx"), providers=["CPUExecutionProvider"])
-    batch = preprocess(list(crops["val"]), train.spec_for(cfg))
+    batch = preprocess(list(crops["val"]), spec_for(cfg))
     logits = np.concatenate([sess.run([spec.output_name], {spec.input_name: batch[i : i + 64]})[0] for i in range(0, len(batch), 64)])
     temperature = fit_temperature(logits, labels["val"])
     q = float(cfg.get("thresholds", {}).get("ood_energy_quantile", 0.99))
     e = energy(logits, spec.temperature)
-    y = train.is_defective(labels["val"], cfg)
+    y = is_defective(labels["val"], cfg)
     return {
         "manifest_sha256": digest, "recorded_manifest_sha256": meta["training_data"]["manifest_sha256"],
         "temperature": temperature, "recorded_temperature": spec.temperature,
-        "val_auc": auc(y, train._scores(logits, spec.temperature, cfg)), "recorded_val_auc": meta["metrics"]["val"].get("auc"),
+        "val_auc": auc(y, defective_scores(logits, spec.temperature, cfg)), "recorded_val_auc": meta["metrics"]["val"].get("auc"),
         "quantile": q, "ood_energy": float(np.quantile(e, q)), "n_val": int(len(e)),
     }
 

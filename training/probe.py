@@ -105,3 +105,55 @@ def run_probe(model: nn.Module, cfg: dict[str, Any], train_batches: list[np.ndar
     set_head(model, best[1], best[2])
     history.append({"chosen_l2": best[3], "val_score": best[0]})
     return history
+
+
+def session_folds(is_bad: np.ndarray, groups: list[str]) -> list[list[str]]:
+    """Held-out folds that each hold both classes, from whole sessions: every pair of a sound-only
+    and a defective-only session, and every session holding both classes alone. Sessions of one
+    class cannot be held out alone (a fold of one class has no ranking to score), and holding out a
+    pair asks what a packhouse asks: are the sound and the defective fruit of sessions never seen
+    told apart."""
+    g = np.asarray(groups)
+    sessions = sorted(set(groups))
+    kinds = {s: set(np.unique(np.asarray(is_bad)[g == s]).astype(bool).tolist()) for s in sessions}
+    sound = [s for s in sessions if kinds[s] == {False}]
+    bad = [s for s in sessions if kinds[s] == {True}]
+    mixed = [s for s in sessions if len(kinds[s]) == 2]
+    return [[a, b] for a in sound for b in bad] + [[m] for m in mixed]
+
+
+def run_cross_session(feats: np.ndarray, labels: np.ndarray, is_bad: np.ndarray, groups: list[str], strengths: list[float], n_classes: int,
+                      balance: str | None, score: Callable[[np.ndarray, np.ndarray], float]) -> dict[str, Any]:
+    """``train.probe_fit: cross_session``: the head is fitted on every session of train and val, and
+    everything is chosen on held-out sessions. For each L2 strength, each fold of
+    :func:`session_folds` is scored by a head fitted on the other sessions; the strength whose mean
+    fold ``score`` (labels, logits) is best wins and its head is refitted on all the features.
+    Returns the head (``w``, ``b``), the chosen strength, the history and the held-out logits of
+    every fold (``oof_logits``, ``oof_labels``, ``oof_groups`` naming each fold), which calibrate
+    the temperature and the threshold as val logits would."""
+    folds = session_folds(is_bad, groups)
+    if not folds:
+        raise ValueError("train.probe_fit cross_session needs sessions of both classes among train and val")
+    g = np.asarray(groups)
+    history, best = [], None
+    for i, l2 in enumerate(strengths):
+        outs = []
+        for fold in folds:
+            held = np.isin(g, fold)
+            w, b = fit_softmax(feats[~held], labels[~held], n_classes, l2, sample_weights(labels[~held], list(g[~held]), balance))
+            outs.append((fold, held, feats[held] @ w.T + b))
+        per_fold = [float(score(labels[held], z)) for _f, held, z in outs]
+        s = float(np.mean(per_fold))
+        history.append({"epoch": i + 1, "phase": "linear probe, cross-session", "l2": l2, "val_score": s,
+                        "fold_scores": {"+".join(f): v for (f, _h, _z), v in zip(outs, per_fold)}})
+        print(f"linear probe l2={l2:g}: mean held-out-session score {s:.4f} ({', '.join(f'{v:.3f}' for v in per_fold)})")
+        if best is None or s > best[0]:
+            best = (s, l2, outs)
+    assert best is not None
+    _s, l2, outs = best
+    w, b = fit_softmax(feats, labels, n_classes, l2, sample_weights(labels, list(groups), balance))
+    history.append({"chosen_l2": l2, "val_score": best[0], "folds": ["+".join(f) for f in folds]})
+    return {"w": w, "b": b, "l2": l2, "history": history,
+            "oof_logits": np.concatenate([z for _f, _h, z in outs]),
+            "oof_labels": np.concatenate([labels[h] for _f, h, _z in outs]),
+            "oof_groups": [("+".join(f)) for f, h, _z in outs for _ in range(int(h.sum()))]}

@@ -1,0 +1,93 @@
+"""The linear probe's cross-session fit (train.probe_fit: cross_session): which sessions are held out
+together, that every held-out logit comes from a head that never saw its session, and the threshold
+rule that reads those folds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from training import probe  # noqa: E402
+from training.calibrate import pick_threshold_by_group  # noqa: E402
+from training.metrics import auc  # noqa: E402
+
+
+def _sessions(rng, offsets: dict[str, tuple[int, float]], n: int = 40, dim: int = 8):
+    """Features where the class moves dimension 0 and each session shifts every dimension by its own
+    offset (the session look a model must not learn)."""
+    xs, ys, gs = [], [], []
+    for name, (label, shift) in offsets.items():
+        labels = np.full(n, label) if label >= 0 else rng.integers(0, 2, n)
+        x = rng.normal(0, 1, (n, dim)) + shift
+        x[:, 0] += 2.5 * labels
+        xs.append(x)
+        ys.append(labels)
+        gs += [name] * n
+    return np.concatenate(xs).astype(np.float32), np.concatenate(ys).astype(int), gs
+
+
+def test_folds_pair_one_class_sessions_and_hold_mixed_ones_alone():
+    y = np.array([0, 0, 1, 1, 0, 1, 0])
+    g = ["s1", "s1", "d1", "d1", "m", "m", "s2"]
+    assert probe.session_folds(y, g) == [["s1", "d1"], ["s2", "d1"], ["m"]]
+    assert probe.session_folds(np.array([0, 0]), ["a", "b"]) == []  # no defective session: no fold
+
+
+def test_cross_session_logits_come_from_heads_that_never_saw_the_session():
+    rng = np.random.default_rng(0)
+    x, y, g = _sessions(rng, {"s1": (0, 0.0), "s2": (0, 0.7), "d1": (1, -0.4), "d2": (1, 0.3), "m": (-1, 0.2)})
+    got = probe.run_cross_session(x, y, y > 0, g, [1.0, 100.0], 2, None, lambda yy, z: auc(yy, z[:, 1] - z[:, 0]))
+    folds = got["history"][-1]["folds"]
+    assert folds == ["s1+d1", "s1+d2", "s2+d1", "s2+d2", "m"]
+    # each fold's logits equal those of a head fitted on the other sessions only
+    chosen = got["l2"]
+    g_arr = np.array(g)
+    start = 0
+    for fold in folds:
+        held = np.isin(g_arr, fold.split("+"))
+        w, b = probe.fit_softmax(x[~held], y[~held], 2, chosen, probe.sample_weights(y[~held], list(g_arr[~held]), None))
+        n = int(held.sum())
+        np.testing.assert_allclose(got["oof_logits"][start:start + n], x[held] @ w.T + b, rtol=1e-4, atol=1e-4)
+        assert list(got["oof_labels"][start:start + n]) == list(y[held]) and set(got["oof_groups"][start:start + n]) == {fold}
+        start += n
+    assert start == len(got["oof_logits"])
+    # the head kept is fitted on everything, and it separates the classes
+    full = x @ got["w"].T + got["b"]
+    assert auc(y, full[:, 1] - full[:, 0]) > 0.9
+    with pytest.raises(ValueError, match="both classes"):
+        probe.run_cross_session(x[y == 0], y[y == 0], y[y == 0] > 0, list(g_arr[y == 0]), [1.0], 2, None, lambda yy, z: 0.0)
+
+
+def test_mean_rule_serves_the_folds_on_average_and_the_worst_rule_the_worst_fold():
+    # fold a separates at 0.3, fold b at 0.7: the mean rule takes a threshold between, the worst rule
+    # the one that keeps the worse fold best
+    y = np.array([0, 0, 1, 1, 0, 0, 1, 1, 1, 1])
+    s = np.array([0.1, 0.2, 0.4, 0.5, 0.55, 0.6, 0.8, 0.9, 0.95, 0.97])
+    g = ["a"] * 4 + ["b"] * 6
+    t_mean = pick_threshold_by_group(y, s, g, worst=False)
+    assert 0.55 < t_mean <= 0.8
+    t_worst = pick_threshold_by_group(y, s, g)
+    assert 0.55 < t_worst <= 0.8
+
+
+@pytest.mark.slow
+def test_cross_session_recipe_trains_calibrates_on_held_out_folds_and_exports(tmp_path):
+    import json
+    from pathlib import Path
+
+    from training import train
+    from training.config import load_config
+
+    cfg = load_config(Path(train.__file__).parent / "configs" / "apple_defect_lite0.yaml",
+                            ["data.kind=synthetic", "data.n=32", "data.cache_size=96", "model.input_size=64", "fruit_check=null",
+                             "train.probe_l2=[1.0, 30.0]", "train.num_threads=1", "name=probe-test", "version=0.0.1"])
+    assert cfg["train"]["probe_fit"] == "cross_session" and cfg["thresholds"]["rule"] == "balanced_mean_over_groups"
+    meta = train.run(cfg, tmp_path / "art", tmp_path / "work")
+    m = json.loads((tmp_path / "art" / "metadata.json").read_text())
+    assert m["thresholds"]["chosen_on"].startswith("held-out sessions") and "mean per-session" in m["thresholds"]["rule"]
+    # the val figures are the held-out folds' (synthetic sessions "train" and "val" each hold both classes)
+    assert set(m["metrics"]["val"]["per_session"]) == {"train", "val"}
+    assert m["history"][-1]["chosen_l2"] in (1.0, 30.0) and m["metrics"]["onnx_check"]["max_abs_diff_scores"] < 1e-4
+    assert meta["metrics"]["test"]["n"] > 0

@@ -6,7 +6,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 WORKERS ?= 1
 
-.PHONY: run test test-fast train bench clean mqtt-tools
+.PHONY: run lint test test-fast train bench clean mqtt-tools
 
 # serving needs no torch: the base dependencies only
 $(VENV)/.serve-installed: pyproject.toml
@@ -46,11 +46,15 @@ mqtt-tools: $(MOSQUITTO) $(MOSQUITTO_SUB)
 run: $(VENV)/.serve-installed
 	$(BIN)/grader serve --host $(HOST) --port $(PORT) --workers $(WORKERS)
 
-test: $(VENV)/.all-installed $(CHROMIUM) $(MOSQUITTO) $(MOSQUITTO_SUB)
+# ruff: pyflakes, pycodestyle and import order ([tool.ruff] in pyproject.toml); `make test` runs it first
+lint: $(VENV)/.all-installed
+	$(BIN)/ruff check .
+
+test: lint $(VENV)/.all-installed $(CHROMIUM) $(MOSQUITTO) $(MOSQUITTO_SUB)
 	$(BIN)/python -m pytest
 
 # the suite without model training and server processes
-test-fast: $(VENV)/.all-installed
+test-fast: lint $(VENV)/.all-installed
 	$(BIN)/python -m pytest -m "not slow"
 
 # retrain the shipped default model's recipe from ../shared/data (about 15 minutes on 2 cores), into

@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 
 
 def _rows(i: int, camera: str):
-    from service.storage import FruitRow, ImageRow, ResultRow
+    from store.tables import FruitRow, ImageRow, ResultRow
 
     sha = hashlib.sha256(f"bench-{i}-{uuid.uuid4()}".encode()).hexdigest()
     img = ImageRow(sha256=sha, path=f"/images/{sha}.jpg", media_type="image/jpeg", width_px=256, height_px=256, size_bytes=20_000)
@@ -65,7 +65,8 @@ def main() -> int:
 
     from service.settings import Settings
     from service.sorter import Outbox, Publisher
-    from service.storage import Repository, init_db, make_engine
+    from store.engine import init_db, make_engine
+    from store.repository import Repository
 
     tmp = Path(tempfile.mkdtemp(prefix="mqtt-bench-"))
     prefix = f"bench-{uuid.uuid4().hex[:6]}"

@@ -5,15 +5,17 @@ photo, at 128 and 224 px. FruitNet apples split by capture session as the apple 
     .venv/bin/python bench/probe_crops.py          # about 10 min on 2 cores; needs ../shared/data
 """
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
-from pathlib import Path
+
 from datasets import fruitnet
-from grader.measure import segment_fruits, crop_for_model
+from grader.measure import crop_for_model, segment_fruits
 from training.efficientnet_lite import efficientnet_lite0
 from training.metrics import auc, binary_report, pick_threshold
+
 torch.set_num_threads(1)
 root = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fruitnet-apples"
 splits = {"train": ["20190809", "20200728", "20190910"], "val": ["20190812", "IMG_8xxx"], "test": ["IMG_9xxx", "20190824"]}

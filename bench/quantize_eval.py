@@ -52,11 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     from grader.defect import ModelSpec, preprocess
-    from training.explain import run_graph
-    from training.metrics import auc, binary_report
     from training.calibrate import defective_scores
     from training.config import is_defective
     from training.data import load_data
+    from training.explain import run_graph
+    from training.metrics import auc, binary_report
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("artifact", type=Path)

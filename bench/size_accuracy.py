@@ -51,6 +51,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from datasets.synthetic import FruitSpec, make_frame  # noqa: E402
+from grader.calibration import scale_from_references  # noqa: E402
 from grader.measure import measure_image  # noqa: E402
 from grader.orchard import (  # noqa: E402
     TENNIS_BALL_DIAMETER_MM,
@@ -60,7 +61,6 @@ from grader.orchard import (  # noqa: E402
     measure_by_probability,
     measure_in_window,
     perspective_stretch,
-    scale_from_references,
 )
 
 #: knobs of the default method, chosen on the tune dates only
@@ -196,7 +196,8 @@ def evaluate_ecopom(data: Path, frames: list[dict] | None = None, method: str = 
         image = load_rgb(data / frame["image"])
         frame_boxes = [_box(o) for o in frame["objects"]]
         base_scale = box_scale_mm_per_px([_box(b) for b in balls])
-        our_scale = scale_from_references([measure_fruit(image, _box(b), frame_boxes, method, focal_px).diameter_px for b in balls])
+        our_scale = scale_from_references([measure_fruit(image, _box(b), frame_boxes, method, focal_px).diameter_px for b in balls],
+                                          TENNIS_BALL_DIAMETER_MM)
         part = "tune" if frame["date"] in tune else "held-out"
         principal = ((image.shape[1] - 1) / 2, (image.shape[0] - 1) / 2)
         persp_scale = None

@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 
 
 def _rows(tag: str):
-    from service.storage import FruitRow, ImageRow, ResultRow
+    from store.tables import FruitRow, ImageRow, ResultRow
 
     sha = hashlib.sha256(tag.encode()).hexdigest()
     img = ImageRow(sha256=sha, path=f"/images/{sha}.jpg", media_type="image/jpeg", width_px=256, height_px=256, size_bytes=20_000)
@@ -53,7 +53,9 @@ def _burn(cpu_ms: float, rng: np.random.Generator) -> None:
 def _worker(url: str, mode: str, threads: int, seconds: float, cpu_ms: float, pid: int, out) -> None:
     import uuid
 
-    from service.storage import Repository, _SaveJob, make_engine, utcnow
+    from store.engine import make_engine
+    from store.repository import Repository, _SaveJob
+    from store.tables import utcnow
 
     engine = make_engine(url)
     repo = Repository(engine)
@@ -86,7 +88,7 @@ def _worker(url: str, mode: str, threads: int, seconds: float, cpu_ms: float, pi
 
 
 def run(mode: str, processes: int, threads: int, seconds: float, cpu_ms: float) -> tuple[np.ndarray, float]:
-    from service.storage import init_db, make_engine
+    from store.engine import init_db, make_engine
 
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{Path(tmp) / 'grader.db'}"

@@ -27,9 +27,10 @@ sys.path.insert(0, str(REPO))
 
 from grader.defect import preprocess, softmax  # noqa: E402
 from inference.onnx_model import OnnxDefectModel  # noqa: E402
-from training.metrics import binary_report, pick_threshold  # noqa: E402
 from training.config import is_defective  # noqa: E402
 from training.data import load_data  # noqa: E402
+from training.metrics import binary_report, pick_threshold  # noqa: E402
+
 
 def symmetries(x: np.ndarray, axes: tuple[int, int]) -> dict[str, np.ndarray]:
     """The eight symmetries of the square image(s) in ``x`` whose rows and columns are ``axes``:

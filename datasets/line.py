@@ -38,6 +38,7 @@ from sqlalchemy import select
 from grader.defect import ModelSpec
 from grader.flags import SUGGESTED_PRIORITY, suggested_flag, uncertainty
 from grader.measure import crop_for_model, segment_fruits
+from store.tables import FruitRow, ImageRow, ResultRow, VerdictRow
 
 CLASSES = ("sound", "defective")
 
@@ -129,8 +130,6 @@ def build(repo, out_dir: Path, *, since: dt.datetime | None = None, lot: str | N
     """Export reviewed fruit (and optionally a base dataset) to ``out_dir``; returns the manifest.
     ``commodity`` keeps one commodity's fruit; ``classes`` are the labels of the model to train
     (a typed citrus model keeps the inspectors' defect types)."""
-    from service.storage import FruitRow, ImageRow, ResultRow, VerdictRow
-
     out_dir = Path(out_dir)
     (out_dir / "crops").mkdir(parents=True, exist_ok=True)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
@@ -212,8 +211,6 @@ def build(repo, out_dir: Path, *, since: dt.datetime | None = None, lot: str | N
 def suggest(repo, spec: ModelSpec, limit: int = 20, lot: str | None = None, since: dt.datetime | None = None) -> list[dict[str, Any]]:
     """Unreviewed, unflagged fruit most worth an inspector's look: greedy picks maximising
     uncertainty × (distance to the nearest fruit already picked, in standardised measurement space)."""
-    from service.storage import FruitRow, ResultRow, VerdictRow
-
     with repo.sessions() as s:
         reviewed = select(VerdictRow.fruit_row_id).where(VerdictRow.retracted.is_(False))
         q = (select(FruitRow, ResultRow).join(ResultRow, FruitRow.result_id == ResultRow.id)
@@ -251,8 +248,6 @@ def suggest(repo, spec: ModelSpec, limit: int = 20, lot: str | None = None, sinc
 
 def route_to_review(repo, picks: list[dict[str, Any]], priority: int = SUGGESTED_PRIORITY) -> int:
     """Put suggested fruit into the inspectors' queue with a `suggested` flag saying why."""
-    from service.storage import FruitRow, ResultRow
-
     n = 0
     with repo.sessions() as s, s.begin():
         for p in picks:

@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
-from .errors import GraderError
+from .errors import CalibrationFailed
 from .measure import SegmentationParams, measure_image
 from .records import FruitMeasurement
-
-
-class CalibrationFailed(GraderError):
-    """The reference image does not show one clean round reference."""
-
-    field = "image"
 
 
 @dataclass(frozen=True)
@@ -90,7 +86,19 @@ def split_references(image_rgb: np.ndarray, measurements: list[FruitMeasurement]
     return refs, fruit
 
 
-def scale_from_references(refs: list[FruitMeasurement], reference_diameter_mm: float) -> float:
-    """mm_per_px from the median pixel diameter of the references in a frame."""
-    diameters = [(r.diameter_px + r.minor_diameter_px) / 2 for r in refs]
-    return reference_diameter_mm / float(np.median(diameters))
+def reference_diameter_px(ref: FruitMeasurement) -> float:
+    """A reference sphere's pixel diameter: the mean of its two caliper widths."""
+    return (ref.diameter_px + ref.minor_diameter_px) / 2
+
+
+def scale_from_references(diameters_px: Sequence[float | None], reference_mm: float) -> float | None:
+    """``mm_per_px`` of a frame from the measured pixel diameters of its reference spheres (of
+    ``reference_mm``): packhouse references (:func:`reference_diameter_px`) or the tennis balls of an
+    orchard frame (grader/orchard.py).
+
+    The median is used, so one badly measured ball does not move the scale; declined balls (None)
+    are ignored. None when no ball was measured."""
+    good = [float(d) for d in diameters_px if d is not None and math.isfinite(d) and d > 0]
+    if not good:
+        return None
+    return reference_mm / float(np.median(good))

@@ -19,17 +19,12 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .measure import CROP_FILL_RGB
+from .crop_fill import fruit_pixels
 
 #: fewer fruit pixels than this: no colour statistics (the crop is left as it is)
 MIN_FRUIT_PIXELS = 50
 
 Stats = tuple[np.ndarray, np.ndarray]
-
-
-def fruit_pixels(crop: np.ndarray) -> np.ndarray:
-    """Pixels of a model crop that are fruit, not the painted-out background (CROP_FILL_RGB)."""
-    return (np.abs(crop.astype(np.int16) - np.array(CROP_FILL_RGB, np.int16)) > 2).any(axis=2)
 
 
 def fruit_colour_stats(crop: np.ndarray, fruit: np.ndarray | None = None) -> Stats | None:

@@ -5,36 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import cv2
-import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-from .errors import GraderError
+from .colour_bands import ColourBand
+from .errors import UnknownCommodity
 from .measure import SegmentationParams
 from .standards import load_toml_model
 
 SHIPPED_DIR = Path(__file__).parent / "commodities"
-
-
-class UnknownCommodity(GraderError):
-    field = "commodity"
-
-
-class ColourBand(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str
-    hue_deg: tuple[tuple[float, float], ...] = Field(min_length=1)
-    min_saturation: float = Field(default=0.3, ge=0, le=1)
-    min_value: float = Field(default=0.15, ge=0, le=1)
-
-    @field_validator("hue_deg")
-    @classmethod
-    def _ranges(cls, v: tuple[tuple[float, float], ...]) -> tuple[tuple[float, float], ...]:
-        for lo, hi in v:
-            if not 0 <= lo < hi <= 360:
-                raise ValueError(f"hue range [{lo}, {hi}] must satisfy 0 <= lo < hi <= 360")
-        return v
 
 
 class Commodity(BaseModel):
@@ -74,17 +52,3 @@ def get_commodity(commodities: dict[str, Commodity], commodity_id: str) -> Commo
         return commodities[commodity_id]
     except KeyError:
         raise UnknownCommodity(f"unknown commodity {commodity_id!r}; known: {sorted(commodities)}") from None
-
-
-def colour_mask(image_rgb: np.ndarray, bands: tuple[ColourBand, ...]) -> np.ndarray:
-    """Pixels inside any of the colour bands (bool, image-sized)."""
-    hsv = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2HSV_FULL).astype(np.float32)
-    hue = hsv[..., 0] * (360.0 / 256.0)
-    sat, val = hsv[..., 1] / 255.0, hsv[..., 2] / 255.0
-    out = np.zeros(image_rgb.shape[:2], bool)
-    for b in bands:
-        in_hue = np.zeros_like(out)
-        for lo, hi in b.hue_deg:
-            in_hue |= (hue >= lo) & (hue <= hi)
-        out |= in_hue & (sat >= b.min_saturation) & (val >= b.min_value)
-    return out

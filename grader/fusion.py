@@ -4,14 +4,22 @@ Sizes are the median over the views that could be sized (a caliper reads the sam
 times); blemish areas add up when each view shows a different side (the largest spot is the
 largest seen), or are the median when every view shows the same side (a belt under a video
 camera); colour coverage is the mean; the defect evidence is the worst view's (its CNN map only when that
-view is the best one, whose image is kept)."""
+view is the best one, whose image is kept).
+
+:func:`grade_views` grades one fruit photographed in several images (``POST /v1/grade/batch``,
+``mode=views``): the largest fruit of each image is the fruit, fused over the images that show one."""
 
 from __future__ import annotations
 
 import statistics
+from collections.abc import Sequence
 from dataclasses import replace
+from typing import Any
 
-from .records import DefectEvidence, Flag, FruitMeasurement
+from .flags import FlagPolicy, LotContext
+from .pipeline import decide
+from .records import DefectEvidence, Flag, FruitGrade, FruitMeasurement, SweetnessEvidence
+from .standards import Standard
 
 
 def _median(values: list[float | None]) -> float | None:
@@ -58,3 +66,20 @@ def fuse_views(views: list[tuple[FruitMeasurement, DefectEvidence | None]], blem
         # kept with the result, so another view's map would be drawn over the wrong picture
         worst = replace(worst, defect_map=None, map_crop_margin_frac=None)
     return fused, worst, best
+
+
+def grade_views(views: Sequence[Sequence[FruitGrade]], standard: Standard, sweetness: SweetnessEvidence | None, policy: FlagPolicy,
+                lot: LotContext | None = None, sound: tuple[str, ...] = ("sound",)) -> tuple[FruitGrade | None, int, list[dict[str, Any]]]:
+    """One fruit seen in several images, each graded on its own (``views``: the fruit graded in each
+    image): (its grade from the fused views, the image whose view is the best, a summary per image).
+    The largest fruit of each image is the fruit; the blemish areas of the views add up (different
+    sides). When no image shows a fruit: (None, 0, summary)."""
+    largest = [max(fruits, key=lambda x: x.measurement.area_px) if fruits else None for fruits in views]
+    summary = [{"image": i, "diameter_mm": None if f is None else f.to_dict()["diameter_mm"],
+                "defect_score": None if f is None or f.defect is None else round(f.defect.score, 4)}
+               for i, f in enumerate(largest)]
+    seen = [i for i, f in enumerate(largest) if f is not None]
+    if not seen:
+        return None, 0, summary
+    fused, worst, best = fuse_views([(largest[i].measurement, largest[i].defect) for i in seen])
+    return decide(fused, worst, standard, sweetness, policy, lot, sound), seen[best], summary

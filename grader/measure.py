@@ -20,16 +20,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
+from .colour_bands import ColourBand, colour_mask
+from .crop_fill import CROP_FILL_RGB, fruit_pixels
 from .errors import InvalidMeasurementInput
 from .records import BBox, Flag, FruitMeasurement
-
-if TYPE_CHECKING:
-    from .commodities import ColourBand
 
 
 @dataclass(frozen=True)
@@ -409,7 +407,7 @@ def measure_segment(
     seg: Segment,
     mm_per_px: float | None,
     blemish: BlemishParams | None = None,
-    colour_bands: tuple["ColourBand", ...] = (),
+    colour_bands: tuple[ColourBand, ...] = (),
     size_axis: str = "major",
 ) -> FruitMeasurement:
     """Size, shape, colour coverage and blemish area of one segmented fruit.
@@ -426,8 +424,6 @@ def measure_segment(
     skin_rgb, skin_seg = _skin_view(image_rgb, seg, blemish.work_max_side_px)
     in_band = None
     if colour_bands:  # one colour-band mask of the fruit's box, for the blemish test and the coverage
-        from .commodities import colour_mask
-
         x0, y0, x1, y1 = skin_seg.bbox
         in_band = colour_mask(skin_rgb[y0:y1, x0:x1], colour_bands)
     spots = blemish_mask(skin_rgb, skin_seg, blemish, colour_bands, in_band)
@@ -554,7 +550,7 @@ def skin_anomaly_map(image_rgb: np.ndarray, seg: "Segment | FruitMeasurement", p
     return np.where(skin, heat, 0.0).astype(np.float32)
 
 
-def blemish_mask(image_rgb: np.ndarray, seg: Segment, params: BlemishParams, healthy_bands: tuple["ColourBand", ...] = (),
+def blemish_mask(image_rgb: np.ndarray, seg: Segment, params: BlemishParams, healthy_bands: tuple[ColourBand, ...] = (),
                  in_band: np.ndarray | None = None) -> np.ndarray:
     """Skin pixels that look blemished (bool, bbox-sized like ``seg.mask``).
 
@@ -571,8 +567,6 @@ def blemish_mask(image_rgb: np.ndarray, seg: Segment, params: BlemishParams, hea
     darker = darkening > params.min_darkening_l
     spots = skin & (delta_e > params.min_delta_e) & darker
     if healthy_bands:
-        from .commodities import colour_mask
-
         if in_band is None:
             in_band = colour_mask(image_rgb[y0:y1, x0:x1], healthy_bands)
         cores = spots & ~in_band
@@ -595,12 +589,10 @@ def _spot_areas(spots: np.ndarray) -> tuple[float, float]:
     return total, float(stats[1:, cv2.CC_STAT_AREA].max()) if n > 1 else 0.0
 
 
-def colour_coverage(image_rgb: np.ndarray, seg: Segment, bands: tuple["ColourBand", ...], in_band: np.ndarray | None = None) -> float:
+def colour_coverage(image_rgb: np.ndarray, seg: Segment, bands: tuple[ColourBand, ...], in_band: np.ndarray | None = None) -> float:
     """Share (0..1) of the fruit's visible skin inside the commodity's target colour bands.
     The outermost rim (edge pixels mixed with background) is left out. ``in_band``: the bands'
     mask of the fruit's box when the caller has it already."""
-    from .commodities import colour_mask
-
     x0, y0, x1, y1 = seg.bbox
     dist = _distance_to_edge(seg.mask, 3)
     skin = seg.mask & (dist > 0.04 * max(float(dist.max()), 1.0))
@@ -616,16 +608,11 @@ def measure_image(
     mm_per_px: float | None,
     params: SegmentationParams | None = None,
     blemish: BlemishParams | None = None,
-    colour_bands: tuple["ColourBand", ...] = (),
+    colour_bands: tuple[ColourBand, ...] = (),
     size_axis: str = "major",
 ) -> list[FruitMeasurement]:
     """Every fruit in the frame, measured, left to right."""
     return [measure_segment(image_rgb, s, mm_per_px, blemish, colour_bands, size_axis) for s in segment_fruits(image_rgb, params)]
-
-
-#: colour that replaces everything outside the fruit in a model crop (the normalisation mean,
-#: so it reads as zero to the network)
-CROP_FILL_RGB = (124, 116, 104)
 
 
 #: up to this growth (pixels; crops up to ~1100 px across, every training photo's) the fruit mask is
@@ -684,8 +671,6 @@ def fruit_body(crop: np.ndarray, factor: float) -> np.ndarray:
     inscribed circle is nearly the fruit), a hand under it keeps only the strip next to the skin.
     Idempotent: the inscribed circle of the kept pixels is the same circle. The crop's geometry
     (size, the fruit's place) is unchanged, so maps over it still fall on the fruit."""
-    from .colour import fruit_pixels  # grader.colour imports this module
-
     fruit = fruit_pixels(crop).view(np.uint8)
     if int(cv2.countNonZero(fruit)) < 16:
         return crop

@@ -21,7 +21,7 @@ diameter comes from the pixels only:
    circumference (``no_clean_outline``: mostly occluded or leaking).
 
 Reference spheres (tennis balls) are measured the same way (by either method);
-``scale_from_references`` turns their diameters into ``mm_per_px`` for the frame, so a bias of the
+``grader.calibration.scale_from_references`` turns their diameters into ``mm_per_px`` for the frame, so a bias of the
 segmentation largely cancels out.
 
 :func:`measure_by_probability` is the method used by the ecopom benchmark:
@@ -211,17 +211,6 @@ def measure_in_window(
     if coverage < params.min_coverage:
         return WindowMeasurement(None, "no_clean_outline", circle, contour_px, coverage)
     return WindowMeasurement(2 * c.radius_px + 1.0, "ok", circle, contour_px, coverage)
-
-
-def scale_from_references(diameters_px: Sequence[float | None], reference_mm: float = TENNIS_BALL_DIAMETER_MM) -> float | None:
-    """``mm_per_px`` of a frame from the measured pixel diameters of its reference spheres.
-
-    The median is used, so one badly measured ball does not move the scale; declined balls (None)
-    are ignored. None when no ball was measured."""
-    good = [float(d) for d in diameters_px if d is not None and math.isfinite(d) and d > 0]
-    if not good:
-        return None
-    return reference_mm / float(np.median(good))
 
 
 def box_scale_mm_per_px(boxes_xyxy: Sequence[Sequence[float]], reference_mm: float = TENNIS_BALL_DIAMETER_MM) -> float | None:

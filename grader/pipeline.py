@@ -6,10 +6,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .commodities import Commodity
 from .defect import DefectModel
 from .flags import FlagPolicy, LotContext, fruit_flags, image_quality_flags
 from .measure import BlemishParams, SegmentationParams, crop_for_model, measure_image
-from .commodities import Commodity
 from .records import DefectEvidence, Flag, FruitGrade, FruitMeasurement, SweetnessEvidence
 from .rules import facts_from, grade_fruit
 from .standards import Standard

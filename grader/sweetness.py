@@ -11,16 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import GraderError
+from .errors import InvalidReading
 from .records import SweetnessEvidence
 
 TABLE = Path(__file__).parent / "data" / "icumsa_brix_temperature.toml"
 #: a refractometer reading of fruit juice outside this range is a sensor or handling error
 BRIX_MIN, BRIX_MAX = 0.0, 35.0
-
-
-class InvalidReading(GraderError):
-    field = "brix"
 
 
 @lru_cache(maxsize=1)

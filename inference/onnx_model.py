@@ -23,7 +23,6 @@ from grader.defect import ModelOutputs, ModelSpec, evidence_from_outputs, parity
 from grader.errors import InvalidModelArtifact
 from grader.records import DefectEvidence
 
-
 #: the graph's optional outputs (training/explain.py adds them), requested when the graph has them
 EXTRA_OUTPUTS = ("defect_map", "ood_distance", "ood_distance_early", "fruit_score")
 

@@ -16,6 +16,9 @@ from grader.calibration import ReferenceSpec
 from grader.commodities import Commodity, load_commodities
 from grader.flags import FlagPolicy
 from grader.standards import Standard, get_standard, load_standards
+from store.engine import init_db, make_engine
+from store.images import ImageStore
+from store.repository import Repository
 
 from . import errors
 from .auth import AuthFailureLimiter, KeyRing, RateLimiter, load_or_create_keys
@@ -27,7 +30,6 @@ from .routers import brix, cameras, fruits, grade, health, line, lots, models, p
 from .settings import Settings
 from .shadow import Shadow
 from .sorter import Outbox, Publisher, line_snapshot
-from .storage import ImageStore, Repository, init_db, make_engine
 
 log = logging.getLogger("grader.service")
 

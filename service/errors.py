@@ -8,23 +8,42 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from fastapi import FastAPI, Request
-from pydantic import BaseModel, Field
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from grader.calibration import CalibrationFailed
-from grader.commodities import UnknownCommodity
-from grader.sweetness import InvalidReading
 from grader.errors import (
+    CalibrationFailed,
+    CommodityMismatch,
+    ControlCharacters,
     GraderError,
+    IdempotencyKeyReused,
+    InvalidCommodity,
+    InvalidFrame,
     InvalidImage,
     InvalidMeasurementInput,
     InvalidModelArtifact,
+    InvalidReading,
     InvalidStandard,
+    InvalidVideo,
+    LotClosed,
+    ModelExists,
+    ModelIsServing,
+    ModelNotPromotable,
+    NoPreviousModel,
+    OutOfRange,
+    TextTooLong,
     Uncalibrated,
+    UnknownCommodity,
+    UnknownLot,
+    UnknownModel,
     UnknownStandard,
+    UploadTooLarge,
+    VideoFrameTooLarge,
+    VideoTooLong,
+    VideoTooSlow,
 )
 
 
@@ -63,6 +82,8 @@ class ApiError(Exception):
         self.status, self.code, self.message, self.field, self.headers = status, code, message, field, headers
 
 
+#: every domain error's HTTP status and error code (an error that carries a finer code of its own,
+#: GraderError.code, keeps it): the one place a status is given to a domain error
 STATUS: dict[type[GraderError], tuple[int, str]] = {
     InvalidImage: (422, "invalid_image"),
     InvalidMeasurementInput: (422, "invalid_value"),
@@ -73,7 +94,36 @@ STATUS: dict[type[GraderError], tuple[int, str]] = {
     CalibrationFailed: (422, "calibration_failed"),
     UnknownCommodity: (404, "unknown_commodity"),
     InvalidReading: (422, "invalid_reading"),
+    # requests
+    OutOfRange: (422, "out_of_range"),
+    TextTooLong: (422, "too_long"),
+    ControlCharacters: (422, "invalid_characters"),
+    UploadTooLarge: (413, "too_large"),
+    IdempotencyKeyReused: (422, "idempotency_key_reused"),
+    # lots and commodities
+    UnknownLot: (404, "unknown_lot"),
+    LotClosed: (409, "lot_closed"),
+    InvalidCommodity: (422, "unknown_commodity"),
+    CommodityMismatch: (422, "commodity_mismatch"),
+    # models
+    UnknownModel: (404, "not_found"),
+    ModelExists: (409, "model_exists"),
+    ModelNotPromotable: (422, "model_not_promotable"),
+    ModelIsServing: (409, "is_serving"),
+    NoPreviousModel: (409, "no_previous_model"),
+    # line video
+    InvalidVideo: (422, "invalid_video"),
+    InvalidFrame: (422, "invalid_frame"),
+    VideoFrameTooLarge: (422, "video_frame_too_large"),
+    VideoTooLong: (422, "video_too_long"),
+    VideoTooSlow: (422, "video_too_slow"),
 }
+
+
+def status_and_code(exc: GraderError) -> tuple[int, str]:
+    """A domain error's HTTP status and error code, from STATUS."""
+    status, code = next((v for k, v in STATUS.items() if isinstance(exc, k)), (422, "invalid_request"))
+    return status, exc.code or code
 
 
 def _is_connection_error(exc) -> bool:
@@ -166,7 +216,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(GraderError)
     async def _domain(_: Request, exc: GraderError) -> JSONResponse:
-        status, code = next((v for k, v in STATUS.items() if isinstance(exc, k)), (422, "invalid_request"))
+        status, code = status_and_code(exc)
         return JSONResponse(_body(code, exc.message, exc.field), status_code=status)
 
     @app.exception_handler(RequestValidationError)
@@ -179,9 +229,10 @@ def install(app: FastAPI) -> None:
         msg = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
         return JSONResponse(_body(first["code"], msg, first["field"], problems=problems), status_code=422)
 
-    from sqlalchemy.exc import DBAPIError, TimeoutError as PoolTimeout
+    from sqlalchemy.exc import DBAPIError
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-    from .storage import StorageUnavailable
+    from store.images import StorageUnavailable
 
     @app.exception_handler(StorageUnavailable)
     async def _storage(_: Request, exc: StorageUnavailable) -> JSONResponse:

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import UploadFile
 from pydantic import AfterValidator
 
-from .errors import ApiError
+from grader.errors import ControlCharacters, TextTooLong, UploadTooLarge
 
 #: control characters (NUL included) never belong in an identifier or a name; a database or a log
 #: line could choke on them
@@ -36,22 +36,19 @@ NoteText = Annotated[str, AfterValidator(_note)]
 
 def physical_field(name: str, raw: str | None) -> float | None:
     """An optional form or query field holding a physical quantity, checked against its
-    plausible range (service/limits.py); 422 naming the field otherwise."""
-    from .limits import OutOfRange, parse
+    plausible range (service/limits.py); OutOfRange (422) naming the field otherwise."""
+    from .limits import parse
 
-    try:
-        return parse(name, raw)
-    except OutOfRange as exc:
-        raise ApiError(422, exc.code, exc.message, exc.field) from None
+    return parse(name, raw)
 
 
 def text_field(name: str, raw: str | None, max_len: int = 100) -> str | None:
     if raw is None or raw.strip() == "":
         return None
     if len(raw) > max_len:
-        raise ApiError(422, "too_long", f"{name} is longer than {max_len} characters", name)
+        raise TextTooLong(f"{name} is longer than {max_len} characters", field=name)
     if CONTROL.search(raw):
-        raise ApiError(422, "invalid_characters", f"{name} must not contain control characters", name)
+        raise ControlCharacters(f"{name} must not contain control characters", field=name)
     return raw.strip()
 
 
@@ -59,5 +56,5 @@ async def read_limited(upload: UploadFile, limit: int, field: str = "image", kin
     """An uploaded file's bytes; 413 ``<kind>_too_large`` naming the field past ``limit``."""
     data = await upload.read(limit + 1)
     if len(data) > limit:
-        raise ApiError(413, f"{kind}_too_large", f"{field} is larger than the limit of {limit} bytes", field)
+        raise UploadTooLarge(f"{field} is larger than the limit of {limit} bytes", field=field, code=f"{kind}_too_large")
     return data

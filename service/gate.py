@@ -24,10 +24,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from fastapi import HTTPException  # FastAPI passes its own HTTPException on while parsing a body (others become 400)
 from fastapi.responses import JSONResponse
 from prometheus_client import Counter
 from starlette.datastructures import Headers
-from fastapi import HTTPException  # FastAPI passes its own HTTPException on while parsing a body (others become 400)
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 

@@ -13,18 +13,19 @@ import numpy as np
 from sqlalchemy import select
 
 from grader.commodities import Commodity
+from grader.errors import CommodityMismatch, IdempotencyKeyReused, InvalidCommodity, LotClosed, UnknownLot
 from grader.flags import LotContext, review_sample_flag
 from grader.pipeline import ImageGrade, grade_image
 from grader.records import SweetnessEvidence
 from grader.standards import Standard, get_standard
+from store.repository import latest_calibration
+from store.tables import CalibrationRow, FruitRow, ImageRow, LotRow, ResultRow, utcnow
 
 from .batcher import ServingModel
-from .errors import ApiError
 from .forms import physical_field, text_field
 from .lots import lot_context, sweetness_fields, sweetness_for
 from .metrics import FLAGS, FRUITS, STORE_SECONDS
 from .scale import ScaledFrame, resolve_scale
-from .storage import CalibrationRow, FruitRow, ImageRow, LotRow, ResultRow, latest_calibration, utcnow
 
 
 @dataclass
@@ -76,9 +77,9 @@ def request_hash(req: "GradeRequest", images: list[bytes], **extra: Any) -> str:
 def check_same_request(req: "GradeRequest", existing: ResultRow) -> None:
     """Refuse a reused idempotency key that stands for a different request."""
     if req.request_sha256 and existing.request_sha256 and existing.request_sha256 != req.request_sha256:
-        raise ApiError(422, "idempotency_key_reused", "this idempotency key (Idempotency-Key, or camera_id + fruit_id) was used "
-                       f"for a different request (result {existing.id}): use a new key for a new image or new fields",
-                       "Idempotency-Key")
+        raise IdempotencyKeyReused("this idempotency key (Idempotency-Key, or camera_id + fruit_id) was used "
+                                   f"for a different request (result {existing.id}): use a new key for a new image or new fields",
+                                   field="Idempotency-Key")
 
 
 def parse(lot_id, camera_id, fruit_id, lane, brix, mm_per_px, standard, reference_diameter_mm, idempotency_key,
@@ -120,15 +121,15 @@ def lookup(ctx, req: GradeRequest) -> ResultRow | None:
         req.lot_ctx = lot_context(s, f["lot_id"])
     if f["lot_id"]:
         if req.lot is None:
-            raise ApiError(404, "unknown_lot", f"no lot {f['lot_id']!r}: open it first with POST /v1/lots", "lot_id")
+            raise UnknownLot(f"no lot {f['lot_id']!r}: open it first with POST /v1/lots", field="lot_id")
         if req.lot.status != "open":
-            raise ApiError(409, "lot_closed", f"lot {req.lot.id!r} is closed", "lot_id")
+            raise LotClosed(f"lot {req.lot.id!r} is closed", field="lot_id")
     asked = req.commodity_field
     if asked is not None:
         if asked not in ctx.commodities:
-            raise ApiError(422, "unknown_commodity", f"commodity must be one of {sorted(ctx.commodities)}, got {asked!r}", "commodity")
+            raise InvalidCommodity(f"commodity must be one of {sorted(ctx.commodities)}, got {asked!r}", field="commodity")
         if req.lot is not None and req.lot.commodity != asked:
-            raise ApiError(422, "commodity_mismatch", f"lot {req.lot.id!r} holds {req.lot.commodity}, not {asked}", "commodity")
+            raise CommodityMismatch(f"lot {req.lot.id!r} holds {req.lot.commodity}, not {asked}", field="commodity")
     std_id = req.standard_field or (req.lot.standard_id if req.lot else None) or (ctx.commodities[asked].default_standard if asked else None)
     req.standard = ctx.default_standard if not std_id else get_standard(ctx.standards, std_id)
     # the commodity: the request's, else its lot's, else its standard's

@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from grader.errors import OutOfRange
 from grader.sweetness import BRIX_MAX, BRIX_MIN
 
 
@@ -37,14 +38,6 @@ PHYSICAL: dict[str, Range] = {
     "belt_speed_mm_s": Range(1.0, 5000.0, "mm/s", "conveyor belt speed"),
     "fps": Range(0.1, 240.0, "frames/s", "live camera frame rate"),
 }
-
-
-class OutOfRange(ValueError):
-    """A physical value outside PHYSICAL's range, or not a number at all."""
-
-    def __init__(self, field: str, code: str, message: str) -> None:
-        super().__init__(message)
-        self.field, self.code, self.message = field, code, message
 
 
 def check(field: str, value: Any) -> float:

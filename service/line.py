@@ -8,7 +8,8 @@ from typing import Any
 
 from sqlalchemy import select
 
-from .storage import FruitRow, Repository, ResultRow, utcnow
+from store.repository import Repository
+from store.tables import FruitRow, ResultRow, utcnow
 
 #: the "now" window rates are judged on, and the minimum fruit in it before a rate alert can fire
 RECENT_MIN = 5

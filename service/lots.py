@@ -15,8 +15,7 @@ from grader.records import OUT_OF_GRADE, DefectEvidence, Flag, SweetnessEvidence
 from grader.rules import FruitFacts, grade_fruit
 from grader.standards import Standard
 from grader.sweetness import lot_sample
-
-from .storage import BrixReadingRow, FruitRow, GradeChangeRow, LotRow, ResultRow, VerdictRow
+from store.tables import BrixReadingRow, FruitRow, GradeChangeRow, LotRow, ResultRow, VerdictRow
 
 #: flags that grading decides (and re-grading recomputes); the rest come from measurement
 GRADING_FLAGS = {"decay", "ood", "defect_uncertain", "provisional", "size_outlier", "brix_outlier", "signals_disagree"}

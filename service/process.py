@@ -51,7 +51,7 @@ class ServerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **self.env, "GRADER_DATA_DIR": str(self.data_dir)}
         with open(self.log_path, "a") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(self.port), "--log-level", self.log_level,
+            self.proc = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--port", str(self.port), "--log-level", self.log_level,
                                           "--workers", str(self.workers)],
                                          env=env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + self.ready_timeout_s

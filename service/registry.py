@@ -7,7 +7,6 @@ checks for a change at most every `poll_s` seconds)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -20,13 +19,12 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from grader.errors import InvalidModelArtifact
+from grader.errors import InvalidModelArtifact, ModelExists, ModelIsServing, ModelNotPromotable, NoPreviousModel, UnknownModel
+from store.repository import Repository
+from store.tables import ModelVersionRow, utcnow
 
 from .batcher import MicroBatcher, ServingModel
-from .errors import ApiError
 from .onnx_model import OnnxDefectModel, resolve_model_dir
-from .storage import ModelVersionRow, Repository, utcnow
-
 
 #: what an uploaded artifact's metadata.json must hold: identity, classes, preprocessing,
 #: thresholds, its measured metrics, the hash of its training data, and its parity record
@@ -147,7 +145,7 @@ class Registry:
             raise InvalidModelArtifact("model.onnx is empty", field="model")
         with self.repo.sessions() as s:
             if s.get(ModelVersionRow, mid) is not None:
-                raise ApiError(409, "model_exists", f"model {mid} is already registered", "metadata")
+                raise ModelExists(f"model {mid} is already registered", field="metadata")
         dest = self.store_dir / safe
         self.store_dir.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".upload-", dir=self.store_dir))
@@ -178,14 +176,14 @@ class Registry:
             with self.repo.sessions() as s:
                 row = s.get(ModelVersionRow, mid)
                 if row is None:
-                    raise ApiError(404, "not_found", f"no model {mid}", "model_id")
+                    raise UnknownModel(f"no model {mid}", field="model_id")
                 path = row.path
                 if row.status != "serving":
                     from .model_meta import promotion_problem
 
                     problem = promotion_problem(row.meta or {})
                     if problem is not None:
-                        raise ApiError(422, "model_not_promotable", f"{mid} may not serve: {problem}", "model_id")
+                        raise ModelNotPromotable(f"{mid} may not serve: {problem}", field="model_id")
             loaded = ServingModel(OnnxDefectModel(Path(path), self.threads), self.batcher, mid)  # fails before any change
             with self.repo.sessions() as s, s.begin():
                 for other in s.scalars(select(ModelVersionRow).where(ModelVersionRow.status == "serving")):
@@ -208,7 +206,7 @@ class Registry:
             history = [r for r in s.scalars(select(ModelVersionRow).where(ModelVersionRow.promoted_at.is_not(None))
                                             .order_by(ModelVersionRow.promoted_at.desc())) if _commodity(r) == commodity]
         if len(history) < 2:
-            raise ApiError(409, "no_previous_model", "no earlier serving model to roll back to", None)
+            raise NoPreviousModel("no earlier serving model to roll back to")
         return self.promote(ctx, history[1].id)
 
     # ------------------------------------------------------------------ shadow mode
@@ -218,11 +216,11 @@ class Registry:
 
         with self._lock:
             if mid == ctx.model.model_id:
-                raise ApiError(409, "is_serving", f"{mid} is the serving model: shadow a candidate", "model_id")
+                raise ModelIsServing(f"{mid} is the serving model: shadow a candidate", field="model_id")
             with self.repo.sessions() as s:
                 row = s.get(ModelVersionRow, mid)
                 if row is None:
-                    raise ApiError(404, "not_found", f"no model {mid}", "model_id")
+                    raise UnknownModel(f"no model {mid}", field="model_id")
                 path = row.path
             loaded = OnnxDefectModel(Path(path), self.threads)  # fails before any change
             with self.repo.sessions() as s, s.begin():
@@ -275,5 +273,5 @@ class Registry:
         with self.repo.sessions() as s:
             row = s.get(ModelVersionRow, mid)
         if row is None:
-            raise ApiError(404, "not_found", f"no model {mid}", "model_id")
+            raise UnknownModel(f"no model {mid}", field="model_id")
         return row

@@ -7,12 +7,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from grader.calibration import ReferenceSpec, scale_from_references, split_references
+from grader.calibration import ReferenceSpec, reference_diameter_px, scale_from_references, split_references
 from grader.commodities import Commodity
 from grader.measure import measure_image, with_scale
 from grader.records import Flag, FruitMeasurement
-
-from .storage import CalibrationRow
+from store.tables import CalibrationRow
 
 
 @dataclass
@@ -37,7 +36,7 @@ def resolve_scale(image_rgb: np.ndarray, commodity: Commodity | None, request_mm
     if request_mm_per_px is not None:
         scale, source = request_mm_per_px, "request"
     elif refs:
-        scale, source = scale_from_references(refs, reference_diameter_mm), "reference"
+        scale, source = scale_from_references([reference_diameter_px(r) for r in refs], reference_diameter_mm), "reference"
     elif camera is not None:
         scale, source = camera.mm_per_px, "camera"
     else:

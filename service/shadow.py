@@ -13,9 +13,10 @@ from sqlalchemy import func, select
 
 from grader.measure import crop_for_model
 from grader.records import FruitGrade
+from store.repository import Repository
+from store.tables import ShadowResultRow, utcnow
 
 from .onnx_model import OnnxDefectModel
-from .storage import Repository, ShadowResultRow, utcnow
 
 log = logging.getLogger("grader.shadow")
 

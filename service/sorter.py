@@ -36,10 +36,12 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from prometheus_client import Counter, Gauge, Histogram
-from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy import delete, func, insert, or_, select, update
+
+from store.repository import Repository
+from store.tables import FruitEventRow, FruitRow, LineAlertRow, OutboxRow, ResultRow, SorterStreamRow, utcnow
 
 from .metrics import REGISTRY
-from .storage import FruitEventRow, FruitRow, LineAlertRow, OutboxRow, Repository, ResultRow, SorterStreamRow, utcnow
 
 log = logging.getLogger("grader.sorter")
 

@@ -16,13 +16,13 @@ from typing import Any, Iterator
 import cv2
 import numpy as np
 
+from grader.errors import InvalidFrame, InvalidVideo, VideoFrameTooLarge, VideoTooLong, VideoTooSlow
 from grader.fusion import fuse_views
 from grader.measure import crop_for_model, measure_segment, segment_fruits
 from grader.pipeline import ImageGrade, decide
 from grader.tracking import BeltTracker, Detection, Track
 
 from . import grading
-from .errors import ApiError
 from .scale import ScaledFrame
 
 
@@ -64,8 +64,8 @@ class LineSession:
     def push(self, frame: int, rgb: np.ndarray) -> list[dict[str, Any]]:
         """One frame in; the fruit whose tracks closed with it, graded and stored."""
         if rgb.shape[:2] != self.size:
-            raise ApiError(422, "invalid_frame", f"frame {frame} is {rgb.shape[1]}x{rgb.shape[0]}, the stream's frames are "
-                                                 f"{self.size[1]}x{self.size[0]}", "frame")
+            raise InvalidFrame(f"frame {frame} is {rgb.shape[1]}x{rgb.shape[0]}, the stream's frames are "
+                               f"{self.size[1]}x{self.size[0]}", field="frame")
         self.n_frames += 1
         self.frames[frame] = rgb
         dets = [Detection(frame, frame / self.fps, seg.bbox, seg.cut_off, seg) for seg in segment_fruits(rgb)]
@@ -143,13 +143,13 @@ def sniff_container(head: bytes) -> str:
     """The clip's container from its first bytes; 422 for anything that is not a video container
     (a single JPEG or PNG posted as a clip, a text file...), before any decoder sees it."""
     if head.startswith(b"\xff\xd8") or head.startswith(b"\x89PNG"):
-        raise ApiError(422, "invalid_video", "this is a still image, not a video: post it to /v1/grade", "video")
+        raise InvalidVideo("this is a still image, not a video: post it to /v1/grade", field="video")
     for offset, magic, name in CONTAINERS:
         if head[offset:offset + len(magic)] == magic:
             if name == "avi" and head[8:12] != b"AVI ":
                 break
             return name
-    raise ApiError(422, "invalid_video", "not a video container OpenCV can decode (send MP4, MOV, AVI/MJPEG or MKV)", "video")
+    raise InvalidVideo("not a video container OpenCV can decode (send MP4, MOV, AVI/MJPEG or MKV)", field="video")
 
 
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
@@ -203,8 +203,7 @@ def check_avi(path: Path, max_pixels: int, max_frames: int) -> None:
 
     def too_big(w: int, h: int, where: str) -> None:
         if w * h > max_pixels:
-            raise ApiError(422, "video_frame_too_large", f"{where} is {w}x{h} = {w * h} pixels, over the image limit of {max_pixels}",
-                           "video")
+            raise VideoFrameTooLarge(f"{where} is {w}x{h} = {w * h} pixels, over the image limit of {max_pixels}", field="video")
 
     frames = 0
     with open(path, "rb") as f:
@@ -224,7 +223,7 @@ def check_avi(path: Path, max_pixels: int, max_frames: int) -> None:
                 elif cid[2:4] in (b"dc", b"db"):
                     frames += 1
                     if frames > max_frames:
-                        raise ApiError(422, "video_too_long", f"the video has more than {max_frames} frames", "video")
+                        raise VideoTooLong(f"the video has more than {max_frames} frames", field="video")
                     dims = jpeg_size_at(f, off, length)
                     if dims is not None:
                         too_big(*dims, f"frame {frames - 1}")
@@ -240,22 +239,22 @@ def read_frames(path: Path, max_frames: int, max_pixels: int | None = None) -> t
         check_avi(path, max_pixels, max_frames)
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
-        raise ApiError(422, "invalid_video", "not a video OpenCV can decode (send MP4, AVI or MJPEG)", "video")
+        raise InvalidVideo("not a video OpenCV can decode (send MP4, AVI or MJPEG)", field="video")
     if max_pixels is not None:
         w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
         if w * h > max_pixels:
             cap.release()
-            raise ApiError(422, "video_frame_too_large", f"the clip's frames are {w}x{h} = {w * h} pixels, over the image limit of "
-                           f"{max_pixels}", "video")
+            raise VideoFrameTooLarge(f"the clip's frames are {w}x{h} = {w * h} pixels, over the image limit of {max_pixels}",
+                                     field="video")
     fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
     ok, first = cap.read()
     if not ok or first is None:
         cap.release()
-        raise ApiError(422, "invalid_video", "the video holds no frame that can be decoded", "video")
+        raise InvalidVideo("the video holds no frame that can be decoded", field="video")
     count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
     if count > max_frames:
         cap.release()
-        raise ApiError(422, "video_too_long", f"the video has {count} frames, over the limit of {max_frames}", "video")
+        raise VideoTooLong(f"the video has {count} frames, over the limit of {max_frames}", field="video")
     shape = first.shape
 
     def frames() -> Iterator[tuple[int, np.ndarray]]:
@@ -263,10 +262,10 @@ def read_frames(path: Path, max_frames: int, max_pixels: int | None = None) -> t
             k, frame = 0, first
             while frame is not None:
                 if k >= max_frames:
-                    raise ApiError(422, "video_too_long", f"the video has more than {max_frames} frames", "video")
+                    raise VideoTooLong(f"the video has more than {max_frames} frames", field="video")
                 if frame.shape != shape:
-                    raise ApiError(422, "invalid_video", f"frame {k} is {frame.shape[1]}x{frame.shape[0]}, the clip's first is "
-                                   f"{shape[1]}x{shape[0]}", "video")
+                    raise InvalidVideo(f"frame {k} is {frame.shape[1]}x{frame.shape[0]}, the clip's first is "
+                                       f"{shape[1]}x{shape[0]}", field="video")
                 yield k, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
                 k += 1
                 ok, frame = cap.read()
@@ -295,8 +294,8 @@ def process_clip(ctx, req: grading.GradeRequest, path: Path, belt: BeltSetup, ma
     session = LineSession(ctx, req, clip_id, size, belt, fps)
     for k, rgb in frames:
         if time.monotonic() - t0 > budget:
-            raise ApiError(422, "video_too_slow", f"the clip took over {budget:g} s to decode and grade (stopped at frame {k}); "
-                           "send shorter clips", "video")
+            raise VideoTooSlow(f"the clip took over {budget:g} s to decode and grade (stopped at frame {k}); "
+                               "send shorter clips", field="video")
         session.push(k, rgb)
     session.close()
     fruits = sorted(session.graded, key=lambda f: (f["first_seen_s"], f["lane"]))

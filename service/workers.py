@@ -39,7 +39,7 @@ def listening_socket(host: str, port: int) -> socket.socket:
 def _worker(host: str, port: int, log_level: str) -> None:
     import uvicorn
 
-    from service.cli import server_options
+    from service.server_options import server_options
     from service.settings import Settings
 
     config = uvicorn.Config("service.app:app_from_env", log_level=log_level, **server_options(Settings()))

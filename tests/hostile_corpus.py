@@ -8,7 +8,6 @@ connection), and nothing may be left on disk outside the data directory or in te
 
 from __future__ import annotations
 
-import io
 import json
 import struct
 from dataclasses import dataclass, field
@@ -97,7 +96,6 @@ def mutated(data: bytes, seed: int) -> bytes:
 
 def onnx_graph(channels: int = 3, dtype: str = "float", batch: int | str = "N", size: int = 128, outputs: int = 2) -> bytes:
     """A tiny classifier graph (average pool -> linear) with a chosen input and output."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     elem = {"float": TensorProto.FLOAT, "float16": TensorProto.FLOAT16}[dtype]

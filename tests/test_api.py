@@ -49,8 +49,9 @@ def test_grade_stores_and_returns_the_result(client, fruit_jpeg):
     assert img.status_code == 200 and img.content == fruit_jpeg
     over = client.get(f"/v1/results/{body['id']}/overlay", headers=headers("inspector"))
     assert over.status_code == 200 and over.headers["content-type"] == "image/png"
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     assert Image.open(io.BytesIO(over.content)).size == Image.open(io.BytesIO(fruit_jpeg)).size
 

@@ -1,12 +1,11 @@
 """The colour code of grader/colour.py: the colour transfer shared by training's augmentation and the
 citrus source-bias check, and the per-crop colour normalisation of a model's preprocessing."""
 
+import cv2
 import numpy as np
 import pytest
 
 from datasets.synthetic import make_fruit_image
-import cv2
-
 from grader.colour import resized_fruit_mask
 from grader.measure import CROP_FILL_RGB, crop_for_model, segment_fruits
 from training.colour import colour_transfer, fruit_colour_stats, fruit_pixels, mean_colour_stats

@@ -76,9 +76,9 @@ def candidate(tmp_path_factory, dataset) -> Path:
 
 
 def run(*args: str) -> int:
-    from training.compare import main
+    from cli.main import main
 
-    return main([*map(str, args), "--threads", "1"])
+    return main(["compare", *map(str, args), "--threads", "1"])
 
 
 def test_report_has_both_models_gates_and_figures(dataset, candidate, tmp_path, capsys):
@@ -191,7 +191,7 @@ def test_missing_data_or_model_exits_2(dataset, tmp_path, capsys):
 
 
 def test_cli_subcommand_with_default_out(dataset, candidate, tmp_path, monkeypatch, capsys):
-    from service.cli import main
+    from cli.main import main
 
     monkeypatch.chdir(tmp_path)
     status = main(["compare", str(MODELS), str(candidate), "--data", str(dataset), "--threads", "1",
@@ -205,9 +205,15 @@ def test_cli_subcommand_with_default_out(dataset, candidate, tmp_path, monkeypat
 
 
 def test_help_names_the_exit_statuses(capsys):
-    from service.cli import main
+    from cli.main import main
 
     with pytest.raises(SystemExit):
         main(["compare", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "0 when the verdict is promote" in text and "2 for bad input" in text
+    # python -m training.compare parses the same arguments, without the cli package
+    from training.compare import main as compare_main
+
+    with pytest.raises(SystemExit):
+        compare_main(["--help"])
+    assert " ".join(capsys.readouterr().out.split()) == text

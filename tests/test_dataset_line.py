@@ -119,7 +119,6 @@ def test_the_service_routes_a_share_of_uncertain_fruit_to_review(settings, tmp_p
     from fastapi.testclient import TestClient
 
     from service.app import create_app
-
     from service.settings import SHIPPED_MODELS
 
     # the from-scratch 0.3.0 model: the pretrained default flags these synthetic fruit `ood` (their

@@ -10,8 +10,8 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
+from cli.main import main as cli_main  # noqa: E402
 from datasets.synthetic import make_fruit_image  # noqa: E402
-from service.cli import main as cli_main  # noqa: E402
 from service.settings import SHIPPED_MODELS  # noqa: E402
 
 from .conftest import SHARED_DATA, png_bytes  # noqa: E402

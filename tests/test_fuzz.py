@@ -7,7 +7,8 @@ import os
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, settings as hsettings
+from hypothesis import HealthCheck
+from hypothesis import settings as hsettings
 from schemathesis.checks import (
     content_type_conformance,
     not_a_server_error,

@@ -11,7 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from sqlalchemy import func, select
 
-from service.storage import FruitRow, ImageRow, Repository, ResultRow, init_db, make_engine
+from store.engine import init_db, make_engine
+from store.repository import Repository
+from store.tables import FruitRow, ImageRow, ResultRow
 
 
 def _rows(i: int, key: str | None = None, image: int | None = None) -> tuple[ImageRow, ResultRow, list[FruitRow]]:

@@ -20,7 +20,7 @@ from datasets.synthetic import make_fruit_image
 from service.process import ServerProcess
 
 from .conftest import API_KEYS, headers, jpeg_bytes
-from .hostile_corpus import avi_with_huge_frames, broken_models, model_files, mjpeg_avi, onnx_graph, shipped_metadata
+from .hostile_corpus import avi_with_huge_frames, broken_models, mjpeg_avi, model_files, onnx_graph, shipped_metadata
 
 KEYS_ENV = {"GRADER_API_KEYS": ",".join(f"{r}:{k}" for r, k in API_KEYS.items())}
 MB = 1024 * 1024
@@ -347,14 +347,15 @@ def test_clip_decoding_has_a_time_budget(settings, tmp_path):
 # ------------------------------------------------------------------ 8: durability
 
 def test_sqlite_syncs_every_commit_and_the_image_directory(settings, monkeypatch, tmp_path):
-    from service import storage
+    from store import images
+    from store.engine import make_engine
 
-    engine = storage.make_engine(f"sqlite:///{tmp_path / 'g.db'}")
+    engine = make_engine(f"sqlite:///{tmp_path / 'g.db'}")
     with engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
     synced = []
-    monkeypatch.setattr(storage, "fsync_dir", lambda d: synced.append(d))
-    store = storage.ImageStore(tmp_path / "images")
+    monkeypatch.setattr(images, "fsync_dir", lambda d: synced.append(d))
+    store = images.ImageStore(tmp_path / "images")
     sha, path = store.put(jpeg_bytes(make_fruit_image(seed=1)[0]), "image/jpeg")
     assert path.parent in synced and path.parent.parent in synced  # the rename, and the folders made for it
 

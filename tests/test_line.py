@@ -13,7 +13,7 @@ from sqlalchemy import update
 from datasets.synthetic import make_fruit_image
 from datasets.video import make_conveyor_clip
 from service.line import line_stats
-from service.storage import FruitRow, ResultRow
+from store.tables import FruitRow, ResultRow
 
 from .conftest import API_KEYS, headers, png_bytes
 

@@ -27,7 +27,7 @@ SERVING = (REPO / "models" / "DEFAULT").read_text().strip().split("/")[1]  # the
 
 
 def grader(env: dict[str, str], *args: str, ok=(0,)) -> subprocess.CompletedProcess:
-    r = subprocess.run([sys.executable, "-m", "service.cli", *args], env={**os.environ, **env}, capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "cli", *args], env={**os.environ, **env}, capture_output=True, text=True,
                        timeout=900, cwd=REPO)
     assert r.returncode in ok, f"grader {' '.join(args)} -> {r.returncode}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     return r

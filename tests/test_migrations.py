@@ -4,7 +4,8 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from service.storage import Base, init_db, make_engine
+from store.engine import init_db, make_engine
+from store.tables import Base
 
 
 def _diff(engine):

@@ -9,7 +9,6 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from grader.defect import parity_probe  # noqa: E402
-
 from training import mixstyle  # noqa: E402
 from training.models_registry import build_model  # noqa: E402
 

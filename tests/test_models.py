@@ -4,7 +4,6 @@ import json
 import threading
 import time
 
-
 from datasets.synthetic import make_fruit_image
 from service.settings import SHIPPED_MODELS
 

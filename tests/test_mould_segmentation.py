@@ -80,8 +80,8 @@ def test_a_mouldy_orange_posted_as_an_orange_is_sized_whole_and_its_overlay_draw
 
 # ----------------------------------------------------------------------------- training crops
 def _fruit_share_of_crop(crop: np.ndarray) -> float:
-    """Share of a crop that is not the painted-out fill (grader.colour.CROP_FILL_RGB)."""
-    from grader.colour import CROP_FILL_RGB
+    """Share of a crop that is not the painted-out fill (grader.crop_fill.CROP_FILL_RGB)."""
+    from grader.crop_fill import CROP_FILL_RGB
 
     return float((np.abs(crop.astype(int) - np.array(CROP_FILL_RGB)).sum(axis=2) > 0).mean())
 

@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 
 from datasets.synthetic import FruitSpec, make_frame
+from grader.calibration import scale_from_references
 from grader.orchard import (
+    TENNIS_BALL_DIAMETER_MM,
     ProbParams,
     box_scale_mm_per_px,
     fit_circle_px,
@@ -21,7 +23,6 @@ from grader.orchard import (
     measure_in_window,
     perspective_stretch,
     ransac_circle_px,
-    scale_from_references,
     undo_perspective_px,
 )
 
@@ -202,8 +203,8 @@ def test_probability_bad_image_rejected():
 
 
 def test_scales():
-    assert scale_from_references([65.46, None, 70.0, 60.0]) == pytest.approx(1.0)  # median of the measured
-    assert scale_from_references([None]) is None
+    assert scale_from_references([65.46, None, 70.0, 60.0], TENNIS_BALL_DIAMETER_MM) == pytest.approx(1.0)  # median of the measured
+    assert scale_from_references([None], TENNIS_BALL_DIAMETER_MM) is None
     assert box_scale_mm_per_px([(0, 0, 60, 70)]) == pytest.approx(65.46 / 65.0)
 
 

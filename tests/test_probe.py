@@ -10,8 +10,8 @@ import pytest
 pytest.importorskip("torch")
 
 from training import probe  # noqa: E402
-from training.metrics import auc  # noqa: E402
 from training.calibrate import pick_threshold_by_group  # noqa: E402
+from training.metrics import auc  # noqa: E402
 
 
 def _sessions(rng, offsets: dict[str, tuple[int, float]], n: int = 40, dim: int = 8):

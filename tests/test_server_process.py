@@ -198,10 +198,9 @@ def test_the_served_app_is_built_outside_the_garbage_collectors_reach(tmp_path, 
     """`grader serve` builds its app with app_from_env, which freezes what start-up built, so full
     collections scan only what requests leave behind (no tens-of-ms pauses of a request)."""
     import gc
+    import tempfile
 
     from service.app import app_from_env
-
-    import tempfile
 
     monkeypatch.setattr(tempfile, "tempdir", tempfile.tempdir)  # app_from_env points it into the data dir
     monkeypatch.setenv("GRADER_DATA_DIR", str(tmp_path / "var"))

@@ -15,7 +15,9 @@ from sqlalchemy import select
 
 from datasets.synthetic import make_fruit_image
 from service.sorter import BrokerConfig, Outbox, Publisher, parse_url, topic_level
-from service.storage import OutboxRow, Repository, init_db, make_engine
+from store.engine import init_db, make_engine
+from store.repository import Repository
+from store.tables import OutboxRow
 
 from .conftest import API_KEYS, headers, jpeg_bytes
 from .mqtt_helpers import Broker, Collector, decisions, first_copies, free_port, shared_broker_url

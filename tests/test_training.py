@@ -625,7 +625,7 @@ def test_a_network_that_learns_nothing_is_refused_not_exported(tmp_path):
     sets = ["data.kind=synthetic", "data.n=48", "data.cache_size=96", "train.epochs=2", "train.batch_size=16",
             "model.arch=small_fruitnet", "model.input_size=64", "name=tiny-test", "version=0.0.1", "train.lr=1e6",
             "train.method=finetune", "train.probe_epochs=0", "train.trainable_from=null", "fruit_check=null"]
-    cmd = [sys.executable, "-m", "service.cli", "train", "--out", str(out), "--work-dir", str(tmp_path / "work")]
+    cmd = [sys.executable, "-m", "cli", "train", "--out", str(out), "--work-dir", str(tmp_path / "work")]
     for s in sets:
         cmd += ["--set", s]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
@@ -719,7 +719,7 @@ def test_wilson_intervals_match_the_textbook_and_hold_at_the_ends():
 def test_hide_test_prints_validation_figures_and_still_records_test(tmp_path, capsys):
     """Choosing between candidates on validation: `grader train --hide-test` keeps the test figures
     off the screen, and metadata.json still records them for after the choice."""
-    from service.cli import main as cli_main
+    from cli.main import main as cli_main
 
     args = ["train", "--out", str(tmp_path / "art"), "--work-dir", str(tmp_path / "work"), "--hide-test"]
     for s in ["data.kind=synthetic", "data.n=48", "data.cache_size=96", "train.epochs=1", "train.batch_size=16",

@@ -3,7 +3,6 @@ and over a live websocket stream, with every fruit's journey."""
 
 from __future__ import annotations
 
-
 import cv2
 import httpx
 import numpy as np

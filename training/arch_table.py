@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     crops = compare.load_crops(items, models[0].spec.crop_margin_frac, models[0].spec.crop_segmentation)
     lat = compare.measure_latency(models, [crops] * len(models), repeats=a.repeats)
     rows = []
-    for d, model, l in zip(a.artifacts, models, lat):
+    for d, model, ms in zip(a.artifacts, models, lat):
         meta = json.loads((d / "metadata.json").read_text())
         rep = json.loads((a.evaluated / d.name / "report.json").read_text())
         graph = onnx.load(str(d / "model.onnx"))
@@ -49,9 +49,9 @@ def main(argv: list[str] | None = None) -> int:
             "arch": meta["architecture"], "dir": str(d), "epochs": meta["config"]["train"]["epochs"], "best_epoch": meta["metrics"]["best_epoch"],
             "val_balanced_accuracy": v["balanced_accuracy"], "val_auc": v["auc"],
             "test_balanced_accuracy": rep["metrics"]["balanced_accuracy"], "test_auc": rep["metrics"]["auc"],
-            "ms_b1": l["batch_1"], "ms_b16": l["batch_16"], "onnx_mib": (d / "model.onnx").stat().st_size / 2**20,
+            "ms_b1": ms["batch_1"], "ms_b16": ms["batch_16"], "onnx_mib": (d / "model.onnx").stat().st_size / 2**20,
             "params_m": n_params / 1e6, "train_minutes": meta["metrics"]["train_seconds"] / 60,
-            "val_gain_per_ms": (v["balanced_accuracy"] - 0.5) / l["batch_1"],
+            "val_gain_per_ms": (v["balanced_accuracy"] - 0.5) / ms["batch_1"],
         })
     print("| arch | val bal.acc | val AUC | test bal.acc | test AUC | ms/crop b1 | ms/crop b16 | ONNX MiB | params M | train min | (val bal.acc − 0.5)/ms |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")

@@ -673,9 +673,9 @@ def run_args(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m training.compare CURRENT CANDIDATE --data DIR ...``: the same as ``grader compare``."""
-    from service.cli import main as cli_main
+    from training.commands import main as command_main
 
-    return cli_main(["compare", *(sys.argv[1:] if argv is None else argv)])
+    return command_main("compare", argv)
 
 
 if __name__ == "__main__":

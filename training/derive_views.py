@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from training.views import VIEW_SETS, add_views, check_views, metadata_record, set_map_temperature, view_names, numpy_view
+from training.views import VIEW_SETS, add_views, check_views, metadata_record, numpy_view, set_map_temperature, view_names
 
 
 def derive(artifact, out, views: int, version: str, work_dir, data: tuple | None = None,

@@ -45,7 +45,7 @@ import yaml
 from onnx import helper
 
 from grader.defect import ModelSpec, preprocess
-from training.graph import GraphBuilder, consumers, constants, finish_graph, strip_branch, with_output
+from training.graph import GraphBuilder, constants, consumers, finish_graph, strip_branch, with_output
 
 MAP_OUTPUT = "defect_map"
 DISTANCE_OUTPUT = "ood_distance"

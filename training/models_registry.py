@@ -7,8 +7,8 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-from torch import nn
 import torchvision
+from torch import nn
 
 from training.efficientnet_lite import efficientnet_lite0, pretrained_file
 

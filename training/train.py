@@ -301,8 +301,6 @@ class TrainingFailed(RuntimeError):
 
 
 if __name__ == "__main__":  # python -m training.train ... (and torchrun ... -m training.train ...): `grader train ...`
-    import sys
+    from training.commands import main
 
-    from service.cli import main
-
-    raise SystemExit(main(["train", *sys.argv[1:]]))
+    raise SystemExit(main("train"))

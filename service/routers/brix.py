@@ -12,13 +12,13 @@ from starlette.concurrency import run_in_threadpool
 
 from grader.standards import get_standard
 from grader.sweetness import correct_to_20c, is_outlier
+from store.tables import BrixReadingRow, LotRow, ResultRow
 
 from ..auth import require
 from ..errors import ApiError
 from ..forms import PlainText
 from ..limits import PHYSICAL
 from ..lots import lot_context, lot_sweetness, regrade_fruit
-from ..storage import BrixReadingRow, LotRow, ResultRow
 
 router = APIRouter(prefix="/v1", tags=["sensors"])
 

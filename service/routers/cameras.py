@@ -8,12 +8,12 @@ from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from grader.calibration import calibrate_from_image
+from store.tables import CalibrationRow, ImageRow
 
 from ..auth import require
 from ..errors import ApiError
 from ..forms import physical_field, read_limited, text_field
 from ..imaging import decode_upload
-from ..storage import CalibrationRow, ImageRow
 
 router = APIRouter(prefix="/v1/cameras", tags=["cameras"])
 

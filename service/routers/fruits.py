@@ -7,9 +7,10 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from sqlalchemy import select
 
+from store.tables import FruitEventRow, FruitRow
+
 from ..auth import require
 from ..errors import ApiError
-from ..storage import FruitEventRow, FruitRow
 
 router = APIRouter(prefix="/v1/fruits", tags=["fruits"])
 

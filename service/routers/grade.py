@@ -7,8 +7,8 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, BackgroundTasks, Depends, File, Form, Header, Request, UploadFile
 from starlette.concurrency import run_in_threadpool
 
-from grader.fusion import fuse_views
-from grader.pipeline import ImageGrade, decide
+from grader.fusion import grade_views
+from grader.pipeline import ImageGrade
 
 from .. import grading, shadow
 from ..auth import Principal, require
@@ -175,18 +175,12 @@ async def grade_batch(
 
         def fuse():
             per_view = [grading.grade_rgb(ctx, req, rgb) for _, rgb, _ in decoded]
-            # the largest fruit of each view is the fruit
-            largest = [max(g.fruits, key=lambda x: x.measurement.area_px) if g.fruits else None for _, g in per_view]
-            summary = [{"image": i, "diameter_mm": None if f is None else f.to_dict()["diameter_mm"],
-                        "defect_score": None if f is None or f.defect is None else round(f.defect.score, 4)}
-                       for i, f in enumerate(largest)]
-            seen = [i for i, f in enumerate(largest) if f is not None]
-            if not seen:  # no view shows a fruit: stored as such, with the first image
-                return per_view[0][0], per_view[0][1], 0, summary
-            fused, worst, best = fuse_views([(largest[i].measurement, largest[i].defect) for i in seen])
             sound = tuple(c for c in req.model.spec.classes if c not in req.model.spec.defective_classes)
-            fruit = decide(fused, worst, req.standard, req.sweetness, ctx.policy, req.lot_ctx, sound)
-            return per_view[seen[best]][0], ImageGrade([fruit], []), seen[best], summary
+            fruit, best, summary = grade_views([g.fruits for _, g in per_view], req.standard, req.sweetness, ctx.policy,
+                                               req.lot_ctx, sound)
+            if fruit is None:  # no view shows a fruit: stored as such, with the first image
+                return per_view[0][0], per_view[0][1], 0, summary
+            return per_view[best][0], ImageGrade([fruit], []), best, summary
 
         scaled, graded, best_frame, summary = await run_in_threadpool(fuse)
         req.extra_payload = {"views": summary, "best_view": best_frame}

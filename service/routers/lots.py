@@ -14,13 +14,13 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from grader.standards import get_standard
+from store.tables import FruitRow, LotRow, utcnow
 
 from ..auth import require
 from ..errors import ApiError
 from ..forms import PlainText
 from ..lots import lot_payload, lot_report
 from ..report_html import render_lot_report
-from ..storage import FruitRow, LotRow, utcnow
 
 router = APIRouter(prefix="/v1/lots", tags=["lots"])
 

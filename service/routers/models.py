@@ -7,8 +7,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
 from starlette.concurrency import run_in_threadpool
 
-from ..auth import require
 from .. import shadow
+from ..auth import require
 from ..registry import version_payload
 
 router = APIRouter(prefix="/v1/models", tags=["models"])

@@ -13,11 +13,11 @@ from starlette.concurrency import run_in_threadpool
 
 from grader.measure import measure_image, with_scale
 from grader.overlay import DEFAULT_LAYERS, LAYERS, draw_overlay, fruit_label
+from store.tables import FruitRow, GradeChangeRow, ResultRow
 
 from ..auth import Principal, require
 from ..errors import ApiError
 from ..imaging import decode_image
-from ..storage import FruitRow, GradeChangeRow, ResultRow
 
 router = APIRouter(prefix="/v1", tags=["results"])
 
@@ -147,8 +147,9 @@ async def get_result_overlay(
         raise ApiError(404, "not_found", f"image of result {result_id!r} is missing", "result_id")
 
     def render() -> bytes:
-        import cv2
         from pathlib import Path
+
+        import cv2
 
         rgb, _ = decode_image(Path(img.path).read_bytes(), ctx.settings.max_image_pixels)
         std = ctx.standards.get(row.standard_id)

@@ -10,12 +10,12 @@ from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import and_, exists, or_, select, update
 
+from grader.records import OUT_OF_GRADE
+from store.tables import FruitEventRow, FruitRow, ResultRow, VerdictRow, utcnow
+
 from ..auth import Principal, require
 from ..errors import ApiError
 from ..forms import NoteText, PlainText, text_field
-from grader.records import OUT_OF_GRADE
-
-from ..storage import FruitEventRow, FruitRow, ResultRow, VerdictRow, utcnow
 
 router = APIRouter(prefix="/v1/review", tags=["review"])
 

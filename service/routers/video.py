@@ -10,9 +10,11 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile, WebSocket, WebSocketDisconnect
 from starlette.concurrency import run_in_threadpool
 
+from grader.errors import GraderError, IdempotencyKeyReused, InvalidFrame
+
 from .. import grading
 from ..auth import Principal, require
-from ..errors import ApiError
+from ..errors import ApiError, status_and_code
 from ..forms import physical_field
 from ..imaging import decode_upload
 from ..video import BeltSetup, LineSession, process_clip
@@ -90,18 +92,16 @@ async def stream(ws: WebSocket, camera_id: str, lot_id: str | None = None, mm_pe
         return
     await ws.accept()
     try:
-        from ..limits import OutOfRange, check
+        from ..limits import check
 
-        try:
-            check("fps", fps)
-        except OutOfRange as exc:
-            raise ApiError(422, exc.code, exc.message, exc.field) from None
+        check("fps", fps)
         if not 1 <= lanes <= 16:
             raise ApiError(422, "out_of_range", "lanes must be between 1 and 16", "lanes")
         req = await run_in_threadpool(_request, ctx, camera_id, lot_id, mm_per_px, commodity, None, principal.key_id)
         belt = _belt(lanes, belt_speed_mm_s, direction)
-    except ApiError as exc:
-        await ws.send_json({"type": "error", "code": exc.code, "message": exc.message, "field": exc.field})
+    except (ApiError, GraderError) as exc:
+        code = exc.code if isinstance(exc, ApiError) else status_and_code(exc)[1]
+        await ws.send_json({"type": "error", "code": code, "message": exc.message, "field": exc.field})
         await ws.close(code=1008)
         return
     import uuid
@@ -125,8 +125,8 @@ async def stream(ws: WebSocket, camera_id: str, lot_id: str | None = None, mm_pe
                     for f in await run_in_threadpool(session.push, frame, rgb):
                         await ws.send_json({"type": "fruit", **f})
                     frame += 1
-                except ApiError as exc:
-                    await ws.send_json({"type": "error", "code": exc.code, "message": exc.message, "frame": frame})
+                except (InvalidFrame, IdempotencyKeyReused) as exc:  # refused by the service: the error's own code
+                    await ws.send_json({"type": "error", "code": status_and_code(exc)[1], "message": exc.message, "frame": frame})
                 except Exception as exc:  # a bad frame (GraderError) is reported, the stream goes on
                     await ws.send_json({"type": "error", "code": "invalid_frame", "message": str(exc), "frame": frame})
             elif (msg.get("text") or "").strip() == "end":

@@ -1,10 +1,10 @@
-"""Alembic environment: the service's own tables (service.storage.Base), on the engine it hands in."""
+"""Alembic environment: the service's own tables (store.tables.Base), on the engine it hands in."""
 
 from __future__ import annotations
 
 from alembic import context
 
-from service.storage import Base
+from store.tables import Base
 
 config = context.config
 target_metadata = Base.metadata
@@ -13,7 +13,7 @@ target_metadata = Base.metadata
 def run() -> None:
     connection = config.attributes.get("connection")
     if connection is None:  # `alembic` CLI use: build an engine from the URL in the config
-        from service.storage import make_engine
+        from store.engine import make_engine
 
         engine = make_engine(config.get_main_option("sqlalchemy.url"))
         with engine.begin() as connection:

@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     import yaml
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    from grader.defect import ModelSpec, preprocess
+    from grader.defect import preprocess
+    from inference.metadata import read_spec
     from training.calibrate import defective_scores
     from training.config import is_defective
     from training.data import load_data
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", type=Path, help="write the INT8 model.onnx here")
     a = p.parse_args(argv)
     meta = json.loads((a.artifact / "metadata.json").read_text())
-    spec = ModelSpec.from_metadata(meta)
+    spec = read_spec(meta)
     cfg = yaml.safe_load((a.artifact / "config.yaml").read_text())
     work = Path(tempfile.mkdtemp(prefix="grader-int8-"))
     crops, labels, _sessions, _items, _digest = load_data(cfg, REPO / "var" / "train" / f"{cfg['name']}-{cfg['version']}")

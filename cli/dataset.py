@@ -73,10 +73,10 @@ def _dataset(args: argparse.Namespace) -> int:
         for why, n in m["skipped"].items():
             print(f"  left out: {n} ({why})")
         return 0
-    from grader.defect import ModelSpec
+    from inference.metadata import read_spec
     from service.registry import serving_metadata
 
-    spec = ModelSpec.from_metadata(serving_metadata(repo, settings.model_dir))
+    spec = read_spec(serving_metadata(repo, settings.model_dir))
     picks = line.suggest(repo, spec, limit=args.limit, lot=args.lot, since=_when(args.since))
     print(json.dumps(picks, indent=1) if args.json else
           "\n".join(f"fruit {p['fruit']:>6}  result {p['result_id']}  p(defective) {p['defect_score']:.2f}  "

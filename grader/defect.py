@@ -8,7 +8,6 @@ training is the figure served.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence, runtime_checkable
 
@@ -16,14 +15,14 @@ import cv2
 import numpy as np
 
 from .colour import ColourNormalise, resized_fruit_mask
-from .errors import InvalidModelArtifact
 from .measure import SegmentationParams, fruit_body
 from .records import DefectEvidence
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What serving needs to know about a model, read from its ``metadata.json``."""
+    """What serving needs to know about a model. It is read from the model's ``metadata.json`` by
+    ``inference.metadata.read_spec``, the one place that defines that file."""
 
     name: str
     version: str
@@ -67,59 +66,6 @@ class ModelSpec:
     #: (what sticks out of the fruit's round body painted out, e.g. a hand); None (the key absent): not
     fruit_body: float | None = None
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
-
-    @classmethod
-    def from_metadata(cls, meta: dict[str, Any]) -> "ModelSpec":
-        try:
-            pre = meta["preprocessing"]
-            classes = tuple(meta["classes"])
-            defective = tuple(meta.get("defective_classes", [c for c in classes if c != "sound"]))
-            thr = meta.get("thresholds", {})
-            norm = pre.get("colour_normalise")
-            spec = cls(
-                name=str(meta["name"]),
-                version=str(meta["version"]),
-                classes=classes,
-                defective_classes=defective,
-                input_size=(int(pre["input_size"][0]), int(pre["input_size"][1])),
-                mean=tuple(float(x) for x in pre["mean"]),  # type: ignore[arg-type]
-                std=tuple(float(x) for x in pre["std"]),  # type: ignore[arg-type]
-                input_name=str(meta.get("input_name", "input")),
-                output_name=str(meta.get("output_name", "logits")),
-                temperature=float(meta.get("calibration", {}).get("temperature", 1.0)),
-                threshold_defective=float(thr.get("defective", 0.5)),
-                review_band=(float(thr.get("review_band", [0.3, 0.7])[0]), float(thr.get("review_band", [0.3, 0.7])[1])),
-                crop_margin_frac=float(pre.get("crop_margin_frac", 0.08)),
-                colour_normalise=None if norm is None else ColourNormalise.from_dict(norm),
-                test_time_views=int((pre.get("test_time_views") or {}).get("count", 1)),
-                crop_segmentation=None if pre.get("crop_segmentation") is None else SegmentationParams(**pre["crop_segmentation"]),
-                fruit_body=None if pre.get("fruit_body") is None else float(pre["fruit_body"]["factor"]),
-                ood_energy_threshold=None if thr.get("ood_energy") is None else float(thr["ood_energy"]),
-                ood_distance_threshold=None if thr.get("ood_distance") is None else float(thr["ood_distance"]),
-                ood_distance_early_threshold=None if thr.get("ood_distance_early") is None else float(thr["ood_distance_early"]),
-                fruit_threshold=None if thr.get("fruit") is None else float(thr["fruit"]),
-                raw=meta,
-            )
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
-            raise InvalidModelArtifact(f"metadata.json is incomplete or malformed: {exc!r}") from exc
-        if len(spec.mean) != 3 or len(spec.std) != 3 or not all(math.isfinite(v) for v in spec.mean + spec.std) \
-                or any(s <= 0 for s in spec.std):
-            raise InvalidModelArtifact("metadata.json: mean and std need 3 finite values, std > 0")
-        # NaN fails every comparison: a "NaN" threshold would otherwise grade every fruit sound
-        if not 0.0 <= spec.threshold_defective <= 1.0:
-            raise InvalidModelArtifact(f"metadata.json: thresholds.defective must be within [0, 1], got {spec.threshold_defective}")
-        lo, hi = spec.review_band
-        if not 0.0 <= lo < hi <= 1.0:
-            raise InvalidModelArtifact(f"metadata.json: thresholds.review_band must be [low, high] within [0, 1], got {[lo, hi]}")
-        if not set(spec.defective_classes) <= set(spec.classes) or len(spec.classes) < 2:
-            raise InvalidModelArtifact("metadata.json: defective_classes must be among classes (>= 2 classes)")
-        if spec.fruit_body is not None and not 1.0 <= spec.fruit_body <= 3.0:
-            raise InvalidModelArtifact("metadata.json: preprocessing.fruit_body.factor must be within 1..3")
-        if spec.fruit_threshold is not None and not 0.0 <= spec.fruit_threshold <= 1.0:
-            raise InvalidModelArtifact("metadata.json: thresholds.fruit must be within 0..1")
-        if not 0.0 < spec.temperature < 100.0 or not math.isfinite(spec.temperature):
-            raise InvalidModelArtifact("metadata.json: calibration temperature out of range")
-        return spec
 
 
 def preprocess(crops: Sequence[np.ndarray], spec: ModelSpec) -> np.ndarray:

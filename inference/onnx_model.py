@@ -19,9 +19,10 @@ import numpy as np
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 import onnxruntime as ort  # noqa: E402
 
-from grader.defect import ModelOutputs, ModelSpec, evidence_from_outputs, parity_probe, preprocess
+from grader.defect import ModelOutputs, evidence_from_outputs, parity_probe, preprocess
 from grader.errors import InvalidModelArtifact
 from grader.records import DefectEvidence
+from inference.metadata import read_spec
 
 #: the graph's optional outputs (training/explain.py adds them), requested when the graph has them
 EXTRA_OUTPUTS = ("defect_map", "ood_distance", "ood_distance_early", "fruit_score")
@@ -51,7 +52,7 @@ class OnnxDefectModel:
         except json.JSONDecodeError as exc:
             raise InvalidModelArtifact(f"{meta_path}: not valid JSON: {exc}") from exc
         self.meta = meta
-        self.spec = ModelSpec.from_metadata(meta)
+        self.spec = read_spec(meta)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
         opts.inter_op_num_threads = 1

@@ -20,16 +20,12 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from grader.errors import InvalidModelArtifact, ModelExists, ModelIsServing, ModelNotPromotable, NoPreviousModel, UnknownModel
+from inference.metadata import validate_artifact
 from store.repository import Repository
 from store.tables import ModelVersionRow, utcnow
 
 from .batcher import MicroBatcher, ServingModel
 from .onnx_model import OnnxDefectModel, resolve_model_dir
-
-#: what an uploaded artifact's metadata.json must hold: identity, classes, preprocessing,
-#: thresholds, its measured metrics, the hash of its training data, and its parity record
-REQUIRED_METADATA = ("name", "version", "classes", "preprocessing", "thresholds", "metrics", "training_data", "parity")
-
 
 log = logging.getLogger("grader.registry")
 
@@ -126,17 +122,12 @@ class Registry:
         InvalidModelArtifact naming what is wrong (422), and the temporary folder is removed on
         every path."""
         from .model_check import check_in_child
-        from .model_meta import validate_metadata
 
         try:
             meta = json.loads(meta_bytes)
         except (ValueError, UnicodeDecodeError) as exc:
             raise InvalidModelArtifact(f"metadata.json is not valid JSON: {exc}", field="metadata") from None
-        missing = [k for k in REQUIRED_METADATA if not isinstance(meta, dict) or k not in meta]
-        if missing:
-            raise InvalidModelArtifact(f"metadata.json misses required fields {missing} (required: {list(REQUIRED_METADATA)})",
-                                       field="metadata")
-        validate_metadata(meta)
+        validate_artifact(meta)  # the one schema (inference/metadata.py)
         mid = model_id(meta)
         safe = f"{meta['name']}/{meta['version']}"
         if ".." in safe or safe.startswith("/") or not all(part.replace("-", "").replace("_", "").replace(".", "").isalnum() for part in safe.split("/")):

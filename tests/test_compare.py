@@ -18,7 +18,7 @@ from training.crops import fruit_crop  # noqa: E402
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
-MODELS = REPO / "models"  # DEFAULT -> apple-defect/0.5.0
+MODELS = REPO / "models"  # DEFAULT -> apple-defect/0.5.1
 LENIENT = ["--gate", "min_balanced_accuracy_gain=-1", "--gate", "min_defective_recall=0", "--gate", "max_ece=1",
            "--gate", "max_latency_ratio=1000"]
 
@@ -94,7 +94,7 @@ def test_report_has_both_models_gates_and_figures(dataset, candidate, tmp_path, 
     assert rep["verdict"] == "promote" and rep["failing_gates"] == []
     assert rep["data"]["n"] == 16 and rep["data"]["n_image"] == 8 and rep["data"]["n_crop"] == 8
     cur, cand = rep["models"]["current"], rep["models"]["candidate"]
-    assert (cur["version"], cand["version"]) == ("0.5.0", "0.6.0-test")
+    assert (cur["version"], cand["version"]) == ("0.5.1", "0.6.0-test")
     for m in (cur, cand):
         for key in ("balanced_accuracy", "recall_defective", "recall_sound", "auc", "ece", "confusion", "threshold"):
             assert key in m["metrics"], key
@@ -197,7 +197,7 @@ def test_cli_subcommand_with_default_out(dataset, candidate, tmp_path, monkeypat
     status = main(["compare", str(MODELS), str(candidate), "--data", str(dataset), "--threads", "1",
                    "--gate", "max_latency_ratio=1000", "--gate", "min_defective_recall=0", "--gate", "max_ece=1"])
     printed = capsys.readouterr().out
-    out = tmp_path / "var" / "compare" / "0.5.0-vs-0.6.0-test"
+    out = tmp_path / "var" / "compare" / "0.5.1-vs-0.6.0-test"
     assert (out / "report.json").exists() and (out / "report.md").exists()
     rep = json.loads((out / "report.json").read_text())
     assert status == (0 if rep["verdict"] == "promote" else 1)

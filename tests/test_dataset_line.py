@@ -96,14 +96,14 @@ def test_build_exports_crops_images_and_a_manifest(client, reviewed, tmp_path):
 
 
 def test_suggest_ranks_uncertain_unreviewed_fruit_and_routes_them(client):
-    from grader.defect import ModelSpec
+    from inference.metadata import read_spec
     from service.registry import serving_metadata
 
     client.post("/v1/lots", json={"id": "L-S"}, headers=headers())
     for k in range(10):
         _grade(client, 300 + k, "L-S", mm_per_px="0.55", brix="13")  # calibrated, Brix known
     ctx = client.app.state.ctx
-    spec = ModelSpec.from_metadata(serving_metadata(ctx.repo, ctx.settings.model_dir))
+    spec = read_spec(serving_metadata(ctx.repo, ctx.settings.model_dir))
     picks = line.suggest(ctx.repo, spec, limit=3)
     unflagged = [i for i in client.get("/v1/results?lot_id=L-S&flagged=false", headers=headers("inspector")).json()["items"]]
     if not unflagged:

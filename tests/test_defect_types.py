@@ -6,6 +6,7 @@ import pytest
 
 from grader.defect import ModelSpec, evidence_from_logits, softmax
 from grader.records import DefectEvidence
+from inference.metadata import read_spec
 
 ORANGE_CLASSES = ("sound", "blackspot", "canker", "greening", "rot")
 
@@ -78,6 +79,6 @@ def test_metadata_with_several_defective_classes_loads():
     meta = {"name": "orange-defect", "version": "0.1.0", "classes": list(ORANGE_CLASSES),
             "defective_classes": list(ORANGE_CLASSES[1:]),
             "preprocessing": {"input_size": [8, 8], "mean": [0.5, 0.5, 0.5], "std": [0.2, 0.2, 0.2]}}
-    s = ModelSpec.from_metadata(meta)
+    s = read_spec(meta)
     [e] = evidence_from_logits(np.array([[0.0, 0.0, 0.0, 0.0, 5.0]]), s)
     assert e.label == "rot" and e.type == "rot"

@@ -63,12 +63,12 @@ def test_a_round_fruit_alone_is_left_as_it_is():
 
 
 def _spec(body=None):
-    from grader.defect import ModelSpec
+    from inference.metadata import read_spec
 
     pre = {"input_size": [64, 64], "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
     if body is not None:
         pre["fruit_body"] = body
-    return ModelSpec.from_metadata({"name": "t", "version": "0", "classes": ["sound", "defective"], "preprocessing": pre})
+    return read_spec({"name": "t", "version": "0", "classes": ["sound", "defective"], "preprocessing": pre})
 
 
 def test_the_metadata_key_makes_preprocess_cut_the_body_first():

@@ -11,7 +11,7 @@ pytest.importorskip("torch")
 
 from datasets.regions import Region, clutter_image, counts, one_fruit_regions  # noqa: E402
 from datasets.synthetic import random_fruit_image  # noqa: E402
-from grader.defect import ModelSpec  # noqa: E402
+from inference.metadata import read_spec
 from training import fruit_check, train  # noqa: E402
 from training.config import DEFAULT_CONFIG, load_config
 
@@ -51,7 +51,7 @@ def test_pure_helpers():
 
 def test_artifact_carries_the_fruit_check(checked_artifact):
     out, meta = checked_artifact
-    spec = ModelSpec.from_metadata(json.loads((out / "metadata.json").read_text()))
+    spec = read_spec(json.loads((out / "metadata.json").read_text()))
     assert spec.fruit_threshold is not None and 0 <= spec.fruit_threshold <= 1
     assert "fruit_score" in meta["outputs"] and "fruit_rule" in meta["thresholds"]
     fc = meta["metrics"]["fruit_check"]
@@ -94,4 +94,4 @@ def test_retrofit_command_adds_the_branch_once(checked_artifact, tmp_path):
                              "--n-synthetic", "40", "--write"]) == 0
     graph = onnx.load(str(copy / "model.onnx"))
     assert [o.name for o in graph.graph.output].count("fruit_score") == 1
-    assert ModelSpec.from_metadata(json.loads((copy / "metadata.json").read_text())).fruit_threshold is not None
+    assert read_spec(json.loads((copy / "metadata.json").read_text())).fruit_threshold is not None

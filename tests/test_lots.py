@@ -186,13 +186,14 @@ def test_decay_ood_review_band_and_provisional_flags():
 def test_ood_signal_from_the_model_metadata():
     import numpy as np
 
-    from grader.defect import ModelSpec, evidence_from_logits
+    from grader.defect import evidence_from_logits
+    from inference.metadata import read_spec
 
     meta = {"name": "m", "version": "1", "classes": ["sound", "defective"],
             "preprocessing": {"input_size": [64, 64], "mean": [0.5] * 3, "std": [0.25] * 3},
             "thresholds": {"defective": 0.5, "ood_energy": -2.0}}
-    spec = ModelSpec.from_metadata(meta)
+    spec = read_spec(meta)
     known, unknown = evidence_from_logits(np.array([[6.0, -3.0], [0.2, 0.1]]), spec)
     assert known.ood is False and unknown.ood is True and unknown.ood_score > known.ood_score
     del meta["thresholds"]["ood_energy"]
-    assert evidence_from_logits(np.array([[0.2, 0.1]]), ModelSpec.from_metadata(meta))[0].ood is None
+    assert evidence_from_logits(np.array([[0.2, 0.1]]), read_spec(meta))[0].ood is None

@@ -106,8 +106,8 @@ def test_training_crops_cut_with_the_commodity_settings_keep_the_mould(tmp_path)
 
 
 def test_data_segmentation_commodity_is_recorded_in_the_metadata_and_read_back() -> None:
-    from grader.defect import ModelSpec
     from grader.errors import InvalidModelArtifact
+    from inference.metadata import read_spec
     from training.config import DEFAULT_CONFIG, crop_segmentation_record, load_config, segmentation_of
 
     cfg = load_config(DEFAULT_CONFIG, ["commodity=orange", "data.segmentation=commodity"])
@@ -117,13 +117,13 @@ def test_data_segmentation_commodity_is_recorded_in_the_metadata_and_read_back()
     assert record == {"crop_segmentation": {"flat_background_max_std": load_commodities()["orange"].plain_backdrop_max_texture_std}}
     meta = {"name": "m", "version": "1", "classes": ["sound", "defective"],
             "preprocessing": {"input_size": [32, 32], "mean": [0, 0, 0], "std": [1, 1, 1], **record}}
-    assert ModelSpec.from_metadata(meta).crop_segmentation == params
+    assert read_spec(meta).crop_segmentation == params
     # colour alone (the default) and an apple's profile record nothing: older artifacts read the same
     assert segmentation_of(load_config(DEFAULT_CONFIG)) is None
     assert segmentation_of(load_config(DEFAULT_CONFIG, ["data.segmentation=commodity"])) is None
-    assert ModelSpec.from_metadata({**meta, "preprocessing": {**meta["preprocessing"], "crop_segmentation": None}}).crop_segmentation is None
+    assert read_spec({**meta, "preprocessing": {**meta["preprocessing"], "crop_segmentation": None}}).crop_segmentation is None
     with pytest.raises(InvalidModelArtifact):
-        ModelSpec.from_metadata({**meta, "preprocessing": {**meta["preprocessing"], "crop_segmentation": {"no_such_setting": 1}}})
+        read_spec({**meta, "preprocessing": {**meta["preprocessing"], "crop_segmentation": {"no_such_setting": 1}}})
     with pytest.raises(ValueError, match="data.segmentation"):
         segmentation_of(load_config(DEFAULT_CONFIG, ["data.segmentation=texture"]))
     with pytest.raises(ValueError, match="one commodity"):

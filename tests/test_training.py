@@ -10,6 +10,7 @@ torch = pytest.importorskip("torch")
 from datasets.synthetic import random_fruit_image  # noqa: E402
 from grader.defect import preprocess, softmax  # noqa: E402
 from grader.measure import crop_for_model, segment_fruits  # noqa: E402
+from inference.metadata import read_spec  # noqa: E402
 
 from .conftest import TINY_TRAIN  # noqa: E402
 
@@ -205,11 +206,10 @@ def test_graph_edit_keeps_logits_bit_identical(tiny_artifact, tmp_path):
     bit for bit, and editing again is the same edit."""
     import onnx
 
-    from grader.defect import ModelSpec
     from training import explain
 
     out, _, cfg, meta = tiny_artifact
-    spec = ModelSpec.from_metadata(meta)
+    spec = read_spec(meta)
     edited = onnx.load(str(out / "model.onnx"))
     plain = explain.strip_outputs(edited)
     assert [o.name for o in plain.graph.output] == ["logits"]
@@ -446,11 +446,10 @@ def test_early_block_is_configurable_and_a_missing_one_is_refused(tiny_artifact,
     does not have is refused and nothing is written; None adds no early distance."""
     import onnx
 
-    from grader.defect import ModelSpec
     from training import explain
 
     out, _, cfg, meta = tiny_artifact
-    spec = ModelSpec.from_metadata(meta)
+    spec = read_spec(meta)
     train = [random_fruit_image(i, size_px=int(cfg["data"]["cache_size"])) for i in range(int(cfg["data"]["n"]))]
     crops, labels = [img for img, _ in train], np.array([int(bad) for _, bad in train])
     ex = explain.add_outputs(out / "model.onnx", tmp_path / "b1.onnx", spec, crops, labels, _val_crops(cfg), early_block="features.1")
@@ -474,13 +473,12 @@ def test_early_block_is_configurable_and_a_missing_one_is_refused(tiny_artifact,
 def test_artifact_with_the_pooled_distance_only_still_serves(tiny_artifact, tmp_path):
     """An artifact edited before the early distance (defect_map and ood_distance, no
     ood_distance_early) loads and serves as before; a threshold for the missing output is refused."""
-    from grader.defect import ModelSpec
     from grader.errors import InvalidModelArtifact
     from service.onnx_model import OnnxDefectModel
     from training import explain
 
     out, _, cfg, meta = tiny_artifact
-    spec = ModelSpec.from_metadata(meta)
+    spec = read_spec(meta)
     old = tmp_path / "old"
     old.mkdir()
     train = [random_fruit_image(i, size_px=int(cfg["data"]["cache_size"])) for i in range(int(cfg["data"]["n"]))]
@@ -644,7 +642,6 @@ def test_an_artifact_refitted_on_crops_cut_with_its_commodity_segmentation(tmp_p
     import cv2
 
     from grader.commodities import load_commodities
-    from grader.defect import ModelSpec
     from service.onnx_model import OnnxDefectModel
     from training import derive_views, train
     from training.config import DEFAULT_CONFIG, load_config
@@ -683,7 +680,7 @@ def test_an_artifact_refitted_on_crops_cut_with_its_commodity_segmentation(tmp_p
     assert derived["preprocessing"]["crop_segmentation"] == {"flat_background_max_std": params.flat_background_max_std}
     assert "test_time_views" not in derived["preprocessing"] and derived["config"]["data"]["segmentation"] == "commodity"
     assert "--crops-segmentation commodity" in derived["derived_from"]["by"]
-    assert ModelSpec.from_metadata(derived).crop_segmentation == params
+    assert read_spec(derived).crop_segmentation == params
     assert (d / "model.onnx").read_bytes() != b"" and derived["thresholds"]["ood_distance"] == meta["thresholds"]["ood_distance"]
     # the temperature is the one fitted on the val crops cut with the orange profile's settings
     val = [it for it in items if it["split"] == "val"]

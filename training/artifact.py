@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 import onnx
 
-from grader.defect import ModelSpec, preprocess
+from grader.defect import preprocess
+from inference.metadata import SCHEMA_VERSION, validate_artifact
 from training import explain, fruit_check
 from training.calibrate import (
     calibrate,
@@ -118,6 +119,7 @@ def finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, history,
     parity = parity_record(judge, int(cfg["model"]["input_size"]))
     chosen_on = "val" if held_out is None else "held-out sessions of train and val (metrics.val: each fold scored by a head fitted without it)"
     meta = {
+        "schema_version": SCHEMA_VERSION,
         "name": cfg["name"],
         "version": str(cfg["version"]),
         "task": "defect-classification",
@@ -171,7 +173,7 @@ def finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, history,
     if fruit_record is not None:
         fruit_check.update_metadata(meta, fruit_record)
     meta = json_safe(meta)
-    ModelSpec.from_metadata(meta)  # the artifact must load the way serving loads it
+    validate_artifact(meta)  # the one schema (inference/metadata.py): what serving reads and an upload needs
     (out_dir / "metadata.json").write_text(json.dumps(meta, indent=2, allow_nan=False))
     (out_dir / "metrics.json").write_text(json.dumps(meta["metrics"], indent=2, allow_nan=False))
     split = report_split

@@ -40,7 +40,8 @@ def derive(artifact, out, views: int, version: str, work_dir, data: tuple | None
 
     import yaml
 
-    from grader.defect import ModelSpec, parity_probe, preprocess
+    from grader.defect import parity_probe, preprocess
+    from inference.metadata import read_spec
     from training.artifact import json_safe
     from training.calibrate import calibrate
     from training.config import code_version, crop_segmentation_record, segmentation_of, spec_for
@@ -51,7 +52,7 @@ def derive(artifact, out, views: int, version: str, work_dir, data: tuple | None
     artifact, out = Path(artifact), Path(out)
     meta = json.loads((artifact / "metadata.json").read_text())
     cfg = yaml.safe_load((artifact / "config.yaml").read_text())
-    old = ModelSpec.from_metadata(meta)
+    old = read_spec(meta)
     if old.test_time_views != 1:
         raise ValueError(f"{artifact} already averages {old.test_time_views} views")
     if views == 1 and segmentation is None:
@@ -127,7 +128,7 @@ def derive(artifact, out, views: int, version: str, work_dir, data: tuple | None
     new["derived_from"] = {"artifact": f"{meta['name']}@{meta['version']}",
                            "by": f"python -m training.derive_views {artifact} --views {views}{recut} --version {version}", "what": what}
     new = json_safe(new)
-    ModelSpec.from_metadata(new)
+    read_spec(new)
     out.mkdir(parents=True, exist_ok=True)
     onnx.save(averaged, str(out / "model.onnx"))
     (out / "metadata.json").write_text(json.dumps(new, indent=2, allow_nan=False))

@@ -45,6 +45,7 @@ import yaml
 from onnx import helper
 
 from grader.defect import ModelSpec, preprocess
+from inference.metadata import read_spec
 from training.graph import GraphBuilder, constants, consumers, finish_graph, strip_branch, with_output
 
 MAP_OUTPUT = "defect_map"
@@ -489,7 +490,7 @@ def explain_artifact(artifact: Path, work_dir: Path, write: bool = False, out=sy
     meta_path = artifact / "metadata.json"
     meta = json.loads(meta_path.read_text())
     cfg = yaml.safe_load((artifact / "config.yaml").read_text())
-    spec = ModelSpec.from_metadata(meta)
+    spec = read_spec(meta)
     if spec.test_time_views > 1:
         print(f"{artifact}: its graph averages {spec.test_time_views} views of the crop (training/views.py); the outputs are "
               "added before the views, by `grader train`; nothing written", file=sys.stderr)
@@ -525,7 +526,7 @@ def explain_artifact(artifact: Path, work_dir: Path, write: bool = False, out=sy
                     early_shares[split] = float((early[0] > ex.early.threshold).mean())
         new_meta = update_metadata(json.loads(meta_path.read_text()), ex, shares,
                                    " (added after training by training/explain.py from the same train and val crops)", early_shares)
-        ModelSpec.from_metadata(new_meta)
+        read_spec(new_meta)
         size_mib = edited.stat().st_size / 2**20
         report = {"artifact": str(artifact), "map_shape": list(ex.map_shape), "ood_distance": ex.threshold, "quantile": q,
                   "shares_over_threshold": shares, "dims": int(ex.distance.directions.shape[1]),

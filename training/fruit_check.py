@@ -27,6 +27,7 @@ import torch
 
 from datasets import regions as regions_mod
 from grader.defect import ModelSpec
+from inference.metadata import read_spec
 from training.explain import find_head, run_graph, strip_outputs
 from training.graph import GraphBuilder, finish_graph, strip_branch, with_output
 
@@ -184,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--write", action="store_true", help="write the graph and metadata back (else only report)")
     a = p.parse_args(argv)
     meta = json.loads((a.artifact / "metadata.json").read_text())
-    spec = ModelSpec.from_metadata(meta)
+    spec = read_spec(meta)
     splits = (meta.get("training_data") or {}).get("splits") if meta.get("commodity") == "apple" else None
     crops, is_fruit, regs = regions_for({"data_root": a.data_root, "n_synthetic": a.n_synthetic}, splits, a.work_dir,
                                         margin=spec.crop_margin_frac)

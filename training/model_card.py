@@ -78,7 +78,7 @@ def card(meta: dict[str, Any], http_eval: dict[str, Any] | None = None, notes: s
     lines += ["", f"- threshold P(defective) ≥ {_f(th.get('defective'))} ({th.get('rule')}); review band {[round(v, 3) for v in th.get('review_band', [])]}",
               f"- calibration: {meta.get('calibration', {}).get('method')}, T = {_f(meta.get('calibration', {}).get('temperature'))}",
               f"- out of distribution: energy > {_f(th.get('ood_energy'))}, pooled-feature distance > {_f(th.get('ood_distance'))}, "
-              f"early-feature distance > {_f(th.get('ood_distance_early'))} (each the val crops' 0.99 quantile)"]
+              f"early-feature distance > {_f(th.get('ood_distance_early'))} (the distances' rule: {th.get('ood_distance_rule', '–')})"]
     fc = met.get("fruit_check")
     if fc:
         lines += ["", "## Fruit check", "", f"`fruit_score` < {_f(th.get('fruit'))}: the candidate region is not a fruit, never graded "

@@ -23,7 +23,8 @@ import numpy as np
 import onnxruntime as ort
 import yaml
 
-from grader.defect import ModelSpec, energy, preprocess
+from grader.defect import energy, preprocess
+from inference.metadata import read_spec
 from training.calibrate import defective_scores
 from training.config import is_defective, spec_for
 from training.data import load_data
@@ -35,7 +36,7 @@ def recompute(artifact: Path, work_dir: Path, data: tuple | None = None) -> dict
     for the artifact's config, when the caller has it already."""
     meta = json.loads((artifact / "metadata.json").read_text())
     cfg = yaml.safe_load((artifact / "config.yaml").read_text())
-    spec = ModelSpec.from_metadata(meta)
+    spec = read_spec(meta)
     crops, labels, _sessions, _items, digest = data if data is not None else load_data(cfg, work_dir)
     sess = ort.InferenceSession(str(artifact / "model.onnx"), providers=["CPUExecutionProvider"])
     batch = preprocess(list(crops["val"]), spec_for(cfg))
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         meta["thresholds"]["ood_energy_rule"] = (
             f"quantile {r['quantile']:g} of the val crops' energy -T*logsumexp(logits/T) at the calibration temperature T; above it "
             "a crop is out of distribution (added after training by training/ood_threshold.py from the same val crops through this ONNX graph)")
-        ModelSpec.from_metadata(meta)
+        read_spec(meta)
         meta_path.write_text(json.dumps(meta, indent=2, allow_nan=False))
         print(f"{meta_path}: thresholds.ood_energy = {r['ood_energy']:.6g}")
     return 0

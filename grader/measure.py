@@ -410,6 +410,13 @@ def caliper_widths_px(contour: np.ndarray) -> tuple[float, float, float]:
     return float(best), float(minor), perimeter
 
 
+def caliper_size_px(contour: np.ndarray, size_axis: str = "major") -> tuple[float, float, float]:
+    """(diameter, the other caliper width, hull perimeter) of an outline, in pixels: the diameter
+    is the largest caliper width ("major") or the one across it ("minor", lemons)."""
+    major_px, minor_px, perimeter_px = caliper_widths_px(contour)
+    return (minor_px, major_px, perimeter_px) if size_axis == "minor" else (major_px, minor_px, perimeter_px)
+
+
 def _edge_gap_px(width_px: float) -> float:
     """Correction from a width between outline pixel *centres* to the fruit's true width.
 
@@ -435,8 +442,7 @@ def measure_segment(
     ("major": apples, oranges seen from the stem) or the one across the long axis ("minor": lemons)."""
     if mm_per_px is not None and (not math.isfinite(mm_per_px) or mm_per_px <= 0):  # fail before the work
         raise InvalidMeasurementInput(f"mm_per_px must be a positive number, got {mm_per_px}", field="mm_per_px")
-    major_px, minor_px, perimeter_px = caliper_widths_px(seg.contour)
-    diameter_px, other_px = (minor_px, major_px) if size_axis == "minor" else (major_px, minor_px)
+    diameter_px, other_px, perimeter_px = caliper_size_px(seg.contour, size_axis)
     area_px = float(seg.mask.sum())
     roundness = float(min(1.0, 4 * math.pi * area_px / max(perimeter_px, 1.0) ** 2))
     blemish = blemish or BlemishParams()

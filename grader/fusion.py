@@ -6,6 +6,9 @@ largest seen), or are the median when every view shows the same side (a belt und
 camera); colour coverage is the mean; the defect evidence is the worst view's (its CNN map only when that
 view is the best one, whose image is kept).
 
+A video track holds many more whole views than are worth grading: ``size_over_views`` re-sizes the
+fused fruit from the outlines of all of them (the median, and how far the views spread around it).
+
 :func:`grade_views` grades one fruit photographed in several images (``POST /v1/grade/batch``,
 ``mode=views``): the largest fruit of each image is the fruit, fused over the images that show one."""
 
@@ -13,7 +16,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .flags import FlagPolicy, LotContext
@@ -83,3 +86,30 @@ def grade_views(views: Sequence[Sequence[FruitGrade]], standard: Standard, sweet
         return None, 0, summary
     fused, worst, best = fuse_views([(largest[i].measurement, largest[i].defect) for i in seen])
     return decide(fused, worst, standard, sweetness, policy, lot, sound), seen[best], summary
+
+
+@dataclass(frozen=True)
+class ViewSize:
+    """One view's size of a fruit, in pixels: the caliper widths of its outline and its area."""
+
+    diameter_px: float
+    minor_diameter_px: float
+    area_px: float
+
+
+def size_over_views(m: FruitMeasurement, sizes: list[ViewSize]) -> tuple[FruitMeasurement, float | None]:
+    """``m`` with its diameter, minor diameter and area the median over ``sizes`` (whole views of
+    the same fruit, e.g. every frame of a track where it is clear of the frame edge), and the spread
+    of the views' diameters: their median absolute deviation from that median, in mm (in px when
+    ``m`` has no scale; None without sizes). Everything else in ``m`` is kept."""
+    if not sizes:
+        return m, None
+    d = float(statistics.median(s.diameter_px for s in sizes))
+    minor = float(statistics.median(s.minor_diameter_px for s in sizes))
+    area = float(statistics.median(s.area_px for s in sizes))
+    spread = float(statistics.median(abs(s.diameter_px - d) for s in sizes))
+    k = m.mm_per_px if m.diameter_mm is not None else None  # sized in mm only where m is (a scale, not cut off)
+    out = replace(m, diameter_px=d, minor_diameter_px=minor, area_px=area,
+                  diameter_mm=None if k is None else d * k, minor_diameter_mm=None if k is None else minor * k,
+                  area_mm2=None if k is None else area * k * k)
+    return out, spread * (k or 1.0)

@@ -244,14 +244,20 @@ def segment_fruits(image_rgb: np.ndarray, params: SegmentationParams | None = No
         kept.append(blob)
     blobs = kept
 
+    def full_res(blob: np.ndarray) -> np.ndarray:
+        # back to full resolution: upscale the blob mask, then re-threshold at the original edge
+        return cv2.resize(blob.astype(np.uint8) * 255, (w, h), interpolation=cv2.INTER_LINEAR) >= 128 if scale != 1.0 else blob
+
+    # the edge refinement decides by colour: a touching neighbour of the same colour would pass for
+    # this fruit's skin, so each fruit's refinement is kept off the pixels other blobs hold
+    claims = None
+    if len(blobs) > 1:
+        claims = np.zeros((h, w), np.uint8)  # how many blobs hold each pixel
+        for blob in blobs:
+            claims += full_res(blob).view(np.uint8)
     segments = []
     for blob in blobs:
-        # back to full resolution: upscale the blob mask, then re-threshold at the original edge
-        if scale != 1.0:
-            full = cv2.resize(blob.astype(np.uint8) * 255, (w, h), interpolation=cv2.INTER_LINEAR) >= 128
-        else:
-            full = blob
-        seg = _segment_from_mask(full, image_rgb, params, refine=True)
+        seg = _segment_from_mask(full_res(blob), image_rgb, params, refine=True, claims=claims)
         if seg is not None:
             segments.append(seg)
     segments.sort(key=lambda s: (s.bbox[0] + s.bbox[2]) / 2)
@@ -279,7 +285,10 @@ def _visible_fraction(blob: np.ndarray) -> float:
     return float(blob.sum() / (math.pi * r2))
 
 
-def _segment_from_mask(full: np.ndarray, image_rgb: np.ndarray, params: SegmentationParams, refine: bool) -> Segment | None:
+def _segment_from_mask(full: np.ndarray, image_rgb: np.ndarray, params: SegmentationParams, refine: bool,
+                       claims: np.ndarray | None = None) -> Segment | None:
+    """The segment of one blob's full-resolution mask; ``claims``: how many blobs hold each pixel
+    (None for a lone blob), so that the edge refinement leaves touching neighbours' pixels alone."""
     bx, by, bw, bh = cv2.boundingRect(full.view(np.uint8))
     if bw == 0:
         return None
@@ -289,7 +298,8 @@ def _segment_from_mask(full: np.ndarray, image_rgb: np.ndarray, params: Segmenta
     y0, y1 = max(0, by - pad), min(h, by + bh + pad)
     local = full[y0:y1, x0:x1]
     if refine:
-        local = _refine_edge(image_rgb[y0:y1, x0:x1], local)
+        others = None if claims is None else claims[y0:y1, x0:x1] > local.view(np.uint8)
+        local = _refine_edge(image_rgb[y0:y1, x0:x1], local, others)
     contours, _ = cv2.findContours(local.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     if not contours:
         return None
@@ -304,15 +314,22 @@ def _segment_from_mask(full: np.ndarray, image_rgb: np.ndarray, params: Segmenta
     return Segment(bbox=(int(bx0), int(by0), int(bx1), int(by1)), contour=contour.astype(np.int32), mask=mask, cut_off=cut_off)
 
 
-def _refine_edge(crop_rgb: np.ndarray, coarse: np.ndarray) -> np.ndarray:
+def _refine_edge(crop_rgb: np.ndarray, coarse: np.ndarray, others: np.ndarray | None = None) -> np.ndarray:
     """Re-decide the pixels near the coarse edge at full resolution: each is assigned to the
-    nearer of the fruit's and the background's local mean colours (a one-step 2-means)."""
+    nearer of the fruit's and the background's local mean colours (a one-step 2-means).
+    ``others``: the pixels other fruit hold (touching neighbours, split apart at the working
+    resolution): never given to this fruit, and not taken for background either."""
     ring = cv2.morphologyEx(coarse.astype(np.uint8), cv2.MORPH_GRADIENT, np.ones((7, 7), np.uint8)).astype(bool)
+    if others is not None:
+        others = others & ~coarse
+        ring &= ~others
     if not ring.any():
         return coarse
     lab = cv2.cvtColor(crop_rgb, cv2.COLOR_RGB2LAB)
     inner = cv2.erode(coarse.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
     outer = ~cv2.dilate(coarse.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
+    if others is not None:
+        outer &= ~others
     if inner.sum() < 10 or outer.sum() < 10:
         return coarse
     fg = _masked_channel_medians(lab, inner)
@@ -391,6 +408,13 @@ def caliper_widths_px(contour: np.ndarray) -> tuple[float, float, float]:
     return float(best), float(minor), perimeter
 
 
+def caliper_size_px(contour: np.ndarray, size_axis: str = "major") -> tuple[float, float, float]:
+    """(diameter, the other caliper width, hull perimeter) of an outline, in pixels: the diameter
+    is the largest caliper width ("major") or the one across it ("minor", lemons)."""
+    major_px, minor_px, perimeter_px = caliper_widths_px(contour)
+    return (minor_px, major_px, perimeter_px) if size_axis == "minor" else (major_px, minor_px, perimeter_px)
+
+
 def _edge_gap_px(width_px: float) -> float:
     """Correction from a width between outline pixel *centres* to the fruit's true width.
 
@@ -416,8 +440,7 @@ def measure_segment(
     ("major": apples, oranges seen from the stem) or the one across the long axis ("minor": lemons)."""
     if mm_per_px is not None and (not math.isfinite(mm_per_px) or mm_per_px <= 0):  # fail before the work
         raise InvalidMeasurementInput(f"mm_per_px must be a positive number, got {mm_per_px}", field="mm_per_px")
-    major_px, minor_px, perimeter_px = caliper_widths_px(seg.contour)
-    diameter_px, other_px = (minor_px, major_px) if size_axis == "minor" else (major_px, minor_px)
+    diameter_px, other_px, perimeter_px = caliper_size_px(seg.contour, size_axis)
     area_px = float(seg.mask.sum())
     roundness = float(min(1.0, 4 * math.pi * area_px / max(perimeter_px, 1.0) ** 2))
     blemish = blemish or BlemishParams()

@@ -8,9 +8,9 @@ from the prediction. The velocity starts at the belt's known speed (when given) 
 is observed. A track closes when its fruit has not been seen for ``max_missed`` frames or has
 left the frame; unmatched detections open new tracks, except pieces cut off at the exit edge
 (fruit come in at the entry side; a piece at the exit is part of a fruit on its way out), pieces
-touching a tracked fruit that is still entering (a fruit half in view can segment in two), and new
-shapes in mid-belt after the first frame (pieces of a fruit already tracked, split where it touches
-a neighbour).
+touching a tracked fruit that is still entering in the same lane (a fruit half in view can segment
+in two), and new shapes in mid-belt after the first frame (pieces of a fruit already tracked, split
+where it touches a neighbour).
 
 Pure: detections in, tracks out; no images, no I/O.
 """
@@ -131,8 +131,11 @@ class BeltTracker:
             if di not in used_d:
                 if self._at_exit(d):
                     continue  # fruit enter at the entry side: a piece at the exit is a leaving fruit's
-                if (d.cut_off or self._near_entry(d)) and any(_touching(d.bbox, m.bbox) for m in matched_cut):
-                    continue  # a fruit half in view can be cut in two pieces: this one belongs to a tracked fruit
+                if (d.cut_off or self._near_entry(d)) and any(
+                        _touching(d.bbox, m.bbox) and self.lane_of(m.centre[1]) == self.lane_of(d.centre[1]) for m in matched_cut):
+                    # a fruit half in view can be cut in two pieces: this one belongs to a tracked fruit
+                    # (in its lane: a neighbour entering beside it in the next lane is a fruit of its own)
+                    continue
                 if self._first_frame is not None and frame > self._first_frame and not self._near_entry(d):
                     continue  # fruit come into view at the entry side; a new shape mid-belt is a piece of one already tracked
                 v = self.direction * self.speed if self.speed is not None else 0.0

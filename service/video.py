@@ -1,5 +1,7 @@
 """A line camera's video: every fruit detected in every frame, tracked along the belt, graded
 once from its best views through the same path as a posted image, and stored with its journey.
+Its size is the median over every frame that shows it whole and clear of the frame's edge, not
+only over the few views the model sees.
 
 ``LineSession`` works frame by frame, so the same code serves an uploaded clip
 (``process_clip``) and a live camera streaming frames over a websocket."""
@@ -17,8 +19,8 @@ import cv2
 import numpy as np
 
 from grader.errors import InvalidFrame, InvalidVideo, VideoFrameTooLarge, VideoTooLong, VideoTooSlow
-from grader.fusion import fuse_views
-from grader.measure import crop_for_model, measure_segment, segment_fruits
+from grader.fusion import ViewSize, fuse_views, size_over_views
+from grader.measure import caliper_size_px, crop_for_model, measure_segment, segment_fruits
 from grader.pipeline import ImageGrade, decide
 from grader.tracking import BeltTracker, Detection, Track
 
@@ -31,7 +33,10 @@ class BeltSetup:
     lanes: int = 3
     direction: int = 1  # +1 left to right
     speed_mm_s: float | None = None  # the belt's speed, when known (a prior for the tracker)
-    views_per_fruit: int = 3  # whole views measured per fruit (the most central ones)
+    views_per_fruit: int = 3  # whole views graded per fruit (the most central ones)
+    # a fruit is sized on every whole view at least this far from the frame's edge (pixels): nearer,
+    # its outline may run into the border's pixels
+    size_edge_margin_px: int = 2
 
 
 @dataclass
@@ -88,6 +93,12 @@ class LineSession:
         centre = self.size[1] / 2
         return sorted(sorted(whole, key=lambda d: abs(d.centre[0] - centre))[: self.belt.views_per_fruit], key=lambda d: d.frame)
 
+    def _size_views(self, t: Track) -> list[Detection]:
+        """The views a track is sized on: every whole one clear of the frame's edge."""
+        h, w = self.size
+        m = self.belt.size_edge_margin_px
+        return [d for d in t.whole_views() if d.bbox[0] >= m and d.bbox[1] >= m and d.bbox[2] <= w - m and d.bbox[3] <= h - m]
+
     def _grade(self, t: Track) -> dict[str, Any] | None:
         seen = {"track": t.id, "lane": t.lane, "frames": t.frames, "first_seen_s": round(t.detections[0].t_s, 3),
                 "last_seen_s": round(t.last.t_s, 3)}
@@ -109,6 +120,13 @@ class LineSession:
                                     "fruit_score": round(float(np.median([ev.fruit_score or 0.0 for ev in evidence])), 4)})
             return None
         fused, worst, best = fuse_views(list(zip(ms, evidence)), blemish="median")
+        # the size: a robust statistic over many frames, not the three graded views (one view's
+        # outline is off by a pixel or so with the codec's blocks and the fruit's place in them)
+        sizing = self._size_views(t) or views
+        fused, spread = size_over_views(fused, [ViewSize(*caliper_size_px(d.payload.contour, axis)[:2], float(d.payload.mask.sum()))
+                                                for d in sizing])
+        size = {"size_frames": [d.frame for d in sizing],
+                "diameter_spread_mm": None if spread is None or fused.diameter_mm is None else round(spread, 2)}
         sound = tuple(c for c in spec.classes if c not in spec.defective_classes)
         fruit = decide(fused, worst, req.standard, req.sweetness, ctx.policy, req.lot_ctx, sound)
         rgb = self.frames[views[best].frame]
@@ -117,13 +135,14 @@ class LineSession:
         one = copy.copy(req)
         one.fields = {**req.fields, "fruit_id": fruit_id, "lane": str(t.lane)}
         one.extra_payload = {"video": {"clip_id": self.clip_id, **seen, "views": [d.frame for d in views], "best_view": views[best].frame,
-                                       "view_diameters_mm": [None if m.diameter_mm is None else round(m.diameter_mm, 2) for m in ms]}}
+                                       "view_diameters_mm": [None if m.diameter_mm is None else round(m.diameter_mm, 2) for m in ms],
+                                       **size}}
         source = "request" if req.mm_per_px is not None else "camera" if scale is not None else "none"
         saved, replayed = grading.store(ctx, one, jpeg.tobytes(), "image/jpeg", rgb, ScaledFrame([fused], scale, source),
                                         ImageGrade([fruit], []), grading.scoped_key(req.key_id, f"video:{self.clip_id}:{t.id}"))
         f = saved.payload["fruits"][0]
         entry = {"fruit_id": fruit_id, "result_id": saved.id, "replayed": replayed, **seen, "views": [d.frame for d in views],
-                 "diameter_mm": f.get("diameter_mm"), "blemish_area_cm2": f.get("blemish_area_cm2"), "defect": f.get("defect"),
+                 "diameter_mm": f.get("diameter_mm"), **size, "blemish_area_cm2": f.get("blemish_area_cm2"), "defect": f.get("defect"),
                  "grade": f.get("grade"), "outlet": f.get("outlet"), "flagged": f.get("flagged"), "flags": f.get("flags", [])}
         self.graded.append(entry)
         return entry

@@ -73,6 +73,32 @@ def test_tracker_follows_fruit_along_lanes_and_ignores_leaving_pieces():
     assert all(len(tr.whole_views()) >= 10 for tr in closed)
 
 
+def test_fruit_entering_side_by_side_in_adjacent_lanes_are_two_fruit():
+    """Neighbours in adjacent lanes may enter together with their boxes a few pixels apart: each is
+    a fruit of its own, while a fruit half in view that segments in two pieces stays one."""
+
+    def run(pieces: bool) -> list:
+        t = BeltTracker(640, 300, lanes=3, speed_px_per_frame=18.75)
+        closed = []
+        for k in range(45):
+            x = -75 + 18.75 * k
+            x0, x1 = max(0, round(x)), min(640, round(x + 72))
+            if x1 <= 5 or x0 >= 640:
+                closed += t.update(k, [])
+                continue
+            cut = x0 == 0 or x1 == 640
+            if pieces:  # one fruit in lane 2, cut in two pieces while it enters
+                dets = [Detection(k, k / 8, (x0, 101, x1, 134), True), Detection(k, k / 8, (x0, 136, x1, 171), True)] if k in (2, 3) \
+                    else [Detection(k, k / 8, (x0, 101, x1, 171), cut)]
+            else:  # lane 1 and lane 2, 3 px apart
+                dets = [Detection(k, k / 8, (x0, 26, x1, 98), cut), Detection(k, k / 8, (x0, 101, x1, 171), cut)]
+            closed += t.update(k, dets)
+        return closed + t.finish()
+
+    assert sorted((tr.lane, len(tr.whole_views()) >= 25) for tr in run(pieces=False)) == [(1, True), (2, True)]
+    assert [tr.lane for tr in run(pieces=True)] == [2]
+
+
 def test_a_clip_gives_each_fruit_once_sized_and_graded_with_its_journey(client, clip):
     r = post_clip(client, clip)
     assert r.status_code == 200, r.text

@@ -42,9 +42,10 @@ def _belt(lanes: int, belt_speed_mm_s: str | None, direction: str) -> BeltSetup:
     summary="Grade every fruit in a clip of the belt: tracked across frames, counted and graded once",
     description="Multipart form: `video` (MP4, AVI or MJPEG the camera recorded), optional `mm_per_px` (else the camera's "
     "calibration), `lot_id`, `commodity`, `lanes` (belt lanes, top to bottom), `belt_speed_mm_s` (a prior for tracking) and "
-    "`direction`. Each tracked fruit is fused from its best whole views (median size, worst defect evidence), graded like a "
-    "posted image and stored with its best frame and its journey (`GET /v1/fruits/{fruit_id}/events`). Posting the same "
-    "clip again returns the stored results.",
+    "`direction`. Each tracked fruit is judged on its most central whole views (worst defect evidence), sized as the median "
+    "over every frame that shows it whole (`size_frames`; `diameter_spread_mm`: how far those frames' diameters lie from it), "
+    "graded like a posted image and stored with its best frame and its journey (`GET /v1/fruits/{fruit_id}/events`). Posting "
+    "the same clip again returns the stored results.",
 )
 async def post_video(
     request: Request,

@@ -3,6 +3,7 @@ sees in training what it sees on the line."""
 
 from __future__ import annotations
 
+import ast
 import hashlib
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -68,9 +69,44 @@ def _group(args: tuple[str, int, float]) -> list[np.ndarray]:
     return [cv2.resize(c, (size, size), interpolation=cv2.INTER_AREA) for c in group_fruit_crops(load_rgb(Path(path)), margin)]
 
 
+def measurement_sources(module_file: Path | None = None) -> list[Path]:
+    """The source files a crop depends on: the grader module that cuts it (grader/measure.py) and
+    every grader module it imports, followed transitively (relative and ``grader.`` imports)."""
+    start = Path(module_file or measure_module.__file__).resolve()
+    package = start.parent
+    seen: list[Path] = []
+    todo = [start]
+    while todo:
+        f = todo.pop()
+        if f in seen or not f.exists():
+            continue
+        seen.append(f)
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                if node.level == 1 and node.module:
+                    todo.append(package / (node.module.replace(".", "/") + ".py"))
+                elif node.level == 1:
+                    todo += [package / f"{a.name}.py" for a in node.names]
+                elif node.level == 0 and node.module and node.module.startswith(package.name + "."):
+                    todo.append(package / (node.module.split(".", 1)[1].replace(".", "/") + ".py"))
+            elif isinstance(node, ast.Import):
+                todo += [package / (a.name.split(".", 1)[1].replace(".", "/") + ".py") for a in node.names
+                         if a.name.startswith(package.name + ".")]
+    return sorted(seen)
+
+
+def measurement_code_hash(module_file: Path | None = None) -> str:
+    """sha256 over :func:`measurement_sources` and this file: any change to how a crop is cut
+    changes every crop cache key, so nothing trains or evaluates on stale crops."""
+    h = hashlib.sha256()
+    for f in [*measurement_sources(module_file), Path(__file__).resolve()]:
+        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
+
+
 def group_crop_cache(paths: Sequence[Path], size: int, margin_frac: float, cache_dir: Path, workers: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """(N, size, size, 3) uint8 crops of every whole apple in the photos, and each crop's photo index."""
-    code = hashlib.sha256(Path(measure_module.__file__).read_bytes() + Path(__file__).read_bytes()).hexdigest()
+    code = measurement_code_hash()
     key = hashlib.sha256(("\n".join(map(str, paths)) + f"|group|{size}|{margin_frac}|{code}").encode()).hexdigest()[:16]
     cache = cache_dir / f"group-crops-{key}.npz"
     if cache.exists():
@@ -99,7 +135,7 @@ def crop_cache(paths: Sequence[Path], size: int, margin_frac: float, cache_dir: 
     fruit finder's settings (``params``, None: the defaults)."""
     # the key covers the files, the crop geometry, the segmentation settings and the measurement
     # code itself, so a change to segmentation never trains or evaluates on stale crops
-    code = hashlib.sha256(Path(measure_module.__file__).read_bytes()).hexdigest()
+    code = measurement_code_hash()
     seg = "" if params is None or params == SegmentationParams() else f"|{params!r}"
     key = hashlib.sha256(("\n".join(map(str, paths)) + f"|{size}|{margin_frac}|{code}{seg}").encode()).hexdigest()[:16]
     cache = cache_dir / f"crops-{key}.npy"

@@ -55,7 +55,7 @@ from grader.calibration import scale_from_references  # noqa: E402
 from grader.measure import measure_image  # noqa: E402
 from grader.orchard import (  # noqa: E402
     TENNIS_BALL_DIAMETER_MM,
-    ProbParams,
+    TREE_PARAMS,
     WindowMeasurement,
     box_scale_mm_per_px,
     measure_by_probability,
@@ -63,9 +63,6 @@ from grader.orchard import (  # noqa: E402
     perspective_stretch,
 )
 
-#: knobs of the default method, chosen on the tune dates only
-TREE_PARAMS = ProbParams(segmenter="grabcut", grabcut_space="lab", inlier_tol_px=5.0, pos_frac=0.38,
-                         refine_band=0.15, refine_sigma_px=1.0, refine_prior=0.5, refine_tol_px=1.5)
 #: distance from the camera to the tree row in the ecopom frames (file names "1_5m_..."), mm
 CAMERA_DISTANCE_MM = 1500.0
 METHODS = ("grabcut", "watershed")

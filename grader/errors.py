@@ -91,6 +91,10 @@ class OutOfRange(GraderError, ValueError):
         super().__init__(message, field=field, code=code)
 
 
+class InvalidField(GraderError):
+    """A form field that does not parse (``scene``, ``boxes``): the message says what it must be."""
+
+
 class TextTooLong(GraderError):
     """A text field longer than its limit."""
 

@@ -260,6 +260,12 @@ class ProbParams:
     refine_tol_px: float = 1.5  # inlier tolerance of the circle through the refined edge points
 
 
+#: the knobs of :func:`measure_by_probability` for fruit on the tree, chosen on the first half of the
+#: ecopom dates only (bench/size_accuracy.py): GrabCut in Lab, then the refined edge circle
+TREE_PARAMS = ProbParams(segmenter="grabcut", grabcut_space="lab", inlier_tol_px=5.0, pos_frac=0.38,
+                         refine_band=0.15, refine_sigma_px=1.0, refine_prior=0.5, refine_tol_px=1.5)
+
+
 def _features(crop_rgb: np.ndarray, params: ProbParams) -> np.ndarray:
     """(H, W, F) float32 pixel features: Lab, HSV saturation/value, local std of L."""
     sm = cv2.GaussianBlur(crop_rgb, (params.blur_px, params.blur_px), 0) if params.blur_px > 1 else crop_rgb

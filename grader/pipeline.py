@@ -45,9 +45,11 @@ def grade_image(
     commodity: Commodity | None = None,
     measurements: list[FruitMeasurement] | None = None,
     lot: LotContext | None = None,
+    confirmed: bool = False,
 ) -> ImageGrade:
     """Grade every fruit in the frame. ``measurements`` may be handed in when the caller already
-    measured the frame (e.g. after setting reference spheres aside)."""
+    measured the frame (e.g. after setting reference spheres aside). ``confirmed``: the candidates
+    are fruit already (a detector's or a client's boxes), the model's fruit check is not asked."""
     policy = policy or FlagPolicy()
     quality = image_quality_flags(image_rgb, policy)
     if measurements is None:
@@ -58,7 +60,9 @@ def grade_image(
         return ImageGrade([], quality + [Flag("no_fruit", "no fruit found in the image", 20)])
     crops = [crop_for_model(image_rgb, m.bbox, model.spec.crop_margin_frac, m.mask) for m in measurements]
     evidence = model.predict(crops)
-    measurements, evidence, rejected = confirm_fruit(measurements, evidence)
+    rejected: list[dict] = []
+    if not confirmed:
+        measurements, evidence, rejected = confirm_fruit(measurements, evidence)
     if not measurements:
         why = f"no fruit found in the image ({len(rejected)} candidate regions were not fruit)" if rejected else "no fruit found in the image"
         return ImageGrade([], quality + [Flag("no_fruit", why, 20)], rejected)

@@ -51,6 +51,12 @@ class FruitMeasurement:
     quality_flags: list[Flag] = field(default_factory=list)
     colour_coverage: float | None = None  # share of skin in the commodity's target colour, 0..1
     blemish_mask: np.ndarray | None = field(default=None, repr=False)  # bool, bbox-sized
+    #: about two standard errors of ``diameter_mm`` (orchard scenes: the circle fit's and the scale's)
+    diameter_uncertainty_mm: float | None = None
+    #: why the fruit was not sized (``diameter_mm`` None): occluded, no_clean_outline, too_small
+    size_declined: str | None = None
+    #: where the fruit's box came from in an orchard scene: detector, client or centre
+    found_by: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         def r(v: float | None, nd: int = 2) -> float | None:
@@ -68,6 +74,9 @@ class FruitMeasurement:
             "largest_blemish_cm2": r(self.largest_blemish_cm2, 3),
             "colour_coverage": r(self.colour_coverage, 3),
             "cut_off": bool(self.cut_off),
+            **({} if self.diameter_uncertainty_mm is None else {"diameter_uncertainty_mm": r(self.diameter_uncertainty_mm)}),
+            **({} if self.size_declined is None else {"size_declined": self.size_declined}),
+            **({} if self.found_by is None else {"found_by": self.found_by}),
         }
 
 

@@ -8,6 +8,7 @@ import logging
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 from fastapi import FastAPI
@@ -25,6 +26,7 @@ from .auth import AuthFailureLimiter, KeyRing, RateLimiter, load_or_create_keys
 from .batcher import MicroBatcher, ServingModel
 from .gate import Gate
 from .metrics import MetricsMiddleware
+from .orchard import load_detector
 from .registry import Registry
 from .routers import brix, cameras, fruits, grade, health, line, lots, models, pages, results, review, video
 from .settings import Settings
@@ -56,6 +58,7 @@ class Context:
     commodity_models: dict[str, ServingModel] = field(default_factory=dict)  # other commodities' serving models
     shadow: "Shadow | None" = None  # a candidate judging live traffic beside the serving model
     sorter: "Publisher | None" = None  # the MQTT link to the sorter (GRADER_MQTT_URL), else None
+    detector: Any = None  # the orchard fruit detector (service/orchard.py: load_detector), else None
     in_flight: int = 0  # grade requests in progress (changed on the event loop only)
 
     def model_for(self, commodity: str | None) -> ServingModel:
@@ -109,6 +112,7 @@ def build_context(settings: Settings) -> Context:
         rate_limiter=RateLimiter(settings.rate_limit_per_min),
         auth_failures=AuthFailureLimiter(settings.auth_failure_burst, settings.auth_failures_per_min),
         shadow=registry.startup_shadow(),
+        detector=load_detector(settings.detector_dir),
     )
 
 

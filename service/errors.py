@@ -21,6 +21,7 @@ from grader.errors import (
     GraderError,
     IdempotencyKeyReused,
     InvalidCommodity,
+    InvalidField,
     InvalidFrame,
     InvalidImage,
     InvalidMeasurementInput,
@@ -87,6 +88,7 @@ class ApiError(Exception):
 STATUS: dict[type[GraderError], tuple[int, str]] = {
     InvalidImage: (422, "invalid_image"),
     InvalidMeasurementInput: (422, "invalid_value"),
+    InvalidField: (422, "invalid_field"),
     Uncalibrated: (422, "uncalibrated"),
     UnknownStandard: (404, "unknown_standard"),
     InvalidStandard: (422, "invalid_standard"),

@@ -25,6 +25,7 @@ from .batcher import ServingModel
 from .forms import physical_field, text_field
 from .lots import lot_context, sweetness_fields, sweetness_for
 from .metrics import FLAGS, FRUITS, STORE_SECONDS
+from .orchard import parse_boxes, parse_scene, resolve_orchard
 from .scale import ScaledFrame, resolve_scale
 
 
@@ -51,6 +52,10 @@ class GradeRequest:
     key_id: str | None = None
     #: SHA-256 over the request's images and fields (see request_hash), stored with its result
     request_sha256: str | None = None
+    #: belt or orchard (the request's `scene`, else the camera's, else belt); orchard: `boxes`, `focal_px`
+    scene: str = "belt"
+    boxes: list | None = None
+    focal_px: float | None = None
 
 
 def scoped_key(key_id: str | None, key: str | None) -> str | None:
@@ -70,6 +75,8 @@ def request_hash(req: "GradeRequest", images: list[bytes], **extra: Any) -> str:
         h.update(hashlib.sha256(data).digest())
     fields = {**req.fields, "brix": req.brix, "mm_per_px": req.mm_per_px, "reference_diameter_mm": req.reference_diameter_mm,
               "standard": req.standard_field, "commodity": req.commodity_field, **extra}
+    if req.scene != "belt":
+        fields.update(scene=req.scene, boxes=[[o.kind, *o.box_xyxy] for o in req.boxes or []], focal_px=req.focal_px)
     h.update(json.dumps(fields, sort_keys=True, default=str).encode())
     return h.hexdigest()
 
@@ -83,7 +90,8 @@ def check_same_request(req: "GradeRequest", existing: ResultRow) -> None:
 
 
 def parse(lot_id, camera_id, fruit_id, lane, brix, mm_per_px, standard, reference_diameter_mm, idempotency_key,
-          commodity: str | None = None, key_id: str | None = None) -> GradeRequest:
+          commodity: str | None = None, key_id: str | None = None, scene: str | None = None, boxes: str | None = None,
+          focal_px: str | None = None, camera_scenes: dict[str, str] | None = None) -> GradeRequest:
     fields = {
         "lot_id": text_field("lot_id", lot_id),
         "camera_id": text_field("camera_id", camera_id),
@@ -102,6 +110,9 @@ def parse(lot_id, camera_id, fruit_id, lane, brix, mm_per_px, standard, referenc
         standard_field=standard,
         commodity_field=text_field("commodity", commodity, 50),
         key_id=key_id,
+        scene=parse_scene(scene) or (camera_scenes or {}).get(fields["camera_id"] or "", "belt"),
+        boxes=parse_boxes(boxes),
+        focal_px=physical_field("focal_px", focal_px),
     )
 
 
@@ -140,11 +151,28 @@ def lookup(ctx, req: GradeRequest) -> ResultRow | None:
 
 
 def grade_rgb(ctx, req: GradeRequest, rgb: np.ndarray) -> tuple[ScaledFrame, ImageGrade]:
+    if req.scene == "orchard":
+        return grade_orchard(ctx, req, rgb)
     with req.model.batcher.expecting():  # the batcher may hold a batch a moment for this request's crops
         scaled = resolve_scale(rgb, req.commodity, req.mm_per_px, req.reference_diameter_mm, req.camera_cal, ctx.reference)
         graded = grade_image(rgb, req.model, req.standard, mm_per_px=scaled.mm_per_px, sweetness=req.sweetness, policy=ctx.policy,
                              commodity=req.commodity, measurements=scaled.fruit, lot=req.lot_ctx)
     graded.image_flags.extend(scaled.flags)
+    return scaled, graded
+
+
+def grade_orchard(ctx, req: GradeRequest, rgb: np.ndarray) -> tuple[ScaledFrame, ImageGrade]:
+    """An orchard scene (service/orchard.py): the fruit found by the boxes or the detector, sized from
+    their pixels, then graded like any fruit (the fruit check is the detector's or the client's)."""
+    camera = req.fields.get("camera_id")
+    focal = req.focal_px or (ctx.settings.camera_focal_px.get(camera) if camera else None)
+    scaled, record = resolve_orchard(rgb, req.boxes, ctx.detector, req.mm_per_px, req.camera_cal.mm_per_px if req.camera_cal else None,
+                                     focal, req.reference_diameter_mm or ctx.settings.orchard_reference_mm)
+    with req.model.batcher.expecting():
+        graded = grade_image(rgb, req.model, req.standard, mm_per_px=scaled.mm_per_px, sweetness=req.sweetness, policy=ctx.policy,
+                             commodity=req.commodity, measurements=scaled.fruit, lot=req.lot_ctx, confirmed=True)
+    graded.image_flags.extend(scaled.flags)
+    req.extra_payload["orchard"] = record
     return scaled, graded
 
 

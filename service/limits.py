@@ -37,6 +37,8 @@ PHYSICAL: dict[str, Range] = {
     "reference_diameter_mm": Range(5.0, 300.0, "mm", "reference sphere or disc"),
     "belt_speed_mm_s": Range(1.0, 5000.0, "mm/s", "conveyor belt speed"),
     "fps": Range(0.1, 240.0, "frames/s", "live camera frame rate"),
+    # a phone camera (about 500 px) to a long lens on a large sensor
+    "focal_px": Range(100.0, 100000.0, "px", "camera focal length in pixels"),
 }
 
 

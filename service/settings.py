@@ -120,6 +120,18 @@ class Settings(BaseSettings):
     #: a fruit the model calls defective with juice this sweet or sweeter is flagged `signals_disagree`
     disagreement_min_brix: float = 13.0
 
+    # --- orchard scenes (service/orchard.py): fruit on the tree, found by the detector and sized from the pixels
+    #: the scene a camera's images show unless a request says (`scene` field): belt (the default) or orchard,
+    #: e.g. {"tree-cam-1": "orchard"}
+    camera_scenes: dict[str, str] = Field(default_factory=dict)
+    #: each camera's focal length in pixels, for the perspective correction of orchard sizes, e.g. {"tree-cam-1": 1480}
+    camera_focal_px: dict[str, float] = Field(default_factory=dict)
+    #: the fruit detector for orchard scenes: an artifact folder (model.onnx + metadata.json), or a folder of
+    #: versions whose newest is used; none there: orchard requests need `boxes`, else a crop's centre fruit is sized
+    detector_dir: Path = SHIPPED_MODELS / "orchard-detector"
+    #: diameter of the reference spheres hung in orchard frames (tennis balls), mm
+    orchard_reference_mm: float = Field(default=65.46, gt=0)
+
     # --- the sorter link (MQTT; service/sorter.py). Off unless a broker URL is set.
     #: mqtt://[user:password@]host[:1883], or mqtts:// for TLS (port 8883). Query options: version=3.1.1|5,
     #: client_id=<prefix>, ca=<CA file>, insecure=1 (TLS without checking the certificate), keepalive=<s>

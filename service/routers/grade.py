@@ -62,13 +62,18 @@ async def grade(
     reference_diameter_mm: Annotated[str | None, Form(description="reference spheres of this diameter (mm) are in view: "
                                                       "the scale is taken from them and they are not graded")] = None,
     commodity: Annotated[str | None, Form(description="apple, orange, lemon…; default: the lot's, else the service's")] = None,
+    scene: Annotated[str | None, Form(description="belt (default, or the camera's) or orchard: fruit on the tree, found by the "
+                                                  "detector (or `boxes`) and sized from their pixels, or declined")] = None,
+    boxes: Annotated[str | None, Form(description='orchard scenes: JSON [[x0, y0, x1, y1], …] or [{"box": [...], "kind": '
+                                                  '"apple" | "tennis_ball"}, …] in pixels; replaces the detector')] = None,
+    focal_px: Annotated[str | None, Form(description="orchard scenes: the camera's focal length in pixels (perspective correction)")] = None,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
     principal: Principal = Depends(require("camera")),
 ) -> dict[str, Any]:
     ctx = request.app.state.ctx
     with admitted(ctx):
         req = grading.parse(lot_id, camera_id, fruit_id, lane, brix, mm_per_px, standard, reference_diameter_mm, idempotency_key,
-                            commodity, principal.key_id)
+                            commodity, principal.key_id, scene, boxes, focal_px, ctx.settings.camera_scenes)
         data = await read_limited(image, ctx.settings.max_image_bytes)
         req.request_sha256 = grading.request_hash(req, [data])
         if ctx.registry.due():

@@ -1,0 +1,173 @@
+"""Orchard sizing through ``POST /v1/grade`` (``scene=orchard``), as a grower's app posts: the ECOPOM
+frames of apples on the tree against their calipers.
+
+    .venv/bin/python bench/orchard_http.py [--dates held-out|all] [--crop-mult 2.5] [--json out.json]
+
+Three ways, on the same calipered apples (frames holding a tennis ball):
+
+* **crops**: a square crop of the frame around each apple (``--crop-mult`` × its annotated box side),
+  posted alone with the frame's scale as ``mm_per_px`` (the median tennis-ball box side over 65.46 mm,
+  the baseline's scale), no boxes: the service finds the fruit (detector, else the crop's centre);
+* **frames + boxes**: the whole frame with the annotators' boxes as ``boxes`` (the balls give the scale);
+* **frames**: the whole frame alone: the detector finds apples and balls, the balls give the scale.
+
+Per way: the share of apples sized (the rest declined, or not found), MAE and the share off by more
+than 10 mm over the sized ones, against the hand-box baseline (box side × the balls' box scale) on
+the same apples. Frames also report detection: recall of the calipered (and of all boxed) apples, the
+share of detections that match a boxed apple, and the share of frames whose scale came from their balls.
+Held-out dates are the later half (bench/size_accuracy.py: tune_dates); the method's knobs were
+chosen on the first half only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from grader.orchard import TENNIS_BALL_DIAMETER_MM, box_scale_mm_per_px  # noqa: E402
+
+DATA = REPO.parent / "shared" / "data" / "ecopom-apple-size"
+KEY = "bench-camera-key-0123456789abcdef"
+
+
+def _box(o: dict) -> tuple[float, float, float, float]:
+    (x0, y0), (x1, y1) = o["box"]
+    return float(x0), float(y0), float(x1), float(y1)
+
+
+def _centre_in(f: dict, box) -> bool:
+    x0, y0, x1, y1 = f["bbox"]
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    return box[0] <= cx <= box[2] and box[1] <= cy <= box[3]
+
+
+def summary(errors: list[float | None], baseline: list[float]) -> dict[str, Any]:
+    sized = np.array([e for e in errors if e is not None])
+    n = len(errors)
+    return {"apples": n, "sized_share": round(len(sized) / max(1, n), 3),
+            "mae_mm": None if not len(sized) else round(float(np.abs(sized).mean()), 2),
+            "bias_mm": None if not len(sized) else round(float(sized.mean()), 2),
+            "off_by_10mm_share": None if not len(sized) else round(float((np.abs(sized) > 10).mean()), 3),
+            "baseline_mae_mm": round(float(np.mean(np.abs(baseline))), 2) if baseline else None}
+
+
+def run(data: Path, dates: str, crop_mult: float, ways: list[str]) -> dict[str, Any]:
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from size_accuracy import tune_dates
+
+    ann = json.loads((data / "annotations.json").read_text())
+    tune = tune_dates(ann)
+    frames = [f for f in ann if dates == "all" or f["date"] not in tune]
+    out: dict[str, Any] = {"dates": dates, "frames": len(frames), "crop_mult": crop_mult}
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = Settings(data_dir=Path(tmp), api_keys=f"camera:{KEY}", rate_limit_per_min=0, review_sample_share=0.0)
+        with TestClient(create_app(settings)) as client:
+            out["detector"] = client.app.state.ctx.detector is not None
+
+            def post(img: np.ndarray, **form) -> dict:
+                ok, enc = cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+                r = client.post("/v1/grade", headers={"X-API-Key": KEY}, files={"image": ("i.png", enc.tobytes(), "image/png")},
+                                data={"scene": "orchard", "commodity": "apple", **{k: str(v) for k, v in form.items()}})
+                r.raise_for_status()
+                return r.json()
+
+            res = {w: {"err": [], "base": []} for w in ways}
+            det = {"calipered": 0, "calipered_found": 0, "boxed": 0, "boxed_found": 0, "detections": 0, "detections_matched": 0,
+                   "frames_with_ball": 0, "frames_scaled_by_balls": 0}
+            t0 = time.time()
+            for fr in frames:
+                balls = [_box(o) for o in fr["objects"] if o["kind"] == "tennis_ball"]
+                apples = [o for o in fr["objects"] if o["kind"] == "apple" and o.get("caliper_diameter_mm") is not None]
+                if not balls or not apples:
+                    continue
+                img = cv2.cvtColor(cv2.imread(str(data / fr["image"])), cv2.COLOR_BGR2RGB)
+                scale = box_scale_mm_per_px(balls, TENNIS_BALL_DIAMETER_MM)
+                H, W = img.shape[:2]
+                if "crops" in ways:
+                    for a in apples:
+                        x0, y0, x1, y1 = _box(a)
+                        side = ((x1 - x0) + (y1 - y0)) / 2
+                        cx, cy, half = (x0 + x1) / 2, (y0 + y1) / 2, side * crop_mult / 2
+                        X0, Y0 = int(max(0, cx - half)), int(max(0, cy - half))
+                        X1, Y1 = int(min(W, cx + half)), int(min(H, cy + half))
+                        body = post(np.ascontiguousarray(img[Y0:Y1, X0:X1]), mm_per_px=scale)
+                        cal = float(a["caliper_diameter_mm"])
+                        # the fruit of the crop: the one whose box holds the crop's centre, else the nearest
+                        c = ((X1 - X0) / 2, (Y1 - Y0) / 2)
+                        fr_ = sorted(body["fruits"], key=lambda f: np.hypot((f["bbox"][0] + f["bbox"][2]) / 2 - c[0], (f["bbox"][1] + f["bbox"][3]) / 2 - c[1]))
+                        d = fr_[0]["diameter_mm"] if fr_ else None
+                        res["crops"]["err"].append(None if d is None else d - cal)
+                        res["crops"]["base"].append(side * scale - cal)
+                if "frames+boxes" in ways or "frames" in ways:
+                    for way in [w for w in ("frames+boxes", "frames") if w in ways]:
+                        form = {}
+                        if way == "frames+boxes":
+                            form["boxes"] = json.dumps([{"box": list(_box(o)), "kind": o["kind"]} for o in fr["objects"]])
+                        body = post(img, **form)
+                        fruits = body["fruits"]
+                        if way == "frames":
+                            det["frames_with_ball"] += 1
+                            det["frames_scaled_by_balls"] += int(body["calibration"]["source"] == "reference")
+                            boxed = [o for o in fr["objects"] if o["kind"] == "apple"]
+                            det["boxed"] += len(boxed)
+                            det["boxed_found"] += sum(any(_centre_in(f, _box(o)) for f in fruits) for o in boxed)
+                            det["detections"] += len(fruits)
+                            det["detections_matched"] += sum(any(_centre_in(f, _box(o)) for o in boxed) for f in fruits)
+                        for a in apples:
+                            box = _box(a)
+                            side = ((box[2] - box[0]) + (box[3] - box[1])) / 2
+                            hit = [f for f in fruits if _centre_in(f, box)]
+                            if way == "frames":
+                                det["calipered"] += 1
+                                det["calipered_found"] += int(bool(hit))
+                            d = hit[0]["diameter_mm"] if hit else None
+                            res[way]["err"].append(None if d is None else d - float(a["caliper_diameter_mm"]))
+                            res[way]["base"].append(side * scale - float(a["caliper_diameter_mm"]))
+                print(f"{fr['image']}: {time.time() - t0:.0f}s", flush=True)
+            for w in ways:
+                out[w] = summary(res[w]["err"], res[w]["base"])
+            if "frames" in ways:
+                out["detection"] = {**det, "recall_calipered": round(det["calipered_found"] / max(1, det["calipered"]), 3),
+                                    "recall_boxed": round(det["boxed_found"] / max(1, det["boxed"]), 3),
+                                    "precision_vs_boxed": round(det["detections_matched"] / max(1, det["detections"]), 3),
+                                    "balls_used_share": round(det["frames_scaled_by_balls"] / max(1, det["frames_with_ball"]), 3)}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", type=Path, default=DATA)
+    p.add_argument("--dates", choices=["held-out", "all"], default="held-out")
+    p.add_argument("--crop-mult", type=float, default=2.5, help="crop side as a multiple of the annotated box side")
+    p.add_argument("--ways", default="crops,frames+boxes,frames")
+    p.add_argument("--json", type=Path)
+    a = p.parse_args(argv)
+    if not (a.data / "annotations.json").exists():
+        print(f"no ECOPOM data at {a.data}", file=sys.stderr)
+        return 2
+    out = run(a.data, a.dates, a.crop_mult, a.ways.split(","))
+    print(json.dumps(out, indent=1))
+    if a.json:
+        a.json.write_text(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

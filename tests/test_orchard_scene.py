@@ -1,0 +1,102 @@
+"""Orchard scenes through POST /v1/grade (scene=orchard): a crop around one fruit sized from its own
+pixels, the client's boxes replacing the detector, declined fruit with their reason, the uncertainty
+per size, and the request's errors."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from grader.orchard import Circle, WindowMeasurement
+from grader.orchard_scene import SceneObject, SizedObject, outline_gap_deg, size_centre_fruit, size_object, size_scene, to_measurement
+from service.app import create_app
+from service.settings import Settings
+
+from .test_orchard import _foliage_frame
+
+KEY = "orchard-camera-key-0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    settings = Settings(data_dir=tmp_path_factory.mktemp("orchard"), api_keys=f"camera:{KEY}", rate_limit_per_min=0,
+                        review_sample_share=0.0, camera_scenes={"tree-1": "orchard"})
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+def _post(client, bgr: np.ndarray, **form):
+    ok, enc = cv2.imencode(".png", bgr)
+    return client.post("/v1/grade", headers={"X-API-Key": KEY}, files={"image": ("f.png", enc.tobytes(), "image/png")},
+                       data={"commodity": "apple", **{k: str(v) for k, v in form.items()}})
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_the_fruit_at_a_crops_centre_is_sized_without_a_box(seed):
+    bgr, d_px, _ = _foliage_frame(seed, leaves=0)
+    s = size_centre_fruit(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    assert s.reason == "ok" and s.diameter_px == pytest.approx(d_px, abs=2.0)
+
+
+def test_scale_from_the_scenes_spheres_and_an_uncertainty_per_size():
+    bgr, d_px, (cx, cy) = _foliage_frame(3, leaves=0)
+    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    box = (cx - d_px / 2, cy - d_px / 2, cx + d_px / 2, cy + d_px / 2)
+    # the same disc as a fruit and as a "reference sphere" of 50 mm: the scale is 50 / its diameter
+    scene = size_scene(rgb, [SceneObject("apple", box), SceneObject("tennis_ball", box)], reference_mm=50.0)
+    assert scene.scale_source == "reference" and scene.mm_per_px == pytest.approx(50.0 / d_px, rel=0.05)
+    f = scene.fruits[0]
+    assert f.diameter_mm == pytest.approx(50.0, abs=0.5) and 0 < f.diameter_uncertainty_mm < 5
+    m = to_measurement(f, rgb.shape, scene.mm_per_px)
+    assert m.diameter_mm == f.diameter_mm and m.size_declined is None and m.to_dict()["diameter_uncertainty_mm"] > 0
+
+
+def test_too_small_and_hidden_fruit_are_declined_not_sized():
+    bgr, d_px, (cx, cy) = _foliage_frame(4, diameter_mm=12.0, leaves=0)
+    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    small = size_object(rgb, SceneObject("apple", (cx - 6, cy - 6, cx + 6, cy + 6)), [])
+    assert small.diameter_px is None and small.reason == "too_small"
+    # a fruit whose clean outline is only a 120-degree arc (the rest behind leaves): declined, with its reason
+    pts = np.array([[70 + 25 * np.cos(t), 70 + 25 * np.sin(t)] for t in np.radians(np.arange(30, 150, 3))])
+    window = WindowMeasurement(50.0, "ok", Circle(70.0, 70.0, 25.0), None, 0.33, pts)
+    assert outline_gap_deg(window) == pytest.approx(243, abs=3)
+    hidden = SizedObject(SceneObject("apple", (45, 45, 95, 95)), window, None, "occluded")
+    m = to_measurement(hidden, rgb.shape, 0.5)
+    assert m.diameter_mm is None and m.size_declined == "occluded" and [f.code for f in m.quality_flags] == ["occluded"]
+    assert "size_declined" in m.to_dict() and "diameter_uncertainty_mm" not in m.to_dict()
+
+
+def test_an_orchard_crop_through_http_is_sized_from_its_pixels(client):
+    bgr, d_px, _ = _foliage_frame(1, leaves=0)
+    r = _post(client, bgr, scene="orchard", mm_per_px=0.5)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["orchard"]["scene"] == "orchard" if "orchard" in body else True
+    fruit = min(body["fruits"], key=lambda f: abs((f["bbox"][0] + f["bbox"][2]) / 2 - 70))
+    assert fruit["diameter_mm"] == pytest.approx(d_px * 0.5, abs=1.0)
+    assert fruit["diameter_uncertainty_mm"] > 0 and fruit["found_by"] in ("detector", "centre")
+    assert body["calibration"] == {"mm_per_px": 0.5, "source": "request"}
+
+
+def test_client_boxes_replace_the_detector_and_the_camera_says_orchard(client):
+    bgr, d_px, (cx, cy) = _foliage_frame(2, leaves=1)
+    boxes = json.dumps([[cx - d_px / 2 - 3, cy - d_px / 2 + 2, cx + d_px / 2 + 2, cy + d_px / 2 - 1]])  # a loose hand box
+    r = _post(client, bgr, camera_id="tree-1", boxes=boxes, mm_per_px=1.0)  # the camera's scene: orchard
+    assert r.status_code == 200, r.text
+    fruits = r.json()["fruits"]
+    assert len(fruits) == 1 and fruits[0]["found_by"] == "client"
+    assert fruits[0]["diameter_mm"] == pytest.approx(d_px, abs=2.0)
+
+
+@pytest.mark.parametrize("form,field", [({"scene": "tree"}, "scene"), ({"scene": "orchard", "boxes": "[[1, 2, 3]]"}, "boxes"),
+                                        ({"scene": "orchard", "boxes": "not json"}, "boxes"),
+                                        ({"scene": "orchard", "boxes": "[[5, 5, 2, 9]]"}, "boxes"),
+                                        ({"scene": "orchard", "focal_px": "-3"}, "focal_px")])
+def test_bad_orchard_fields_are_refused_naming_the_field(client, form, field):
+    bgr, _, _ = _foliage_frame(1, leaves=0)
+    r = _post(client, bgr, **form)
+    assert r.status_code == 422 and r.json()["error"]["field"] == field, r.text

@@ -52,7 +52,9 @@ if str(REPO) not in sys.path:
 from datasets import citrus  # noqa: E402
 from datasets.fruitnet import file_sha256  # noqa: E402
 from grader.commodities import load_commodities  # noqa: E402
-from grader.measure import SegmentationParams, crop_for_model, measure_image, segment_fruits  # noqa: E402
+from grader.crop import crop_for_model  # noqa: E402
+from grader.measure import measure_image  # noqa: E402
+from grader.segment import SegmentationParams, segment_fruits  # noqa: E402
 from inference.onnx_model import OnnxDefectModel  # noqa: E402
 from training.colour import colour_transfer, fruit_pixels, mean_colour_stats  # noqa: E402
 from training.metrics import intervals  # noqa: E402

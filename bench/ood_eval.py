@@ -35,7 +35,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from grader.measure import crop_for_model  # noqa: E402
+from grader.crop import crop_for_model  # noqa: E402
 from inference.onnx_model import OnnxDefectModel  # noqa: E402
 from training.crops import fruit_crop, load_rgb  # noqa: E402
 from training.metrics import auc  # noqa: E402

@@ -53,6 +53,32 @@ def _centre_in(f: dict, box) -> bool:
     return box[0] <= cx <= box[2] and box[1] <= cy <= box[3]
 
 
+def draw_overlay(img_rgb: np.ndarray, body: dict, path: Path, calipers: list[tuple[tuple[float, float, float, float], float]]) -> None:
+    """The frame as the service saw it: each fruit's fitted circle with its size ± uncertainty (green),
+    declined fruit with their reason (orange), the reference spheres (blue), and the caliper reading
+    of each calipered apple (white, small) for comparison."""
+    out = cv2.cvtColor(img_rgb, cv2.COLOR_RGB2BGR).copy()
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    for r in body.get("references", []):
+        x0, y0, x1, y1 = r["bbox"]
+        cv2.circle(out, (int((x0 + x1) / 2), int((y0 + y1) / 2)), int((x1 - x0) / 2), (255, 160, 0), 2, cv2.LINE_AA)
+        cv2.putText(out, "ref", (int(x0), int(y0) - 4), font, 0.5, (255, 160, 0), 1, cv2.LINE_AA)
+    for f in body["fruits"]:
+        x0, y0, x1, y1 = f["bbox"]
+        c, rad = (int((x0 + x1) / 2), int((y0 + y1) / 2)), max(1, int((x1 - x0) / 2))
+        if f.get("diameter_mm") is not None:
+            cv2.circle(out, c, rad, (60, 220, 60), 2, cv2.LINE_AA)
+            cv2.putText(out, f"{f['diameter_mm']:.0f}+-{f.get('diameter_uncertainty_mm') or 0:.0f}", (c[0] - rad, c[1] - rad - 4), font, 0.45,
+                        (60, 220, 60), 1, cv2.LINE_AA)
+        else:
+            cv2.rectangle(out, (int(x0), int(y0)), (int(x1), int(y1)), (0, 140, 255), 2)
+            cv2.putText(out, f.get("size_declined") or "declined", (int(x0), int(y0) - 4), font, 0.45, (0, 140, 255), 1, cv2.LINE_AA)
+    for (x0, y0, x1, y1), cal in calipers:
+        cv2.putText(out, f"cal {cal:.0f}", (int(x0), int(y1) + 14), font, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), out)
+
+
 def summary(errors: list[float | None], baseline: list[float]) -> dict[str, Any]:
     sized = np.array([e for e in errors if e is not None])
     n = len(errors)
@@ -63,7 +89,7 @@ def summary(errors: list[float | None], baseline: list[float]) -> dict[str, Any]
             "baseline_mae_mm": round(float(np.mean(np.abs(baseline))), 2) if baseline else None}
 
 
-def run(data: Path, dates: str, crop_mult: float, ways: list[str]) -> dict[str, Any]:
+def run(data: Path, dates: str, crop_mult: float, ways: list[str], overlay: Path | None = None) -> dict[str, Any]:
     from fastapi.testclient import TestClient
 
     from service.app import create_app
@@ -122,6 +148,8 @@ def run(data: Path, dates: str, crop_mult: float, ways: list[str]) -> dict[str, 
                             form["boxes"] = json.dumps([{"box": list(_box(o)), "kind": o["kind"]} for o in fr["objects"]])
                         body = post(img, **form)
                         fruits = body["fruits"]
+                        if overlay is not None and way == ways[-1] and not overlay.exists():
+                            draw_overlay(img, body, overlay, [(_box(a), float(a["caliper_diameter_mm"])) for a in apples])
                         if way == "frames":
                             det["frames_with_ball"] += 1
                             det["frames_scaled_by_balls"] += int(body["calibration"]["source"] == "reference")
@@ -158,11 +186,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--crop-mult", type=float, default=2.5, help="crop side as a multiple of the annotated box side")
     p.add_argument("--ways", default="crops,frames+boxes,frames")
     p.add_argument("--json", type=Path)
+    p.add_argument("--overlay", type=Path, help="draw the first held-out frame as the service sized it (the last of --ways)")
     a = p.parse_args(argv)
     if not (a.data / "annotations.json").exists():
         print(f"no ECOPOM data at {a.data}", file=sys.stderr)
         return 2
-    out = run(a.data, a.dates, a.crop_mult, a.ways.split(","))
+    if a.overlay is not None and a.overlay.exists():
+        a.overlay.unlink()
+    out = run(a.data, a.dates, a.crop_mult, a.ways.split(","), a.overlay)
     print(json.dumps(out, indent=1))
     if a.json:
         a.json.write_text(json.dumps(out, indent=1))

@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 from datasets import fruitnet
-from grader.measure import crop_for_model, segment_fruits
+from grader.crop import crop_for_model
+from grader.segment import segment_fruits
 from training.efficientnet_lite import efficientnet_lite0
 from training.metrics import auc, binary_report, pick_threshold
 

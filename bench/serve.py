@@ -55,7 +55,8 @@ def images(n: int) -> list[bytes]:
 def model_only(jpegs: list[bytes]) -> dict[int, float]:
     import cv2
 
-    from grader.measure import crop_for_model, segment_fruits
+    from grader.crop import crop_for_model
+    from grader.segment import segment_fruits
     from service.onnx_model import OnnxDefectModel
     from service.settings import Settings
 

@@ -35,9 +35,10 @@ import cv2
 import numpy as np
 from sqlalchemy import select
 
+from grader.crop import crop_for_model
 from grader.defect import ModelSpec
 from grader.flags import SUGGESTED_PRIORITY, suggested_flag, uncertainty
-from grader.measure import crop_for_model, segment_fruits
+from grader.segment import segment_fruits
 from store.tables import FruitRow, ImageRow, ResultRow, VerdictRow
 
 CLASSES = ("sound", "defective")

@@ -30,7 +30,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from grader.measure import SegmentationParams, crop_for_model, segment_fruits
+from grader.crop import crop_for_model
+from grader.segment import SegmentationParams, segment_fruits
 
 from . import citrus, fruitnet
 from .synthetic import random_fruit_image
@@ -103,7 +104,7 @@ def orchard_windows(frame: dict, rgb: np.ndarray, params: SegmentationParams | N
 def clutter_image(seed: int, size: int = 160) -> np.ndarray:
     """A synthetic non-fruit crop: a textured blob (stripes, checks, text, noise, a flat colour, a
     gradient) on the crop fill, as the segmentation would hand a piece of background to the model."""
-    from grader.measure import CROP_FILL_RGB
+    from grader.crop_fill import CROP_FILL_RGB
 
     rng = np.random.default_rng(seed)
     kind = int(rng.integers(0, 6))

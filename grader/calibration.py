@@ -11,8 +11,9 @@ import cv2
 import numpy as np
 
 from .errors import CalibrationFailed
-from .measure import SegmentationParams, measure_image
+from .measure import measure_image
 from .records import FruitMeasurement
+from .segment import SegmentationParams
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ bench/citrus_eval.py, and the optional colour normalisation of a model's preproc
 :func:`grader.defect.preprocess` applies in serving and training applies to its augmented crops.
 
 All statistics are over the crop's **fruit pixels** only: the background that
-:func:`grader.measure.crop_for_model` paints ``CROP_FILL_RGB`` is neither measured nor changed."""
+:func:`grader.crop.crop_for_model` paints ``CROP_FILL_RGB`` is neither measured nor changed."""
 
 from __future__ import annotations
 

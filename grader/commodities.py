@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .colour_bands import ColourBand
 from .errors import UnknownCommodity
-from .measure import SegmentationParams
+from .segment import SegmentationParams
 from .standards import load_toml_model
 
 SHIPPED_DIR = Path(__file__).parent / "commodities"
@@ -28,7 +28,7 @@ class Commodity(BaseModel):
     #: the commodity's defect-model artifact, relative to the models directory (e.g.
     #: "orange-defect/0.3.0"); None: the service's default model judges it
     model: str | None = None
-    #: > 0: on a backdrop this plain (grader.measure.SegmentationParams.flat_background_max_std), the
+    #: > 0: on a backdrop this plain (grader.segment.SegmentationParams.flat_background_max_std), the
     #: fruit finder takes textured pixels as fruit as well as coloured ones, so white or grey mould on
     #: a white backdrop stays part of the fruit; 0: colour alone
     plain_backdrop_max_texture_std: float = Field(0.0, ge=0.0)

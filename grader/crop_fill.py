@@ -1,5 +1,5 @@
 """The painted-out background of a model crop: the colour everything outside the fruit is painted
-(:func:`grader.measure.crop_for_model`, :func:`grader.measure.fruit_body`), and the test for the
+(:func:`grader.crop.crop_for_model`, :func:`grader.crop.fruit_body`), and the test for the
 fruit pixels left, which the colour statistics (grader/colour.py) are taken over."""
 
 from __future__ import annotations

@@ -15,8 +15,9 @@ import cv2
 import numpy as np
 
 from .colour import ColourNormalise, resized_fruit_mask
-from .measure import SegmentationParams, fruit_body
+from .crop import fruit_body
 from .records import DefectEvidence
+from .segment import SegmentationParams
 
 
 @dataclass(frozen=True)
@@ -58,11 +59,11 @@ class ModelSpec:
     #: runs the graph as it is, but every decision of the model is that average
     test_time_views: int = 1
     #: the fruit finder's settings the model's training crops were cut with
-    #: (``preprocessing.crop_segmentation``: the fields of :class:`grader.measure.SegmentationParams`
+    #: (``preprocessing.crop_segmentation``: the fields of :class:`grader.segment.SegmentationParams`
     #: that differ from its defaults); None (the key absent): the defaults. Serving measures with the
     #: commodity's own settings; evaluation of an artifact on photos cuts its crops with these
     crop_segmentation: SegmentationParams | None = None
-    #: ``preprocessing.fruit_body.factor``: every crop first gets :func:`grader.measure.fruit_body`
+    #: ``preprocessing.fruit_body.factor``: every crop first gets :func:`grader.crop.fruit_body`
     #: (what sticks out of the fruit's round body painted out, e.g. a hand); None (the key absent): not
     fruit_body: float | None = None
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)

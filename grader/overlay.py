@@ -9,7 +9,7 @@ from typing import Collection, Sequence
 import cv2
 import numpy as np
 
-from .measure import skin_anomaly_map
+from .blemish import skin_anomaly_map
 from .records import FruitMeasurement
 
 GOOD = (40, 200, 60)
@@ -28,7 +28,7 @@ CnnMap = tuple[np.ndarray, float]
 
 
 def model_crop_square(bbox: tuple[int, int, int, int], margin_frac: float) -> tuple[int, int, int]:
-    """(x0, y0, side) of the square crop grader.measure.crop_for_model cuts for the model: the same
+    """(x0, y0, side) of the square crop grader.crop.crop_for_model cuts for the model: the same
     geometry, so a map computed on that crop lands where the model looked."""
     x0, y0, x1, y1 = bbox
     side = int(round(max(x1 - x0, y1 - y0) * (1 + 2 * margin_frac)))

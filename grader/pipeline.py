@@ -6,12 +6,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .blemish import BlemishParams
 from .commodities import Commodity
+from .crop import crop_for_model
 from .defect import DefectModel
 from .flags import FlagPolicy, LotContext, fruit_flags, image_quality_flags
-from .measure import BlemishParams, SegmentationParams, crop_for_model, measure_image
+from .measure import measure_image
 from .records import DefectEvidence, Flag, FruitGrade, FruitMeasurement, SweetnessEvidence
 from .rules import facts_from, grade_fruit
+from .segment import SegmentationParams
 from .standards import Standard
 
 

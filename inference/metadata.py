@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, StrictStr, Validation
 from grader.colour import ColourNormalise
 from grader.defect import ModelSpec
 from grader.errors import InvalidModelArtifact
-from grader.measure import SegmentationParams
+from grader.segment import SegmentationParams
 
 #: the version ``grader train`` writes into every metadata.json
 SCHEMA_VERSION = 2
@@ -44,9 +44,9 @@ class Preprocessing(BaseModel):
     colour_normalise: dict[str, Any] | None = None
     #: {"count": n, ...}: the graph averages its logits over n views of the crop (training/views.py)
     test_time_views: dict[str, Any] | None = None
-    #: the fruit finder's settings that differ from grader.measure.SegmentationParams' defaults
+    #: the fruit finder's settings that differ from grader.segment.SegmentationParams' defaults
     crop_segmentation: dict[str, Any] | None = None
-    #: {"factor": f}: grader.measure.fruit_body before the resize
+    #: {"factor": f}: grader.crop.fruit_body before the resize
     fruit_body: dict[str, Any] | None = None
 
 

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 import numpy as np
 from sqlalchemy import func, select
 
-from grader.measure import crop_for_model
+from grader.crop import crop_for_model
 from grader.records import FruitGrade
 from store.repository import Repository
 from store.tables import ShadowResultRow, utcnow

@@ -18,10 +18,12 @@ from typing import Any, Iterator
 import cv2
 import numpy as np
 
+from grader.crop import crop_for_model
 from grader.errors import InvalidFrame, InvalidVideo, VideoFrameTooLarge, VideoTooLong, VideoTooSlow
 from grader.fusion import ViewSize, fuse_views, size_over_views
-from grader.measure import caliper_size_px, crop_for_model, measure_segment, segment_fruits
+from grader.measure import caliper_size_px, measure_segment
 from grader.pipeline import ImageGrade, decide
+from grader.segment import segment_fruits
 from grader.tracking import BeltTracker, Detection, Track
 
 from . import grading

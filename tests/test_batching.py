@@ -7,7 +7,8 @@ import time
 import pytest
 
 from datasets.synthetic import make_fruit_image
-from grader.measure import crop_for_model, segment_fruits
+from grader.crop import crop_for_model
+from grader.segment import segment_fruits
 from service.batcher import MicroBatcher, Overloaded, ServingModel
 from service.onnx_model import OnnxDefectModel
 from service.settings import SHIPPED_MODELS

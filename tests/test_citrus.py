@@ -172,7 +172,7 @@ def _png_of(path: Path) -> tuple[bytes, np.ndarray]:
 
 def _mm_per_px_for(rgb: np.ndarray, diameter_mm: float) -> float:
     """A photo has no calibration: scale it so its fruit is a typical navel orange or lemon."""
-    from grader.measure import segment_fruits
+    from grader.segment import segment_fruits
 
     segs = segment_fruits(rgb)
     seg = max(segs, key=lambda s: int(s.mask.sum()))

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 from datasets.synthetic import make_fruit_image
+from grader.crop import crop_for_model
 from grader.defect import ModelOutputs, ModelSpec, evidence_from_logits, evidence_from_outputs
 from grader.flags import FlagPolicy, fruit_flags
 from grader.fusion import fuse_views
-from grader.measure import crop_for_model, measure_image
+from grader.measure import measure_image
 from grader.overlay import cnn_map_on_fruit, draw_overlay, model_crop_square
 from grader.records import DefectEvidence
 from inference.metadata import read_spec

@@ -7,7 +7,9 @@ import pytest
 
 from datasets.synthetic import make_fruit_image
 from grader.colour import resized_fruit_mask
-from grader.measure import CROP_FILL_RGB, crop_for_model, segment_fruits
+from grader.crop import crop_for_model
+from grader.crop_fill import CROP_FILL_RGB
+from grader.segment import segment_fruits
 from training.colour import colour_transfer, fruit_colour_stats, fruit_pixels, mean_colour_stats
 
 

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from datasets.synthetic import make_fruit_image
-from grader.measure import CROP_FILL_RGB, crop_for_model, fruit_body, segment_fruits
+from grader.crop import crop_for_model, fruit_body
+from grader.crop_fill import CROP_FILL_RGB
+from grader.segment import segment_fruits
 
 from .conftest import TINY_TRAIN
 

@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 
 from datasets.synthetic import FruitSpec, make_frame, make_fruit_image
+from grader.crop import crop_for_model
 from grader.errors import InvalidMeasurementInput
-from grader.measure import crop_for_model, measure_image, segment_fruits
+from grader.measure import measure_image
+from grader.segment import segment_fruits
 
 
 @pytest.mark.parametrize("mm_per_px", [0.15, 0.3, 0.5])
@@ -91,7 +93,7 @@ def test_model_crop_is_square_and_masks_background():
     seg = segment_fruits(img)[0]
     crop = crop_for_model(img, seg.bbox, 0.1, seg.mask)
     assert crop.shape[0] == crop.shape[1] == round(max(seg.bbox[2] - seg.bbox[0], seg.bbox[3] - seg.bbox[1]) * 1.2)
-    from grader.measure import CROP_FILL_RGB
+    from grader.crop_fill import CROP_FILL_RGB
 
     assert tuple(crop[0, 0]) == CROP_FILL_RGB  # the cup is painted out
     c = crop.shape[0] // 2
@@ -157,7 +159,8 @@ def test_blemish_on_skin_of_the_target_colour_after_jpeg(colour):
 
 
 def test_skin_anomaly_map_is_hot_on_blemishes_and_cool_on_clean_skin():
-    from grader.measure import segment_fruits, skin_anomaly_map
+    from grader.blemish import skin_anomaly_map
+    from grader.segment import segment_fruits
 
     img, truth = make_fruit_image(seed=4, diameter_mm=70, mm_per_px=0.25, blemishes_cm2=(1.5,))
     seg = segment_fruits(img)[0]
@@ -175,8 +178,8 @@ def test_phone_photo_fruit_is_judged_on_a_shrunk_copy_and_measured_alike(colour)
     size, blemish area and colour coverage as judged at full resolution, within the tolerances."""
     import cv2
 
+    from grader.blemish import BlemishParams
     from grader.commodities import load_commodities
-    from grader.measure import BlemishParams
 
     bands = load_commodities()["apple"].colour_bands
     img, truth = make_fruit_image(seed=11, diameter_mm=75.0, mm_per_px=0.2, colour=colour, blemishes_cm2=(2.0, 0.3, 0.8))
@@ -199,7 +202,7 @@ def test_large_model_crop_paints_out_the_same_disc_grown_mask():
     out area matches the kernel's to a ring of boundary pixels."""
     import cv2
 
-    from grader.measure import CROP_FILL_RGB
+    from grader.crop_fill import CROP_FILL_RGB
 
     img, _ = make_fruit_image(seed=2, diameter_mm=70.0, mm_per_px=0.2, colour="red")
     big = cv2.resize(img, None, fx=5, fy=5, interpolation=cv2.INTER_CUBIC)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from grader.commodities import load_commodities
-from grader.measure import SegmentationParams, segment_fruits
+from grader.segment import SegmentationParams, segment_fruits
 
 from .conftest import headers, png_bytes
 

@@ -8,8 +8,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from datasets.synthetic import random_fruit_image  # noqa: E402
+from grader.crop import crop_for_model  # noqa: E402
 from grader.defect import preprocess, softmax  # noqa: E402
-from grader.measure import crop_for_model, segment_fruits  # noqa: E402
+from grader.segment import segment_fruits  # noqa: E402
 from inference.metadata import read_spec  # noqa: E402
 
 from .conftest import TINY_TRAIN  # noqa: E402

@@ -54,7 +54,7 @@ import yaml
 
 from grader.defect import preprocess
 from grader.errors import InvalidModelArtifact
-from grader.measure import SegmentationParams
+from grader.segment import SegmentationParams
 from inference.onnx_model import OnnxDefectModel
 from training.crops import fruit_crop, load_rgb
 from training.metrics import binary_report, expected_calibration_error

@@ -14,7 +14,7 @@ import yaml
 
 from grader.commodities import get_commodity, load_commodities
 from grader.defect import ModelSpec
-from grader.measure import SegmentationParams
+from grader.segment import SegmentationParams
 from training.colour import ColourNormalise
 
 CLASSES = ["sound", "defective"]  # the default classes (model.classes in a config overrides them)
@@ -150,7 +150,7 @@ def swa_of(cfg: dict[str, Any]) -> tuple[int, float]:
 
 
 def fruit_body_of(cfg: dict[str, Any]) -> float | None:
-    """``model.fruit_body``: null (off) or the factor of grader.measure.fruit_body (1..3)."""
+    """``model.fruit_body``: null (off) or the factor of grader.crop.fruit_body (1..3)."""
     raw = cfg["model"].get("fruit_body")
     if raw is None:
         return None

@@ -14,7 +14,8 @@ import numpy as np
 from tqdm import tqdm
 
 from grader import measure as measure_module
-from grader.measure import SegmentationParams, crop_for_model, segment_fruits
+from grader.crop import crop_for_model
+from grader.segment import SegmentationParams, segment_fruits
 
 
 def load_rgb(path: Path) -> np.ndarray:
@@ -69,13 +70,18 @@ def _group(args: tuple[str, int, float]) -> list[np.ndarray]:
     return [cv2.resize(c, (size, size), interpolation=cv2.INTER_AREA) for c in group_fruit_crops(load_rgb(Path(path)), margin)]
 
 
+#: the grader modules a crop is made by: the fruit finder, the measurement and the model crop
+CROP_MODULES = ("segment.py", "measure.py", "crop.py")
+
+
 def measurement_sources(module_file: Path | None = None) -> list[Path]:
-    """The source files a crop depends on: the grader module that cuts it (grader/measure.py) and
-    every grader module it imports, followed transitively (relative and ``grader.`` imports)."""
+    """The source files a crop depends on: the grader modules that cut it (:data:`CROP_MODULES`, beside
+    ``module_file``, default grader/measure.py) and every grader module they import, followed
+    transitively (relative and ``grader.`` imports)."""
     start = Path(module_file or measure_module.__file__).resolve()
     package = start.parent
     seen: list[Path] = []
-    todo = [start]
+    todo = [package / m for m in CROP_MODULES]
     while todo:
         f = todo.pop()
         if f in seen or not f.exists():

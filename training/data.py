@@ -19,7 +19,7 @@ from torchvision.transforms import v2 as T
 
 from datasets import citrus, fruitnet
 from datasets.synthetic import random_fruit_image
-from grader.measure import SegmentationParams
+from grader.segment import SegmentationParams
 from training.colour import ColourNormalise, colour_transfer, fruit_colour_stats, fruit_pixels, mean_colour_stats
 from training.config import (
     CLASSES,

@@ -22,8 +22,8 @@ import yaml
 from torch import nn
 from tqdm import tqdm
 
+from grader.crop import fruit_body
 from grader.defect import preprocess
-from grader.measure import fruit_body
 from training import distributed, mixstyle, probe
 from training.artifact import finish
 from training.calibrate import (

@@ -46,9 +46,10 @@ mqtt-tools: $(MOSQUITTO) $(MOSQUITTO_SUB)
 run: $(VENV)/.serve-installed
 	$(BIN)/grader serve --host $(HOST) --port $(PORT) --workers $(WORKERS)
 
-# ruff: pyflakes, pycodestyle and import order ([tool.ruff] in pyproject.toml); `make test` runs it first
+# ruff: pyflakes, pycodestyle, import order and the formatter ([tool.ruff] in pyproject.toml); `make test` runs it first
 lint: $(VENV)/.all-installed
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 test: lint $(VENV)/.all-installed $(CHROMIUM) $(MOSQUITTO) $(MOSQUITTO_SUB)
 	$(BIN)/python -m pytest

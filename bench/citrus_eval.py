@@ -83,7 +83,9 @@ def read_manifest(artifact: Path, data: Path, check: bool = True) -> list[dict[s
     if check:
         bad = [it["path"] for it in items if it["split"] == SPLIT and file_sha256(data / it["path"]) != it["sha256"]]
         if bad:
-            raise SystemExit(f"{len(bad)} test photos differ from the manifest's sha256 (e.g. {bad[0]}): not the data the model was tested on")
+            raise SystemExit(
+                f"{len(bad)} test photos differ from the manifest's sha256 (e.g. {bad[0]}): not the data the model was tested on"
+            )
     return items
 
 
@@ -107,9 +109,15 @@ def balanced(pairs: list[tuple[bool, bool | None]]) -> dict[str, Any]:
     s = [c is False for t, c in pairs if not t]
     rd = float(np.mean(d)) if d else float("nan")
     rs = float(np.mean(s)) if s else float("nan")
-    return {"balanced_accuracy": float(np.nanmean([rd, rs])), "recall_defective": rd, "recall_sound": rs,
-            "n_defective": len(d), "n_sound": len(s), "no_fruit": sum(1 for _, c in pairs if c is None),
-            **intervals(tp=sum(d), fn=len(d) - sum(d), tn=sum(s), fp=len(s) - sum(s))}
+    return {
+        "balanced_accuracy": float(np.nanmean([rd, rs])),
+        "recall_defective": rd,
+        "recall_sound": rs,
+        "n_defective": len(d),
+        "n_sound": len(s),
+        "no_fruit": sum(1 for _, c in pairs if c is None),
+        **intervals(tp=sum(d), fn=len(d) - sum(d), tn=sum(s), fp=len(s) - sum(s)),
+    }
 
 
 def ci(rep: dict[str, Any]) -> str:
@@ -118,7 +126,9 @@ def ci(rep: dict[str, Any]) -> str:
     return f"95 % interval over these photos {fmt(lo)}-{fmt(hi)}"
 
 
-def score_items(model: OnnxDefectModel, items: list[dict[str, Any]], data: Path, params: SegmentationParams | None = None) -> list[dict[str, Any]]:
+def score_items(
+    model: OnnxDefectModel, items: list[dict[str, Any]], data: Path, params: SegmentationParams | None = None
+) -> list[dict[str, Any]]:
     out = []
     crops, keep = [], []
     for it in items:
@@ -157,10 +167,14 @@ def lemon_report(artifact: Path, data: Path, threads: int, out: dict[str, Any]) 
     rep = balanced([(r["label"] == "defective", called(r)) for r in rows])
     out["lemon"] = {"artifact": str(artifact), "threshold": model.spec.threshold_defective, **rep}
     print(f"\n== lemons: {artifact} (threshold {model.spec.threshold_defective:.3f}) ==")
-    print(f"{SPLIT} photos: {rep['n_sound']} sound, {rep['n_defective']} defective; no fruit found in {rep['no_fruit']}; "
-          f"more than one fruit found in {sum(1 for r in rows if r['n_fruit'] > 1)} (the largest is graded)")
-    print(f"  balanced accuracy sound vs defective   {fmt(rep['balanced_accuracy'])}   target >= {TARGETS['lemon_balanced_accuracy']}   "
-          f"{verdict(rep['balanced_accuracy'], TARGETS['lemon_balanced_accuracy'])}")
+    print(
+        f"{SPLIT} photos: {rep['n_sound']} sound, {rep['n_defective']} defective; no fruit found in {rep['no_fruit']}; "
+        f"more than one fruit found in {sum(1 for r in rows if r['n_fruit'] > 1)} (the largest is graded)"
+    )
+    print(
+        f"  balanced accuracy sound vs defective   {fmt(rep['balanced_accuracy'])}   target >= {TARGETS['lemon_balanced_accuracy']}   "
+        f"{verdict(rep['balanced_accuracy'], TARGETS['lemon_balanced_accuracy'])}"
+    )
     print(f"  recall defective {fmt(rep['recall_defective'])}, recall sound {fmt(rep['recall_sound'])}; {ci(rep)}")
 
     empties = [it for it in items if it["label"] == "empty"]
@@ -168,12 +182,21 @@ def lemon_report(artifact: Path, data: Path, threads: int, out: dict[str, Any]) 
     share_all = float(np.mean([n == 0 for n in found.values()]))
     test_empty = [it["path"] for it in empties if it["split"] == SPLIT]
     share_test = float(np.mean([found[p] == 0 for p in test_empty])) if test_empty else float("nan")
-    out["empty"] = {"n": len(empties), "no_fruit_share": share_all, "n_test": len(test_empty), "no_fruit_share_test": share_test,
-                    "with_fruit": sorted(p for p, n in found.items() if n)}
-    print(f"  empty frames, measure_image finds no fruit: {sum(n == 0 for n in found.values())}/{len(empties)} = {fmt(share_all)}   "
-          f"target >= {TARGETS['empty_no_fruit_share']}   {verdict(share_all, TARGETS['empty_no_fruit_share'])}")
-    print(f"    {SPLIT} split alone: {sum(found[p] == 0 for p in test_empty)}/{len(test_empty)} = {fmt(share_test)}; "
-          f"frames with a 'fruit': {', '.join(Path(p).name for p in out['empty']['with_fruit']) or 'none'}")
+    out["empty"] = {
+        "n": len(empties),
+        "no_fruit_share": share_all,
+        "n_test": len(test_empty),
+        "no_fruit_share_test": share_test,
+        "with_fruit": sorted(p for p, n in found.items() if n),
+    }
+    print(
+        f"  empty frames, measure_image finds no fruit: {sum(n == 0 for n in found.values())}/{len(empties)} = {fmt(share_all)}   "
+        f"target >= {TARGETS['empty_no_fruit_share']}   {verdict(share_all, TARGETS['empty_no_fruit_share'])}"
+    )
+    print(
+        f"    {SPLIT} split alone: {sum(found[p] == 0 for p in test_empty)}/{len(test_empty)} = {fmt(share_test)}; "
+        f"frames with a 'fruit': {', '.join(Path(p).name for p in out['empty']['with_fruit']) or 'none'}"
+    )
     print("    (the segmentation's colour-contrast and visible-share rules were set looking at these frames: not a held-out figure)")
 
 
@@ -191,37 +214,70 @@ def orange_report(artifact: Path, data: Path, threads: int, out: dict[str, Any],
         o["per_source"][source] = balanced([(r["label"] != "sound", called(r)) for r in rs])
         # every photo called wrong, for a look at what the model (or the segmentation) missed
         o["per_source"][source]["wrong"] = [
-            {"path": r["path"], "label": r["label"], "n_fruit": r["n_fruit"], "fruit_share": round(r["fruit_share"], 3),
-             "score": None if r.get("evidence") is None else round(float(r["evidence"].score), 4)}
-            for r in rs if called(r) is not (r["label"] != "sound")]
+            {
+                "path": r["path"],
+                "label": r["label"],
+                "n_fruit": r["n_fruit"],
+                "fruit_share": round(r["fruit_share"], 3),
+                "score": None if r.get("evidence") is None else round(float(r["evidence"].score), 4),
+            }
+            for r in rs
+            if called(r) is not (r["label"] != "sound")
+        ]
     fr, fd = o["per_source"]["oranges-fresh-rotten"], o["per_source"]["orange-diseases"]
-    print(f"{SPLIT} photos: oranges-fresh-rotten {fr['n_sound']} fresh + {fr['n_defective']} rotten; orange-diseases {fd['n_sound']} fresh + "
-          f"{fd['n_defective']} diseased; no fruit found in {fr['no_fruit'] + fd['no_fruit']}")
+    print(
+        f"{SPLIT} photos: oranges-fresh-rotten {fr['n_sound']} fresh + {fr['n_defective']} rotten; orange-diseases {fd['n_sound']} fresh + "
+        f"{fd['n_defective']} diseased; no fruit found in {fr['no_fruit'] + fd['no_fruit']}"
+    )
     t = TARGETS["orange_fresh_vs_rotten_balanced_accuracy"]
-    print(f"  oranges-fresh-rotten  fresh vs rotten    balanced accuracy {fmt(fr['balanced_accuracy'])}   target >= {t}   {verdict(fr['balanced_accuracy'], t)}"
-          f"   (recall rotten {fmt(fr['recall_defective'])}, recall fresh {fmt(fr['recall_sound'])}; {ci(fr)})")
-    print("    called wrong: " + ", ".join(f"{Path(w['path']).name} ({w['label']}, "
-                                            + ("no fruit" if w["score"] is None else f"{w['n_fruit']} found, score {w['score']:.2f}") + ")"
-                                            for w in fr["wrong"]))
+    print(
+        f"  oranges-fresh-rotten  fresh vs rotten    balanced accuracy {fmt(fr['balanced_accuracy'])}   target >= {t}   {verdict(fr['balanced_accuracy'], t)}"
+        f"   (recall rotten {fmt(fr['recall_defective'])}, recall fresh {fmt(fr['recall_sound'])}; {ci(fr)})"
+    )
+    print(
+        "    called wrong: "
+        + ", ".join(
+            f"{Path(w['path']).name} ({w['label']}, "
+            + ("no fruit" if w["score"] is None else f"{w['n_fruit']} found, score {w['score']:.2f}")
+            + ")"
+            for w in fr["wrong"]
+        )
+    )
     t = TARGETS["orange_fresh_vs_diseased_balanced_accuracy"]
-    print(f"  orange-diseases       fresh vs diseased  balanced accuracy {fmt(fd['balanced_accuracy'])}   target >= {t}   {verdict(fd['balanced_accuracy'], t)}"
-          f"   (recall diseased {fmt(fd['recall_defective'])}, recall fresh {fmt(fd['recall_sound'])}; {ci(fd)})")
+    print(
+        f"  orange-diseases       fresh vs diseased  balanced accuracy {fmt(fd['balanced_accuracy'])}   target >= {t}   {verdict(fd['balanced_accuracy'], t)}"
+        f"   (recall diseased {fmt(fd['recall_defective'])}, recall fresh {fmt(fd['recall_sound'])}; {ci(fd)})"
+    )
 
     diseased = [r for r in rows if r["label"] in DISEASES]
     typed = [r for r in diseased if r.get("evidence") is not None and r["evidence"].type_probabilities]
     if len(spec.defective_classes) > 1:
         best = [max(r["evidence"].type_probabilities, key=r["evidence"].type_probabilities.get) for r in typed]
         acc = float(np.mean([b == r["label"] for b, r in zip(best, typed)])) if typed else float("nan")
-        e2e = float(np.mean([r.get("evidence") is not None and r["evidence"].type == r["label"] for r in diseased])) if diseased else float("nan")
-        per = {d: float(np.mean([b == d for b, r in zip(best, typed) if r["label"] == d])) for d in DISEASES if any(r["label"] == d for r in typed)}
+        e2e = (
+            float(np.mean([r.get("evidence") is not None and r["evidence"].type == r["label"] for r in diseased]))
+            if diseased
+            else float("nan")
+        )
+        per = {
+            d: float(np.mean([b == d for b, r in zip(best, typed) if r["label"] == d]))
+            for d in DISEASES
+            if any(r["label"] == d for r in typed)
+        }
         conf = {d: {c: sum(1 for b, r in zip(best, typed) if r["label"] == d and b == c) for c in spec.defective_classes} for d in DISEASES}
         o["types"] = {"accuracy": acc, "end_to_end": e2e, "per_type_recall": per, "confusion": conf, "n": len(diseased)}
         t = TARGETS["orange_type_accuracy"]
-        print(f"  orange-diseases       defect type among {len(diseased)} diseased: accuracy {fmt(acc)}   target >= {t}   {verdict(acc, t)}")
-        print(f"    end to end (called defective and the right type): {fmt(e2e)}; per type: "
-              + ", ".join(f"{d} {fmt(v)}" for d, v in per.items()))
-        print("    confusion (true -> most probable defective class): "
-              + "; ".join(f"{d}: " + " ".join(f"{c} {n}" for c, n in conf[d].items() if n) for d in DISEASES))
+        print(
+            f"  orange-diseases       defect type among {len(diseased)} diseased: accuracy {fmt(acc)}   target >= {t}   {verdict(acc, t)}"
+        )
+        print(
+            f"    end to end (called defective and the right type): {fmt(e2e)}; per type: "
+            + ", ".join(f"{d} {fmt(v)}" for d, v in per.items())
+        )
+        print(
+            "    confusion (true -> most probable defective class): "
+            + "; ".join(f"{d}: " + " ".join(f"{c} {n}" for c, n in conf[d].items() if n) for d in DISEASES)
+        )
     rot = [r for r in rows if r["label"] == "rot" and r.get("evidence") is not None and r["evidence"].type_probabilities]
     if rot:
         n_rot = sum(max(r["evidence"].type_probabilities, key=r["evidence"].type_probabilities.get) == "rot" for r in rot)
@@ -233,10 +289,14 @@ def orange_report(artifact: Path, data: Path, threads: int, out: dict[str, Any],
     seg = {}
     for source in ("oranges-fresh-rotten", "orange-diseases"):
         rs = [r for r in rows if r["source"] == source]
-        seg[source] = {"fruit_found": float(np.mean([r["n_fruit"] > 0 for r in rs])),
-                       "fruit_share_of_crop": float(np.mean([r["fruit_share"] for r in rs if r["n_fruit"]]))}
-        print(f"    segmentation, {source}: fruit found in {fmt(seg[source]['fruit_found'])} of the photos, "
-              f"fruit {fmt(seg[source]['fruit_share_of_crop'])} of the crop (the rest painted out)")
+        seg[source] = {
+            "fruit_found": float(np.mean([r["n_fruit"] > 0 for r in rs])),
+            "fruit_share_of_crop": float(np.mean([r["fruit_share"] for r in rs if r["n_fruit"]])),
+        }
+        print(
+            f"    segmentation, {source}: fruit found in {fmt(seg[source]['fruit_found'])} of the photos, "
+            f"fruit {fmt(seg[source]['fruit_share_of_crop'])} of the crop (the rest painted out)"
+        )
     o["segmentation"] = seg
     train_crops: dict[str, list[np.ndarray]] = {"lab_diseased": [], "stock_sound": []}
     for it in [it for it in items if it["split"] == "train"]:
@@ -265,8 +325,10 @@ def orange_report(artifact: Path, data: Path, threads: int, out: dict[str, Any],
         if rs:
             evs = model.predict([colour_transfer(r["crop"], stock_stats) for r in rs])
             swap[f"{d} given stock colours, still defective"] = float(np.mean([e.label != "sound" for e in evs]))
-    print("      per disease, still defective with stock colours: "
-          + ", ".join(f"{d} {fmt(swap.get(f'{d} given stock colours, still defective'))}" for d in DISEASES))
+    print(
+        "      per disease, still defective with stock colours: "
+        + ", ".join(f"{d} {fmt(swap.get(f'{d} given stock colours, still defective'))}" for d in DISEASES)
+    )
     o["colour_swap"] = swap
     if leak_check:
         o["leak_check"] = leak_report(items, data)
@@ -282,8 +344,10 @@ def leak_report(items: list[dict[str, Any]], data: Path, bits: int = 160) -> dic
     near: dict[int, int] = {}
     for i, _, d in citrus.close_pairs(sig_te, sig_tr, max_bits=bits, max_colour_l1=2.0):
         near[i] = min(near.get(i, 10_000), d)
-    print(f"    leak check: {len(near)} of {len(test)} test photos have a train photo within {bits} bits "
-          f"(grouping threshold {citrus.DEFAULT_MAX_BITS}); nearest: {sorted(near.values())[:8]}")
+    print(
+        f"    leak check: {len(near)} of {len(test)} test photos have a train photo within {bits} bits "
+        f"(grouping threshold {citrus.DEFAULT_MAX_BITS}); nearest: {sorted(near.values())[:8]}"
+    )
     return {"bits": bits, "n_test": len(test), "n_near": len(near), "distances": sorted(near.values())}
 
 
@@ -293,8 +357,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--orange", default=str(REPO / "models" / "orange-defect" / "0.3.0"))
     ap.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--split", default="test", choices=["test", "val"],
-                    help="the manifest split to score: test for the published figures, val to choose between models")
+    ap.add_argument(
+        "--split",
+        default="test",
+        choices=["test", "val"],
+        help="the manifest split to score: test for the published figures, val to choose between models",
+    )
     ap.add_argument("--json", help="also write every figure to this JSON file")
     ap.add_argument("--no-leak-check", action="store_true", help="skip the perceptual-hash leak check (hashes every orange photo once)")
     args = ap.parse_args(argv)

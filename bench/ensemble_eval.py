@@ -68,13 +68,19 @@ def main() -> None:
             s = {split: 1 / (1 + np.exp(-np.mean([z[split][m] for m in combo], axis=0))) for split in z}
             t = pick_threshold(truth["val"].astype(int), s["val"], min_recall)
             rep = {split: binary_report(truth[split].astype(int), s[split], t) for split in z}
-            row = {"models": list(combo), "threshold": t,
-                   **{f"{split}_{key}": rep[split][key] for split in z for key in ("balanced_accuracy", "recall_defective", "recall_sound")},
-                   "val_auc": auc(truth["val"].astype(int), s["val"]), "test_auc": auc(truth["test"].astype(int), s["test"])}
+            row = {
+                "models": list(combo),
+                "threshold": t,
+                **{f"{split}_{key}": rep[split][key] for split in z for key in ("balanced_accuracy", "recall_defective", "recall_sound")},
+                "val_auc": auc(truth["val"].astype(int), s["val"]),
+                "test_auc": auc(truth["test"].astype(int), s["test"]),
+            }
             rows.append(row)
             label = " + ".join(short[m] for m in combo)
-            print(f"{label:40s} {row['val_balanced_accuracy']:11.3f} {row['val_auc']:8.3f} {row['test_balanced_accuracy']:12.3f} "
-                  f"{row['test_auc']:8.3f} {row['test_recall_defective']:11.3f} / {row['test_recall_sound']:.3f}")
+            print(
+                f"{label:40s} {row['val_balanced_accuracy']:11.3f} {row['val_auc']:8.3f} {row['test_balanced_accuracy']:12.3f} "
+                f"{row['test_auc']:8.3f} {row['test_recall_defective']:11.3f} / {row['test_recall_sound']:.3f}"
+            )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 

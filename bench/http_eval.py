@@ -51,8 +51,11 @@ def photo_sets(data: Path, split: str, limit: int | None) -> dict[str, list[tupl
             items = citrus.build_manifest(data, commodity, seed=7, cache_dir=REPO / "var" / "fruit_check" / "cache")
         except (FileNotFoundError, OSError):
             continue
-        out[f"{commodity}s"] = [(data / it.path, commodity, "sound" if it.label == "sound" else "defective")
-                                for it in items if it.split == split and it.label != "empty"]
+        out[f"{commodity}s"] = [
+            (data / it.path, commodity, "sound" if it.label == "sound" else "defective")
+            for it in items
+            if it.split == split and it.label != "empty"
+        ]
         if commodity == "lemon":
             out["empty belt frames"] = [(data / it.path, "lemon", "empty") for it in items if it.label == "empty"]
     if limit:
@@ -69,8 +72,14 @@ def evaluate(models: Path, data: Path, split: str, limit: int | None = None) -> 
     key = "bench-camera-key-0123456789abcdef"
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        settings = Settings(data_dir=Path(tmp), model_dir=models, models_root=models, api_keys=f"camera:{key}",
-                            review_sample_share=0.0, rate_limit_per_min=0)
+        settings = Settings(
+            data_dir=Path(tmp),
+            model_dir=models,
+            models_root=models,
+            api_keys=f"camera:{key}",
+            review_sample_share=0.0,
+            rate_limit_per_min=0,
+        )
         with TestClient(create_app(settings)) as client:
             for name, photos in photo_sets(data, split, limit).items():
                 counts = {"photos": 0, "exactly_one": 0, "none": 0, "several": 0, "rejected_candidates": 0, "errors": 0}
@@ -78,8 +87,12 @@ def evaluate(models: Path, data: Path, split: str, limit: int | None = None) -> 
                 t0 = time.perf_counter()
                 for path, commodity, truth in photos:
                     with open(path, "rb") as fh:
-                        r = client.post("/v1/grade", headers={"X-API-Key": key}, files={"image": (path.name, fh, "image/jpeg")},
-                                        data={"commodity": commodity, "mm_per_px": "0.3"})
+                        r = client.post(
+                            "/v1/grade",
+                            headers={"X-API-Key": key},
+                            files={"image": (path.name, fh, "image/jpeg")},
+                            data={"commodity": commodity, "mm_per_px": "0.3"},
+                        )
                     counts["photos"] += 1
                     if r.status_code != 200:
                         counts["errors"] += 1
@@ -90,7 +103,11 @@ def evaluate(models: Path, data: Path, split: str, limit: int | None = None) -> 
                     counts["exactly_one" if n == 1 else "none" if n == 0 else "several"] += 1
                     if truth == "empty":
                         continue
-                    said = None if n == 0 else ("defective" if any(f["defect"] and f["defect"]["label"] != "sound" for f in body["fruits"]) else "sound")
+                    said = (
+                        None
+                        if n == 0
+                        else ("defective" if any(f["defect"] and f["defect"]["label"] != "sound" for f in body["fruits"]) else "sound")
+                    )
                     right[truth][1] += 1
                     right[truth][0] += int(said == truth)
                 seconds = time.perf_counter() - t0

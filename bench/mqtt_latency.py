@@ -38,9 +38,19 @@ def _rows(i: int, camera: str):
 
     sha = hashlib.sha256(f"bench-{i}-{uuid.uuid4()}".encode()).hexdigest()
     img = ImageRow(sha256=sha, path=f"/images/{sha}.jpg", media_type="image/jpeg", width_px=256, height_px=256, size_bytes=20_000)
-    res = ResultRow(image_sha256=sha, model_name="apple-defect", model_version="0.3.0", standard_id="unece-ffv50-apples",
-                    standard_version="2020", n_fruits=1, flagged=False, camera_id=camera, fruit_id=f"{camera}-{i}", lane="1",
-                    payload={"fruits": [{"diameter_mm": 71.2, "grade": "Class I", "outlet": "lane-2", "provisional": False, "flags": []}]})
+    res = ResultRow(
+        image_sha256=sha,
+        model_name="apple-defect",
+        model_version="0.3.0",
+        standard_id="unece-ffv50-apples",
+        standard_version="2020",
+        n_fruits=1,
+        flagged=False,
+        camera_id=camera,
+        fruit_id=f"{camera}-{i}",
+        lane="1",
+        payload={"fruits": [{"diameter_mm": 71.2, "grade": "Class I", "outlet": "lane-2", "provisional": False, "flags": []}]},
+    )
     return img, res, [FruitRow(index=0, flagged=False, diameter_mm=71.2, grade="Class I", defect_label="sound", fruit_id=f"{camera}-{i}")]
 
 
@@ -55,8 +65,12 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--cameras", type=int, default=4)
     ap.add_argument("--broker", default="mqtt://127.0.0.1:1883")
-    ap.add_argument("--postgres", metavar="ADMIN_URL", help="a PostgreSQL server (its URL with any existing database): "
-                    "a fresh database is created there for the run and dropped after it (default: a fresh SQLite file)")
+    ap.add_argument(
+        "--postgres",
+        metavar="ADMIN_URL",
+        help="a PostgreSQL server (its URL with any existing database): "
+        "a fresh database is created there for the run and dropped after it (default: a fresh SQLite file)",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -155,23 +169,40 @@ def main() -> int:
         seqs = [m["seq"] for _, m in received if m["camera_id"] == f"cam-{cam}"]
         in_order &= seqs == list(range(1, len(seqs) + 1))
     out = {
-        "rate_offered": args.rate, "rate_stored": round(n / sent_s, 1), "fruit": n, "late_sends": late, "database": engine.dialect.name,
+        "rate_offered": args.rate,
+        "rate_stored": round(n / sent_s, 1),
+        "fruit": n,
+        "late_sends": late,
+        "database": engine.dialect.name,
         "commit_to_puback_ms": {"p50": round(pct(puback, 0.5), 2), "p99": round(pct(puback, 0.99), 2), "max": round(max(puback), 2)},
         "outbox_write_to_puback_ms": {"p50": round(pct(written, 0.5), 2), "p99": round(pct(written, 0.99), 2)},
-        "commit_to_subscriber_ms": {"p50": round(pct(delivered, 0.5), 2), "p99": round(pct(delivered, 0.99), 2),
-                                    "max": round(max(delivered), 2) if delivered else None},
-        "received": len(first), "duplicates": dup, "seq_in_order_without_gaps": in_order,
+        "commit_to_subscriber_ms": {
+            "p50": round(pct(delivered, 0.5), 2),
+            "p99": round(pct(delivered, 0.99), 2),
+            "max": round(max(delivered), 2) if delivered else None,
+        },
+        "received": len(first),
+        "duplicates": dup,
+        "seq_in_order_without_gaps": in_order,
     }
     if args.json:
         print(json.dumps(out, indent=1))
     else:
-        print(f"{n} fruit at {args.rate:g}/s offered ({out['rate_stored']}/s stored, {engine.dialect.name}), {args.cameras} cameras, broker {args.broker}")
-        print(f"commit -> PUBACK     p50 {out['commit_to_puback_ms']['p50']} ms, p99 {out['commit_to_puback_ms']['p99']} ms, "
-              f"max {out['commit_to_puback_ms']['max']} ms")
-        print(f"outbox row written (in the result's transaction) -> PUBACK p50 {out['outbox_write_to_puback_ms']['p50']} ms, "
-              f"p99 {out['outbox_write_to_puback_ms']['p99']} ms")
-        print(f"commit -> subscriber p50 {out['commit_to_subscriber_ms']['p50']} ms, p99 {out['commit_to_subscriber_ms']['p99']} ms, "
-              f"max {out['commit_to_subscriber_ms']['max']} ms")
+        print(
+            f"{n} fruit at {args.rate:g}/s offered ({out['rate_stored']}/s stored, {engine.dialect.name}), {args.cameras} cameras, broker {args.broker}"
+        )
+        print(
+            f"commit -> PUBACK     p50 {out['commit_to_puback_ms']['p50']} ms, p99 {out['commit_to_puback_ms']['p99']} ms, "
+            f"max {out['commit_to_puback_ms']['max']} ms"
+        )
+        print(
+            f"outbox row written (in the result's transaction) -> PUBACK p50 {out['outbox_write_to_puback_ms']['p50']} ms, "
+            f"p99 {out['outbox_write_to_puback_ms']['p99']} ms"
+        )
+        print(
+            f"commit -> subscriber p50 {out['commit_to_subscriber_ms']['p50']} ms, p99 {out['commit_to_subscriber_ms']['p99']} ms, "
+            f"max {out['commit_to_subscriber_ms']['max']} ms"
+        )
         print(f"received {len(first)}/{n}, duplicates {dup}, every camera's seq in order without gaps: {in_order}")
     engine.dispose()
     if admin is not None:

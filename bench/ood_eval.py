@@ -111,8 +111,9 @@ def judge(ev: list, reference: list | None) -> dict[str, float | int]:
     if reference is not None:
         y = np.r_[np.ones(n), np.zeros(len(reference))]
         out["auroc_distance"] = auc(y, np.r_[dist, [e.ood_distance for e in reference]])
-        out["auroc_early_distance"] = auc(y, np.r_[early, [np.nan if e.ood_distance_early is None else e.ood_distance_early
-                                                           for e in reference]])
+        out["auroc_early_distance"] = auc(
+            y, np.r_[early, [np.nan if e.ood_distance_early is None else e.ood_distance_early for e in reference]]
+        )
         out["auroc_energy"] = auc(y, np.r_[[e.ood_score for e in ev], [e.ood_score for e in reference]])
     return out
 
@@ -150,8 +151,12 @@ def blocks_report(artifact: Path, spec, own: dict[str, np.ndarray], train_labels
             names.append(t)
         else:
             names.append(f"probe/{k}")
-            g.graph.node.extend([helper.make_node("GlobalAveragePool", [t], [f"probe/{k}/4d"]),
-                                 helper.make_node("Flatten", [f"probe/{k}/4d"], [f"probe/{k}"])])
+            g.graph.node.extend(
+                [
+                    helper.make_node("GlobalAveragePool", [t], [f"probe/{k}/4d"]),
+                    helper.make_node("Flatten", [f"probe/{k}/4d"], [f"probe/{k}"]),
+                ]
+            )
         g.graph.output.append(helper.make_tensor_value_info(names[-1], TensorProto.FLOAT, ["batch", "features"]))
     feats = {k: explain.run_graph(g, names, v, spec) for k, v in {**own, **sets}.items()}
     print("\nexploratory, per block (share over its own val-0.99 threshold / AUROC against the test crops):")
@@ -175,8 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work-dir", type=Path, help="the artifact's crop cache (default var/train/<name>-<version>)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, help="also write every figure to this JSON file")
-    ap.add_argument("--blocks", action="store_true",
-                    help="also the exploratory per-block table: the same distance on each block's pooled output")
+    ap.add_argument(
+        "--blocks", action="store_true", help="also the exploratory per-block table: the same distance on each block's pooled output"
+    )
     a = ap.parse_args(argv)
     t0 = time.time()
     model = OnnxDefectModel(a.artifact, threads=a.threads)
@@ -212,10 +218,20 @@ def main(argv: list[str] | None = None) -> int:
     sets["empty belt frames (lemon set), masked"] = [m for m, _ in empty]
     sets["empty belt frames (lemon set), unmasked"] = [u for _, u in empty]
 
-    for label, folders in (("lemons (good + bad)", ["lemons/good", "lemons/bad"]),
-                           ("oranges (fresh-rotten + diseases)", ["oranges-fresh-rotten/good", "oranges-fresh-rotten/bad",
-                                                                  "orange-diseases/fresh", "orange-diseases/blackspot",
-                                                                  "orange-diseases/canker", "orange-diseases/greening"])):
+    for label, folders in (
+        ("lemons (good + bad)", ["lemons/good", "lemons/bad"]),
+        (
+            "oranges (fresh-rotten + diseases)",
+            [
+                "oranges-fresh-rotten/good",
+                "oranges-fresh-rotten/bad",
+                "orange-diseases/fresh",
+                "orange-diseases/blackspot",
+                "orange-diseases/canker",
+                "orange-diseases/greening",
+            ],
+        ),
+    ):
         paths = sorted(p for f in folders for p in (a.data / f).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
         sets[f"{label}, segmented like the service"] = [fruit_crop(load_rgb(p), margin) for p in paths]
 
@@ -227,34 +243,54 @@ def main(argv: list[str] | None = None) -> int:
     test_ev = evidence(model, sets[f"{spec.name} test crops"])
     rows = {name: judge(evidence(model, c), None if name.startswith(spec.name) else test_ev) for name, c in sets.items()}
     early_thr = "none" if spec.ood_distance_early_threshold is None else f"{spec.ood_distance_early_threshold:.4g}"
-    print(f"{spec.name} {spec.version}: thresholds ood_distance {spec.ood_distance_threshold:.4g}, ood_distance_early "
-          f"{early_thr}, ood_energy {spec.ood_energy_threshold:.4g} (each the 0.99 quantile of the val crops), "
-          f"fruit check {spec.fruit_threshold}")
-    print("| crops | n | over ood_distance | over ood_distance_early | over ood_energy | any (flag `ood`) | not fruit (not graded) "
-          "| flagged or not graded | median distance / early | AUROC vs test crops: distance / early / energy |")
+    print(
+        f"{spec.name} {spec.version}: thresholds ood_distance {spec.ood_distance_threshold:.4g}, ood_distance_early "
+        f"{early_thr}, ood_energy {spec.ood_energy_threshold:.4g} (each the 0.99 quantile of the val crops), "
+        f"fruit check {spec.fruit_threshold}"
+    )
+    print(
+        "| crops | n | over ood_distance | over ood_distance_early | over ood_energy | any (flag `ood`) | not fruit (not graded) "
+        "| flagged or not graded | median distance / early | AUROC vs test crops: distance / early / energy |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name, r in rows.items():
-        roc = (f"{r['auroc_distance']:.2f} / {r['auroc_early_distance']:.2f} / {r['auroc_energy']:.2f}"
-               if "auroc_distance" in r else "–")
-        print(f"| {name} | {r['n']} | {r['distance']:.1%} | {r['early_distance']:.1%} | {r['energy']:.1%} | {r['either']:.1%} "
-              f"| {r['not_fruit']:.1%} | {r['caught']:.1%} | {r['median_distance']:.1f} / {r['median_early_distance']:.1f} | {roc} |")
+        roc = f"{r['auroc_distance']:.2f} / {r['auroc_early_distance']:.2f} / {r['auroc_energy']:.2f}" if "auroc_distance" in r else "–"
+        print(
+            f"| {name} | {r['n']} | {r['distance']:.1%} | {r['early_distance']:.1%} | {r['energy']:.1%} | {r['either']:.1%} "
+            f"| {r['not_fruit']:.1%} | {r['caught']:.1%} | {r['median_distance']:.1f} / {r['median_early_distance']:.1f} | {roc} |"
+        )
     if a.blocks and spec.test_time_views > 1:
         # the block taps read the network's own tensors, which a views graph holds for every view
         parent = spec.raw.get("derived_from", {}).get("artifact")
-        how = (f"({parent})" if parent else
-               "(make one from the run that trained it: grader train --resume --set model.test_time_views=1 "
-               "--set version=<v>-single --out DIR --work-dir <that run's work dir>)")
-        print(f"--blocks: {spec.name} {spec.version} averages {spec.test_time_views} views in its graph; the block table reads "
-              f"the network's tensors one view at a time: run it on the single-view artifact of the same network {how}")
+        how = (
+            f"({parent})"
+            if parent
+            else "(make one from the run that trained it: grader train --resume --set model.test_time_views=1 "
+            "--set version=<v>-single --out DIR --work-dir <that run's work dir>)"
+        )
+        print(
+            f"--blocks: {spec.name} {spec.version} averages {spec.test_time_views} views in its graph; the block table reads "
+            f"the network's tensors one view at a time: run it on the single-view artifact of the same network {how}"
+        )
     elif a.blocks:
         own = {"train": crops["train"], "val": crops["val"], "test": crops["test"]}
-        blocks_report(a.artifact, spec, own, labels["train"],
-                      {k: v for k, v in sets.items() if not k.startswith(spec.name) and "unmasked" not in k})
+        blocks_report(
+            a.artifact, spec, own, labels["train"], {k: v for k, v in sets.items() if not k.startswith(spec.name) and "unmasked" not in k}
+        )
     print(f"({time.time() - t0:.0f} s)")
     if a.json:
-        a.json.write_text(json.dumps({"artifact": str(a.artifact), "ood_distance": spec.ood_distance_threshold,
-                                      "ood_distance_early": spec.ood_distance_early_threshold,
-                                      "ood_energy": spec.ood_energy_threshold, "rows": rows}, indent=1))
+        a.json.write_text(
+            json.dumps(
+                {
+                    "artifact": str(a.artifact),
+                    "ood_distance": spec.ood_distance_threshold,
+                    "ood_distance_early": spec.ood_distance_early_threshold,
+                    "ood_energy": spec.ood_energy_threshold,
+                    "rows": rows,
+                },
+                indent=1,
+            )
+        )
     return 0
 
 

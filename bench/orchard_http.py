@@ -68,8 +68,16 @@ def draw_overlay(img_rgb: np.ndarray, body: dict, path: Path, calipers: list[tup
         c, rad = (int((x0 + x1) / 2), int((y0 + y1) / 2)), max(1, int((x1 - x0) / 2))
         if f.get("diameter_mm") is not None:
             cv2.circle(out, c, rad, (60, 220, 60), 2, cv2.LINE_AA)
-            cv2.putText(out, f"{f['diameter_mm']:.0f}+-{f.get('diameter_uncertainty_mm') or 0:.0f}", (c[0] - rad, c[1] - rad - 4), font, 0.45,
-                        (60, 220, 60), 1, cv2.LINE_AA)
+            cv2.putText(
+                out,
+                f"{f['diameter_mm']:.0f}+-{f.get('diameter_uncertainty_mm') or 0:.0f}",
+                (c[0] - rad, c[1] - rad - 4),
+                font,
+                0.45,
+                (60, 220, 60),
+                1,
+                cv2.LINE_AA,
+            )
         else:
             cv2.rectangle(out, (int(x0), int(y0)), (int(x1), int(y1)), (0, 140, 255), 2)
             cv2.putText(out, f.get("size_declined") or "declined", (int(x0), int(y0) - 4), font, 0.45, (0, 140, 255), 1, cv2.LINE_AA)
@@ -82,11 +90,14 @@ def draw_overlay(img_rgb: np.ndarray, body: dict, path: Path, calipers: list[tup
 def summary(errors: list[float | None], baseline: list[float]) -> dict[str, Any]:
     sized = np.array([e for e in errors if e is not None])
     n = len(errors)
-    return {"apples": n, "sized_share": round(len(sized) / max(1, n), 3),
-            "mae_mm": None if not len(sized) else round(float(np.abs(sized).mean()), 2),
-            "bias_mm": None if not len(sized) else round(float(sized.mean()), 2),
-            "off_by_10mm_share": None if not len(sized) else round(float((np.abs(sized) > 10).mean()), 3),
-            "baseline_mae_mm": round(float(np.mean(np.abs(baseline))), 2) if baseline else None}
+    return {
+        "apples": n,
+        "sized_share": round(len(sized) / max(1, n), 3),
+        "mae_mm": None if not len(sized) else round(float(np.abs(sized).mean()), 2),
+        "bias_mm": None if not len(sized) else round(float(sized.mean()), 2),
+        "off_by_10mm_share": None if not len(sized) else round(float((np.abs(sized) > 10).mean()), 3),
+        "baseline_mae_mm": round(float(np.mean(np.abs(baseline))), 2) if baseline else None,
+    }
 
 
 def run(data: Path, dates: str, crop_mult: float, ways: list[str], overlay: Path | None = None) -> dict[str, Any]:
@@ -109,14 +120,26 @@ def run(data: Path, dates: str, crop_mult: float, ways: list[str], overlay: Path
 
             def post(img: np.ndarray, **form) -> dict:
                 ok, enc = cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
-                r = client.post("/v1/grade", headers={"X-API-Key": KEY}, files={"image": ("i.png", enc.tobytes(), "image/png")},
-                                data={"scene": "orchard", "commodity": "apple", **{k: str(v) for k, v in form.items()}})
+                r = client.post(
+                    "/v1/grade",
+                    headers={"X-API-Key": KEY},
+                    files={"image": ("i.png", enc.tobytes(), "image/png")},
+                    data={"scene": "orchard", "commodity": "apple", **{k: str(v) for k, v in form.items()}},
+                )
                 r.raise_for_status()
                 return r.json()
 
             res = {w: {"err": [], "base": []} for w in ways}
-            det = {"calipered": 0, "calipered_found": 0, "boxed": 0, "boxed_found": 0, "detections": 0, "detections_matched": 0,
-                   "frames_with_ball": 0, "frames_scaled_by_balls": 0}
+            det = {
+                "calipered": 0,
+                "calipered_found": 0,
+                "boxed": 0,
+                "boxed_found": 0,
+                "detections": 0,
+                "detections_matched": 0,
+                "frames_with_ball": 0,
+                "frames_scaled_by_balls": 0,
+            }
             t0 = time.time()
             for fr in frames:
                 balls = [_box(o) for o in fr["objects"] if o["kind"] == "tennis_ball"]
@@ -137,7 +160,10 @@ def run(data: Path, dates: str, crop_mult: float, ways: list[str], overlay: Path
                         cal = float(a["caliper_diameter_mm"])
                         # the fruit of the crop: the one whose box holds the crop's centre, else the nearest
                         c = ((X1 - X0) / 2, (Y1 - Y0) / 2)
-                        fr_ = sorted(body["fruits"], key=lambda f: np.hypot((f["bbox"][0] + f["bbox"][2]) / 2 - c[0], (f["bbox"][1] + f["bbox"][3]) / 2 - c[1]))
+                        fr_ = sorted(
+                            body["fruits"],
+                            key=lambda f: np.hypot((f["bbox"][0] + f["bbox"][2]) / 2 - c[0], (f["bbox"][1] + f["bbox"][3]) / 2 - c[1]),
+                        )
                         d = fr_[0]["diameter_mm"] if fr_ else None
                         res["crops"]["err"].append(None if d is None else d - cal)
                         res["crops"]["base"].append(side * scale - cal)
@@ -172,10 +198,13 @@ def run(data: Path, dates: str, crop_mult: float, ways: list[str], overlay: Path
             for w in ways:
                 out[w] = summary(res[w]["err"], res[w]["base"])
             if "frames" in ways:
-                out["detection"] = {**det, "recall_calipered": round(det["calipered_found"] / max(1, det["calipered"]), 3),
-                                    "recall_boxed": round(det["boxed_found"] / max(1, det["boxed"]), 3),
-                                    "precision_vs_boxed": round(det["detections_matched"] / max(1, det["detections"]), 3),
-                                    "balls_used_share": round(det["frames_scaled_by_balls"] / max(1, det["frames_with_ball"]), 3)}
+                out["detection"] = {
+                    **det,
+                    "recall_calipered": round(det["calipered_found"] / max(1, det["calipered"]), 3),
+                    "recall_boxed": round(det["boxed_found"] / max(1, det["boxed"]), 3),
+                    "precision_vs_boxed": round(det["detections_matched"] / max(1, det["detections"]), 3),
+                    "balls_used_share": round(det["frames_scaled_by_balls"] / max(1, det["frames_with_ball"]), 3),
+                }
     return out
 
 

@@ -84,12 +84,23 @@ def main(argv: list[str] | None = None) -> int:
     int8.parent.mkdir(parents=True, exist_ok=True)
     graph = onnx.load(str(src))
     convs = [n.name for n in graph.graph.node if n.op_type == "Conv" and not n.name.startswith(("explain/", "fruit_check/", "views/"))]
-    quantize_static(str(src), str(int8), Reader(), quant_format=QuantFormat.QDQ, per_channel=True, weight_type=QuantType.QInt8,
-                    activation_type=QuantType.QUInt8, nodes_to_quantize=convs)
+    quantize_static(
+        str(src),
+        str(int8),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        weight_type=QuantType.QInt8,
+        activation_type=QuantType.QUInt8,
+        nodes_to_quantize=convs,
+    )
     rows = []
     for name, path in (("float32", src), ("int8 (Conv, QDQ)", int8)):
-        row = {"graph": name, "cpu_ms_per_crop": round(cpu_ms_per_crop(path, spec.input_size, a.repeats), 2),
-               "size_mib": round(path.stat().st_size / 2**20, 1)}
+        row = {
+            "graph": name,
+            "cpu_ms_per_crop": round(cpu_ms_per_crop(path, spec.input_size, a.repeats), 2),
+            "size_mib": round(path.stat().st_size / 2**20, 1),
+        }
         for split in ("val", "test"):
             logits = run_graph(path, [spec.output_name], crops[split], spec)[0]
             y = is_defective(labels[split], cfg)

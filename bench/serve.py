@@ -36,7 +36,7 @@ from httpload import GradePoster  # noqa: E402
 
 def images(n: int) -> list[bytes]:
     data = REPO.parent / "shared" / "data" / "fruitnet-apples" / "single"
-    files = sorted((data / "good").glob("*.jpg"))[:n // 2] + sorted((data / "bad").glob("*.jpg"))[:n - n // 2] if data.is_dir() else []
+    files = sorted((data / "good").glob("*.jpg"))[: n // 2] + sorted((data / "bad").glob("*.jpg"))[: n - n // 2] if data.is_dir() else []
     if files:
         print(f"images: {len(files)} FruitNet photos from {data}")
         return [f.read_bytes() for f in files]
@@ -188,8 +188,11 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=40)
     ap.add_argument("--max-in-flight", type=int, default=None, help="GRADER_MAX_IN_FLIGHT for the server")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="server worker processes (default: one per core)")
-    ap.add_argument("--sqlite-synchronous", default="FULL",
-                    help="SQLite sync modes to run one after the other, e.g. NORMAL,FULL: the cost of durable commits in one run")
+    ap.add_argument(
+        "--sqlite-synchronous",
+        default="FULL",
+        help="SQLite sync modes to run one after the other, e.g. NORMAL,FULL: the cost of durable commits in one run",
+    )
     args = ap.parse_args()
 
     jpegs = images(args.images)
@@ -209,15 +212,16 @@ def serve_and_measure(args, jpegs: list[bytes], mo: dict[int, float], sync: str)
         if args.max_in_flight:
             env["GRADER_MAX_IN_FLIGHT"] = str(args.max_in_flight)
         server = ServerProcess(Path(tmp), env, workers=args.workers).start()
-        print(f"\nserver: grader serve --workers {args.workers}, "
-              f"{'PostgreSQL' if args.database_url else f'SQLite synchronous={sync}'}")
+        print(f"\nserver: grader serve --workers {args.workers}, {'PostgreSQL' if args.database_url else f'SQLite synchronous={sync}'}")
         try:
             base = server.url
             url = base + "/v1/grade"
             asyncio.run(closed_loop(url, jpegs, 2, 2))  # warm up
             print(f"\nclosed loop, {args.seconds:g} s each (throughput = fruit graded and stored per second)")
             print("a camera told 503 waits its Retry-After and sends the fruit again; latency is of the graded requests")
-            print(f"{'clients':>8} {'fruit/s':>8} {'% of model-only b16':>20} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'refused':>8} {'errors':>7}")
+            print(
+                f"{'clients':>8} {'fruit/s':>8} {'% of model-only b16':>20} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'refused':>8} {'errors':>7}"
+            )
             client = {"cpu_s": 0.0, "requests": 0}  # the load generator's own CPU, over every loop below
 
             def run_loop(loop) -> tuple:
@@ -231,7 +235,9 @@ def serve_and_measure(args, jpegs: list[bytes], mo: dict[int, float], sync: str)
             for n in [int(x) for x in args.concurrency.split(",")]:
                 ok, refused, err, lat, wall = run_loop(closed_loop(url, jpegs, n, args.seconds))
                 p50, p95, p99 = pct(lat)
-                print(f"{n:>8} {ok / wall:>8.1f} {100 * ok / wall / mo[16]:>19.0f}% {p50:>8.1f} {p95:>8.1f} {p99:>8.1f} {refused:>8} {err:>7}")
+                print(
+                    f"{n:>8} {ok / wall:>8.1f} {100 * ok / wall / mo[16]:>19.0f}% {p50:>8.1f} {p95:>8.1f} {p99:>8.1f} {refused:>8} {err:>7}"
+                )
             print(f"\nopen loop: requests sent at a fixed rate for {args.seconds:g} s, whatever the answers (latency of served requests)")
             print(f"{'offered/s':>10} {'served/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'refused/failed':>15}")
             for rate in [float(x) for x in args.rate.split(",")]:
@@ -240,9 +246,13 @@ def serve_and_measure(args, jpegs: list[bytes], mo: dict[int, float], sync: str)
                 print(f"{rate:>10g} {ok / wall:>9.1f} {p50:>8.1f} {p95:>8.1f} {p99:>8.1f} {err:>15}")
             server_cpu1 = tree_cpu_seconds(server.proc.pid)
             if server_cpu0 is not None and server_cpu1 is not None:
-                print(f"\nserver: {1000 * (server_cpu1 - server_cpu0) / max(client['requests'], 1):.1f} ms of CPU per request "
-                      "(all worker processes, every request of the closed and open loops)")
-            print(f"load generator (bench/httpload.py, same machine): {1000 * client['cpu_s'] / max(client['requests'], 1):.2f} ms of CPU per request")
+                print(
+                    f"\nserver: {1000 * (server_cpu1 - server_cpu0) / max(client['requests'], 1):.1f} ms of CPU per request "
+                    "(all worker processes, every request of the closed and open loops)"
+                )
+            print(
+                f"load generator (bench/httpload.py, same machine): {1000 * client['cpu_s'] / max(client['requests'], 1):.2f} ms of CPU per request"
+            )
         finally:
             rc = server.stop()
             if rc not in (0, -15) or "Traceback" in server.log():

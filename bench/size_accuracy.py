@@ -75,6 +75,7 @@ def measure_fruit(image: np.ndarray, box, frame_boxes, method: str = "grabcut", 
         return measure_in_window(image, box)
     return measure_by_probability(image, box, frame_boxes, TREE_PARAMS, focal_px=focal_px or None)
 
+
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ecopom-apple-size"
 
 
@@ -175,8 +176,9 @@ def box_side_unstretched_px(box, focal_px: float, principal_xy: tuple[float, flo
     return ((x1 - x0) / math.sqrt(c * c * s * s + n * n) + (y1 - y0) / math.sqrt(n * n * s * s + c * c)) / 2
 
 
-def evaluate_ecopom(data: Path, frames: list[dict] | None = None, method: str = "grabcut",
-                    focal_px: float | None = None) -> tuple[list[AppleResult], list[str]]:
+def evaluate_ecopom(
+    data: Path, frames: list[dict] | None = None, method: str = "grabcut", focal_px: float | None = None
+) -> tuple[list[AppleResult], list[str]]:
     """Size every calipered apple; returns the results and the names of skipped frames."""
     annotations = json.loads((data / "annotations.json").read_text())
     tune = tune_dates(annotations)
@@ -193,8 +195,9 @@ def evaluate_ecopom(data: Path, frames: list[dict] | None = None, method: str = 
         image = load_rgb(data / frame["image"])
         frame_boxes = [_box(o) for o in frame["objects"]]
         base_scale = box_scale_mm_per_px([_box(b) for b in balls])
-        our_scale = scale_from_references([measure_fruit(image, _box(b), frame_boxes, method, focal_px).diameter_px for b in balls],
-                                          TENNIS_BALL_DIAMETER_MM)
+        our_scale = scale_from_references(
+            [measure_fruit(image, _box(b), frame_boxes, method, focal_px).diameter_px for b in balls], TENNIS_BALL_DIAMETER_MM
+        )
         part = "tune" if frame["date"] in tune else "held-out"
         principal = ((image.shape[1] - 1) / 2, (image.shape[0] - 1) / 2)
         persp_scale = None
@@ -248,9 +251,20 @@ def ecopom_rows(results: list[AppleResult]) -> list[tuple]:
         sized = [r for r in rs if r.ours_mm is not None]
         ours = np.array([r.ours_mm - r.caliper_mm for r in sized]) if sized else np.array([])
         base_same = np.array([r.baseline_mm - r.caliper_mm for r in sized]) if sized else np.array([])
-        rows.append((part, len(rs), _mae(base), _rmse(base), len(sized) / len(rs), _mae(ours), _rmse(ours),
-                     float(np.mean(ours)) if len(ours) else float("nan"), _mae(base_same),
-                     _mae(ours) / _mae(base) if len(ours) else float("nan")))
+        rows.append(
+            (
+                part,
+                len(rs),
+                _mae(base),
+                _rmse(base),
+                len(sized) / len(rs),
+                _mae(ours),
+                _rmse(ours),
+                float(np.mean(ours)) if len(ours) else float("nan"),
+                _mae(base_same),
+                _mae(ours) / _mae(base) if len(ours) else float("nan"),
+            )
+        )
     return rows
 
 
@@ -293,7 +307,9 @@ def draw_scatter(results: list[AppleResult], path: Path, mae_base: float, mae_ou
     cv2.rectangle(img, (lx - 5, ly - 15), (lx + 330, ly + 45), (255, 255, 255), -1)
     cv2.rectangle(img, (lx - 5, ly - 15), (lx + 330, ly + 45), (120, 120, 120), 1)
     cv2.circle(img, (lx + 5, ly), 4, blue, -1, cv2.LINE_AA)
-    cv2.putText(img, f"ours (segmentation): MAE {mae_ours:.2f} mm, {sized:.0%} sized", (lx + 15, ly + 5), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(
+        img, f"ours (segmentation): MAE {mae_ours:.2f} mm, {sized:.0%} sized", (lx + 15, ly + 5), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA
+    )
     cv2.circle(img, (lx + 5, ly + 22), 4, orange, 1, cv2.LINE_AA)
     cv2.putText(img, f"baseline (box side): MAE {mae_base:.2f} mm", (lx + 15, ly + 27), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
     cv2.putText(img, "line: y = x", (lx + 15, ly + 42), font, 0.4, (80, 80, 80), 1, cv2.LINE_AA)
@@ -362,9 +378,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--overlay", type=Path, help="write one orchard frame with our circles (PNG)")
     ap.add_argument("--skip-synthetic", action="store_true")
     ap.add_argument("--method", choices=METHODS, default="grabcut", help="our on-tree sizing method")
-    ap.add_argument("--focal-px", type=float, default=None,
-                    help="camera focal length in px for the perspective correction (default: from the tune frames'"
-                         " tennis balls and the 1.5 m camera distance; 0 = off)")
+    ap.add_argument(
+        "--focal-px",
+        type=float,
+        default=None,
+        help="camera focal length in px for the perspective correction (default: from the tune frames'"
+        " tennis balls and the 1.5 m camera distance; 0 = off)",
+    )
     args = ap.parse_args(argv)
 
     if not args.skip_synthetic:
@@ -385,28 +405,39 @@ def main(argv: list[str] | None = None) -> int:
     focal_px = args.focal_px
     if focal_px is None and args.method == "grabcut":
         focal_px, ball_px, n_balls = focal_from_references(args.data, args.method)
-        focal_note = (f"  focal length: {CAMERA_DISTANCE_MM:g} mm x {ball_px:.2f} px (median of {n_balls} tune-frame tennis"
-                      f" balls, uncorrected) / {TENNIS_BALL_DIAMETER_MM} mm = {focal_px:.0f} px")
+        focal_note = (
+            f"  focal length: {CAMERA_DISTANCE_MM:g} mm x {ball_px:.2f} px (median of {n_balls} tune-frame tennis"
+            f" balls, uncorrected) / {TENNIS_BALL_DIAMETER_MM} mm = {focal_px:.0f} px"
+        )
     results, skipped = evaluate_ecopom(args.data, method=args.method, focal_px=focal_px or None)
     dates = sorted(tune_dates(json.loads((args.data / "annotations.json").read_text())))
     p = TREE_PARAMS
-    print(f"  ours: {args.method}" + (f" (GrabCut in Lab; sure-fruit disc {p.pos_frac} x box side, background annulus"
-                                      f" {p.neg_inner}-{p.neg_outer} x side; coarse RANSAC circle on {p.n_angles} rays,"
-                                      f" tolerance {p.inlier_tol_px} px; refined on the strongest colour edge within"
-                                      f" +-{p.refine_band} x r, tolerance {p.refine_tol_px} px; perspective: "
-                                      + (f"f = {focal_px:.0f} px)" if focal_px else "off)")
-                                      if args.method == "grabcut" else ""))
+    print(
+        f"  ours: {args.method}"
+        + (
+            f" (GrabCut in Lab; sure-fruit disc {p.pos_frac} x box side, background annulus"
+            f" {p.neg_inner}-{p.neg_outer} x side; coarse RANSAC circle on {p.n_angles} rays,"
+            f" tolerance {p.inlier_tol_px} px; refined on the strongest colour edge within"
+            f" +-{p.refine_band} x r, tolerance {p.refine_tol_px} px; perspective: " + (f"f = {focal_px:.0f} px)" if focal_px else "off)")
+            if args.method == "grabcut"
+            else ""
+        )
+    )
     if focal_note:
         print(focal_note)
     print(f"  scale: {TENNIS_BALL_DIAMETER_MM} mm tennis balls; baseline from their boxes, ours from our segmentation of them")
     print(f"  skipped {len(skipped)} frames without a tennis ball: {', '.join(Path(s).stem for s in skipped)}")
     print(f"  tune = dates {dates[0]}..{dates[-1]} (knobs chosen on these); held-out = later dates")
-    print(f"  {'part':>8} {'apples':>6} | {'base MAE':>8} {'RMSE':>6} | {'sized':>6} {'ours MAE':>8} {'RMSE':>6} {'bias':>6}"
-          f" | {'base MAE on sized':>17} {'ours/base':>9}")
+    print(
+        f"  {'part':>8} {'apples':>6} | {'base MAE':>8} {'RMSE':>6} | {'sized':>6} {'ours MAE':>8} {'RMSE':>6} {'bias':>6}"
+        f" | {'base MAE on sized':>17} {'ours/base':>9}"
+    )
     rows = ecopom_rows(results)
     for part, n, bmae, brmse, share, omae, ormse, obias, bsame, ratio in rows:
-        print(f"  {part:>8} {n:>6} | {bmae:8.2f} {brmse:6.2f} | {share:6.1%} {omae:8.2f} {ormse:6.2f} {obias:+6.2f}"
-              f" | {bsame:17.2f} {ratio:9.2f}")
+        print(
+            f"  {part:>8} {n:>6} | {bmae:8.2f} {brmse:6.2f} | {share:6.1%} {omae:8.2f} {ormse:6.2f} {obias:+6.2f}"
+            f" | {bsame:17.2f} {ratio:9.2f}"
+        )
     reasons: dict[str, int] = {}
     for r in results:
         if r.ours_mm is None:
@@ -415,8 +446,13 @@ def main(argv: list[str] | None = None) -> int:
     if focal_px:
         maes = []
         for part in ("tune", "held-out", "all"):
-            e = np.array([r.baseline_persp_mm - r.caliper_mm for r in results
-                          if r.baseline_persp_mm is not None and (part == "all" or r.part == part)])
+            e = np.array(
+                [
+                    r.baseline_persp_mm - r.caliper_mm
+                    for r in results
+                    if r.baseline_persp_mm is not None and (part == "all" or r.part == part)
+                ]
+            )
             maes.append(f"{part} {_mae(e):.2f}")
         print(f"  context, not the target: box baseline with the same perspective correction, MAE {', '.join(maes)} mm")
     all_row = rows[-1]

@@ -72,9 +72,12 @@ async def load(urls: list[str], jpegs: list[bytes], rate: float, seconds: float,
             t0 = time.perf_counter()
             async with sem:
                 try:
-                    r = await client.post(url, headers={"X-API-Key": KEY, "Idempotency-Key": key},
-                                          files={"image": (f"{key}.jpg", jpegs[n % len(jpegs)], "image/jpeg")},
-                                          data={"camera_id": f"soak-cam-{n % 8}"})
+                    r = await client.post(
+                        url,
+                        headers={"X-API-Key": KEY, "Idempotency-Key": key},
+                        files={"image": (f"{key}.jpg", jpegs[n % len(jpegs)], "image/jpeg")},
+                        data={"camera_id": f"soak-cam-{n % 8}"},
+                    )
                     ok = r.status_code == 200
                     outcomes[key] = (r.status_code, r.json()["id"] if ok else r.text[:200], time.perf_counter() - t0)
                 except httpx.HTTPError as exc:
@@ -99,8 +102,10 @@ def reconcile(db_url: str, outcomes: dict) -> dict:
     engine = create_engine(db_url)
     with engine.connect() as c:
         # stored as "<API key fingerprint>|<Idempotency-Key>": idempotency keys are scoped to the API key
-        stored = {k.split("|", 1)[1]: rid for k, rid in c.execute(text("SELECT idempotency_key, id FROM results "
-                                                                         "WHERE idempotency_key LIKE '%|soak-%'")).all()}
+        stored = {
+            k.split("|", 1)[1]: rid
+            for k, rid in c.execute(text("SELECT idempotency_key, id FROM results WHERE idempotency_key LIKE '%|soak-%'")).all()
+        }
         images = {r for (r,) in c.execute(text("SELECT r.id FROM results r JOIN images i ON i.sha256 = r.image_sha256"))}
     engine.dispose()
     accepted = {k: v[1] for k, v in outcomes.items() if v[0] == 200}
@@ -109,9 +114,16 @@ def reconcile(db_url: str, outcomes: dict) -> dict:
     by_status: dict[str, int] = {}
     for code, _, _ in errors.values():
         by_status[str(code or "no answer")] = by_status.get(str(code or "no answer"), 0) + 1
-    return {"sent": len(outcomes), "accepted": len(accepted), "errors": len(errors), "errors_by_status": by_status,
-            "stored": len(stored), "lost": len(lost), "lost_keys": lost[:20],
-            "errors_stored_anyway": sum(1 for k in errors if k in stored)}
+    return {
+        "sent": len(outcomes),
+        "accepted": len(accepted),
+        "errors": len(errors),
+        "errors_by_status": by_status,
+        "stored": len(stored),
+        "lost": len(lost),
+        "lost_keys": lost[:20],
+        "errors_stored_anyway": sum(1 for k in errors if k in stored),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,7 +155,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {elapsed / 60:5.1f} min: {done} sent, RSS " + ", ".join(f"{rss[p][-1]:.0f}" for p in rss) + " MiB", flush=True)
 
             outcomes: dict = {}
-            print(f"soak: {args.workers} workers on {db_url.rsplit('/', 1)[-1]}, {args.rate:g} fruit/s for {args.minutes:g} min", flush=True)
+            print(
+                f"soak: {args.workers} workers on {db_url.rsplit('/', 1)[-1]}, {args.rate:g} fruit/s for {args.minutes:g} min", flush=True
+            )
             t0 = time.perf_counter()
             asyncio.run(load([s.url for s in servers], jpegs, args.rate, seconds, outcomes, on_minute))
             wall = time.perf_counter() - t0
@@ -158,21 +172,33 @@ def main(argv: list[str] | None = None) -> int:
     drop()
     lat = sorted(v[2] * 1000 for v in outcomes.values() if v[0] == 200)
     pct = (lambda q: lat[min(len(lat) - 1, int(q * len(lat)))]) if lat else (lambda q: float("nan"))
-    rec.update({
-        "workers": args.workers, "rate_offered": args.rate, "minutes": args.minutes, "wall_s": round(wall, 1),
-        "served_per_s": round(rec["accepted"] / wall, 2), "p50_ms": round(pct(0.5), 1), "p99_ms": round(pct(0.99), 1),
-        "rss_mib": {str(p): [round(v, 1) for v in vals] for p, vals in rss.items()},
-        "rss_growth_mib": {str(p): round(vals[-1] - vals[0], 1) for p, vals in rss.items()},
-        "crashed_workers": crashed, "tracebacks_in_logs": sum(log.count("Traceback") for log in logs),
-    })
+    rec.update(
+        {
+            "workers": args.workers,
+            "rate_offered": args.rate,
+            "minutes": args.minutes,
+            "wall_s": round(wall, 1),
+            "served_per_s": round(rec["accepted"] / wall, 2),
+            "p50_ms": round(pct(0.5), 1),
+            "p99_ms": round(pct(0.99), 1),
+            "rss_mib": {str(p): [round(v, 1) for v in vals] for p, vals in rss.items()},
+            "rss_growth_mib": {str(p): round(vals[-1] - vals[0], 1) for p, vals in rss.items()},
+            "crashed_workers": crashed,
+            "tracebacks_in_logs": sum(log.count("Traceback") for log in logs),
+        }
+    )
     ok = rec["lost"] == 0 and rec["sent"] == rec["accepted"] + rec["errors"] and not crashed
     print(f"\nsent {rec['sent']} = accepted {rec['accepted']} + errors {rec['errors']} {rec['errors_by_status'] or ''}")
-    print(f"stored {rec['stored']}; lost (accepted but not stored with its image): {rec['lost']}; "
-          f"errors whose request was stored anyway: {rec['errors_stored_anyway']}")
+    print(
+        f"stored {rec['stored']}; lost (accepted but not stored with its image): {rec['lost']}; "
+        f"errors whose request was stored anyway: {rec['errors_stored_anyway']}"
+    )
     print(f"served {rec['served_per_s']} fruit/s, latency p50 {rec['p50_ms']} ms, p99 {rec['p99_ms']} ms")
     for p, vals in rss.items():
-        print(f"worker {p}: RSS after warm-up {vals[0]:.0f} MiB, at the end {vals[-1]:.0f} MiB "
-              f"(max {max(vals):.0f}, growth {vals[-1] - vals[0]:+.0f} MiB)")
+        print(
+            f"worker {p}: RSS after warm-up {vals[0]:.0f} MiB, at the end {vals[-1]:.0f} MiB "
+            f"(max {max(vals):.0f}, growth {vals[-1] - vals[0]:+.0f} MiB)"
+        )
     print(f"tracebacks in worker logs: {rec['tracebacks_in_logs']}; crashed workers: {crashed or 'none'}")
     print("RECONCILED: nothing accepted was lost" if ok else "FAILED reconciliation")
     if args.json:

@@ -66,6 +66,7 @@ def run(args, model_dir: Path | None) -> None:
                 return fn(*a, **k)
             finally:
                 cpu[name] = cpu.get(name, 0.0) + time.thread_time() - t0
+
         return wrapper
 
     # time the stages inside the path by wrapping the functions it calls (once per process)
@@ -81,8 +82,13 @@ def run(args, model_dir: Path | None) -> None:
     if args.upscale > 1:
         jpegs = [enlarged(j, args.upscale) for j in jpegs]
     extra = {} if model_dir is None else {"model_dir": model_dir}
-    settings = Settings(data_dir=Path(tempfile.mkdtemp(prefix="grader-stages-")), api_keys="camera:stages-key-0000000000",
-                        onnx_threads=1, opencv_threads=1, **extra)
+    settings = Settings(
+        data_dir=Path(tempfile.mkdtemp(prefix="grader-stages-")),
+        api_keys="camera:stages-key-0000000000",
+        onnx_threads=1,
+        opencv_threads=1,
+        **extra,
+    )
     ctx = build_context(settings)
     import gc
 

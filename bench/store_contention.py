@@ -36,9 +36,16 @@ def _rows(tag: str):
 
     sha = hashlib.sha256(tag.encode()).hexdigest()
     img = ImageRow(sha256=sha, path=f"/images/{sha}.jpg", media_type="image/jpeg", width_px=256, height_px=256, size_bytes=20_000)
-    res = ResultRow(image_sha256=sha, model_name="apple-defect", model_version="0.1.0", standard_id="unece-ffv50-apples",
-                    standard_version="2020", n_fruits=1, flagged=False,
-                    payload={"fruits": [{"diameter_mm": 71.2, "grade": "Class I", "defect": {"label": "sound"}}]})
+    res = ResultRow(
+        image_sha256=sha,
+        model_name="apple-defect",
+        model_version="0.1.0",
+        standard_id="unece-ffv50-apples",
+        standard_version="2020",
+        n_fruits=1,
+        flagged=False,
+        payload={"fruits": [{"diameter_mm": 71.2, "grade": "Class I", "defect": {"label": "sound"}}]},
+    )
     return img, res, [FruitRow(index=0, flagged=False, diameter_mm=71.2, grade="Class I", defect_label="sound")]
 
 
@@ -112,8 +119,10 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=8)
     ap.add_argument("--cpu-ms", type=float, default=12)
     args = ap.parse_args()
-    print(f"{args.processes} processes x {args.threads} threads, {args.cpu_ms:g} ms of CPU before each result, "
-          f"{args.seconds:g} s per way, one SQLite file (WAL)")
+    print(
+        f"{args.processes} processes x {args.threads} threads, {args.cpu_ms:g} ms of CPU before each result, "
+        f"{args.seconds:g} s per way, one SQLite file (WAL)"
+    )
     print(f"{'store':<24} {'results':>8} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'max ms':>7}")
     for mode, name in (("each", "one transaction each"), ("group", "group commit")):
         lat, _ = run(mode, args.processes, args.threads, args.seconds, args.cpu_ms)

@@ -40,16 +40,23 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        clip = make_conveyor_clip(Path(tmp) / "belt.avi", lanes=args.lanes, seconds=args.seconds, fps=args.fps, seed=args.seed,
-                                  mm_per_px=args.mm_per_px)
-        print(f"clip: {args.seconds:g} s, {clip.n_frames} frames of {clip.size_px[1]}x{clip.size_px[0]} at {args.fps:g} fps, "
-              f"{args.lanes} lanes, {args.mm_per_px:g} mm/px, {len(clip.fruits)} fruit (generated in {time.perf_counter() - t0:.1f} s)")
+        clip = make_conveyor_clip(
+            Path(tmp) / "belt.avi", lanes=args.lanes, seconds=args.seconds, fps=args.fps, seed=args.seed, mm_per_px=args.mm_per_px
+        )
+        print(
+            f"clip: {args.seconds:g} s, {clip.n_frames} frames of {clip.size_px[1]}x{clip.size_px[0]} at {args.fps:g} fps, "
+            f"{args.lanes} lanes, {args.mm_per_px:g} mm/px, {len(clip.fruits)} fruit (generated in {time.perf_counter() - t0:.1f} s)"
+        )
         with ServerProcess(Path(tmp) / "var", {"GRADER_API_KEYS": f"camera:{KEY}", "GRADER_REVIEW_SAMPLE_SHARE": "0"}) as srv:
             data = clip.path.read_bytes()
             t0 = time.perf_counter()
-            r = httpx.post(srv.url + "/v1/cameras/bench/video", files={"video": ("belt.avi", data, "video/x-msvideo")},
-                           data={"mm_per_px": str(clip.mm_per_px), "lanes": str(args.lanes), "belt_speed_mm_s": str(clip.speed_mm_s)},
-                           headers={"X-API-Key": KEY}, timeout=3600)
+            r = httpx.post(
+                srv.url + "/v1/cameras/bench/video",
+                files={"video": ("belt.avi", data, "video/x-msvideo")},
+                data={"mm_per_px": str(clip.mm_per_px), "lanes": str(args.lanes), "belt_speed_mm_s": str(clip.speed_mm_s)},
+                headers={"X-API-Key": KEY},
+                timeout=3600,
+            )
             wall = time.perf_counter() - t0
         r.raise_for_status()
         body = r.json()
@@ -62,10 +69,14 @@ def main(argv: list[str] | None = None) -> int:
         ok_count &= len(g) == len(w)
         errs += [abs(a["diameter_mm"] - b.diameter_mm) for a, b in zip(g, w)]
     print(f"machine: {os.cpu_count()} CPU cores")
-    print(f"processed {body['counts']['frames']} frames in {wall:.1f} s: {body['counts']['frames'] / wall:.1f} frames/s, "
-          f"{len(got) / wall:.2f} fruit/s graded and stored ({wall / args.seconds:.2f} s of processing per second of video)")
-    print(f"fruit: {len(got)} graded of {len(clip.fruits)} generated ({'each exactly once' if ok_count else 'MISMATCH'}); "
-          f"size error max {max(errs):.2f} mm, mean {sum(errs) / len(errs):.2f} mm; flagged {body['counts']['flagged']}")
+    print(
+        f"processed {body['counts']['frames']} frames in {wall:.1f} s: {body['counts']['frames'] / wall:.1f} frames/s, "
+        f"{len(got) / wall:.2f} fruit/s graded and stored ({wall / args.seconds:.2f} s of processing per second of video)"
+    )
+    print(
+        f"fruit: {len(got)} graded of {len(clip.fruits)} generated ({'each exactly once' if ok_count else 'MISMATCH'}); "
+        f"size error max {max(errs):.2f} mm, mean {sum(errs) / len(errs):.2f} mm; flagged {body['counts']['flagged']}"
+    )
     return 0 if ok_count and max(errs) <= args.tolerance_mm else 1
 
 

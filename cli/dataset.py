@@ -63,11 +63,21 @@ def _dataset(args: argparse.Namespace) -> int:
             if i % 25 == 0:
                 print(f"  exporting reviewed fruit {i}/{n}", flush=True)
 
-        m = line.build(repo, Path(args.out), since=_when(args.since), lot=args.lot, base=Path(args.base) if args.base else None,
-                       base_splits=splits, progress=progress, commodity=args.commodity,
-                       classes=_commodity_classes(settings, args.commodity) if args.commodity else line.CLASSES)
-        print(f"dataset {args.out}: manifest sha256 {m['sha256'][:16]}…, {len(m['items'])} items, "
-              f"{m['disagreements']} where inspector and model disagree")
+        m = line.build(
+            repo,
+            Path(args.out),
+            since=_when(args.since),
+            lot=args.lot,
+            base=Path(args.base) if args.base else None,
+            base_splits=splits,
+            progress=progress,
+            commodity=args.commodity,
+            classes=_commodity_classes(settings, args.commodity) if args.commodity else line.CLASSES,
+        )
+        print(
+            f"dataset {args.out}: manifest sha256 {m['sha256'][:16]}…, {len(m['items'])} items, "
+            f"{m['disagreements']} where inspector and model disagree"
+        )
         for split, counts in sorted(m["counts"].items()):
             print(f"  {split:<5} " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
         for why, n in m["skipped"].items():
@@ -78,10 +88,16 @@ def _dataset(args: argparse.Namespace) -> int:
 
     spec = read_spec(serving_metadata(repo, settings.model_dir))
     picks = line.suggest(repo, spec, limit=args.limit, lot=args.lot, since=_when(args.since))
-    print(json.dumps(picks, indent=1) if args.json else
-          "\n".join(f"fruit {p['fruit']:>6}  result {p['result_id']}  p(defective) {p['defect_score']:.2f}  "
-                    f"uncertainty {p['uncertainty']:.2f}  {p['diameter_mm'] or '–'} mm  lot {p['lot_id'] or '–'}" for p in picks)
-          or "no unreviewed, unflagged fruit with a defect score")
+    print(
+        json.dumps(picks, indent=1)
+        if args.json
+        else "\n".join(
+            f"fruit {p['fruit']:>6}  result {p['result_id']}  p(defective) {p['defect_score']:.2f}  "
+            f"uncertainty {p['uncertainty']:.2f}  {p['diameter_mm'] or '–'} mm  lot {p['lot_id'] or '–'}"
+            for p in picks
+        )
+        or "no unreviewed, unflagged fruit with a defect score"
+    )
     if args.route and picks:
         print(f"routed {line.route_to_review(repo, picks)} fruit to the review queue (flag: suggested)")
     return 0
@@ -89,17 +105,26 @@ def _dataset(args: argparse.Namespace) -> int:
 
 def add_dataset(sub: argparse._SubParsersAction) -> None:
     d = sub.add_parser("dataset", help="datasets from the line: export reviewed fruit, suggest fruit to review")
-    d.add_argument("action", choices=["build", "suggest"],
-                   help="build: reviewed fruit (+ a base dataset) to an ImageFolder tree with a manifest; "
-                        "suggest: unreviewed fruit most worth an inspector's look (uncertainty x diversity)")
+    d.add_argument(
+        "action",
+        choices=["build", "suggest"],
+        help="build: reviewed fruit (+ a base dataset) to an ImageFolder tree with a manifest; "
+        "suggest: unreviewed fruit most worth an inspector's look (uncertainty x diversity)",
+    )
     d.add_argument("--out", help="build: the dataset directory to write")
     d.add_argument("--since", help="only fruit reviewed (build) or graded (suggest) at or after this ISO 8601 time")
     d.add_argument("--lot", help="only this lot")
-    d.add_argument("--commodity", help="build: only this commodity's fruit, labelled in the classes of its model "
-                                       "(an orange dataset keeps the inspectors' defect types)")
+    d.add_argument(
+        "--commodity",
+        help="build: only this commodity's fruit, labelled in the classes of its model "
+        "(an orange dataset keeps the inspectors' defect types)",
+    )
     d.add_argument("--base", help="build: merge a base dataset, e.g. ../shared/data/fruitnet-apples (referenced, not copied)")
-    d.add_argument("--base-config", default=str(CONFIGS / "apple_defect.yaml"),
-                   help="build: the training config whose data.splits give the base dataset's session splits")
+    d.add_argument(
+        "--base-config",
+        default=str(CONFIGS / "apple_defect.yaml"),
+        help="build: the training config whose data.splits give the base dataset's session splits",
+    )
     d.add_argument("--limit", type=int, default=20, help="suggest: how many fruit")
     d.add_argument("--route", action="store_true", help="suggest: also put them in the review queue")
     d.add_argument("--json", action="store_true", help="suggest: print JSON")

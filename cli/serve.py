@@ -31,6 +31,11 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("serve", help="run the HTTP service")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
-    s.add_argument("--workers", type=int, default=1, help="server processes, each with its own socket on the port (SQLite or PostgreSQL; replicas on several hosts need PostgreSQL)")
+    s.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes, each with its own socket on the port (SQLite or PostgreSQL; replicas on several hosts need PostgreSQL)",
+    )
     s.add_argument("--log-level", default="info")
     s.set_defaults(func=_serve)

@@ -12,20 +12,25 @@ def _synth(args: argparse.Namespace) -> int:
         from datasets.video import make_conveyor_clip
 
         clip = make_conveyor_clip(args.out, lanes=args.lanes, seconds=args.seconds, mm_per_px=args.mm_per_px, seed=args.seed)
-        print(f"{args.out}: {clip.n_frames} frames at {clip.fps:g} fps, {clip.lanes} lanes, belt {clip.speed_mm_s:g} mm/s, "
-              f"{clip.mm_per_px:g} mm/px, {len(clip.fruits)} fruit:")
+        print(
+            f"{args.out}: {clip.n_frames} frames at {clip.fps:g} fps, {clip.lanes} lanes, belt {clip.speed_mm_s:g} mm/s, "
+            f"{clip.mm_per_px:g} mm/px, {len(clip.fruits)} fruit:"
+        )
         for f in clip.fruits:
             print(f"  lane {f.lane}  enters {f.enter_s:5.2f} s  {f.diameter_mm:5.1f} mm  blemish {f.blemish_area_cm2:.2f} cm²  {f.colour}")
         return 0
 
     from datasets.synthetic import make_fruit_image
 
-    img, truth = make_fruit_image(seed=args.seed, diameter_mm=args.diameter_mm, mm_per_px=args.mm_per_px,
-                                  colour=args.colour, blemishes_cm2=tuple(args.blemish_cm2))
+    img, truth = make_fruit_image(
+        seed=args.seed, diameter_mm=args.diameter_mm, mm_per_px=args.mm_per_px, colour=args.colour, blemishes_cm2=tuple(args.blemish_cm2)
+    )
     cv2.imwrite(args.out, cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
     f = truth.fruits[0]
-    print(f"{args.out}: one {args.colour} fruit, diameter {f.diameter_mm:g} mm at {args.mm_per_px:g} mm/px, "
-          f"blemishes {f.blemish_area_cm2:.2f} cm² in total")
+    print(
+        f"{args.out}: one {args.colour} fruit, diameter {f.diameter_mm:g} mm at {args.mm_per_px:g} mm/px, "
+        f"blemishes {f.blemish_area_cm2:.2f} cm² in total"
+    )
     return 0
 
 

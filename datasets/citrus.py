@@ -119,8 +119,14 @@ def _dct_low(grey: np.ndarray) -> np.ndarray:
 _U = (-1.0) ** np.arange(HASH_FREQ)[None, :]
 _V = (-1.0) ** np.arange(HASH_FREQ)[:, None]
 _SYMMETRIES = (
-    lambda d: d, lambda d: d * _U, lambda d: d * _V, lambda d: d * _U * _V,
-    lambda d: d.T, lambda d: d.T * _U, lambda d: d.T * _V, lambda d: d.T * _U * _V,
+    lambda d: d,
+    lambda d: d * _U,
+    lambda d: d * _V,
+    lambda d: d * _U * _V,
+    lambda d: d.T,
+    lambda d: d.T * _U,
+    lambda d: d.T * _V,
+    lambda d: d.T * _U * _V,
 )
 
 
@@ -182,15 +188,17 @@ def signatures(paths: Sequence[Path], shas: Sequence[str], cache_dir: Path | Non
         if cache_file is not None:
             cache_file.parent.mkdir(parents=True, exist_ok=True)
             keys = sorted(cache)
-            np.savez(cache_file, sha=np.array(keys), hashes=np.stack([cache[k][0] for k in keys]),
-                     colours=np.stack([cache[k][1] for k in keys]))
+            np.savez(
+                cache_file, sha=np.array(keys), hashes=np.stack([cache[k][0] for k in keys]), colours=np.stack([cache[k][1] for k in keys])
+            )
     if not shas:
         return Signatures(np.zeros((0, 8 * 90 // ROTATION_STEP_DEG, (HASH_BITS + 63) // 64 * 8), np.uint8), np.zeros((0, 64), np.float32))
     return Signatures(np.stack([cache[s][0] for s in shas]), np.stack([cache[s][1] for s in shas]))
 
 
-def close_pairs(a: Signatures, b: Signatures | None = None, max_bits: int = DEFAULT_MAX_BITS,
-                max_colour_l1: float = MAX_COLOUR_L1) -> list[tuple[int, int, int]]:
+def close_pairs(
+    a: Signatures, b: Signatures | None = None, max_bits: int = DEFAULT_MAX_BITS, max_colour_l1: float = MAX_COLOUR_L1
+) -> list[tuple[int, int, int]]:
     """(i, j, bits) for every photo i of ``a`` and j of ``b`` (i < j when ``b`` is omitted) whose
     smallest Hamming distance over every turn and mirror of j is at most ``max_bits``.
 
@@ -301,8 +309,9 @@ def build_manifest(
     # a stable group name: the smallest sha256 among its photos
     names = {g: f"{commodity}-{min(shas[i] for i in ms)[:12]}" for g, ms in members.items()}
     conflict = {g for g, ms in members.items() if len({photos[i][1] for i in ms}) > 1}
-    strata = {names[g]: photos[ms[0]][1] + "|" + "+".join(sorted({photos[i][3] for i in ms}))
-              for g, ms in members.items() if g not in conflict}
+    strata = {
+        names[g]: photos[ms[0]][1] + "|" + "+".join(sorted({photos[i][3] for i in ms})) for g, ms in members.items() if g not in conflict
+    }
     sizes = {names[g]: len(ms) for g, ms in members.items()}
     split_of = assign_splits(strata, sizes, {s: fractions[s] for s in SPLITS}, seed)
 
@@ -311,8 +320,18 @@ def build_manifest(
         g = int(index[i])
         if g in conflict:
             labels = sorted({photos[j][1] for j in members[g]})
-            items.append(Item(path, label, defect_type, source, names[g], "excluded", shas[i],
-                              note=f"the same photo is filed as {' and '.join(labels)}"))
+            items.append(
+                Item(
+                    path,
+                    label,
+                    defect_type,
+                    source,
+                    names[g],
+                    "excluded",
+                    shas[i],
+                    note=f"the same photo is filed as {' and '.join(labels)}",
+                )
+            )
         else:
             items.append(Item(path, label, defect_type, source, names[g], split_of[names[g]], shas[i]))
     return items

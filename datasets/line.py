@@ -67,8 +67,9 @@ class LineItem:
     disagreement: bool = False
 
 
-def verdict_label(decision: str, defect_label: str | None, model_label: str | None,
-                  classes: Sequence[str] = CLASSES) -> tuple[str | None, str | None]:
+def verdict_label(
+    decision: str, defect_label: str | None, model_label: str | None, classes: Sequence[str] = CLASSES
+) -> tuple[str | None, str | None]:
     """(the training label in the model's ``classes`` or None, where it came from). For a sound /
     defective model any defect is "defective"; for a model that tells defect types apart (e.g.
     sound, blackspot, canker, greening, rot) the inspector's type, or the model's label the
@@ -125,9 +126,19 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def build(repo, out_dir: Path, *, since: dt.datetime | None = None, lot: str | None = None, margin_frac: float = 0.08,
-          base: Path | None = None, base_splits: dict[str, list[str]] | None = None, progress=None,
-          commodity: str | None = None, classes: Sequence[str] = CLASSES) -> dict[str, Any]:
+def build(
+    repo,
+    out_dir: Path,
+    *,
+    since: dt.datetime | None = None,
+    lot: str | None = None,
+    margin_frac: float = 0.08,
+    base: Path | None = None,
+    base_splits: dict[str, list[str]] | None = None,
+    progress=None,
+    commodity: str | None = None,
+    classes: Sequence[str] = CLASSES,
+) -> dict[str, Any]:
     """Export reviewed fruit (and optionally a base dataset) to ``out_dir``; returns the manifest.
     ``commodity`` keeps one commodity's fruit; ``classes`` are the labels of the model to train
     (a typed citrus model keeps the inspectors' defect types)."""
@@ -135,25 +146,34 @@ def build(repo, out_dir: Path, *, since: dt.datetime | None = None, lot: str | N
     (out_dir / "crops").mkdir(parents=True, exist_ok=True)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     with repo.sessions() as s:
-        q = (select(VerdictRow, FruitRow, ResultRow, ImageRow)
-             .join(FruitRow, VerdictRow.fruit_row_id == FruitRow.id)
-             .join(ResultRow, VerdictRow.result_id == ResultRow.id)
-             .join(ImageRow, ResultRow.image_sha256 == ImageRow.sha256)
-             .where(VerdictRow.retracted.is_(False)).order_by(VerdictRow.id))
+        q = (
+            select(VerdictRow, FruitRow, ResultRow, ImageRow)
+            .join(FruitRow, VerdictRow.fruit_row_id == FruitRow.id)
+            .join(ResultRow, VerdictRow.result_id == ResultRow.id)
+            .join(ImageRow, ResultRow.image_sha256 == ImageRow.sha256)
+            .where(VerdictRow.retracted.is_(False))
+            .order_by(VerdictRow.id)
+        )
         if since is not None:
             q = q.where(VerdictRow.created_at >= since)
         if lot:
             q = q.where(ResultRow.lot_id == lot)
-        rows = [(v, f, r, img, r.payload["fruits"][f.index]) for v, f, r, img in s.execute(q).all()
-                if commodity is None or r.payload.get("commodity") == commodity]  # the commodity is in the stored payload
+        rows = [
+            (v, f, r, img, r.payload["fruits"][f.index])
+            for v, f, r, img in s.execute(q).all()
+            if commodity is None or r.payload.get("commodity") == commodity
+        ]  # the commodity is in the stored payload
     skipped: dict[str, int] = {}
     candidates = []
     for v, f, r, img, fruit in rows:
         model = fruit.get("defect") or {}
         label, label_source = verdict_label(v.decision, v.defect_label, model.get("label"), classes)
         if label is None:
-            why = ("a defect label that is not one of the model's classes" if v.defect_label or v.decision == "confirm"
-                   else "corrected grade without a defect label")
+            why = (
+                "a defect label that is not one of the model's classes"
+                if v.defect_label or v.decision == "confirm"
+                else "corrected grade without a defect label"
+            )
             skipped[why] = skipped.get(why, 0) + 1
             continue
         session = f"{r.camera_id or 'camera?'}/{r.created_at.date().isoformat()}"
@@ -181,27 +201,61 @@ def build(repo, out_dir: Path, *, since: dt.datetime | None = None, lot: str | N
         (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(out_dir / rel), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
         model_label = model.get("label")
-        items.append(LineItem(
-            path=str(rel), kind="crop", label=label, split=split, session=session, lot=r.lot_id, sha256=_sha256(out_dir / rel),
-            source="line", label_source=label_source, image=str(image_rel), camera=r.camera_id, result_id=r.id, fruit_index=f.index,
-            verdict_id=v.id, inspector=v.inspector, model_label=model_label, model_score=model.get("score"),
-            model_version=r.model_version,
-            disagreement=model_label is not None and (model_label == "sound") != (label == "sound")))
+        items.append(
+            LineItem(
+                path=str(rel),
+                kind="crop",
+                label=label,
+                split=split,
+                session=session,
+                lot=r.lot_id,
+                sha256=_sha256(out_dir / rel),
+                source="line",
+                label_source=label_source,
+                image=str(image_rel),
+                camera=r.camera_id,
+                result_id=r.id,
+                fruit_index=f.index,
+                verdict_id=v.id,
+                inspector=v.inspector,
+                model_label=model_label,
+                model_score=model.get("score"),
+                model_version=r.model_version,
+                disagreement=model_label is not None and (model_label == "sound") != (label == "sound"),
+            )
+        )
     if base is not None:
         from datasets import fruitnet
 
         for it in fruitnet.build_manifest(Path(base), base_splits or {}):
-            items.append(LineItem(path=str((Path(base) / it.path).resolve()), kind="image", label=it.label, split=it.split,
-                                  session=it.session, lot=None, sha256=it.sha256, source=Path(base).name))
-    digest = hashlib.sha256("".join(f"{i.path}\t{i.label}\t{i.split}\t{i.sha256}\n" for i in sorted(items, key=lambda i: i.path)).encode()).hexdigest()
+            items.append(
+                LineItem(
+                    path=str((Path(base) / it.path).resolve()),
+                    kind="image",
+                    label=it.label,
+                    split=it.split,
+                    session=it.session,
+                    lot=None,
+                    sha256=it.sha256,
+                    source=Path(base).name,
+                )
+            )
+    digest = hashlib.sha256(
+        "".join(f"{i.path}\t{i.label}\t{i.split}\t{i.sha256}\n" for i in sorted(items, key=lambda i: i.path)).encode()
+    ).hexdigest()
     counts: dict[str, dict[str, int]] = {}
     for i in items:
         counts.setdefault(i.split, {}).setdefault(i.label, 0)
         counts[i.split][i.label] += 1
     manifest = {
-        "sha256": digest, "classes": list(classes), "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
-        "filters": {"since": since.isoformat() if since else None, "lot": lot, "commodity": commodity}, "base": str(base) if base else None,
-        "counts": counts, "skipped": skipped, "disagreements": sum(i.disagreement for i in items),
+        "sha256": digest,
+        "classes": list(classes),
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "filters": {"since": since.isoformat() if since else None, "lot": lot, "commodity": commodity},
+        "base": str(base) if base else None,
+        "counts": counts,
+        "skipped": skipped,
+        "disagreements": sum(i.disagreement for i in items),
         "items": [asdict(i) for i in items],
     }
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1))
@@ -214,8 +268,11 @@ def suggest(repo, spec: ModelSpec, limit: int = 20, lot: str | None = None, sinc
     uncertainty × (distance to the nearest fruit already picked, in standardised measurement space)."""
     with repo.sessions() as s:
         reviewed = select(VerdictRow.fruit_row_id).where(VerdictRow.retracted.is_(False))
-        q = (select(FruitRow, ResultRow).join(ResultRow, FruitRow.result_id == ResultRow.id)
-             .where(FruitRow.flagged.is_(False), FruitRow.defect_score.is_not(None), FruitRow.id.not_in(reviewed)))
+        q = (
+            select(FruitRow, ResultRow)
+            .join(ResultRow, FruitRow.result_id == ResultRow.id)
+            .where(FruitRow.flagged.is_(False), FruitRow.defect_score.is_not(None), FruitRow.id.not_in(reviewed))
+        )
         if lot:
             q = q.where(ResultRow.lot_id == lot)
         if since is not None:
@@ -223,8 +280,19 @@ def suggest(repo, spec: ModelSpec, limit: int = 20, lot: str | None = None, sinc
         rows = [(f, r, r.payload["fruits"][f.index]) for f, r in s.execute(q.order_by(FruitRow.id.desc()).limit(20_000)).all()]
     if not rows:
         return []
-    feats = np.array([[f.defect_score, fr.get("diameter_mm") or 0.0, fr.get("colour_coverage") or 0.0, fr.get("blemish_fraction") or 0.0,
-                       fr.get("roundness") or 0.0] for f, _, fr in rows], float)
+    feats = np.array(
+        [
+            [
+                f.defect_score,
+                fr.get("diameter_mm") or 0.0,
+                fr.get("colour_coverage") or 0.0,
+                fr.get("blemish_fraction") or 0.0,
+                fr.get("roundness") or 0.0,
+            ]
+            for f, _, fr in rows
+        ],
+        float,
+    )
     feats = (feats - feats.mean(axis=0)) / (feats.std(axis=0) + 1e-9)
     unc = np.array([uncertainty(f.defect_score, spec.threshold_defective) for f, _, _ in rows])
     picked: list[int] = []
@@ -241,9 +309,19 @@ def suggest(repo, spec: ModelSpec, limit: int = 20, lot: str | None = None, sinc
     out = []
     for k in picked:
         f, r, fr = rows[k]
-        out.append({"fruit": f.id, "result_id": r.id, "fruit_index": f.index, "lot_id": r.lot_id, "camera_id": r.camera_id,
-                    "defect_score": round(f.defect_score, 4), "uncertainty": round(float(unc[k]), 4),
-                    "diameter_mm": fr.get("diameter_mm"), "grade": fr.get("grade")})
+        out.append(
+            {
+                "fruit": f.id,
+                "result_id": r.id,
+                "fruit_index": f.index,
+                "lot_id": r.lot_id,
+                "camera_id": r.camera_id,
+                "defect_score": round(f.defect_score, 4),
+                "uncertainty": round(float(unc[k]), 4),
+                "diameter_mm": fr.get("diameter_mm"),
+                "grade": fr.get("grade"),
+            }
+        )
     return out
 
 

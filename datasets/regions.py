@@ -125,8 +125,15 @@ def clutter_image(seed: int, size: int = 160) -> np.ndarray:
         img = img.astype(np.uint8)
         for line in range(int(rng.integers(3, 9))):
             txt = "".join(chr(int(rng.integers(65, 91))) for _ in range(int(rng.integers(4, 12))))
-            cv2.putText(img, txt, (int(rng.integers(0, 40)), 20 + line * 18), cv2.FONT_HERSHEY_SIMPLEX, rng.uniform(0.4, 0.9),
-                        tuple(int(v) for v in c2), 1 + int(rng.integers(0, 2)))
+            cv2.putText(
+                img,
+                txt,
+                (int(rng.integers(0, 40)), 20 + line * 18),
+                cv2.FONT_HERSHEY_SIMPLEX,
+                rng.uniform(0.4, 0.9),
+                tuple(int(v) for v in c2),
+                1 + int(rng.integers(0, 2)),
+            )
     elif kind == 3:  # noise
         img = rng.integers(0, 256, (size, size, 3))
     elif kind == 4:  # flat colour
@@ -137,7 +144,9 @@ def clutter_image(seed: int, size: int = 160) -> np.ndarray:
     img = np.clip(img, 0, 255).astype(np.uint8)
     mask = np.zeros((size, size), np.uint8)
     if rng.random() < 0.5:
-        cv2.ellipse(mask, (size // 2, size // 2), (int(rng.integers(30, 75)), int(rng.integers(30, 75))), float(rng.uniform(0, 180)), 0, 360, 1, -1)
+        cv2.ellipse(
+            mask, (size // 2, size // 2), (int(rng.integers(30, 75)), int(rng.integers(30, 75))), float(rng.uniform(0, 180)), 0, 360, 1, -1
+        )
     else:
         pts = rng.integers(10, size - 10, (int(rng.integers(3, 7)), 2)).astype(np.int32)
         cv2.fillConvexPoly(mask, cv2.convexHull(pts), 1)
@@ -152,14 +161,36 @@ def _split_of_hash(key: str, fractions=(0.6, 0.2, 0.2)) -> str:
     return "train" if v < fractions[0] else "val" if v < fractions[0] + fractions[1] else "test"
 
 
-def build(data_root: Path, apple_splits: dict[str, list[str]], size: int = 160, margin: float = 0.08,
-          params: SegmentationParams | None = None, work_dir: Path | None = None, n_synthetic: int = 400,
-          limit: int | None = None, seed: int = 7) -> tuple[np.ndarray, np.ndarray, list[Region]]:
+def build(
+    data_root: Path,
+    apple_splits: dict[str, list[str]],
+    size: int = 160,
+    margin: float = 0.08,
+    params: SegmentationParams | None = None,
+    work_dir: Path | None = None,
+    n_synthetic: int = 400,
+    limit: int | None = None,
+    seed: int = 7,
+) -> tuple[np.ndarray, np.ndarray, list[Region]]:
     """Every labelled region of the shared data under ``data_root`` and of the synthetic generators:
     (crops N×size×size×3 uint8, is_fruit N, regions). Sources absent under ``data_root`` are skipped.
     Cached in ``work_dir`` (keyed by the arguments and this module's source)."""
-    key = hashlib.sha256(json.dumps([str(data_root.resolve()), apple_splits, size, margin, repr(params), n_synthetic, limit, seed,
-                                     Path(__file__).read_text(), Path(segment_fruits.__code__.co_filename).read_text()]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(
+        json.dumps(
+            [
+                str(data_root.resolve()),
+                apple_splits,
+                size,
+                margin,
+                repr(params),
+                n_synthetic,
+                limit,
+                seed,
+                Path(__file__).read_text(),
+                Path(segment_fruits.__code__.co_filename).read_text(),
+            ]
+        ).encode()
+    ).hexdigest()[:16]
     cache = None if work_dir is None else work_dir / f"regions-{key}.npz"
     if cache is not None and cache.exists():
         z = np.load(cache, allow_pickle=False)
@@ -185,7 +216,7 @@ def build(data_root: Path, apple_splits: dict[str, list[str]], size: int = 160, 
         for it in citrus.build_manifest(data_root, commodity, seed=seed, cache_dir=work_dir):
             jobs.append((commodity, data_root / it.path, it.path, it.split, it.label == "empty"))
     if limit:
-        jobs = jobs[::max(1, len(jobs) // limit)]
+        jobs = jobs[:: max(1, len(jobs) // limit)]
     for source, file, rel, split, empty in tqdm(jobs, desc="candidate regions", unit="photo"):
         rgb = _load(file)
         if rgb is not None:

@@ -189,8 +189,17 @@ def make_fruit_image(
         side = int(math.ceil(diameter_mm / mm_per_px * 1.6)) + 16
         size_px = (side, side)
     return make_frame(
-        [FruitSpec(diameter_mm=diameter_mm, colour=colour, blemishes_cm2=blemishes_cm2, aspect=aspect, angle_deg=angle_deg,
-                   blush_colour=blush_colour, blush_fraction=blush_fraction)],
+        [
+            FruitSpec(
+                diameter_mm=diameter_mm,
+                colour=colour,
+                blemishes_cm2=blemishes_cm2,
+                aspect=aspect,
+                angle_deg=angle_deg,
+                blush_colour=blush_colour,
+                blush_fraction=blush_fraction,
+            )
+        ],
         mm_per_px=mm_per_px,
         size_px=size_px,
         background=background,

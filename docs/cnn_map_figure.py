@@ -20,7 +20,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from datasets.synthetic import make_fruit_image  # noqa: E402
-from grader.measure import crop_for_model, measure_image  # noqa: E402
+from grader.crop import crop_for_model  # noqa: E402
+from grader.measure import measure_image  # noqa: E402
 from grader.overlay import draw_overlay  # noqa: E402
 from service.onnx_model import OnnxDefectModel  # noqa: E402
 
@@ -32,6 +33,7 @@ def pick(model: OnnxDefectModel, root: Path) -> list[str]:
     """Test-split photos (sessions never used for training or thresholds), chosen by a fixed rule:
     among the defective ones (20190824) the two whose map varies most and the one of median
     variation, among the sound ones (IMG_9xxx) the one whose map varies most."""
+
     def spread(rel: str) -> float:
         img = cv2.cvtColor(cv2.imread(str(root / rel)), cv2.COLOR_BGR2RGB)
         fruit = measure_image(img, None)
@@ -70,8 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     if (a.data / "bad").is_dir():
         images = [(p, cv2.cvtColor(cv2.imread(str(a.data / p)), cv2.COLOR_BGR2RGB)) for p in pick(model, a.data)]
     else:
-        images = [(f"synthetic seed {s}", make_fruit_image(seed=s, diameter_mm=72, blemishes_cm2=b)[0])
-                  for s, b in ((1, (1.5,)), (2, (0.8, 0.5)), (3, (2.0,)), (4, ()))]
+        images = [
+            (f"synthetic seed {s}", make_fruit_image(seed=s, diameter_mm=72, blemishes_cm2=b)[0])
+            for s, b in ((1, (1.5,)), (2, (0.8, 0.5)), (3, (2.0,)), (4, ()))
+        ]
     columns = []
     for name, img in images:
         m = max(measure_image(img, None), key=lambda f: f.area_px)
@@ -81,10 +85,15 @@ def main(argv: list[str] | None = None) -> int:
         cnn = draw_overlay(img, [m], layers=("contour", "cnn"), cnn_maps=[(ev.defect_map, ev.map_crop_margin_frac)])
         heat = draw_overlay(img, [m], layers=("contour", "heatmap"))
         title = Path(name).name if "/" in name else name
-        columns.append(np.concatenate([
-            panel(cnn, m.bbox, [title, f"cnn map: P(defective) {ev.score:.2f}, distance {ev.ood_distance:.1f}"]),
-            panel(heat, m.bbox, ["heatmap: skin colour departure", "(the measured layer behind blemish cm2)"]),
-        ], axis=0))
+        columns.append(
+            np.concatenate(
+                [
+                    panel(cnn, m.bbox, [title, f"cnn map: P(defective) {ev.score:.2f}, distance {ev.ood_distance:.1f}"]),
+                    panel(heat, m.bbox, ["heatmap: skin colour departure", "(the measured layer behind blemish cm2)"]),
+                ],
+                axis=0,
+            )
+        )
         print(f"{name}: score {ev.score:.3f}, map {np.round(ev.defect_map, 2).tolist()}, ood_distance {ev.ood_distance:.2f}")
     sep = np.full((columns[0].shape[0], 8, 3), 255, np.uint8)
     sheet = np.concatenate([x for c in columns for x in (c, sep)][:-1], axis=1)

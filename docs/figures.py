@@ -1,6 +1,6 @@
 """Make the measurement figure in docs/img from a seeded synthetic frame (no model needed):
 
-    .venv/bin/python docs/figures.py
+.venv/bin/python docs/figures.py
 """
 
 from __future__ import annotations

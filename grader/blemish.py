@@ -53,11 +53,15 @@ def _distance_to_edge(mask: np.ndarray, size: int) -> np.ndarray:
     """Each mask pixel's distance to the nearest pixel outside the fruit. The mask is bbox-sized,
     so the fruit touches the array's border; padding makes the border count as outside (OpenCV's
     distance transform does not see beyond the array)."""
-    padded = cv2.copyMakeBorder(mask.view(np.uint8) if mask.dtype == bool else mask.astype(np.uint8), 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
+    padded = cv2.copyMakeBorder(
+        mask.view(np.uint8) if mask.dtype == bool else mask.astype(np.uint8), 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0
+    )
     return cv2.distanceTransform(padded, cv2.DIST_L2, size)[1:-1, 1:-1]
 
 
-def _skin_departure(image_rgb: np.ndarray, seg: "Segment | FruitMeasurement", params: BlemishParams) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+def _skin_departure(
+    image_rgb: np.ndarray, seg: "Segment | FruitMeasurement", params: BlemishParams
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """(skin mask, Lab distance from the reference skin colour, darkening in L*) over the fruit's
     bbox, both 0 off the skin; None when too little skin is visible to judge."""
     x0, y0, x1, y1 = seg.bbox
@@ -104,8 +108,13 @@ def skin_anomaly_map(image_rgb: np.ndarray, seg: "Segment | FruitMeasurement", p
     return np.where(skin, heat, 0.0).astype(np.float32)
 
 
-def blemish_mask(image_rgb: np.ndarray, seg: Segment, params: BlemishParams, healthy_bands: tuple[ColourBand, ...] = (),
-                 in_band: np.ndarray | None = None) -> np.ndarray:
+def blemish_mask(
+    image_rgb: np.ndarray,
+    seg: Segment,
+    params: BlemishParams,
+    healthy_bands: tuple[ColourBand, ...] = (),
+    in_band: np.ndarray | None = None,
+) -> np.ndarray:
     """Skin pixels that look blemished (bool, bbox-sized like ``seg.mask``).
 
     Pixels in the commodity's target colour (``healthy_bands``, e.g. an apple's red blush) are

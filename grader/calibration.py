@@ -46,8 +46,9 @@ def _aspect(m: FruitMeasurement) -> float:
     return min(a, b) / max(a, b, 1e-9)
 
 
-def calibrate_from_image(image_rgb: np.ndarray, reference_diameter_mm: float, camera_id: str | None = None,
-                         params: SegmentationParams | None = None) -> Calibration:
+def calibrate_from_image(
+    image_rgb: np.ndarray, reference_diameter_mm: float, camera_id: str | None = None, params: SegmentationParams | None = None
+) -> Calibration:
     """mm_per_px from an image showing one reference sphere or disc of known diameter."""
     if not np.isfinite(reference_diameter_mm) or reference_diameter_mm <= 0:
         raise CalibrationFailed("reference_diameter_mm must be a positive number", field="reference_diameter_mm")
@@ -56,11 +57,19 @@ def calibrate_from_image(image_rgb: np.ndarray, reference_diameter_mm: float, ca
         raise CalibrationFailed("no reference object found whole in the image (it must not touch the border)")
     ref = max(found, key=lambda m: m.area_px)
     if ref.roundness < MIN_REFERENCE_ROUNDNESS or _aspect(ref) < MIN_REFERENCE_ASPECT:
-        raise CalibrationFailed(f"the largest object is not round (roundness {ref.roundness:.2f}, width ratio {_aspect(ref):.2f}; "
-                                f"need >= {MIN_REFERENCE_ROUNDNESS} and >= {MIN_REFERENCE_ASPECT}): show a sphere or disc")
+        raise CalibrationFailed(
+            f"the largest object is not round (roundness {ref.roundness:.2f}, width ratio {_aspect(ref):.2f}; "
+            f"need >= {MIN_REFERENCE_ROUNDNESS} and >= {MIN_REFERENCE_ASPECT}): show a sphere or disc"
+        )
     diameter_px = (ref.diameter_px + ref.minor_diameter_px) / 2
-    return Calibration(camera_id, reference_diameter_mm / diameter_px, "reference-image", reference_diameter_mm, diameter_px,
-                       dt.datetime.now(dt.timezone.utc))
+    return Calibration(
+        camera_id,
+        reference_diameter_mm / diameter_px,
+        "reference-image",
+        reference_diameter_mm,
+        diameter_px,
+        dt.datetime.now(dt.timezone.utc),
+    )
 
 
 def median_hue_deg(image_rgb: np.ndarray, m: FruitMeasurement, min_saturation: float) -> float | None:
@@ -72,8 +81,9 @@ def median_hue_deg(image_rgb: np.ndarray, m: FruitMeasurement, min_saturation: f
     return float(np.median(hsv[..., 0][sel])) * 360.0 / 256.0
 
 
-def split_references(image_rgb: np.ndarray, measurements: list[FruitMeasurement],
-                     spec: ReferenceSpec) -> tuple[list[FruitMeasurement], list[FruitMeasurement]]:
+def split_references(
+    image_rgb: np.ndarray, measurements: list[FruitMeasurement], spec: ReferenceSpec
+) -> tuple[list[FruitMeasurement], list[FruitMeasurement]]:
     """(references, fruit): reference spheres are round, whole and of the reference colour."""
     refs, fruit = [], []
     lo, hi = spec.hue_deg

@@ -97,9 +97,14 @@ class ColourNormalise:
         return cls(mean=mean, std=std, min_std=min_std, method=method)  # type: ignore[arg-type]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"method": self.method, "mean": list(self.mean), "std": list(self.std), "min_std": self.min_std,
-                "space": "OpenCV 8-bit Lab (L, a, b in 0..255) of the fruit pixels (not CROP_FILL_RGB)",
-                "applied": "per crop at the model's input size, after resize (serving) or augmentation (training)"}
+        return {
+            "method": self.method,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "min_std": self.min_std,
+            "space": "OpenCV 8-bit Lab (L, a, b in 0..255) of the fruit pixels (not CROP_FILL_RGB)",
+            "applied": "per crop at the model's input size, after resize (serving) or augmentation (training)",
+        }
 
     def apply(self, crop: np.ndarray, fruit: np.ndarray | None = None) -> np.ndarray:
         """The crop (RGB uint8) with its fruit pixels at the canonical Lab mean and spread; the

@@ -121,10 +121,13 @@ class ModelOutputs:
     def rows(self, start: int, stop: int) -> "ModelOutputs":
         """Rows start:stop of every output (one request's share of a micro-batch)."""
         cut = slice(start, stop)
-        return ModelOutputs(self.logits[cut], None if self.defect_map is None else self.defect_map[cut],
-                            None if self.ood_distance is None else self.ood_distance[cut],
-                            None if self.ood_distance_early is None else self.ood_distance_early[cut],
-                            None if self.fruit_score is None else self.fruit_score[cut])
+        return ModelOutputs(
+            self.logits[cut],
+            None if self.defect_map is None else self.defect_map[cut],
+            None if self.ood_distance is None else self.ood_distance[cut],
+            None if self.ood_distance_early is None else self.ood_distance_early[cut],
+            None if self.fruit_score is None else self.fruit_score[cut],
+        )
 
 
 def evidence_from_outputs(out: ModelOutputs, spec: ModelSpec) -> list[DefectEvidence]:
@@ -132,17 +135,26 @@ def evidence_from_outputs(out: ModelOutputs, spec: ModelSpec) -> list[DefectEvid
     return evidence_from_logits(out.logits, spec, out.defect_map, out.ood_distance, out.ood_distance_early, out.fruit_score)
 
 
-def evidence_from_logits(logits: np.ndarray, spec: ModelSpec, defect_map: np.ndarray | None = None,
-                         ood_distance: np.ndarray | None = None,
-                         ood_distance_early: np.ndarray | None = None, fruit_score: np.ndarray | None = None) -> list[DefectEvidence]:
+def evidence_from_logits(
+    logits: np.ndarray,
+    spec: ModelSpec,
+    defect_map: np.ndarray | None = None,
+    ood_distance: np.ndarray | None = None,
+    ood_distance_early: np.ndarray | None = None,
+    fruit_score: np.ndarray | None = None,
+) -> list[DefectEvidence]:
     """Turn raw model outputs into calibrated defect evidence, one per crop.
 
     ``defect_map`` (N, h, w), ``ood_distance`` (N,) and ``ood_distance_early`` (N,) are the graph's
     extra outputs where it has them (see :class:`ModelOutputs`). A crop is ``ood`` when any signal
     with a threshold is past it: "energy", "distance", "early-distance" (``ood_signals``)."""
     n = len(logits)
-    for name, extra in (("defect_map", defect_map), ("ood_distance", ood_distance), ("ood_distance_early", ood_distance_early),
-                        ("fruit_score", fruit_score)):
+    for name, extra in (
+        ("defect_map", defect_map),
+        ("ood_distance", ood_distance),
+        ("ood_distance_early", ood_distance_early),
+        ("fruit_score", fruit_score),
+    ):
         if extra is not None and len(extra) != n:
             raise ValueError(f"{name} has {len(extra)} rows for {n} crops")
     logits = np.asarray(logits)
@@ -163,8 +175,7 @@ def evidence_from_logits(logits: np.ndarray, spec: ModelSpec, defect_map: np.nda
         early_judged = early is not None and spec.ood_distance_early_threshold is not None
         if early_judged and not early <= spec.ood_distance_early_threshold:
             signals.append("early-distance")
-        judged = (spec.ood_energy_threshold is not None or (dist is not None and spec.ood_distance_threshold is not None)
-                  or early_judged)
+        judged = spec.ood_energy_threshold is not None or (dist is not None and spec.ood_distance_threshold is not None) or early_judged
         score = float(row[idx].sum())
         if score >= spec.threshold_defective:
             label = spec.defective_classes[int(np.argmax(row[idx]))] if typed else spec.defective_classes[0]

@@ -24,6 +24,7 @@ class GraderError(Exception):
 
 # ------------------------------------------------------------------ images and measurement
 
+
 class InvalidImage(GraderError):
     """The bytes are not an image we can grade (not decodable, truncated, too large...)."""
 
@@ -51,6 +52,7 @@ class InvalidReading(GraderError):
 
 
 # ------------------------------------------------------------------ standards and commodities
+
 
 class UnknownStandard(GraderError):
     """No grade standard with that id is loaded."""
@@ -82,6 +84,7 @@ class CommodityMismatch(GraderError):
 
 
 # ------------------------------------------------------------------ requests
+
 
 class OutOfRange(GraderError, ValueError):
     """A physical value outside its plausible range (service/limits.py: PHYSICAL), or not a number
@@ -115,6 +118,7 @@ class IdempotencyKeyReused(GraderError):
 
 # ------------------------------------------------------------------ lots
 
+
 class UnknownLot(GraderError):
     """No lot with that id has been opened."""
 
@@ -128,6 +132,7 @@ class LotClosed(GraderError):
 
 
 # ------------------------------------------------------------------ models
+
 
 class InvalidModelArtifact(GraderError):
     """A model directory lacks model.onnx/metadata.json or its metadata is inconsistent."""
@@ -162,6 +167,7 @@ class NoPreviousModel(GraderError):
 
 
 # ------------------------------------------------------------------ line video
+
 
 class InvalidVideo(GraderError):
     """Not a video that can be decoded, or its frames disagree."""

@@ -106,10 +106,21 @@ def fruit_flags(
         out, z = is_outlier(sweetness.brix, list(lot.brix), policy.outlier_k, policy.outlier_min_n)
         if out:
             flags.append(Flag("brix_outlier", f"{sweetness.brix:.1f} °Brix is {z:+.1f} robust SD from its lot's", 45))
-    if (defect is not None and defect.label not in sound_labels and sweetness is not None
-            and sweetness.source != "lot-sample" and sweetness.brix >= policy.disagreement_min_brix):
-        flags.append(Flag("signals_disagree", f"the model calls the fruit {defect.label} (score {defect.score:.2f}) "
-                          f"but its juice reads {sweetness.brix:.1f} °Brix (>= {policy.disagreement_min_brix:g})", 25))
+    if (
+        defect is not None
+        and defect.label not in sound_labels
+        and sweetness is not None
+        and sweetness.source != "lot-sample"
+        and sweetness.brix >= policy.disagreement_min_brix
+    ):
+        flags.append(
+            Flag(
+                "signals_disagree",
+                f"the model calls the fruit {defect.label} (score {defect.score:.2f}) "
+                f"but its juice reads {sweetness.brix:.1f} °Brix (>= {policy.disagreement_min_brix:g})",
+                25,
+            )
+        )
     if decision is not None and decision.provisional:
         missing = sorted({r.rule for r in decision.reasons if r.unverified})
         flags.append(Flag("provisional", f"grade {decision.grade} is provisional: unknown {', '.join(missing)}", 60))
@@ -134,8 +145,9 @@ def sample_draw(key: str) -> float:
 
 
 def suggested_flag(score: float, unsure: float) -> Flag:
-    return Flag("suggested", f"picked for review to teach the model: p(defective) {score:.2f} is uncertain ({unsure:.0%})",
-                SUGGESTED_PRIORITY)
+    return Flag(
+        "suggested", f"picked for review to teach the model: p(defective) {score:.2f} is uncertain ({unsure:.0%})", SUGGESTED_PRIORITY
+    )
 
 
 def review_sample_flag(key: str, score: float, threshold: float, share: float, min_uncertainty: float = 0.5) -> Flag | None:

@@ -30,7 +30,9 @@ def _median(values: list[float | None]) -> float | None:
     return float(statistics.median(known)) if known else None
 
 
-def fuse_views(views: list[tuple[FruitMeasurement, DefectEvidence | None]], blemish: str = "sum") -> tuple[FruitMeasurement, DefectEvidence | None, int]:
+def fuse_views(
+    views: list[tuple[FruitMeasurement, DefectEvidence | None]], blemish: str = "sum"
+) -> tuple[FruitMeasurement, DefectEvidence | None, int]:
     """(fused measurement, worst defect evidence, index of the best view: the largest whole one).
 
     ``blemish="sum"`` for views of different sides (a line that rolls the fruit), ``"median"`` for
@@ -56,8 +58,13 @@ def fuse_views(views: list[tuple[FruitMeasurement, DefectEvidence | None]], blem
         area_mm2=_median([m.area_mm2 for m in ms]),
         roundness=float(statistics.median(m.roundness for m in ms)),
         blemish_area_cm2=None if any(b is None for b in blem) else float(sum(blem) if blemish == "sum" else statistics.median(blem)),
-        largest_blemish_cm2=None if any(b is None for b in blem) else (
-            max(m.largest_blemish_cm2 or 0.0 for m in ms) if blemish == "sum" else float(statistics.median(m.largest_blemish_cm2 or 0.0 for m in ms))),
+        largest_blemish_cm2=None
+        if any(b is None for b in blem)
+        else (
+            max(m.largest_blemish_cm2 or 0.0 for m in ms)
+            if blemish == "sum"
+            else float(statistics.median(m.largest_blemish_cm2 or 0.0 for m in ms))
+        ),
         colour_coverage=None if any(m.colour_coverage is None for m in ms) else float(statistics.fmean(m.colour_coverage for m in ms)),
         cut_off=not sized and all(m.cut_off for m in ms),
         quality_flags=list(flags.values()),
@@ -71,16 +78,27 @@ def fuse_views(views: list[tuple[FruitMeasurement, DefectEvidence | None]], blem
     return fused, worst, best
 
 
-def grade_views(views: Sequence[Sequence[FruitGrade]], standard: Standard, sweetness: SweetnessEvidence | None, policy: FlagPolicy,
-                lot: LotContext | None = None, sound: tuple[str, ...] = ("sound",)) -> tuple[FruitGrade | None, int, list[dict[str, Any]]]:
+def grade_views(
+    views: Sequence[Sequence[FruitGrade]],
+    standard: Standard,
+    sweetness: SweetnessEvidence | None,
+    policy: FlagPolicy,
+    lot: LotContext | None = None,
+    sound: tuple[str, ...] = ("sound",),
+) -> tuple[FruitGrade | None, int, list[dict[str, Any]]]:
     """One fruit seen in several images, each graded on its own (``views``: the fruit graded in each
     image): (its grade from the fused views, the image whose view is the best, a summary per image).
     The largest fruit of each image is the fruit; the blemish areas of the views add up (different
     sides). When no image shows a fruit: (None, 0, summary)."""
     largest = [max(fruits, key=lambda x: x.measurement.area_px) if fruits else None for fruits in views]
-    summary = [{"image": i, "diameter_mm": None if f is None else f.to_dict()["diameter_mm"],
-                "defect_score": None if f is None or f.defect is None else round(f.defect.score, 4)}
-               for i, f in enumerate(largest)]
+    summary = [
+        {
+            "image": i,
+            "diameter_mm": None if f is None else f.to_dict()["diameter_mm"],
+            "defect_score": None if f is None or f.defect is None else round(f.defect.score, 4),
+        }
+        for i, f in enumerate(largest)
+    ]
     seen = [i for i, f in enumerate(largest) if f is not None]
     if not seen:
         return None, 0, summary
@@ -109,7 +127,13 @@ def size_over_views(m: FruitMeasurement, sizes: list[ViewSize]) -> tuple[FruitMe
     area = float(statistics.median(s.area_px for s in sizes))
     spread = float(statistics.median(abs(s.diameter_px - d) for s in sizes))
     k = m.mm_per_px if m.diameter_mm is not None else None  # sized in mm only where m is (a scale, not cut off)
-    out = replace(m, diameter_px=d, minor_diameter_px=minor, area_px=area,
-                  diameter_mm=None if k is None else d * k, minor_diameter_mm=None if k is None else minor * k,
-                  area_mm2=None if k is None else area * k * k)
+    out = replace(
+        m,
+        diameter_px=d,
+        minor_diameter_px=minor,
+        area_px=area,
+        diameter_mm=None if k is None else d * k,
+        minor_diameter_mm=None if k is None else minor * k,
+        area_mm2=None if k is None else area * k * k,
+    )
     return out, spread * (k or 1.0)

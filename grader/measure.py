@@ -175,5 +175,3 @@ def measure_image(
 ) -> list[FruitMeasurement]:
     """Every fruit in the frame, measured, left to right."""
     return [measure_segment(image_rgb, s, mm_per_px, blemish, colour_bands, size_axis) for s in segment_fruits(image_rgb, params)]
-
-

@@ -262,8 +262,16 @@ class ProbParams:
 
 #: the knobs of :func:`measure_by_probability` for fruit on the tree, chosen on the first half of the
 #: ecopom dates only (bench/size_accuracy.py): GrabCut in Lab, then the refined edge circle
-TREE_PARAMS = ProbParams(segmenter="grabcut", grabcut_space="lab", inlier_tol_px=5.0, pos_frac=0.38,
-                         refine_band=0.15, refine_sigma_px=1.0, refine_prior=0.5, refine_tol_px=1.5)
+TREE_PARAMS = ProbParams(
+    segmenter="grabcut",
+    grabcut_space="lab",
+    inlier_tol_px=5.0,
+    pos_frac=0.38,
+    refine_band=0.15,
+    refine_sigma_px=1.0,
+    refine_prior=0.5,
+    refine_tol_px=1.5,
+)
 
 
 def _features(crop_rgb: np.ndarray, params: ProbParams) -> np.ndarray:
@@ -355,8 +363,9 @@ def _fill_component(mask: np.ndarray, seed: np.ndarray) -> np.ndarray:
     return (region > 0) | (ff[1:-1, 1:-1] == 1)
 
 
-def _ray_circle(pts: np.ndarray, seed_xy: tuple[float, float], tol_px: float, r_min: float, r_max: float,
-                iters: int = 300, rng_seed: int = 0) -> Circle | None:
+def _ray_circle(
+    pts: np.ndarray, seed_xy: tuple[float, float], tol_px: float, r_min: float, r_max: float, iters: int = 300, rng_seed: int = 0
+) -> Circle | None:
     """RANSAC circle through ray edge points (one per ray), scored by the number of rays it
     explains within ``tol_px``; refined by least squares on its inliers."""
     n = len(pts)
@@ -439,8 +448,9 @@ def perspective_stretch(centre_xy: tuple[float, float], focal_px: float, princip
     return v / rho, math.sqrt(1.0 + (rho / focal_px) ** 2)
 
 
-def undo_perspective_px(points_xy: np.ndarray, centre_xy: tuple[float, float], focal_px: float | None,
-                        principal_xy: tuple[float, float]) -> np.ndarray:
+def undo_perspective_px(
+    points_xy: np.ndarray, centre_xy: tuple[float, float], focal_px: float | None, principal_xy: tuple[float, float]
+) -> np.ndarray:
     """Outline points (N, 2) with the perspective stretch of :func:`perspective_stretch` undone
     about ``centre_xy``: their radial component is divided by s, so a sphere's ellipse becomes the
     circle it would image as at the principal point, at the same depth. ``focal_px`` None: unchanged."""

@@ -113,8 +113,14 @@ def _decline_reason(window: WindowMeasurement) -> str:
     return window.reason
 
 
-def size_object(image_rgb: np.ndarray, obj: SceneObject, others: Sequence[Sequence[float]], focal_px: float | None = None,
-                params: ProbParams = TREE_PARAMS, min_diameter_px: float = MIN_DIAMETER_PX) -> SizedObject:
+def size_object(
+    image_rgb: np.ndarray,
+    obj: SceneObject,
+    others: Sequence[Sequence[float]],
+    focal_px: float | None = None,
+    params: ProbParams = TREE_PARAMS,
+    min_diameter_px: float = MIN_DIAMETER_PX,
+) -> SizedObject:
     """One object sized in pixels by the orchard method, seeded by its box."""
     w = measure_by_probability(image_rgb, obj.box_xyxy, list(others), params, focal_px=focal_px or None)
     if w.diameter_px is None:
@@ -133,8 +139,9 @@ def centre_objects(shape: tuple[int, ...], sides: Sequence[float] = CENTRE_SIDES
     return [SceneObject(FRUIT, (cx - f * m / 2, cy - f * m / 2, cx + f * m / 2, cy + f * m / 2), "centre") for f in sides]
 
 
-def size_centre_fruit(image_rgb: np.ndarray, focal_px: float | None = None, params: ProbParams = TREE_PARAMS,
-                      min_diameter_px: float = MIN_DIAMETER_PX) -> SizedObject:
+def size_centre_fruit(
+    image_rgb: np.ndarray, focal_px: float | None = None, params: ProbParams = TREE_PARAMS, min_diameter_px: float = MIN_DIAMETER_PX
+) -> SizedObject:
     """The fruit at the centre of a crop: seeded at the centre with each of :data:`CENTRE_SIDES`; the
     fit whose circle is best backed by clean outline wins (a circle must be centred on the crop's
     middle third). Declined when no seed gives one."""
@@ -163,9 +170,15 @@ def scale_from_spheres(refs: Sequence[SizedObject], reference_mm: float) -> tupl
     return scale, rel
 
 
-def size_scene(image_rgb: np.ndarray, objects: Sequence[SceneObject], mm_per_px: float | None = None, focal_px: float | None = None,
-               reference_mm: float = TENNIS_BALL_DIAMETER_MM, params: ProbParams = TREE_PARAMS,
-               min_diameter_px: float = MIN_DIAMETER_PX) -> SizedScene:
+def size_scene(
+    image_rgb: np.ndarray,
+    objects: Sequence[SceneObject],
+    mm_per_px: float | None = None,
+    focal_px: float | None = None,
+    reference_mm: float = TENNIS_BALL_DIAMETER_MM,
+    params: ProbParams = TREE_PARAMS,
+    min_diameter_px: float = MIN_DIAMETER_PX,
+) -> SizedScene:
     """Size every fruit of ``objects`` and take the scale: the one given, else the reference spheres'
     (``objects`` of kind tennis_ball), else none (sizes in pixels only)."""
     boxes = [o.box_xyxy for o in objects]
@@ -232,10 +245,23 @@ def to_measurement(s: SizedObject, shape: tuple[int, ...], mm_per_px: float | No
     d_mm = s.diameter_px * mm_per_px if sized else None
     flags = [] if s.reason == "ok" else [Flag(s.reason, DECLINED.get(s.reason, f"not sized: {s.reason}"), 40)]
     return FruitMeasurement(
-        bbox=(bx0, by0, bx1, by1), contour_px=contour, mask=mask, diameter_px=float(d_px), minor_diameter_px=float(d_px),
-        area_px=area_px, roundness=1.0, mm_per_px=mm_per_px, diameter_mm=d_mm, minor_diameter_mm=d_mm,
-        area_mm2=None if not sized else area_px * mm_per_px**2, blemish_area_cm2=None, largest_blemish_cm2=None,
-        blemish_fraction=0.0, cut_off=bool(cx - rx < 0 or cy - ry < 0 or cx + rx > w or cy + ry > h), quality_flags=flags,
+        bbox=(bx0, by0, bx1, by1),
+        contour_px=contour,
+        mask=mask,
+        diameter_px=float(d_px),
+        minor_diameter_px=float(d_px),
+        area_px=area_px,
+        roundness=1.0,
+        mm_per_px=mm_per_px,
+        diameter_mm=d_mm,
+        minor_diameter_mm=d_mm,
+        area_mm2=None if not sized else area_px * mm_per_px**2,
+        blemish_area_cm2=None,
+        largest_blemish_cm2=None,
+        blemish_fraction=0.0,
+        cut_off=bool(cx - rx < 0 or cy - ry < 0 or cx + rx > w or cy + ry > h),
+        quality_flags=flags,
         diameter_uncertainty_mm=s.diameter_uncertainty_mm if sized else None,
-        size_declined=None if s.reason == "ok" else s.reason, found_by=s.obj.source,
+        size_declined=None if s.reason == "ok" else s.reason,
+        found_by=s.obj.source,
     )

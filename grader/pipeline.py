@@ -67,7 +67,9 @@ def grade_image(
     if not confirmed:
         measurements, evidence, rejected = confirm_fruit(measurements, evidence)
     if not measurements:
-        why = f"no fruit found in the image ({len(rejected)} candidate regions were not fruit)" if rejected else "no fruit found in the image"
+        why = (
+            f"no fruit found in the image ({len(rejected)} candidate regions were not fruit)" if rejected else "no fruit found in the image"
+        )
         return ImageGrade([], quality + [Flag("no_fruit", why, 20)], rejected)
     sound = tuple(c for c in model.spec.classes if c not in model.spec.defective_classes)
     fruits = [decide(m, ev, standard, sweetness, policy, lot, sound, quality) for m, ev in zip(measurements, evidence)]
@@ -78,8 +80,11 @@ def confirm_fruit(measurements: list[FruitMeasurement], evidence: list[DefectEvi
     """Keep the candidates the model's fruit check calls fruit (all of them for a model without
     one): (measurements, evidence, rejected regions as {bbox, fruit_score})."""
     keep = [i for i, ev in enumerate(evidence) if ev.is_fruit is not False]
-    rejected = [{"bbox": list(measurements[i].bbox), "fruit_score": round(float(evidence[i].fruit_score or 0.0), 4)}
-                for i in range(len(evidence)) if i not in keep]
+    rejected = [
+        {"bbox": list(measurements[i].bbox), "fruit_score": round(float(evidence[i].fruit_score or 0.0), 4)}
+        for i in range(len(evidence))
+        if i not in keep
+    ]
     return [measurements[i] for i in keep], [evidence[i] for i in keep], rejected
 
 
@@ -94,8 +99,15 @@ def decide(
     frame_flags: list[Flag] | None = None,
 ) -> FruitGrade:
     """Rules and flags for one measured fruit with its defect and sweetness evidence."""
-    facts = facts_from(m.diameter_mm, None if sweetness is None else sweetness.brix, m.blemish_area_cm2,
-                       m.largest_blemish_cm2, m.colour_coverage, ev, sound)
+    facts = facts_from(
+        m.diameter_mm,
+        None if sweetness is None else sweetness.brix,
+        m.blemish_area_cm2,
+        m.largest_blemish_cm2,
+        m.colour_coverage,
+        ev,
+        sound,
+    )
     decision = grade_fruit(standard, facts)
     extra = fruit_flags(ev, decision, policy, m.diameter_mm, sweetness, lot, sound)
     flags = sorted((frame_flags or []) + m.quality_flags + extra, key=lambda f: f.priority)

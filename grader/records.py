@@ -145,9 +145,22 @@ class DefectEvidence:
     def from_dict(cls, d: dict[str, Any], model_name: str, model_version: str) -> "DefectEvidence":
         """The evidence a stored result's ``defect`` dict holds (as :meth:`to_dict` wrote it)."""
         m = d.get("map")
-        return cls(d["label"], d["score"], d.get("probabilities", {}), model_name, model_version, d.get("ood_score"), d.get("ood"),
-                   d.get("type"), d.get("type_probabilities"), d.get("ood_distance"), tuple(d.get("ood_signals") or ()),
-                   None if m is None else np.asarray(m, np.float32), d.get("map_crop_margin_frac"), d.get("ood_distance_early"))
+        return cls(
+            d["label"],
+            d["score"],
+            d.get("probabilities", {}),
+            model_name,
+            model_version,
+            d.get("ood_score"),
+            d.get("ood"),
+            d.get("type"),
+            d.get("type_probabilities"),
+            d.get("ood_distance"),
+            tuple(d.get("ood_signals") or ()),
+            None if m is None else np.asarray(m, np.float32),
+            d.get("map_crop_margin_frac"),
+            d.get("ood_distance_early"),
+        )
 
 
 @dataclass(frozen=True)

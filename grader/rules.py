@@ -26,9 +26,15 @@ class FruitFacts:
     defects: tuple[str, ...] = ()  # labels/types the defect evidence asserts, e.g. ("defective",)
 
 
-def facts_from(measure_diameter_mm: float | None, brix: float | None, blemish_area_cm2: float | None,
-               largest_blemish_cm2: float | None, colour_coverage: float | None, defect: DefectEvidence | None,
-               sound_labels: tuple[str, ...] = ("sound",)) -> FruitFacts:
+def facts_from(
+    measure_diameter_mm: float | None,
+    brix: float | None,
+    blemish_area_cm2: float | None,
+    largest_blemish_cm2: float | None,
+    colour_coverage: float | None,
+    defect: DefectEvidence | None,
+    sound_labels: tuple[str, ...] = ("sound",),
+) -> FruitFacts:
     """The facts the rules judge. A defective fruit asserts its label and, where the model tells
     defect types apart, its type too, plus the generic "defective": a standard can then exclude
     any defect from a grade ("defective") or only some types ("rot", "greening", ...)."""
@@ -56,17 +62,29 @@ def _check(rule: GradeRule, f: FruitFacts) -> tuple[list[Reason], list[Reason]]:
         if f.diameter_mm is None:
             missing("min_diameter_mm", "diameter", min_d)
         elif f.diameter_mm < min_d:
-            fails.append(Reason(g, "min_diameter_mm", round(f.diameter_mm, 1), min_d, f"diameter {f.diameter_mm:.1f} mm < {min_d:g} mm for {g}"))
+            fails.append(
+                Reason(g, "min_diameter_mm", round(f.diameter_mm, 1), min_d, f"diameter {f.diameter_mm:.1f} mm < {min_d:g} mm for {g}")
+            )
     if rule.max_diameter_mm is not None:
         if f.diameter_mm is None:
             missing("max_diameter_mm", "diameter", rule.max_diameter_mm)
         elif f.diameter_mm > rule.max_diameter_mm:
-            fails.append(Reason(g, "max_diameter_mm", round(f.diameter_mm, 1), rule.max_diameter_mm, f"diameter {f.diameter_mm:.1f} mm > {rule.max_diameter_mm:g} mm for {g}"))
+            fails.append(
+                Reason(
+                    g,
+                    "max_diameter_mm",
+                    round(f.diameter_mm, 1),
+                    rule.max_diameter_mm,
+                    f"diameter {f.diameter_mm:.1f} mm > {rule.max_diameter_mm:g} mm for {g}",
+                )
+            )
     if rule.min_brix is not None:
         if f.brix is None:
             missing("min_brix", "°Brix", rule.min_brix)
         elif f.brix < rule.min_brix:
-            fails.append(Reason(g, "min_brix", round(f.brix, 2), rule.min_brix, f"sweetness {f.brix:.1f} °Brix < {rule.min_brix:g} °Brix for {g}"))
+            fails.append(
+                Reason(g, "min_brix", round(f.brix, 2), rule.min_brix, f"sweetness {f.brix:.1f} °Brix < {rule.min_brix:g} °Brix for {g}")
+            )
     for attr, what in (("blemish_area_cm2", "blemish"), ("largest_blemish_cm2", "largest blemish")):
         limit = getattr(rule, f"max_{attr}")
         value = getattr(f, attr)
@@ -80,8 +98,15 @@ def _check(rule: GradeRule, f: FruitFacts) -> tuple[list[Reason], list[Reason]]:
         if f.colour_coverage is None:
             missing("min_colour_coverage", "colour coverage", rule.min_colour_coverage)
         elif f.colour_coverage < rule.min_colour_coverage:
-            fails.append(Reason(g, "min_colour_coverage", round(f.colour_coverage, 3), rule.min_colour_coverage,
-                                f"colour coverage {f.colour_coverage:.0%} < {rule.min_colour_coverage:.0%} for {g}"))
+            fails.append(
+                Reason(
+                    g,
+                    "min_colour_coverage",
+                    round(f.colour_coverage, 3),
+                    rule.min_colour_coverage,
+                    f"colour coverage {f.colour_coverage:.0%} < {rule.min_colour_coverage:.0%} for {g}",
+                )
+            )
     for d in f.defects:
         if d in rule.excluded_defects:
             fails.append(Reason(g, "excluded_defects", d, ",".join(rule.excluded_defects), f"defect '{d}' excludes {g}"))

@@ -202,10 +202,14 @@ def segment_fruits(image_rgb: np.ndarray, params: SegmentationParams | None = No
             continue  # mostly outside the frame
         if params.min_colour_contrast > 0:
             colour_dist = _distance_to(lab[blob][:, None, :], background, colour_only)  # the blob's pixels only
-            if float(np.median(colour_dist)) < params.min_colour_contrast and not (
-                blob.sum() >= params.lightness_only_min_area_frac * sh * sw
-                and float(np.median(dist[blob])) >= params.lightness_only_min_contrast
-            ) and not (textured is not None and float(textured[blob].mean()) >= 0.5):
+            if (
+                float(np.median(colour_dist)) < params.min_colour_contrast
+                and not (
+                    blob.sum() >= params.lightness_only_min_area_frac * sh * sw
+                    and float(np.median(dist[blob])) >= params.lightness_only_min_contrast
+                )
+                and not (textured is not None and float(textured[blob].mean()) >= 0.5)
+            ):
                 continue  # lightness only: a shadow, stain or hole, not a fruit
         kept.append(blob)
     blobs = kept
@@ -251,8 +255,9 @@ def _visible_fraction(blob: np.ndarray) -> float:
     return float(blob.sum() / (math.pi * r2))
 
 
-def _segment_from_mask(full: np.ndarray, image_rgb: np.ndarray, params: SegmentationParams, refine: bool,
-                       claims: np.ndarray | None = None) -> Segment | None:
+def _segment_from_mask(
+    full: np.ndarray, image_rgb: np.ndarray, params: SegmentationParams, refine: bool, claims: np.ndarray | None = None
+) -> Segment | None:
     """The segment of one blob's full-resolution mask; ``claims``: how many blobs hold each pixel
     (None for a lone blob), so that the edge refinement leaves touching neighbours' pixels alone."""
     bx, by, bw, bh = cv2.boundingRect(full.view(np.uint8))

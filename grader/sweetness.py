@@ -23,8 +23,7 @@ BRIX_MIN, BRIX_MAX = 0.0, 35.0
 def _table() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     data = tomllib.loads(TABLE.read_text())
     temps = sorted(data["corrections"], key=float)
-    return (np.array([float(t) for t in temps]), np.array(data["brix"], float),
-            np.array([data["corrections"][t] for t in temps], float))
+    return (np.array([float(t) for t in temps]), np.array(data["brix"], float), np.array([data["corrections"][t] for t in temps], float))
 
 
 def correct_to_20c(brix: float, temperature_c: float | None) -> float:
@@ -35,8 +34,10 @@ def correct_to_20c(brix: float, temperature_c: float | None) -> float:
         return brix
     temps, brixes, corr = _table()
     if not math.isfinite(temperature_c) or not temps[0] <= temperature_c <= temps[-1]:
-        raise InvalidReading(f"temperature_c must be between {temps[0]:g} and {temps[-1]:g} °C for the correction table, "
-                             f"got {temperature_c}", field="temperature_c")
+        raise InvalidReading(
+            f"temperature_c must be between {temps[0]:g} and {temps[-1]:g} °C for the correction table, got {temperature_c}",
+            field="temperature_c",
+        )
     per_temp = np.array([np.interp(brix, brixes, row) for row in corr])
     return float(brix + np.interp(temperature_c, temps, per_temp))
 

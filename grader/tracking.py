@@ -70,8 +70,16 @@ def _touching(a, b, gap_px: int = 3) -> bool:
 class BeltTracker:
     """Tracks on a belt moving along x (``direction`` +1: left to right, -1: right to left)."""
 
-    def __init__(self, width_px: int, height_px: int, lanes: int = 1, direction: int = 1, speed_px_per_frame: float | None = None,
-                 max_missed: int = 2, gate_frac: float = 0.6) -> None:
+    def __init__(
+        self,
+        width_px: int,
+        height_px: int,
+        lanes: int = 1,
+        direction: int = 1,
+        speed_px_per_frame: float | None = None,
+        max_missed: int = 2,
+        gate_frac: float = 0.6,
+    ) -> None:
         if direction not in (1, -1):
             raise ValueError("direction is +1 (left to right) or -1 (right to left)")
         self.width, self.height, self.lanes, self.direction = width_px, height_px, max(1, lanes), direction
@@ -132,7 +140,8 @@ class BeltTracker:
                 if self._at_exit(d):
                     continue  # fruit enter at the entry side: a piece at the exit is a leaving fruit's
                 if (d.cut_off or self._near_entry(d)) and any(
-                        _touching(d.bbox, m.bbox) and self.lane_of(m.centre[1]) == self.lane_of(d.centre[1]) for m in matched_cut):
+                    _touching(d.bbox, m.bbox) and self.lane_of(m.centre[1]) == self.lane_of(d.centre[1]) for m in matched_cut
+                ):
                     # a fruit half in view can be cut in two pieces: this one belongs to a tracked fruit
                     # (in its lane: a neighbour entering beside it in the next lane is a fruit of its own)
                     continue
@@ -148,7 +157,11 @@ class BeltTracker:
             if ti in used_t or t.last.frame == frame:
                 continue
             t.missed += 1
-            gone = self._predict(t, frame)[0] - t.last.size / 2 > self.width if self.direction > 0 else self._predict(t, frame)[0] + t.last.size / 2 < 0
+            gone = (
+                self._predict(t, frame)[0] - t.last.size / 2 > self.width
+                if self.direction > 0
+                else self._predict(t, frame)[0] + t.last.size / 2 < 0
+            )
             if t.missed > self.max_missed or gone:
                 closed.append(t)
         self.open = [t for t in self.open if t not in closed]

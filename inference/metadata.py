@@ -33,6 +33,7 @@ Positive = Annotated[float, Strict(), Field(gt=0.0, allow_inf_nan=False)]
 Name = Annotated[StrictStr, Field(min_length=1, max_length=50, pattern=r"^[A-Za-z0-9._-]+$")]
 Side = Annotated[int, Strict(), Field(ge=8, le=2048)]
 
+
 class Preprocessing(BaseModel):
     model_config = ConfigDict(extra="allow")
 

@@ -74,14 +74,18 @@ class OnnxDefectModel:
             raise InvalidModelArtifact("metadata.json sets thresholds.ood_distance_early but the graph has no ood_distance_early output")
         want_t = (meta.get("outputs") or {}).get("defect_map", {}).get("temperature")
         if "defect_map" in outputs and want_t is not None and abs(float(want_t) - self.spec.temperature) > 1e-6 * self.spec.temperature:
-            raise InvalidModelArtifact(f"the graph's defect_map was built at temperature {want_t}, the metadata calibrates at "
-                                       f"{self.spec.temperature}: rerun python -m training.explain on the artifact")
+            raise InvalidModelArtifact(
+                f"the graph's defect_map was built at temperature {want_t}, the metadata calibrates at "
+                f"{self.spec.temperature}: rerun python -m training.explain on the artifact"
+            )
         try:
             self.warm_up()
         except InvalidModelArtifact:
             raise
         except Exception as exc:  # noqa: BLE001 - ONNX Runtime's errors running the graph
-            raise InvalidModelArtifact(f"model.onnx fails on a batch of the service's input: {type(exc).__name__}: {str(exc)[:400]}") from None
+            raise InvalidModelArtifact(
+                f"model.onnx fails on a batch of the service's input: {type(exc).__name__}: {str(exc)[:400]}"
+            ) from None
 
     def _check_graph(self) -> None:
         """The graph takes what the service feeds it and gives what it reads, or InvalidModelArtifact
@@ -101,8 +105,10 @@ class OnnxDefectModel:
         if isinstance(shape[1], int) and shape[1] != 3:
             raise InvalidModelArtifact(f"input channels: the graph takes {shape[1]} channels, the service feeds 3 (RGB)")
         if isinstance(shape[0], int):
-            raise InvalidModelArtifact(f"batch dimension: the graph's batch axis is fixed at {shape[0]}; the service batches crops, "
-                                       "export it with a dynamic batch axis")
+            raise InvalidModelArtifact(
+                f"batch dimension: the graph's batch axis is fixed at {shape[0]}; the service batches crops, "
+                "export it with a dynamic batch axis"
+            )
         if [shape[2], shape[3]] != list(self.spec.input_size):
             raise InvalidModelArtifact(f"model input shape {shape} does not match metadata input_size {self.spec.input_size}")
         outputs = {o.name: o for o in self.session.get_outputs()}
@@ -112,8 +118,10 @@ class OnnxDefectModel:
         if out.type not in ("tensor(float)", "tensor(double)"):
             raise InvalidModelArtifact(f"outputs: {self.spec.output_name!r} is {out.type}, expected float logits")
         if len(out.shape) != 2 or (isinstance(out.shape[1], int) and out.shape[1] != len(self.spec.classes)):
-            raise InvalidModelArtifact(f"outputs: {self.spec.output_name!r} has shape {out.shape}, expected (batch, "
-                                       f"{len(self.spec.classes)}) for the classes {list(self.spec.classes)}")
+            raise InvalidModelArtifact(
+                f"outputs: {self.spec.output_name!r} has shape {out.shape}, expected (batch, "
+                f"{len(self.spec.classes)}) for the classes {list(self.spec.classes)}"
+            )
 
     def check_parity(self) -> float:
         """Rerun the parity probe recorded in metadata.json; raise when the graph's logits differ
@@ -135,8 +143,10 @@ class OnnxDefectModel:
             raise InvalidModelArtifact(f"parity record has shape {want.shape}, the graph gives {got.shape}")
         diff = float(np.abs(got - want).max())
         if not diff <= float(rec.get("tolerance", 1e-3)):
-            raise InvalidModelArtifact(f"model.onnx does not reproduce its recorded parity logits (max |Δ| {diff:.2e} > "
-                                       f"{rec.get('tolerance', 1e-3)}): the graph is not the one that was exported")
+            raise InvalidModelArtifact(
+                f"model.onnx does not reproduce its recorded parity logits (max |Δ| {diff:.2e} > "
+                f"{rec.get('tolerance', 1e-3)}): the graph is not the one that was exported"
+            )
         return diff
 
     def warm_up(self) -> None:
@@ -149,7 +159,12 @@ class OnnxDefectModel:
         out, extra = got[0], dict(zip(self.extra_outputs, got[1:]))
         if out.shape != (len(batch), len(self.spec.classes)):
             raise InvalidModelArtifact(f"model output shape {out.shape} does not match {len(self.spec.classes)} classes")
-        dmap, dist, early, fruit = extra.get("defect_map"), extra.get("ood_distance"), extra.get("ood_distance_early"), extra.get("fruit_score")
+        dmap, dist, early, fruit = (
+            extra.get("defect_map"),
+            extra.get("ood_distance"),
+            extra.get("ood_distance_early"),
+            extra.get("fruit_score"),
+        )
         if dmap is not None and (dmap.ndim != 3 or len(dmap) != len(batch)):
             raise InvalidModelArtifact(f"model output defect_map has shape {dmap.shape}, expected ({len(batch)}, h, w)")
         for name, v in (("ood_distance", dist), ("ood_distance_early", early), ("fruit_score", fruit)):

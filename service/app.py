@@ -74,8 +74,7 @@ def build_context(settings: Settings) -> Context:
     init_db(engine)
     batcher = MicroBatcher(settings.max_batch, settings.max_batch_wait_ms, settings.max_inference_queue)
     repo = Repository(engine)
-    registry = Registry(repo, settings.data_dir / "models", batcher, settings.onnx_threads,
-                        check_timeout_s=settings.model_check_timeout_s)
+    registry = Registry(repo, settings.data_dir / "models", batcher, settings.onnx_threads, check_timeout_s=settings.model_check_timeout_s)
     model = registry.startup_model(settings.model_dir)
     standards = load_standards(*([settings.standards_dir] if settings.standards_dir else []))
     commodities = load_commodities(*([settings.commodities_dir] if settings.commodities_dir else []))

@@ -82,8 +82,9 @@ def parse_api_keys(raw: str) -> KeyRing:
             ring.add(role, hexd)
             continue
         if not sep or role not in ROLES or len(key) < MIN_KEY_LENGTH:
-            raise ValueError(f"GRADER_API_KEYS entry {role!r}...: expected role:key with role in {ROLES} and a key of "
-                             f">= {MIN_KEY_LENGTH} characters")
+            raise ValueError(
+                f"GRADER_API_KEYS entry {role!r}...: expected role:key with role in {ROLES} and a key of >= {MIN_KEY_LENGTH} characters"
+            )
         ring.add(role, digest(key))
     if not ring:
         raise ValueError("GRADER_API_KEYS holds no keys")
@@ -212,8 +213,13 @@ def require(*roles: str):
             raise ApiError(401, "unauthenticated", "unknown API key", "X-API-Key", {"WWW-Authenticate": "APIKey"})
         wait = ctx.rate_limiter.take(principal.key_id)
         if wait > 0:
-            raise ApiError(429, "rate_limited", f"key {principal.key_id} is over its limit of {ctx.settings.rate_limit_per_min} "
-                           f"requests a minute; retry in {wait:.1f} s", "X-API-Key", {"Retry-After": str(max(1, math.ceil(wait)))})
+            raise ApiError(
+                429,
+                "rate_limited",
+                f"key {principal.key_id} is over its limit of {ctx.settings.rate_limit_per_min} requests a minute; retry in {wait:.1f} s",
+                "X-API-Key",
+                {"Retry-After": str(max(1, math.ceil(wait)))},
+            )
         if principal.role not in allowed:
             raise ApiError(403, "forbidden", f"role {principal.role!r} may not do this (needs one of {sorted(allowed)})")
         return principal

@@ -226,7 +226,9 @@ def install(app: FastAPI) -> None:
         problems = []
         for e in exc.errors():
             loc = [str(x) for x in e.get("loc", ()) if x not in ("body", "query", "path", "header", "form")]
-            problems.append({"field": ".".join(loc) or None, "message": e.get("msg", "invalid"), "code": validation_code(e.get("type", ""))})
+            problems.append(
+                {"field": ".".join(loc) or None, "message": e.get("msg", "invalid"), "code": validation_code(e.get("type", ""))}
+            )
         first = problems[0] if problems else {"field": None, "message": "invalid request", "code": "invalid_request"}
         msg = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
         return JSONResponse(_body(first["code"], msg, first["field"], problems=problems), status_code=422)
@@ -245,30 +247,41 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(DataError)
     async def _data(_: Request, exc: DataError) -> JSONResponse:
         # the last line of defence: a value the database cannot store (fields are checked before)
-        return JSONResponse(_body("invalid_value", "a value of the request cannot be stored (out of range or invalid characters)"),
-                            status_code=422)
+        return JSONResponse(
+            _body("invalid_value", "a value of the request cannot be stored (out of range or invalid characters)"), status_code=422
+        )
 
     @app.exception_handler(DBAPIError)
     async def _database(_: Request, exc: DBAPIError) -> JSONResponse:
         if is_storage_full(exc):
-            return JSONResponse(_body("storage_full", "the database's disk is full; nothing was stored; retry once an operator has "
-                                      "made room"), status_code=507, headers={"Retry-After": "30"})
+            return JSONResponse(
+                _body("storage_full", "the database's disk is full; nothing was stored; retry once an operator has made room"),
+                status_code=507,
+                headers={"Retry-After": "30"},
+            )
         from sqlalchemy.exc import IntegrityError
 
         if isinstance(exc, IntegrityError):  # a concurrent request created the same thing first
             return JSONResponse(_body("conflict", "a concurrent request changed the same record; retry"), status_code=409)
         if not (exc.connection_invalidated or _is_connection_error(exc)):
             raise exc
-        return JSONResponse(_body("database_unavailable", "the database is unreachable; nothing was stored; retry shortly"),
-                            status_code=503, headers={"Retry-After": "2"})
+        return JSONResponse(
+            _body("database_unavailable", "the database is unreachable; nothing was stored; retry shortly"),
+            status_code=503,
+            headers={"Retry-After": "2"},
+        )
 
     @app.exception_handler(PoolTimeout)
     async def _pool(_: Request, exc: PoolTimeout) -> JSONResponse:
-        return JSONResponse(_body("database_unavailable", "no database connection became free in time; retry shortly"),
-                            status_code=503, headers={"Retry-After": "2"})
+        return JSONResponse(
+            _body("database_unavailable", "no database connection became free in time; retry shortly"),
+            status_code=503,
+            headers={"Retry-After": "2"},
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = getattr(exc, "code", None) or f"http_{exc.status_code}"
-        return JSONResponse(_body(code, str(exc.detail), getattr(exc, "field", None)), status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
+        return JSONResponse(
+            _body(code, str(exc.detail), getattr(exc, "field", None)), status_code=exc.status_code, headers=getattr(exc, "headers", None)
+        )

@@ -47,8 +47,9 @@ BODY_LIMITS: dict[tuple[str, str], Callable[[Any], int]] = {
     ("POST", "/v1/models"): lambda s: s.max_model_bytes + s.max_metadata_bytes + FORM_OVERHEAD,
 }
 
-REFUSED = Counter("grader_gate_refusals_total", "requests answered by the gate before their body was read, by reason",
-                  ["reason"], registry=REGISTRY)
+REFUSED = Counter(
+    "grader_gate_refusals_total", "requests answered by the gate before their body was read, by reason", ["reason"], registry=REGISTRY
+)
 
 
 class BodyTooLarge(HTTPException):
@@ -163,8 +164,13 @@ class Gate:
         length: int | None = None
         if raw_length is not None:
             if not raw_length.strip().isdigit():
-                await self.refuse(scope, receive, send, "bad_length", _error(400, "invalid_content_length", "Content-Length is not a number",
-                                                                                 headers={"Connection": "close"}))
+                await self.refuse(
+                    scope,
+                    receive,
+                    send,
+                    "bad_length",
+                    _error(400, "invalid_content_length", "Content-Length is not a number", headers={"Connection": "close"}),
+                )
                 return
             length = int(raw_length)
         has_body = chunked or bool(length)
@@ -176,9 +182,18 @@ class Gate:
                 await self.refuse(scope, receive, send, f"http_{refusal.status_code}", refusal)
                 return
         if length is not None and length > limit:
-            await self.refuse(scope, receive, send, "too_large", _error(
-                413, "body_too_large", f"the request body is {length} bytes, over this route's limit of {limit} bytes "
-                "(see the GRADER_MAX_*_BYTES settings)", headers={"Connection": "close"}))
+            await self.refuse(
+                scope,
+                receive,
+                send,
+                "too_large",
+                _error(
+                    413,
+                    "body_too_large",
+                    f"the request body is {length} bytes, over this route's limit of {limit} bytes (see the GRADER_MAX_*_BYTES settings)",
+                    headers={"Connection": "close"},
+                ),
+            )
             return
         if not has_body:
             await self.app(scope, receive, send)
@@ -193,8 +208,13 @@ class Gate:
         address = client[0] if client else "unknown"
         wait = ctx.auth_failures.blocked_for(address)
         if wait > 0:
-            return _error(429, "too_many_failed_keys", f"too many requests with unknown keys from {address}; retry in {math.ceil(wait)} s",
-                          "X-API-Key", {"Retry-After": str(max(1, math.ceil(wait)))})
+            return _error(
+                429,
+                "too_many_failed_keys",
+                f"too many requests with unknown keys from {address}; retry in {math.ceil(wait)} s",
+                "X-API-Key",
+                {"Retry-After": str(max(1, math.ceil(wait)))},
+            )
         key = headers.get("x-api-key")
         if not key:
             return _error(401, "unauthenticated", "missing X-API-Key header", "X-API-Key", {"WWW-Authenticate": "APIKey"})
@@ -204,8 +224,13 @@ class Gate:
             return _error(401, "unauthenticated", "unknown API key", "X-API-Key", {"WWW-Authenticate": "APIKey"})
         wait = ctx.rate_limiter.take(principal.key_id)
         if wait > 0:
-            return _error(429, "rate_limited", f"key {principal.key_id} is over its limit of {ctx.settings.rate_limit_per_min} "
-                          f"requests a minute; retry in {wait:.1f} s", "X-API-Key", {"Retry-After": str(max(1, math.ceil(wait)))})
+            return _error(
+                429,
+                "rate_limited",
+                f"key {principal.key_id} is over its limit of {ctx.settings.rate_limit_per_min} requests a minute; retry in {wait:.1f} s",
+                "X-API-Key",
+                {"Retry-After": str(max(1, math.ceil(wait)))},
+            )
         if principal.role not in roles:
             return _error(403, "forbidden", f"role {principal.role!r} may not do this (needs one of {sorted(roles)})")
         scope[PRINCIPAL_SCOPE_KEY] = principal

@@ -73,8 +73,15 @@ def request_hash(req: "GradeRequest", images: list[bytes], **extra: Any) -> str:
     h = hashlib.sha256()
     for data in images:
         h.update(hashlib.sha256(data).digest())
-    fields = {**req.fields, "brix": req.brix, "mm_per_px": req.mm_per_px, "reference_diameter_mm": req.reference_diameter_mm,
-              "standard": req.standard_field, "commodity": req.commodity_field, **extra}
+    fields = {
+        **req.fields,
+        "brix": req.brix,
+        "mm_per_px": req.mm_per_px,
+        "reference_diameter_mm": req.reference_diameter_mm,
+        "standard": req.standard_field,
+        "commodity": req.commodity_field,
+        **extra,
+    }
     if req.scene != "belt":
         fields.update(scene=req.scene, boxes=[[o.kind, *o.box_xyxy] for o in req.boxes or []], focal_px=req.focal_px)
     h.update(json.dumps(fields, sort_keys=True, default=str).encode())
@@ -84,14 +91,30 @@ def request_hash(req: "GradeRequest", images: list[bytes], **extra: Any) -> str:
 def check_same_request(req: "GradeRequest", existing: ResultRow) -> None:
     """Refuse a reused idempotency key that stands for a different request."""
     if req.request_sha256 and existing.request_sha256 and existing.request_sha256 != req.request_sha256:
-        raise IdempotencyKeyReused("this idempotency key (Idempotency-Key, or camera_id + fruit_id) was used "
-                                   f"for a different request (result {existing.id}): use a new key for a new image or new fields",
-                                   field="Idempotency-Key")
+        raise IdempotencyKeyReused(
+            "this idempotency key (Idempotency-Key, or camera_id + fruit_id) was used "
+            f"for a different request (result {existing.id}): use a new key for a new image or new fields",
+            field="Idempotency-Key",
+        )
 
 
-def parse(lot_id, camera_id, fruit_id, lane, brix, mm_per_px, standard, reference_diameter_mm, idempotency_key,
-          commodity: str | None = None, key_id: str | None = None, scene: str | None = None, boxes: str | None = None,
-          focal_px: str | None = None, camera_scenes: dict[str, str] | None = None) -> GradeRequest:
+def parse(
+    lot_id,
+    camera_id,
+    fruit_id,
+    lane,
+    brix,
+    mm_per_px,
+    standard,
+    reference_diameter_mm,
+    idempotency_key,
+    commodity: str | None = None,
+    key_id: str | None = None,
+    scene: str | None = None,
+    boxes: str | None = None,
+    focal_px: str | None = None,
+    camera_scenes: dict[str, str] | None = None,
+) -> GradeRequest:
     fields = {
         "lot_id": text_field("lot_id", lot_id),
         "camera_id": text_field("camera_id", camera_id),
@@ -141,7 +164,9 @@ def lookup(ctx, req: GradeRequest) -> ResultRow | None:
             raise InvalidCommodity(f"commodity must be one of {sorted(ctx.commodities)}, got {asked!r}", field="commodity")
         if req.lot is not None and req.lot.commodity != asked:
             raise CommodityMismatch(f"lot {req.lot.id!r} holds {req.lot.commodity}, not {asked}", field="commodity")
-    std_id = req.standard_field or (req.lot.standard_id if req.lot else None) or (ctx.commodities[asked].default_standard if asked else None)
+    std_id = (
+        req.standard_field or (req.lot.standard_id if req.lot else None) or (ctx.commodities[asked].default_standard if asked else None)
+    )
     req.standard = ctx.default_standard if not std_id else get_standard(ctx.standards, std_id)
     # the commodity: the request's, else its lot's, else its standard's
     req.commodity = ctx.commodities.get(asked or (req.lot.commodity if req.lot else req.standard.commodity))
@@ -155,8 +180,17 @@ def grade_rgb(ctx, req: GradeRequest, rgb: np.ndarray) -> tuple[ScaledFrame, Ima
         return grade_orchard(ctx, req, rgb)
     with req.model.batcher.expecting():  # the batcher may hold a batch a moment for this request's crops
         scaled = resolve_scale(rgb, req.commodity, req.mm_per_px, req.reference_diameter_mm, req.camera_cal, ctx.reference)
-        graded = grade_image(rgb, req.model, req.standard, mm_per_px=scaled.mm_per_px, sweetness=req.sweetness, policy=ctx.policy,
-                             commodity=req.commodity, measurements=scaled.fruit, lot=req.lot_ctx)
+        graded = grade_image(
+            rgb,
+            req.model,
+            req.standard,
+            mm_per_px=scaled.mm_per_px,
+            sweetness=req.sweetness,
+            policy=ctx.policy,
+            commodity=req.commodity,
+            measurements=scaled.fruit,
+            lot=req.lot_ctx,
+        )
     graded.image_flags.extend(scaled.flags)
     return scaled, graded
 
@@ -166,18 +200,36 @@ def grade_orchard(ctx, req: GradeRequest, rgb: np.ndarray) -> tuple[ScaledFrame,
     their pixels, then graded like any fruit (the fruit check is the detector's or the client's)."""
     camera = req.fields.get("camera_id")
     focal = req.focal_px or (ctx.settings.camera_focal_px.get(camera) if camera else None)
-    scaled, record = resolve_orchard(rgb, req.boxes, ctx.detector, req.mm_per_px, req.camera_cal.mm_per_px if req.camera_cal else None,
-                                     focal, req.reference_diameter_mm or ctx.settings.orchard_reference_mm)
+    scaled, record = resolve_orchard(
+        rgb,
+        req.boxes,
+        ctx.detector,
+        req.mm_per_px,
+        req.camera_cal.mm_per_px if req.camera_cal else None,
+        focal,
+        req.reference_diameter_mm or ctx.settings.orchard_reference_mm,
+    )
     with req.model.batcher.expecting():
-        graded = grade_image(rgb, req.model, req.standard, mm_per_px=scaled.mm_per_px, sweetness=req.sweetness, policy=ctx.policy,
-                             commodity=req.commodity, measurements=scaled.fruit, lot=req.lot_ctx, confirmed=True)
+        graded = grade_image(
+            rgb,
+            req.model,
+            req.standard,
+            mm_per_px=scaled.mm_per_px,
+            sweetness=req.sweetness,
+            policy=ctx.policy,
+            commodity=req.commodity,
+            measurements=scaled.fruit,
+            lot=req.lot_ctx,
+            confirmed=True,
+        )
     graded.image_flags.extend(scaled.flags)
     req.extra_payload["orchard"] = record
     return scaled, graded
 
 
-def grade_and_store(ctx, req: GradeRequest, data: bytes, media_type: str, rgb: np.ndarray,
-                    key: str | None) -> tuple[ImageGrade, ResultRow, bool]:
+def grade_and_store(
+    ctx, req: GradeRequest, data: bytes, media_type: str, rgb: np.ndarray, key: str | None
+) -> tuple[ImageGrade, ResultRow, bool]:
     """grade_rgb then store, in one call: a request hands its work to a thread once, not twice.
     (graded, stored result, replayed)."""
     scaled, graded = grade_rgb(ctx, req, rgb)
@@ -195,8 +247,9 @@ def discard_unreferenced(ctx, sha: str, path) -> None:
     ctx.images.discard(path)
 
 
-def store(ctx, req: GradeRequest, data: bytes, media_type: str, rgb: np.ndarray, scaled: ScaledFrame, graded: ImageGrade,
-          key: str | None) -> tuple[ResultRow, bool]:
+def store(
+    ctx, req: GradeRequest, data: bytes, media_type: str, rgb: np.ndarray, scaled: ScaledFrame, graded: ImageGrade, key: str | None
+) -> tuple[ResultRow, bool]:
     """Image file, then result + fruit rows in one transaction. (result, replayed)."""
     t0 = time.perf_counter()
     sha, path, wrote = ctx.images.put_new(data, media_type)
@@ -210,26 +263,43 @@ def store(ctx, req: GradeRequest, data: bytes, media_type: str, rgb: np.ndarray,
     for f in payload["fruits"]:
         f.update(sweetness_fields(req.sweetness))
     payload["calibration"] = {"mm_per_px": scaled.mm_per_px, "source": scaled.source}
-    payload["references"] = [{"bbox": list(r.bbox), "diameter_px": round((r.diameter_px + r.minor_diameter_px) / 2, 2)}
-                             for r in scaled.references]
+    payload["references"] = [
+        {"bbox": list(r.bbox), "diameter_px": round((r.diameter_px + r.minor_diameter_px) / 2, 2)} for r in scaled.references
+    ]
     payload["commodity"] = req.commodity.id if req.commodity else None
     payload.update(req.extra_payload)
     img = ImageRow(sha256=sha, path=str(path), media_type=media_type, width_px=rgb.shape[1], height_px=rgb.shape[0], size_bytes=len(data))
     fruits = graded.fruits
     sw = req.sweetness
     row = ResultRow(
-        created_at=utcnow(), idempotency_key=key, api_key_id=req.key_id, request_sha256=req.request_sha256, image_sha256=sha, mm_per_px=scaled.mm_per_px, brix=req.brix,
-        model_name=req.model.spec.name, model_version=req.model.spec.version,
-        standard_id=req.standard.id, standard_version=req.standard.version, n_fruits=len(fruits),
+        created_at=utcnow(),
+        idempotency_key=key,
+        api_key_id=req.key_id,
+        request_sha256=req.request_sha256,
+        image_sha256=sha,
+        mm_per_px=scaled.mm_per_px,
+        brix=req.brix,
+        model_name=req.model.spec.name,
+        model_version=req.model.spec.version,
+        standard_id=req.standard.id,
+        standard_version=req.standard.version,
+        n_fruits=len(fruits),
         flagged=any(f.flagged for f in fruits) or any(fl.code != "no_fruit" for fl in graded.image_flags),
-        payload=payload, **req.fields,
+        payload=payload,
+        **req.fields,
     )
     fruit_rows = [
         FruitRow(
-            index=i, lot_id=req.fields["lot_id"], fruit_id=req.fields["fruit_id"],
-            grade=None if f.decision is None else f.decision.grade, flagged=f.flagged, diameter_mm=f.measurement.diameter_mm,
-            defect_label=None if f.defect is None else f.defect.label, defect_score=None if f.defect is None else f.defect.score,
-            brix=None if sw is None else sw.brix, brix_source=None if sw is None else sw.source,
+            index=i,
+            lot_id=req.fields["lot_id"],
+            fruit_id=req.fields["fruit_id"],
+            grade=None if f.decision is None else f.decision.grade,
+            flagged=f.flagged,
+            diameter_mm=f.measurement.diameter_mm,
+            defect_label=None if f.defect is None else f.defect.label,
+            defect_score=None if f.defect is None else f.defect.score,
+            brix=None if sw is None else sw.brix,
+            brix_source=None if sw is None else sw.source,
             priority=min((fl.priority for fl in f.flags), default=None),
         )
         for i, f in enumerate(fruits)

@@ -27,8 +27,9 @@ try:
 except ImportError:  # httptools missing: the h11 protocol, slower but the same behaviour
     from uvicorn.protocols.http.h11_impl import H11Protocol as _Base  # type: ignore[assignment]
 
-BYTES_RECEIVED = Counter("grader_http_bytes_received_total", "bytes read from clients' connections (request heads and bodies)",
-                         registry=REGISTRY)
+BYTES_RECEIVED = Counter(
+    "grader_http_bytes_received_total", "bytes read from clients' connections (request heads and bodies)", registry=REGISTRY
+)
 
 
 def set_nodelay(transport) -> None:

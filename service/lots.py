@@ -29,10 +29,18 @@ LOT_CONTEXT_N = 500
 def lot_context(s: Session, lot_id: str | None) -> LotContext | None:
     if lot_id is None:
         return None
-    diameters = s.scalars(select(FruitRow.diameter_mm).where(FruitRow.lot_id == lot_id, FruitRow.diameter_mm.is_not(None))
-                          .order_by(FruitRow.id.desc()).limit(LOT_CONTEXT_N)).all()
-    brix = s.scalars(select(BrixReadingRow.brix_20c).where(BrixReadingRow.lot_id == lot_id, BrixReadingRow.status == "accepted")
-                     .order_by(BrixReadingRow.id.desc()).limit(LOT_CONTEXT_N)).all()
+    diameters = s.scalars(
+        select(FruitRow.diameter_mm)
+        .where(FruitRow.lot_id == lot_id, FruitRow.diameter_mm.is_not(None))
+        .order_by(FruitRow.id.desc())
+        .limit(LOT_CONTEXT_N)
+    ).all()
+    brix = s.scalars(
+        select(BrixReadingRow.brix_20c)
+        .where(BrixReadingRow.lot_id == lot_id, BrixReadingRow.status == "accepted")
+        .order_by(BrixReadingRow.id.desc())
+        .limit(LOT_CONTEXT_N)
+    ).all()
     return LotContext(diameters_mm=tuple(diameters), brix=tuple(brix))
 
 
@@ -40,8 +48,11 @@ def lot_sweetness(s: Session, lot_id: str | None) -> SweetnessEvidence | None:
     """The lot's destructive-sample estimate (accepted lot readings only)."""
     if lot_id is None:
         return None
-    values = s.scalars(select(BrixReadingRow.brix_20c).where(BrixReadingRow.lot_id == lot_id, BrixReadingRow.fruit_id.is_(None),
-                                                             BrixReadingRow.status == "accepted")).all()
+    values = s.scalars(
+        select(BrixReadingRow.brix_20c).where(
+            BrixReadingRow.lot_id == lot_id, BrixReadingRow.fruit_id.is_(None), BrixReadingRow.status == "accepted"
+        )
+    ).all()
     sample = lot_sample(list(values))
     return None if sample is None else sample.evidence()
 
@@ -50,8 +61,12 @@ def fruit_sweetness(s: Session, fruit_id: str | None) -> SweetnessEvidence | Non
     """The fruit's own latest accepted reading, if one arrived (before or after its image)."""
     if fruit_id is None:
         return None
-    row = s.scalar(select(BrixReadingRow).where(BrixReadingRow.fruit_id == fruit_id, BrixReadingRow.status == "accepted")
-                   .order_by(BrixReadingRow.created_at.desc(), BrixReadingRow.id.desc()).limit(1))
+    row = s.scalar(
+        select(BrixReadingRow)
+        .where(BrixReadingRow.fruit_id == fruit_id, BrixReadingRow.status == "accepted")
+        .order_by(BrixReadingRow.created_at.desc(), BrixReadingRow.id.desc())
+        .limit(1)
+    )
     return None if row is None else SweetnessEvidence(brix=row.brix_20c, source=row.source)
 
 
@@ -65,12 +80,24 @@ def sweetness_for(s: Session, request_brix: float | None, fruit_id: str | None, 
 def sweetness_fields(ev: SweetnessEvidence | None) -> dict[str, Any]:
     if ev is None:
         return {"brix": None, "brix_source": None, "brix_n": None, "brix_spread": None}
-    return {"brix": round(ev.brix, 2), "brix_source": ev.source, "brix_n": ev.n,
-            "brix_spread": None if ev.spread is None else round(ev.spread, 2)}
+    return {
+        "brix": round(ev.brix, 2),
+        "brix_source": ev.source,
+        "brix_n": ev.n,
+        "brix_spread": None if ev.spread is None else round(ev.spread, 2),
+    }
 
 
-def regrade_fruit(s: Session, result: ResultRow, index: int, sweetness: SweetnessEvidence | None, standard: Standard,
-                  policy: FlagPolicy, sound_labels: tuple[str, ...], reason: str) -> dict[str, Any] | None:
+def regrade_fruit(
+    s: Session,
+    result: ResultRow,
+    index: int,
+    sweetness: SweetnessEvidence | None,
+    standard: Standard,
+    policy: FlagPolicy,
+    sound_labels: tuple[str, ...],
+    reason: str,
+) -> dict[str, Any] | None:
     """Re-apply the standard to one stored fruit with new sweetness evidence; record the change.
     Returns the change, or None when nothing changed."""
     payload = dict(result.payload)
@@ -88,15 +115,24 @@ def regrade_fruit(s: Session, result: ResultRow, index: int, sweetness: Sweetnes
     )
     decision = grade_fruit(standard, facts)
     kept = [Flag(**x) for x in f.get("flag_details", []) if x["code"] not in GRADING_FLAGS]
-    new_flags = sorted(kept + fruit_flags(defect, decision, policy, f.get("diameter_mm"), sweetness, lot_context(s, result.lot_id), sound_labels),
-                       key=lambda x: x.priority)
+    new_flags = sorted(
+        kept + fruit_flags(defect, decision, policy, f.get("diameter_mm"), sweetness, lot_context(s, result.lot_id), sound_labels),
+        key=lambda x: x.priority,
+    )
     old_grade, old_brix = f.get("grade"), f.get("brix")
     f.update(sweetness_fields(sweetness))
-    f.update({
-        "grade": decision.grade, "provisional": decision.provisional, "outlet": decision.outlet,
-        "reasons": [r.text for r in decision.reasons], "reason_details": [r.to_dict() for r in decision.reasons],
-        "flagged": bool(new_flags), "flags": [x.code for x in new_flags], "flag_details": [x.to_dict() for x in new_flags],
-    })
+    f.update(
+        {
+            "grade": decision.grade,
+            "provisional": decision.provisional,
+            "outlet": decision.outlet,
+            "reasons": [r.text for r in decision.reasons],
+            "reason_details": [r.to_dict() for r in decision.reasons],
+            "flagged": bool(new_flags),
+            "flags": [x.code for x in new_flags],
+            "flag_details": [x.to_dict() for x in new_flags],
+        }
+    )
     if f == payload["fruits"][index]:
         return None
     fruits[index] = f
@@ -107,18 +143,38 @@ def regrade_fruit(s: Session, result: ResultRow, index: int, sweetness: Sweetnes
     if row is not None:
         row.grade, row.flagged, row.brix, row.brix_source = decision.grade, bool(new_flags), f["brix"], f["brix_source"]
         row.priority = min((x.priority for x in new_flags), default=None)
-    s.add(GradeChangeRow(result_id=result.id, fruit_index=index, old_grade=old_grade, new_grade=decision.grade,
-                         old_brix=old_brix, new_brix=f["brix"], reason=reason))
-    return {"result_id": result.id, "fruit_index": index, "old_grade": old_grade, "new_grade": decision.grade,
-            "old_brix": old_brix, "new_brix": f["brix"]}
+    s.add(
+        GradeChangeRow(
+            result_id=result.id,
+            fruit_index=index,
+            old_grade=old_grade,
+            new_grade=decision.grade,
+            old_brix=old_brix,
+            new_brix=f["brix"],
+            reason=reason,
+        )
+    )
+    return {
+        "result_id": result.id,
+        "fruit_index": index,
+        "old_grade": old_grade,
+        "new_grade": decision.grade,
+        "old_brix": old_brix,
+        "new_brix": f["brix"],
+    }
 
 
 def lot_payload(lot: LotRow) -> dict[str, Any]:
     return {
-        "id": lot.id, "grower": lot.grower, "orchard_block": lot.orchard_block, "variety": lot.variety,
-        "commodity": lot.commodity, "standard_id": lot.standard_id,
+        "id": lot.id,
+        "grower": lot.grower,
+        "orchard_block": lot.orchard_block,
+        "variety": lot.variety,
+        "commodity": lot.commodity,
+        "standard_id": lot.standard_id,
         "harvest_date": None if lot.harvest_date is None else lot.harvest_date.isoformat(),
-        "status": lot.status, "created_at": lot.created_at.isoformat(),
+        "status": lot.status,
+        "created_at": lot.created_at.isoformat(),
         "closed_at": None if lot.closed_at is None else lot.closed_at.isoformat(),
     }
 
@@ -143,25 +199,41 @@ def lot_report(s: Session, lot: LotRow, standard: Standard) -> dict[str, Any]:
     by_grade = {g: sum(1 for f in fruits if f.grade == g) for g in order}
     diameters = [f.diameter_mm for f in fruits if f.diameter_mm is not None]
     fruit_brix = [f.brix for f in fruits if f.brix is not None and f.brix_source not in (None, "lot-sample")]
-    samples = s.scalars(select(BrixReadingRow.brix_20c).where(BrixReadingRow.lot_id == lot.id, BrixReadingRow.fruit_id.is_(None),
-                                                              BrixReadingRow.status == "accepted")).all()
+    samples = s.scalars(
+        select(BrixReadingRow.brix_20c).where(
+            BrixReadingRow.lot_id == lot.id, BrixReadingRow.fruit_id.is_(None), BrixReadingRow.status == "accepted"
+        )
+    ).all()
     defective = sum(1 for f in fruits if f.defect_label not in (None, "sound"))
     decayed = sum(1 for f in fruits if f.defect_label in DECAY_LABELS)
     tolerances = []
     for rank, g in enumerate(standard.grade_names):
         tol = standard.lot_tolerances.get(g)
-        below = sum(by_grade[x] for x in order[rank + 1:])
+        below = sum(by_grade[x] for x in order[rank + 1 :])
         share_below = below / n if n else 0.0
         share_decayed = decayed / n if n else 0.0
-        meets = None if tol is None or n == 0 else (share_below <= tol.below_grade and (tol.decayed is None or share_decayed <= tol.decayed))
-        tolerances.append({"grade": g, "share_below_grade": round(share_below, 4), "share_decayed": round(share_decayed, 4),
-                           "tolerance_below_grade": None if tol is None else tol.below_grade,
-                           "tolerance_decayed": None if tol is None else tol.decayed, "meets": meets})
+        meets = (
+            None if tol is None or n == 0 else (share_below <= tol.below_grade and (tol.decayed is None or share_decayed <= tol.decayed))
+        )
+        tolerances.append(
+            {
+                "grade": g,
+                "share_below_grade": round(share_below, 4),
+                "share_decayed": round(share_decayed, 4),
+                "tolerance_below_grade": None if tol is None else tol.below_grade,
+                "tolerance_decayed": None if tol is None else tol.decayed,
+                "meets": meets,
+            }
+        )
 
     def stats(v: list[float]) -> dict[str, Any]:
-        return {"n": len(v), "mean": round(statistics.fmean(v), 2) if v else None,
-                "sd": round(statistics.stdev(v), 2) if len(v) > 1 else None,
-                "min": min(v) if v else None, "max": max(v) if v else None}
+        return {
+            "n": len(v),
+            "mean": round(statistics.fmean(v), 2) if v else None,
+            "sd": round(statistics.stdev(v), 2) if len(v) > 1 else None,
+            "min": min(v) if v else None,
+            "max": max(v) if v else None,
+        }
 
     return {
         "lot": lot_payload(lot),
@@ -169,13 +241,25 @@ def lot_report(s: Session, lot: LotRow, standard: Standard) -> dict[str, Any]:
         "fruit": n,
         "by_grade": [{"grade": g, "count": by_grade[g], "share": round(by_grade[g] / n, 4) if n else 0.0} for g in order],
         "size_mm": {**stats(diameters), "histogram": _histogram(diameters, 5.0)},
-        "brix": {"fruit_readings": stats(fruit_brix), "lot_samples": stats(list(samples)),
-                 "histogram": _histogram(fruit_brix + list(samples), 0.5)},
+        "brix": {
+            "fruit_readings": stats(fruit_brix),
+            "lot_samples": stats(list(samples)),
+            "histogram": _histogram(fruit_brix + list(samples), 0.5),
+        },
         "defect_rate": round(defective / n, 4) if n else 0.0,
         # what the defect model saw, by label (a typed model's label is the defect type: rot, greening...)
         "by_defect": dict(sorted(Counter(f.defect_label for f in fruits if f.defect_label not in (None, "sound")).items())),
         "flagged": sum(1 for f in fruits if f.flagged),
-        "examined": len(set(s.scalars(select(VerdictRow.fruit_row_id).where(VerdictRow.fruit_row_id.in_([f.id for f in fruits]),
-                                                                            VerdictRow.retracted.is_(False))))) if fruits else 0,
+        "examined": len(
+            set(
+                s.scalars(
+                    select(VerdictRow.fruit_row_id).where(
+                        VerdictRow.fruit_row_id.in_([f.id for f in fruits]), VerdictRow.retracted.is_(False)
+                    )
+                )
+            )
+        )
+        if fruits
+        else 0,
         "tolerances": tolerances,
     }

@@ -12,15 +12,26 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 REGISTRY = CollectorRegistry()
 REQUESTS = Counter("grader_http_requests_total", "HTTP requests", ["method", "route", "status"], registry=REGISTRY)
-LATENCY = Histogram("grader_http_request_seconds", "HTTP request latency", ["method", "route"], registry=REGISTRY,
-                    buckets=(0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.2, 0.5, 1, 2, 5))
-INFERENCE_BATCH = Histogram("grader_inference_batch_size", "crops per inference call", registry=REGISTRY,
-                            buckets=(1, 2, 4, 8, 16, 32, 64))
-INFERENCE_SECONDS = Histogram("grader_inference_seconds", "ONNX Runtime time per inference call", registry=REGISTRY,
-                              buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2))
-STORE_SECONDS = Histogram("grader_store_seconds", "time to store a result: image file written and synced, rows committed "
-                          "(waiting for the database's writer included)", registry=REGISTRY,
-                          buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2))
+LATENCY = Histogram(
+    "grader_http_request_seconds",
+    "HTTP request latency",
+    ["method", "route"],
+    registry=REGISTRY,
+    buckets=(0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.2, 0.5, 1, 2, 5),
+)
+INFERENCE_BATCH = Histogram("grader_inference_batch_size", "crops per inference call", registry=REGISTRY, buckets=(1, 2, 4, 8, 16, 32, 64))
+INFERENCE_SECONDS = Histogram(
+    "grader_inference_seconds",
+    "ONNX Runtime time per inference call",
+    registry=REGISTRY,
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2),
+)
+STORE_SECONDS = Histogram(
+    "grader_store_seconds",
+    "time to store a result: image file written and synced, rows committed (waiting for the database's writer included)",
+    registry=REGISTRY,
+    buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2),
+)
 QUEUE_DEPTH = Gauge("grader_inference_queue_depth", "requests waiting for inference", registry=REGISTRY)
 FRUITS = Counter("grader_fruits_total", "fruit graded", ["grade"], registry=REGISTRY)
 FLAGS = Counter("grader_flags_total", "flags raised, by code (flag rate = this / grader_fruits_total)", ["code"], registry=REGISTRY)

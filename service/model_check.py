@@ -19,8 +19,9 @@ def check_in_child(artifact_dir: Path, timeout_s: float) -> None:
     """Raise InvalidModelArtifact naming why the artifact cannot serve (also when checking it
     crashed or outran ``timeout_s``)."""
     try:
-        done = subprocess.run([sys.executable, "-m", "service.model_check", str(artifact_dir)], capture_output=True, text=True,
-                              timeout=timeout_s, check=False)
+        done = subprocess.run(
+            [sys.executable, "-m", "service.model_check", str(artifact_dir)], capture_output=True, text=True, timeout=timeout_s, check=False
+        )
     except subprocess.TimeoutExpired:
         raise InvalidModelArtifact(f"model.onnx took longer than {timeout_s:g} s to load and run", field="model") from None
     if done.returncode == 0:
@@ -33,8 +34,7 @@ def check_in_child(artifact_dir: Path, timeout_s: float) -> None:
         raise InvalidModelArtifact(message, field="model")
     how = f"signal {-done.returncode}" if done.returncode < 0 else f"status {done.returncode}"
     tail = (done.stderr or "").strip().splitlines()[-1:] or [""]
-    raise InvalidModelArtifact(f"model.onnx made ONNX Runtime fail ({how}) while loading and running it: {tail[0][:300]}",
-                               field="model")
+    raise InvalidModelArtifact(f"model.onnx made ONNX Runtime fail ({how}) while loading and running it: {tail[0][:300]}", field="model")
 
 
 def main(argv: list[str]) -> int:

@@ -53,8 +53,9 @@ def parse_boxes(raw: str | None) -> list[SceneObject] | None:
             kind, it = it.get("kind", FRUIT), it.get("box")
         ok = isinstance(it, list) and len(it) == 4 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in it)
         if not ok or kind not in (FRUIT, REFERENCE) or not (it[0] < it[2] and it[1] < it[3]) or min(it) < 0:
-            raise InvalidField(f"boxes[{i}] must be [x0, y0, x1, y1] with x0 < x1, y0 < y1 (pixels, >= 0) and kind "
-                               f"{FRUIT} or {REFERENCE}", field="boxes")
+            raise InvalidField(
+                f"boxes[{i}] must be [x0, y0, x1, y1] with x0 < x1, y0 < y1 (pixels, >= 0) and kind {FRUIT} or {REFERENCE}", field="boxes"
+            )
         out.append(SceneObject(kind, tuple(float(v) for v in it), "client"))  # type: ignore[arg-type]
     return out
 
@@ -64,8 +65,14 @@ def load_detector(path: Path):
     folder of versions; None when there is none (orchard requests then need boxes or a crop)."""
     if not path.exists():
         return None
-    candidates = [path] if (path / "model.onnx").exists() else sorted(
-        (p for p in path.iterdir() if (p / "model.onnx").exists()), key=lambda p: [int(x) if x.isdigit() else x for x in p.name.split(".")])
+    candidates = (
+        [path]
+        if (path / "model.onnx").exists()
+        else sorted(
+            (p for p in path.iterdir() if (p / "model.onnx").exists()),
+            key=lambda p: [int(x) if x.isdigit() else x for x in p.name.split(".")],
+        )
+    )
     if not candidates:
         return None
     from inference.detector import OnnxDetector
@@ -84,8 +91,15 @@ def objects_in(image_rgb: np.ndarray, boxes: list[SceneObject] | None, detector)
     return [SceneObject(d.kind, tuple(float(v) for v in d.box_xyxy), "detector", float(d.score)) for d in detector.detect(image_rgb)]
 
 
-def resolve_orchard(image_rgb: np.ndarray, boxes: list[SceneObject] | None, detector, request_mm_per_px: float | None,
-                    camera_mm_per_px: float | None, focal_px: float | None, reference_mm: float) -> tuple[ScaledFrame, dict[str, Any]]:
+def resolve_orchard(
+    image_rgb: np.ndarray,
+    boxes: list[SceneObject] | None,
+    detector,
+    request_mm_per_px: float | None,
+    camera_mm_per_px: float | None,
+    focal_px: float | None,
+    reference_mm: float,
+) -> tuple[ScaledFrame, dict[str, Any]]:
     """The orchard scene's fruit as measurements at the scene's scale, and what the result records of
     the scene (how the fruit were found, the reference spheres, the scale's uncertainty)."""
     objects = objects_in(image_rgb, boxes, detector)
@@ -117,8 +131,14 @@ def _frame(image_rgb: np.ndarray, scene: SizedScene, source: str, found_by: str)
         "scene": "orchard",
         "found_by": found_by,
         "scale_rel_uncertainty": round(2 * scene.scale_rel_se, 4),
-        "references": [{"bbox": [round(v, 1) for v in s.obj.box_xyxy], "diameter_px": None if s.diameter_px is None else round(s.diameter_px, 2),
-                        "declined": None if s.reason == "ok" else s.reason} for s in scene.references],
+        "references": [
+            {
+                "bbox": [round(v, 1) for v in s.obj.box_xyxy],
+                "diameter_px": None if s.diameter_px is None else round(s.diameter_px, 2),
+                "declined": None if s.reason == "ok" else s.reason,
+            }
+            for s in scene.references
+        ],
         "declined": sum(1 for s in scene.fruits if s.reason != "ok"),
     }
     return ScaledFrame(fruits, scene.mm_per_px, source, refs, flags), record

@@ -26,8 +26,15 @@ class ServerProcess:
     ``env`` holds GRADER_* settings on top of the current environment; the server's output goes
     to ``data_dir/server.log``. Leaving the block sends SIGTERM and waits for a clean exit."""
 
-    def __init__(self, data_dir: Path, env: dict[str, str] | None = None, port: int | None = None, ready_timeout_s: float = 90.0,
-                 log_level: str = "warning", workers: int = 1):
+    def __init__(
+        self,
+        data_dir: Path,
+        env: dict[str, str] | None = None,
+        port: int | None = None,
+        ready_timeout_s: float = 90.0,
+        log_level: str = "warning",
+        workers: int = 1,
+    ):
         self.data_dir = Path(data_dir)
         self.env = dict(env or {})
         self.port = port or free_port()
@@ -51,9 +58,23 @@ class ServerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **self.env, "GRADER_DATA_DIR": str(self.data_dir)}
         with open(self.log_path, "a") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--port", str(self.port), "--log-level", self.log_level,
-                                          "--workers", str(self.workers)],
-                                         env=env, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "cli",
+                    "serve",
+                    "--port",
+                    str(self.port),
+                    "--log-level",
+                    self.log_level,
+                    "--workers",
+                    str(self.workers),
+                ],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + self.ready_timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -38,9 +38,15 @@ def version_payload(row: ModelVersionRow) -> dict[str, Any]:
     m = row.meta
     test = (m.get("metrics") or {}).get("test") or {}
     return {
-        "id": row.id, "name": row.name, "version": row.version, "status": row.status, "onnx_sha256": row.onnx_sha256,
-        "created_at": row.created_at.isoformat(), "promoted_at": None if row.promoted_at is None else row.promoted_at.isoformat(),
-        "architecture": m.get("architecture"), "classes": m.get("classes"),
+        "id": row.id,
+        "name": row.name,
+        "version": row.version,
+        "status": row.status,
+        "onnx_sha256": row.onnx_sha256,
+        "created_at": row.created_at.isoformat(),
+        "promoted_at": None if row.promoted_at is None else row.promoted_at.isoformat(),
+        "architecture": m.get("architecture"),
+        "classes": m.get("classes"),
         "test_metrics": {k: test.get(k) for k in ("balanced_accuracy", "recall_defective", "auc") if k in test},
     }
 
@@ -61,8 +67,9 @@ def serving_metadata(repo: Repository, default_dir: Path) -> dict[str, Any]:
 
 
 class Registry:
-    def __init__(self, repo: Repository, store_dir: Path, batcher: MicroBatcher, threads: int, poll_s: float = 5.0,
-                 check_timeout_s: float = 120.0) -> None:
+    def __init__(
+        self, repo: Repository, store_dir: Path, batcher: MicroBatcher, threads: int, poll_s: float = 5.0, check_timeout_s: float = 120.0
+    ) -> None:
         self.repo, self.store_dir, self.batcher, self.threads, self.poll_s = repo, Path(store_dir), batcher, threads, poll_s
         self.check_timeout_s = check_timeout_s
         self._lock = threading.Lock()
@@ -78,8 +85,16 @@ class Registry:
             with self.repo.sessions() as s, s.begin():
                 row = s.get(ModelVersionRow, mid)
                 if row is None:
-                    row = ModelVersionRow(id=mid, name=meta["name"], version=str(meta["version"]), path=str(path),
-                                          onnx_sha256=loaded.sha256, status="available", meta=meta, created_at=utcnow())
+                    row = ModelVersionRow(
+                        id=mid,
+                        name=meta["name"],
+                        version=str(meta["version"]),
+                        path=str(path),
+                        onnx_sha256=loaded.sha256,
+                        status="available",
+                        meta=meta,
+                        created_at=utcnow(),
+                    )
                     s.add(row)
         except IntegrityError:  # another process (a worker or replica starting with this one) registered it first
             with self.repo.sessions() as s:
@@ -91,15 +106,23 @@ class Registry:
     def _serving(self, shipped: ModelVersionRow, commodity: str) -> ServingModel:
         """A commodity's serving version (the shipped artifact becomes it when none serves yet), loaded."""
         with self.repo.sessions() as s, s.begin():
-            serving = next((r for r in s.scalars(select(ModelVersionRow).where(ModelVersionRow.status == "serving"))
-                            if _commodity(r) == commodity), None)
+            serving = next(
+                (r for r in s.scalars(select(ModelVersionRow).where(ModelVersionRow.status == "serving")) if _commodity(r) == commodity),
+                None,
+            )
             if serving is None:
                 serving = s.get(ModelVersionRow, shipped.id)
                 serving.status, serving.promoted_at = "serving", utcnow()
             elif serving.id != shipped.id:
                 # what serves changes only when a trainer says so, also when an upgrade ships a new default
-                log.warning("%s: serving %s (promoted earlier); the shipped %s is registered but not served: "
-                            "POST /v1/models/%s/promote to serve it", commodity, serving.id, shipped.id, shipped.id)
+                log.warning(
+                    "%s: serving %s (promoted earlier); the shipped %s is registered but not served: "
+                    "POST /v1/models/%s/promote to serve it",
+                    commodity,
+                    serving.id,
+                    shipped.id,
+                    shipped.id,
+                )
             path, mid = serving.path, serving.id
         return ServingModel(OnnxDefectModel(Path(path), self.threads), self.batcher, mid)
 
@@ -113,8 +136,11 @@ class Registry:
     def startup_commodity_models(self, models_root: Path, commodities: dict, default_commodity: str) -> dict[str, ServingModel]:
         """Each other commodity's serving model: its registry version, else the artifact its profile
         names. A commodity without one is judged by the default model."""
-        return {cid: self._serving(self.register_dir(Path(models_root) / c.model), cid) for cid, c in commodities.items()
-                if cid != default_commodity and c.model and (Path(models_root) / c.model / "model.onnx").exists()}
+        return {
+            cid: self._serving(self.register_dir(Path(models_root) / c.model), cid)
+            for cid, c in commodities.items()
+            if cid != default_commodity and c.model and (Path(models_root) / c.model / "model.onnx").exists()
+        }
 
     def upload(self, onnx_bytes: bytes, meta_bytes: bytes) -> ModelVersionRow:
         """Check an artifact (its metadata against the schema, then its graph loaded, warmed up and
@@ -130,7 +156,11 @@ class Registry:
         validate_artifact(meta)  # the one schema (inference/metadata.py)
         mid = model_id(meta)
         safe = f"{meta['name']}/{meta['version']}"
-        if ".." in safe or safe.startswith("/") or not all(part.replace("-", "").replace("_", "").replace(".", "").isalnum() for part in safe.split("/")):
+        if (
+            ".." in safe
+            or safe.startswith("/")
+            or not all(part.replace("-", "").replace("_", "").replace(".", "").isalnum() for part in safe.split("/"))
+        ):
             raise InvalidModelArtifact("name and version may hold letters, digits, '.', '-' and '_' only", field="metadata")
         if not onnx_bytes:
             raise InvalidModelArtifact("model.onnx is empty", field="model")
@@ -149,11 +179,13 @@ class Registry:
                 # refuse what would not serve (corrupt, mismatching) or is not what was trained
                 OnnxDefectModel(tmp, self.threads).check_parity()
             except InvalidModelArtifact as exc:  # named without the server's folders
-                raise InvalidModelArtifact(exc.message.replace(f"{tmp}/", "").replace(str(tmp), "the upload"),
-                                           field=exc.field or "model") from None
+                raise InvalidModelArtifact(
+                    exc.message.replace(f"{tmp}/", "").replace(str(tmp), "the upload"), field=exc.field or "model"
+                ) from None
             except Exception as exc:  # noqa: BLE001 - ONNX Runtime's own errors, numpy's on odd outputs: all a bad artifact
-                raise InvalidModelArtifact(f"model.onnx cannot be used: {type(exc).__name__}: {str(exc)[:500]}".replace(str(tmp), "the upload"),
-                                           field="model") from None
+                raise InvalidModelArtifact(
+                    f"model.onnx cannot be used: {type(exc).__name__}: {str(exc)[:500]}".replace(str(tmp), "the upload"), field="model"
+                ) from None
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(dest, ignore_errors=True)
             tmp.rename(dest)
@@ -194,8 +226,13 @@ class Registry:
         """Back to the version that served a commodity (default: the default model's) before the current one."""
         commodity = commodity or ctx.model.commodity
         with self.repo.sessions() as s:
-            history = [r for r in s.scalars(select(ModelVersionRow).where(ModelVersionRow.promoted_at.is_not(None))
-                                            .order_by(ModelVersionRow.promoted_at.desc())) if _commodity(r) == commodity]
+            history = [
+                r
+                for r in s.scalars(
+                    select(ModelVersionRow).where(ModelVersionRow.promoted_at.is_not(None)).order_by(ModelVersionRow.promoted_at.desc())
+                )
+                if _commodity(r) == commodity
+            ]
         if len(history) < 2:
             raise NoPreviousModel("no earlier serving model to roll back to")
         return self.promote(ctx, history[1].id)

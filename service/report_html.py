@@ -12,7 +12,10 @@ def _bars(title: str, rows: list[tuple[str, float]], unit: str = "") -> str:
         return f"<h3>{escape(title)}</h3><p class='none'>no data</p>"
     top = max(v for _, v in rows) or 1.0
     h, label_w, bar_w = 22, 130, 360
-    parts = [f"<h3>{escape(title)}</h3>", f"<svg role='img' aria-label='{escape(title)}' width='{label_w + bar_w + 70}' height='{h * len(rows) + 6}'>"]
+    parts = [
+        f"<h3>{escape(title)}</h3>",
+        f"<svg role='img' aria-label='{escape(title)}' width='{label_w + bar_w + 70}' height='{h * len(rows) + 6}'>",
+    ]
     for i, (label, v) in enumerate(rows):
         y = i * h + 3
         w = 0 if top == 0 else bar_w * v / top
@@ -38,7 +41,7 @@ def render_lot_report(rep: dict[str, Any]) -> str:
         for t in rep["tolerances"]
     )
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Lot {escape(lot['id'])} — grower report</title>
+<html lang="en"><head><meta charset="utf-8"><title>Lot {escape(lot["id"])} — grower report</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <style>
 body {{ font: 15px/1.45 system-ui, sans-serif; margin: 1.5rem; color: #1c2421; max-width: 980px; }}
@@ -47,16 +50,16 @@ table {{ border-collapse: collapse; margin: .4rem 0; }} td, th {{ border-bottom:
 svg text {{ font: 12px system-ui, sans-serif; fill: #1c2421; }} .ok {{ color: #1d6b3a; font-weight: 600; }} .bad {{ color: #a3261c; font-weight: 600; }}
 .meta {{ color: #4b5853; }} .grid {{ display: flex; flex-wrap: wrap; gap: 1rem 3rem; }}
 </style></head><body>
-<h1>Lot {escape(lot['id'])}</h1>
-<p class="meta">{escape(lot['grower'] or '')} · block {escape(lot['orchard_block'] or '–')} · {escape(lot['variety'] or '')} {escape(lot['commodity'])}
- · harvested {escape(lot['harvest_date'] or '–')} · standard {escape(rep['standard']['id'])} ({escape(rep['standard']['version'])}) · {escape(lot['status'])}</p>
+<h1>Lot {escape(lot["id"])}</h1>
+<p class="meta">{escape(lot["grower"] or "")} · block {escape(lot["orchard_block"] or "–")} · {escape(lot["variety"] or "")} {escape(lot["commodity"])}
+ · harvested {escape(lot["harvest_date"] or "–")} · standard {escape(rep["standard"]["id"])} ({escape(rep["standard"]["version"])}) · {escape(lot["status"])}</p>
 <table><tr><th>fruit graded</th><th>defect rate</th><th>flagged for inspection</th><th>examined</th><th>mean diameter</th><th>mean Brix (fruit / lot samples)</th></tr>
-<tr><td>{rep['fruit']}</td><td>{rep['defect_rate']:.1%}</td><td>{rep['flagged']}</td><td>{rep['examined']}</td><td>{num(size['mean'])} mm</td>
-<td>{num(fr['mean'])} (n={fr['n']}) / {num(ls['mean'])} (n={ls['n']}, sd {num(ls['sd'], 2)})</td></tr></table>
-<div class="grid"><div>{_bars('Pack-out by grade', [(g['grade'], g['count']) for g in rep['by_grade']])}</div>
-<div>{_bars('Size bands (mm)', [(f"{b['from']:g}–{b['to']:g}", b['count']) for b in size['histogram']])}</div>
-<div>{_bars('Brix distribution (°Brix)', [(f"{b['from']:g}–{b['to']:g}", b['count']) for b in brix['histogram']])}</div>
-{f"<div>{_bars('Defects seen', list(rep['by_defect'].items()))}</div>" if rep.get('by_defect') else ''}</div>
+<tr><td>{rep["fruit"]}</td><td>{rep["defect_rate"]:.1%}</td><td>{rep["flagged"]}</td><td>{rep["examined"]}</td><td>{num(size["mean"])} mm</td>
+<td>{num(fr["mean"])} (n={fr["n"]}) / {num(ls["mean"])} (n={ls["n"]}, sd {num(ls["sd"], 2)})</td></tr></table>
+<div class="grid"><div>{_bars("Pack-out by grade", [(g["grade"], g["count"]) for g in rep["by_grade"]])}</div>
+<div>{_bars("Size bands (mm)", [(f"{b['from']:g}–{b['to']:g}", b["count"]) for b in size["histogram"]])}</div>
+<div>{_bars("Brix distribution (°Brix)", [(f"{b['from']:g}–{b['to']:g}", b["count"]) for b in brix["histogram"]])}</div>
+{f"<div>{_bars('Defects seen', list(rep['by_defect'].items()))}</div>" if rep.get("by_defect") else ""}</div>
 <h3>Lot tolerances</h3>
 <table><tr><th>class</th><th>below class</th><th>allowed</th><th>decayed</th><th>allowed</th><th>verdict</th></tr>{tol_rows}</table>
 </body></html>"""

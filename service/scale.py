@@ -23,8 +23,14 @@ class ScaledFrame:
     flags: list[Flag] = field(default_factory=list)
 
 
-def resolve_scale(image_rgb: np.ndarray, commodity: Commodity | None, request_mm_per_px: float | None,
-                  reference_diameter_mm: float | None, camera: CalibrationRow | None, spec: ReferenceSpec) -> ScaledFrame:
+def resolve_scale(
+    image_rgb: np.ndarray,
+    commodity: Commodity | None,
+    request_mm_per_px: float | None,
+    reference_diameter_mm: float | None,
+    camera: CalibrationRow | None,
+    spec: ReferenceSpec,
+) -> ScaledFrame:
     bands = commodity.colour_bands if commodity else ()
     axis = commodity.size_axis if commodity else "major"
     params = commodity.segmentation() if commodity else None

@@ -28,8 +28,9 @@ class Shadow:
     since: dt.datetime = field(default_factory=utcnow)
 
 
-def judge(repo: Repository, shadow: Shadow | None, serving_model_id: str, result_id: str, rgb: np.ndarray,
-          fruits: Sequence[FruitGrade]) -> int:
+def judge(
+    repo: Repository, shadow: Shadow | None, serving_model_id: str, result_id: str, rgb: np.ndarray, fruits: Sequence[FruitGrade]
+) -> int:
     """Run the shadow model on the fruit of one stored result; store its opinions. Returns how
     many fruit it judged. Errors are logged, never raised: the line does not depend on a candidate."""
     if shadow is None or not fruits:
@@ -42,11 +43,20 @@ def judge(repo: Repository, shadow: Shadow | None, serving_model_id: str, result
         for i, (f, ev) in enumerate(zip(fruits, opinions)):
             serving = f.defect
             disagree = serving is None or (ev.label in spec.defective_classes) != (serving.label not in ("sound",))
-            rows.append(ShadowResultRow(result_id=result_id, fruit_index=i, shadow_model_id=shadow.model_id,
-                                        serving_model_id=serving_model_id, shadow_label=ev.label, shadow_score=float(ev.score),
-                                        serving_label=None if serving is None else serving.label,
-                                        serving_score=None if serving is None else float(serving.score), disagree=disagree,
-                                        created_at=utcnow()))
+            rows.append(
+                ShadowResultRow(
+                    result_id=result_id,
+                    fruit_index=i,
+                    shadow_model_id=shadow.model_id,
+                    serving_model_id=serving_model_id,
+                    shadow_label=ev.label,
+                    shadow_score=float(ev.score),
+                    serving_label=None if serving is None else serving.label,
+                    serving_score=None if serving is None else float(serving.score),
+                    disagree=disagree,
+                    created_at=utcnow(),
+                )
+            )
         with repo.sessions() as s, s.begin():
             s.add_all(rows)
         return len(rows)
@@ -61,15 +71,28 @@ def report(repo: Repository, model_id: str, limit: int = 50) -> dict[str, Any]:
         base = select(ShadowResultRow).where(ShadowResultRow.shadow_model_id == model_id)
         n = s.scalar(select(func.count()).select_from(base.subquery())) or 0
         k = s.scalar(select(func.count()).select_from(base.where(ShadowResultRow.disagree.is_(True)).subquery())) or 0
-        diff = s.scalar(select(func.avg(func.abs(ShadowResultRow.shadow_score - ShadowResultRow.serving_score)))
-                        .where(ShadowResultRow.shadow_model_id == model_id))
+        diff = s.scalar(
+            select(func.avg(func.abs(ShadowResultRow.shadow_score - ShadowResultRow.serving_score))).where(
+                ShadowResultRow.shadow_model_id == model_id
+            )
+        )
         recent = s.scalars(base.where(ShadowResultRow.disagree.is_(True)).order_by(ShadowResultRow.id.desc()).limit(limit)).all()
         return {
-            "model": model_id, "fruit_compared": n, "disagreements": k, "agreement": None if n == 0 else round(1 - k / n, 4),
+            "model": model_id,
+            "fruit_compared": n,
+            "disagreements": k,
+            "agreement": None if n == 0 else round(1 - k / n, 4),
             "mean_abs_score_difference": None if diff is None else round(float(diff), 4),
-            "recent_disagreements": [{"result_id": r.result_id, "fruit_index": r.fruit_index, "serving_model": r.serving_model_id,
-                                      "serving": {"label": r.serving_label, "score": r.serving_score},
-                                      "shadow": {"label": r.shadow_label, "score": round(r.shadow_score, 4)},
-                                      "at": r.created_at.isoformat(), "overlay_url": f"/v1/results/{r.result_id}/overlay?fruit_index={r.fruit_index}"}
-                                     for r in recent],
+            "recent_disagreements": [
+                {
+                    "result_id": r.result_id,
+                    "fruit_index": r.fruit_index,
+                    "serving_model": r.serving_model_id,
+                    "serving": {"label": r.serving_label, "score": r.serving_score},
+                    "shadow": {"label": r.shadow_label, "score": round(r.shadow_score, 4)},
+                    "at": r.created_at.isoformat(),
+                    "overlay_url": f"/v1/results/{r.result_id}/overlay?fruit_index={r.fruit_index}",
+                }
+                for r in recent
+            ],
         }

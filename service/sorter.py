@@ -46,13 +46,18 @@ from .metrics import REGISTRY
 log = logging.getLogger("grader.sorter")
 
 BACKLOG = Gauge("grader_mqtt_backlog", "outbox messages not yet acknowledged by the MQTT broker (all processes)", registry=REGISTRY)
-BACKLOG_AGE = Gauge("grader_mqtt_backlog_oldest_seconds", "age of the oldest outbox message not yet acknowledged (0 when none)",
-                    registry=REGISTRY)
+BACKLOG_AGE = Gauge(
+    "grader_mqtt_backlog_oldest_seconds", "age of the oldest outbox message not yet acknowledged (0 when none)", registry=REGISTRY
+)
 CONNECTED = Gauge("grader_mqtt_connected", "1 while this process is connected to the MQTT broker", registry=REGISTRY)
 PUBLISHED = Counter("grader_mqtt_published_total", "messages acknowledged by the broker (PUBACK)", ["kind"], registry=REGISTRY)
 EJECTIONS = Counter("grader_mqtt_ejections_total", "ejections reported by the sorter, by outcome", ["outcome"], registry=REGISTRY)
-COMMIT_TO_PUBACK = Histogram("grader_mqtt_commit_to_puback_seconds", "from a message's transaction to the broker's PUBACK",
-                             registry=REGISTRY, buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 30, 120))
+COMMIT_TO_PUBACK = Histogram(
+    "grader_mqtt_commit_to_puback_seconds",
+    "from a message's transaction to the broker's PUBACK",
+    registry=REGISTRY,
+    buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 30, 120),
+)
 
 T = OutboxRow.__table__
 #: the window line rates are judged on (as service/line.py)
@@ -101,10 +106,16 @@ def parse_url(url: str) -> BrokerConfig:
     if q.get("version", "3.1.1") not in versions:
         raise ValueError(f"GRADER_MQTT_URL: version must be 3.1.1 or 5, got {q['version']!r}")
     return BrokerConfig(
-        host=u.hostname, port=u.port or (8883 if tls else 1883), tls=tls,
-        username=unquote(u.username) if u.username else None, password=unquote(u.password) if u.password else None,
-        version=versions[q.get("version", "3.1.1")], client_id_prefix=q.get("client_id", "orchard-grader"),
-        ca_file=q.get("ca"), insecure=q.get("insecure", "0").lower() in ("1", "true", "yes"), keepalive=int(q.get("keepalive", 15)),
+        host=u.hostname,
+        port=u.port or (8883 if tls else 1883),
+        tls=tls,
+        username=unquote(u.username) if u.username else None,
+        password=unquote(u.password) if u.password else None,
+        version=versions[q.get("version", "3.1.1")],
+        client_id_prefix=q.get("client_id", "orchard-grader"),
+        ca_file=q.get("ca"),
+        insecure=q.get("insecure", "0").lower() in ("1", "true", "yes"),
+        keepalive=int(q.get("keepalive", 15)),
     )
 
 
@@ -188,12 +199,30 @@ class Outbox:
             fruits = r.payload.get("fruits", [])
             for f in r.fruits:
                 p = fruits[f.index] if f.index < len(fruits) else {}
-                msg = {"result_id": r.id, "fruit_index": f.index, "fruit_id": r.fruit_id, "camera_id": r.camera_id, "lane": r.lane,
-                       "outlet": p.get("outlet"), "grade": p.get("grade"), "provisional": bool(p.get("provisional")),
-                       "flags": list(p.get("flags", [])), "diameter_mm": p.get("diameter_mm"), "graded_at": r.created_at.isoformat()}
+                msg = {
+                    "result_id": r.id,
+                    "fruit_index": f.index,
+                    "fruit_id": r.fruit_id,
+                    "camera_id": r.camera_id,
+                    "lane": r.lane,
+                    "outlet": p.get("outlet"),
+                    "grade": p.get("grade"),
+                    "provisional": bool(p.get("provisional")),
+                    "flags": list(p.get("flags", [])),
+                    "diameter_mm": p.get("diameter_mm"),
+                    "graded_at": r.created_at.isoformat(),
+                }
                 by_stream.setdefault(f"{line}/{topic_level(r.camera_id)}", []).append(
-                    {"topic": self.decision_topic(line, r.camera_id), "payload": msg, "retain": False, "result_id": r.id,
-                     "fruit_index": f.index, "fruit_row_id": f.id, "outlet": msg["outlet"]})
+                    {
+                        "topic": self.decision_topic(line, r.camera_id),
+                        "payload": msg,
+                        "retain": False,
+                        "result_id": r.id,
+                        "fruit_index": f.index,
+                        "fruit_row_id": f.id,
+                        "outlet": msg["outlet"],
+                    }
+                )
         self._insert(conn, by_stream)
         if self.commit_times is not None:
             self._local.ids = getattr(self._local, "ids", []) + [r.id for r in results]
@@ -244,7 +273,9 @@ def next_seq(conn, stream: str, n: int) -> int:
 # --- what the line page and the alerts show
 
 
-def sorter_snapshot(repo: Repository, settings, window_min: int, now: dt.datetime | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def sorter_snapshot(
+    repo: Repository, settings, window_min: int, now: dt.datetime | None = None
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The sorter link in the database's words (every process alike): backlog, decisions published,
     fruit ejected and mis-ejected lately, fruit never reported ejected; and the alerts they raise."""
     now = now or utcnow()
@@ -255,13 +286,26 @@ def sorter_snapshot(repo: Repository, settings, window_min: int, now: dt.datetim
         backlog, oldest = s.execute(select(func.count(), func.min(T.c.created_at)).where(T.c.sent_at.is_(None))).one()
         published = s.scalar(select(func.count()).where(decision, T.c.sent_at >= recent)) or 0
         ejected = s.scalar(select(func.count()).where(T.c.ejected_at >= recent)) or 0
-        mis = s.execute(select(T.c.stream, func.count()).where(T.c.ejected_at >= recent, T.c.ejected_outlet.is_distinct_from(T.c.outlet))
-                        .group_by(T.c.stream)).all()
-        missing = [] if not timeout else s.execute(
-            # fruit whose time to be ejected ran out within the last RECENT_MIN minutes
-            select(T.c.stream, func.count()).where(decision, T.c.sent_at >= recent - dt.timedelta(seconds=timeout),
-                                                   T.c.sent_at < now - dt.timedelta(seconds=timeout),
-                                                   T.c.ejected_at.is_(None)).group_by(T.c.stream)).all()
+        mis = s.execute(
+            select(T.c.stream, func.count())
+            .where(T.c.ejected_at >= recent, T.c.ejected_outlet.is_distinct_from(T.c.outlet))
+            .group_by(T.c.stream)
+        ).all()
+        missing = (
+            []
+            if not timeout
+            else s.execute(
+                # fruit whose time to be ejected ran out within the last RECENT_MIN minutes
+                select(T.c.stream, func.count())
+                .where(
+                    decision,
+                    T.c.sent_at >= recent - dt.timedelta(seconds=timeout),
+                    T.c.sent_at < now - dt.timedelta(seconds=timeout),
+                    T.c.ejected_at.is_(None),
+                )
+                .group_by(T.c.stream)
+            ).all()
+        )
     oldest_s = 0.0 if oldest is None else max(0.0, (now - oldest).total_seconds())
 
     def per_line(rows) -> dict[str, int]:
@@ -274,18 +318,41 @@ def sorter_snapshot(repo: Repository, settings, window_min: int, now: dt.datetim
     line = topic_level(settings.line_name)
     alerts = []
     if backlog and oldest_s >= settings.mqtt_backlog_alert_s:
-        alerts.append({"kind": "mqtt_backlog", "severity": "critical", "line": line,
-                       "message": f"{backlog} message(s) for the sorter not yet acknowledged by the MQTT broker, the oldest "
-                                  f"{oldest_s:.0f} s old: the sorter is not getting the outlet decisions"})
+        alerts.append(
+            {
+                "kind": "mqtt_backlog",
+                "severity": "critical",
+                "line": line,
+                "message": f"{backlog} message(s) for the sorter not yet acknowledged by the MQTT broker, the oldest "
+                f"{oldest_s:.0f} s old: the sorter is not getting the outlet decisions",
+            }
+        )
     for ln, n in sorted(mis_by_line.items()):
-        alerts.append({"kind": "mis_ejection", "severity": "critical", "line": ln,
-                       "message": f"{n} fruit ejected at another outlet than decided in the last {RECENT_MIN} min ({ln})"})
+        alerts.append(
+            {
+                "kind": "mis_ejection",
+                "severity": "critical",
+                "line": ln,
+                "message": f"{n} fruit ejected at another outlet than decided in the last {RECENT_MIN} min ({ln})",
+            }
+        )
     for ln, n in sorted(missing_by_line.items()):
-        alerts.append({"kind": "not_ejected", "severity": "critical", "line": ln,
-                       "message": f"{n} fruit sent to the sorter in the last {RECENT_MIN} min not reported ejected within "
-                                  f"{timeout:g} s ({ln})"})
-    snap = {"backlog": backlog, "backlog_oldest_s": round(oldest_s, 1), "published_recent": published, "ejected_recent": ejected,
-            "mis_ejected_recent": sum(mis_by_line.values()), "not_ejected": sum(missing_by_line.values())}
+        alerts.append(
+            {
+                "kind": "not_ejected",
+                "severity": "critical",
+                "line": ln,
+                "message": f"{n} fruit sent to the sorter in the last {RECENT_MIN} min not reported ejected within {timeout:g} s ({ln})",
+            }
+        )
+    snap = {
+        "backlog": backlog,
+        "backlog_oldest_s": round(oldest_s, 1),
+        "published_recent": published,
+        "ejected_recent": ejected,
+        "mis_ejected_recent": sum(mis_by_line.values()),
+        "not_ejected": sum(missing_by_line.values()),
+    }
     return snap, alerts
 
 
@@ -396,9 +463,14 @@ class Publisher:
 
     def health(self) -> dict[str, Any]:
         n, age = self.backlog
-        return {"broker": self.cfg.safe(), "connected": self.connected, "degraded": self.degraded(), "backlog": n,
-                "backlog_oldest_s": round(age, 1),
-                **({"error": self.last_error} if self.last_error and not self.connected else {})}
+        return {
+            "broker": self.cfg.safe(),
+            "connected": self.connected,
+            "degraded": self.degraded(),
+            "backlog": n,
+            "backlog_oldest_s": round(age, 1),
+            **({"error": self.last_error} if self.last_error and not self.connected else {}),
+        }
 
     def degraded(self) -> bool:
         return not self.connected or self.backlog[1] >= self.settings.mqtt_backlog_alert_s
@@ -600,20 +672,45 @@ class Publisher:
                 # mark (the message goes again, a duplicate the controller drops), never a decision
                 conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
             if marked:
-                conn.execute(update(T).where(T.c.id.in_([r.id for r, _ in marked]))
-                             .values(sent_at=now, claimed_by=None, claimed_until=None))
-                events = [{"fruit_row_id": r.fruit_row_id, "result_id": r.result_id, "stage": "published",
-                           "at": dt.datetime.fromtimestamp(at, dt.timezone.utc),
-                           "detail": {"topic": r.topic, "seq": r.seq, "outlet": r.outlet}} for r, at in marked if r.fruit_row_id is not None]
+                conn.execute(
+                    update(T).where(T.c.id.in_([r.id for r, _ in marked])).values(sent_at=now, claimed_by=None, claimed_until=None)
+                )
+                events = [
+                    {
+                        "fruit_row_id": r.fruit_row_id,
+                        "result_id": r.result_id,
+                        "stage": "published",
+                        "at": dt.datetime.fromtimestamp(at, dt.timezone.utc),
+                        "detail": {"topic": r.topic, "seq": r.seq, "outlet": r.outlet},
+                    }
+                    for r, at in marked
+                    if r.fruit_row_id is not None
+                ]
                 if events:
                     conn.execute(insert(FruitEventRow.__table__), events)
             if self._holding or not limit:  # claims left from a batch that did not go through
                 conn.execute(update(T).where(T.c.claimed_by == self.me, T.c.sent_at.is_(None)).values(claimed_by=None, claimed_until=None))
                 self._holding = False
             if limit:
-                pending = conn.execute(select(T.c.id, T.c.stream, T.c.claimed_by, T.c.claimed_until, T.c.topic, T.c.payload, T.c.retain,
-                                              T.c.created_at, T.c.seq, T.c.fruit_row_id, T.c.result_id, T.c.outlet)
-                                       .where(T.c.sent_at.is_(None)).order_by(T.c.id).limit(limit * 2)).all()
+                pending = conn.execute(
+                    select(
+                        T.c.id,
+                        T.c.stream,
+                        T.c.claimed_by,
+                        T.c.claimed_until,
+                        T.c.topic,
+                        T.c.payload,
+                        T.c.retain,
+                        T.c.created_at,
+                        T.c.seq,
+                        T.c.fruit_row_id,
+                        T.c.result_id,
+                        T.c.outlet,
+                    )
+                    .where(T.c.sent_at.is_(None))
+                    .order_by(T.c.id)
+                    .limit(limit * 2)
+                ).all()
                 by_id = {p.id: p for p in pending}
                 busy: set[str] = set()
                 take: list[int] = []
@@ -631,12 +728,18 @@ class Publisher:
                         take.append(p.id)
                         stream_of[p.id] = p.stream
                 if take:
-                    got = set(conn.execute(
-                        update(T).where(T.c.id.in_(take), T.c.sent_at.is_(None),
-                                        or_(T.c.claimed_by.is_(None), T.c.claimed_until < now, T.c.claimed_by == self.me,
-                                            T.c.claimed_by.in_(dead)))
-                        .values(claimed_by=self.me, claimed_until=now + self.claim_for, attempts=T.c.attempts + 1)
-                        .returning(T.c.id)).scalars())
+                    got = set(
+                        conn.execute(
+                            update(T)
+                            .where(
+                                T.c.id.in_(take),
+                                T.c.sent_at.is_(None),
+                                or_(T.c.claimed_by.is_(None), T.c.claimed_until < now, T.c.claimed_by == self.me, T.c.claimed_by.in_(dead)),
+                            )
+                            .values(claimed_by=self.me, claimed_until=now + self.claim_for, attempts=T.c.attempts + 1)
+                            .returning(T.c.id)
+                        ).scalars()
+                    )
                     keep, broken = [], set()
                     for i in take:  # a row lost to another publisher ends its stream's run
                         if stream_of[i] in broken:
@@ -650,8 +753,20 @@ class Publisher:
                         conn.execute(update(T).where(T.c.id.in_(lost)).values(claimed_by=None, claimed_until=None))
                     for i in keep:
                         r = by_id[i]
-                        out.append(_Claimed(r.id, r.topic, json.dumps(r.payload, separators=(",", ":")).encode(), bool(r.retain),
-                                            r.created_at, r.stream, r.seq, r.fruit_row_id, r.result_id, r.outlet))
+                        out.append(
+                            _Claimed(
+                                r.id,
+                                r.topic,
+                                json.dumps(r.payload, separators=(",", ":")).encode(),
+                                bool(r.retain),
+                                r.created_at,
+                                r.stream,
+                                r.seq,
+                                r.fruit_row_id,
+                                r.result_id,
+                                r.outlet,
+                            )
+                        )
                     self._holding = bool(keep)
         for r, at in marked:
             lat = at - r.created_at.timestamp()
@@ -726,10 +841,14 @@ class Publisher:
                     EJECTIONS.labels("invalid").inc()
                     log.warning("MQTT: ignored an ejection on %s that is not {result_id, fruit_index, outlet, at}: %s", topic, exc)
                     continue
-                row = conn.execute(select(T.c.id, T.c.outlet, T.c.ejected_at, T.c.fruit_row_id)
-                                   .where(T.c.result_id == result_id, T.c.fruit_index == index)).first()
-                fruit_row_id = row.fruit_row_id if row is not None else conn.execute(
-                    select(FruitRow.id).where(FruitRow.result_id == result_id, FruitRow.index == index)).scalar()
+                row = conn.execute(
+                    select(T.c.id, T.c.outlet, T.c.ejected_at, T.c.fruit_row_id).where(T.c.result_id == result_id, T.c.fruit_index == index)
+                ).first()
+                fruit_row_id = (
+                    row.fruit_row_id
+                    if row is not None
+                    else conn.execute(select(FruitRow.id).where(FruitRow.result_id == result_id, FruitRow.index == index)).scalar()
+                )
                 if fruit_row_id is None:
                     EJECTIONS.labels("unknown_fruit").inc()
                     log.warning("MQTT: ejection of an unknown fruit (result %s, fruit %s) on %s", result_id[:40], index, topic)
@@ -741,10 +860,24 @@ class Publisher:
                 mis = row is not None and outlet != decided
                 if row is not None:
                     conn.execute(update(T).where(T.c.id == row.id).values(ejected_at=received, ejected_outlet=outlet))
-                conn.execute(insert(FruitEventRow.__table__), [{
-                    "fruit_row_id": fruit_row_id, "result_id": result_id, "stage": "ejected", "at": received,
-                    "detail": {"outlet": outlet, "decided_outlet": decided, "mis_ejected": mis, "sorter_at": msg.get("at"),
-                               "line": topic.split("/")[-2] if topic.count("/") >= 2 else None}}])
+                conn.execute(
+                    insert(FruitEventRow.__table__),
+                    [
+                        {
+                            "fruit_row_id": fruit_row_id,
+                            "result_id": result_id,
+                            "stage": "ejected",
+                            "at": received,
+                            "detail": {
+                                "outlet": outlet,
+                                "decided_outlet": decided,
+                                "mis_ejected": mis,
+                                "sorter_at": msg.get("at"),
+                                "line": topic.split("/")[-2] if topic.count("/") >= 2 else None,
+                            },
+                        }
+                    ],
+                )
                 EJECTIONS.labels("mis_ejected" if mis else "ok" if row is not None else "not_published").inc()
 
     # -- alerts out
@@ -769,8 +902,10 @@ class Publisher:
                 return
             at = now.isoformat()
             if started:
-                conn.execute(insert(LineAlertRow.__table__), [{"key": k, "line": desired[k]["line"], "alert": {**desired[k], "since": at},
-                                                                "since": now} for k in started])
+                conn.execute(
+                    insert(LineAlertRow.__table__),
+                    [{"key": k, "line": desired[k]["line"], "alert": {**desired[k], "since": at}, "since": now} for k in started],
+                )
             if cleared:
                 conn.execute(delete(LineAlertRow.__table__).where(LineAlertRow.__table__.c.key.in_(cleared)))
             in_force = {k: {**(active[k].alert if k in active else desired[k])} for k in desired}
@@ -780,7 +915,14 @@ class Publisher:
             for k, state in [(k, "started") for k in started] + [(k, "cleared") for k in cleared]:
                 alert = dict(desired[k]) if state == "started" else dict(active[k].alert)
                 line = alert.get("line") or topic_level(self.settings.line_name)
-                events.append({"line": line, "event": state, "at": at, "alert": alert,
-                               "active": [a for a in in_force.values() if a.get("line") == line]})
+                events.append(
+                    {
+                        "line": line,
+                        "event": state,
+                        "at": at,
+                        "alert": alert,
+                        "active": [a for a in in_force.values() if a.get("line") == line],
+                    }
+                )
             self.outbox.enqueue_alerts(conn, events)
         self.outbox.committed()

@@ -23,10 +23,20 @@ from typing import Any
 from .sorter import connect, make_client, parse_url
 
 
-def run(url: str, prefix: str = "orchard-grader", line: str = "+", delay_s: float = 1.0, mis_ejection_rate: float = 0.0,
-        miss_rate: float = 0.0, seed: int | None = None, count: int | None = None, stop: threading.Event | None = None,
-        out: Callable[[str], None] | None = print, ready: threading.Event | None = None,
-        client_id: str | None = None) -> dict[str, Any]:
+def run(
+    url: str,
+    prefix: str = "orchard-grader",
+    line: str = "+",
+    delay_s: float = 1.0,
+    mis_ejection_rate: float = 0.0,
+    miss_rate: float = 0.0,
+    seed: int | None = None,
+    count: int | None = None,
+    stop: threading.Event | None = None,
+    out: Callable[[str], None] | None = print,
+    ready: threading.Event | None = None,
+    client_id: str | None = None,
+) -> dict[str, Any]:
     """Run until ``stop`` is set, or ``count`` decisions have been handled. Returns the tallies.
     With ``client_id`` the session is persistent: decisions published while the simulator was
     away are delivered when it is back (QoS 1), as a real controller would want."""
@@ -69,8 +79,10 @@ def run(url: str, prefix: str = "orchard-grader", line: str = "+", delay_s: floa
     connect(client, cfg)
     client.loop_start()
     if out:
-        out(f"sorter-sim: listening on {prefix}/{line}/+/outlet at {cfg.safe()}; ejecting after {delay_s:g} s"
-            f"{f', {mis_ejection_rate:.0%} at a wrong outlet' if mis_ejection_rate else ''}{f', {miss_rate:.0%} never' if miss_rate else ''}")
+        out(
+            f"sorter-sim: listening on {prefix}/{line}/+/outlet at {cfg.safe()}; ejecting after {delay_s:g} s"
+            f"{f', {mis_ejection_rate:.0%} at a wrong outlet' if mis_ejection_rate else ''}{f', {miss_rate:.0%} never' if miss_rate else ''}"
+        )
     try:
         while not stop.is_set():
             with lock:
@@ -91,13 +103,19 @@ def run(url: str, prefix: str = "orchard-grader", line: str = "+", delay_s: floa
                     others = [o for o in known if o != decided] or ["reject" if decided != "reject" else "outlet-0"]
                     outlet = rng.choice(others)
                     tally["mis_ejected"] += 1
-                body = {"result_id": d["result_id"], "fruit_index": d["fruit_index"], "outlet": outlet,
-                        "at": dt.datetime.now(dt.timezone.utc).isoformat()}
+                body = {
+                    "result_id": d["result_id"],
+                    "fruit_index": d["fruit_index"],
+                    "outlet": outlet,
+                    "at": dt.datetime.now(dt.timezone.utc).isoformat(),
+                }
                 client.publish(f"{prefix}/{ln}/ejections", json.dumps(body), qos=1)
                 tally["ejected"] += 1
                 if out:
-                    out(f"  ejected {d['result_id']}#{d['fruit_index']} seq {d.get('seq')} at {outlet}"
-                        f"{'' if outlet == decided else f' (decided {decided}: MIS-EJECTED)'}")
+                    out(
+                        f"  ejected {d['result_id']}#{d['fruit_index']} seq {d.get('seq')} at {outlet}"
+                        f"{'' if outlet == decided else f' (decided {decided}: MIS-EJECTED)'}"
+                    )
             if count is not None and tally["ejected"] + tally["missed"] >= count:
                 break
             stop.wait(0.01)

@@ -71,8 +71,9 @@ class LineSession:
     def push(self, frame: int, rgb: np.ndarray) -> list[dict[str, Any]]:
         """One frame in; the fruit whose tracks closed with it, graded and stored."""
         if rgb.shape[:2] != self.size:
-            raise InvalidFrame(f"frame {frame} is {rgb.shape[1]}x{rgb.shape[0]}, the stream's frames are "
-                               f"{self.size[1]}x{self.size[0]}", field="frame")
+            raise InvalidFrame(
+                f"frame {frame} is {rgb.shape[1]}x{rgb.shape[0]}, the stream's frames are {self.size[1]}x{self.size[0]}", field="frame"
+            )
         self.n_frames += 1
         self.frames[frame] = rgb
         dets = [Detection(frame, frame / self.fps, seg.bbox, seg.cut_off, seg) for seg in segment_fruits(rgb)]
@@ -102,8 +103,13 @@ class LineSession:
         return [d for d in t.whole_views() if d.bbox[0] >= m and d.bbox[1] >= m and d.bbox[2] <= w - m and d.bbox[3] <= h - m]
 
     def _grade(self, t: Track) -> dict[str, Any] | None:
-        seen = {"track": t.id, "lane": t.lane, "frames": t.frames, "first_seen_s": round(t.detections[0].t_s, 3),
-                "last_seen_s": round(t.last.t_s, 3)}
+        seen = {
+            "track": t.id,
+            "lane": t.lane,
+            "frames": t.frames,
+            "first_seen_s": round(t.detections[0].t_s, 3),
+            "last_seen_s": round(t.last.t_s, 3),
+        }
         views = self._views(t)
         if not views:
             self.not_graded.append({**seen, "reason": "never whole in view (cut by the frame edge)"})
@@ -118,17 +124,25 @@ class LineSession:
         evidence = req.model.predict(crops)
         if evidence and sum(ev.is_fruit is False for ev in evidence) * 2 > len(evidence):
             # most views of the track fail the model's fruit check: a piece of background, not graded
-            self.not_graded.append({**seen, "reason": "not a fruit (the model's fruit check)",
-                                    "fruit_score": round(float(np.median([ev.fruit_score or 0.0 for ev in evidence])), 4)})
+            self.not_graded.append(
+                {
+                    **seen,
+                    "reason": "not a fruit (the model's fruit check)",
+                    "fruit_score": round(float(np.median([ev.fruit_score or 0.0 for ev in evidence])), 4),
+                }
+            )
             return None
         fused, worst, best = fuse_views(list(zip(ms, evidence)), blemish="median")
         # the size: a robust statistic over many frames, not the three graded views (one view's
         # outline is off by a pixel or so with the codec's blocks and the fruit's place in them)
         sizing = self._size_views(t) or views
-        fused, spread = size_over_views(fused, [ViewSize(*caliper_size_px(d.payload.contour, axis)[:2], float(d.payload.mask.sum()))
-                                                for d in sizing])
-        size = {"size_frames": [d.frame for d in sizing],
-                "diameter_spread_mm": None if spread is None or fused.diameter_mm is None else round(spread, 2)}
+        fused, spread = size_over_views(
+            fused, [ViewSize(*caliper_size_px(d.payload.contour, axis)[:2], float(d.payload.mask.sum())) for d in sizing]
+        )
+        size = {
+            "size_frames": [d.frame for d in sizing],
+            "diameter_spread_mm": None if spread is None or fused.diameter_mm is None else round(spread, 2),
+        }
         sound = tuple(c for c in spec.classes if c not in spec.defective_classes)
         fruit = decide(fused, worst, req.standard, req.sweetness, ctx.policy, req.lot_ctx, sound)
         rgb = self.frames[views[best].frame]
@@ -136,28 +150,70 @@ class LineSession:
         fruit_id = f"{req.fields['camera_id'] or 'camera'}-{self.clip_id[:10]}-{t.id:04d}"
         one = copy.copy(req)
         one.fields = {**req.fields, "fruit_id": fruit_id, "lane": str(t.lane)}
-        one.extra_payload = {"video": {"clip_id": self.clip_id, **seen, "views": [d.frame for d in views], "best_view": views[best].frame,
-                                       "view_diameters_mm": [None if m.diameter_mm is None else round(m.diameter_mm, 2) for m in ms],
-                                       **size}}
+        one.extra_payload = {
+            "video": {
+                "clip_id": self.clip_id,
+                **seen,
+                "views": [d.frame for d in views],
+                "best_view": views[best].frame,
+                "view_diameters_mm": [None if m.diameter_mm is None else round(m.diameter_mm, 2) for m in ms],
+                **size,
+            }
+        }
         source = "request" if req.mm_per_px is not None else "camera" if scale is not None else "none"
-        saved, replayed = grading.store(ctx, one, jpeg.tobytes(), "image/jpeg", rgb, ScaledFrame([fused], scale, source),
-                                        ImageGrade([fruit], []), grading.scoped_key(req.key_id, f"video:{self.clip_id}:{t.id}"))
+        saved, replayed = grading.store(
+            ctx,
+            one,
+            jpeg.tobytes(),
+            "image/jpeg",
+            rgb,
+            ScaledFrame([fused], scale, source),
+            ImageGrade([fruit], []),
+            grading.scoped_key(req.key_id, f"video:{self.clip_id}:{t.id}"),
+        )
         f = saved.payload["fruits"][0]
-        entry = {"fruit_id": fruit_id, "result_id": saved.id, "replayed": replayed, **seen, "views": [d.frame for d in views],
-                 "diameter_mm": f.get("diameter_mm"), **size, "blemish_area_cm2": f.get("blemish_area_cm2"), "defect": f.get("defect"),
-                 "grade": f.get("grade"), "outlet": f.get("outlet"), "flagged": f.get("flagged"), "flags": f.get("flags", [])}
+        entry = {
+            "fruit_id": fruit_id,
+            "result_id": saved.id,
+            "replayed": replayed,
+            **seen,
+            "views": [d.frame for d in views],
+            "diameter_mm": f.get("diameter_mm"),
+            **size,
+            "blemish_area_cm2": f.get("blemish_area_cm2"),
+            "defect": f.get("defect"),
+            "grade": f.get("grade"),
+            "outlet": f.get("outlet"),
+            "flagged": f.get("flagged"),
+            "flags": f.get("flags", []),
+        }
         self.graded.append(entry)
         return entry
 
     def summary(self) -> dict[str, Any]:
-        return {"frames": self.n_frames, "seen": len(self.graded) + len(self.not_graded), "graded": len(self.graded),
-                "flagged": sum(1 for f in self.graded if f["flagged"]), "not_graded": len(self.not_graded)}
+        return {
+            "frames": self.n_frames,
+            "seen": len(self.graded) + len(self.not_graded),
+            "graded": len(self.graded),
+            "flagged": sum(1 for f in self.graded if f["flagged"]),
+            "not_graded": len(self.not_graded),
+        }
 
 
 #: leading bytes of the video containers OpenCV reads: (offset, magic) -> container
-CONTAINERS = ((0, b"RIFF", "avi"), (4, b"ftyp", "mp4"), (0, b"\x1a\x45\xdf\xa3", "matroska"), (0, b"\x00\x00\x01\xba", "mpeg-ps"),
-              (0, b"\x00\x00\x01\xb3", "mpeg"), (0, b"OggS", "ogg"), (0, b"FLV", "flv"), (4, b"moov", "mov"), (4, b"mdat", "mov"),
-              (4, b"wide", "mov"), (4, b"free", "mov"))
+CONTAINERS = (
+    (0, b"RIFF", "avi"),
+    (4, b"ftyp", "mp4"),
+    (0, b"\x1a\x45\xdf\xa3", "matroska"),
+    (0, b"\x00\x00\x01\xba", "mpeg-ps"),
+    (0, b"\x00\x00\x01\xb3", "mpeg"),
+    (0, b"OggS", "ogg"),
+    (0, b"FLV", "flv"),
+    (4, b"moov", "mov"),
+    (4, b"mdat", "mov"),
+    (4, b"wide", "mov"),
+    (4, b"free", "mov"),
+)
 
 
 def sniff_container(head: bytes) -> str:
@@ -166,7 +222,7 @@ def sniff_container(head: bytes) -> str:
     if head.startswith(b"\xff\xd8") or head.startswith(b"\x89PNG"):
         raise InvalidVideo("this is a still image, not a video: post it to /v1/grade", field="video")
     for offset, magic, name in CONTAINERS:
-        if head[offset:offset + len(magic)] == magic:
+        if head[offset : offset + len(magic)] == magic:
             if name == "avi" and head[8:12] != b"AVI ":
                 break
             return name
@@ -250,7 +306,9 @@ def check_avi(path: Path, max_pixels: int, max_frames: int) -> None:
                         too_big(*dims, f"frame {frames - 1}")
 
 
-def read_frames(path: Path, max_frames: int, max_pixels: int | None = None) -> tuple[float, tuple[int, int], Iterator[tuple[int, np.ndarray]]]:
+def read_frames(
+    path: Path, max_frames: int, max_pixels: int | None = None
+) -> tuple[float, tuple[int, int], Iterator[tuple[int, np.ndarray]]]:
     """(fps, (height, width), frames as RGB) of a clip OpenCV can decode; 422 when it cannot, when
     it is not a video container, or when a frame is over the image pixel limit (checked from the
     container before decoding, and for every decoded frame)."""
@@ -265,8 +323,7 @@ def read_frames(path: Path, max_frames: int, max_pixels: int | None = None) -> t
         w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
         if w * h > max_pixels:
             cap.release()
-            raise VideoFrameTooLarge(f"the clip's frames are {w}x{h} = {w * h} pixels, over the image limit of {max_pixels}",
-                                     field="video")
+            raise VideoFrameTooLarge(f"the clip's frames are {w}x{h} = {w * h} pixels, over the image limit of {max_pixels}", field="video")
     fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
     ok, first = cap.read()
     if not ok or first is None:
@@ -285,8 +342,9 @@ def read_frames(path: Path, max_frames: int, max_pixels: int | None = None) -> t
                 if k >= max_frames:
                     raise VideoTooLong(f"the video has more than {max_frames} frames", field="video")
                 if frame.shape != shape:
-                    raise InvalidVideo(f"frame {k} is {frame.shape[1]}x{frame.shape[0]}, the clip's first is "
-                                       f"{shape[1]}x{shape[0]}", field="video")
+                    raise InvalidVideo(
+                        f"frame {k} is {frame.shape[1]}x{frame.shape[0]}, the clip's first is {shape[1]}x{shape[0]}", field="video"
+                    )
                 yield k, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
                 k += 1
                 ok, frame = cap.read()
@@ -315,10 +373,15 @@ def process_clip(ctx, req: grading.GradeRequest, path: Path, belt: BeltSetup, ma
     session = LineSession(ctx, req, clip_id, size, belt, fps)
     for k, rgb in frames:
         if time.monotonic() - t0 > budget:
-            raise VideoTooSlow(f"the clip took over {budget:g} s to decode and grade (stopped at frame {k}); "
-                               "send shorter clips", field="video")
+            raise VideoTooSlow(
+                f"the clip took over {budget:g} s to decode and grade (stopped at frame {k}); send shorter clips", field="video"
+            )
         session.push(k, rgb)
     session.close()
     fruits = sorted(session.graded, key=lambda f: (f["first_seen_s"], f["lane"]))
-    return {"clip": {"id": clip_id, "fps": fps, "frames": session.n_frames, "width_px": size[1], "height_px": size[0],
-                     "lanes": belt.lanes}, "counts": session.summary(), "fruits": fruits, "not_graded": session.not_graded}
+    return {
+        "clip": {"id": clip_id, "fps": fps, "frames": session.n_frames, "width_px": size[1], "height_px": size[0], "lanes": belt.lanes},
+        "counts": session.summary(),
+        "fruits": fruits,
+        "not_graded": session.not_graded,
+    }

@@ -78,4 +78,3 @@ def sqlite_file_lock(engine: Engine, purpose: str = "migrate") -> Iterator[None]
     with open(f"{db}.{purpose}.lock", "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
         yield
-

@@ -19,8 +19,10 @@ class StorageUnavailable(Exception):
     def __init__(self, root: Path, exc: OSError) -> None:
         self.full = exc.errno in self.FULL
         self.code = "storage_full" if self.full else "storage_unavailable"
-        super().__init__(f"cannot store the image under {root}: {exc.strerror or exc} ({errno.errorcode.get(exc.errno or 0, 'error')}); "
-                         "nothing was stored")
+        super().__init__(
+            f"cannot store the image under {root}: {exc.strerror or exc} ({errno.errorcode.get(exc.errno or 0, 'error')}); "
+            "nothing was stored"
+        )
 
 
 def fsync_dir(path: Path) -> None:

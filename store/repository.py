@@ -42,12 +42,22 @@ def journey_events(result: ResultRow, fruit: "FruitRow", at: dt.datetime) -> lis
     video = result.payload.get("video") or {}
     captured = {"camera_id": result.camera_id, "lane": result.lane, "image_sha256": result.image_sha256}
     if video:
-        captured.update({"clip_id": video.get("clip_id"), "first_seen_s": video.get("first_seen_s"), "frames": len(video.get("frames", []))})
+        captured.update(
+            {"clip_id": video.get("clip_id"), "first_seen_s": video.get("first_seen_s"), "frames": len(video.get("frames", []))}
+        )
     ev = [
         ("captured", captured),
         ("measured", {k: f.get(k) for k in ("diameter_mm", "blemish_area_cm2", "colour_coverage", "mm_per_px")}),
-        ("graded", {"grade": f.get("grade"), "defect": (f.get("defect") or {}).get("label"), "model_version": result.model_version,
-                    "standard": result.standard_id, "provisional": f.get("provisional")}),
+        (
+            "graded",
+            {
+                "grade": f.get("grade"),
+                "defect": (f.get("defect") or {}).get("label"),
+                "model_version": result.model_version,
+                "standard": result.standard_id,
+                "provisional": f.get("provisional"),
+            },
+        ),
     ]
     if f.get("flagged"):
         ev.append(("flagged", {"flags": f.get("flags", [])}))
@@ -56,11 +66,14 @@ def journey_events(result: ResultRow, fruit: "FruitRow", at: dt.datetime) -> lis
     return [FruitEventRow(fruit_row_id=fruit.id, result_id=result.id, stage=stage, at=at, detail=detail) for stage, detail in ev]
 
 
-
 def latest_calibration(s: Session, camera_id: str) -> CalibrationRow | None:
     """The calibration in force for a camera: its latest."""
-    return s.scalar(select(CalibrationRow).where(CalibrationRow.camera_id == camera_id)
-                    .order_by(CalibrationRow.created_at.desc(), CalibrationRow.id.desc()).limit(1))
+    return s.scalar(
+        select(CalibrationRow)
+        .where(CalibrationRow.camera_id == camera_id)
+        .order_by(CalibrationRow.created_at.desc(), CalibrationRow.id.desc())
+        .limit(1)
+    )
 
 
 @dataclass

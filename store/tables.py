@@ -191,7 +191,6 @@ class FruitEventRow(Base):
     detail: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
-
 class ShadowResultRow(Base):
     """A candidate model's opinion on a fruit the serving model graded (shadow mode): kept beside
     the result, never changing it."""
@@ -225,7 +224,6 @@ class ModelVersionRow(Base):
     promoted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
 
 
-
 # --- the sorter link (service/sorter.py): decisions and alerts out over MQTT, ejections back
 
 
@@ -236,8 +234,10 @@ class OutboxRow(Base):
 
     __tablename__ = "outbox"
     #: unsent rows in order straight from the index, however many sent ones are kept beside them
-    __table_args__ = (UniqueConstraint("result_id", "fruit_index", name="uq_outbox_result_fruit"),
-                      Index("ix_outbox_pending", "sent_at", "id"))
+    __table_args__ = (
+        UniqueConstraint("result_id", "fruit_index", name="uq_outbox_result_fruit"),
+        Index("ix_outbox_pending", "sent_at", "id"),
+    )
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     #: the ordered stream the message belongs to ("<line>/<camera>" or "<line>/alerts") and its place in it
     stream: Mapped[str] = mapped_column(String(250))

@@ -20,9 +20,19 @@ API_KEYS = {
 
 
 #: `grader train` overrides for a one-epoch model on a few synthetic fruit, small enough for a test
-TINY_TRAIN = ["data.kind=synthetic", "data.n=24", "data.cache_size=64", "train.epochs=1", "train.batch_size=16",
-              "model.arch=small_fruitnet_lite", "model.input_size=48", "version=0.0.1", "model.test_time_views=1",
-              "train.method=finetune", "fruit_check=null"]
+TINY_TRAIN = [
+    "data.kind=synthetic",
+    "data.n=24",
+    "data.cache_size=64",
+    "train.epochs=1",
+    "train.batch_size=16",
+    "model.arch=small_fruitnet_lite",
+    "model.input_size=48",
+    "version=0.0.1",
+    "model.test_time_views=1",
+    "train.method=finetune",
+    "fruit_check=null",
+]
 
 
 def jpeg_bytes(rgb: np.ndarray, quality: int = 95) -> bytes:
@@ -99,5 +109,3 @@ def fresh_pg_url():
 def pg_url():
     """One database for the whole run."""
     yield from _new_pg_database()
-
-

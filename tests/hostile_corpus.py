@@ -37,6 +37,7 @@ class Case:
 
 # ------------------------------------------------------------------ images and clips
 
+
 def fruit_jpeg(seed: int = 1) -> bytes:
     return jpeg_bytes(make_fruit_image(seed=seed, diameter_mm=70, mm_per_px=0.3)[0])
 
@@ -94,6 +95,7 @@ def mutated(data: bytes, seed: int) -> bytes:
 
 # ------------------------------------------------------------------ model artifacts
 
+
 def onnx_graph(channels: int = 3, dtype: str = "float", batch: int | str = "N", size: int = 128, outputs: int = 2) -> bytes:
     """A tiny classifier graph (average pool -> linear) with a chosen input and output."""
     from onnx import TensorProto, helper, numpy_helper
@@ -106,9 +108,11 @@ def onnx_graph(channels: int = 3, dtype: str = "float", batch: int | str = "N", 
         nodes.append(helper.make_node("Cast", ["input"], ["x32"], to=TensorProto.FLOAT))
         src = "x32"
     w = numpy_helper.from_array(np.linspace(-1, 1, channels * outputs, dtype=np.float32).reshape(channels, outputs), "w")
-    nodes += [helper.make_node("GlobalAveragePool", [src], ["pooled"]),
-              helper.make_node("Flatten", ["pooled"], ["flat"]),
-              helper.make_node("MatMul", ["flat", "w"], ["logits"])]
+    nodes += [
+        helper.make_node("GlobalAveragePool", [src], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["flat"]),
+        helper.make_node("MatMul", ["flat", "w"], ["logits"]),
+    ]
     graph = helper.make_graph(nodes, "tiny", [inp], [out], initializer=[w])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -166,6 +170,7 @@ def broken_models() -> dict[str, tuple[bytes, dict | bytes, str]]:
 
 # ------------------------------------------------------------------ the corpus
 
+
 def cases(workdir: Path) -> list[Case]:
     """Every hostile request, built fresh (clips and graphs are written under ``workdir``)."""
     from .test_hostile_input import GRADED, REFUSED
@@ -175,17 +180,41 @@ def cases(workdir: Path) -> list[Case]:
     out: list[Case] = []
 
     def grade(name, data, expect, ctype="image/jpeg", **form):
-        out.append(Case(f"grade: {name}", "POST", "/v1/grade", "camera", expect, files=[("image", ("f.jpg", data, ctype))],
-                        data={"mm_per_px": "0.3", **form}))
+        out.append(
+            Case(
+                f"grade: {name}",
+                "POST",
+                "/v1/grade",
+                "camera",
+                expect,
+                files=[("image", ("f.jpg", data, ctype))],
+                data={"mm_per_px": "0.3", **form},
+            )
+        )
 
     for name, make in sorted(REFUSED.items()):
         grade(name, make(img), {422})
     for name, make in sorted(GRADED.items()):
         grade(name, make(img), {200})
-    for name, value in {"1e-300": "1e-300", "0": "0", "-1": "-1", "nan": "nan", "inf": "inf", "a word": "seventy", "1e308": "1e308"}.items():
+    for name, value in {
+        "1e-300": "1e-300",
+        "0": "0",
+        "-1": "-1",
+        "nan": "nan",
+        "inf": "inf",
+        "a word": "seventy",
+        "1e308": "1e308",
+    }.items():
         grade(f"mm_per_px {name}", jpg, {422}, mm_per_px=value)
-    for field_name, value in (("brix", "true"), ("brix", "99"), ("brix", "-0.1"), ("reference_diameter_mm", "1e9"),
-                              ("reference_diameter_mm", "0.0001"), ("camera_id", "x" * 5000), ("lot_id", "\x00")):
+    for field_name, value in (
+        ("brix", "true"),
+        ("brix", "99"),
+        ("brix", "-0.1"),
+        ("reference_diameter_mm", "1e9"),
+        ("reference_diameter_mm", "0.0001"),
+        ("camera_id", "x" * 5000),
+        ("lot_id", "\x00"),
+    ):
         grade(f"{field_name}={value[:12]!r}", jpg, {422}, **{field_name: value})
     for seed in range(8):  # damaged in transit: graded when the damage spares the fruit, else refused
         grade(f"mutated JPEG {seed}", mutated(jpg, seed), {200, 422})
@@ -196,15 +225,49 @@ def cases(workdir: Path) -> list[Case]:
     out.append(Case("lots: a path as the id", "GET", "/v1/lots/..%2F..%2Fetc%2Fpasswd", "inspector", {404}))
     out.append(Case("calibration: a path as the camera", "GET", "/v1/cameras/..%2F..%2Fetc/calibration", "inspector", {404}))
     out.append(Case("grade: no image part", "POST", "/v1/grade", "camera", {422}, data={"mm_per_px": "0.3"}))
-    out.append(Case("grade: JSON instead of a form", "POST", "/v1/grade", "camera", {400, 422}, content=b'{"image": 1}',
-                    headers={"Content-Type": "application/json"}))
-    out.append(Case("grade: form without boundary", "POST", "/v1/grade", "camera", {400, 422}, content=b"--x\r\n\r\n",
-                    headers={"Content-Type": "multipart/form-data"}))
+    out.append(
+        Case(
+            "grade: JSON instead of a form",
+            "POST",
+            "/v1/grade",
+            "camera",
+            {400, 422},
+            content=b'{"image": 1}',
+            headers={"Content-Type": "application/json"},
+        )
+    )
+    out.append(
+        Case(
+            "grade: form without boundary",
+            "POST",
+            "/v1/grade",
+            "camera",
+            {400, 422},
+            content=b"--x\r\n\r\n",
+            headers={"Content-Type": "multipart/form-data"},
+        )
+    )
     out.append(Case("grade: no key", "POST", "/v1/grade", None, {401}, files=[("image", ("f.jpg", jpg, "image/jpeg"))]))
-    out.append(Case("batch: 33 images", "POST", "/v1/grade/batch", "camera", {422},
-                    files=[("images", (f"{i}.jpg", jpg, "image/jpeg")) for i in range(33)]))
-    out.append(Case("batch: one bad image", "POST", "/v1/grade/batch", "camera", {422},
-                    files=[("images", ("a.jpg", jpg, "image/jpeg")), ("images", ("b.jpg", b"\xff\xd8\xff" + b"\x00" * 64, "image/jpeg"))]))
+    out.append(
+        Case(
+            "batch: 33 images",
+            "POST",
+            "/v1/grade/batch",
+            "camera",
+            {422},
+            files=[("images", (f"{i}.jpg", jpg, "image/jpeg")) for i in range(33)],
+        )
+    )
+    out.append(
+        Case(
+            "batch: one bad image",
+            "POST",
+            "/v1/grade/batch",
+            "camera",
+            {422},
+            files=[("images", ("a.jpg", jpg, "image/jpeg")), ("images", ("b.jpg", b"\xff\xd8\xff" + b"\x00" * 64, "image/jpeg"))],
+        )
+    )
 
     # clips
     avi = mjpeg_avi(workdir / "small.avi")
@@ -218,22 +281,76 @@ def cases(workdir: Path) -> list[Case]:
         "header and frames claiming 7000x7000": avi_with_huge_frames(avi, header_too=True),
         "frames claiming 65535x65535": avi_with_huge_frames(avi, 65535, 65535),
     }.items():
-        out.append(Case(f"video: {name}", "POST", "/v1/cameras/cam-h/video", "camera", {422},
-                        files=[("video", ("clip.avi", data, "video/x-msvideo"))], data={"mm_per_px": "0.6"}))
+        out.append(
+            Case(
+                f"video: {name}",
+                "POST",
+                "/v1/cameras/cam-h/video",
+                "camera",
+                {422},
+                files=[("video", ("clip.avi", data, "video/x-msvideo"))],
+                data={"mm_per_px": "0.6"},
+            )
+        )
     for seed in range(6):
-        out.append(Case(f"video: mutated AVI {seed}", "POST", "/v1/cameras/cam-h/video", "camera", {200, 422},
-                        files=[("video", ("clip.avi", mutated(avi, seed), "video/x-msvideo"))], data={"mm_per_px": "0.6"}))
+        out.append(
+            Case(
+                f"video: mutated AVI {seed}",
+                "POST",
+                "/v1/cameras/cam-h/video",
+                "camera",
+                {200, 422},
+                files=[("video", ("clip.avi", mutated(avi, seed), "video/x-msvideo"))],
+                data={"mm_per_px": "0.6"},
+            )
+        )
     # a clip cut short: the frames before the cut may be graded, or it is refused; never a 5xx
-    out.append(Case("video: truncated AVI", "POST", "/v1/cameras/cam-h/video", "camera", {200, 422},
-                    files=[("video", ("clip.avi", avi[: len(avi) // 3], "video/x-msvideo"))], data={"mm_per_px": "0.6"}))
-    out.append(Case("video: belt speed 1e300", "POST", "/v1/cameras/cam-h/video", "camera", {422},
-                    files=[("video", ("clip.avi", avi, "video/x-msvideo"))], data={"belt_speed_mm_s": "1e300"}))
+    out.append(
+        Case(
+            "video: truncated AVI",
+            "POST",
+            "/v1/cameras/cam-h/video",
+            "camera",
+            {200, 422},
+            files=[("video", ("clip.avi", avi[: len(avi) // 3], "video/x-msvideo"))],
+            data={"mm_per_px": "0.6"},
+        )
+    )
+    out.append(
+        Case(
+            "video: belt speed 1e300",
+            "POST",
+            "/v1/cameras/cam-h/video",
+            "camera",
+            {422},
+            files=[("video", ("clip.avi", avi, "video/x-msvideo"))],
+            data={"belt_speed_mm_s": "1e300"},
+        )
+    )
 
     # calibration
-    out.append(Case("calibration: diameter 1e-300", "POST", "/v1/cameras/cam-h/calibration", "camera", {422},
-                    files=[("image", ("r.jpg", jpg, "image/jpeg"))], data={"reference_diameter_mm": "1e-300"}))
-    out.append(Case("calibration: not an image", "POST", "/v1/cameras/cam-h/calibration", "camera", {422},
-                    files=[("image", ("r.jpg", b"GIF89a" + b"\x00" * 40, "image/jpeg"))], data={"reference_diameter_mm": "67"}))
+    out.append(
+        Case(
+            "calibration: diameter 1e-300",
+            "POST",
+            "/v1/cameras/cam-h/calibration",
+            "camera",
+            {422},
+            files=[("image", ("r.jpg", jpg, "image/jpeg"))],
+            data={"reference_diameter_mm": "1e-300"},
+        )
+    )
+    out.append(
+        Case(
+            "calibration: not an image",
+            "POST",
+            "/v1/cameras/cam-h/calibration",
+            "camera",
+            {422},
+            files=[("image", ("r.jpg", b"GIF89a" + b"\x00" * 40, "image/jpeg"))],
+            data={"reference_diameter_mm": "67"},
+        )
+    )
 
     # JSON bodies with wrong types and implausible numbers
     def brix(name, body, expect={422}):
@@ -251,14 +368,50 @@ def cases(workdir: Path) -> list[Case]:
     brix("deeply nested", b"[" * 50_000 + b"]" * 50_000, {400, 413, 422})
     brix("not UTF-8", b'{"brix": 12, "fruit_id": "\xff\xfe"}', {400, 422})
     brix("truncated", b'{"brix": 12, "fru', {400, 422})
-    out.append(Case("lots: id with a path", "POST", "/v1/lots", "inspector", {422}, content=b'{"id": "../../etc"}',
-                    headers={"Content-Type": "application/json"}))
-    out.append(Case("lots: 200 KB grower", "POST", "/v1/lots", "inspector", {413, 422},
-                    content=json.dumps({"id": "L-big", "grower": "g" * 200_000}).encode(), headers={"Content-Type": "application/json"}))
-    out.append(Case("lots: harvest date nonsense", "POST", "/v1/lots", "inspector", {422},
-                    content=b'{"id": "L-d", "harvest_date": "2026-13-45"}', headers={"Content-Type": "application/json"}))
-    out.append(Case("verdict: fruit id 2**70", "POST", f"/v1/review/fruits/{2**70}/verdict", "inspector", {404, 422},
-                    content=b'{"decision": "confirm"}', headers={"Content-Type": "application/json"}))
+    out.append(
+        Case(
+            "lots: id with a path",
+            "POST",
+            "/v1/lots",
+            "inspector",
+            {422},
+            content=b'{"id": "../../etc"}',
+            headers={"Content-Type": "application/json"},
+        )
+    )
+    out.append(
+        Case(
+            "lots: 200 KB grower",
+            "POST",
+            "/v1/lots",
+            "inspector",
+            {413, 422},
+            content=json.dumps({"id": "L-big", "grower": "g" * 200_000}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+    )
+    out.append(
+        Case(
+            "lots: harvest date nonsense",
+            "POST",
+            "/v1/lots",
+            "inspector",
+            {422},
+            content=b'{"id": "L-d", "harvest_date": "2026-13-45"}',
+            headers={"Content-Type": "application/json"},
+        )
+    )
+    out.append(
+        Case(
+            "verdict: fruit id 2**70",
+            "POST",
+            f"/v1/review/fruits/{2**70}/verdict",
+            "inspector",
+            {404, 422},
+            content=b'{"decision": "confirm"}',
+            headers={"Content-Type": "application/json"},
+        )
+    )
     out.append(Case("results: cursor garbage", "GET", "/v1/results?cursor=garbage!", "inspector", {422}))
     out.append(Case("results: since garbage", "GET", "/v1/results?since=yesterday", "inspector", {422}))
     out.append(Case("results: limit 10**9", "GET", "/v1/results?limit=1000000000", "inspector", {422}))
@@ -268,7 +421,15 @@ def cases(workdir: Path) -> list[Case]:
     # model artifacts
     for name, (onnx_bytes, meta, _) in broken_models().items():
         out.append(Case(f"model: {name}", "POST", "/v1/models", "trainer", {422}, files=model_files(onnx_bytes, meta)))
-    out.append(Case("model: metadata over 1 MiB", "POST", "/v1/models", "trainer", {413},
-                    files=model_files(onnx_graph(), b'{"pad": "' + b"x" * (1024 * 1024 + 10) + b'"}')))
+    out.append(
+        Case(
+            "model: metadata over 1 MiB",
+            "POST",
+            "/v1/models",
+            "trainer",
+            {413},
+            files=model_files(onnx_graph(), b'{"pad": "' + b"x" * (1024 * 1024 + 10) + b'"}'),
+        )
+    )
     out.append(Case("model: promote unknown", "POST", "/v1/models/nope@1/promote", "trainer", {404}))
     return out

@@ -51,16 +51,40 @@ class Broker:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.conf = self.dir / "mosquitto.conf"
         # `user root`: a broker started by root keeps access to the test's files (ignored when not root)
-        conf = [f"listener {self.port} 127.0.0.1", "user root", "persistence true", f"persistence_location {self.dir}/",
-                f"log_dest file {self.dir}/mosquitto.log"]
+        conf = [
+            f"listener {self.port} 127.0.0.1",
+            "user root",
+            "persistence true",
+            f"persistence_location {self.dir}/",
+            f"log_dest file {self.dir}/mosquitto.log",
+        ]
         self.ca = None
         if tls and shutil.which("openssl") is None:
             pytest.skip("no openssl to make the test broker's certificate")
         if tls:  # a self-signed certificate for 127.0.0.1, which is also the CA clients trust
             self.ca = self.dir / "cert.pem"
-            subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(self.dir / "key.pem"),
-                            "-out", str(self.ca), "-days", "1", "-subj", "/CN=localhost", "-addext",
-                            "subjectAltName=IP:127.0.0.1,DNS:localhost"], check=True, capture_output=True)
+            subprocess.run(
+                [
+                    "openssl",
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-keyout",
+                    str(self.dir / "key.pem"),
+                    "-out",
+                    str(self.ca),
+                    "-days",
+                    "1",
+                    "-subj",
+                    "/CN=localhost",
+                    "-addext",
+                    "subjectAltName=IP:127.0.0.1,DNS:localhost",
+                ],
+                check=True,
+                capture_output=True,
+            )
             conf += [f"certfile {self.ca}", f"keyfile {self.dir / 'key.pem'}"]
         if users:
             pw = self.dir / "passwords"

@@ -1,6 +1,5 @@
 """The HTTP path through a real app (TestClient) and SQLite."""
 
-
 import pytest
 
 from datasets.synthetic import FruitSpec, make_frame, make_fruit_image
@@ -133,8 +132,10 @@ def test_missing_image_field_is_422_naming_it(client):
     assert r.status_code == 422 and r.json()["error"]["field"] == "image"
 
 
-@pytest.mark.parametrize("field,value", [("mm_per_px", "nan"), ("mm_per_px", "0"), ("mm_per_px", "-1"), ("mm_per_px", "abc"),
-                                         ("brix", "inf"), ("brix", "40"), ("brix", "-2")])
+@pytest.mark.parametrize(
+    "field,value",
+    [("mm_per_px", "nan"), ("mm_per_px", "0"), ("mm_per_px", "-1"), ("mm_per_px", "abc"), ("brix", "inf"), ("brix", "40"), ("brix", "-2")],
+)
 def test_bad_numbers_are_422_naming_the_field(client, fruit_jpeg, field, value):
     r = post_image(client, fruit_jpeg, **{field: value})
     assert r.status_code == 422

@@ -85,7 +85,9 @@ def test_requests_past_the_key_budget_get_429(tmp_path):
     from service.app import create_app
     from service.settings import Settings
 
-    s = Settings(data_dir=tmp_path / "var", api_keys=",".join(f"{r}:{k}" for r, k in API_KEYS.items()), rate_limit_per_min=12)  # bursts of 2
+    s = Settings(
+        data_dir=tmp_path / "var", api_keys=",".join(f"{r}:{k}" for r, k in API_KEYS.items()), rate_limit_per_min=12
+    )  # bursts of 2
     with TestClient(create_app(s)) as c:
         codes = [c.get("/v1/lots", headers=headers("inspector")).status_code for _ in range(3)]
         assert codes == [200, 200, 429]

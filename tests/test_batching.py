@@ -135,6 +135,7 @@ def test_overloaded_service_answers_503_with_retry_after(settings):
     img, _ = make_fruit_image(seed=1, diameter_mm=70, mm_per_px=0.5)
     files = {"image": ("f.jpg", jpeg_bytes(img), "image/jpeg")}
     with TestClient(app) as c:
+
         def first_request():  # its inference is failed below: the test client re-raises that here
             with pytest.raises(RuntimeError, match="released"):
                 c.post("/v1/grade", files=files, headers=headers())

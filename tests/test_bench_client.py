@@ -55,8 +55,10 @@ def test_grade_poster_posts_photos_and_reconnects_after_the_keep_alive_timeout(t
 
 def test_grade_poster_reads_the_retry_after_of_a_refusal():
     """A camera told 503 learns how long to wait (bench/serve.py's cameras then wait that long)."""
-    answers = [b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 2\r\n\r\n{}",
-               b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"]
+    answers = [
+        b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 2\r\n\r\n{}",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}",
+    ]
 
     async def scenario() -> list[tuple[int, float | None]]:
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

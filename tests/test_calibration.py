@@ -10,14 +10,19 @@ TENNIS_MM = 65.46
 
 
 def post_grade(client, img, **form):
-    return client.post("/v1/grade", files={"image": ("f.png", png_bytes(img), "image/png")},
-                       data={k: str(v) for k, v in form.items()}, headers=headers())
+    return client.post(
+        "/v1/grade", files={"image": ("f.png", png_bytes(img), "image/png")}, data={k: str(v) for k, v in form.items()}, headers=headers()
+    )
 
 
 def test_camera_calibration_then_grades_use_it(client):
     disc, _ = make_fruit_image(seed=1, diameter_mm=80.0, mm_per_px=0.4, colour="tennis", background="belt")
-    r = client.post("/v1/cameras/cam-7/calibration", files={"image": ("ref.jpg", jpeg_bytes(disc), "image/jpeg")},
-                    data={"reference_diameter_mm": "80"}, headers=headers())
+    r = client.post(
+        "/v1/cameras/cam-7/calibration",
+        files={"image": ("ref.jpg", jpeg_bytes(disc), "image/jpeg")},
+        data={"reference_diameter_mm": "80"},
+        headers=headers(),
+    )
     assert r.status_code == 200, r.text
     cal = r.json()
     assert cal["mm_per_px"] == pytest.approx(0.4, rel=0.01) and cal["camera_id"] == "cam-7"
@@ -44,23 +49,46 @@ def test_uncalibrated_camera_is_flagged(client):
 
 def test_calibration_refuses_a_non_round_or_missing_reference(client):
     oval, _ = make_fruit_image(seed=1, diameter_mm=80.0, mm_per_px=0.4, aspect=0.55)
-    r = client.post("/v1/cameras/cam-8/calibration", files={"image": ("o.png", png_bytes(oval), "image/png")},
-                    data={"reference_diameter_mm": "80"}, headers=headers())
+    r = client.post(
+        "/v1/cameras/cam-8/calibration",
+        files={"image": ("o.png", png_bytes(oval), "image/png")},
+        data={"reference_diameter_mm": "80"},
+        headers=headers(),
+    )
     assert r.status_code == 422 and "not round" in r.json()["error"]["message"]
     empty, _ = make_frame([], mm_per_px=0.5, size_px=(200, 200))
-    r = client.post("/v1/cameras/cam-8/calibration", files={"image": ("e.png", png_bytes(empty), "image/png")},
-                    data={"reference_diameter_mm": "80"}, headers=headers())
+    r = client.post(
+        "/v1/cameras/cam-8/calibration",
+        files={"image": ("e.png", png_bytes(empty), "image/png")},
+        data={"reference_diameter_mm": "80"},
+        headers=headers(),
+    )
     assert r.status_code == 422 and r.json()["error"]["code"] == "calibration_failed"
-    r = client.post("/v1/cameras/cam-8/calibration", files={"image": ("e.png", png_bytes(empty), "image/png")},
-                    data={"reference_diameter_mm": "-3"}, headers=headers())
+    r = client.post(
+        "/v1/cameras/cam-8/calibration",
+        files={"image": ("e.png", png_bytes(empty), "image/png")},
+        data={"reference_diameter_mm": "-3"},
+        headers=headers(),
+    )
     assert r.status_code == 422 and r.json()["error"]["field"] == "reference_diameter_mm"
-    assert client.post("/v1/cameras/cam-8/calibration", files={"image": ("e.png", png_bytes(empty), "image/png")},
-                       data={"reference_diameter_mm": "80"}, headers=headers("inspector")).status_code == 403
+    assert (
+        client.post(
+            "/v1/cameras/cam-8/calibration",
+            files={"image": ("e.png", png_bytes(empty), "image/png")},
+            data={"reference_diameter_mm": "80"},
+            headers=headers("inspector"),
+        ).status_code
+        == 403
+    )
 
 
 def test_reference_spheres_in_the_frame_set_the_scale_and_are_not_graded(client):
-    specs = [FruitSpec(TENNIS_MM, (45, 45), colour="tennis"), FruitSpec(72, (130, 50)), FruitSpec(58, (210, 48), colour="green"),
-             FruitSpec(TENNIS_MM, (290, 50), colour="tennis")]
+    specs = [
+        FruitSpec(TENNIS_MM, (45, 45), colour="tennis"),
+        FruitSpec(72, (130, 50)),
+        FruitSpec(58, (210, 48), colour="green"),
+        FruitSpec(TENNIS_MM, (290, 50), colour="tennis"),
+    ]
     img, _ = make_frame(specs, mm_per_px=0.5, size_px=(200, 680), seed=5)
     body = post_grade(client, img, reference_diameter_mm=TENNIS_MM).json()
     assert body["calibration"]["source"] == "reference"

@@ -47,11 +47,16 @@ def expected_grades(fruit: dict) -> set[str]:
     def passes(name: str, lim: dict, slack: float) -> bool:
         if label in DECAY or (label != "sound" and name != "Grade 2"):
             return False
-        checks = [(fruit["brix"], lim["min_brix"], +1), (fruit["blemish_area_cm2"], lim["max_blemish"], -1),
-                  (fruit["largest_blemish_cm2"], lim["max_largest"], -1), (fruit["colour_coverage"], lim["min_coverage"], +1)]
+        checks = [
+            (fruit["brix"], lim["min_brix"], +1),
+            (fruit["blemish_area_cm2"], lim["max_blemish"], -1),
+            (fruit["largest_blemish_cm2"], lim["max_largest"], -1),
+            (fruit["colour_coverage"], lim["min_coverage"], +1),
+        ]
         # an unknown value fails no rule (the grade is then provisional)
-        return all(limit is None or value is None or (value - limit) * sign >= -slack * max(abs(limit), 1e-9)
-                   for value, limit, sign in checks)
+        return all(
+            limit is None or value is None or (value - limit) * sign >= -slack * max(abs(limit), 1e-9) for value, limit, sign in checks
+        )
 
     for slack in (0.0, 0.01):  # exact, then with 1 % slack for rounded values at a limit
         out.add(next((g for g, lim in GBT_21488 if passes(g, lim, slack)), "out-of-grade"))
@@ -60,14 +65,16 @@ def expected_grades(fruit: dict) -> set[str]:
 
 
 def open_navel_lot(client, lot_id: str) -> None:
-    r = client.post("/v1/lots", json={"id": lot_id, "commodity": "orange", "standard_id": "gbt-21488-navel-oranges",
-                                      "variety": "Newhall"}, headers=headers())
+    r = client.post(
+        "/v1/lots",
+        json={"id": lot_id, "commodity": "orange", "standard_id": "gbt-21488-navel-oranges", "variety": "Newhall"},
+        headers=headers(),
+    )
     assert r.status_code in (200, 201), r.text
 
 
 def grade(client, png: bytes, **form) -> dict:
-    r = client.post("/v1/grade", files={"image": ("f.png", png, "image/png")}, data={k: str(v) for k, v in form.items()},
-                    headers=headers())
+    r = client.post("/v1/grade", files={"image": ("f.png", png, "image/png")}, data={k: str(v) for k, v in form.items()}, headers=headers())
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -106,7 +113,7 @@ def check_lot_report(client, lot_id: str, fruits: list[dict]) -> dict:
     decayed = sum(labels[d] for d in DECAY) / n
     for t in rep["tolerances"]:
         rank = ORDER.index(t["grade"])
-        below = sum(grades.get(g, 0) for g in ORDER[rank + 1:]) / n
+        below = sum(grades.get(g, 0) for g in ORDER[rank + 1 :]) / n
         tol_below, tol_decayed = TOLERANCES[t["grade"]]
         assert t["share_below_grade"] == pytest.approx(below, abs=1e-4)
         assert t["share_decayed"] == pytest.approx(decayed, abs=1e-4)
@@ -122,8 +129,14 @@ def test_navel_orange_lot_under_gbt_21488_synthetic(client):
     """Synthetic navel oranges of known size and blemish area, each with a refractometer reading."""
     open_navel_lot(client, "NAVEL-SYN")
     cases = [  # (seed, blemishes cm², °Brix)
-        (1, (), 11.6), (2, (), 10.4), (3, (), 9.5), (4, (), 8.4),
-        (5, (0.2,), 11.8), (6, (0.8,), 11.2), (7, (0.4, 0.9), 12.0), (8, (2.0, 1.4), 11.5),
+        (1, (), 11.6),
+        (2, (), 10.4),
+        (3, (), 9.5),
+        (4, (), 8.4),
+        (5, (0.2,), 11.8),
+        (6, (0.8,), 11.2),
+        (7, (0.4, 0.9), 12.0),
+        (8, (2.0, 1.4), 11.5),
     ]
     fruits = []
     for seed, blemishes, brix in cases:
@@ -191,8 +204,14 @@ def test_navel_orange_lot_under_gbt_21488_real_photos(client):
     data = _citrus_data()
     items = _test_split(ORANGE_ART)
     picks: list[dict] = []
-    for label, source, k in (("sound", "orange-diseases", 3), ("sound", "oranges-fresh-rotten", 3), ("rot", None, None),
-                             ("blackspot", None, 4), ("canker", None, 4), ("greening", None, 4)):
+    for label, source, k in (
+        ("sound", "orange-diseases", 3),
+        ("sound", "oranges-fresh-rotten", 3),
+        ("rot", None, None),
+        ("blackspot", None, 4),
+        ("canker", None, 4),
+        ("greening", None, 4),
+    ):
         picks += sorted((it for it in items if it["label"] == label and source in (None, it["source"])), key=lambda it: it["sha256"])[:k]
     open_navel_lot(client, "NAVEL-REAL")
     brix_cycle = [11.6, 10.4, 9.5, 8.6]
@@ -201,8 +220,9 @@ def test_navel_orange_lot_under_gbt_21488_real_photos(client):
         png, rgb = _png_of(data / it["path"])
         brix = brix_cycle[i % len(brix_cycle)]
         # the refractometer reading of this fruit, at 20 °C, sent before its picture
-        r = client.post("/v1/brix", json={"brix": brix, "temperature_c": 20.0, "source": "refractometer", "fruit_id": f"real-{i}"},
-                        headers=headers())
+        r = client.post(
+            "/v1/brix", json={"brix": brix, "temperature_c": 20.0, "source": "refractometer", "fruit_id": f"real-{i}"}, headers=headers()
+        )
         assert r.status_code in (200, 201), r.text
         body = grade(client, png, mm_per_px=_mm_per_px_for(rgb, 75.0), lot_id="NAVEL-REAL", fruit_id=f"real-{i}")
         if not body["fruits"] and body["rejected_candidates"]:

@@ -22,8 +22,19 @@ from service.settings import SHIPPED_MODELS
 
 from .conftest import headers, png_bytes
 
-SPEC = ModelSpec("m", "1", ("sound", "defective"), ("defective",), (64, 64), (0.5,) * 3, (0.25,) * 3,
-                 temperature=1.0, ood_energy_threshold=-1.0, ood_distance_threshold=10.0, crop_margin_frac=0.08)
+SPEC = ModelSpec(
+    "m",
+    "1",
+    ("sound", "defective"),
+    ("defective",),
+    (64, 64),
+    (0.5,) * 3,
+    (0.25,) * 3,
+    temperature=1.0,
+    ood_energy_threshold=-1.0,
+    ood_distance_threshold=10.0,
+    crop_margin_frac=0.08,
+)
 
 
 def test_model_outputs_slice_their_maps_with_their_rows():
@@ -87,16 +98,19 @@ def test_the_early_distance_makes_a_crop_ood_and_the_flag_names_it():
     with pytest.raises(ValueError, match="ood_distance_early has 2 rows"):
         evidence_from_logits(logits, spec, ood_distance_early=early[:2])
     # a model with only the early distance (and no other threshold) still judges by it
-    only = ModelSpec(**{**SPEC.__dict__, "ood_distance_threshold": None, "ood_energy_threshold": None,
-                        "ood_distance_early_threshold": 5.0})
+    only = ModelSpec(**{**SPEC.__dict__, "ood_distance_threshold": None, "ood_energy_threshold": None, "ood_distance_early_threshold": 5.0})
     assert [e.ood for e in evidence_from_logits(logits, only, ood_distance_early=early)] == [False, True, True]
     assert read_spec({**_meta(), "thresholds": {"defective": 0.5, "ood_distance_early": 7.5}}).ood_distance_early_threshold == 7.5
     assert read_spec(_meta()).ood_distance_early_threshold is None
 
 
 def _meta() -> dict:
-    return {"name": "m", "version": "1", "classes": ["sound", "defective"],
-            "preprocessing": {"input_size": [64, 64], "mean": [0.5] * 3, "std": [0.25] * 3}}
+    return {
+        "name": "m",
+        "version": "1",
+        "classes": ["sound", "defective"],
+        "preprocessing": {"input_size": [64, 64], "mean": [0.5] * 3, "std": [0.25] * 3},
+    }
 
 
 def test_evidence_stored_before_the_signals_reads_as_energy():
@@ -166,8 +180,17 @@ def test_shipped_artifacts_are_the_serving_ones_and_the_rollbacks():
     """One serving artifact per commodity, on the pretrained backbone with its fruit check, plus the
     from-scratch models they replaced, kept as rollbacks."""
     assert [f"{a.parent.name}/{a.name}" for a in SHIPPED_ARTIFACTS] == [
-        "apple-defect/0.1.0", "apple-defect/0.2.0", "apple-defect/0.3.0", "apple-defect/0.4.0",
-        "apple-defect/0.5.1", "lemon-defect/0.1.0", "lemon-defect/0.2.0", "orange-defect/0.2.0", "orange-defect/0.3.0", "orange-defect/0.4.0"]
+        "apple-defect/0.1.0",
+        "apple-defect/0.2.0",
+        "apple-defect/0.3.0",
+        "apple-defect/0.4.0",
+        "apple-defect/0.5.1",
+        "lemon-defect/0.1.0",
+        "lemon-defect/0.2.0",
+        "orange-defect/0.2.0",
+        "orange-defect/0.3.0",
+        "orange-defect/0.4.0",
+    ]
     assert (SHIPPED_MODELS / "DEFAULT").read_text().strip() == "apple-defect/0.5.1"
     for art in ("apple-defect/0.5.1", "lemon-defect/0.2.0", "orange-defect/0.4.0"):
         meta = json.loads((SHIPPED_MODELS / art / "metadata.json").read_text())
@@ -191,9 +214,15 @@ def test_shipped_artifacts_have_the_outputs_and_their_thresholds(art):
     assert served.extra_outputs == ("defect_map", "ood_distance", "ood_distance_early", *(("fruit_score",) if pretrained else ()))
     assert served.check_parity() < 1e-4  # the logits torch recorded at training, unchanged by the edit
     th = meta["thresholds"]
-    assert th["ood_distance"] > 0 and th["ood_distance_rule"].startswith(("quantile 0.99 of the val crops", "quantile 0.99 of the held-out train and val sessions'"))
+    assert th["ood_distance"] > 0 and th["ood_distance_rule"].startswith(
+        ("quantile 0.99 of the val crops", "quantile 0.99 of the held-out train and val sessions'")
+    )
     assert 0.0 <= meta["metrics"]["val"]["ood_distance_share"] <= 0.02
-    assert th["ood_distance_early"] > 0 and " ood_distance_early (" in th["ood_distance_early_rule"] and th["ood_distance_early_rule"].startswith("quantile 0.99 of the ")
+    assert (
+        th["ood_distance_early"] > 0
+        and " ood_distance_early (" in th["ood_distance_early_rule"]
+        and th["ood_distance_early_rule"].startswith("quantile 0.99 of the ")
+    )
     assert meta["outputs"]["ood_distance_early"]["block"] == ("_blocks.3" if pretrained else "features.3")
     assert 0.0 <= meta["metrics"]["val"]["ood_distance_early_share"] <= 0.02
     assert (art / "model.onnx").stat().st_size < 20 * 2**20

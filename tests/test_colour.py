@@ -73,12 +73,12 @@ def test_normalised_crops_of_one_fruit_under_two_colour_casts_are_near_identical
     from grader.defect import preprocess
 
     crop, _ = _blemished_crop("green")
-    warm = _cast(crop, (1.18, 0.98, 0.78), gamma=0.85)   # warm light, brighter
-    cold = _cast(crop, (0.80, 0.95, 1.15), gamma=1.2)    # cold light, darker
+    warm = _cast(crop, (1.18, 0.98, 0.78), gamma=0.85)  # warm light, brighter
+    cold = _cast(crop, (0.80, 0.95, 1.15), gamma=1.2)  # cold light, darker
     plain, norm = _spec(), _spec(NORM)
     before = np.abs(preprocess([warm], plain) - preprocess([cold], plain)).mean()
     after = np.abs(preprocess([warm], norm) - preprocess([cold], norm)).mean()
-    assert before > 0.3                  # the cast moves the model's input a lot ...
+    assert before > 0.3  # the cast moves the model's input a lot ...
     assert after < 0.1 * before, (before, after)  # ... normalised, an order of magnitude less
     # the fruit pixels carry the canonical Lab mean and spread, whatever the cast
     for x in (warm, cold):
@@ -115,16 +115,23 @@ def test_without_the_key_preprocessing_is_as_before():
     for c in crops:
         interp = cv2.INTER_AREA if c.shape[0] >= 96 else cv2.INTER_LINEAR
         x = cv2.resize(c, (96, 96), interpolation=interp).astype(np.float32) / 255.0
-        want.append((x.transpose(2, 0, 1) - np.array(spec.mean, np.float32).reshape(3, 1, 1)) / np.array(spec.std, np.float32).reshape(3, 1, 1))
+        want.append(
+            (x.transpose(2, 0, 1) - np.array(spec.mean, np.float32).reshape(3, 1, 1)) / np.array(spec.std, np.float32).reshape(3, 1, 1)
+        )
     assert np.array_equal(preprocess(crops, spec), np.stack(want))
     # and the key changes it
     assert not np.array_equal(preprocess(crops, _spec(NORM)), np.stack(want))
 
 
-@pytest.mark.parametrize("bad", [{"method": "histogram", "mean": [1, 2, 3], "std": [1, 1, 1]},
-                                 {"method": "reinhard-lab", "mean": [1, 2], "std": [1, 1, 1]},
-                                 {"method": "reinhard-lab", "mean": [1, 2, 3], "std": [1, 0, 1]},
-                                 {"method": "reinhard-lab", "std": [1, 1, 1]}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"method": "histogram", "mean": [1, 2, 3], "std": [1, 1, 1]},
+        {"method": "reinhard-lab", "mean": [1, 2], "std": [1, 1, 1]},
+        {"method": "reinhard-lab", "mean": [1, 2, 3], "std": [1, 0, 1]},
+        {"method": "reinhard-lab", "std": [1, 1, 1]},
+    ],
+)
 def test_a_malformed_colour_normalise_is_refused(bad):
     from grader.errors import InvalidModelArtifact
 
@@ -152,7 +159,9 @@ def test_training_normalises_after_augmentation_as_serving_does():
     from training.data import CropDataset, NormalisingTransform, resolve_colour_normalise, train_transform
 
     cfg = load_config(DEFAULT_CONFIG, ["model.input_size=96", "model.colour_normalise=reinhard-lab"])
-    crops = np.stack([cv2.resize(_crop(c, s), (128, 128), interpolation=cv2.INTER_AREA) for s, c in enumerate(["red", "green", "lemon", "orange"])])
+    crops = np.stack(
+        [cv2.resize(_crop(c, s), (128, 128), interpolation=cv2.INTER_AREA) for s, c in enumerate(["red", "green", "lemon", "orange"])]
+    )
     cfg = resolve_colour_normalise(cfg, crops)
     norm = colour_normalise_of(cfg)
     assert cfg["model"]["colour_normalise"]["mean"] == pytest.approx(list(mean_colour_stats(list(crops))[0]), abs=1e-3)
@@ -198,8 +207,9 @@ def test_classes_that_keep_their_colour_neither_take_nor_lend_it():
     from training.config import DEFAULT_CONFIG, colour_keep_of, load_config
     from training.data import CropDataset
 
-    crops = np.stack([cv2.resize(_crop(c, s), (96, 96), interpolation=cv2.INTER_AREA)
-                      for s, c in enumerate(["orange", "lemon", "red", "green"])])
+    crops = np.stack(
+        [cv2.resize(_crop(c, s), (96, 96), interpolation=cv2.INTER_AREA) for s, c in enumerate(["orange", "lemon", "red", "green"])]
+    )
     labels = np.array([4, 4, 0, 0])  # two "rot" crops kept, two sound ones
     ds = CropDataset(crops, labels, lambda x: x, colour_transfer_p=1.0, seed=0, keep_colour=labels == 4)
     rot_means = [fruit_colour_stats(c)[0] for c in crops[:2]]
@@ -212,8 +222,10 @@ def test_classes_that_keep_their_colour_neither_take_nor_lend_it():
             else:
                 mean = fruit_colour_stats(out)[0]
                 assert all(np.abs(mean - m).max() > 5 for m in rot_means)  # never a rotten crop's colour
-    cfg = load_config(DEFAULT_CONFIG, ["model.classes=[sound, blackspot, canker, greening, rot]",
-                                                   "model.defective_classes=[blackspot, canker, greening, rot]"])
+    cfg = load_config(
+        DEFAULT_CONFIG,
+        ["model.classes=[sound, blackspot, canker, greening, rot]", "model.defective_classes=[blackspot, canker, greening, rot]"],
+    )
     assert colour_keep_of(cfg) == []
     cfg["augment"]["colour_transfer_keep"] = ["rot"]
     assert colour_keep_of(cfg) == ["rot"]

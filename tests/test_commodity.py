@@ -21,8 +21,9 @@ ORANGE_MODEL = load_commodities(Path(__file__).resolve().parents[1] / "grader" /
 
 def grade(client, **form):
     img, _ = make_fruit_image(seed=2, colour="orange")
-    return client.post("/v1/grade", files={"image": ("o.png", png_bytes(img), "image/png")},
-                       data={"mm_per_px": "0.25", **form}, headers=headers())
+    return client.post(
+        "/v1/grade", files={"image": ("o.png", png_bytes(img), "image/png")}, data={"mm_per_px": "0.25", **form}, headers=headers()
+    )
 
 
 def test_commodity_field_picks_standard_and_is_recorded(client):
@@ -49,7 +50,11 @@ def orange_served(settings, tmp_path):
 
     root = tmp_path / "models"
     # only the default model: the orange artifact below is this test's own
-    shutil.copytree(SHIPPED_MODELS, root, ignore=lambda d, names: [n for n in names if d == str(SHIPPED_MODELS) and n not in ("DEFAULT", ART.parent.name)])
+    shutil.copytree(
+        SHIPPED_MODELS,
+        root,
+        ignore=lambda d, names: [n for n in names if d == str(SHIPPED_MODELS) and n not in ("DEFAULT", ART.parent.name)],
+    )
     dest = root / ORANGE_MODEL  # where the shipped orange profile looks for its model
     shutil.copytree(ART, dest)
     meta = json.loads((dest / "metadata.json").read_text())

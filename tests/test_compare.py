@@ -19,8 +19,16 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "models"  # DEFAULT -> apple-defect/0.5.1
-LENIENT = ["--gate", "min_balanced_accuracy_gain=-1", "--gate", "min_defective_recall=0", "--gate", "max_ece=1",
-           "--gate", "max_latency_ratio=1000"]
+LENIENT = [
+    "--gate",
+    "min_balanced_accuracy_gain=-1",
+    "--gate",
+    "min_defective_recall=0",
+    "--gate",
+    "max_ece=1",
+    "--gate",
+    "max_latency_ratio=1000",
+]
 
 
 def make_dataset(root: Path, n_test: int = 16) -> Path:
@@ -37,8 +45,17 @@ def make_dataset(root: Path, n_test: int = 16) -> Path:
         rel = Path("crops" if kind == "crop" else "photos") / split / label / f"f{k}.{'png' if k % 3 else 'jpg'}"
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(root / rel), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
-        items.append({"path": str(rel), "kind": kind, "label": label, "split": split,
-                      "session": f"cam-{k % 2 + 1}/2026-11-29", "lot": [None, "L-1", "L-2"][k % 3], "sha256": "x"})
+        items.append(
+            {
+                "path": str(rel),
+                "kind": kind,
+                "label": label,
+                "split": split,
+                "session": f"cam-{k % 2 + 1}/2026-11-29",
+                "lot": [None, "L-1", "L-2"][k % 3],
+                "sha256": "x",
+            }
+        )
     (root / "manifest.json").write_text(json.dumps({"sha256": "tiny", "classes": ["sound", "defective"], "items": items}))
     return root
 
@@ -117,15 +134,24 @@ def test_report_has_both_models_gates_and_figures(dataset, candidate, tmp_path, 
     assert gates["min_sound_recall"]["passed"] is None  # off by default
 
     md = (out / "report.md").read_text()
-    for needle in ("## Gates", "## Per session", "## Per lot", f"{dis['count']} of 16 items", "](roc.png)",
-                   "](reliability.png)", "](confusion.png)", "0.6.0-test"):
+    for needle in (
+        "## Gates",
+        "## Per session",
+        "## Per lot",
+        f"{dis['count']} of 16 items",
+        "](roc.png)",
+        "](reliability.png)",
+        "](confusion.png)",
+        "0.6.0-test",
+    ):
         assert needle in md, needle
 
 
 def test_a_failing_gate_keeps_the_current_model(dataset, candidate, tmp_path, capsys):
     out = tmp_path / "report"
-    status = run(MODELS, candidate, "--data", dataset, "--out", out, *LENIENT,
-                 "--gate", "min_defective_recall=1.01", "--gate", "min_sound_recall=0")
+    status = run(
+        MODELS, candidate, "--data", dataset, "--out", out, *LENIENT, "--gate", "min_defective_recall=1.01", "--gate", "min_sound_recall=0"
+    )
     printed = capsys.readouterr().out
     assert status == 1
     assert "verdict: keep current (failing: min_defective_recall)" in printed
@@ -154,8 +180,10 @@ def test_gate_logic():
     from training.compare import check_gates, load_gates
 
     def model(ba: float, rec: float, ece: float, ms16: float) -> dict:
-        return {"metrics": {"balanced_accuracy": ba, "recall_defective": rec, "recall_sound": 0.5, "ece": ece,
-                            "auc": 0.9}, "latency_ms_per_crop": {"batch_1": 1.0, "batch_16": ms16}}
+        return {
+            "metrics": {"balanced_accuracy": ba, "recall_defective": rec, "recall_sound": 0.5, "ece": ece, "auc": 0.9},
+            "latency_ms_per_crop": {"batch_1": 1.0, "batch_16": ms16},
+        }
 
     limits = load_gates()
     assert limits["min_defective_recall"] == 0.95 and limits["min_sound_recall"] is None
@@ -163,17 +191,24 @@ def test_gate_logic():
     assert all(g["passed"] in (True, None) for g in ok)
     bad = check_gates(limits, {"current": model(0.80, 0.96, 0.05, 2.0), "candidate": model(0.79, float("nan"), 0.2, 3.1)})
     assert {g["gate"] for g in bad if g["passed"] is False} == {
-        "min_balanced_accuracy_gain", "min_defective_recall", "max_ece", "max_latency_ratio"}
+        "min_balanced_accuracy_gain",
+        "min_defective_recall",
+        "max_ece",
+        "max_latency_ratio",
+    }
     assert next(g for g in bad if g["gate"] == "min_defective_recall")["note"] == "not measurable on this split"
     assert load_gates(overrides=["max_ece=null", "min_auc_gain=0.01"])["max_ece"] is None
 
 
-@pytest.mark.parametrize("bad, message", [
-    (["--split", "train"], "no items in split 'train' (splits present: test, val)"),
-    (["--gate", "max_speed=2"], "unknown gate 'max_speed'"),
-    (["--gate", "max_ece"], "must look like key=value"),
-    (["--gate", "max_ece=high"], "needs a number"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (["--split", "train"], "no items in split 'train' (splits present: test, val)"),
+        (["--gate", "max_speed=2"], "unknown gate 'max_speed'"),
+        (["--gate", "max_ece"], "must look like key=value"),
+        (["--gate", "max_ece=high"], "needs a number"),
+    ],
+)
 def test_bad_input_exits_2(dataset, candidate, tmp_path, capsys, bad, message):
     assert run(MODELS, candidate, "--data", dataset, "--out", tmp_path / "r", *bad) == 2
     assert message in capsys.readouterr().err
@@ -194,8 +229,23 @@ def test_cli_subcommand_with_default_out(dataset, candidate, tmp_path, monkeypat
     from cli.main import main
 
     monkeypatch.chdir(tmp_path)
-    status = main(["compare", str(MODELS), str(candidate), "--data", str(dataset), "--threads", "1",
-                   "--gate", "max_latency_ratio=1000", "--gate", "min_defective_recall=0", "--gate", "max_ece=1"])
+    status = main(
+        [
+            "compare",
+            str(MODELS),
+            str(candidate),
+            "--data",
+            str(dataset),
+            "--threads",
+            "1",
+            "--gate",
+            "max_latency_ratio=1000",
+            "--gate",
+            "min_defective_recall=0",
+            "--gate",
+            "max_ece=1",
+        ]
+    )
     printed = capsys.readouterr().out
     out = tmp_path / "var" / "compare" / "0.5.1-vs-0.6.0-test"
     assert (out / "report.json").exists() and (out / "report.md").exists()

@@ -51,8 +51,12 @@ def test_review_sampling_is_a_stable_share_of_uncertain_fruit():
 
 def _grade(client, seed, lot, **form):
     img, bad = random_fruit_image(seed, size_px=200)
-    r = client.post("/v1/grade", files={"image": (f"{seed}.png", png_bytes(img), "image/png")},
-                    data={"lot_id": lot, "camera_id": "cam-1", **form}, headers=headers())
+    r = client.post(
+        "/v1/grade",
+        files={"image": (f"{seed}.png", png_bytes(img), "image/png")},
+        data={"lot_id": lot, "camera_id": "cam-1", **form},
+        headers=headers(),
+    )
     assert r.status_code == 200, r.text
     return r.json(), bad
 
@@ -181,7 +185,8 @@ def test_training_refuses_a_dataset_labelled_in_other_classes(tmp_path):
     from training.data import load_manifest_data
 
     manifest = tmp_path / "manifest.json"
-    manifest.write_text(json.dumps({"sha256": "x", "items": [{"path": "a.jpg", "kind": "crop", "label": "canker", "split": "train",
-                                                               "session": "s"}]}))
+    manifest.write_text(
+        json.dumps({"sha256": "x", "items": [{"path": "a.jpg", "kind": "crop", "label": "canker", "split": "train", "session": "s"}]})
+    )
     with pytest.raises(ValueError, match=r"\['canker'\] are not classes of this model"):
         load_manifest_data(manifest, 64, 0.08, tmp_path, ["sound", "defective"])

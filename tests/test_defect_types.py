@@ -12,8 +12,17 @@ ORANGE_CLASSES = ("sound", "blackspot", "canker", "greening", "rot")
 
 
 def spec(classes=("sound", "defective"), defective=("defective",), threshold=0.5, temperature=1.0) -> ModelSpec:
-    return ModelSpec(name="m", version="1", classes=classes, defective_classes=defective, input_size=(8, 8),
-                     mean=(0.5, 0.5, 0.5), std=(0.2, 0.2, 0.2), temperature=temperature, threshold_defective=threshold)
+    return ModelSpec(
+        name="m",
+        version="1",
+        classes=classes,
+        defective_classes=defective,
+        input_size=(8, 8),
+        mean=(0.5, 0.5, 0.5),
+        std=(0.2, 0.2, 0.2),
+        temperature=temperature,
+        threshold_defective=threshold,
+    )
 
 
 def test_binary_model_evidence_is_unchanged():
@@ -76,9 +85,13 @@ def test_evidence_built_positionally_as_before_still_works():
 
 
 def test_metadata_with_several_defective_classes_loads():
-    meta = {"name": "orange-defect", "version": "0.1.0", "classes": list(ORANGE_CLASSES),
-            "defective_classes": list(ORANGE_CLASSES[1:]),
-            "preprocessing": {"input_size": [8, 8], "mean": [0.5, 0.5, 0.5], "std": [0.2, 0.2, 0.2]}}
+    meta = {
+        "name": "orange-defect",
+        "version": "0.1.0",
+        "classes": list(ORANGE_CLASSES),
+        "defective_classes": list(ORANGE_CLASSES[1:]),
+        "preprocessing": {"input_size": [8, 8], "mean": [0.5, 0.5, 0.5], "std": [0.2, 0.2, 0.2]},
+    }
     s = read_spec(meta)
     [e] = evidence_from_logits(np.array([[0.0, 0.0, 0.0, 0.0, 5.0]]), s)
     assert e.label == "rot" and e.type == "rot"

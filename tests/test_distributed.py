@@ -36,19 +36,34 @@ def test_processes_together_take_the_one_process_batches(world, kind, batch_size
     """Each process's loader (built as train.run builds it) yields its slice of every global batch:
     in rank order the slices are the one-process loader's batches, drawn with the same seeded
     generator (plain shuffling) or weighted sampler (train.balance, train.session_weight)."""
+
     def loader(ctx):
         sampler = None
         if kind == "weighted":
             w = torch.linspace(1, 4, len(_Crops()), dtype=torch.double)
-            sampler = torch.utils.data.WeightedRandomSampler(w, num_samples=len(w), replacement=True,
-                                                             generator=torch.Generator().manual_seed(8))
-        return ctx.data_loader(_Crops(), batch_size=batch_size, shuffle=sampler is None, sampler=sampler, drop_last=drop_last,
-                               generator=torch.Generator().manual_seed(7))
+            sampler = torch.utils.data.WeightedRandomSampler(
+                w, num_samples=len(w), replacement=True, generator=torch.Generator().manual_seed(8)
+            )
+        return ctx.data_loader(
+            _Crops(),
+            batch_size=batch_size,
+            shuffle=sampler is None,
+            sampler=sampler,
+            drop_last=drop_last,
+            generator=torch.Generator().manual_seed(7),
+        )
 
     one = _batches(loader(Context()))
-    assert one == _batches(torch.utils.data.DataLoader(  # one process: the loader train.run always built
-        _Crops(), batch_size=batch_size, shuffle=kind == "shuffle", drop_last=drop_last, generator=torch.Generator().manual_seed(7),
-        sampler=None if kind == "shuffle" else loader(Context()).sampler))
+    assert one == _batches(
+        torch.utils.data.DataLoader(  # one process: the loader train.run always built
+            _Crops(),
+            batch_size=batch_size,
+            shuffle=kind == "shuffle",
+            drop_last=drop_last,
+            generator=torch.Generator().manual_seed(7),
+            sampler=None if kind == "shuffle" else loader(Context()).sampler,
+        )
+    )
     # two epochs from each loader: the generators go on drawing alike from epoch to epoch
     one_loader = loader(Context())
     one = _batches(one_loader) + _batches(one_loader)
@@ -110,11 +125,26 @@ def test_one_process_without_torchrun_is_untouched(monkeypatch):
 #: a few steps on synthetic crops, without any random draw but the seeded initialisation and order:
 #: no augmentation, no dropout; 24 crops in global batches of 8 (3 steps an epoch, 2 epochs), class
 #: weights on (no sampler), so the loss's global weighted mean is exercised
-EQUAL_RUN = ["data.kind=synthetic", "data.n=24", "data.cache_size=48", "model.input_size=48", "model.arch=small_fruitnet_lite",
-             "train.epochs=2", "train.batch_size=8", "train.num_threads=1", "augment.enabled=false", "model.dropout=0",
-             "version=0.0.1", "model.test_time_views=1", "name=ddp-test",
-             # the default recipe is the linear probe of the pretrained network, on one process: fine-tune instead
-             "train.method=finetune", "train.probe_epochs=0", "train.trainable_from=null", "fruit_check=null"]
+EQUAL_RUN = [
+    "data.kind=synthetic",
+    "data.n=24",
+    "data.cache_size=48",
+    "model.input_size=48",
+    "model.arch=small_fruitnet_lite",
+    "train.epochs=2",
+    "train.batch_size=8",
+    "train.num_threads=1",
+    "augment.enabled=false",
+    "model.dropout=0",
+    "version=0.0.1",
+    "model.test_time_views=1",
+    "name=ddp-test",
+    # the default recipe is the linear probe of the pretrained network, on one process: fine-tune instead
+    "train.method=finetune",
+    "train.probe_epochs=0",
+    "train.trainable_from=null",
+    "fruit_check=null",
+]
 
 
 @pytest.mark.slow
@@ -138,8 +168,20 @@ def test_two_processes_train_the_one_process_weights(tmp_path):
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
     one = [sys.executable, "-m", "training.train", *sets, "--out", str(tmp_path / "one"), "--work-dir", str(tmp_path / "one-work")]
-    two = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "training.train", *sets, "--out", str(tmp_path / "two"), "--work-dir", str(tmp_path / "two-work")]
+    two = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "training.train",
+        *sets,
+        "--out",
+        str(tmp_path / "two"),
+        "--work-dir",
+        str(tmp_path / "two-work"),
+    ]
     runs = [subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for cmd in (one, two)]
     outs = [r.communicate(timeout=600)[0] for r in runs]
     for r, out in zip(runs, outs):
@@ -157,8 +199,10 @@ def test_two_processes_train_the_one_process_weights(tmp_path):
     beyond = int((diff.abs() > 1e-5).sum())
     per_tensor = {k: float((b["model"][k] - a["model"][k]).norm() / a["model"][k].norm()) for k in keys}
     worst = max(per_tensor, key=per_tensor.get)
-    print(f"\nwhole network {network:.2e}, {beyond} of {len(diff)} numbers beyond 1e-5 (largest {float(diff.abs().max()):.2e}), "
-          f"worst tensor {worst} {per_tensor[worst]:.2e}")
+    print(
+        f"\nwhole network {network:.2e}, {beyond} of {len(diff)} numbers beyond 1e-5 (largest {float(diff.abs().max()):.2e}), "
+        f"worst tensor {worst} {per_tensor[worst]:.2e}"
+    )
     assert network <= 1e-5
     assert beyond <= len(diff) // 10_000
     assert per_tensor[worst] <= 1e-3, worst

@@ -33,8 +33,15 @@ def synthetic_artifact(tmp_path):
         img, _ = make_fruit_image(seed=i, diameter_mm=60, colour="lemon", blemishes_cm2=(1.5, 0.8) if defective else ())
         path = data / f"p{i}.png"
         path.write_bytes(png_bytes(img))
-        items.append({"path": path.name, "label": "defective" if defective else "sound", "source": f"src{i % 3}",
-                      "split": "test", "sha256": hashlib.sha256(path.read_bytes()).hexdigest()})
+        items.append(
+            {
+                "path": path.name,
+                "label": "defective" if defective else "sound",
+                "source": f"src{i % 3}",
+                "split": "test",
+                "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+            }
+        )
     items.append({"path": "absent.png", "label": "sound", "source": "src0", "split": "train", "sha256": "0" * 64})
     (art / "manifest.json").write_text(json.dumps({"sha256": "x", "items": items}))
     return art, data
@@ -114,8 +121,15 @@ def test_evaluate_cuts_crops_with_the_segmentation_the_model_was_trained_on(tmp_
     (art / "metadata.json").write_text(json.dumps(meta))
     img = mouldy_orange(backdrop_noise=0.0)
     (data / "o.png").write_bytes(png_bytes(img))
-    items = [{"path": "o.png", "label": "defective", "source": "lab", "split": "test",
-              "sha256": hashlib.sha256((data / "o.png").read_bytes()).hexdigest()}]
+    items = [
+        {
+            "path": "o.png",
+            "label": "defective",
+            "source": "lab",
+            "split": "test",
+            "sha256": hashlib.sha256((data / "o.png").read_bytes()).hexdigest(),
+        }
+    ]
     (art / "manifest.json").write_text(json.dumps({"sha256": "x", "items": items}))
     report, _ = evaluate_artifact(art, data, "test", tmp_path / "report", threads=1, latency_repeats=1)
     model = OnnxDefectModel(art, threads=1)

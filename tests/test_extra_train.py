@@ -86,7 +86,13 @@ def test_an_orange_model_takes_apples_and_lemons_as_rot(data_root, tmp_path):
     cfg["data"]["root"] = str(data_root)
     cfg["data"]["extra_train"] = [
         {"kind": "citrus", "commodity": "lemon", "labels": {"defective": "rot"}},
-        {"kind": "fruitnet", "root": str(data_root / "fruitnet-apples"), "sessions": ["20190809"], "labels": {"defective": "rot"}, "group": "apples"},
+        {
+            "kind": "fruitnet",
+            "root": str(data_root / "fruitnet-apples"),
+            "sessions": ["20190809"],
+            "labels": {"defective": "rot"},
+            "group": "apples",
+        },
     ]
     items = extra_train_items(cfg, tmp_path)
     by = Counter((it["session"], it["label"]) for it in items)
@@ -95,14 +101,17 @@ def test_an_orange_model_takes_apples_and_lemons_as_rot(data_root, tmp_path):
     assert all((data_root / it["path"]).is_file() for it in items)
 
 
-@pytest.mark.parametrize("extra, message", [
-    ([{"kind": "citrus", "commodity": "orange"}], "own data"),
-    ([{"kind": "citrus", "commodity": "kiwi"}], "commodity must be one of"),
-    ([{"kind": "fruitnet", "sessions": ["20190809"]}], "own data"),
-    ([{"kind": "pears"}], "kind must be citrus or fruitnet"),
-    ([{"kind": "citrus", "commodity": "lemon", "labels": {"defective": "mould"}}], "not classes of this model"),
-    ({"kind": "citrus"}, "must be a list"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ([{"kind": "citrus", "commodity": "orange"}], "own data"),
+        ([{"kind": "citrus", "commodity": "kiwi"}], "commodity must be one of"),
+        ([{"kind": "fruitnet", "sessions": ["20190809"]}], "own data"),
+        ([{"kind": "pears"}], "kind must be citrus or fruitnet"),
+        ([{"kind": "citrus", "commodity": "lemon", "labels": {"defective": "mould"}}], "not classes of this model"),
+        ({"kind": "citrus"}, "must be a list"),
+    ],
+)
 def test_bad_extra_sources_are_refused(data_root, tmp_path, extra, message):
     cfg = load_config(Path("training/configs/orange_defect.yaml"))
     cfg["data"].update({"root": str(data_root), "extra_train": extra})

@@ -52,9 +52,12 @@ class Camera(threading.Thread):
                 key, failed = f"{self.cam}-{i:04d}", False
                 while time.monotonic() < self.deadline:
                     try:
-                        r = c.post(self.base + "/v1/grade", headers={**CAM, "Idempotency-Key": key},
-                                   files={"image": (f"{key}.jpg", self.jpegs[i % len(self.jpegs)], "image/jpeg")},
-                                   data={"camera_id": self.cam, "mm_per_px": "0.3"})
+                        r = c.post(
+                            self.base + "/v1/grade",
+                            headers={**CAM, "Idempotency-Key": key},
+                            files={"image": (f"{key}.jpg", self.jpegs[i % len(self.jpegs)], "image/jpeg")},
+                            data={"camera_id": self.cam, "mm_per_px": "0.3"},
+                        )
                     except httpx.HTTPError:
                         r = None
                     if r is not None and r.status_code == 200:
@@ -129,11 +132,14 @@ def test_database_outage_answers_503_then_recovers_without_restart(tmp_path, fre
     jpeg = fruit_jpegs(1)[0]
 
     def grade(c: httpx.Client, key: str) -> httpx.Response:
-        return c.post("/v1/grade", headers={**CAM, "Idempotency-Key": key}, files={"image": ("f.jpg", jpeg, "image/jpeg")},
-                      data={"mm_per_px": "0.3"})
+        return c.post(
+            "/v1/grade", headers={**CAM, "Idempotency-Key": key}, files={"image": ("f.jpg", jpeg, "image/jpeg")}, data={"mm_per_px": "0.3"}
+        )
 
-    with ServerProcess(tmp_path / "var", {**KEYS_ENV, "GRADER_DATABASE_URL": via_proxy}) as srv, \
-            httpx.Client(base_url=srv.url, timeout=30) as c:
+    with (
+        ServerProcess(tmp_path / "var", {**KEYS_ENV, "GRADER_DATABASE_URL": via_proxy}) as srv,
+        httpx.Client(base_url=srv.url, timeout=30) as c,
+    ):
         assert grade(c, "before").status_code == 200
         proxy.cut()
         t0 = time.monotonic()
@@ -178,6 +184,7 @@ def test_full_or_read_only_disk_is_a_clear_error_and_stores_nothing(tmp_path):
         s = Settings(data_dir=tmp_path / "var", api_keys=KEYS_ENV["GRADER_API_KEYS"])
         jpegs = fruit_jpegs(3)
         with TestClient(create_app(s)) as c:
+
             def grade(i: int) -> httpx.Response:
                 return c.post("/v1/grade", headers=CAM, files={"image": ("f.jpg", jpegs[i], "image/jpeg")}, data={"mm_per_px": "0.3"})
 
@@ -199,7 +206,9 @@ def test_full_or_read_only_disk_is_a_clear_error_and_stores_nothing(tmp_path):
             assert grade(1).status_code == 200
             subprocess.run(["mount", "-o", "remount,ro", str(images)], check=True)
             r = grade(2)
-            assert r.status_code == 503 and r.json()["error"]["code"] == "storage_unavailable" and "Read-only" in r.json()["error"]["message"]
+            assert (
+                r.status_code == 503 and r.json()["error"]["code"] == "storage_unavailable" and "Read-only" in r.json()["error"]["message"]
+            )
             subprocess.run(["mount", "-o", "remount,rw", str(images)], check=True)
             assert grade(2).status_code == 200
             listed = c.get("/v1/results?limit=50", headers=INSP).json()["items"]

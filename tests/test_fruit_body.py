@@ -33,9 +33,11 @@ def _held_fruit(seed: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     sx0 = int(round((seg.bbox[0] + seg.bbox[2]) / 2 - side / 2))
     sy0 = int(round((seg.bbox[1] + seg.bbox[3]) / 2 - side / 2))
     pad = max(0, -sx0, -sy0)
+
     def in_crop(m: np.ndarray) -> np.ndarray:
         big = cv2.copyMakeBorder(m, pad, pad + side, pad, pad + side, cv2.BORDER_CONSTANT, value=0)
         return big[sy0 + pad : sy0 + pad + side, sx0 + pad : sx0 + pad + side].astype(bool)
+
     far_hand = hand.copy()
     cv2.circle(far_hand, (cx, cy), int(r * 1.3), 0, -1)  # the hand beyond 1.3 radii of the centre
     return crop, in_crop(disc), in_crop(far_hand)

@@ -26,9 +26,19 @@ def checked_artifact(tmp_path_factory):
     check fitted on synthetic fruit against clutter."""
     root = tmp_path_factory.mktemp("fruit-check")
     out = root / "model"
-    cfg = load_config(DEFAULT_CONFIG, [*TINY_TRAIN, "name=tiny-fruit-check", "model.arch=efficientnet_lite0", "model.input_size=64",
-                                                   "model.mean=[0.498, 0.498, 0.498]", "model.std=[0.502, 0.502, 0.502]", "train.probe_epochs=1",
-                                                   f"fruit_check={{data_root: {root / 'no-data'}, n_synthetic: 60, work_dir: {root / 'work'}}}"])
+    cfg = load_config(
+        DEFAULT_CONFIG,
+        [
+            *TINY_TRAIN,
+            "name=tiny-fruit-check",
+            "model.arch=efficientnet_lite0",
+            "model.input_size=64",
+            "model.mean=[0.498, 0.498, 0.498]",
+            "model.std=[0.502, 0.502, 0.502]",
+            "train.probe_epochs=1",
+            f"fruit_check={{data_root: {root / 'no-data'}, n_synthetic: 60, work_dir: {root / 'work'}}}",
+        ],
+    )
     meta = train.run(cfg, out, root / "train")
     return out, meta
 
@@ -40,8 +50,9 @@ def test_pure_helpers():
     found = one_fruit_regions(img, None)
     assert sum(f for _, f in found) == 1  # the largest proposal is the fruit
     assert all(not f for _, f in one_fruit_regions(img, None, empty=True))
-    assert counts([Region("synthetic", "a", "train", True, (0, 0, 1, 1)), Region("synthetic", "b", "train", False, (0, 0, 1, 1))]) == \
-        {"synthetic/train": {"fruit": 1, "not_fruit": 1}}
+    assert counts([Region("synthetic", "a", "train", True, (0, 0, 1, 1)), Region("synthetic", "b", "train", False, (0, 0, 1, 1))]) == {
+        "synthetic/train": {"fruit": 1, "not_fruit": 1}
+    }
     assert fruit_check.pick_threshold(np.linspace(0, 1, 1001), 0.99) == pytest.approx(0.01, abs=1e-3)
     # with not-fruit scores: the best balanced accuracy among thresholds that keep 99 % of the fruit
     fruit, other = np.linspace(0.5, 1, 101), np.linspace(0, 0.6, 61)
@@ -90,8 +101,12 @@ def test_retrofit_command_adds_the_branch_once(checked_artifact, tmp_path):
     out, _ = checked_artifact
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
-    assert fruit_check.main([str(copy), "--data-root", str(tmp_path / "none"), "--work-dir", str(tmp_path / "w"),
-                             "--n-synthetic", "40", "--write"]) == 0
+    assert (
+        fruit_check.main(
+            [str(copy), "--data-root", str(tmp_path / "none"), "--work-dir", str(tmp_path / "w"), "--n-synthetic", "40", "--write"]
+        )
+        == 0
+    )
     graph = onnx.load(str(copy / "model.onnx"))
     assert [o.name for o in graph.graph.output].count("fruit_score") == 1
     assert read_spec(json.loads((copy / "metadata.json").read_text())).fruit_threshold is not None

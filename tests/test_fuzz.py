@@ -44,5 +44,7 @@ schema = schemathesis.openapi.from_asgi("/openapi.json", _app()).exclude(path="/
 @schema.parametrize()
 @hsettings(max_examples=MAX_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 def test_no_input_breaks_the_api(case):
-    case.call_and_validate(headers={"X-API-Key": API_KEYS["admin"]},
-                           checks=[not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance])
+    case.call_and_validate(
+        headers={"X-API-Key": API_KEYS["admin"]},
+        checks=[not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance],
+    )

@@ -19,9 +19,17 @@ from store.tables import FruitRow, ImageRow, ResultRow
 def _rows(i: int, key: str | None = None, image: int | None = None) -> tuple[ImageRow, ResultRow, list[FruitRow]]:
     sha = hashlib.sha256(f"image-{i if image is None else image}".encode()).hexdigest()
     img = ImageRow(sha256=sha, path=f"/x/{sha}.jpg", media_type="image/jpeg", width_px=8, height_px=8, size_bytes=10)
-    res = ResultRow(idempotency_key=key, image_sha256=sha, model_name="m", model_version="1", standard_id="s",
-                    standard_version="1", n_fruits=1, flagged=False,
-                    payload={"i": i, "fruits": [{"diameter_mm": 60.0 + i % 10, "grade": "Class I"}]})
+    res = ResultRow(
+        idempotency_key=key,
+        image_sha256=sha,
+        model_name="m",
+        model_version="1",
+        standard_id="s",
+        standard_version="1",
+        n_fruits=1,
+        flagged=False,
+        payload={"i": i, "fruits": [{"diameter_mm": 60.0 + i % 10, "grade": "Class I"}]},
+    )
     fruit = FruitRow(index=0, flagged=False, diameter_mm=60.0 + i % 10)
     return img, res, [fruit]
 

@@ -14,7 +14,10 @@ def _group_photo(seed: int = 0) -> np.ndarray:
     """Two whole apples, one cut by the frame edge, a teal strip and a black bar on a cup-grey table."""
     img, _ = make_frame(
         [FruitSpec(60, (40, 50), "red"), FruitSpec(55, (110, 50), "green"), FruitSpec(60, (5, 110), "red")],
-        mm_per_px=0.5, size_px=(256, 320), background="cup", seed=seed,
+        mm_per_px=0.5,
+        size_px=(256, 320),
+        background="cup",
+        seed=seed,
     )
     cv2.rectangle(img, (100, 228), (200, 250), (0, 160, 160), -1)  # teal table edge: not fruit-coloured
     cv2.rectangle(img, (285, 20), (315, 120), (20, 20, 22), -1)  # a black box: dark, grey
@@ -47,8 +50,11 @@ def test_group_crop_cache_maps_each_crop_to_its_photo(tmp_path):
 
 
 def test_group_items_take_only_the_named_sessions_and_labelled_folders(tmp_path):
-    for folder, names in {"good": ["IMG20200728174136.jpg", "20190809_1.jpg"], "bad": ["IMG_20190910_172750.jpg"],
-                          "mixed": ["IMG20200728125930.jpg"]}.items():
+    for folder, names in {
+        "good": ["IMG20200728174136.jpg", "20190809_1.jpg"],
+        "bad": ["IMG_20190910_172750.jpg"],
+        "mixed": ["IMG20200728125930.jpg"],
+    }.items():
         (tmp_path / "group" / folder).mkdir(parents=True)
         for n in names:
             (tmp_path / "group" / folder / n).write_bytes(n.encode())

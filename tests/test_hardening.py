@@ -28,6 +28,7 @@ MB = 1024 * 1024
 
 # ------------------------------------------------------------------ helpers for raw HTTP
 
+
 def bytes_received(url: str) -> float:
     text = httpx.get(url + "/metrics", timeout=10).text
     return float(re.search(r"^grader_http_bytes_received_total (\S+)$", text, re.M).group(1))
@@ -61,19 +62,29 @@ def read_answer(sock: socket.socket, timeout: float) -> tuple[int, dict[str, str
     return int(lines[0].split()[1]), hdrs, rest
 
 
-MULTIPART_START = (b'--b\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n'
-                   b"Content-Type: image/jpeg\r\n\r\n")
+MULTIPART_START = b'--b\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\nContent-Type: image/jpeg\r\n\r\n'
 
 
-def post_raw(port: int, path: str, body_len: int, ctype: str, key: str | None = None, chunked: bool = False,
-             stop_after: int | None = None, timeout: float = 10.0) -> tuple[int, dict[str, str], bytes, float]:
+def post_raw(
+    port: int,
+    path: str,
+    body_len: int,
+    ctype: str,
+    key: str | None = None,
+    chunked: bool = False,
+    stop_after: int | None = None,
+    timeout: float = 10.0,
+) -> tuple[int, dict[str, str], bytes, float]:
     """Send a request head announcing ``body_len`` bytes, then the body from a thread (stopping
     after ``stop_after`` bytes, or when the server stops reading); (status, headers, body, seconds
     until the answer)."""
     sock = socket.create_connection(("127.0.0.1", port))
     framing = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {body_len}"
-    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {ctype}\r\n{framing}\r\n"
-            + (f"X-API-Key: {key}\r\n" if key else "") + "\r\n").encode()
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {ctype}\r\n{framing}\r\n"
+        + (f"X-API-Key: {key}\r\n" if key else "")
+        + "\r\n"
+    ).encode()
     sock.sendall(head)
     answered = threading.Event()
 
@@ -105,6 +116,7 @@ def post_raw(port: int, path: str, body_len: int, ctype: str, key: str | None = 
 
 
 # ------------------------------------------------------------------ 1, 9, 10: the HTTP layer, on a real server
+
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
@@ -155,14 +167,20 @@ def test_bodies_over_the_routes_limit_are_refused_from_their_head(server):
 def test_a_client_that_stops_sending_is_cut_off(server):
     """Issue 25, point 10 (GRADER_BODY_READ_TIMEOUT_S=2 here): a client that stops mid-body gets
     408 and its connection closed; one that never finishes its request head is disconnected."""
-    status, hdrs, body, took = post_raw(server.port, "/v1/grade", 1 * MB, "multipart/form-data; boundary=b", key=API_KEYS["camera"],
-                                        stop_after=64 * 1024, timeout=15)
+    status, hdrs, body, took = post_raw(
+        server.port, "/v1/grade", 1 * MB, "multipart/form-data; boundary=b", key=API_KEYS["camera"], stop_after=64 * 1024, timeout=15
+    )
     assert status == 408 and hdrs["connection"] == "close" and json.loads(body)["error"]["code"] == "body_timeout"
     assert 1.5 < took < 8
     # a body dripped 100 bytes every 0.3 s: under the minimum rate once the 2 s have passed
     with socket.create_connection(("127.0.0.1", server.port)) as s:
-        s.sendall((f"POST /v1/grade HTTP/1.1\r\nHost: x\r\nX-API-Key: {API_KEYS['camera']}\r\n"
-                   "Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 1000000\r\n\r\n").encode() + MULTIPART_START)
+        s.sendall(
+            (
+                f"POST /v1/grade HTTP/1.1\r\nHost: x\r\nX-API-Key: {API_KEYS['camera']}\r\n"
+                "Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 1000000\r\n\r\n"
+            ).encode()
+            + MULTIPART_START
+        )
         t0, answer = time.monotonic(), b""
         s.settimeout(0.3)
         while b"\r\n\r\n" not in answer and time.monotonic() - t0 < 15:
@@ -223,9 +241,14 @@ def test_the_websocket_stream_grades_frames_on_a_real_server(server, tmp_path):
 @pytest.mark.slow
 def test_key_guessing_is_throttled_and_readiness_needs_room_for_the_largest_upload(tmp_path):
     """Issue 25, points 9, 7 and 10's connection limit (one server: guessing blocks its address)."""
-    env = {**KEYS_ENV, "GRADER_AUTH_FAILURE_BURST": "20", "GRADER_AUTH_FAILURES_PER_MIN": "6", "GRADER_MAX_CONNECTIONS": "4",
-           # a largest accepted upload bigger than any disk: the disk counts as full
-           "GRADER_MAX_VIDEO_BYTES": str(10**15)}
+    env = {
+        **KEYS_ENV,
+        "GRADER_AUTH_FAILURE_BURST": "20",
+        "GRADER_AUTH_FAILURES_PER_MIN": "6",
+        "GRADER_MAX_CONNECTIONS": "4",
+        # a largest accepted upload bigger than any disk: the disk counts as full
+        "GRADER_MAX_VIDEO_BYTES": str(10**15),
+    }
     with ServerProcess(tmp_path / "var", env) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
         idle = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(4)]
         try:
@@ -246,6 +269,7 @@ def test_key_guessing_is_throttled_and_readiness_needs_room_for_the_largest_uplo
 
 
 # ------------------------------------------------------------------ 3, 4: model uploads
+
 
 def upload(client, files):
     return client.post("/v1/models", files=files, headers=headers("trainer"))
@@ -306,17 +330,18 @@ def test_metadata_schema_accepts_every_shipped_model():
 
     for path in SHIPPED_MODELS.glob("*/*/metadata.json"):
         meta = json.loads(path.read_text())
-        meta.setdefault("parity", shipped_metadata()["parity"] if len(meta["classes"]) == 2 else
-                        {"logits": [[0.0] * len(meta["classes"])]})
+        meta.setdefault("parity", shipped_metadata()["parity"] if len(meta["classes"]) == 2 else {"logits": [[0.0] * len(meta["classes"])]})
         validate_metadata(meta)
         assert promotion_problem(meta) is None, path
 
 
 # ------------------------------------------------------------------ 5: clips
 
+
 def post_clip(client, data: bytes):
-    return client.post("/v1/cameras/c-h/video", files={"video": ("c.avi", data, "video/x-msvideo")}, data={"mm_per_px": "0.6"},
-                       headers=headers())
+    return client.post(
+        "/v1/cameras/c-h/video", files={"video": ("c.avi", data, "video/x-msvideo")}, data={"mm_per_px": "0.6"}, headers=headers()
+    )
 
 
 def test_clip_frames_over_the_pixel_limit_are_refused_before_decoding(client, tmp_path, monkeypatch):
@@ -346,6 +371,7 @@ def test_clip_decoding_has_a_time_budget(settings, tmp_path):
 
 
 # ------------------------------------------------------------------ 8: durability
+
 
 def test_sqlite_syncs_every_commit_and_the_image_directory(settings, monkeypatch, tmp_path):
     from store import images
@@ -377,8 +403,12 @@ def test_a_full_database_answers_storage_full_and_leaves_no_orphan_image(client,
     big = jpeg_bytes(make_fruit_image(seed=8, diameter_mm=70, mm_per_px=0.3)[0])
     r = None
     for i in range(40):  # until the rows no longer fit
-        r = client.post("/v1/grade", files={"image": ("f.jpg", big, "image/jpeg")},
-                        data={"mm_per_px": "0.3", "camera_id": "c", "fruit_id": f"f{i}" + "x" * 90}, headers=headers())
+        r = client.post(
+            "/v1/grade",
+            files={"image": ("f.jpg", big, "image/jpeg")},
+            data={"mm_per_px": "0.3", "camera_id": "c", "fruit_id": f"f{i}" + "x" * 90},
+            headers=headers(),
+        )
         if r.status_code != 200:
             break
     assert r.status_code == 507 and r.json()["error"]["code"] == "storage_full", r.text
@@ -394,9 +424,9 @@ def test_a_full_database_answers_storage_full_and_leaves_no_orphan_image(client,
 
 # ------------------------------------------------------------------ 11, 12, 13
 
+
 def grade(client, data: bytes, key: str = "camera", **form):
-    return client.post("/v1/grade", files={"image": ("f.jpg", data, "image/jpeg")}, data={"mm_per_px": "0.3", **form},
-                       headers=headers(key))
+    return client.post("/v1/grade", files={"image": ("f.jpg", data, "image/jpeg")}, data={"mm_per_px": "0.3", **form}, headers=headers(key))
 
 
 def test_csv_report_escapes_formula_cells(client):
@@ -424,7 +454,9 @@ def test_idempotency_keys_are_bound_to_their_request_and_their_api_key(client, s
     assert again.json()["id"] == first.json()["id"] and again.json()["replayed"]
     other = client.post("/v1/grade", files={"image": ("f.jpg", b, "image/jpeg")}, data={"mm_per_px": "0.3"}, headers={**headers(), **key})
     assert other.status_code == 422 and other.json()["error"]["code"] == "idempotency_key_reused"
-    other_field = client.post("/v1/grade", files={"image": ("f.jpg", a, "image/jpeg")}, data={"mm_per_px": "0.4"}, headers={**headers(), **key})
+    other_field = client.post(
+        "/v1/grade", files={"image": ("f.jpg", a, "image/jpeg")}, data={"mm_per_px": "0.4"}, headers={**headers(), **key}
+    )
     assert other_field.status_code == 422
     # the same camera_id + fruit_id with another image is a different request too
     assert grade(client, a, camera_id="c1", fruit_id="F-1").status_code == 200
@@ -433,25 +465,38 @@ def test_idempotency_keys_are_bound_to_their_request_and_their_api_key(client, s
     second_cam = "camera-two-key-0123456789"
     s = settings.model_copy(update={"api_keys": settings.api_keys + f",camera:{second_cam}"})
     with TestClient(create_app(s)) as c2:
-        r = c2.post("/v1/grade", files={"image": ("f.jpg", a, "image/jpeg")}, data={"mm_per_px": "0.3"},
-                    headers={"X-API-Key": second_cam, **key})
+        r = c2.post(
+            "/v1/grade", files={"image": ("f.jpg", a, "image/jpeg")}, data={"mm_per_px": "0.3"}, headers={"X-API-Key": second_cam, **key}
+        )
         assert r.status_code == 200 and not r.json()["replayed"] and r.json()["id"] != first.json()["id"]
 
 
-@pytest.mark.parametrize("field,value,code", [
-    ("mm_per_px", "1e-300", "out_of_range"), ("mm_per_px", "6", "out_of_range"), ("mm_per_px", "nan", "invalid_number"),
-    ("brix", "true", "invalid_number"), ("brix", "35.5", "out_of_range"), ("reference_diameter_mm", "1e9", "out_of_range"),
-])
+@pytest.mark.parametrize(
+    "field,value,code",
+    [
+        ("mm_per_px", "1e-300", "out_of_range"),
+        ("mm_per_px", "6", "out_of_range"),
+        ("mm_per_px", "nan", "invalid_number"),
+        ("brix", "true", "invalid_number"),
+        ("brix", "35.5", "out_of_range"),
+        ("reference_diameter_mm", "1e9", "out_of_range"),
+    ],
+)
 def test_implausible_form_numbers_are_refused_naming_the_field(client, field, value, code):
     r = grade(client, jpeg_bytes(make_fruit_image(seed=1)[0]), **{field: value})
     assert r.status_code == 422 and r.json()["error"]["field"] == field and r.json()["error"]["code"] == code
 
 
-@pytest.mark.parametrize("body,field,code", [
-    ({"brix": True, "fruit_id": "F"}, "brix", "invalid_type"), ({"brix": "12", "fruit_id": "F"}, "brix", "invalid_type"),
-    ({"brix": 36, "fruit_id": "F"}, "brix", "out_of_range"), ({"brix": 12, "temperature_c": 1e308, "fruit_id": "F"}, "temperature_c", "out_of_range"),
-    ({"brix": 12, "temperature_c": True, "fruit_id": "F"}, "temperature_c", "invalid_type"),
-])
+@pytest.mark.parametrize(
+    "body,field,code",
+    [
+        ({"brix": True, "fruit_id": "F"}, "brix", "invalid_type"),
+        ({"brix": "12", "fruit_id": "F"}, "brix", "invalid_type"),
+        ({"brix": 36, "fruit_id": "F"}, "brix", "out_of_range"),
+        ({"brix": 12, "temperature_c": 1e308, "fruit_id": "F"}, "temperature_c", "out_of_range"),
+        ({"brix": 12, "temperature_c": True, "fruit_id": "F"}, "temperature_c", "invalid_type"),
+    ],
+)
 def test_json_numbers_are_strict(client, body, field, code):
     r = client.post("/v1/brix", json=body, headers=headers())
     assert r.status_code == 422 and r.json()["error"]["field"] == field and r.json()["error"]["code"] == code

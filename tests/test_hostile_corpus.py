@@ -18,8 +18,9 @@ pytestmark = pytest.mark.slow
 
 
 def untracked() -> set[str]:
-    out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all", "--ignored"], cwd=REPO, capture_output=True,
-                         text=True, check=False).stdout
+    out = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=all", "--ignored"], cwd=REPO, capture_output=True, text=True, check=False
+    ).stdout
     return set(out.splitlines())
 
 
@@ -30,8 +31,7 @@ def test_the_hostile_corpus_against_a_real_server(tmp_path):
     tmpdir.mkdir()
     corpus = cases(work)
     before = untracked()
-    env = {"GRADER_API_KEYS": ",".join(f"{r}:{k}" for r, k in API_KEYS.items()), "TMPDIR": str(tmpdir),
-           "GRADER_RATE_LIMIT_PER_MIN": "0"}
+    env = {"GRADER_API_KEYS": ",".join(f"{r}:{k}" for r, k in API_KEYS.items()), "TMPDIR": str(tmpdir), "GRADER_RATE_LIMIT_PER_MIN": "0"}
     failures = []
     with ServerProcess(data_dir, env) as srv, httpx.Client(base_url=srv.url, timeout=120) as c:
         for case in corpus:

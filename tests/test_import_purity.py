@@ -59,13 +59,21 @@ def imports(path: Path, root: Path = ROOT, *, top_only: bool = False) -> list[tu
         if isinstance(node, ast.Import):
             found.extend((node.lineno, a.name) for a in node.names)
         elif isinstance(node, ast.ImportFrom):
-            base = ".".join(package[: len(package) - node.level + 1] + ([node.module] if node.module else [])) if node.level else node.module
+            base = (
+                ".".join(package[: len(package) - node.level + 1] + ([node.module] if node.module else [])) if node.level else node.module
+            )
             for a in node.names:
                 sub = f"{base}.{a.name}"
-                as_module = (root / sub.replace(".", "/")).with_suffix(".py").is_file() or (root / sub.replace(".", "/") / "__init__.py").is_file()
+                as_module = (root / sub.replace(".", "/")).with_suffix(".py").is_file() or (
+                    root / sub.replace(".", "/") / "__init__.py"
+                ).is_file()
                 found.append((node.lineno, sub if as_module else base))
-        elif (isinstance(node, ast.Call) and isinstance(node.func, (ast.Attribute, ast.Name))
-              and getattr(node.func, "attr", getattr(node.func, "id", None)) == "import_module" and node.args):
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, (ast.Attribute, ast.Name))
+            and getattr(node.func, "attr", getattr(node.func, "id", None)) == "import_module"
+            and node.args
+        ):
             arg = node.args[0]
             if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
                 found.append((node.lineno, arg.value))
@@ -152,8 +160,12 @@ def test_no_import_cycles_inside_a_package():
 
 def test_the_core_imports_its_own_modules_at_the_top():
     """An import of grader inside a grader function would hide a cycle from the check above."""
-    inside = [f"{path.relative_to(ROOT)}:{line}: {name}" for path in sorted((ROOT / "grader").rglob("*.py"))
-              for line, name in sorted(set(imports(path)) - set(imports(path, top_only=True))) if name.split(".")[0] == "grader"]
+    inside = [
+        f"{path.relative_to(ROOT)}:{line}: {name}"
+        for path in sorted((ROOT / "grader").rglob("*.py"))
+        for line, name in sorted(set(imports(path)) - set(imports(path, top_only=True)))
+        if name.split(".")[0] == "grader"
+    ]
     assert not inside, "\n".join(inside)
 
 
@@ -169,6 +181,8 @@ def test_the_layer_checks_catch_a_backward_import_and_a_cycle(tmp_path):
     (tmp_path / "service" / "e.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from service import f\n")
     (tmp_path / "service" / "f.py").write_text("from service import e\n")
     bad = layer_violations(tmp_path)
-    assert bad == ["grader/a.py:5: grader imports service.app (service is not below grader)",
-                   "training/d.py:2: training imports cli (cli is not below training)"], bad
+    assert bad == [
+        "grader/a.py:5: grader imports service.app (service is not below grader)",
+        "training/d.py:2: training imports cli (cli is not below training)",
+    ], bad
     assert import_cycles(tmp_path) == [["store.b", "store.c"]]  # a TYPE_CHECKING import is no cycle

@@ -32,8 +32,9 @@ def test_snapshot_counts_lanes_grades_and_raises_alerts(client):
     ids = [r["id"] for r in calm]
     with repo.sessions() as s, s.begin():  # these graded 30 minutes ago, none flagged: the normal band
         # (set here: rendered fruit are out of distribution for the real apple model, so it flags them `ood`)
-        s.execute(update(ResultRow).where(ResultRow.id.in_(ids)).values(
-            created_at=dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=30)))
+        s.execute(
+            update(ResultRow).where(ResultRow.id.in_(ids)).values(created_at=dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=30))
+        )
         s.execute(update(FruitRow).where(FruitRow.result_id.in_(ids)).values(flagged=False, priority=None))
     for k in range(12):
         _post(client, 100 + k, "3")  # uncalibrated now: every one flagged
@@ -72,8 +73,11 @@ def test_line_page_shows_a_clip_live(tmp_path):
     from service.process import free_port
 
     # the sorter's broker is away (nothing listens there): the board shows the decisions waiting for it
-    env = {"GRADER_API_KEYS": ",".join(f"{r}:{k}" for r, k in API_KEYS.items()), "GRADER_LINE_SILENT_S": "4",
-           "GRADER_MQTT_URL": f"mqtt://127.0.0.1:{free_port()}"}
+    env = {
+        "GRADER_API_KEYS": ",".join(f"{r}:{k}" for r, k in API_KEYS.items()),
+        "GRADER_LINE_SILENT_S": "4",
+        "GRADER_MQTT_URL": f"mqtt://127.0.0.1:{free_port()}",
+    }
     with ServerProcess(tmp_path / "var", env) as srv, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1366, "height": 768})
@@ -86,8 +90,13 @@ def test_line_page_shows_a_clip_live(tmp_path):
         page.wait_for_selector("#live:not([hidden])")
         assert page.inner_text("#n-window") == "0"
         with open(clip.path, "rb") as f:  # the camera posts its clip while the supervisor watches
-            r = httpx.post(srv.url + "/v1/cameras/line1-cam1/video", files={"video": ("b.avi", f.read(), "video/x-msvideo")},
-                           data={"mm_per_px": "0.6", "lanes": "3"}, headers={"X-API-Key": API_KEYS["camera"]}, timeout=300)
+            r = httpx.post(
+                srv.url + "/v1/cameras/line1-cam1/video",
+                files={"video": ("b.avi", f.read(), "video/x-msvideo")},
+                data={"mm_per_px": "0.6", "lanes": "3"},
+                headers={"X-API-Key": API_KEYS["camera"]},
+                timeout=300,
+            )
         graded = r.json()["counts"]["graded"]
         assert graded == len(clip.fruits)
         page.wait_for_selector(f"#n-window:text-is('{graded}')", timeout=15000)  # no reload: the stream brought it

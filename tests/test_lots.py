@@ -54,8 +54,18 @@ def test_sweet_fruit_the_model_calls_defective_is_flagged():
 # ---------------------------------------------------------------- through the API
 @pytest.fixture
 def orange_lot(client):
-    r = client.post("/v1/lots", json={"id": "N-1", "grower": "Gannan Co-op", "orchard_block": "A3", "variety": "Newhall",
-                                      "standard_id": "gbt-21488-navel-oranges", "harvest_date": "2026-11-20"}, headers=headers())
+    r = client.post(
+        "/v1/lots",
+        json={
+            "id": "N-1",
+            "grower": "Gannan Co-op",
+            "orchard_block": "A3",
+            "variety": "Newhall",
+            "standard_id": "gbt-21488-navel-oranges",
+            "harvest_date": "2026-11-20",
+        },
+        headers=headers(),
+    )
     assert r.status_code == 201, r.text
     assert r.json()["commodity"] == "orange"
     return "N-1"
@@ -122,8 +132,15 @@ def test_implausible_and_outlying_readings_are_not_used(client, orange_lot):
     assert rep["brix"]["lot_samples"]["n"] == 10
 
 
-@pytest.mark.parametrize("body,field", [({"brix": 40, "lot_id": "N-1"}, "brix"), ({"brix": 10, "temperature_c": 60, "lot_id": "N-1"}, "temperature_c"),
-                                        ({"brix": 10}, None), ({"brix": "sweet", "lot_id": "N-1"}, "brix")])
+@pytest.mark.parametrize(
+    "body,field",
+    [
+        ({"brix": 40, "lot_id": "N-1"}, "brix"),
+        ({"brix": 10, "temperature_c": 60, "lot_id": "N-1"}, "temperature_c"),
+        ({"brix": 10}, None),
+        ({"brix": "sweet", "lot_id": "N-1"}, "brix"),
+    ],
+)
 def test_bad_brix_requests_are_422(client, orange_lot, body, field):
     r = client.post("/v1/brix", json=body, headers=headers())
     assert r.status_code == 422
@@ -189,9 +206,13 @@ def test_ood_signal_from_the_model_metadata():
     from grader.defect import evidence_from_logits
     from inference.metadata import read_spec
 
-    meta = {"name": "m", "version": "1", "classes": ["sound", "defective"],
-            "preprocessing": {"input_size": [64, 64], "mean": [0.5] * 3, "std": [0.25] * 3},
-            "thresholds": {"defective": 0.5, "ood_energy": -2.0}}
+    meta = {
+        "name": "m",
+        "version": "1",
+        "classes": ["sound", "defective"],
+        "preprocessing": {"input_size": [64, 64], "mean": [0.5] * 3, "std": [0.25] * 3},
+        "thresholds": {"defective": 0.5, "ood_energy": -2.0},
+    }
     spec = read_spec(meta)
     known, unknown = evidence_from_logits(np.array([[6.0, -3.0], [0.2, 0.1]]), spec)
     assert known.ood is False and unknown.ood is True and unknown.ood_score > known.ood_score

@@ -14,8 +14,9 @@ from grader.segment import segment_fruits
 @pytest.mark.parametrize("diameter_mm", [55.0, 88.0])
 @pytest.mark.parametrize("colour,background", [("red", "belt"), ("yellow", "cup"), ("green", "belt")])
 def test_diameter_within_half_a_millimetre(mm_per_px, diameter_mm, colour, background):
-    img, truth = make_fruit_image(seed=int(diameter_mm * 10 + mm_per_px * 100), diameter_mm=diameter_mm,
-                                  mm_per_px=mm_per_px, colour=colour, background=background)
+    img, truth = make_fruit_image(
+        seed=int(diameter_mm * 10 + mm_per_px * 100), diameter_mm=diameter_mm, mm_per_px=mm_per_px, colour=colour, background=background
+    )
     [m] = measure_image(img, mm_per_px)
     assert m.diameter_mm == pytest.approx(diameter_mm, abs=0.5)
     assert m.minor_diameter_mm == pytest.approx(diameter_mm, abs=0.5)
@@ -106,8 +107,9 @@ def test_colour_coverage_within_5_points(fraction, base):
     from grader.commodities import load_commodities
 
     bands = load_commodities()["apple"].colour_bands
-    img, truth = make_fruit_image(seed=4, diameter_mm=70, mm_per_px=0.3, colour=base, blush_colour="red",
-                                  blush_fraction=fraction, blemishes_cm2=(0.5,))
+    img, truth = make_fruit_image(
+        seed=4, diameter_mm=70, mm_per_px=0.3, colour=base, blush_colour="red", blush_fraction=fraction, blemishes_cm2=(0.5,)
+    )
     [m] = measure_image(img, 0.3, colour_bands=bands)
     assert m.colour_coverage == pytest.approx(truth.fruits[0].blush_fraction, abs=0.05)
 
@@ -138,8 +140,9 @@ def test_red_blush_on_a_bicoloured_apple_is_not_a_blemish():
     from grader.commodities import load_commodities
 
     bands = load_commodities()["apple"].colour_bands
-    img, truth = make_fruit_image(seed=9, diameter_mm=72, mm_per_px=0.3, colour="yellow", blush_colour="red",
-                                  blush_fraction=0.5, blemishes_cm2=(1.0,))
+    img, truth = make_fruit_image(
+        seed=9, diameter_mm=72, mm_per_px=0.3, colour="yellow", blush_colour="red", blush_fraction=0.5, blemishes_cm2=(1.0,)
+    )
     [m] = measure_image(img, 0.3, colour_bands=bands)
     assert m.blemish_area_cm2 == pytest.approx(truth.fruits[0].blemish_area_cm2, rel=0.15)
 
@@ -214,7 +217,7 @@ def test_large_model_crop_paints_out_the_same_disc_grown_mask():
     keep = np.zeros((side, side), np.uint8)
     ox = m.bbox[0] - (int(round((m.bbox[0] + m.bbox[2]) / 2 - side / 2)))
     oy = m.bbox[1] - (int(round((m.bbox[1] + m.bbox[3]) / 2 - side / 2)))
-    keep[oy:oy + m.mask.shape[0], ox:ox + m.mask.shape[1]] = m.mask
+    keep[oy : oy + m.mask.shape[0], ox : ox + m.mask.shape[1]] = m.mask
     expect = cv2.dilate(keep, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1))).astype(bool)
     painted = (crop == np.array(CROP_FILL_RGB, np.uint8)).all(axis=2)
     assert (painted == ~expect).mean() > 0.999

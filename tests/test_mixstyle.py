@@ -55,13 +55,16 @@ def test_hooks_act_in_training_only_and_come_off_before_export():
         assert not torch.equal(model(x), mixed_a)  # hooks gone: the plain network in training too
 
 
-@pytest.mark.parametrize("cfg, message", [
-    ({"layers": ["features.99"]}, "must name modules"),
-    ({"layers": []}, "must name modules"),
-    ({"p": 0, "layers": ["features.1"]}, "p must be in"),
-    ({"alpha": -1, "layers": ["features.1"]}, "alpha > 0"),
-    ({"beta": 1, "layers": ["features.1"]}, "unknown keys"),
-])
+@pytest.mark.parametrize(
+    "cfg, message",
+    [
+        ({"layers": ["features.99"]}, "must name modules"),
+        ({"layers": []}, "must name modules"),
+        ({"p": 0, "layers": ["features.1"]}, "p must be in"),
+        ({"alpha": -1, "layers": ["features.1"]}, "alpha > 0"),
+        ({"beta": 1, "layers": ["features.1"]}, "unknown keys"),
+    ],
+)
 def test_bad_settings_are_refused(cfg, message):
     with pytest.raises(ValueError, match=message):
         mixstyle.attach(build_model("mobilenet_v3_small", 2), cfg)
@@ -81,10 +84,22 @@ def test_a_model_trained_with_mixstyle_exports_the_plain_network(tmp_path):
     from training import train
     from training.config import DEFAULT_CONFIG, load_config
 
-    cfg = load_config(DEFAULT_CONFIG, [
-        "data.kind=synthetic", "data.n=48", "data.cache_size=96", "train.epochs=1", "train.batch_size=16",
-        "model.arch=small_fruitnet", "model.input_size=64", "model.test_time_views=1", "name=tiny-mixstyle", "version=0.0.1",
-        "model.mixstyle={p: 1.0, alpha: 0.1, layers: [features.0, features.1]}"])
+    cfg = load_config(
+        DEFAULT_CONFIG,
+        [
+            "data.kind=synthetic",
+            "data.n=48",
+            "data.cache_size=96",
+            "train.epochs=1",
+            "train.batch_size=16",
+            "model.arch=small_fruitnet",
+            "model.input_size=64",
+            "model.test_time_views=1",
+            "name=tiny-mixstyle",
+            "version=0.0.1",
+            "model.mixstyle={p: 1.0, alpha: 0.1, layers: [features.0, features.1]}",
+        ],
+    )
     meta = train.run(cfg, tmp_path / "art", tmp_path / "work")  # export is checked against torch inside
     assert meta["config"]["model"]["mixstyle"]["layers"] == ["features.0", "features.1"]
     # the selected weights fit the plain network, and the plain network computes the recorded parity logits

@@ -36,15 +36,22 @@ def artifact(version: str, **meta_changes):
 
 
 def upload(client, onnx, meta):
-    return client.post("/v1/models", files={"model": ("model.onnx", onnx, "application/octet-stream"),
-                                            "metadata": ("metadata.json", meta, "application/json")}, headers=headers("trainer"))
+    return client.post(
+        "/v1/models",
+        files={"model": ("model.onnx", onnx, "application/octet-stream"), "metadata": ("metadata.json", meta, "application/json")},
+        headers=headers("trainer"),
+    )
 
 
 def test_list_and_get_the_serving_model(client):
     body = client.get("/v1/models", headers=headers("trainer")).json()
     assert body["serving"] == f"apple-defect@{ART.name}"
     # one serving model per commodity: the default (apple) and the citrus models the profiles name
-    assert body["serving_by_commodity"] == {"apple": f"apple-defect@{ART.name}", "lemon": "lemon-defect@0.2.0", "orange": "orange-defect@0.4.0"}
+    assert body["serving_by_commodity"] == {
+        "apple": f"apple-defect@{ART.name}",
+        "lemon": "lemon-defect@0.2.0",
+        "orange": "orange-defect@0.4.0",
+    }
     assert {m["id"] for m in body["models"]} == set(body["serving_by_commodity"].values())
     assert all(m["status"] == "serving" and m["test_metrics"]["balanced_accuracy"] > 0 for m in body["models"])
     full = client.get(f"/v1/models/apple-defect@{ART.name}", headers=headers("inspector")).json()
@@ -72,8 +79,11 @@ def test_bad_artifacts_are_refused_and_nothing_changes(client):
     r = upload(client, onnx, json.dumps(no_parity).encode())
     assert r.status_code == 422 and "parity" in r.json()["error"]["message"]
     # nothing was registered: only the shipped models (one per commodity)
-    assert sorted(m["id"] for m in client.get("/v1/models", headers=headers("trainer")).json()["models"]) == \
-        [f"apple-defect@{ART.name}", "lemon-defect@0.2.0", "orange-defect@0.4.0"]
+    assert sorted(m["id"] for m in client.get("/v1/models", headers=headers("trainer")).json()["models"]) == [
+        f"apple-defect@{ART.name}",
+        "lemon-defect@0.2.0",
+        "orange-defect@0.4.0",
+    ]
 
 
 def test_promote_while_requests_flow_then_roll_back(client):
@@ -106,7 +116,9 @@ def test_promote_while_requests_flow_then_roll_back(client):
     [t.join() for t in threads]
     assert set(statuses) == {200}, "no request may fail or be dropped during the swap"
     assert versions[0] == ART.name and versions[-1] == "0.3.1-candidate"
-    listed = {m["id"]: m["status"] for m in client.get("/v1/models", headers=headers("trainer")).json()["models"] if m["id"].startswith("apple")}
+    listed = {
+        m["id"]: m["status"] for m in client.get("/v1/models", headers=headers("trainer")).json()["models"] if m["id"].startswith("apple")
+    }
     assert listed == {f"apple-defect@{ART.name}": "available", "apple-defect@0.3.1-candidate": "serving"}
 
     back = client.post("/v1/models/rollback", headers=headers("trainer")).json()

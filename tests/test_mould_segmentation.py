@@ -65,8 +65,15 @@ def test_the_texture_cue_stays_off_on_a_textured_belt_and_for_apples_and_lemons(
 
 def test_a_mouldy_orange_posted_as_an_orange_is_sized_whole_and_its_overlay_drawn(client) -> None:
     img = mouldy_orange(backdrop_noise=0.0)
-    post = lambda commodity: client.post("/v1/grade", files={"image": ("o.png", png_bytes(img), "image/png")},  # noqa: E731
-                                         data={"mm_per_px": "0.5", "commodity": commodity}, headers=headers())
+
+    def post(commodity):
+        return client.post(
+            "/v1/grade",
+            files={"image": ("o.png", png_bytes(img), "image/png")},
+            data={"mm_per_px": "0.5", "commodity": commodity},
+            headers=headers(),
+        )
+
     as_orange, as_apple = post("orange"), post("apple")
     assert as_orange.status_code == 200 and as_apple.status_code == 200, (as_orange.text, as_apple.text)
     [fruit] = as_orange.json()["fruits"]
@@ -115,8 +122,12 @@ def test_data_segmentation_commodity_is_recorded_in_the_metadata_and_read_back()
     assert params == load_commodities()["orange"].segmentation()
     record = crop_segmentation_record(params)
     assert record == {"crop_segmentation": {"flat_background_max_std": load_commodities()["orange"].plain_backdrop_max_texture_std}}
-    meta = {"name": "m", "version": "1", "classes": ["sound", "defective"],
-            "preprocessing": {"input_size": [32, 32], "mean": [0, 0, 0], "std": [1, 1, 1], **record}}
+    meta = {
+        "name": "m",
+        "version": "1",
+        "classes": ["sound", "defective"],
+        "preprocessing": {"input_size": [32, 32], "mean": [0, 0, 0], "std": [1, 1, 1], **record},
+    }
     assert read_spec(meta).crop_segmentation == params
     # colour alone (the default) and an apple's profile record nothing: older artifacts read the same
     assert segmentation_of(load_config(DEFAULT_CONFIG)) is None
@@ -127,5 +138,6 @@ def test_data_segmentation_commodity_is_recorded_in_the_metadata_and_read_back()
     with pytest.raises(ValueError, match="data.segmentation"):
         segmentation_of(load_config(DEFAULT_CONFIG, ["data.segmentation=texture"]))
     with pytest.raises(ValueError, match="one commodity"):
-        segmentation_of(load_config(DEFAULT_CONFIG, ["commodity=orange", "data.segmentation=commodity",
-                                                                       "data.commodities=[lemon, orange]"]))
+        segmentation_of(
+            load_config(DEFAULT_CONFIG, ["commodity=orange", "data.segmentation=commodity", "data.commodities=[lemon, orange]"])
+        )

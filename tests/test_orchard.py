@@ -33,8 +33,9 @@ ECOPOM = REPO.parent / "shared" / "data" / "ecopom-apple-size"
 def _foliage_frame(seed: int, diameter_mm: float = 50.0, leaves: int = 2) -> tuple[np.ndarray, float, tuple[float, float]]:
     """A fruit disc on a dark foliage-like background, with green leaf ellipses over its rim."""
     mm_per_px = 1.0
-    img, truth = make_frame([FruitSpec(diameter_mm=diameter_mm, colour="yellow")], mm_per_px=mm_per_px,
-                            size_px=(140, 140), background="belt", seed=seed)
+    img, truth = make_frame(
+        [FruitSpec(diameter_mm=diameter_mm, colour="yellow")], mm_per_px=mm_per_px, size_px=(140, 140), background="belt", seed=seed
+    )
     rng = np.random.default_rng(seed)
     bgr = img.copy()
     # background foliage: dark green blobs away from the fruit
@@ -43,8 +44,9 @@ def _foliage_frame(seed: int, diameter_mm: float = 50.0, leaves: int = 2) -> tup
     for _ in range(25):
         ang, dist = rng.uniform(0, 2 * math.pi), rng.uniform(r + 12, 70)
         p = (int(cx + dist * math.cos(ang)), int(cy + dist * math.sin(ang)))
-        cv2.ellipse(bgr, p, (int(rng.integers(5, 10)), int(rng.integers(3, 6))), float(rng.uniform(0, 180)), 0, 360,
-                    (40, 90, 35), -1, cv2.LINE_AA)
+        cv2.ellipse(
+            bgr, p, (int(rng.integers(5, 10)), int(rng.integers(3, 6))), float(rng.uniform(0, 180)), 0, 360, (40, 90, 35), -1, cv2.LINE_AA
+        )
     # leaves over the rim, each hiding a small arc of the outline
     for i in range(leaves):
         ang = 2 * math.pi * i / max(leaves, 1) + rng.uniform(0, 0.5)
@@ -101,8 +103,16 @@ def test_box_size_does_not_set_the_diameter():
     assert max(sizes) - min(sizes) < 1.5
 
 
-TREE = ProbParams(segmenter="grabcut", grabcut_space="lab", inlier_tol_px=5.0, pos_frac=0.38,
-                  refine_band=0.15, refine_sigma_px=1.0, refine_prior=0.5, refine_tol_px=1.5)
+TREE = ProbParams(
+    segmenter="grabcut",
+    grabcut_space="lab",
+    inlier_tol_px=5.0,
+    pos_frac=0.38,
+    refine_band=0.15,
+    refine_sigma_px=1.0,
+    refine_prior=0.5,
+    refine_tol_px=1.5,
+)
 COARSE = replace(TREE, refine_band=0.0)
 
 
@@ -185,9 +195,13 @@ def test_perspective_correction_of_an_off_axis_sphere(offset):
     dx, dy = offset
     s = math.sqrt(1 + (math.hypot(dx, dy) / f) ** 2)
     cx, cy = w / 2 + dx, h / 2 + dy  # synthetic.py puts pixel centres at i + 0.5
-    img, _ = make_frame([FruitSpec(diameter_mm=d_px * s, colour="yellow", aspect=1 / s,
-                                   angle_deg=math.degrees(math.atan2(dy, dx)), centre_mm=(cx, cy))],
-                        mm_per_px=1.0, size_px=(h, w), background="belt", seed=3)
+    img, _ = make_frame(
+        [FruitSpec(diameter_mm=d_px * s, colour="yellow", aspect=1 / s, angle_deg=math.degrees(math.atan2(dy, dx)), centre_mm=(cx, cy))],
+        mm_per_px=1.0,
+        size_px=(h, w),
+        background="belt",
+        seed=3,
+    )
     q = (cx - 0.5, cy - 0.5)
     box = (q[0] - d_px / 2 * s, q[1] - d_px / 2 * s, q[0] + d_px / 2 * s, q[1] + d_px / 2 * s)
     corrected = measure_by_probability(img, box, params=TREE, focal_px=f)
@@ -220,8 +234,7 @@ def test_ecopom_two_frames():
     sys.path.insert(0, str(REPO / "bench"))
     import size_accuracy
 
-    frames = [f for f in json.loads((ECOPOM / "annotations.json").read_text())
-              if any(o["kind"] == "tennis_ball" for o in f["objects"])][:2]
+    frames = [f for f in json.loads((ECOPOM / "annotations.json").read_text()) if any(o["kind"] == "tennis_ball" for o in f["objects"])][:2]
     results, skipped = size_accuracy.evaluate_ecopom(ECOPOM, frames)
     assert not skipped and len(results) >= 20
     rows = size_accuracy.ecopom_rows(results)

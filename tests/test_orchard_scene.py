@@ -23,16 +23,25 @@ KEY = "orchard-camera-key-0123456789abcdef"
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
-    settings = Settings(data_dir=tmp_path_factory.mktemp("orchard"), api_keys=f"camera:{KEY}", rate_limit_per_min=0,
-                        review_sample_share=0.0, camera_scenes={"tree-1": "orchard"})
+    settings = Settings(
+        data_dir=tmp_path_factory.mktemp("orchard"),
+        api_keys=f"camera:{KEY}",
+        rate_limit_per_min=0,
+        review_sample_share=0.0,
+        camera_scenes={"tree-1": "orchard"},
+    )
     with TestClient(create_app(settings)) as c:
         yield c
 
 
 def _post(client, bgr: np.ndarray, **form):
     ok, enc = cv2.imencode(".png", bgr)
-    return client.post("/v1/grade", headers={"X-API-Key": KEY}, files={"image": ("f.png", enc.tobytes(), "image/png")},
-                       data={"commodity": "apple", **{k: str(v) for k, v in form.items()}})
+    return client.post(
+        "/v1/grade",
+        headers={"X-API-Key": KEY},
+        files={"image": ("f.png", enc.tobytes(), "image/png")},
+        data={"commodity": "apple", **{k: str(v) for k, v in form.items()}},
+    )
 
 
 @pytest.mark.parametrize("seed", [1, 2])
@@ -92,10 +101,16 @@ def test_client_boxes_replace_the_detector_and_the_camera_says_orchard(client):
     assert fruits[0]["diameter_mm"] == pytest.approx(d_px, abs=2.0)
 
 
-@pytest.mark.parametrize("form,field", [({"scene": "tree"}, "scene"), ({"scene": "orchard", "boxes": "[[1, 2, 3]]"}, "boxes"),
-                                        ({"scene": "orchard", "boxes": "not json"}, "boxes"),
-                                        ({"scene": "orchard", "boxes": "[[5, 5, 2, 9]]"}, "boxes"),
-                                        ({"scene": "orchard", "focal_px": "-3"}, "focal_px")])
+@pytest.mark.parametrize(
+    "form,field",
+    [
+        ({"scene": "tree"}, "scene"),
+        ({"scene": "orchard", "boxes": "[[1, 2, 3]]"}, "boxes"),
+        ({"scene": "orchard", "boxes": "not json"}, "boxes"),
+        ({"scene": "orchard", "boxes": "[[5, 5, 2, 9]]"}, "boxes"),
+        ({"scene": "orchard", "focal_px": "-3"}, "focal_px"),
+    ],
+)
 def test_bad_orchard_fields_are_refused_naming_the_field(client, form, field):
     bgr, _, _ = _foliage_frame(1, leaves=0)
     r = _post(client, bgr, **form)

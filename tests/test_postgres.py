@@ -51,14 +51,24 @@ def test_two_service_processes_share_one_database(pg_url, tmp_path):
         img, _ = make_fruit_image(seed=31, diameter_mm=69, mm_per_px=0.3)
         form = {"mm_per_px": "0.3", "camera_id": "cam-r", "fruit_id": "F-r1"}
         cam = {"X-API-Key": API_KEYS["camera"]}
-        r = httpx.post(f"http://127.0.0.1:{ports[0]}/v1/grade", files={"image": ("a.jpg", jpeg_bytes(img), "image/jpeg")},
-                       data=form, headers=cam, timeout=30)
+        r = httpx.post(
+            f"http://127.0.0.1:{ports[0]}/v1/grade",
+            files={"image": ("a.jpg", jpeg_bytes(img), "image/jpeg")},
+            data=form,
+            headers=cam,
+            timeout=30,
+        )
         assert r.status_code == 200, r.text
         rid = r.json()["id"]
         other = httpx.get(f"http://127.0.0.1:{ports[1]}/v1/results/{rid}", headers={"X-API-Key": API_KEYS["inspector"]}, timeout=10)
         assert other.status_code == 200 and other.json()["fruits"][0]["diameter_mm"] == pytest.approx(69, abs=1)
-        retry = httpx.post(f"http://127.0.0.1:{ports[1]}/v1/grade", files={"image": ("a.jpg", jpeg_bytes(img), "image/jpeg")},
-                           data=form, headers=cam, timeout=30).json()
+        retry = httpx.post(
+            f"http://127.0.0.1:{ports[1]}/v1/grade",
+            files={"image": ("a.jpg", jpeg_bytes(img), "image/jpeg")},
+            data=form,
+            headers=cam,
+            timeout=30,
+        ).json()
         assert retry["id"] == rid and retry["replayed"]
     finally:
         for p in procs:
@@ -68,11 +78,19 @@ def test_two_service_processes_share_one_database(pg_url, tmp_path):
 @pytest.mark.parametrize("odd", ["🍎-线-\u202eevil", "x'; DROP TABLE results;--", "../../etc/passwd"], ids=["unicode", "sql", "path"])
 def test_odd_identifiers_round_trip_on_postgres(pg_client, odd):
     img, _ = make_fruit_image(seed=22, diameter_mm=66, mm_per_px=0.3)
-    r = pg_client.post("/v1/grade", files={"image": ("a.jpg", jpeg_bytes(img), "image/jpeg")},
-                       data={"mm_per_px": "0.3", "camera_id": odd, "fruit_id": odd}, headers=headers())
+    r = pg_client.post(
+        "/v1/grade",
+        files={"image": ("a.jpg", jpeg_bytes(img), "image/jpeg")},
+        data={"mm_per_px": "0.3", "camera_id": odd, "fruit_id": odd},
+        headers=headers(),
+    )
     assert r.status_code == 200, r.text
     listed = pg_client.get("/v1/results", params={"camera_id": odd}, headers=headers("inspector")).json()["items"]
     assert listed and all(x["camera_id"] == odd for x in listed)
     assert pg_client.post("/v1/brix", json={"brix": 12.0, "fruit_id": "nul\x00"}, headers=headers()).status_code == 422
-    assert pg_client.post("/v1/review/fruits/1/verdict", json={"decision": "confirm", "note": "a\x00b"},
-                          headers=headers("inspector")).status_code == 422
+    assert (
+        pg_client.post(
+            "/v1/review/fruits/1/verdict", json={"decision": "confirm", "note": "a\x00b"}, headers=headers("inspector")
+        ).status_code
+        == 422
+    )

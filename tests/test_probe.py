@@ -49,8 +49,8 @@ def test_cross_session_logits_come_from_heads_that_never_saw_the_session():
         held = np.isin(g_arr, fold.split("+"))
         w, b = probe.fit_softmax(x[~held], y[~held], 2, chosen, probe.sample_weights(y[~held], list(g_arr[~held]), None))
         n = int(held.sum())
-        np.testing.assert_allclose(got["oof_logits"][start:start + n], x[held] @ w.T + b, rtol=1e-4, atol=1e-4)
-        assert list(got["oof_labels"][start:start + n]) == list(y[held]) and set(got["oof_groups"][start:start + n]) == {fold}
+        np.testing.assert_allclose(got["oof_logits"][start : start + n], x[held] @ w.T + b, rtol=1e-4, atol=1e-4)
+        assert list(got["oof_labels"][start : start + n]) == list(y[held]) and set(got["oof_groups"][start : start + n]) == {fold}
         start += n
     assert start == len(got["oof_logits"])
     # the head kept is fitted on everything, and it separates the classes
@@ -80,9 +80,20 @@ def test_cross_session_recipe_trains_calibrates_on_held_out_folds_and_exports(tm
     from training import train
     from training.config import load_config
 
-    cfg = load_config(Path(train.__file__).parent / "configs" / "apple_defect_lite0.yaml",
-                            ["data.kind=synthetic", "data.n=32", "data.cache_size=96", "model.input_size=64", "fruit_check=null",
-                             "train.probe_l2=[1.0, 30.0]", "train.num_threads=1", "name=probe-test", "version=0.0.1"])
+    cfg = load_config(
+        Path(train.__file__).parent / "configs" / "apple_defect_lite0.yaml",
+        [
+            "data.kind=synthetic",
+            "data.n=32",
+            "data.cache_size=96",
+            "model.input_size=64",
+            "fruit_check=null",
+            "train.probe_l2=[1.0, 30.0]",
+            "train.num_threads=1",
+            "name=probe-test",
+            "version=0.0.1",
+        ],
+    )
     assert cfg["train"]["probe_fit"] == "cross_session" and cfg["thresholds"]["rule"] == "balanced_mean_over_groups"
     meta = train.run(cfg, tmp_path / "art", tmp_path / "work")
     m = json.loads((tmp_path / "art" / "metadata.json").read_text())

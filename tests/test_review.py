@@ -10,8 +10,9 @@ from .conftest import headers, png_bytes
 
 def grade(client, seed, **form):
     img, _ = make_fruit_image(seed=seed, diameter_mm=70, mm_per_px=0.4)
-    r = client.post("/v1/grade", files={"image": ("f.png", png_bytes(img), "image/png")},
-                    data={k: str(v) for k, v in form.items()}, headers=headers())
+    r = client.post(
+        "/v1/grade", files={"image": ("f.png", png_bytes(img), "image/png")}, data={k: str(v) for k, v in form.items()}, headers=headers()
+    )
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -44,8 +45,11 @@ def test_claims_verdicts_and_undo(client, queue3):
     assert client.post(f"/v1/review/fruits/{fruit}/verdict", json={"decision": "confirm", "inspector": "Ben"}, headers=h).status_code == 409
     bad = client.post(f"/v1/review/fruits/{fruit}/verdict", json={"decision": "correct", "grade": "Super", "inspector": "Ana"}, headers=h)
     assert bad.status_code == 422 and bad.json()["error"]["field"] == "grade"
-    v = client.post(f"/v1/review/fruits/{fruit}/verdict",
-                    json={"decision": "correct", "grade": "Class II", "defect_label": "bruise", "note": "soft", "inspector": "Ana"}, headers=h).json()
+    v = client.post(
+        f"/v1/review/fruits/{fruit}/verdict",
+        json={"decision": "correct", "grade": "Class II", "defect_label": "bruise", "note": "soft", "inspector": "Ana"},
+        headers=h,
+    ).json()
     assert v["grade"] == "Class II" and v["model_grade"] == items[0]["grade"] and v["inspector"] == "Ana"
     # the model's output is unchanged
     res = client.get(f"/v1/results/{items[0]['result_id']}", headers=h).json()
@@ -76,7 +80,9 @@ def test_summary_counts_agreement_by_inspector_and_flag(client, queue3):
     items = client.get("/v1/review/queue?flag=uncalibrated", headers=h).json()["items"]
     client.post(f"/v1/review/fruits/{items[0]['fruit']}/verdict", json={"decision": "confirm", "inspector": "Ana"}, headers=h)
     other = "out-of-grade" if items[1]["grade"] != "out-of-grade" else "Extra"
-    client.post(f"/v1/review/fruits/{items[1]['fruit']}/verdict", json={"decision": "correct", "grade": other, "inspector": "Ana"}, headers=h)
+    client.post(
+        f"/v1/review/fruits/{items[1]['fruit']}/verdict", json={"decision": "correct", "grade": other, "inspector": "Ana"}, headers=h
+    )
     v = client.post(f"/v1/review/fruits/{items[2]['fruit']}/verdict", json={"decision": "confirm", "inspector": "Ben"}, headers=h).json()
     client.post(f"/v1/review/verdicts/{v['id']}/undo", headers=h)  # retracted: not counted
     s = client.get("/v1/review/summary", headers=h).json()
@@ -90,8 +96,9 @@ def test_summary_counts_agreement_by_inspector_and_flag(client, queue3):
 
 def test_overlay_layers_and_fruit_crop(client):
     img, _ = make_fruit_image(seed=5, diameter_mm=70, mm_per_px=0.4, blemishes_cm2=(1.0,))
-    rid = client.post("/v1/grade", files={"image": ("f.png", png_bytes(img), "image/png")}, data={"mm_per_px": "0.4"},
-                      headers=headers()).json()["id"]
+    rid = client.post(
+        "/v1/grade", files={"image": ("f.png", png_bytes(img), "image/png")}, data={"mm_per_px": "0.4"}, headers=headers()
+    ).json()["id"]
     h = headers("inspector")
     import io
 

@@ -23,8 +23,16 @@ pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 CHROMIUM = os.environ.get("GRADER_CHROMIUM", "/usr/bin/chromium")
 #: flags for a root, display-less, offline machine (no sandbox user namespace, no Google services)
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
 
 
 def chromium_or_skip() -> str:
@@ -42,8 +50,13 @@ def h(role: str) -> dict[str, str]:
 def post_fruit(base: str, seed: int, lot_id: str, camera_id: str, **form) -> dict:
     """One uncalibrated synthetic fruit: graded provisionally and flagged `uncalibrated`."""
     img, _ = make_fruit_image(seed=seed, diameter_mm=66 + seed % 7, mm_per_px=0.3, blemishes_cm2=(0.6,) if seed % 2 else ())
-    r = httpx.post(base + "/v1/grade", files={"image": (f"{seed}.jpg", jpeg_bytes(img), "image/jpeg")},
-                   data={"lot_id": lot_id, "camera_id": camera_id, **form}, headers=h("camera"), timeout=60)
+    r = httpx.post(
+        base + "/v1/grade",
+        files={"image": (f"{seed}.jpg", jpeg_bytes(img), "image/jpeg")},
+        data={"lot_id": lot_id, "camera_id": camera_id, **form},
+        headers=h("camera"),
+        timeout=60,
+    )
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -52,7 +65,9 @@ def post_fruit(base: str, seed: int, lot_id: str, camera_id: str, **form) -> dic
 def server(tmp_path_factory):
     env = {"GRADER_API_KEYS": ",".join(f"{r}:{k}" for r, k in API_KEYS.items())}
     with ServerProcess(tmp_path_factory.mktemp("review") / "var", env) as srv:
-        httpx.post(srv.url + "/v1/lots", json={"id": "L-7", "commodity": "apple", "grower": "Hillside"}, headers=h("camera")).raise_for_status()
+        httpx.post(
+            srv.url + "/v1/lots", json={"id": "L-7", "commodity": "apple", "grower": "Hillside"}, headers=h("camera")
+        ).raise_for_status()
         yield srv
         assert "Traceback" not in srv.log(), srv.log()[-3000:]
 

@@ -18,7 +18,7 @@ ROW = re.compile(r"^\| `(GET|POST|PUT|PATCH|DELETE|WS) ([^`]+)` \| ([^|]+) \|\s*
 def role_table() -> dict[tuple[str, str], frozenset[str] | None]:
     """(method, path) -> the roles README admits (None: public), from its "Roles" table."""
     text = README.read_text()
-    section = text[text.index("### Roles"):]
+    section = text[text.index("### Roles") :]
     section = section[: section.index("\n### ", 5)] if "\n### " in section[5:] else section
     table: dict[tuple[str, str], frozenset[str] | None] = {}
     for line in section.splitlines():
@@ -132,8 +132,12 @@ def test_a_camera_can_neither_close_nor_reopen_a_lot_and_reads_only_its_own_resu
 
     assert client.post("/v1/lots", json={"id": "L-cam"}, headers=headers()).status_code == 201
     assert client.post("/v1/lots/L-cam/close", headers=headers()).status_code == 403
-    r = client.post("/v1/grade", files={"image": ("f.jpg", jpeg_bytes(make_fruit_image(seed=2)[0]), "image/jpeg")},
-                    data={"lot_id": "L-cam", "mm_per_px": "0.3"}, headers=headers())
+    r = client.post(
+        "/v1/grade",
+        files={"image": ("f.jpg", jpeg_bytes(make_fruit_image(seed=2)[0]), "image/jpeg")},
+        data={"lot_id": "L-cam", "mm_per_px": "0.3"},
+        headers=headers(),
+    )
     assert r.status_code == 200, r.text
     rid = r.json()["id"]
     assert client.post("/v1/lots/L-cam/close", headers=headers("inspector")).json()["status"] == "closed"

@@ -99,18 +99,22 @@ def test_packhouse_adds_its_own_standard(tmp_path):
 def _evidence(label, type_=None):
     from grader.records import DefectEvidence
 
-    return DefectEvidence(label=label, score=0.9 if label != "sound" else 0.1, probabilities={}, model_name="m", model_version="1",
-                          type=type_)
+    return DefectEvidence(
+        label=label, score=0.9 if label != "sound" else 0.1, probabilities={}, model_name="m", model_version="1", type=type_
+    )
 
 
-@pytest.mark.parametrize(("label", "type_", "grade"), [
-    ("sound", None, "Premium"),
-    ("blackspot", "blackspot", "Grade 2"),  # any defect: out of Premium and Grade 1
-    ("canker", "canker", "Grade 2"),
-    ("greening", "greening", "Grade 2"),    # greening caps a fruit at Grade 2
-    ("rot", "rot", OUT_OF_GRADE),           # decay excludes every grade
-    ("defective", None, "Grade 2"),         # a model without types
-])
+@pytest.mark.parametrize(
+    ("label", "type_", "grade"),
+    [
+        ("sound", None, "Premium"),
+        ("blackspot", "blackspot", "Grade 2"),  # any defect: out of Premium and Grade 1
+        ("canker", "canker", "Grade 2"),
+        ("greening", "greening", "Grade 2"),  # greening caps a fruit at Grade 2
+        ("rot", "rot", OUT_OF_GRADE),  # decay excludes every grade
+        ("defective", None, "Grade 2"),  # a model without types
+    ],
+)
 def test_defect_type_decides_the_navel_orange_grade(standards, label, type_, grade):
     from grader.rules import facts_from
 

@@ -21,8 +21,13 @@ def test_grade_over_real_http_and_result_survives_restart(tmp_path):
     img, _ = make_fruit_image(seed=3, diameter_mm=68, mm_per_px=0.25)
     proc = start(tmp_path, port)
     try:
-        r = httpx.post(f"http://127.0.0.1:{port}/v1/grade", files={"image": ("a.jpg", jpeg_bytes(img), "image/jpeg")},
-                       data={"mm_per_px": "0.25"}, headers={"X-API-Key": API_KEYS["camera"]}, timeout=30)
+        r = httpx.post(
+            f"http://127.0.0.1:{port}/v1/grade",
+            files={"image": ("a.jpg", jpeg_bytes(img), "image/jpeg")},
+            data={"mm_per_px": "0.25"},
+            headers={"X-API-Key": API_KEYS["camera"]},
+            timeout=30,
+        )
         assert r.status_code == 200, r.text
         rid = r.json()["id"]
     finally:
@@ -42,8 +47,12 @@ def test_keys_never_reach_the_logs(tmp_path):
     srv = ServerProcess(tmp_path / "var", env, log_level="debug").start()
     try:
         img, _ = make_fruit_image(seed=4)
-        httpx.post(srv.url + "/v1/grade", files={"image": ("a.jpg", jpeg_bytes(img), "image/jpeg")},
-                   headers={"X-API-Key": API_KEYS["camera"]}, timeout=30).raise_for_status()
+        httpx.post(
+            srv.url + "/v1/grade",
+            files={"image": ("a.jpg", jpeg_bytes(img), "image/jpeg")},
+            headers={"X-API-Key": API_KEYS["camera"]},
+            timeout=30,
+        ).raise_for_status()
         assert httpx.get(srv.url + "/v1/results", headers={"X-API-Key": "wrong-key-abcdef"}).status_code == 401
         assert httpx.get(srv.url + "/v1/results", headers={"X-API-Key": API_KEYS["camera"]}).status_code == 200
     finally:
@@ -62,10 +71,15 @@ def test_two_workers_share_one_sqlite_database(tmp_path):
     env = {"GRADER_API_KEYS": ",".join(f"{r}:{k}" for r, k in API_KEYS.items())}
     imgs = [jpeg_bytes(make_fruit_image(seed=s, diameter_mm=70, mm_per_px=0.3)[0]) for s in range(4)]
     with ServerProcess(tmp_path / "var", env, workers=2, log_level="info") as srv:
+
         def post(i: int) -> int:
             with httpx.Client(timeout=60) as c:  # a connection per camera: the kernel spreads them over the workers
-                r = c.post(srv.url + "/v1/grade", files={"image": ("a.jpg", imgs[i % 4], "image/jpeg")},
-                           data={"camera_id": f"cam-{i % 3}", "fruit_id": f"f{i}", "mm_per_px": "0.3"}, headers={"X-API-Key": API_KEYS["camera"]})
+                r = c.post(
+                    srv.url + "/v1/grade",
+                    files={"image": ("a.jpg", imgs[i % 4], "image/jpeg")},
+                    data={"camera_id": f"cam-{i % 3}", "fruit_id": f"f{i}", "mm_per_px": "0.3"},
+                    headers={"X-API-Key": API_KEYS["camera"]},
+                )
                 return r.status_code
 
         with ThreadPoolExecutor(6) as pool:
@@ -97,17 +111,23 @@ def test_a_refused_camera_is_told_to_retry_and_its_connection_is_closed(tmp_path
         """POST over a raw socket: (the answer's head, whether the server closed the connection after
         a 503)."""
         boundary = b"b0undary"
-        body = (b"--" + boundary + b'\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n'
-                b"Content-Type: image/jpeg\r\n\r\n" + jpeg + b"\r\n--" + boundary + b"--\r\n")
-        head = (f"POST /v1/grade HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: {API_KEYS['camera']}\r\n"
-                f"Content-Type: multipart/form-data; boundary={boundary.decode()}\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+        body = (
+            b"--" + boundary + b'\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n'
+            b"Content-Type: image/jpeg\r\n\r\n" + jpeg + b"\r\n--" + boundary + b"--\r\n"
+        )
+        head = (
+            f"POST /v1/grade HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: {API_KEYS['camera']}\r\n"
+            f"Content-Type: multipart/form-data; boundary={boundary.decode()}\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode()
         with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
             s.sendall(head + body)
             got = b""
             while b"\r\n\r\n" not in got:
                 got += s.recv(65536)
             answer_head, _, rest = got.partition(b"\r\n\r\n")
-            length = int(next(v for k, _, v in (ln.partition(b":") for ln in answer_head.split(b"\r\n")) if k.strip().lower() == b"content-length"))
+            length = int(
+                next(v for k, _, v in (ln.partition(b":") for ln in answer_head.split(b"\r\n")) if k.strip().lower() == b"content-length")
+            )
             while len(rest) < length:
                 rest += s.recv(65536)
             if not answer_head.startswith(b"HTTP/1.1 503"):
@@ -185,8 +205,12 @@ def test_a_worker_that_dies_is_replaced(tmp_path):
         assert before[0] not in now and len(now) == 2, srv.log()[-2000:]
         for i in range(6):
             with httpx.Client(timeout=60) as c:
-                r = c.post(srv.url + "/v1/grade", files={"image": ("a.jpg", img, "image/jpeg")}, data={"mm_per_px": "0.3"},
-                           headers={"X-API-Key": API_KEYS["camera"]})
+                r = c.post(
+                    srv.url + "/v1/grade",
+                    files={"image": ("a.jpg", img, "image/jpeg")},
+                    data={"mm_per_px": "0.3"},
+                    headers={"X-API-Key": API_KEYS["camera"]},
+                )
             assert r.status_code == 200, r.text
         assert "starting another" in srv.log()
     finally:

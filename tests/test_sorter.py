@@ -32,8 +32,12 @@ def _app(settings, **mqtt):
 
 
 def _grade(c, camera: str, fruit: str, i: int = 0, **data):
-    r = c.post("/v1/grade", files={"image": ("a.jpg", IMG[i % 4], "image/jpeg")},
-               data={"camera_id": camera, "fruit_id": fruit, "mm_per_px": "0.3", **data}, headers=headers())
+    r = c.post(
+        "/v1/grade",
+        files={"image": ("a.jpg", IMG[i % 4], "image/jpeg")},
+        data={"camera_id": camera, "fruit_id": fruit, "mm_per_px": "0.3", **data},
+        headers=headers(),
+    )
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -46,8 +50,16 @@ def _outbox(c) -> list[OutboxRow]:
 def test_broker_urls():
     assert parse_url("mqtt://127.0.0.1") == BrokerConfig("127.0.0.1", 1883)
     cfg = parse_url("mqtts://sorter%40line:p%3Ass@broker.local?version=5&client_id=packhouse-7&ca=/etc/ca.pem")
-    assert (cfg.host, cfg.port, cfg.tls, cfg.username, cfg.password, cfg.version, cfg.client_id_prefix, cfg.ca_file) == \
-        ("broker.local", 8883, True, "sorter@line", "p:ss", 5, "packhouse-7", "/etc/ca.pem")
+    assert (cfg.host, cfg.port, cfg.tls, cfg.username, cfg.password, cfg.version, cfg.client_id_prefix, cfg.ca_file) == (
+        "broker.local",
+        8883,
+        True,
+        "sorter@line",
+        "p:ss",
+        5,
+        "packhouse-7",
+        "/etc/ca.pem",
+    )
     assert "p:ss" not in cfg.safe()
     for bad in ("http://x", "mqtt://", "mqtt://x?version=4.2"):
         with pytest.raises(ValueError):
@@ -62,18 +74,38 @@ def test_decisions_wait_in_the_outbox_while_no_broker_answers(settings):
     with _app(settings, mqtt_url=f"mqtt://127.0.0.1:{free_port()}", camera_lines={"cam-b": "line-2"}) as c:
         a0 = _grade(c, "cam-a", "a0", 0)
         b0 = _grade(c, "cam-b", "b0", 1)
-        r = c.post("/v1/grade/batch", files=[("images", ("x.jpg", IMG[i], "image/jpeg")) for i in (2, 3)],
-                   data={"camera_id": "cam-a", "mm_per_px": "0.3", "lane": "2"}, headers=headers())
+        r = c.post(
+            "/v1/grade/batch",
+            files=[("images", ("x.jpg", IMG[i], "image/jpeg")) for i in (2, 3)],
+            data={"camera_id": "cam-a", "mm_per_px": "0.3", "lane": "2"},
+            headers=headers(),
+        )
         assert r.status_code == 200
         _grade(c, "cam-a", "a0", 0)  # a retry: the stored result, no second message
         rows = _outbox(c)
         prefix = c.app.state.ctx.settings.mqtt_topic_prefix
-        assert [(r.topic, r.seq) for r in rows] == [(f"{prefix}/line-1/cam-a/outlet", 1), (f"{prefix}/line-2/cam-b/outlet", 1),
-                                                    (f"{prefix}/line-1/cam-a/outlet", 2), (f"{prefix}/line-1/cam-a/outlet", 3)]
+        assert [(r.topic, r.seq) for r in rows] == [
+            (f"{prefix}/line-1/cam-a/outlet", 1),
+            (f"{prefix}/line-2/cam-b/outlet", 1),
+            (f"{prefix}/line-1/cam-a/outlet", 2),
+            (f"{prefix}/line-1/cam-a/outlet", 3),
+        ]
         assert all(r.sent_at is None for r in rows)
         first = rows[0].payload
-        assert set(first) == {"result_id", "fruit_index", "fruit_id", "camera_id", "lane", "outlet", "grade", "provisional", "flags",
-                              "diameter_mm", "graded_at", "seq"}
+        assert set(first) == {
+            "result_id",
+            "fruit_index",
+            "fruit_id",
+            "camera_id",
+            "lane",
+            "outlet",
+            "grade",
+            "provisional",
+            "flags",
+            "diameter_mm",
+            "graded_at",
+            "seq",
+        }
         assert first["result_id"] == a0["id"] and first["fruit_index"] == 0 and first["fruit_id"] == "a0"
         assert first["outlet"] == a0["fruits"][0]["outlet"] and first["grade"] == a0["fruits"][0]["grade"]
         assert rows[1].payload["result_id"] == b0["id"] and rows[2].payload["lane"] == "2"
@@ -105,8 +137,24 @@ def test_two_publishers_never_hold_the_same_rows(tmp_path, settings, db, request
     st = settings.model_copy(update={"mqtt_url": "mqtt://127.0.0.1:1"})
     outbox = Outbox(st)
     with engine.begin() as conn:
-        outbox._insert(conn, {s: [{"topic": f"t/{s}", "payload": {"n": i}, "retain": False, "result_id": None, "fruit_index": None,
-                                   "fruit_row_id": None, "outlet": None} for i in range(5)] for s in ("line-1/a", "line-1/b")})
+        outbox._insert(
+            conn,
+            {
+                s: [
+                    {
+                        "topic": f"t/{s}",
+                        "payload": {"n": i},
+                        "retain": False,
+                        "result_id": None,
+                        "fruit_index": None,
+                        "fruit_row_id": None,
+                        "outlet": None,
+                    }
+                    for i in range(5)
+                ]
+                for s in ("line-1/a", "line-1/b")
+            },
+        )
     p1, p2 = Publisher(st, repo, outbox), Publisher(st, repo, outbox)
     got1 = p1._claim(3)
     assert [(r.stream, r.seq) for r in got1] == [("line-1/a", 1), ("line-1/a", 2), ("line-1/a", 3)]
@@ -118,8 +166,11 @@ def test_two_publishers_never_hold_the_same_rows(tmp_path, settings, db, request
     import socket
 
     with engine.begin() as conn:
-        conn.execute(OutboxRow.__table__.update().where(OutboxRow.__table__.c.stream == "line-1/b")
-                     .values(claimed_by=f"{socket.gethostname()[:50]}-999999999-dead00"))
+        conn.execute(
+            OutboxRow.__table__.update()
+            .where(OutboxRow.__table__.c.stream == "line-1/b")
+            .values(claimed_by=f"{socket.gethostname()[:50]}-999999999-dead00")
+        )
     p3 = Publisher(st, repo, outbox)
     assert [(r.stream, r.seq) for r in p3._claim(10)] == [("line-1/b", k) for k in range(1, 6)]
     p3._claim(0)
@@ -168,14 +219,20 @@ def test_decisions_are_published_after_commit_in_order_per_camera(settings, db, 
     with _app(_db(settings, db, request), mqtt_url=url, sorter_ejection_timeout_s=0.5) as c:
         repo, prefix = c.app.state.ctx.repo, c.app.state.ctx.settings.mqtt_topic_prefix
         committed_when_received = []
-        sub = Collector(url, f"{prefix}/#", on_message=lambda t, m: committed_when_received.append(repo.get_result(m["result_id"]) is not None))
+        sub = Collector(
+            url, f"{prefix}/#", on_message=lambda t, m: committed_when_received.append(repo.get_result(m["result_id"]) is not None)
+        )
         try:
             ids = {"cam-a": [], "cam-b": []}
             for i in range(3):
                 ids["cam-a"].append(_grade(c, "cam-a", f"a{i}", i)["id"])
                 ids["cam-b"].append(_grade(c, "cam-b", f"b{i}", i + 1)["id"])
-            r = c.post("/v1/grade/batch", files=[("images", ("x.jpg", IMG[i], "image/jpeg")) for i in range(3)],
-                       data={"camera_id": "cam-a", "mm_per_px": "0.3"}, headers=headers())
+            r = c.post(
+                "/v1/grade/batch",
+                files=[("images", ("x.jpg", IMG[i], "image/jpeg")) for i in range(3)],
+                data={"camera_id": "cam-a", "mm_per_px": "0.3"},
+                headers=headers(),
+            )
             ids["cam-a"] += [x["id"] for x in r.json()["results"]]
             got = decisions(sub.wait_for(lambda m: len(decisions(m)) >= 9))
         finally:
@@ -238,8 +295,12 @@ def test_decisions_of_acknowledged_results_arrive_after_a_server_kill(tmp_path):
     from service.process import ServerProcess
 
     broker = Broker(tmp_path / "broker").start()
-    env = {"GRADER_API_KEYS": ",".join(f"{r}:{k}" for r, k in API_KEYS.items()), "GRADER_MQTT_URL": broker.url,
-           "GRADER_REVIEW_SAMPLE_SHARE": "0", "GRADER_MQTT_RESUME_DELAY_S": "0.5"}
+    env = {
+        "GRADER_API_KEYS": ",".join(f"{r}:{k}" for r, k in API_KEYS.items()),
+        "GRADER_MQTT_URL": broker.url,
+        "GRADER_REVIEW_SAMPLE_SHARE": "0",
+        "GRADER_MQTT_RESUME_DELAY_S": "0.5",
+    }
     sub = Collector(broker.url, "orchard-grader/#", client_id="test-sorter-kill")
     acked: list[str] = []
 
@@ -249,9 +310,12 @@ def test_decisions_of_acknowledged_results_arrive_after_a_server_kill(tmp_path):
                 if stop.is_set():
                     return
                 try:
-                    r = h.post(srv.url + "/v1/grade", files={"image": ("a.jpg", IMG[i % 4], "image/jpeg")},
-                               data={"camera_id": cam, "fruit_id": f"{cam}-{i}", "mm_per_px": "0.3"},
-                               headers={"X-API-Key": API_KEYS["camera"]})
+                    r = h.post(
+                        srv.url + "/v1/grade",
+                        files={"image": ("a.jpg", IMG[i % 4], "image/jpeg")},
+                        data={"camera_id": cam, "fruit_id": f"{cam}-{i}", "mm_per_px": "0.3"},
+                        headers={"X-API-Key": API_KEYS["camera"]},
+                    )
                 except httpx.HTTPError:
                     return
                 if r.status_code == 200:
@@ -306,8 +370,12 @@ def test_ejections_come_back_into_the_fruit_history_and_alerts_are_retained(sett
 
         def sim(rate: float) -> threading.Thread:
             ready = threading.Event()
-            t = threading.Thread(target=sorter_sim.run, args=(url,), daemon=True,
-                                 kwargs={"prefix": prefix, "delay_s": 0.2, "mis_ejection_rate": rate, "count": 1, "out": None, "ready": ready})
+            t = threading.Thread(
+                target=sorter_sim.run,
+                args=(url,),
+                daemon=True,
+                kwargs={"prefix": prefix, "delay_s": 0.2, "mis_ejection_rate": rate, "count": 1, "out": None, "ready": ready},
+            )
             t.start()
             assert ready.wait(5)
             return t
@@ -320,7 +388,10 @@ def test_ejections_come_back_into_the_fruit_history_and_alerts_are_retained(sett
         t.join(10)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            evs = {f: [e["stage"] for e in c.get(f"/v1/fruits/{f}/events", headers=headers("inspector")).json()["events"]] for f in ("good", "bad")}
+            evs = {
+                f: [e["stage"] for e in c.get(f"/v1/fruits/{f}/events", headers=headers("inspector")).json()["events"]]
+                for f in ("good", "bad")
+            }
             if all("ejected" in v for v in evs.values()):
                 break
             time.sleep(0.1)
@@ -331,7 +402,9 @@ def test_ejections_come_back_into_the_fruit_history_and_alerts_are_retained(sett
         assert ev["bad"]["outlet"] != bad["fruits"][0]["outlet"] and ev["bad"]["mis_ejected"] is True
         snap = c.get("/v1/line/stats", headers=headers("inspector")).json()
         assert "mis_ejection" in [a["kind"] for a in snap["alerts"]] and snap["sorter"]["mis_ejected_recent"] == 1
-        got = alerts.wait_for(lambda m: {("mis_ejection", "started"), ("camera_silent", "started")} <= {(x["alert"]["kind"], x["event"]) for _, x, _ in m})
+        got = alerts.wait_for(
+            lambda m: {("mis_ejection", "started"), ("camera_silent", "started")} <= {(x["alert"]["kind"], x["event"]) for _, x, _ in m}
+        )
         assert {("mis_ejection", "started"), ("camera_silent", "started")} <= {(x["alert"]["kind"], x["event"]) for _, x, _ in got}
         _grade(c, "cam-a", "wakes-the-camera", 2)  # the silent camera's alert clears
         got = alerts.wait_for(lambda m: ("camera_silent", "cleared") in {(x["alert"]["kind"], x["event"]) for _, x, _ in m})
@@ -361,8 +434,12 @@ def test_fruit_of_a_clip_and_of_a_live_stream_are_published(settings, tmp_path):
         prefix = c.app.state.ctx.settings.mqtt_topic_prefix
         sub = Collector(url, f"{prefix}/#")
         try:
-            r = c.post("/v1/cameras/belt-cam/video", files={"video": ("belt.avi", clip.path.read_bytes(), "video/x-msvideo")},
-                       data={"mm_per_px": "0.6", "lanes": "3", "belt_speed_mm_s": str(clip.speed_mm_s)}, headers=headers())
+            r = c.post(
+                "/v1/cameras/belt-cam/video",
+                files={"video": ("belt.avi", clip.path.read_bytes(), "video/x-msvideo")},
+                data={"mm_per_px": "0.6", "lanes": "3", "belt_speed_mm_s": str(clip.speed_mm_s)},
+                headers=headers(),
+            )
             clip_fruits = r.json()["fruits"]
             cap = cv2.VideoCapture(str(clip.path))
             frames = []
@@ -396,16 +473,19 @@ def test_two_workers_publish_each_decision_once_in_order(tmp_path):
 
     url = shared_broker_url()
     prefix = f"test-{uuid.uuid4().hex[:8]}"
-    env = {"GRADER_API_KEYS": ",".join(f"{r}:{k}" for r, k in API_KEYS.items()), "GRADER_MQTT_URL": url,
-           "GRADER_MQTT_TOPIC_PREFIX": prefix}
+    env = {"GRADER_API_KEYS": ",".join(f"{r}:{k}" for r, k in API_KEYS.items()), "GRADER_MQTT_URL": url, "GRADER_MQTT_TOPIC_PREFIX": prefix}
     sub = Collector(url, f"{prefix}/+/+/outlet")
     try:
         with ServerProcess(tmp_path / "var", env, workers=2) as srv:
+
             def post(i: int) -> int:
                 with httpx.Client(timeout=60) as h:  # a connection per camera: the kernel spreads them over the workers
-                    return h.post(srv.url + "/v1/grade", files={"image": ("a.jpg", IMG[i % 4], "image/jpeg")},
-                                  data={"camera_id": f"cam-{i % 3}", "fruit_id": f"f{i}", "mm_per_px": "0.3"},
-                                  headers={"X-API-Key": API_KEYS["camera"]}).status_code
+                    return h.post(
+                        srv.url + "/v1/grade",
+                        files={"image": ("a.jpg", IMG[i % 4], "image/jpeg")},
+                        data={"camera_id": f"cam-{i % 3}", "fruit_id": f"f{i}", "mm_per_px": "0.3"},
+                        headers={"X-API-Key": API_KEYS["camera"]},
+                    ).status_code
 
             with ThreadPoolExecutor(6) as pool:
                 assert list(pool.map(post, range(36))) == [200] * 36

@@ -29,8 +29,11 @@ def cases():
     for std in STANDARDS.values():
         for rule in std.grades:
             limits = {
-                "min_diameter_mm": ("diameter_mm", -EPS), "max_diameter_mm": ("diameter_mm", +EPS), "min_brix": ("brix", -EPS),
-                "max_blemish_area_cm2": ("blemish_area_cm2", +EPS), "max_largest_blemish_cm2": ("largest_blemish_cm2", +EPS),
+                "min_diameter_mm": ("diameter_mm", -EPS),
+                "max_diameter_mm": ("diameter_mm", +EPS),
+                "min_brix": ("brix", -EPS),
+                "max_blemish_area_cm2": ("blemish_area_cm2", +EPS),
+                "max_largest_blemish_cm2": ("largest_blemish_cm2", +EPS),
                 "min_colour_coverage": ("colour_coverage", -EPS),
             }
             for name, (fact, across) in limits.items():

@@ -27,9 +27,18 @@ def tiny_artifact(tmp_path_factory):
     work = tmp_path_factory.mktemp("work")
     cfg = load_config(
         DEFAULT_CONFIG,
-        ["data.kind=synthetic", "data.n=48", "data.cache_size=96", "train.epochs=1", "train.batch_size=16",
-         "model.arch=small_fruitnet", "model.input_size=64", "name=tiny-test", "version=0.0.1",
-         "model.test_time_views=1"],  # the crop alone: these tests compare the graph with the torch network itself
+        [
+            "data.kind=synthetic",
+            "data.n=48",
+            "data.cache_size=96",
+            "train.epochs=1",
+            "train.batch_size=16",
+            "model.arch=small_fruitnet",
+            "model.input_size=64",
+            "name=tiny-test",
+            "version=0.0.1",
+            "model.test_time_views=1",
+        ],  # the crop alone: these tests compare the graph with the torch network itself
     )
     meta = train.run(cfg, out, work)
     return out, work, cfg, meta
@@ -91,9 +100,19 @@ def test_colour_normalised_artifact_serves_what_torch_computes(tmp_path_factory)
     out, work = tmp_path_factory.mktemp("artifact-norm"), tmp_path_factory.mktemp("work-norm")
     cfg = load_config(
         DEFAULT_CONFIG,
-        ["data.kind=synthetic", "data.n=48", "data.cache_size=96", "train.epochs=1", "train.batch_size=16",
-         "model.arch=small_fruitnet", "model.input_size=64", "name=tiny-norm", "version=0.0.1", "model.colour_normalise=reinhard-lab",
-         "model.test_time_views=1"],
+        [
+            "data.kind=synthetic",
+            "data.n=48",
+            "data.cache_size=96",
+            "train.epochs=1",
+            "train.batch_size=16",
+            "model.arch=small_fruitnet",
+            "model.input_size=64",
+            "name=tiny-norm",
+            "version=0.0.1",
+            "model.colour_normalise=reinhard-lab",
+            "model.test_time_views=1",
+        ],
     )
     meta = train.run(cfg, out, work)
     norm = json.loads((out / "metadata.json").read_text())["preprocessing"]["colour_normalise"]
@@ -226,12 +245,22 @@ def test_graph_edit_keeps_logits_bit_identical(tiny_artifact, tmp_path):
     # a second edit of the edited graph strips the first: same outputs, same threshold (the train
     # crops as training made them: seeds 0.., cache_size side)
     train = [random_fruit_image(i, size_px=int(cfg["data"]["cache_size"])) for i in range(int(cfg["data"]["n"]))]
-    again = explain.add_outputs(out / "model.onnx", tmp_path / "again.onnx", spec, [img for img, _ in train],
-                                np.array([int(bad) for _, bad in train]), _val_crops(cfg))
+    again = explain.add_outputs(
+        out / "model.onnx",
+        tmp_path / "again.onnx",
+        spec,
+        [img for img, _ in train],
+        np.array([int(bad) for _, bad in train]),
+        _val_crops(cfg),
+    )
     assert again.threshold == pytest.approx(meta["thresholds"]["ood_distance"], rel=1e-5)
     assert again.early.threshold == pytest.approx(meta["thresholds"]["ood_distance_early"], rel=1e-5)
-    assert [o.name for o in onnx.load(str(tmp_path / "again.onnx")).graph.output] == ["logits", "defect_map", "ood_distance",
-                                                                                      "ood_distance_early"]
+    assert [o.name for o in onnx.load(str(tmp_path / "again.onnx")).graph.output] == [
+        "logits",
+        "defect_map",
+        "ood_distance",
+        "ood_distance_early",
+    ]
 
 
 def _torch_defect_map(model, batch: np.ndarray, temperature: float, defective: list[int]) -> np.ndarray:
@@ -347,8 +376,9 @@ def test_non_fruit_is_flagged_through_the_api(tiny_artifact, tmp_path):
     from .conftest import API_KEYS, headers, png_bytes
 
     out, _, _, _ = tiny_artifact
-    settings = Settings(data_dir=tmp_path / "var", api_keys=",".join(f"{r}:{k}" for r, k in API_KEYS.items()),
-                        review_sample_share=0.0, model_dir=out)
+    settings = Settings(
+        data_dir=tmp_path / "var", api_keys=",".join(f"{r}:{k}" for r, k in API_KEYS.items()), review_sample_share=0.0, model_dir=out
+    )
     disc = np.zeros((400, 400), np.uint8)
     cv2.circle(disc, (200, 200), 110, 1, -1)
     disc = disc.astype(bool)
@@ -361,7 +391,9 @@ def test_non_fruit_is_flagged_through_the_api(tiny_artifact, tmp_path):
         for name, fill in fills.items():
             img = np.full((400, 400, 3), 235, np.uint8)
             img[disc] = fill[disc]
-            r = client.post("/v1/grade", files={"image": ("x.png", png_bytes(img), "image/png")}, data={"mm_per_px": "0.3"}, headers=headers())
+            r = client.post(
+                "/v1/grade", files={"image": ("x.png", png_bytes(img), "image/png")}, data={"mm_per_px": "0.3"}, headers=headers()
+            )
             assert r.status_code == 200, r.text
             fruit = r.json()["fruits"]
             assert len(fruit) == 1, name
@@ -483,8 +515,15 @@ def test_artifact_with_the_pooled_distance_only_still_serves(tiny_artifact, tmp_
     old = tmp_path / "old"
     old.mkdir()
     train = [random_fruit_image(i, size_px=int(cfg["data"]["cache_size"])) for i in range(int(cfg["data"]["n"]))]
-    explain.add_outputs(out / "model.onnx", old / "model.onnx", spec, [img for img, _ in train],
-                        np.array([int(bad) for _, bad in train]), _val_crops(cfg), early_block=None)
+    explain.add_outputs(
+        out / "model.onnx",
+        old / "model.onnx",
+        spec,
+        [img for img, _ in train],
+        np.array([int(bad) for _, bad in train]),
+        _val_crops(cfg),
+        early_block=None,
+    )
     m = json.loads((out / "metadata.json").read_text())
     m["outputs"].pop("ood_distance_early")
     for k in ("ood_distance_early", "ood_distance_early_rule"):
@@ -518,8 +557,18 @@ def test_test_time_views_live_in_the_graph_and_equal_torch(tmp_path_factory):
     out, work = tmp_path_factory.mktemp("artifact-views"), tmp_path_factory.mktemp("work-views")
     cfg = load_config(
         DEFAULT_CONFIG,
-        ["data.kind=synthetic", "data.n=48", "data.cache_size=96", "train.epochs=1", "train.batch_size=16",
-         "model.arch=small_fruitnet", "model.input_size=64", "name=tiny-views", "version=0.0.1", "model.test_time_views=4"],
+        [
+            "data.kind=synthetic",
+            "data.n=48",
+            "data.cache_size=96",
+            "train.epochs=1",
+            "train.batch_size=16",
+            "model.arch=small_fruitnet",
+            "model.input_size=64",
+            "name=tiny-views",
+            "version=0.0.1",
+            "model.test_time_views=4",
+        ],
     )
     meta = train.run(cfg, out, work)
     assert meta["preprocessing"]["test_time_views"]["count"] == 4
@@ -554,8 +603,11 @@ def test_test_time_views_live_in_the_graph_and_equal_torch(tmp_path_factory):
     with pytest.raises(ValueError, match="already averages"):
         add_views(onnx.load(str(out / "model.onnx")), 4)
     with pytest.raises(ValueError, match="one of"):
-        train.run(load_config(DEFAULT_CONFIG, ["data.kind=synthetic", "model.test_time_views=3"]), tmp_path_factory.mktemp("x"),
-                  tmp_path_factory.mktemp("y"))
+        train.run(
+            load_config(DEFAULT_CONFIG, ["data.kind=synthetic", "model.test_time_views=3"]),
+            tmp_path_factory.mktemp("x"),
+            tmp_path_factory.mktemp("y"),
+        )
 
 
 def test_views_derived_from_an_existing_artifact_equal_torch(tiny_artifact, tmp_path):
@@ -587,7 +639,12 @@ def test_views_derived_from_an_existing_artifact_equal_torch(tiny_artifact, tmp_
     # the figures are the derived graph's: the val threshold obeys the config's rule on them
     assert derived["metrics"]["val"]["recall_defective"] >= float(cfg["thresholds"]["min_recall_defective"]) - 1e-9
     # a derived artifact is not derived again; nothing is written
-    assert derive_views.main([str(tmp_path / "d"), "--views", "4", "--version", "0.0.3", "--out", str(tmp_path / "e"), "--work-dir", str(work)]) == 2
+    assert (
+        derive_views.main(
+            [str(tmp_path / "d"), "--views", "4", "--version", "0.0.3", "--out", str(tmp_path / "e"), "--work-dir", str(work)]
+        )
+        == 2
+    )
     assert not (tmp_path / "e").exists()
 
 
@@ -621,9 +678,22 @@ def test_a_network_that_learns_nothing_is_refused_not_exported(tmp_path):
     import sys
 
     out = tmp_path / "out"
-    sets = ["data.kind=synthetic", "data.n=48", "data.cache_size=96", "train.epochs=2", "train.batch_size=16",
-            "model.arch=small_fruitnet", "model.input_size=64", "name=tiny-test", "version=0.0.1", "train.lr=1e6",
-            "train.method=finetune", "train.probe_epochs=0", "train.trainable_from=null", "fruit_check=null"]
+    sets = [
+        "data.kind=synthetic",
+        "data.n=48",
+        "data.cache_size=96",
+        "train.epochs=2",
+        "train.batch_size=16",
+        "model.arch=small_fruitnet",
+        "model.input_size=64",
+        "name=tiny-test",
+        "version=0.0.1",
+        "train.lr=1e6",
+        "train.method=finetune",
+        "train.probe_epochs=0",
+        "train.trainable_from=null",
+        "fruit_check=null",
+    ]
     cmd = [sys.executable, "-m", "cli", "train", "--out", str(out), "--work-dir", str(tmp_path / "work")]
     for s in sets:
         cmd += ["--set", s]
@@ -665,10 +735,23 @@ def test_an_artifact_refitted_on_crops_cut_with_its_commodity_segmentation(tmp_p
         items.append({"kind": "image", "path": str(path), "label": "sound" if sound else "defective", "split": split, "session": "s"})
     manifest = photos / "manifest.json"
     manifest.write_text(json.dumps({"sha256": hashlib.sha256(json.dumps(items).encode()).hexdigest(), "items": items}))
-    cfg = load_config(DEFAULT_CONFIG, [
-        "data.kind=manifest", f"data.manifest={manifest}", "data.cache_size=64", "data.group_train=false", "commodity=orange",
-        "train.epochs=1", "train.batch_size=8", "model.arch=small_fruitnet", "model.input_size=48", "name=tiny-orange",
-        "version=0.0.1", "model.test_time_views=1"])
+    cfg = load_config(
+        DEFAULT_CONFIG,
+        [
+            "data.kind=manifest",
+            f"data.manifest={manifest}",
+            "data.cache_size=64",
+            "data.group_train=false",
+            "commodity=orange",
+            "train.epochs=1",
+            "train.batch_size=8",
+            "model.arch=small_fruitnet",
+            "model.input_size=48",
+            "name=tiny-orange",
+            "version=0.0.1",
+            "model.test_time_views=1",
+        ],
+    )
     art, work = tmp_path / "art", tmp_path / "work"
     meta = train.run(cfg, art, work)
     assert "crop_segmentation" not in meta["preprocessing"]  # colour alone, as every model before it
@@ -696,8 +779,24 @@ def test_an_artifact_refitted_on_crops_cut_with_its_commodity_segmentation(tmp_p
     assert np.abs(old.run(preprocess(list(crops), old.spec)).logits - logits).max() < 1e-5
     # nothing more to derive: the same crops again, or crops that are already the commodity's
     assert derive_views.main([str(art), "--views", "1", "--version", "0.0.3", "--out", str(tmp_path / "e"), "--work-dir", str(work)]) == 2
-    assert derive_views.main([str(d), "--views", "1", "--crops-segmentation", "commodity", "--version", "0.0.3", "--out", str(tmp_path / "e"),
-                       "--work-dir", str(work)]) == 2
+    assert (
+        derive_views.main(
+            [
+                str(d),
+                "--views",
+                "1",
+                "--crops-segmentation",
+                "commodity",
+                "--version",
+                "0.0.3",
+                "--out",
+                str(tmp_path / "e"),
+                "--work-dir",
+                str(work),
+            ]
+        )
+        == 2
+    )
     assert not (tmp_path / "e").exists()
 
 
@@ -720,8 +819,18 @@ def test_hide_test_prints_validation_figures_and_still_records_test(tmp_path, ca
     from cli.main import main as cli_main
 
     args = ["train", "--out", str(tmp_path / "art"), "--work-dir", str(tmp_path / "work"), "--hide-test"]
-    for s in ["data.kind=synthetic", "data.n=48", "data.cache_size=96", "train.epochs=1", "train.batch_size=16",
-              "model.arch=small_fruitnet", "model.input_size=64", "model.test_time_views=1", "name=tiny-hide", "version=0.0.1"]:
+    for s in [
+        "data.kind=synthetic",
+        "data.n=48",
+        "data.cache_size=96",
+        "train.epochs=1",
+        "train.batch_size=16",
+        "model.arch=small_fruitnet",
+        "model.input_size=64",
+        "model.test_time_views=1",
+        "name=tiny-hide",
+        "version=0.0.1",
+    ]:
         args += ["--set", s]
     assert cli_main(args) == 0
     printed = capsys.readouterr().out
@@ -751,10 +860,15 @@ def test_weight_averaging_makes_the_average_the_model(tmp_path):
     # the exported weights are the average's: its parameters equal those the checkpoint's averaged copy holds
     ck = torch.load(tmp_path / "work" / "checkpoint.pt", weights_only=False)
     best = torch.load(tmp_path / "work" / "best.pt")
-    averaged = {k[len("module."):]: v for k, v in ck["swa"].items() if k.startswith("module.")}
+    averaged = {k[len("module.") :]: v for k, v in ck["swa"].items() if k.startswith("module.")}
     weights = [k for k in best if k.endswith(".weight") and "bn" not in k and k in averaged]
     assert weights and all(torch.equal(best[k], averaged[k]) for k in weights)
     with pytest.raises(ValueError, match="mixstyle"):
-        train.run(load_config(DEFAULT_CONFIG, [*TINY_TRAIN, "train.swa={epochs: 1, lr: 0.001}",
-                                                           "model.mixstyle={p: 0.5, alpha: 0.1, layers: [features.1]}"]),
-                  tmp_path / "art2", tmp_path / "work2")
+        train.run(
+            load_config(
+                DEFAULT_CONFIG,
+                [*TINY_TRAIN, "train.swa={epochs: 1, lr: 0.001}", "model.mixstyle={p: 0.5, alpha: 0.1, layers: [features.1]}"],
+            ),
+            tmp_path / "art2",
+            tmp_path / "work2",
+        )

@@ -23,9 +23,12 @@ def clip(tmp_path_factory):
 
 def post_clip(client, clip, **form):
     with open(clip.path, "rb") as f:
-        return client.post("/v1/cameras/line1-cam1/video", files={"video": ("belt.avi", f.read(), "video/x-msvideo")},
-                           data={"mm_per_px": str(MM_PER_PX), "lanes": "3", "belt_speed_mm_s": str(clip.speed_mm_s), **form},
-                           headers=headers())
+        return client.post(
+            "/v1/cameras/line1-cam1/video",
+            files={"video": ("belt.avi", f.read(), "video/x-msvideo")},
+            data={"mm_per_px": str(MM_PER_PX), "lanes": "3", "belt_speed_mm_s": str(clip.speed_mm_s), **form},
+            headers=headers(),
+        )
 
 
 def check_against_truth(fruits: list[dict], clip) -> None:
@@ -88,8 +91,11 @@ def test_fruit_entering_side_by_side_in_adjacent_lanes_are_two_fruit():
                 continue
             cut = x0 == 0 or x1 == 640
             if pieces:  # one fruit in lane 2, cut in two pieces while it enters
-                dets = [Detection(k, k / 8, (x0, 101, x1, 134), True), Detection(k, k / 8, (x0, 136, x1, 171), True)] if k in (2, 3) \
+                dets = (
+                    [Detection(k, k / 8, (x0, 101, x1, 134), True), Detection(k, k / 8, (x0, 136, x1, 171), True)]
+                    if k in (2, 3)
                     else [Detection(k, k / 8, (x0, 101, x1, 171), cut)]
+                )
             else:  # lane 1 and lane 2, 3 px apart
                 dets = [Detection(k, k / 8, (x0, 26, x1, 98), cut), Detection(k, k / 8, (x0, 101, x1, 171), cut)]
             closed += t.update(k, dets)
@@ -115,14 +121,18 @@ def test_a_clip_gives_each_fruit_once_sized_and_graded_with_its_journey(client, 
     assert ev["events"][0]["clip_id"] == body["clip"]["id"]
     assert ev["events"][1]["diameter_mm"] == f["diameter_mm"]
     again = post_clip(client, clip).json()  # the same clip twice: the stored results, nothing graded twice
-    assert {x["result_id"] for x in again["fruits"]} == {x["result_id"] for x in body["fruits"]} and all(x["replayed"] for x in again["fruits"])
+    assert {x["result_id"] for x in again["fruits"]} == {x["result_id"] for x in body["fruits"]} and all(
+        x["replayed"] for x in again["fruits"]
+    )
 
 
 def test_verdicts_join_the_journey(client, clip):
-    body = post_clip(client, clip, lot_id="") .json()
+    body = post_clip(client, clip, lot_id="").json()
     fruit = body["fruits"][0]
     ev = client.get(f"/v1/fruits/{fruit['fruit_id']}/events", headers=headers("inspector")).json()
-    r = client.post(f"/v1/review/fruits/{ev['fruit']}/verdict", json={"decision": "confirm", "inspector": "Ana"}, headers=headers("inspector"))
+    r = client.post(
+        f"/v1/review/fruits/{ev['fruit']}/verdict", json={"decision": "confirm", "inspector": "Ana"}, headers=headers("inspector")
+    )
     assert r.status_code == 200
     stages = [e["stage"] for e in client.get(f"/v1/fruits/{fruit['fruit_id']}/events", headers=headers("inspector")).json()["events"]]
     assert stages[-1] == "examined"
@@ -132,8 +142,12 @@ def test_verdicts_join_the_journey(client, clip):
 def test_bad_videos_get_a_clear_422(client, data, code):
     r = client.post("/v1/cameras/c1/video", files={"video": ("x.avi", data, "video/x-msvideo")}, headers=headers())
     assert r.status_code == 422 and r.json()["error"]["code"] == code and r.json()["error"]["field"] == "video"
-    assert client.post("/v1/cameras/c1/video", files={"video": ("x.avi", data or b"x", "video/x-msvideo")},
-                       headers=headers("inspector")).status_code == 403
+    assert (
+        client.post(
+            "/v1/cameras/c1/video", files={"video": ("x.avi", data or b"x", "video/x-msvideo")}, headers=headers("inspector")
+        ).status_code
+        == 403
+    )
 
 
 def test_live_stream_over_websocket(client, clip):
@@ -186,9 +200,13 @@ def test_thirty_seconds_of_three_lanes_through_a_real_server(tmp_path):
     clip = make_conveyor_clip(tmp_path / "belt30.avi", lanes=3, seconds=30, seed=11)
     env = {"GRADER_API_KEYS": ",".join(f"{r}:{k}" for r, k in API_KEYS.items())}
     with ServerProcess(tmp_path / "var", env) as srv, open(clip.path, "rb") as f:
-        r = httpx.post(srv.url + "/v1/cameras/line1-cam1/video", files={"video": ("belt30.avi", f.read(), "video/x-msvideo")},
-                       data={"mm_per_px": str(MM_PER_PX), "lanes": "3", "belt_speed_mm_s": str(clip.speed_mm_s)},
-                       headers={"X-API-Key": API_KEYS["camera"]}, timeout=600)
+        r = httpx.post(
+            srv.url + "/v1/cameras/line1-cam1/video",
+            files={"video": ("belt30.avi", f.read(), "video/x-msvideo")},
+            data={"mm_per_px": str(MM_PER_PX), "lanes": "3", "belt_speed_mm_s": str(clip.speed_mm_s)},
+            headers={"X-API-Key": API_KEYS["camera"]},
+            timeout=600,
+        )
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["counts"]["graded"] == len(clip.fruits) >= 30

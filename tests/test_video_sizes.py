@@ -40,9 +40,12 @@ def match(fruits: list[dict], clip) -> list[tuple[dict, object]]:
 def test_every_fruit_is_sized_within_2_mm_at_1_mm_per_px(client, tmp_path, seed, lanes, seconds, options):
     clip = make_conveyor_clip(tmp_path / "belt.avi", lanes=lanes, seconds=seconds, seed=seed, mm_per_px=MM_PER_PX, **options)
     with open(clip.path, "rb") as f:
-        r = client.post("/v1/cameras/line1-cam1/video", files={"video": ("belt.avi", f.read(), "video/x-msvideo")},
-                        data={"mm_per_px": str(MM_PER_PX), "lanes": str(lanes), "belt_speed_mm_s": str(clip.speed_mm_s)},
-                        headers=headers())
+        r = client.post(
+            "/v1/cameras/line1-cam1/video",
+            files={"video": ("belt.avi", f.read(), "video/x-msvideo")},
+            data={"mm_per_px": str(MM_PER_PX), "lanes": str(lanes), "belt_speed_mm_s": str(clip.speed_mm_s)},
+            headers=headers(),
+        )
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["counts"]["seen"] == body["counts"]["graded"] == len(clip.fruits), body["not_graded"]

@@ -22,11 +22,21 @@ def _graph(logit_scale: float = 1.0, distance_scale: float = 1.0) -> onnx.ModelP
         helper.make_node("ReduceSum", ["sq", "axes"], ["s"], keepdims=0),
         helper.make_node("Mul", ["s", "ds"], ["ood_distance"]),
     ]
-    inits = [helper.make_tensor("ls", TensorProto.FLOAT, [], [logit_scale]), helper.make_tensor("ds", TensorProto.FLOAT, [], [distance_scale]),
-             helper.make_tensor("axes", TensorProto.INT64, [3], [1, 2, 3])]
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["n", 3, 8, 8])],
-                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 3]),
-                           helper.make_tensor_value_info("ood_distance", TensorProto.FLOAT, ["n"])], inits)
+    inits = [
+        helper.make_tensor("ls", TensorProto.FLOAT, [], [logit_scale]),
+        helper.make_tensor("ds", TensorProto.FLOAT, [], [distance_scale]),
+        helper.make_tensor("axes", TensorProto.INT64, [3], [1, 2, 3]),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["n", 3, 8, 8])],
+        [
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 3]),
+            helper.make_tensor_value_info("ood_distance", TensorProto.FLOAT, ["n"]),
+        ],
+        inits,
+    )
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -41,7 +51,9 @@ def test_an_averaged_graph_that_computes_the_same_passes():
 def test_float32_rounding_of_a_distance_passes_a_real_difference_does_not():
     # a distance off by 2e-4 of its scale (float32 rounding through a near-singular covariance) is
     # the same distance to its threshold; one off by 1 % is another graph
-    assert check_views(_graph(), add_views(_graph(distance_scale=1.0002), 4), BATCH, 4, ["ood_distance"])["max_rel_diff_ood_distance"] > 1e-4
+    assert (
+        check_views(_graph(), add_views(_graph(distance_scale=1.0002), 4), BATCH, 4, ["ood_distance"])["max_rel_diff_ood_distance"] > 1e-4
+    )
     with pytest.raises(RuntimeError, match="disagrees"):
         check_views(_graph(), add_views(_graph(distance_scale=1.01), 4), BATCH, 4, ["ood_distance"])
 

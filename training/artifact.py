@@ -43,8 +43,21 @@ def json_safe(x: Any) -> Any:
     return x
 
 
-def finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, history, best_epoch, train_seconds, train_crops,
-           report_split: str = "test", held_out: dict[str, Any] | None = None) -> dict[str, Any]:
+def finish(
+    cfg,
+    model,
+    out_dir,
+    eval_batches,
+    labels,
+    sessions,
+    digest,
+    history,
+    best_epoch,
+    train_seconds,
+    train_crops,
+    report_split: str = "test",
+    held_out: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Calibrate and pick thresholds on val, evaluate on test, export (with the explanation outputs
     of training/explain.py, fitted on ``train_crops``), check, write metadata. ``held_out`` (logits,
     labels, sessions) replaces val for calibration and the val figures where the val sessions were
@@ -61,8 +74,9 @@ def finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, history,
     if held_out is None:
         cal = calibrate(cfg, logits, labels, sessions)
     else:
-        cal = calibrate(cfg, {**logits, "val": held_out["logits"]}, {**labels, "val": held_out["labels"]},
-                        {**sessions, "val": held_out["sessions"]})
+        cal = calibrate(
+            cfg, {**logits, "val": held_out["logits"]}, {**labels, "val": held_out["labels"]}, {**sessions, "val": held_out["sessions"]}
+        )
     temperature, threshold, band, metrics = cal["temperature"], cal["threshold"], cal["band"], cal["metrics"]
     metrics = {"best_epoch": best_epoch, "train_seconds": round(train_seconds, 1), **metrics}
 
@@ -71,18 +85,30 @@ def finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, history,
     # the same graph edit an existing artifact gets from `python -m training.explain`: defect_map and
     # ood_distance, the latter fitted on the train crops, its threshold a quantile of the val crops'
     if held_out is None:
-        explained = explain.add_outputs(out_dir / "model.onnx", out_dir / "model.onnx", spec, train_crops, labels["train"], eval_batches["val"],
-                                        float(cfg["thresholds"].get("ood_distance_quantile", 0.99)),
-                                        early_block=explain.early_block_of(cfg))
+        explained = explain.add_outputs(
+            out_dir / "model.onnx",
+            out_dir / "model.onnx",
+            spec,
+            train_crops,
+            labels["train"],
+            eval_batches["val"],
+            float(cfg["thresholds"].get("ood_distance_quantile", 0.99)),
+            early_block=explain.early_block_of(cfg),
+        )
     else:
         # a head fitted on train and val sessions (cross-session): the distances learn every session
         # too, each threshold read on the sessions held out one at a time (training/explain.py)
-        explained = explain.add_outputs(out_dir / "model.onnx", out_dir / "model.onnx", spec,
-                                        np.concatenate([preprocess(list(train_crops), spec), eval_batches["val"]]),
-                                        np.concatenate([labels["train"], labels["val"]]), eval_batches["val"],
-                                        float(cfg["thresholds"].get("ood_distance_quantile", 0.99)),
-                                        early_block=explain.early_block_of(cfg),
-                                        train_groups=list(sessions["train"]) + list(sessions["val"]))
+        explained = explain.add_outputs(
+            out_dir / "model.onnx",
+            out_dir / "model.onnx",
+            spec,
+            np.concatenate([preprocess(list(train_crops), spec), eval_batches["val"]]),
+            np.concatenate([labels["train"], labels["val"]]),
+            eval_batches["val"],
+            float(cfg["thresholds"].get("ood_distance_quantile", 0.99)),
+            early_block=explain.early_block_of(cfg),
+            train_groups=list(sessions["train"]) + list(sessions["val"]),
+        )
     view_check = None
     if views > 1:
         single = onnx.load(str(out_dir / "model.onnx"))
@@ -104,20 +130,32 @@ def finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, history,
     if cfg.get("fruit_check"):
         # the fruit / not-fruit head on the same pooled features (training/fruit_check.py)
         fc = cfg["fruit_check"]
-        region_crops, region_is_fruit, regs = fruit_check.regions_for(fc, cfg["data"].get("splits") or {}, Path(fc.get("work_dir", "var/fruit_check")),
-                                                                       margin=spec.crop_margin_frac)
-        edited, fruit_record = fruit_check.fit(onnx.load(str(out_dir / "model.onnx")), spec, region_crops, region_is_fruit, regs,
-                                               float(fc.get("keep_fruit", fruit_check.DEFAULT_KEEP_FRUIT)), float(fc.get("l2", 1.0)))
+        region_crops, region_is_fruit, regs = fruit_check.regions_for(
+            fc, cfg["data"].get("splits") or {}, Path(fc.get("work_dir", "var/fruit_check")), margin=spec.crop_margin_frac
+        )
+        edited, fruit_record = fruit_check.fit(
+            onnx.load(str(out_dir / "model.onnx")),
+            spec,
+            region_crops,
+            region_is_fruit,
+            regs,
+            float(fc.get("keep_fruit", fruit_check.DEFAULT_KEEP_FRUIT)),
+            float(fc.get("l2", 1.0)),
+        )
         onnx.save(edited, str(out_dir / "model.onnx"))
         val_fc = fruit_record["metrics"].get("val") or fruit_record["metrics"]["train"]
-        print(f"fruit check: threshold {fruit_record['threshold']:.3f}, val fruit kept {val_fc['fruit_kept']}, "
-              f"not fruit rejected {val_fc['not_fruit_rejected']}")
+        print(
+            f"fruit check: threshold {fruit_record['threshold']:.3f}, val fruit kept {val_fc['fruit_kept']}, "
+            f"not fruit rejected {val_fc['not_fruit_rejected']}"
+        )
     check_batch = eval_batches["test"][:32]
     metrics["onnx_check"] = check_export(judge, out_dir / "model.onnx", check_batch, temperature)
     if view_check is not None:
         metrics["onnx_check"]["views"] = view_check
     parity = parity_record(judge, int(cfg["model"]["input_size"]))
-    chosen_on = "val" if held_out is None else "held-out sessions of train and val (metrics.val: each fold scored by a head fitted without it)"
+    chosen_on = (
+        "val" if held_out is None else "held-out sessions of train and val (metrics.val: each fold scored by a head fitted without it)"
+    )
     meta = {
         "schema_version": SCHEMA_VERSION,
         "name": cfg["name"],
@@ -141,12 +179,17 @@ def finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, history,
             "resize": "cv2 INTER_AREA (downscale) / INTER_LINEAR (upscale)",
             **crop_segmentation_record(spec.crop_segmentation),
             **({} if spec.colour_normalise is None else {"colour_normalise": spec.colour_normalise.to_dict()}),
-            **({} if spec.fruit_body is None else {"fruit_body": {"factor": spec.fruit_body,
-                                                                   "step": "grader.crop.fruit_body, before the resize"}}),
+            **(
+                {}
+                if spec.fruit_body is None
+                else {"fruit_body": {"factor": spec.fruit_body, "step": "grader.crop.fruit_body, before the resize"}}
+            ),
             **({} if views == 1 else {"test_time_views": views_record(views)}),
         },
-        "calibration": {"method": f"temperature scaling on {chosen_on}" + ("" if views == 1 else ", of the logits averaged over the views"),
-                        "temperature": temperature},
+        "calibration": {
+            "method": f"temperature scaling on {chosen_on}" + ("" if views == 1 else ", of the logits averaged over the views"),
+            "temperature": temperature,
+        },
         "thresholds": {
             "defective": threshold,
             "review_band": list(band),
@@ -159,7 +202,9 @@ def finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, history,
             "manifest_sha256": digest,
             "source": cfg["data"].get("root") or cfg["data"].get("manifest") or "synthetic",
             "splits": cfg["data"].get("splits", {}),
-            "split_rule": cfg["data"].get("split_rule", "whole capture sessions (or lots) per split (datasets/fruitnet.py:session_of, datasets/line.py:assign_splits)"),
+            "split_rule": cfg["data"].get(
+                "split_rule", "whole capture sessions (or lots) per split (datasets/fruitnet.py:session_of, datasets/line.py:assign_splits)"
+            ),
         },
         "parity": parity,
         **({} if (pre := pretrained_record(cfg["model"]["arch"])) is None else {"pretrained": pre}),
@@ -184,11 +229,16 @@ def finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, history,
         f"onnx vs torch max |Δscore| {metrics['onnx_check']['max_abs_diff_scores']:.2e}"
     )
     if multi:
-        print(f"{split}: defect type accuracy {t['types']['accuracy']:.3f} (balanced {t['types']['balanced_accuracy']:.3f}) over {t['types']['n']} defective fruit")
+        print(
+            f"{split}: defect type accuracy {t['types']['accuracy']:.3f} (balanced {t['types']['balanced_accuracy']:.3f}) over {t['types']['n']} defective fruit"
+        )
     if group_key != "session":
         for g, r in t[f"per_{group_key}"].items():
-            print(f"{split}, {group_key} {g}: n {r['n']}, balanced accuracy {r['balanced_accuracy']:.3f}, recall(defective) {r['recall_defective']:.3f}, "
-                  f"recall(sound) {r['recall_sound']:.3f}" + (f", type accuracy {r['types']['accuracy']:.3f}" if multi and r["types"]["n"] else ""))
+            print(
+                f"{split}, {group_key} {g}: n {r['n']}, balanced accuracy {r['balanced_accuracy']:.3f}, recall(defective) {r['recall_defective']:.3f}, "
+                f"recall(sound) {r['recall_sound']:.3f}"
+                + (f", type accuracy {r['types']['accuracy']:.3f}" if multi and r["types"]["n"] else "")
+            )
     if split != "test":
         print(f"(the test figures are in {out_dir / 'metadata.json'}: metrics.test)")
     print(f"artifact written to {out_dir}")

@@ -69,8 +69,11 @@ def pick_threshold_by_group(y: np.ndarray, scores: np.ndarray, groups: list[str]
     best: tuple[float, float, float] | None = None
     for t in np.unique(np.clip(scores, 0.02, 0.98)):
         per = [binary_report(y[g == k], scores[g == k], float(t), counts_only=True)["balanced_accuracy"] for k in both]
-        key = (float(np.nanmin(per) if worst else np.nanmean(per)),
-               float(binary_report(y, scores, float(t), counts_only=True)["balanced_accuracy"]), -float(t))
+        key = (
+            float(np.nanmin(per) if worst else np.nanmean(per)),
+            float(binary_report(y, scores, float(t), counts_only=True)["balanced_accuracy"]),
+            -float(t),
+        )
         if best is None or key > best:
             best = key
     return 0.5 if best is None else -best[2]
@@ -96,7 +99,9 @@ def type_report(labels: np.ndarray, logits: np.ndarray, cfg: dict[str, Any]) -> 
     }
 
 
-def calibrate(cfg: dict[str, Any], logits: dict[str, np.ndarray], labels: dict[str, np.ndarray], sessions: dict[str, list[str]]) -> dict[str, Any]:
+def calibrate(
+    cfg: dict[str, Any], logits: dict[str, np.ndarray], labels: dict[str, np.ndarray], sessions: dict[str, list[str]]
+) -> dict[str, Any]:
     """Everything the artifact decides from its logits: the temperature fitted on val, the
     defective threshold and review band by the config's rule on val, the energy threshold for
     out-of-distribution, and the figures of every split (``logits`` holds val and the other
@@ -153,7 +158,15 @@ def calibrate(cfg: dict[str, Any], logits: dict[str, np.ndarray], labels: dict[s
                 per_group[sess]["types"] = type_report(labels[split][idx], split_logits[idx], cfg)
         rep[f"per_{group_key}"] = per_group
         metrics[split] = rep
-    return {"temperature": temperature, "threshold": threshold, "band": band, "rule": rule, "ood_threshold": ood_threshold,
-            "ood_rule": (f"quantile {ood_q:g} of the val crops' energy -T*logsumexp(logits/T) "
-                         "at the calibration temperature T; above it a crop is out of distribution"),
-            "metrics": metrics}
+    return {
+        "temperature": temperature,
+        "threshold": threshold,
+        "band": band,
+        "rule": rule,
+        "ood_threshold": ood_threshold,
+        "ood_rule": (
+            f"quantile {ood_q:g} of the val crops' energy -T*logsumexp(logits/T) "
+            "at the calibration temperature T; above it a crop is out of distribution"
+        ),
+        "metrics": metrics,
+    }

@@ -127,9 +127,7 @@ def load_dataset(root: Path, split: str) -> Dataset:
     entries = [e for e in manifest["items"] if isinstance(e, dict) and e.get("split") == split]
     if not entries:
         present = sorted({str(e.get("split")) for e in manifest["items"] if isinstance(e, dict)})
-        raise CompareInputError(
-            f"{manifest_path} has no items in split {split!r} (splits present: {', '.join(present) or 'none'})"
-        )
+        raise CompareInputError(f"{manifest_path} has no items in split {split!r} (splits present: {', '.join(present) or 'none'})")
     items: list[Item] = []
     missing: list[str] = []
     for n, e in enumerate(entries):
@@ -148,14 +146,27 @@ def load_dataset(root: Path, split: str) -> Dataset:
             continue
         lot = e.get("lot")
         items.append(
-            Item(path=path, file=file, kind=kind, label=label, defective=label != "sound",
-                 session=str(e.get("session") or "(none)"), lot=None if lot is None else str(lot))
+            Item(
+                path=path,
+                file=file,
+                kind=kind,
+                label=label,
+                defective=label != "sound",
+                session=str(e.get("session") or "(none)"),
+                lot=None if lot is None else str(lot),
+            )
         )
     if missing:
         shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
         raise CompareInputError(f"{len(missing)} file(s) of split {split!r} missing under {root}: {shown}")
-    return Dataset(root=root, split=split, items=items, classes=[str(c) for c in classes],
-                   manifest_sha256=manifest.get("sha256"), manifest_file_sha256=hashlib.sha256(raw).hexdigest())
+    return Dataset(
+        root=root,
+        split=split,
+        items=items,
+        classes=[str(c) for c in classes],
+        manifest_sha256=manifest.get("sha256"),
+        manifest_file_sha256=hashlib.sha256(raw).hexdigest(),
+    )
 
 
 def load_crops(items: Sequence[Item], margin_frac: float, params: SegmentationParams | None = None) -> list[np.ndarray]:
@@ -179,8 +190,9 @@ def load_model(path: Path, role: str, threads: int) -> OnnxDefectModel:
         raise CompareInputError(f"{role} model: {exc}") from exc
 
 
-def score_items(items: Sequence[Item], models: dict[str, OnnxDefectModel], keep: int = max(LATENCY_BATCHES)
-                ) -> tuple[dict[str, np.ndarray], dict[str, list[np.ndarray]]]:
+def score_items(
+    items: Sequence[Item], models: dict[str, OnnxDefectModel], keep: int = max(LATENCY_BATCHES)
+) -> tuple[dict[str, np.ndarray], dict[str, list[np.ndarray]]]:
     """Calibrated P(defective) per item and model, exactly as serving computes it, and each model's
     first ``keep`` crops (to time it on). Items stream through in batches, since whole photos make
     large crops; models sharing a crop margin and segmentation settings share the cropping."""
@@ -200,8 +212,12 @@ def score_items(items: Sequence[Item], models: dict[str, OnnxDefectModel], keep:
     return {role: np.asarray(v, dtype=np.float64) for role, v in scores.items()}, kept
 
 
-def measure_latency(models: Sequence[OnnxDefectModel], crops: Sequence[Sequence[np.ndarray]],
-                    batches: Sequence[int] = LATENCY_BATCHES, repeats: int = LATENCY_REPEATS) -> list[dict[str, Any]]:
+def measure_latency(
+    models: Sequence[OnnxDefectModel],
+    crops: Sequence[Sequence[np.ndarray]],
+    batches: Sequence[int] = LATENCY_BATCHES,
+    repeats: int = LATENCY_REPEATS,
+) -> list[dict[str, Any]]:
     """Median milliseconds per crop of ``OnnxDefectModel.run`` on preprocessed batches, per model,
     with each batch size's interquartile range (ms per crop) to show how noisy the figure is.
 
@@ -241,9 +257,15 @@ def reliability_bins(y: np.ndarray, s: np.ndarray, bins: int = ECE_BINS) -> list
     for lo, hi in itertools.pairwise(edges):
         sel = (s >= lo) & (s < hi if hi < 1 else s <= hi)
         n = int(sel.sum())
-        out.append({"lo": float(lo), "hi": float(hi), "n": n,
-                    "mean_score": float(s[sel].mean()) if n else None,
-                    "defective_rate": float(y[sel].mean()) if n else None})
+        out.append(
+            {
+                "lo": float(lo),
+                "hi": float(hi),
+                "n": n,
+                "mean_score": float(s[sel].mean()) if n else None,
+                "defective_rate": float(y[sel].mean()) if n else None,
+            }
+        )
     return out
 
 
@@ -292,15 +314,22 @@ def _m(role: str, key: str) -> Callable[[dict[str, dict[str, Any]]], float]:
 GATES: dict[str, Gate] = {
     g.key: g
     for g in (
-        Gate("min_balanced_accuracy_gain", "min", "candidate balanced accuracy − current's",
-             lambda m: _m("candidate", "balanced_accuracy")(m) - _m("current", "balanced_accuracy")(m)),
+        Gate(
+            "min_balanced_accuracy_gain",
+            "min",
+            "candidate balanced accuracy − current's",
+            lambda m: _m("candidate", "balanced_accuracy")(m) - _m("current", "balanced_accuracy")(m),
+        ),
         Gate("min_defective_recall", "min", "candidate recall on defective fruit", _m("candidate", "recall_defective")),
         Gate("max_ece", "max", "candidate expected calibration error", _m("candidate", "ece")),
-        Gate("max_latency_ratio", "max", "candidate / current latency per crop at batch 16",
-             lambda m: m["candidate"]["latency_ms_per_crop"]["batch_16"] / m["current"]["latency_ms_per_crop"]["batch_16"]),
+        Gate(
+            "max_latency_ratio",
+            "max",
+            "candidate / current latency per crop at batch 16",
+            lambda m: m["candidate"]["latency_ms_per_crop"]["batch_16"] / m["current"]["latency_ms_per_crop"]["batch_16"],
+        ),
         Gate("min_sound_recall", "min", "candidate recall on sound fruit", _m("candidate", "recall_sound")),
-        Gate("min_auc_gain", "min", "candidate AUC − current's",
-             lambda m: _m("candidate", "auc")(m) - _m("current", "auc")(m)),
+        Gate("min_auc_gain", "min", "candidate AUC − current's", lambda m: _m("candidate", "auc")(m) - _m("current", "auc")(m)),
     )
 }
 
@@ -375,10 +404,21 @@ def write_figures(out: Path, y: np.ndarray, runs: dict[str, dict[str, Any]]) -> 
             break
         m = r["metrics"]
         ax.plot(fpr, tpr, color=colours[role], lw=2, label=f"{role} {r['version']} (AUC {_f(m['auc'])})")
-        ax.plot([1 - m["recall_sound"]], [m["recall_defective"]], "o", color=colours[role], ms=8,
-                label=f"{role} at threshold {m['threshold']:.3g}")
-    ax.set(xlabel="false-positive rate (sound called defective)", ylabel="true-positive rate (defective recall)",
-           xlim=(0, 1), ylim=(0, 1.02), title="ROC")
+        ax.plot(
+            [1 - m["recall_sound"]],
+            [m["recall_defective"]],
+            "o",
+            color=colours[role],
+            ms=8,
+            label=f"{role} at threshold {m['threshold']:.3g}",
+        )
+    ax.set(
+        xlabel="false-positive rate (sound called defective)",
+        ylabel="true-positive rate (defective recall)",
+        xlim=(0, 1),
+        ylim=(0, 1.02),
+        title="ROC",
+    )
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
@@ -390,15 +430,27 @@ def write_figures(out: Path, y: np.ndarray, runs: dict[str, dict[str, Any]]) -> 
         ax = fig.add_subplot(1, 2, k + 1)
         ax.plot([0, 1], [0, 1], color="0.7", lw=1, ls="--")
         bins = [b for b in r["reliability"] if b["n"]]
-        ax.bar([(b["lo"] + b["hi"]) / 2 for b in r["reliability"]],
-               [b["defective_rate"] or 0.0 for b in r["reliability"]], width=1 / ECE_BINS,
-               color=colours[role], alpha=0.35, edgecolor=colours[role], label="observed defective rate")
-        ax.plot([b["mean_score"] for b in bins], [b["defective_rate"] for b in bins], "o-", color=colours[role],
-                label="mean score vs observed")
+        ax.bar(
+            [(b["lo"] + b["hi"]) / 2 for b in r["reliability"]],
+            [b["defective_rate"] or 0.0 for b in r["reliability"]],
+            width=1 / ECE_BINS,
+            color=colours[role],
+            alpha=0.35,
+            edgecolor=colours[role],
+            label="observed defective rate",
+        )
+        ax.plot(
+            [b["mean_score"] for b in bins], [b["defective_rate"] for b in bins], "o-", color=colours[role], label="mean score vs observed"
+        )
         for b in bins:
             ax.annotate(str(b["n"]), ((b["lo"] + b["hi"]) / 2, 0.02), ha="center", fontsize=7, color="0.3")
-        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="predicted P(defective)", ylabel="observed defective rate",
-               title=f"{role} {r['version']}: ECE {_f(r['metrics']['ece'])}")
+        ax.set(
+            xlim=(0, 1),
+            ylim=(0, 1),
+            xlabel="predicted P(defective)",
+            ylabel="observed defective rate",
+            title=f"{role} {r['version']}: ECE {_f(r['metrics']['ece'])}",
+        )
         ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     fig.savefig(out / files["reliability"], dpi=110)
@@ -410,8 +462,7 @@ def write_figures(out: Path, y: np.ndarray, runs: dict[str, dict[str, Any]]) -> 
         mat = np.asarray(r["metrics"]["confusion"]["matrix"])
         ax.imshow(mat, cmap="Blues" if role == "current" else "Oranges", vmin=0, vmax=max(int(mat.max()), 1))
         for (i, j), v in np.ndenumerate(mat):
-            ax.text(j, i, str(v), ha="center", va="center", fontsize=14,
-                    color="white" if v > mat.max() / 2 else "black")
+            ax.text(j, i, str(v), ha="center", va="center", fontsize=14, color="white" if v > mat.max() / 2 else "black")
         ax.set_xticks([0, 1], ["sound", "defective"])
         ax.set_yticks([0, 1], ["sound", "defective"])
         ax.set(xlabel="predicted", ylabel="true", title=f"{role} {r['version']} (threshold {r['metrics']['threshold']:.3g})")
@@ -454,9 +505,11 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# {cand['name']} {cand['version']} (candidate) vs {cur['name']} {cur['version']} (current)",
         "",
-        (f"Data: `{d['dir']}`, split **{d['split']}**: {d['n']} items ({d['n_defective']} defective, "
-         f"{d['n_sound']} sound; {d['n_image']} whole images cropped, {d['n_crop']} crops), "
-         f"manifest sha256 `{d['manifest_sha256'] or d['manifest_file_sha256']}`."),
+        (
+            f"Data: `{d['dir']}`, split **{d['split']}**: {d['n']} items ({d['n_defective']} defective, "
+            f"{d['n_sound']} sound; {d['n_image']} whole images cropped, {d['n_crop']} crops), "
+            f"manifest sha256 `{d['manifest_sha256'] or d['manifest_file_sha256']}`."
+        ),
         "",
         f"**Verdict: {report['verdict']}**"
         + (f" — failing gates: {', '.join(report['failing_gates'])}" if report["failing_gates"] else ""),
@@ -466,9 +519,15 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"| | current {cur['version']} | candidate {cand['version']} | Δ (candidate − current) |",
         "|---|---:|---:|---:|",
     ]
-    rows = [("balanced accuracy", "balanced_accuracy"), ("recall defective", "recall_defective"),
-            ("recall sound", "recall_sound"), ("accuracy", "accuracy"), ("AUC", "auc"),
-            ("ECE (10 bins)", "ece"), ("threshold", "threshold")]
+    rows = [
+        ("balanced accuracy", "balanced_accuracy"),
+        ("recall defective", "recall_defective"),
+        ("recall sound", "recall_sound"),
+        ("accuracy", "accuracy"),
+        ("AUC", "auc"),
+        ("ECE (10 bins)", "ece"),
+        ("threshold", "threshold"),
+    ]
     for name, key in rows:
         lines.append(f"| {name} | {_f(mc[key])} | {_f(md[key])} | {_delta(mc[key], md[key])} |")
     lines.append(f"| temperature | {_f(cur['temperature'])} | {_f(cand['temperature'])} | |")
@@ -486,24 +545,38 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append(f"| `{g['gate']}`: {g['description']} | {_f(g['measured'])} | {limit} | {result}{note} |")
 
     dis = report["disagreements"]
-    lines += ["", "## Disagreements", "",
-              (f"{dis['count']} of {d['n']} items get different labels (each model at its own threshold): "
-               f"the candidate is right on {dis['candidate_right']}, the current model on {dis['current_right']}."), ""]
+    lines += [
+        "",
+        "## Disagreements",
+        "",
+        (
+            f"{dis['count']} of {d['n']} items get different labels (each model at its own threshold): "
+            f"the candidate is right on {dis['candidate_right']}, the current model on {dis['current_right']}."
+        ),
+        "",
+    ]
     if dis["items"]:
         shown = dis["items"][:MD_MAX_DISAGREEMENTS]
-        lines += ["| path | truth | current score → label | candidate score → label | session | lot |",
-                  "|---|---|---:|---:|---|---|"]
+        lines += ["| path | truth | current score → label | candidate score → label | session | lot |", "|---|---|---:|---:|---|---|"]
         for it in shown:
-            lines.append(f"| `{it['path']}` | {it['label']} | {it['current_score']:.3f} → {it['current_label']} | "
-                         f"{it['candidate_score']:.3f} → {it['candidate_label']} | {it['session']} | {it['lot'] or '—'} |")
+            lines.append(
+                f"| `{it['path']}` | {it['label']} | {it['current_score']:.3f} → {it['current_label']} | "
+                f"{it['candidate_score']:.3f} → {it['candidate_label']} | {it['session']} | {it['lot'] or '—'} |"
+            )
         if len(dis["items"]) > len(shown):
             lines.append(f"\n… {len(dis['items']) - len(shown)} more in report.json.")
 
     for title, key in (("Per session", "per_session"), ("Per lot", "per_lot")):
-        lines += ["", f"## {title}", "",
-                  ("| group | n | bal. acc. cur | bal. acc. cand | recall def. cur | recall def. cand "
-                   "| recall sound cur | recall sound cand | ECE cur | ECE cand | disagree |"),
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            f"## {title}",
+            "",
+            (
+                "| group | n | bal. acc. cur | bal. acc. cand | recall def. cur | recall def. cand "
+                "| recall sound cur | recall sound cand | ECE cur | ECE cand | disagree |"
+            ),
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
         for group, gc in cur[key].items():
             gd = cand[key][group]
             lines.append(
@@ -513,15 +586,27 @@ def render_markdown(report: dict[str, Any]) -> str:
             )
 
     figs = report["figures"]
-    lines += ["", "## Figures", "", f"![ROC curves of both models]({figs['roc']})", "",
-              f"![Reliability diagrams]({figs['reliability']})", "",
-              f"![Confusion matrices at each model's own threshold]({figs['confusion']})", "",
-              "Latency: median of "
-              f"{report['latency_repeats']} timed `OnnxDefectModel.run` calls per batch size, models interleaved, "
-              f"{report['threads'] or 'all'} ONNX Runtime thread(s)"
-              + (f"; **noisy** for {' and '.join(report['latency_noisy'])} (interquartile range over "
-                 f"{LATENCY_NOISY_IQR:.0%} of the median: rerun on a quiet machine before trusting the latency gate)."
-                 if report["latency_noisy"] else "."), ""]
+    lines += [
+        "",
+        "## Figures",
+        "",
+        f"![ROC curves of both models]({figs['roc']})",
+        "",
+        f"![Reliability diagrams]({figs['reliability']})",
+        "",
+        f"![Confusion matrices at each model's own threshold]({figs['confusion']})",
+        "",
+        "Latency: median of "
+        f"{report['latency_repeats']} timed `OnnxDefectModel.run` calls per batch size, models interleaved, "
+        f"{report['threads'] or 'all'} ONNX Runtime thread(s)"
+        + (
+            f"; **noisy** for {' and '.join(report['latency_noisy'])} (interquartile range over "
+            f"{LATENCY_NOISY_IQR:.0%} of the median: rerun on a quiet machine before trusting the latency gate)."
+            if report["latency_noisy"]
+            else "."
+        ),
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -529,17 +614,26 @@ def summary(report: dict[str, Any], out: Path) -> str:
     cur, cand = report["models"]["current"], report["models"]["candidate"]
     d = report["data"]
     lines = [
-        (f"compare: current {cur['name']} {cur['version']} vs candidate {cand['name']} {cand['version']} "
-         f"on {d['dir']} [{d['split']}: {d['n']} items, {d['n_defective']} defective, {d['n_sound']} sound]"),
+        (
+            f"compare: current {cur['name']} {cur['version']} vs candidate {cand['name']} {cand['version']} "
+            f"on {d['dir']} [{d['split']}: {d['n']} items, {d['n_defective']} defective, {d['n_sound']} sound]"
+        ),
         f"  {'':<24}{'current':>10}{'candidate':>11}",
     ]
-    for name, key in (("balanced accuracy", "balanced_accuracy"), ("recall defective", "recall_defective"),
-                      ("recall sound", "recall_sound"), ("AUC", "auc"), ("ECE", "ece"), ("threshold", "threshold")):
+    for name, key in (
+        ("balanced accuracy", "balanced_accuracy"),
+        ("recall defective", "recall_defective"),
+        ("recall sound", "recall_sound"),
+        ("AUC", "auc"),
+        ("ECE", "ece"),
+        ("threshold", "threshold"),
+    ):
         lines.append(f"  {name:<24}{_f(cur['metrics'][key]):>10}{_f(cand['metrics'][key]):>11}")
     for b in LATENCY_BATCHES:
         k = f"batch_{b}"
-        lines.append(f"  {f'latency b{b} ms/crop':<24}{_f(cur['latency_ms_per_crop'][k], 2):>10}"
-                     f"{_f(cand['latency_ms_per_crop'][k], 2):>11}")
+        lines.append(
+            f"  {f'latency b{b} ms/crop':<24}{_f(cur['latency_ms_per_crop'][k], 2):>10}{_f(cand['latency_ms_per_crop'][k], 2):>11}"
+        )
     if report["latency_noisy"]:
         lines.append(f"  (latency noisy for {' and '.join(report['latency_noisy'])}: machine busy? rerun before trusting it)")
     lines.append(f"  disagreements: {report['disagreements']['count']} of {d['n']}")
@@ -554,9 +648,17 @@ def summary(report: dict[str, Any], out: Path) -> str:
 
 
 # ----------------------------------------------------------------------------- run
-def compare(current: Path, candidate: Path, data: Path, split: str = "test", out: Path | None = None,
-            gate_overrides: Sequence[str] = (), gates_file: Path = DEFAULT_GATES, threads: int = 0,
-            latency_repeats: int = LATENCY_REPEATS) -> tuple[dict[str, Any], Path]:
+def compare(
+    current: Path,
+    candidate: Path,
+    data: Path,
+    split: str = "test",
+    out: Path | None = None,
+    gate_overrides: Sequence[str] = (),
+    gates_file: Path = DEFAULT_GATES,
+    threads: int = 0,
+    latency_repeats: int = LATENCY_REPEATS,
+) -> tuple[dict[str, Any], Path]:
     """Run the whole comparison and write the report; returns (report, out dir)."""
     if latency_repeats < 1:
         raise CompareInputError(f"latency repeats must be at least 1, got {latency_repeats}")
@@ -575,10 +677,15 @@ def compare(current: Path, candidate: Path, data: Path, split: str = "test", out
         s = scores[role]
         thr = model.spec.threshold_defective
         runs[role] = {
-            "dir": str(model.model_dir), "name": model.spec.name, "version": model.spec.version,
-            "onnx_sha256": model.sha256, "temperature": model.spec.temperature,
-            "crop_margin_frac": model.spec.crop_margin_frac, "input_size": list(model.spec.input_size),
-            "scores": s, "predicted": s >= thr,
+            "dir": str(model.model_dir),
+            "name": model.spec.name,
+            "version": model.spec.version,
+            "onnx_sha256": model.sha256,
+            "temperature": model.spec.temperature,
+            "crop_margin_frac": model.spec.crop_margin_frac,
+            "input_size": list(model.spec.input_size),
+            "scores": s,
+            "predicted": s >= thr,
             "metrics": evaluate(y, s, thr),
             "per_session": grouped(sessions, y, s, thr),
             "per_lot": grouped(lots, y, s, thr),
@@ -591,10 +698,17 @@ def compare(current: Path, candidate: Path, data: Path, split: str = "test", out
     disagree = np.flatnonzero(cur_pred != cand_pred)
     name = {True: "defective", False: "sound"}
     dis_items = [
-        {"path": dataset.items[i].path, "kind": dataset.items[i].kind, "label": dataset.items[i].label,
-         "session": dataset.items[i].session, "lot": dataset.items[i].lot,
-         "current_score": float(runs["current"]["scores"][i]), "current_label": name[bool(cur_pred[i])],
-         "candidate_score": float(runs["candidate"]["scores"][i]), "candidate_label": name[bool(cand_pred[i])]}
+        {
+            "path": dataset.items[i].path,
+            "kind": dataset.items[i].kind,
+            "label": dataset.items[i].label,
+            "session": dataset.items[i].session,
+            "lot": dataset.items[i].lot,
+            "current_score": float(runs["current"]["scores"][i]),
+            "current_label": name[bool(cur_pred[i])],
+            "candidate_score": float(runs["candidate"]["scores"][i]),
+            "candidate_label": name[bool(cand_pred[i])],
+        }
         for i in disagree
     ]
     disagreements = {
@@ -607,8 +721,11 @@ def compare(current: Path, candidate: Path, data: Path, split: str = "test", out
     }
 
     gates = check_gates(limits, runs)
-    noisy = [role for role, r in runs.items()
-             if r["latency_ms_per_crop"]["iqr"]["batch_16"] > LATENCY_NOISY_IQR * r["latency_ms_per_crop"]["batch_16"]]
+    noisy = [
+        role
+        for role, r in runs.items()
+        if r["latency_ms_per_crop"]["iqr"]["batch_16"] > LATENCY_NOISY_IQR * r["latency_ms_per_crop"]["batch_16"]
+    ]
     for g in gates:
         if g["gate"] == "max_latency_ratio" and noisy and g["passed"] is not None:
             g["note"] = f"latency of {' and '.join(noisy)} noisy (IQR > {LATENCY_NOISY_IQR:.0%} of median): machine busy?"
@@ -625,9 +742,14 @@ def compare(current: Path, candidate: Path, data: Path, split: str = "test", out
     report: dict[str, Any] = {
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "data": {
-            "dir": str(dataset.root), "split": split, "classes": dataset.classes,
-            "manifest_sha256": dataset.manifest_sha256, "manifest_file_sha256": dataset.manifest_file_sha256,
-            "n": len(dataset.items), "n_defective": int(y.sum()), "n_sound": int(len(y) - y.sum()),
+            "dir": str(dataset.root),
+            "split": split,
+            "classes": dataset.classes,
+            "manifest_sha256": dataset.manifest_sha256,
+            "manifest_file_sha256": dataset.manifest_file_sha256,
+            "n": len(dataset.items),
+            "n_defective": int(y.sum()),
+            "n_sound": int(len(y) - y.sum()),
             "n_image": sum(it.kind == "image" for it in dataset.items),
             "n_crop": sum(it.kind == "crop" for it in dataset.items),
         },
@@ -658,17 +780,21 @@ def run_args(args: argparse.Namespace) -> int:
     """The `grader compare` subcommand on parsed arguments: prints a summary, returns the exit status."""
     try:
         report, out = compare(
-            Path(args.current), Path(args.candidate), Path(args.data), split=args.split,
-            out=Path(args.out) if args.out else None, gate_overrides=args.gate,
+            Path(args.current),
+            Path(args.candidate),
+            Path(args.data),
+            split=args.split,
+            out=Path(args.out) if args.out else None,
+            gate_overrides=args.gate,
             gates_file=Path(args.gates_file) if args.gates_file else DEFAULT_GATES,
-            threads=args.threads, latency_repeats=args.latency_repeats,
+            threads=args.threads,
+            latency_repeats=args.latency_repeats,
         )
     except CompareInputError as exc:
         print(f"grader compare: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     print(summary(report, out))
     return EXIT_PROMOTE if report["verdict"] == "promote" else EXIT_KEEP
-
 
 
 def main(argv: list[str] | None = None) -> int:

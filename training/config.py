@@ -41,7 +41,9 @@ def load_config(path: Path, overrides: list[str] | None = None) -> dict[str, Any
 
 def code_version() -> str:
     try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True, cwd=Path(__file__).parent).stdout.strip()
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True, cwd=Path(__file__).parent
+        ).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
         return rev + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
@@ -112,10 +114,20 @@ def is_defective(labels: np.ndarray, cfg: dict[str, Any]) -> np.ndarray:
 def spec_for(cfg: dict[str, Any], temperature: float = 1.0, threshold: float = 0.5, band: tuple[float, float] = (0.3, 0.7)) -> ModelSpec:
     m = cfg["model"]
     return ModelSpec(
-        name=cfg["name"], version=str(cfg["version"]), classes=tuple(classes_of(cfg)), defective_classes=tuple(defective_of(cfg)),
-        input_size=(int(m["input_size"]), int(m["input_size"])), mean=tuple(m["mean"]), std=tuple(m["std"]),
-        temperature=temperature, threshold_defective=threshold, review_band=band, crop_margin_frac=float(m.get("crop_margin_frac", 0.08)),
-        colour_normalise=colour_normalise_of(cfg), crop_segmentation=segmentation_of(cfg), fruit_body=fruit_body_of(cfg),
+        name=cfg["name"],
+        version=str(cfg["version"]),
+        classes=tuple(classes_of(cfg)),
+        defective_classes=tuple(defective_of(cfg)),
+        input_size=(int(m["input_size"]), int(m["input_size"])),
+        mean=tuple(m["mean"]),
+        std=tuple(m["std"]),
+        temperature=temperature,
+        threshold_defective=threshold,
+        review_band=band,
+        crop_margin_frac=float(m.get("crop_margin_frac", 0.08)),
+        colour_normalise=colour_normalise_of(cfg),
+        crop_segmentation=segmentation_of(cfg),
+        fruit_body=fruit_body_of(cfg),
     )
 
 

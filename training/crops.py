@@ -25,8 +25,9 @@ def load_rgb(path: Path) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def fruit_crop(image_rgb: np.ndarray, margin_frac: float, min_area_frac: float = 0.02,
-               params: SegmentationParams | None = None) -> np.ndarray:
+def fruit_crop(
+    image_rgb: np.ndarray, margin_frac: float, min_area_frac: float = 0.02, params: SegmentationParams | None = None
+) -> np.ndarray:
     """The largest segmented fruit's square crop, background painted out; the centred square when
     none is found (a photo whose background defeats segmentation still trains on its middle).
     ``params``: the fruit finder's settings (a commodity's :meth:`~grader.commodities.Commodity.segmentation`);
@@ -96,8 +97,11 @@ def measurement_sources(module_file: Path | None = None) -> list[Path]:
                 elif node.level == 0 and node.module and node.module.startswith(package.name + "."):
                     todo.append(package / (node.module.split(".", 1)[1].replace(".", "/") + ".py"))
             elif isinstance(node, ast.Import):
-                todo += [package / (a.name.split(".", 1)[1].replace(".", "/") + ".py") for a in node.names
-                         if a.name.startswith(package.name + ".")]
+                todo += [
+                    package / (a.name.split(".", 1)[1].replace(".", "/") + ".py")
+                    for a in node.names
+                    if a.name.startswith(package.name + ".")
+                ]
     return sorted(seen)
 
 
@@ -110,7 +114,9 @@ def measurement_code_hash(module_file: Path | None = None) -> str:
     return h.hexdigest()
 
 
-def group_crop_cache(paths: Sequence[Path], size: int, margin_frac: float, cache_dir: Path, workers: int = 2) -> tuple[np.ndarray, np.ndarray]:
+def group_crop_cache(
+    paths: Sequence[Path], size: int, margin_frac: float, cache_dir: Path, workers: int = 2
+) -> tuple[np.ndarray, np.ndarray]:
     """(N, size, size, 3) uint8 crops of every whole apple in the photos, and each crop's photo index."""
     code = measurement_code_hash()
     key = hashlib.sha256(("\n".join(map(str, paths)) + f"|group|{size}|{margin_frac}|{code}").encode()).hexdigest()[:16]
@@ -135,8 +141,9 @@ def _one(args: tuple[str, int, float, SegmentationParams | None]) -> np.ndarray:
     return cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)
 
 
-def crop_cache(paths: Sequence[Path], size: int, margin_frac: float, cache_dir: Path, workers: int = 2,
-               params: SegmentationParams | None = None) -> np.ndarray:
+def crop_cache(
+    paths: Sequence[Path], size: int, margin_frac: float, cache_dir: Path, workers: int = 2, params: SegmentationParams | None = None
+) -> np.ndarray:
     """(N, size, size, 3) uint8 crops, cached on disk by the list of files, size, margin and the
     fruit finder's settings (``params``, None: the defaults)."""
     # the key covers the files, the crop geometry, the segmentation settings and the measurement

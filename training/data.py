@@ -30,7 +30,9 @@ from training.config import (
 from training.crops import crop_cache, group_crop_cache, load_rgb
 
 
-def load_data(cfg: dict[str, Any], work_dir: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, list[str]], list[dict[str, Any]], str]:
+def load_data(
+    cfg: dict[str, Any], work_dir: Path
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, list[str]], list[dict[str, Any]], str]:
     """Crops, labels and sessions per split, the manifest items and the manifest hash."""
     d = cfg["data"]
     size = int(d.get("cache_size", 160))
@@ -47,7 +49,9 @@ def load_data(cfg: dict[str, Any], work_dir: Path) -> tuple[dict[str, np.ndarray
                 img, bad = random_fruit_image(base + i, size_px=size)
                 imgs.append(img)
                 ys.append(int(bad))
-                items.append({"path": f"synthetic/{split}/{base + i}", "label": CLASSES[int(bad)], "session": split, "split": split, "sha256": ""})
+                items.append(
+                    {"path": f"synthetic/{split}/{base + i}", "label": CLASSES[int(bad)], "session": split, "split": split, "sha256": ""}
+                )
             crops[split], labels[split], sessions[split] = np.stack(imgs), np.array(ys), [split] * len(ys)
         digest = "synthetic-" + str(n)
         return crops, labels, sessions, items, digest
@@ -97,10 +101,18 @@ def load_citrus_data(cfg: dict[str, Any], size: int, margin: float, work_dir: Pa
     classes = classes_of(cfg)
     # one network for several commodities (data.commodities: [lemon, orange]) trains on each one's
     # manifest, split exactly as that commodity's own model is, so the test photos are the same
-    manifest = [it for commodity in d.get("commodities") or [cfg["commodity"]] for it in citrus.build_manifest(
-        root, commodity, seed=int(d.get("split_seed", cfg["seed"])), fractions=d.get("fractions"),
-        max_bits=int(d.get("max_hash_bits", citrus.DEFAULT_MAX_BITS)), cache_dir=work_dir / "cache",
-    )]
+    manifest = [
+        it
+        for commodity in d.get("commodities") or [cfg["commodity"]]
+        for it in citrus.build_manifest(
+            root,
+            commodity,
+            seed=int(d.get("split_seed", cfg["seed"])),
+            fractions=d.get("fractions"),
+            max_bits=int(d.get("max_hash_bits", citrus.DEFAULT_MAX_BITS)),
+            cache_dir=work_dir / "cache",
+        )
+    ]
     crops: dict[str, np.ndarray] = {}
     labels: dict[str, np.ndarray] = {}
     sessions: dict[str, list[str]] = {}
@@ -142,15 +154,27 @@ def extra_train_items(cfg: dict[str, Any], work_dir: Path) -> list[dict[str, Any
                 raise ValueError(f"data.extra_train: citrus commodity must be one of {sorted(citrus.FOLDERS)}, got {commodity!r}")
             if commodity in own:
                 raise ValueError(f"data.extra_train: {commodity} is this model's own data already")
-            items = [(it.path, it.label, it.source, it.sha256) for it in citrus.build_manifest(
-                root, commodity, seed=int(e.get("split_seed", 7)), fractions=e.get("fractions"),
-                max_bits=int(e.get("max_hash_bits", citrus.DEFAULT_MAX_BITS)), cache_dir=work_dir / "cache") if it.split == "train"]
+            items = [
+                (it.path, it.label, it.source, it.sha256)
+                for it in citrus.build_manifest(
+                    root,
+                    commodity,
+                    seed=int(e.get("split_seed", 7)),
+                    fractions=e.get("fractions"),
+                    max_bits=int(e.get("max_hash_bits", citrus.DEFAULT_MAX_BITS)),
+                    cache_dir=work_dir / "cache",
+                )
+                if it.split == "train"
+            ]
         elif kind == "fruitnet":
             if "apple" in own:
                 raise ValueError("data.extra_train: fruitnet apples are this model's own data already")
             if not e.get("sessions"):
                 raise ValueError("data.extra_train: a fruitnet source names its sessions (e.g. the apple model's train sessions)")
-            items = [(it.path, it.label, it.session, it.sha256) for it in fruitnet.build_manifest(root, {"train": list(e["sessions"])}, e.get("subset", "single"))]
+            items = [
+                (it.path, it.label, it.session, it.sha256)
+                for it in fruitnet.build_manifest(root, {"train": list(e["sessions"])}, e.get("subset", "single"))
+            ]
         else:
             raise ValueError(f"data.extra_train: kind must be citrus or fruitnet, got {kind!r}")
         unknown = sorted(set(mapping.values()) - set(classes))
@@ -161,8 +185,17 @@ def extra_train_items(cfg: dict[str, Any], work_dir: Path) -> list[dict[str, Any
             if cls is None:
                 continue
             file = (root / path).resolve()
-            out.append({"path": os.path.relpath(file, main_root), "label": cls, "session": str(e.get("group") or group),
-                        "split": "train", "sha256": sha256, "extra": True, "source_label": label})
+            out.append(
+                {
+                    "path": os.path.relpath(file, main_root),
+                    "label": cls,
+                    "session": str(e.get("group") or group),
+                    "split": "train",
+                    "sha256": sha256,
+                    "extra": True,
+                    "source_label": label,
+                }
+            )
     return out
 
 
@@ -175,8 +208,9 @@ def add_extra_train(cfg: dict[str, Any], loaded, size: int, margin: float, work_
         return loaded
     classes = classes_of(cfg)
     root = Path(cfg["data"]["root"])
-    crops["train"] = np.concatenate([crops["train"], crop_cache([root / it["path"] for it in extra], size, margin, work_dir / "cache",
-                                                                  params=segmentation_of(cfg))])
+    crops["train"] = np.concatenate(
+        [crops["train"], crop_cache([root / it["path"] for it in extra], size, margin, work_dir / "cache", params=segmentation_of(cfg))]
+    )
     labels["train"] = np.concatenate([labels["train"], [classes.index(it["label"]) for it in extra]]).astype(int)
     sessions["train"] = sessions["train"] + [it["session"] for it in extra]
     h = hashlib.sha256(digest.encode())
@@ -185,8 +219,9 @@ def add_extra_train(cfg: dict[str, Any], loaded, size: int, margin: float, work_
     return crops, labels, sessions, manifest + extra, h.hexdigest()
 
 
-def load_manifest_data(path: Path, size: int, margin: float, work_dir: Path, classes: list[str] = CLASSES,
-                       params: SegmentationParams | None = None):
+def load_manifest_data(
+    path: Path, size: int, margin: float, work_dir: Path, classes: list[str] = CLASSES, params: SegmentationParams | None = None
+):
     """A dataset written by `grader dataset build`: fruit crops from the line ("crop" items, used as
     they are) and whole photos of a merged base dataset ("image" items, cropped like FruitNet),
     labelled in the config's model classes."""
@@ -195,8 +230,10 @@ def load_manifest_data(path: Path, size: int, margin: float, work_dir: Path, cla
     m = json.loads(path.read_text())
     unknown = sorted({it["label"] for it in m["items"]} - set(classes))
     if unknown:
-        raise ValueError(f"{path} labels {unknown} are not classes of this model ({classes}): "
-                                "build the dataset with --commodity of the model, or train with that commodity's config")
+        raise ValueError(
+            f"{path} labels {unknown} are not classes of this model ({classes}): "
+            "build the dataset with --commodity of the model, or train with that commodity's config"
+        )
     root = path.parent
     crops: dict[str, np.ndarray] = {}
     labels: dict[str, np.ndarray] = {}
@@ -204,8 +241,9 @@ def load_manifest_data(path: Path, size: int, margin: float, work_dir: Path, cla
     for split in ("train", "val", "test"):
         its = [it for it in m["items"] if it["split"] == split]
         if not its:
-            raise FileNotFoundError(f"{path} has no {split} items: a dataset needs train, val and test splits "
-                                    "(more lots, or --base to merge a base dataset)")
+            raise FileNotFoundError(
+                f"{path} has no {split} items: a dataset needs train, val and test splits (more lots, or --base to merge a base dataset)"
+            )
         photos = [it for it in its if it["kind"] == "image"]
         line = [it for it in its if it["kind"] == "crop"]
         parts = []
@@ -227,8 +265,9 @@ def group_balanced_sampler(labels: np.ndarray, groups: list[str], seed: int) -> 
     keys = [f"{g}\t{y}" for g, y in zip(groups, labels)]
     size = Counter(keys)
     weights = torch.tensor([1.0 / size[k] for k in keys], dtype=torch.double)
-    return torch.utils.data.WeightedRandomSampler(weights, num_samples=len(keys), replacement=True,
-                                                  generator=torch.Generator().manual_seed(seed + 1))
+    return torch.utils.data.WeightedRandomSampler(
+        weights, num_samples=len(keys), replacement=True, generator=torch.Generator().manual_seed(seed + 1)
+    )
 
 
 def session_weighted_sampler(groups: list[str], weight: dict[str, float], seed: int) -> torch.utils.data.WeightedRandomSampler | None:
@@ -244,8 +283,9 @@ def session_weighted_sampler(groups: list[str], weight: dict[str, float], seed: 
     if not set(weight) & set(groups):
         return None
     w = torch.tensor([float(weight.get(g, 1.0)) for g in groups], dtype=torch.double)
-    return torch.utils.data.WeightedRandomSampler(w, num_samples=len(groups), replacement=True,
-                                                  generator=torch.Generator().manual_seed(seed + 1))
+    return torch.utils.data.WeightedRandomSampler(
+        w, num_samples=len(groups), replacement=True, generator=torch.Generator().manual_seed(seed + 1)
+    )
 
 
 def resolve_colour_normalise(cfg: dict[str, Any], train_crops: np.ndarray) -> dict[str, Any]:
@@ -273,8 +313,15 @@ class CropDataset(torch.utils.data.Dataset):
     :class:`NormalisingTransform` also gets each crop's fruit mask, to normalise its colour after
     the augmentation."""
 
-    def __init__(self, crops: np.ndarray, labels: np.ndarray, transform: T.Transform, colour_transfer_p: float = 0.0, seed: int = 0,
-                 keep_colour: np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        crops: np.ndarray,
+        labels: np.ndarray,
+        transform: T.Transform,
+        colour_transfer_p: float = 0.0,
+        seed: int = 0,
+        keep_colour: np.ndarray | None = None,
+    ) -> None:
         self.crops, self.labels, self.transform = crops, labels, transform
         self.colour_transfer_p = colour_transfer_p
         self.rng = np.random.default_rng(seed)

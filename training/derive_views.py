@@ -15,8 +15,7 @@ import onnx
 from training.views import VIEW_SETS, add_views, check_views, metadata_record, numpy_view, set_map_temperature, view_names
 
 
-def derive(artifact, out, views: int, version: str, work_dir, data: tuple | None = None,
-           segmentation: str | None = None) -> dict[str, Any]:
+def derive(artifact, out, views: int, version: str, work_dir, data: tuple | None = None, segmentation: str | None = None) -> dict[str, Any]:
     """A new artifact at ``out``: ``artifact``'s network with its logits averaged over ``views``
     symmetries, calibrated and thresholded again on the same val crops by the same rules
     (training/train.py: calibrate), every split's figures recomputed through the new graph.
@@ -101,32 +100,63 @@ def derive(artifact, out, views: int, version: str, work_dir, data: tuple | None
             if k in meta["metrics"].get(split, {}) and segmentation is None:
                 rep[k] = meta["metrics"][split][k]
         metrics[split] = rep
-    metrics["onnx_check"] = {"views": check, "torch": meta["metrics"].get("onnx_check"),
-                             "note": "torch was checked against the single-view graph at export; the views against that graph here"}
+    metrics["onnx_check"] = {
+        "views": check,
+        "torch": meta["metrics"].get("onnx_check"),
+        "note": "torch was checked against the single-view graph at export; the views against that graph here",
+    }
     new = json.loads(json.dumps(meta))
-    new.update(version=version, config=new_cfg, metrics=metrics, code_version=code_version(),
-               created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+    new.update(
+        version=version,
+        config=new_cfg,
+        metrics=metrics,
+        code_version=code_version(),
+        created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    )
     if views != 1:
         new["preprocessing"]["test_time_views"] = metadata_record(views)
     new["preprocessing"].update(crop_segmentation_record(segmentation_of(cfg)))
     if has_map:
         new["outputs"]["defect_map"]["temperature"] = cal["temperature"]
-    new["calibration"] = {"method": "temperature scaling on val" + ("" if views == 1 else ", of the logits averaged over the views"),
-                          "temperature": cal["temperature"]}
-    new["thresholds"].update(defective=cal["threshold"], review_band=list(cal["band"]), rule=cal["rule"], ood_energy=cal["ood_threshold"],
-                             ood_energy_rule=cal["ood_rule"])
-    parity = np.mean([one.run([old.output_name], {old.input_name: np.ascontiguousarray(numpy_view(probe, v))})[0] for v in view_names(views)], axis=0)
-    new["parity"] = {"probe": meta["parity"]["probe"], "logits": parity.astype(float).tolist(), "tolerance": meta["parity"].get("tolerance", 1e-3),
-                     "source": "the mean over the views of the single-view graph's logits, that graph reproducing torch's recorded parity "
-                               f"logits within {drift:.1e}"}
+    new["calibration"] = {
+        "method": "temperature scaling on val" + ("" if views == 1 else ", of the logits averaged over the views"),
+        "temperature": cal["temperature"],
+    }
+    new["thresholds"].update(
+        defective=cal["threshold"],
+        review_band=list(cal["band"]),
+        rule=cal["rule"],
+        ood_energy=cal["ood_threshold"],
+        ood_energy_rule=cal["ood_rule"],
+    )
+    parity = np.mean(
+        [one.run([old.output_name], {old.input_name: np.ascontiguousarray(numpy_view(probe, v))})[0] for v in view_names(views)], axis=0
+    )
+    new["parity"] = {
+        "probe": meta["parity"]["probe"],
+        "logits": parity.astype(float).tolist(),
+        "tolerance": meta["parity"].get("tolerance", 1e-3),
+        "source": "the mean over the views of the single-view graph's logits, that graph reproducing torch's recorded parity "
+        f"logits within {drift:.1e}",
+    }
     recut = "" if segmentation is None else f" --crops-segmentation {segmentation}"
-    what = ("the same network" + ("" if views == 1 else ", its logits averaged over test-time views") + "; calibration, thresholds and metrics "
-            + ("refitted on the same val crops" if segmentation is None else
-               "refitted on val and test crops cut again with the commodity profile's segmentation (preprocessing.crop_segmentation)")
-            + " by the same rules; feature distances and their thresholds unchanged"
-            + ("" if segmentation is None else " (fitted on the original crops; their shares on the new crops not recomputed)"))
-    new["derived_from"] = {"artifact": f"{meta['name']}@{meta['version']}",
-                           "by": f"python -m training.derive_views {artifact} --views {views}{recut} --version {version}", "what": what}
+    what = (
+        "the same network"
+        + ("" if views == 1 else ", its logits averaged over test-time views")
+        + "; calibration, thresholds and metrics "
+        + (
+            "refitted on the same val crops"
+            if segmentation is None
+            else "refitted on val and test crops cut again with the commodity profile's segmentation (preprocessing.crop_segmentation)"
+        )
+        + " by the same rules; feature distances and their thresholds unchanged"
+        + ("" if segmentation is None else " (fitted on the original crops; their shares on the new crops not recomputed)")
+    )
+    new["derived_from"] = {
+        "artifact": f"{meta['name']}@{meta['version']}",
+        "by": f"python -m training.derive_views {artifact} --views {views}{recut} --version {version}",
+        "what": what,
+    }
     new = json_safe(new)
     read_spec(new)
     out.mkdir(parents=True, exist_ok=True)
@@ -143,13 +173,18 @@ def main(argv: list[str] | None = None) -> int:
     import sys
     from pathlib import Path
 
-    p = argparse.ArgumentParser(description="Derive an artifact whose graph averages its logits over test-time views of the crop "
-                                            "(the network unchanged; calibration, thresholds and figures refitted on the same val crops), "
-                                            "or refitted on crops cut with the commodity's segmentation (--views 1 --crops-segmentation commodity).")
+    p = argparse.ArgumentParser(
+        description="Derive an artifact whose graph averages its logits over test-time views of the crop "
+        "(the network unchanged; calibration, thresholds and figures refitted on the same val crops), "
+        "or refitted on crops cut with the commodity's segmentation (--views 1 --crops-segmentation commodity)."
+    )
     p.add_argument("artifact", type=Path)
     p.add_argument("--views", type=int, default=4, choices=sorted(VIEW_SETS))
-    p.add_argument("--crops-segmentation", choices=["commodity"],
-                   help="refit on val/test crops cut with the commodity profile's segmentation (what the service measures it with)")
+    p.add_argument(
+        "--crops-segmentation",
+        choices=["commodity"],
+        help="refit on val/test crops cut with the commodity profile's segmentation (what the service measures it with)",
+    )
     p.add_argument("--version", required=True, help="version of the new artifact")
     p.add_argument("--out", type=Path, help="default models/<name>/<version>")
     p.add_argument("--work-dir", type=Path, help="crop cache (default var/train/<name>-<artifact version>)")
@@ -167,8 +202,10 @@ def main(argv: list[str] | None = None) -> int:
     for split in ("val", "test"):
         m = new["metrics"].get(split)
         if m:
-            print(f"{split}: balanced accuracy {m['balanced_accuracy']:.3f}, AUC {m['auc']:.3f}, recall defective {m['recall_defective']:.3f}, "
-                  f"sound {m['recall_sound']:.3f}")
+            print(
+                f"{split}: balanced accuracy {m['balanced_accuracy']:.3f}, AUC {m['auc']:.3f}, recall defective {m['recall_defective']:.3f}, "
+                f"sound {m['recall_sound']:.3f}"
+            )
     print(f"threshold {new['thresholds']['defective']:.3f}, temperature {new['calibration']['temperature']:.3f}; artifact written to {out}")
     return 0
 

@@ -76,8 +76,15 @@ class Context:
         return self.rank == 0
 
     # ------------------------------------------------------------------ data
-    def data_loader(self, dataset: Dataset, batch_size: int, shuffle: bool = False, sampler: Sampler | None = None,
-                    drop_last: bool = False, generator: torch.Generator | None = None) -> DataLoader:
+    def data_loader(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        shuffle: bool = False,
+        sampler: Sampler | None = None,
+        drop_last: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> DataLoader:
         """``DataLoader(dataset, batch_size, shuffle, sampler, drop_last, generator)`` with
         ``batch_size`` the global batch: one process gets exactly that loader, several get each its
         slice of the same global batches (:class:`ShardedBatchSampler`)."""
@@ -110,8 +117,9 @@ class Context:
             raise ValueError("a network that is one BatchNorm layer cannot be synchronised in place")
         sync_batchnorm(model, self.device)
         model.to(self.device)
-        ddp = nn.parallel.DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                                                  find_unused_parameters=frozen_phases)
+        ddp = nn.parallel.DistributedDataParallel(
+            model, device_ids=[self.device.index] if self.device.type == "cuda" else None, find_unused_parameters=frozen_phases
+        )
         seed_process(seed, self.rank)
         return ddp
 
@@ -185,8 +193,10 @@ class ShardedBatchSampler(Sampler[list[int]]):
         n = len(batches.sampler)  # type: ignore[arg-type]
         last = n % batches.batch_size
         if not batches.drop_last and 0 < last < world_size:
-            raise ValueError(f"the last batch of an epoch would hold {last} crops for {world_size} processes: "
-                             "change train.batch_size or the number of processes")
+            raise ValueError(
+                f"the last batch of an epoch would hold {last} crops for {world_size} processes: "
+                "change train.batch_size or the number of processes"
+            )
         self.batches, self.rank, self.world_size = batches, rank, world_size
 
     def __len__(self) -> int:
@@ -289,8 +299,13 @@ class CpuSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
 
 
 def _bn_args(bn: nn.modules.batchnorm._BatchNorm) -> dict[str, Any]:
-    return {"num_features": bn.num_features, "eps": bn.eps, "momentum": bn.momentum, "affine": bn.affine,
-            "track_running_stats": bn.track_running_stats}
+    return {
+        "num_features": bn.num_features,
+        "eps": bn.eps,
+        "momentum": bn.momentum,
+        "affine": bn.affine,
+        "track_running_stats": bn.track_running_stats,
+    }
 
 
 def _replace(module: nn.Module, swap) -> None:
@@ -324,6 +339,7 @@ def sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
             new.plain_class = type(m)
             return new
         return m
+
     _replace(model, swap)
     return model
 
@@ -331,7 +347,9 @@ def sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
 def plain_batchnorm(model: nn.Module) -> nn.Module:
     """The inverse of :func:`sync_batchnorm` (in place): every synchronised layer becomes the
     BatchNorm class it replaced, parameters and statistics kept; ``model``."""
+
     def swap(m: nn.Module) -> nn.Module:
         return _convert(m, m.plain_class) if hasattr(m, "plain_class") else m
+
     _replace(model, swap)
     return model

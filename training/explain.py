@@ -59,8 +59,23 @@ PREFIX = "explain/"  # every node, tensor and initializer this module adds: one 
 MAX_DIMS = 128  # principal directions of the feature covariance kept exactly (the graph stays small)
 
 # element-wise layers a head may hold between its Gemm/MatMul layers (copied as they are)
-ELEMENTWISE = {"Relu", "HardSwish", "HardSigmoid", "Sigmoid", "Tanh", "LeakyRelu", "Elu", "Selu", "Gelu", "Softplus",
-               "Mish", "Clip", "Identity", "Dropout", "Erf"}
+ELEMENTWISE = {
+    "Relu",
+    "HardSwish",
+    "HardSigmoid",
+    "Sigmoid",
+    "Tanh",
+    "LeakyRelu",
+    "Elu",
+    "Selu",
+    "Gelu",
+    "Softplus",
+    "Mish",
+    "Clip",
+    "Identity",
+    "Dropout",
+    "Erf",
+}
 RESHAPES = {"Flatten", "Reshape", "Squeeze"}
 
 
@@ -127,10 +142,6 @@ class Explained:
 # ----------------------------------------------------------------------------- graph reading
 
 
-
-
-
-
 def _is_spatial_pool(n: onnx.NodeProto, consts: dict[str, np.ndarray]) -> bool:
     if n.op_type == "GlobalAveragePool":
         return True
@@ -193,8 +204,9 @@ def find_head(model: onnx.ModelProto, logits: str = "logits") -> Head:
             problems.append(f"{pool.op_type} {pool.name!r}: {why}")
     if len(found) != 1:
         detail = "; ".join(problems) or "no GlobalAveragePool / ReduceMean over H, W in the graph"
-        raise UnsupportedGraph(f"cannot find one global pool followed by a classifier head ending in {logits!r} "
-                               f"({len(found)} found): {detail}")
+        raise UnsupportedGraph(
+            f"cannot find one global pool followed by a classifier head ending in {logits!r} ({len(found)} found): {detail}"
+        )
     return found[0]
 
 
@@ -210,21 +222,18 @@ def find_block_output(model: onnx.ModelProto, block: str) -> str:
     hits = [n for n in nodes if block in n.name.split("/")]
     if not hits:
         blocks = sorted({p for n in nodes for p in n.name.split("/")[1:-1] if p.split(".")[-1].isdigit()})
-        raise UnsupportedGraph(f"the graph has no block or tensor {block!r} for the early distance "
-                               f"(blocks it has: {', '.join(blocks[:40]) or 'none named'})")
+        raise UnsupportedGraph(
+            f"the graph has no block or tensor {block!r} for the early distance (blocks it has: {', '.join(blocks[:40]) or 'none named'})"
+        )
     return hits[-1].output[0]
 
 
 # ----------------------------------------------------------------------------- graph editing
 
 
-
-
 def strip_outputs(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy without anything :func:`add_outputs` added (the graph as it was exported)."""
     return strip_branch(model, PREFIX, (MAP_OUTPUT, DISTANCE_OUTPUT, EARLY_OUTPUT))
-
-
 
 
 def _pooled_block(b: GraphBuilder, tensor: str) -> str:
@@ -259,7 +268,9 @@ def _distance_branch(b: GraphBuilder, pooled: str, dm: DistanceModel, output: st
     d = b.node("Sub", [b.unsqueeze(pooled, [1]), b.const("class_means", dm.means.astype(np.float32))])  # (N, K, C)
     directions = b.const("directions", dm.directions.astype(np.float32))
     p = b.node("MatMul", [d, directions])  # (N, K, k)
-    q = b.reduce("ReduceSum", b.node("Mul", [b.node("Mul", [p, p]), b.const("inv_variances", (1.0 / dm.variances).astype(np.float32))]), [-1])
+    q = b.reduce(
+        "ReduceSum", b.node("Mul", [b.node("Mul", [p, p]), b.const("inv_variances", (1.0 / dm.variances).astype(np.float32))]), [-1]
+    )
     if dm.residual_variance is not None:
         back = b.node("MatMul", [p, b.node("Transpose", [directions], perm=[1, 0])])  # back in feature space
         r = b.node("Sub", [d, back])
@@ -268,8 +279,6 @@ def _distance_branch(b: GraphBuilder, pooled: str, dm: DistanceModel, output: st
     nearest = b.reduce("ReduceMin", q, [1])
     nonneg = b.node("Max", [nearest, b.const("zero", np.array(0.0, np.float32))])
     b.node("Sqrt", [nonneg], output=output)
-
-
 
 
 # ----------------------------------------------------------------------------- fitting
@@ -300,16 +309,25 @@ def fit_distance(feats: np.ndarray, labels: np.ndarray, max_dims: int = MAX_DIMS
     # features that vary less than float32 can tell apart (a spread under 1e-5 of their size) are a
     # collapsed network's: no distance measured in the float32 graph would match its fit
     if mu <= 1e-10 * float(np.mean(means**2)):
-        raise ValueError(f"the train features do not vary (variance {mu:.3g} per feature against a mean square of "
-                         f"{float(np.mean(means**2)):.3g}): no covariance to measure a distance with")
+        raise ValueError(
+            f"the train features do not vary (variance {mu:.3g} per feature against a mean square of "
+            f"{float(np.mean(means**2)):.3g}): no covariance to measure a distance with"
+        )
     cov = (1 - s) * cov + s * mu * np.eye(c)
     vals, vecs = np.linalg.eigh(cov)
     order = np.argsort(vals)[::-1]
     vals, vecs = np.maximum(vals[order], 1e-12 * mu), vecs[:, order]
     k = min(max_dims, c)
     rest = vals[k:]
-    return DistanceModel(means=means, classes=classes, directions=vecs[:, :k], variances=vals[:k],
-                         residual_variance=float(rest.mean()) if len(rest) else None, shrinkage=s, n_train=n)
+    return DistanceModel(
+        means=means,
+        classes=classes,
+        directions=vecs[:, :k],
+        variances=vals[:k],
+        residual_variance=float(rest.mean()) if len(rest) else None,
+        shrinkage=s,
+        n_train=n,
+    )
 
 
 def _chunks(x: np.ndarray | Sequence[np.ndarray], spec: ModelSpec, size: int = 64):
@@ -321,7 +339,9 @@ def _chunks(x: np.ndarray | Sequence[np.ndarray], spec: ModelSpec, size: int = 6
 
 def run_graph(model: onnx.ModelProto | bytes | Path, names: list[str], x, spec: ModelSpec) -> list[np.ndarray]:
     """The named outputs of a graph on crops (uint8 RGB) or a preprocessed batch, in chunks."""
-    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else Path(model).read_bytes() if isinstance(model, Path) else model
+    data = (
+        model.SerializeToString() if isinstance(model, onnx.ModelProto) else Path(model).read_bytes() if isinstance(model, Path) else model
+    )
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     sess = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
@@ -345,9 +365,18 @@ def held_out_distances(feats: np.ndarray, labels: np.ndarray, groups: list[str],
     return out
 
 
-def add_outputs(onnx_in: Path, onnx_out: Path, spec: ModelSpec, train_crops, train_labels: np.ndarray, val_crops,
-                quantile: float = 0.99, max_dims: int = MAX_DIMS, early_block: str | None = DEFAULT_EARLY_BLOCK,
-                train_groups: list[str] | None = None) -> Explained:
+def add_outputs(
+    onnx_in: Path,
+    onnx_out: Path,
+    spec: ModelSpec,
+    train_crops,
+    train_labels: np.ndarray,
+    val_crops,
+    quantile: float = 0.99,
+    max_dims: int = MAX_DIMS,
+    early_block: str | None = DEFAULT_EARLY_BLOCK,
+    train_groups: list[str] | None = None,
+) -> Explained:
     """Edit the graph at ``onnx_in`` (any earlier edit stripped first) and write it to ``onnx_out``:
     ``defect_map`` at ``spec.temperature`` over ``spec.defective_classes``, ``ood_distance`` fitted
     on the train crops' pooled features and, unless ``early_block`` is None, ``ood_distance_early``
@@ -397,16 +426,32 @@ def add_outputs(onnx_in: Path, onnx_out: Path, spec: ModelSpec, train_crops, tra
             raise RuntimeError(f"{name} in the graph disagrees with its fit (max |Δ| {np.abs(got - want).max():.3g})")
     onnx_out.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(edited, str(onnx_out))
-    head_info = {"pool": head.pool.name, "feature_map": head.feature_map, "pooled_features": head.pooled,
-                 "head_layers": [n.op_type for n in head.layers]}
+    head_info = {
+        "pool": head.pool.name,
+        "feature_map": head.feature_map,
+        "pooled_features": head.pooled,
+        "head_layers": [n.op_type for n in head.layers],
+    }
     if train_groups is not None:  # thresholds on the held-out sessions' distances
         dists = [held_out_distances(f.reshape(len(f), -1), train_labels, train_groups, max_dims) for f in train_out]
     early = None
     if dm_early is not None:
-        early = EarlyDistance(block=str(early_block), tensor=str(early_tensor), threshold=float(np.quantile(dists[1], quantile)),
-                              val_distances=dists[1], distance=dm_early)
-    return Explained(threshold=float(np.quantile(dists[0], quantile)), quantile=quantile, val_distances=dists[0],
-                     map_shape=(int(maps.shape[1]), int(maps.shape[2])), distance=dm, head=head_info, early=early)
+        early = EarlyDistance(
+            block=str(early_block),
+            tensor=str(early_tensor),
+            threshold=float(np.quantile(dists[1], quantile)),
+            val_distances=dists[1],
+            distance=dm_early,
+        )
+    return Explained(
+        threshold=float(np.quantile(dists[0], quantile)),
+        quantile=quantile,
+        val_distances=dists[0],
+        map_shape=(int(maps.shape[1]), int(maps.shape[2])),
+        distance=dm,
+        head=head_info,
+        early=early,
+    )
 
 
 def _distance_record(dm, meta: dict[str, Any], meaning: str, **where: str) -> dict[str, Any]:
@@ -424,8 +469,14 @@ def _distance_record(dm, meta: dict[str, Any], meaning: str, **where: str) -> di
     }
 
 
-def update_metadata(meta: dict[str, Any], ex: Explained, shares: dict[str, float], how: str = "",
-                    early_shares: dict[str, float] | None = None, held_out: bool = False) -> dict[str, Any]:
+def update_metadata(
+    meta: dict[str, Any],
+    ex: Explained,
+    shares: dict[str, float],
+    how: str = "",
+    early_shares: dict[str, float] | None = None,
+    held_out: bool = False,
+) -> dict[str, Any]:
     """Write the outputs' description, the thresholds and their rules, and the per-split shares over them
     (``held_out``: the thresholds were read on held-out sessions' distances, not the val crops')."""
     dm = ex.distance
@@ -434,20 +485,24 @@ def update_metadata(meta: dict[str, Any], ex: Explained, shares: dict[str, float
         MAP_OUTPUT: {
             "shape": ["N", *ex.map_shape],
             "meaning": "P(defective) per location: the classifier head applied at each cell of the last feature map "
-                       "(the tensor the global average pool reduces), softmax at the calibration temperature, summed over "
-                       "the defective classes; cells tile the model's square fruit crop, rows top to bottom",
+            "(the tensor the global average pool reduces), softmax at the calibration temperature, summed over "
+            "the defective classes; cells tile the model's square fruit crop, rows top to bottom",
             "temperature": meta["calibration"]["temperature"],
             **ex.head,
         },
         DISTANCE_OUTPUT: _distance_record(
-            dm, meta, "Mahalanobis distance of the pooled feature vector to the nearest train class mean, under the train "
-                      "crops' shared within-class covariance (Ledoit-Wolf shrunk; exact in its top principal directions, "
-                      "one variance for the rest)"),
+            dm,
+            meta,
+            "Mahalanobis distance of the pooled feature vector to the nearest train class mean, under the train "
+            "crops' shared within-class covariance (Ledoit-Wolf shrunk; exact in its top principal directions, "
+            "one variance for the rest)",
+        ),
     }
     meta["thresholds"]["ood_distance"] = ex.threshold
     meta["thresholds"]["ood_distance_rule"] = (
         f"quantile {ex.quantile:g} of the {on} ood_distance (Mahalanobis distance of the pooled features to the "
-        f"train features); above it a crop is out of distribution{how}")
+        f"train features); above it a crop is out of distribution{how}"
+    )
     for split, share in shares.items():
         if isinstance(meta.get("metrics", {}).get(split), dict):
             meta["metrics"][split]["ood_distance_share"] = share
@@ -459,14 +514,19 @@ def update_metadata(meta: dict[str, Any], ex: Explained, shares: dict[str, float
     if ex.early is not None:
         de = ex.early.distance
         meta["outputs"][EARLY_OUTPUT] = _distance_record(
-            de, meta, f"Mahalanobis distance of the globally averaged output of the early block {ex.early.block} to the "
-                      "nearest train class mean, under the train crops' shared within-class covariance (fitted as "
-                      f"{DISTANCE_OUTPUT}): texture statistics the pooled features average away",
-            block=ex.early.block, block_output=ex.early.tensor)
+            de,
+            meta,
+            f"Mahalanobis distance of the globally averaged output of the early block {ex.early.block} to the "
+            "nearest train class mean, under the train crops' shared within-class covariance (fitted as "
+            f"{DISTANCE_OUTPUT}): texture statistics the pooled features average away",
+            block=ex.early.block,
+            block_output=ex.early.tensor,
+        )
         meta["thresholds"]["ood_distance_early"] = ex.early.threshold
         meta["thresholds"]["ood_distance_early_rule"] = (
             f"quantile {ex.quantile:g} of the {on} ood_distance_early (Mahalanobis distance of the globally averaged "
-            f"output of block {ex.early.block} to the train crops'); above it a crop is out of distribution{how}")
+            f"output of block {ex.early.block} to the train crops'); above it a crop is out of distribution{how}"
+        )
         for split, share in (early_shares or {}).items():
             if isinstance(meta.get("metrics", {}).get(split), dict):
                 meta["metrics"][split]["ood_distance_early_share"] = share
@@ -492,8 +552,11 @@ def explain_artifact(artifact: Path, work_dir: Path, write: bool = False, out=sy
     cfg = yaml.safe_load((artifact / "config.yaml").read_text())
     spec = read_spec(meta)
     if spec.test_time_views > 1:
-        print(f"{artifact}: its graph averages {spec.test_time_views} views of the crop (training/views.py); the outputs are "
-              "added before the views, by `grader train`; nothing written", file=sys.stderr)
+        print(
+            f"{artifact}: its graph averages {spec.test_time_views} views of the crop (training/views.py); the outputs are "
+            "added before the views, by `grader train`; nothing written",
+            file=sys.stderr,
+        )
         return 2
     data = load_data(cfg, work_dir)
     crops, labels = data[0], data[1]
@@ -515,7 +578,7 @@ def explain_artifact(artifact: Path, work_dir: Path, write: bool = False, out=sy
         early_shares = {} if ex.early is None else {"val": float((ex.early.val_distances > ex.early.threshold).mean())}
         for split in ("test",):
             if split in crops and len(crops[split]):
-                old, = run_graph(artifact / "model.onnx", [spec.output_name], crops[split], spec)
+                (old,) = run_graph(artifact / "model.onnx", [spec.output_name], crops[split], spec)
                 names = [spec.output_name, DISTANCE_OUTPUT, *([EARLY_OUTPUT] if ex.early else [])]
                 new, dist, *early = run_graph(edited, names, crops[split], spec)
                 if not np.array_equal(old, new):
@@ -524,17 +587,34 @@ def explain_artifact(artifact: Path, work_dir: Path, write: bool = False, out=sy
                 shares[split] = float((dist > ex.threshold).mean())
                 if ex.early is not None:
                     early_shares[split] = float((early[0] > ex.early.threshold).mean())
-        new_meta = update_metadata(json.loads(meta_path.read_text()), ex, shares,
-                                   " (added after training by training/explain.py from the same train and val crops)", early_shares)
+        new_meta = update_metadata(
+            json.loads(meta_path.read_text()),
+            ex,
+            shares,
+            " (added after training by training/explain.py from the same train and val crops)",
+            early_shares,
+        )
         read_spec(new_meta)
         size_mib = edited.stat().st_size / 2**20
-        report = {"artifact": str(artifact), "map_shape": list(ex.map_shape), "ood_distance": ex.threshold, "quantile": q,
-                  "shares_over_threshold": shares, "dims": int(ex.distance.directions.shape[1]),
-                  "shrinkage": ex.distance.shrinkage, "onnx_mib": round(size_mib, 2)}
+        report = {
+            "artifact": str(artifact),
+            "map_shape": list(ex.map_shape),
+            "ood_distance": ex.threshold,
+            "quantile": q,
+            "shares_over_threshold": shares,
+            "dims": int(ex.distance.directions.shape[1]),
+            "shrinkage": ex.distance.shrinkage,
+            "onnx_mib": round(size_mib, 2),
+        }
         if ex.early is not None:
-            report[EARLY_OUTPUT] = {"block": ex.early.block, "tensor": ex.early.tensor, "threshold": ex.early.threshold,
-                                    "shares_over_threshold": early_shares, "feature_dims": int(ex.early.distance.directions.shape[0]),
-                                    "shrinkage": ex.early.distance.shrinkage}
+            report[EARLY_OUTPUT] = {
+                "block": ex.early.block,
+                "tensor": ex.early.tensor,
+                "threshold": ex.early.threshold,
+                "shares_over_threshold": early_shares,
+                "feature_dims": int(ex.early.distance.directions.shape[0]),
+                "shrinkage": ex.early.distance.shrinkage,
+            }
         print(json.dumps(report, indent=1), file=out)
         if size_mib >= 20:
             print(f"{artifact}: the edited graph is {size_mib:.1f} MiB (limit 20); nothing written", file=sys.stderr)
@@ -548,10 +628,16 @@ def explain_artifact(artifact: Path, work_dir: Path, write: bool = False, out=sy
             meta_path.write_text(json.dumps(new_meta, indent=2, allow_nan=False))
             if (artifact / "metrics.json").exists():
                 (artifact / "metrics.json").write_text(json.dumps(new_meta["metrics"], indent=2, allow_nan=False))
-            print(f"{artifact}: model.onnx has {MAP_OUTPUT} {list(ex.map_shape)} and {DISTANCE_OUTPUT}; "
-                  f"thresholds.ood_distance = {ex.threshold:.6g}"
-                  + ("" if ex.early is None else f"; {EARLY_OUTPUT} ({ex.early.block}): thresholds.ood_distance_early = {ex.early.threshold:.6g}"),
-                  file=out)
+            print(
+                f"{artifact}: model.onnx has {MAP_OUTPUT} {list(ex.map_shape)} and {DISTANCE_OUTPUT}; "
+                f"thresholds.ood_distance = {ex.threshold:.6g}"
+                + (
+                    ""
+                    if ex.early is None
+                    else f"; {EARLY_OUTPUT} ({ex.early.block}): thresholds.ood_distance_early = {ex.early.threshold:.6g}"
+                ),
+                file=out,
+            )
     return 0
 
 
@@ -581,15 +667,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("artifact", type=Path)
     p.add_argument("--work-dir", type=Path, help="crop cache (default var/train/<name>-<version>)")
     p.add_argument("--write", action="store_true", help="write the edited model.onnx and metadata.json")
-    p.add_argument("--early-block", help=f"block whose pooled output ood_distance_early measures (default: the config's "
-                   f"thresholds.ood_distance_early_block, else {DEFAULT_EARLY_BLOCK})")
-    p.add_argument("--latency", action="store_true",
-                   help="only measure ms per crop (1 thread, batch 1 and 16) with and without the extra outputs")
+    p.add_argument(
+        "--early-block",
+        help=f"block whose pooled output ood_distance_early measures (default: the config's "
+        f"thresholds.ood_distance_early_block, else {DEFAULT_EARLY_BLOCK})",
+    )
+    p.add_argument(
+        "--latency", action="store_true", help="only measure ms per crop (1 thread, batch 1 and 16) with and without the extra outputs"
+    )
     a = p.parse_args(argv)
     if a.latency:
         for name, r in latency(a.artifact).items():
-            print(f"{name:34s} batch 1: {r['batch_1']:.3f} ms/crop, batch 16: {r['batch_16']:.3f} ms/crop "
-                  f"(IQR {r['iqr']['batch_1']:.3f}, {r['iqr']['batch_16']:.3f})")
+            print(
+                f"{name:34s} batch 1: {r['batch_1']:.3f} ms/crop, batch 16: {r['batch_16']:.3f} ms/crop "
+                f"(IQR {r['iqr']['batch_1']:.3f}, {r['iqr']['batch_16']:.3f})"
+            )
         return 0
     meta = json.loads((a.artifact / "metadata.json").read_text())
     work = a.work_dir or Path("var") / "train" / f"{meta['name']}-{meta['version']}"

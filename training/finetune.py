@@ -34,7 +34,9 @@ def trainable_names(model: nn.Module, trainable_from: str | None) -> set[str]:
     first = next((i for i, n in enumerate(names) if n == prefix or n.startswith(prefix + ".")), None)
     if first is None:
         blocks = sorted({n.rsplit(".", 2)[0] for n in names})
-        raise ValueError(f"train.trainable_from {trainable_from!r} names no parameter of the model (some of its modules: {', '.join(blocks[:12])} ...)")
+        raise ValueError(
+            f"train.trainable_from {trainable_from!r} names no parameter of the model (some of its modules: {', '.join(blocks[:12])} ...)"
+        )
     return set(names[first:])
 
 
@@ -70,6 +72,9 @@ class Phases:
     def record(self) -> dict[str, Any]:
         names = [n for n, _ in self.model.named_parameters()]
         first = next((n for n in names if n in self.finetune), None)
-        return {"probe_epochs": self.probe_epochs, "trainable_from": first,
-                "trainable_parameters": int(sum(p.numel() for n, p in self.model.named_parameters() if n in self.finetune)),
-                "parameters": int(sum(p.numel() for p in self.model.parameters()))}
+        return {
+            "probe_epochs": self.probe_epochs,
+            "trainable_from": first,
+            "trainable_parameters": int(sum(p.numel() for n, p in self.model.named_parameters() if n in self.finetune)),
+            "parameters": int(sum(p.numel() for p in self.model.parameters())),
+        }

@@ -71,7 +71,9 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, seed: int = 0) -
     def closure():
         opt.zero_grad()
         z = xs @ w + b
-        loss = (weight * torch.nn.functional.binary_cross_entropy_with_logits(z, ys, reduction="none")).mean() + l2 * (w * w).sum() / (2 * len(ys))
+        loss = (weight * torch.nn.functional.binary_cross_entropy_with_logits(z, ys, reduction="none")).mean() + l2 * (w * w).sum() / (
+            2 * len(ys)
+        )
         loss.backward()
         return loss
 
@@ -115,15 +117,26 @@ def pick_threshold(fruit_scores: np.ndarray, keep: float, other_scores: np.ndarr
 def _report(scores: np.ndarray, is_fruit: np.ndarray, threshold: float, sources: list[str]) -> dict[str, Any]:
     def one(sel: np.ndarray) -> dict[str, Any]:
         f, nf = sel & is_fruit, sel & ~is_fruit
-        return {"n_fruit": int(f.sum()), "n_not_fruit": int(nf.sum()),
-                "fruit_kept": float((scores[f] >= threshold).mean()) if f.any() else None,
-                "not_fruit_rejected": float((scores[nf] < threshold).mean()) if nf.any() else None}
+        return {
+            "n_fruit": int(f.sum()),
+            "n_not_fruit": int(nf.sum()),
+            "fruit_kept": float((scores[f] >= threshold).mean()) if f.any() else None,
+            "not_fruit_rejected": float((scores[nf] < threshold).mean()) if nf.any() else None,
+        }
+
     src = np.array(sources)
     return {**one(np.ones(len(scores), bool)), "per_source": {s: one(src == s) for s in sorted(set(sources))}}
 
 
-def fit(model: onnx.ModelProto, spec: ModelSpec, crops: np.ndarray, is_fruit: np.ndarray, regions: list, keep: float = DEFAULT_KEEP_FRUIT,
-        l2: float = 1.0) -> tuple[onnx.ModelProto, dict[str, Any]]:
+def fit(
+    model: onnx.ModelProto,
+    spec: ModelSpec,
+    crops: np.ndarray,
+    is_fruit: np.ndarray,
+    regions: list,
+    keep: float = DEFAULT_KEEP_FRUIT,
+    l2: float = 1.0,
+) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """The graph with ``fruit_score`` and the record for metadata (threshold, rule, figures per split)."""
     splits = np.array([r.split for r in regions])
     feats = pooled_features(model, spec, crops)
@@ -142,12 +155,17 @@ def fit(model: onnx.ModelProto, spec: ModelSpec, crops: np.ndarray, is_fruit: np
     sources = [r.source for r in regions]
     record = {
         "threshold": threshold,
-        "rule": (f"best balanced accuracy (fruit kept, not-fruit rejected) on the {'val' if choose is val else 'train'} regions among thresholds "
-                 f"keeping >= {keep:g} of their fruit; below it a candidate is not a fruit"),
+        "rule": (
+            f"best balanced accuracy (fruit kept, not-fruit rejected) on the {'val' if choose is val else 'train'} regions among thresholds "
+            f"keeping >= {keep:g} of their fruit; below it a candidate is not a fruit"
+        ),
         "fitted_on": "datasets/regions.py train split: real photos' segmentation proposals labelled fruit / not fruit, orchard windows, synthetic fruit and clutter",
         "l2": l2,
-        "metrics": {s: _report(scores[splits == s], is_fruit[splits == s], threshold, [sources[i] for i in np.flatnonzero(splits == s)])
-                    for s in ("train", "val", "test") if (splits == s).any()},
+        "metrics": {
+            s: _report(scores[splits == s], is_fruit[splits == s], threshold, [sources[i] for i in np.flatnonzero(splits == s)])
+            for s in ("train", "val", "test")
+            if (splits == s).any()
+        },
     }
     return edited, record
 
@@ -156,8 +174,11 @@ def update_metadata(meta: dict[str, Any], record: dict[str, Any]) -> None:
     meta.setdefault("thresholds", {})["fruit"] = record["threshold"]
     meta["thresholds"]["fruit_rule"] = record["rule"]
     meta.setdefault("outputs", {})[FRUIT_OUTPUT] = {
-        "shape": ["N"], "meaning": "P(the crop is a fruit) from a logistic regression on the pooled features (training/fruit_check.py)",
-        "fitted_on": record["fitted_on"], "l2": record["l2"]}
+        "shape": ["N"],
+        "meaning": "P(the crop is a fruit) from a logistic regression on the pooled features (training/fruit_check.py)",
+        "fitted_on": record["fitted_on"],
+        "l2": record["l2"],
+    }
     meta.setdefault("metrics", {})["fruit_check"] = record["metrics"]
 
 
@@ -171,8 +192,15 @@ def regions_for(cfg_fc: dict[str, Any], apple_splits: dict[str, list[str]] | Non
     root = Path(cfg_fc.get("data_root", "../shared/data"))
     if not apple_splits or set(apple_splits) != {"train", "val", "test"}:
         apple_splits = APPLE_SPLITS
-    return regions_mod.build(root, apple_splits, size=size, margin=margin, work_dir=work_dir / "cache",
-                             n_synthetic=int(cfg_fc.get("n_synthetic", 400)), limit=cfg_fc.get("limit"))
+    return regions_mod.build(
+        root,
+        apple_splits,
+        size=size,
+        margin=margin,
+        work_dir=work_dir / "cache",
+        n_synthetic=int(cfg_fc.get("n_synthetic", 400)),
+        limit=cfg_fc.get("limit"),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -187,15 +215,18 @@ def main(argv: list[str] | None = None) -> int:
     meta = json.loads((a.artifact / "metadata.json").read_text())
     spec = read_spec(meta)
     splits = (meta.get("training_data") or {}).get("splits") if meta.get("commodity") == "apple" else None
-    crops, is_fruit, regs = regions_for({"data_root": a.data_root, "n_synthetic": a.n_synthetic}, splits, a.work_dir,
-                                        margin=spec.crop_margin_frac)
+    crops, is_fruit, regs = regions_for(
+        {"data_root": a.data_root, "n_synthetic": a.n_synthetic}, splits, a.work_dir, margin=spec.crop_margin_frac
+    )
     print(json.dumps(regions_mod.counts(regs), indent=1))
     model = onnx.load(str(a.artifact / "model.onnx"))
     edited, record = fit(model, spec, crops, is_fruit, regs, a.keep_fruit)
     print(json.dumps({k: v for k, v in record.items() if k != "metrics"}, indent=1))
     for split, rep in record["metrics"].items():
-        print(f"{split}: fruit kept {rep['fruit_kept']}, not fruit rejected {rep['not_fruit_rejected']} "
-              f"({rep['n_fruit']} fruit, {rep['n_not_fruit']} not)")
+        print(
+            f"{split}: fruit kept {rep['fruit_kept']}, not fruit rejected {rep['not_fruit_rejected']} "
+            f"({rep['n_fruit']} fruit, {rep['n_not_fruit']} not)"
+        )
         for s, r in rep["per_source"].items():
             print(f"  {s}: fruit kept {r['fruit_kept']}, not fruit rejected {r['not_fruit_rejected']} ({r['n_fruit']}/{r['n_not_fruit']})")
     if a.write:

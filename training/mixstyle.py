@@ -57,8 +57,9 @@ def attach(model: nn.Module, cfg: dict[str, Any] | None) -> list[torch.utils.hoo
     layers = list(cfg.get("layers") or [])
     missing = [name for name in layers if name not in modules]
     if not layers or missing:
-        raise ValueError(f"model.mixstyle.layers must name modules of the network, got {layers} "
-                         f"({', '.join(missing) or 'none given'}; e.g. features.1)")
+        raise ValueError(
+            f"model.mixstyle.layers must name modules of the network, got {layers} ({', '.join(missing) or 'none given'}; e.g. features.1)"
+        )
 
     names = {id(modules[name]): name for name in layers}
 
@@ -66,8 +67,10 @@ def attach(model: nn.Module, cfg: dict[str, Any] | None) -> list[torch.utils.hoo
         if not module.training:
             return None  # the output as it is
         if not isinstance(output, torch.Tensor) or output.dim() != 4:  # fails on the first batch, not silently never mixing
-            raise ValueError(f"model.mixstyle: layer {names[id(module)]} gives no (batch, channels, height, width) feature map "
-                             "to mix; name a convolutional block, e.g. features.1")
+            raise ValueError(
+                f"model.mixstyle: layer {names[id(module)]} gives no (batch, channels, height, width) feature map "
+                "to mix; name a convolutional block, e.g. features.1"
+            )
         if float(torch.rand(())) >= p:
             return None
         return mix_styles(output, alpha, eps)

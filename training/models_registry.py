@@ -33,8 +33,14 @@ class SmallFruitNet(nn.Module):
         w = width
         # stem_stride 2: one strided conv first, so the blocks run at half the input side (a quarter
         # of the compute); the full-resolution blocks are what makes the stride-1 net slow on a CPU
-        stem = [] if stem_stride == 1 else [nn.Conv2d(3, w, 3, stride=stem_stride, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
-        self.features = nn.Sequential(*stem, block(3 if stem_stride == 1 else w, w), block(w, 2 * w), block(2 * w, 4 * w), block(4 * w, 8 * w))
+        stem = (
+            []
+            if stem_stride == 1
+            else [nn.Conv2d(3, w, 3, stride=stem_stride, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
+        )
+        self.features = nn.Sequential(
+            *stem, block(3 if stem_stride == 1 else w, w), block(w, 2 * w), block(2 * w, 4 * w), block(4 * w, 8 * w)
+        )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(8 * w, num_classes))
 

@@ -46,19 +46,26 @@ def recompute(artifact: Path, work_dir: Path, data: tuple | None = None) -> dict
     e = energy(logits, spec.temperature)
     y = is_defective(labels["val"], cfg)
     return {
-        "manifest_sha256": digest, "recorded_manifest_sha256": meta["training_data"]["manifest_sha256"],
-        "temperature": temperature, "recorded_temperature": spec.temperature,
-        "val_auc": auc(y, defective_scores(logits, spec.temperature, cfg)), "recorded_val_auc": meta["metrics"]["val"].get("auc"),
-        "quantile": q, "ood_energy": float(np.quantile(e, q)), "n_val": int(len(e)),
+        "manifest_sha256": digest,
+        "recorded_manifest_sha256": meta["training_data"]["manifest_sha256"],
+        "temperature": temperature,
+        "recorded_temperature": spec.temperature,
+        "val_auc": auc(y, defective_scores(logits, spec.temperature, cfg)),
+        "recorded_val_auc": meta["metrics"]["val"].get("auc"),
+        "quantile": q,
+        "ood_energy": float(np.quantile(e, q)),
+        "n_val": int(len(e)),
     }
 
 
 def calibration_matches(r: dict) -> bool:
     """The recomputed val crops are the ones the model was calibrated on: same manifest, the same
     temperature refitted on them, the same val AUC."""
-    return (r["manifest_sha256"] == r["recorded_manifest_sha256"]
-            and abs(r["temperature"] - r["recorded_temperature"]) <= 1e-4 * r["recorded_temperature"]
-            and (r["recorded_val_auc"] is None or abs(r["val_auc"] - r["recorded_val_auc"]) < 1e-6))
+    return (
+        r["manifest_sha256"] == r["recorded_manifest_sha256"]
+        and abs(r["temperature"] - r["recorded_temperature"]) <= 1e-4 * r["recorded_temperature"]
+        and (r["recorded_val_auc"] is None or abs(r["val_auc"] - r["recorded_val_auc"]) < 1e-6)
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         meta["thresholds"]["ood_energy"] = r["ood_energy"]
         meta["thresholds"]["ood_energy_rule"] = (
             f"quantile {r['quantile']:g} of the val crops' energy -T*logsumexp(logits/T) at the calibration temperature T; above it "
-            "a crop is out of distribution (added after training by training/ood_threshold.py from the same val crops through this ONNX graph)")
+            "a crop is out of distribution (added after training by training/ood_threshold.py from the same val crops through this ONNX graph)"
+        )
         read_spec(meta)
         meta_path.write_text(json.dumps(meta, indent=2, allow_nan=False))
         print(f"{meta_path}: thresholds.ood_energy = {r['ood_energy']:.6g}")

@@ -77,8 +77,16 @@ def set_head(model: nn.Module, w: np.ndarray, b: np.ndarray) -> None:
         head.bias.copy_(torch.from_numpy(b))
 
 
-def run_probe(model: nn.Module, cfg: dict[str, Any], train_batches: list[np.ndarray], train_labels: np.ndarray, train_groups: list[str],
-              val_batch: np.ndarray, score: Callable[[np.ndarray], float], n_classes: int) -> list[dict[str, Any]]:
+def run_probe(
+    model: nn.Module,
+    cfg: dict[str, Any],
+    train_batches: list[np.ndarray],
+    train_labels: np.ndarray,
+    train_groups: list[str],
+    val_batch: np.ndarray,
+    score: Callable[[np.ndarray], float],
+    n_classes: int,
+) -> list[dict[str, Any]]:
     """Fit the head for each ``train.probe_l2`` on the train features (``train_batches``: the plain
     crops and any augmented copies, each aligned with ``train_labels``), keep the one whose val
     logits ``score`` best; the model's head is left at the chosen fit. Returns the history."""
@@ -90,8 +98,10 @@ def run_probe(model: nn.Module, cfg: dict[str, Any], train_batches: list[np.ndar
     groups = list(train_groups) * len(train_batches)
     val_feats = pooled(model, val_batch)
     weights = sample_weights(labels, groups, tr.get("balance"))
-    print(f"linear probe: {len(feats)} train features ({len(train_batches)} view(s) of {len(train_labels)} crops), "
-          f"{len(val_feats)} val, in {time.time() - t0:.0f}s")
+    print(
+        f"linear probe: {len(feats)} train features ({len(train_batches)} view(s) of {len(train_labels)} crops), "
+        f"{len(val_feats)} val, in {time.time() - t0:.0f}s"
+    )
     history, best = [], None
     for i, l2 in enumerate(strengths):
         w, b = fit_softmax(feats, labels, n_classes, l2, weights)
@@ -122,8 +132,16 @@ def session_folds(is_bad: np.ndarray, groups: list[str]) -> list[list[str]]:
     return [[a, b] for a in sound for b in bad] + [[m] for m in mixed]
 
 
-def run_cross_session(feats: np.ndarray, labels: np.ndarray, is_bad: np.ndarray, groups: list[str], strengths: list[float], n_classes: int,
-                      balance: str | None, score: Callable[[np.ndarray, np.ndarray], float]) -> dict[str, Any]:
+def run_cross_session(
+    feats: np.ndarray,
+    labels: np.ndarray,
+    is_bad: np.ndarray,
+    groups: list[str],
+    strengths: list[float],
+    n_classes: int,
+    balance: str | None,
+    score: Callable[[np.ndarray, np.ndarray], float],
+) -> dict[str, Any]:
     """``train.probe_fit: cross_session``: the head is fitted on every session of train and val, and
     everything is chosen on held-out sessions. For each L2 strength, each fold of
     :func:`session_folds` is scored by a head fitted on the other sessions; the strength whose mean
@@ -144,8 +162,15 @@ def run_cross_session(feats: np.ndarray, labels: np.ndarray, is_bad: np.ndarray,
             outs.append((fold, held, feats[held] @ w.T + b))
         per_fold = [float(score(labels[held], z)) for _f, held, z in outs]
         s = float(np.mean(per_fold))
-        history.append({"epoch": i + 1, "phase": "linear probe, cross-session", "l2": l2, "val_score": s,
-                        "fold_scores": {"+".join(f): v for (f, _h, _z), v in zip(outs, per_fold)}})
+        history.append(
+            {
+                "epoch": i + 1,
+                "phase": "linear probe, cross-session",
+                "l2": l2,
+                "val_score": s,
+                "fold_scores": {"+".join(f): v for (f, _h, _z), v in zip(outs, per_fold)},
+            }
+        )
         print(f"linear probe l2={l2:g}: mean held-out-session score {s:.4f} ({', '.join(f'{v:.3f}' for v in per_fold)})")
         if best is None or s > best[0]:
             best = (s, l2, outs)
@@ -153,7 +178,12 @@ def run_cross_session(feats: np.ndarray, labels: np.ndarray, is_bad: np.ndarray,
     _s, l2, outs = best
     w, b = fit_softmax(feats, labels, n_classes, l2, sample_weights(labels, list(groups), balance))
     history.append({"chosen_l2": l2, "val_score": best[0], "folds": ["+".join(f) for f in folds]})
-    return {"w": w, "b": b, "l2": l2, "history": history,
-            "oof_logits": np.concatenate([z for _f, _h, z in outs]),
-            "oof_labels": np.concatenate([labels[h] for _f, h, _z in outs]),
-            "oof_groups": [("+".join(f)) for f, h, _z in outs for _ in range(int(h.sum()))]}
+    return {
+        "w": w,
+        "b": b,
+        "l2": l2,
+        "history": history,
+        "oof_logits": np.concatenate([z for _f, _h, z in outs]),
+        "oof_labels": np.concatenate([labels[h] for _f, h, _z in outs]),
+        "oof_groups": [("+".join(f)) for f, h, _z in outs for _ in range(int(h.sum()))],
+    }

@@ -123,7 +123,9 @@ def run(cfg: dict[str, Any], out_dir: Path, work_dir: Path, resume: bool = False
         set_bn_momentum(model, float(cfg["model"]["bn_momentum"]))
     if cfg["model"].get("dropout") is not None:
         set_dropout(model, float(cfg["model"]["dropout"]))
-    net = ddp.wrap(model, int(cfg["seed"]), frozen_phases=phases.frozen_ever)  # DistributedDataParallel under torchrun; `model` is what is validated and exported
+    net = ddp.wrap(
+        model, int(cfg["seed"]), frozen_phases=phases.frozen_ever
+    )  # DistributedDataParallel under torchrun; `model` is what is validated and exported
     tr = cfg["train"]
     sampler = group_balanced_sampler(labels["train"], sessions["train"], int(cfg["seed"])) if tr.get("balance") == "group_label" else None
     if tr.get("balance") not in (None, "group_label"):
@@ -134,9 +136,18 @@ def run(cfg: dict[str, Any], out_dir: Path, work_dir: Path, resume: bool = False
         sampler = session_weighted_sampler(sessions["train"], tr["session_weight"], int(cfg["seed"]))
     # train.batch_size is the global batch: under torchrun every process takes its slice of it
     loader = ddp.data_loader(
-        CropDataset(crops["train"], labels["train"], train_transform(cfg), float(cfg["augment"].get("colour_transfer_p", 0.0)) if augmenting(cfg) else 0.0,
-                    int(cfg["seed"]) + ddp.rank, keep_colour=np.isin(labels["train"], [classes.index(c) for c in colour_keep_of(cfg)])),
-        batch_size=int(tr["batch_size"]), shuffle=sampler is None, sampler=sampler, drop_last=len(crops["train"]) > int(tr["batch_size"]),
+        CropDataset(
+            crops["train"],
+            labels["train"],
+            train_transform(cfg),
+            float(cfg["augment"].get("colour_transfer_p", 0.0)) if augmenting(cfg) else 0.0,
+            int(cfg["seed"]) + ddp.rank,
+            keep_colour=np.isin(labels["train"], [classes.index(c) for c in colour_keep_of(cfg)]),
+        ),
+        batch_size=int(tr["batch_size"]),
+        shuffle=sampler is None,
+        sampler=sampler,
+        drop_last=len(crops["train"]) > int(tr["batch_size"]),
         generator=torch.Generator().manual_seed(int(cfg["seed"])),
     )
     counts = np.bincount(labels["train"], minlength=len(classes)).astype(np.float32)
@@ -150,7 +161,9 @@ def run(cfg: dict[str, Any], out_dir: Path, work_dir: Path, resume: bool = False
 
     swa_epochs, swa_lr = swa_of(cfg)
     if swa_epochs and style_hooks:
-        raise ValueError("train.swa and model.mixstyle cannot both be set (the averaged copy would mix styles while its BatchNorm statistics are computed)")
+        raise ValueError(
+            "train.swa and model.mixstyle cannot both be set (the averaged copy would mix styles while its BatchNorm statistics are computed)"
+        )
     swa_model = torch.optim.swa_utils.AveragedModel(model) if swa_epochs else None
     ckpt_path = work_dir / "checkpoint.pt"
     start_epoch, best, earlier_seconds = 0, {"score": -1.0, "state": copy.deepcopy(model.state_dict()), "epoch": -1}, 0.0
@@ -174,7 +187,13 @@ def run(cfg: dict[str, Any], out_dir: Path, work_dir: Path, resume: bool = False
                 g["lr"] = swa_lr
         model.train()
         phase = phases.apply(epoch)
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{total_epochs}" + (" (averaged)" if in_swa else ""), unit="batch", leave=False, disable=not ddp.main)
+        bar = tqdm(
+            loader,
+            desc=f"epoch {epoch + 1}/{total_epochs}" + (" (averaged)" if in_swa else ""),
+            unit="batch",
+            leave=False,
+            disable=not ddp.main,
+        )
         total, n = 0.0, 0
         for x, y in bar:
             x, y = x.to(ddp.device), y.to(ddp.device)
@@ -192,7 +211,13 @@ def run(cfg: dict[str, Any], out_dir: Path, work_dir: Path, resume: bool = False
             continue
         val_logits = predict_logits(model, eval_batches["val"])
         val = binary_report(is_defective(labels["val"], cfg), defective_scores(val_logits, 1.0, cfg), 0.5)
-        entry = {"epoch": epoch + 1, "phase": phase, "loss": total / max(n, 1), "val_balanced_accuracy": val["balanced_accuracy"], "val_auc": val["auc"]}
+        entry = {
+            "epoch": epoch + 1,
+            "phase": phase,
+            "loss": total / max(n, 1),
+            "val_balanced_accuracy": val["balanced_accuracy"],
+            "val_auc": val["auc"],
+        }
         # model selection on val AUC of sound vs defective (threshold-free), ties broken by later
         # epochs; a model that also tells defect types apart is selected on the mean of that AUC and
         # its balanced accuracy over the types of the defective fruit
@@ -211,9 +236,23 @@ def run(cfg: dict[str, Any], out_dir: Path, work_dir: Path, resume: bool = False
         extra = f" type bal.acc {entry['val_type_balanced_accuracy']:.3f}" if "val_type_balanced_accuracy" in entry else ""
         if collapsed:
             extra += " (outputs constant or not finite on val: not a candidate)"
-        print(f"epoch {epoch + 1}/{total_epochs} loss {total / max(n, 1):.4f} val bal.acc {val['balanced_accuracy']:.3f} auc {val['auc']:.3f}{extra} ({time.time() - t_start:.0f}s)")
-        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "epoch": epoch, "best": best, "history": history, "rng": torch.get_rng_state(), "elapsed_seconds": earlier_seconds + time.time() - t_start,
-                    "swa": None if swa_model is None else swa_model.state_dict()}, ckpt_path)
+        print(
+            f"epoch {epoch + 1}/{total_epochs} loss {total / max(n, 1):.4f} val bal.acc {val['balanced_accuracy']:.3f} auc {val['auc']:.3f}{extra} ({time.time() - t_start:.0f}s)"
+        )
+        torch.save(
+            {
+                "model": model.state_dict(),
+                "opt": opt.state_dict(),
+                "sched": sched.state_dict(),
+                "epoch": epoch,
+                "best": best,
+                "history": history,
+                "rng": torch.get_rng_state(),
+                "elapsed_seconds": earlier_seconds + time.time() - t_start,
+                "swa": None if swa_model is None else swa_model.state_dict(),
+            },
+            ckpt_path,
+        )
 
     if swa_model is not None:  # (under torchrun every process takes part: BatchNorm is synchronised)
         torch.optim.swa_utils.update_bn(loader, swa_model, device=ddp.device)
@@ -229,24 +268,52 @@ def run(cfg: dict[str, Any], out_dir: Path, work_dir: Path, resume: bool = False
         if outputs_collapsed(val_logits):
             raise TrainingFailed("the averaged weights give constant or non-finite val outputs: try a lower train.swa.lr")
         val = binary_report(is_defective(labels["val"], cfg), defective_scores(val_logits, 1.0, cfg), 0.5)
-        history.append({"epoch": total_epochs, "averaged_model": True, "val_balanced_accuracy": val["balanced_accuracy"], "val_auc": val["auc"]})
+        history.append(
+            {"epoch": total_epochs, "averaged_model": True, "val_balanced_accuracy": val["balanced_accuracy"], "val_auc": val["auc"]}
+        )
         print(f"weights of epochs {epochs + 1}-{total_epochs} averaged: val bal.acc {val['balanced_accuracy']:.3f} auc {val['auc']:.3f}")
         for h in style_hooks:
             h.remove()
         torch.save(model.state_dict(), work_dir / "best.pt")
-        return finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, history, f"average of {epochs + 1}-{total_epochs}",
-                      earlier_seconds + time.time() - t_start, train_crops=crops["train"], report_split=report_split)
+        return finish(
+            cfg,
+            model,
+            out_dir,
+            eval_batches,
+            labels,
+            sessions,
+            digest,
+            history,
+            f"average of {epochs + 1}-{total_epochs}",
+            earlier_seconds + time.time() - t_start,
+            train_crops=crops["train"],
+            report_split=report_split,
+        )
     if best["epoch"] < 0:
-        raise TrainingFailed(f"no epoch of {epochs} gave val outputs that vary (every one was constant up to rounding, or not finite): the network "
-                             "did not learn; try a lower train.lr, more epochs or another seed")
+        raise TrainingFailed(
+            f"no epoch of {epochs} gave val outputs that vary (every one was constant up to rounding, or not finite): the network "
+            "did not learn; try a lower train.lr, more epochs or another seed"
+        )
     model.load_state_dict(best["state"])
     for h in style_hooks:
         h.remove()
     for p in model.parameters():
         p.requires_grad_(True)
     torch.save(model.state_dict(), work_dir / "best.pt")
-    return finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, history, best["epoch"], earlier_seconds + time.time() - t_start,
-                  train_crops=crops["train"], report_split=report_split)
+    return finish(
+        cfg,
+        model,
+        out_dir,
+        eval_batches,
+        labels,
+        sessions,
+        digest,
+        history,
+        best["epoch"],
+        earlier_seconds + time.time() - t_start,
+        train_crops=crops["train"],
+        report_split=report_split,
+    )
 
 
 def run_linear_probe(cfg, model, crops, labels, sessions, eval_batches, digest, out_dir, t_start, report_split, ddp) -> dict[str, Any]:
@@ -261,8 +328,14 @@ def run_linear_probe(cfg, model, crops, labels, sessions, eval_batches, digest, 
     batches = [preprocess(list(crops["train"]), spec_for(cfg))]
     if views > 1:
         classes = classes_of(cfg)
-        ds = CropDataset(crops["train"], labels["train"], train_transform(cfg), float(cfg["augment"].get("colour_transfer_p", 0.0)), int(cfg["seed"]),
-                         keep_colour=np.isin(labels["train"], [classes.index(c) for c in colour_keep_of(cfg)]))
+        ds = CropDataset(
+            crops["train"],
+            labels["train"],
+            train_transform(cfg),
+            float(cfg["augment"].get("colour_transfer_p", 0.0)),
+            int(cfg["seed"]),
+            keep_colour=np.isin(labels["train"], [classes.index(c) for c in colour_keep_of(cfg)]),
+        )
         for _ in tqdm(range(views - 1), desc="augmented views", unit="view", leave=False):
             batches.append(np.stack([ds[i][0].numpy() for i in range(len(ds))]))
     fit = tr.get("probe_fit", "train")
@@ -273,8 +346,10 @@ def run_linear_probe(cfg, model, crops, labels, sessions, eval_batches, digest, 
     if fit == "cross_session" and len(folds) < 2:
         # a dataset whose sessions (lots) cannot be held out in two folds of both classes: the
         # head learns from train and val chooses, as train.probe_fit: train does
-        print(f"linear probe: {len(folds)} held-out fold(s) of both classes among the train and val sessions; "
-              "cross_session needs two, fitting on train and choosing on val")
+        print(
+            f"linear probe: {len(folds)} held-out fold(s) of both classes among the train and val sessions; "
+            "cross_session needs two, fitting on train and choosing on val"
+        )
         fit = "train"
     if fit == "cross_session":
         # the head learns from every session of train and val; held-out sessions choose the L2
@@ -284,16 +359,57 @@ def run_linear_probe(cfg, model, crops, labels, sessions, eval_batches, digest, 
         feats = np.concatenate([probe.pooled(model, batches[0]), probe.pooled(model, eval_batches["val"])])
         y = np.concatenate([labels["train"], labels["val"]])
         groups = list(sessions["train"]) + list(sessions["val"])
-        got = probe.run_cross_session(feats, y, is_defective(y, cfg), groups, [float(v) for v in (tr.get("probe_l2") or probe.DEFAULT_L2)],
-                                      len(classes_of(cfg)), tr.get("balance"), lambda yy, z: selection_score(cfg, yy, z))
+        got = probe.run_cross_session(
+            feats,
+            y,
+            is_defective(y, cfg),
+            groups,
+            [float(v) for v in (tr.get("probe_l2") or probe.DEFAULT_L2)],
+            len(classes_of(cfg)),
+            tr.get("balance"),
+            lambda yy, z: selection_score(cfg, yy, z),
+        )
         probe.set_head(model, got["w"], got["b"])
         held_out = {"logits": got["oof_logits"], "labels": got["oof_labels"], "sessions": got["oof_groups"]}
-        return finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, got["history"], "linear probe (cross-session)",
-                      time.time() - t_start, train_crops=crops["train"], report_split=report_split, held_out=held_out)
-    history = probe.run_probe(model, cfg, batches, labels["train"], sessions["train"], eval_batches["val"],
-                              lambda z: selection_score(cfg, labels["val"], z), len(classes_of(cfg)))
-    return finish(cfg, model, out_dir, eval_batches, labels, sessions, digest, history, "linear probe", time.time() - t_start,
-                  train_crops=crops["train"], report_split=report_split)
+        return finish(
+            cfg,
+            model,
+            out_dir,
+            eval_batches,
+            labels,
+            sessions,
+            digest,
+            got["history"],
+            "linear probe (cross-session)",
+            time.time() - t_start,
+            train_crops=crops["train"],
+            report_split=report_split,
+            held_out=held_out,
+        )
+    history = probe.run_probe(
+        model,
+        cfg,
+        batches,
+        labels["train"],
+        sessions["train"],
+        eval_batches["val"],
+        lambda z: selection_score(cfg, labels["val"], z),
+        len(classes_of(cfg)),
+    )
+    return finish(
+        cfg,
+        model,
+        out_dir,
+        eval_batches,
+        labels,
+        sessions,
+        digest,
+        history,
+        "linear probe",
+        time.time() - t_start,
+        train_crops=crops["train"],
+        report_split=report_split,
+    )
 
 
 class TrainingFailed(RuntimeError):

@@ -33,16 +33,26 @@ PREFIX = "views__"
 
 def view_names(views: int) -> tuple[str, ...]:
     if views not in VIEW_SETS:
-        raise ValueError(f"test-time views must be one of {sorted(VIEW_SETS)} (the crop alone, its four quarter turns, "
-                         f"or all eight symmetries of the square), got {views!r}")
+        raise ValueError(
+            f"test-time views must be one of {sorted(VIEW_SETS)} (the crop alone, its four quarter turns, "
+            f"or all eight symmetries of the square), got {views!r}"
+        )
     return VIEW_SETS[views]
 
 
 def numpy_view(x: np.ndarray, name: str) -> np.ndarray:
     """One symmetry of a batch (N, C, H, W) of square images, rows and columns being axes 2 and 3."""
     t = np.swapaxes(x, 2, 3)
-    return {"identity": x, "turn 90": np.rot90(x, 1, (2, 3)), "turn 180": np.flip(x, (2, 3)), "turn 270": np.rot90(x, 3, (2, 3)),
-            "flip left-right": np.flip(x, 3), "flip up-down": np.flip(x, 2), "transpose": t, "anti-transpose": np.flip(t, (2, 3))}[name]
+    return {
+        "identity": x,
+        "turn 90": np.rot90(x, 1, (2, 3)),
+        "turn 180": np.flip(x, (2, 3)),
+        "turn 270": np.rot90(x, 3, (2, 3)),
+        "flip left-right": np.flip(x, 3),
+        "flip up-down": np.flip(x, 2),
+        "transpose": t,
+        "anti-transpose": np.flip(t, (2, 3)),
+    }[name]
 
 
 def metadata_record(views: int) -> dict[str, Any]:
@@ -50,7 +60,7 @@ def metadata_record(views: int) -> dict[str, Any]:
         "count": views,
         "views": list(view_names(views)),
         "where": "inside model.onnx (training/views.py): the graph stacks these views of each preprocessed crop, runs the network "
-                 "once and returns the mean of their logits; defect_map and the ood distances read the crop as given",
+        "once and returns the mean of their logits; defect_map and the ood distances read the crop as given",
     }
 
 
@@ -59,9 +69,16 @@ def torch_view(x, name: str):
     import torch
 
     t = x.transpose(2, 3)
-    return {"identity": lambda: x, "turn 90": lambda: torch.rot90(x, 1, (2, 3)), "turn 180": lambda: torch.flip(x, (2, 3)),
-            "turn 270": lambda: torch.rot90(x, 3, (2, 3)), "flip left-right": lambda: torch.flip(x, (3,)),
-            "flip up-down": lambda: torch.flip(x, (2,)), "transpose": lambda: t, "anti-transpose": lambda: torch.flip(t, (2, 3))}[name]()
+    return {
+        "identity": lambda: x,
+        "turn 90": lambda: torch.rot90(x, 1, (2, 3)),
+        "turn 180": lambda: torch.flip(x, (2, 3)),
+        "turn 270": lambda: torch.rot90(x, 3, (2, 3)),
+        "flip left-right": lambda: torch.flip(x, (3,)),
+        "flip up-down": lambda: torch.flip(x, (2,)),
+        "transpose": lambda: t,
+        "anti-transpose": lambda: torch.flip(t, (2, 3)),
+    }[name]()
 
 
 def ViewAverage(model, views: int):  # noqa: N802 - a factory of an nn.Module, named as the class it builds
@@ -90,8 +107,16 @@ class _Nodes(GraphBuilder):
 
     def flip(self, x: str, axes: list[int]) -> str:
         big = np.iinfo(np.int64).max
-        return self.node("Slice", [x, self.const("starts", np.full(len(axes), -1, np.int64)), self.const("ends", np.full(len(axes), -big, np.int64)),
-                                   self.const("axes", np.array(axes, np.int64)), self.const("steps", np.full(len(axes), -1, np.int64))])
+        return self.node(
+            "Slice",
+            [
+                x,
+                self.const("starts", np.full(len(axes), -1, np.int64)),
+                self.const("ends", np.full(len(axes), -big, np.int64)),
+                self.const("axes", np.array(axes, np.int64)),
+                self.const("steps", np.full(len(axes), -1, np.int64)),
+            ],
+        )
 
     def view(self, x: str, name: str, transposed: list[str]) -> str:
         if name == "identity":
@@ -102,8 +127,12 @@ class _Nodes(GraphBuilder):
             transposed.append(self.node("Transpose", [x], perm=[0, 1, 3, 2]))
         t = transposed[0]
         # np.rot90(x, 1, (2, 3)) is the transpose flipped up-down, rot90(x, 3) the transpose flipped left-right
-        return {"transpose": lambda: t, "turn 90": lambda: self.flip(t, [2]), "turn 270": lambda: self.flip(t, [3]),
-                "anti-transpose": lambda: self.flip(t, [2, 3])}[name]()
+        return {
+            "transpose": lambda: t,
+            "turn 90": lambda: self.flip(t, [2]),
+            "turn 270": lambda: self.flip(t, [3]),
+            "anti-transpose": lambda: self.flip(t, [2, 3]),
+        }[name]()
 
 
 def _ancestors(graph: onnx.GraphProto, output: str) -> set[int]:
@@ -155,10 +184,14 @@ def add_views(model: onnx.ModelProto, views: int, input_name: str = "input", log
                     continue
                 if x in core_tensors:
                     if x not in sliced:
-                        sliced[x] = b.node("Slice", [x, b.const("zero", np.array([0], np.int64)), n, b.const("axis0", np.array([0], np.int64))])
+                        sliced[x] = b.node(
+                            "Slice", [x, b.const("zero", np.array([0], np.int64)), n, b.const("axis0", np.array([0], np.int64))]
+                        )
                     node.input[k] = sliced[x]
             extra.append(node)
-    classes = b.node("Slice", [b.node("Shape", [all_logits]), b.const("one", np.array([1], np.int64)), b.const("two", np.array([2], np.int64))])
+    classes = b.node(
+        "Slice", [b.node("Shape", [all_logits]), b.const("one", np.array([1], np.int64)), b.const("two", np.array([2], np.int64))]
+    )
     shape = b.node("Concat", [b.const("views", np.array([views, -1], np.int64)), classes], axis=0)
     per_view = b.node("Reshape", [all_logits, shape])
     b.nodes.append(helper.make_node("Identity", [b.reduce("ReduceMean", per_view, [0])], [logits], name=b.name("Identity")))
@@ -180,9 +213,17 @@ def add_views(model: onnx.ModelProto, views: int, input_name: str = "input", log
 OUTPUTS_REL_TOLERANCE = 1e-3
 
 
-def check_views(single: onnx.ModelProto, averaged: onnx.ModelProto, batch: np.ndarray, views: int, outputs: list[str],
-                input_name: str = "input", logits: str = "logits", tolerance: float = 1e-5,
-                outputs_tolerance: float = OUTPUTS_REL_TOLERANCE) -> dict[str, float]:
+def check_views(
+    single: onnx.ModelProto,
+    averaged: onnx.ModelProto,
+    batch: np.ndarray,
+    views: int,
+    outputs: list[str],
+    input_name: str = "input",
+    logits: str = "logits",
+    tolerance: float = 1e-5,
+    outputs_tolerance: float = OUTPUTS_REL_TOLERANCE,
+) -> dict[str, float]:
     """Run both graphs on ``batch`` (preprocessed, NCHW): the averaged graph's logits must be the
     mean of the single graph's over the numpy views of the batch (within ``tolerance``), and its
     other ``outputs`` the single graph's on the batch itself (within ``outputs_tolerance`` of their
@@ -201,8 +242,10 @@ def check_views(single: onnx.ModelProto, averaged: onnx.ModelProto, batch: np.nd
         diff[f"max_rel_diff_{name}"] = float(np.abs(a - e).max() / max(1.0, float(np.abs(a).max())))
     limits = {k: tolerance if k == "max_abs_diff_logits" else outputs_tolerance for k in diff}
     if any(not np.isfinite(v) or v > limits[k] for k, v in diff.items()):
-        raise RuntimeError(f"the averaged graph disagrees with the single-view graph: {diff} "
-                           f"(allowed: logits {tolerance:g}, other outputs {outputs_tolerance:g} of their scale)")
+        raise RuntimeError(
+            f"the averaged graph disagrees with the single-view graph: {diff} "
+            f"(allowed: logits {tolerance:g}, other outputs {outputs_tolerance:g} of their scale)"
+        )
     return diff
 
 

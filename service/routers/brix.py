@@ -24,15 +24,29 @@ router = APIRouter(prefix="/v1", tags=["sensors"])
 
 
 class BrixIn(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {"brix": 12.4, "temperature_c": 24.5, "source": "refractometer", "fruit_id": "F-000123"},
-        {"brix": 11.8, "source": "refractometer", "lot_id": "L-2026-001"}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"brix": 12.4, "temperature_c": 24.5, "source": "refractometer", "fruit_id": "F-000123"},
+                {"brix": 11.8, "source": "refractometer", "lot_id": "L-2026-001"},
+            ]
+        },
+    )
 
-    brix: Annotated[float, Strict()] = Field(ge=PHYSICAL["brix"].lo, le=PHYSICAL["brix"].hi, allow_inf_nan=False,
-                                             description="the instrument's reading, °Brix (a JSON number: true is not 1)")
+    brix: Annotated[float, Strict()] = Field(
+        ge=PHYSICAL["brix"].lo,
+        le=PHYSICAL["brix"].hi,
+        allow_inf_nan=False,
+        description="the instrument's reading, °Brix (a JSON number: true is not 1)",
+    )
     temperature_c: Annotated[float, Strict()] | None = Field(
-        default=None, ge=PHYSICAL["temperature_c"].lo, le=PHYSICAL["temperature_c"].hi, allow_inf_nan=False,
-        description="juice temperature, °C; the reading is corrected to 20 °C (ICUMSA)")
+        default=None,
+        ge=PHYSICAL["temperature_c"].lo,
+        le=PHYSICAL["temperature_c"].hi,
+        allow_inf_nan=False,
+        description="juice temperature, °C; the reading is corrected to 20 °C (ICUMSA)",
+    )
     source: Literal["refractometer", "nir"] = "refractometer"
     fruit_id: PlainText | None = Field(default=None, max_length=100, description="the fruit measured (its own reading)")
     lot_id: PlainText | None = Field(default=None, max_length=100, description="without fruit_id: a destructive sample of this lot")
@@ -67,17 +81,35 @@ async def post_brix(request: Request, body: BrixIn, _=Depends(require("camera"))
                 out, z = is_outlier(brix_20c, list(ctx_lot.brix), ctx.policy.outlier_k, ctx.policy.outlier_min_n)
                 if out and body.fruit_id is None:
                     status, note = "flagged", f"{brix_20c:.1f} °Brix is {z:+.1f} robust SD from the lot's readings: not used for the lot"
-            reading = BrixReadingRow(lot_id=body.lot_id, fruit_id=body.fruit_id, source=body.source, brix_reading=body.brix,
-                                     temperature_c=body.temperature_c, brix_20c=brix_20c, status=status, note=note)
+            reading = BrixReadingRow(
+                lot_id=body.lot_id,
+                fruit_id=body.fruit_id,
+                source=body.source,
+                brix_reading=body.brix,
+                temperature_c=body.temperature_c,
+                brix_20c=brix_20c,
+                status=status,
+                note=note,
+            )
             s.add(reading)
             s.flush()
             changes = []
             if status == "accepted":
                 changes = _regrade(s, ctx, body, brix_20c)
-            return {"reading": {"id": reading.id, "brix_20c": round(brix_20c, 2), "brix_reading": body.brix,
-                                "temperature_c": body.temperature_c, "source": body.source, "fruit_id": body.fruit_id,
-                                "lot_id": body.lot_id, "status": status, "note": note},
-                    "regraded": changes}
+            return {
+                "reading": {
+                    "id": reading.id,
+                    "brix_20c": round(brix_20c, 2),
+                    "brix_reading": body.brix,
+                    "temperature_c": body.temperature_c,
+                    "source": body.source,
+                    "fruit_id": body.fruit_id,
+                    "lot_id": body.lot_id,
+                    "status": status,
+                    "note": note,
+                },
+                "regraded": changes,
+            }
 
     return await run_in_threadpool(record)
 
@@ -97,8 +129,9 @@ def _regrade(s, ctx, body: BrixIn, brix_20c: float) -> list[dict[str, Any]]:
     else:
         ev = lot_sweetness(s, body.lot_id)
         q = select(ResultRow).where(ResultRow.lot_id == body.lot_id)
-        targets = [(r, i, ev) for r in s.scalars(q) for i, f in enumerate(r.payload["fruits"])
-                   if f.get("brix_source") in (None, "lot-sample")]
+        targets = [
+            (r, i, ev) for r in s.scalars(q) for i, f in enumerate(r.payload["fruits"]) if f.get("brix_source") in (None, "lot-sample")
+        ]
         reason = f"lot sample now {ev.brix:.2f} °Brix (n={ev.n})"
     for r, i, ev in targets:
         change = regrade_fruit(s, r, i, ev, get_standard(ctx.standards, r.standard_id), ctx.policy, sound, reason)

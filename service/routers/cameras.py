@@ -55,9 +55,18 @@ async def calibrate(
         from ..grading import discard_unreferenced
 
         sha, path, wrote = ctx.images.put_new(data, media_type)
-        img = ImageRow(sha256=sha, path=str(path), media_type=media_type, width_px=rgb.shape[1], height_px=rgb.shape[0], size_bytes=len(data))
-        row = CalibrationRow(camera_id=camera, mm_per_px=cal.mm_per_px, method=cal.method, reference_diameter_mm=ref_mm,
-                             reference_diameter_px=cal.reference_diameter_px, image_sha256=sha, created_at=cal.created_at)
+        img = ImageRow(
+            sha256=sha, path=str(path), media_type=media_type, width_px=rgb.shape[1], height_px=rgb.shape[0], size_bytes=len(data)
+        )
+        row = CalibrationRow(
+            camera_id=camera,
+            mm_per_px=cal.mm_per_px,
+            method=cal.method,
+            reference_diameter_mm=ref_mm,
+            reference_diameter_px=cal.reference_diameter_px,
+            image_sha256=sha,
+            created_at=cal.created_at,
+        )
         try:
             return ctx.repo.add_calibration(img, row)
         except BaseException:

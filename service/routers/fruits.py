@@ -25,6 +25,13 @@ def fruit_events(request: Request, fruit_id: str, _=Depends(require("inspector",
             row = s.get(FruitRow, int(fruit_id))
         if row is None:
             raise ApiError(404, "not_found", f"no fruit {fruit_id!r}", "fruit_id")
-        events = s.scalars(select(FruitEventRow).where(FruitEventRow.fruit_row_id == row.id).order_by(FruitEventRow.at, FruitEventRow.id)).all()
-        return {"fruit": row.id, "fruit_id": row.fruit_id, "result_id": row.result_id, "fruit_index": row.index,
-                "events": [{"stage": e.stage, "at": e.at.isoformat(), **e.detail} for e in events]}
+        events = s.scalars(
+            select(FruitEventRow).where(FruitEventRow.fruit_row_id == row.id).order_by(FruitEventRow.at, FruitEventRow.id)
+        ).all()
+        return {
+            "fruit": row.id,
+            "fruit_id": row.fruit_id,
+            "result_id": row.result_id,
+            "fruit_index": row.index,
+            "events": [{"stage": e.stage, "at": e.at.isoformat(), **e.detail} for e in events],
+        }

@@ -45,8 +45,12 @@ GRADE_EXAMPLE = {
     "the reply. A retry with the same `Idempotency-Key` header, or the same `camera_id` + `fruit_id`, returns the "
     "first result instead of grading twice; the same key with another image or other fields is refused (422 "
     "`idempotency_key_reused`). Keys are scoped to the API key that sent them.",
-    responses={200: {"content": {"application/json": {"example": GRADE_EXAMPLE}}}, 401: {"description": "missing or unknown API key"},
-               413: {"description": "image over the byte limit"}, 422: {"description": "bad image or field; the body names the field"}},
+    responses={
+        200: {"content": {"application/json": {"example": GRADE_EXAMPLE}}},
+        401: {"description": "missing or unknown API key"},
+        413: {"description": "image over the byte limit"},
+        422: {"description": "bad image or field; the body names the field"},
+    },
 )
 async def grade(
     request: Request,
@@ -59,21 +63,50 @@ async def grade(
     brix: Annotated[str | None, Form(description="°Brix at 20 °C, 0-35 (else the fruit's stored reading, else its lot's sample)")] = None,
     mm_per_px: Annotated[str | None, Form(description="millimetres per pixel at the fruit, > 0")] = None,
     standard: Annotated[str | None, Form(description="grade standard id; default from settings")] = None,
-    reference_diameter_mm: Annotated[str | None, Form(description="reference spheres of this diameter (mm) are in view: "
-                                                      "the scale is taken from them and they are not graded")] = None,
+    reference_diameter_mm: Annotated[
+        str | None,
+        Form(description="reference spheres of this diameter (mm) are in view: the scale is taken from them and they are not graded"),
+    ] = None,
     commodity: Annotated[str | None, Form(description="apple, orange, lemon…; default: the lot's, else the service's")] = None,
-    scene: Annotated[str | None, Form(description="belt (default, or the camera's) or orchard: fruit on the tree, found by the "
-                                                  "detector (or `boxes`) and sized from their pixels, or declined")] = None,
-    boxes: Annotated[str | None, Form(description='orchard scenes: JSON [[x0, y0, x1, y1], …] or [{"box": [...], "kind": '
-                                                  '"apple" | "tennis_ball"}, …] in pixels; replaces the detector')] = None,
-    focal_px: Annotated[str | None, Form(description="orchard scenes: the camera's focal length in pixels (perspective correction)")] = None,
+    scene: Annotated[
+        str | None,
+        Form(
+            description="belt (default, or the camera's) or orchard: fruit on the tree, found by the "
+            "detector (or `boxes`) and sized from their pixels, or declined"
+        ),
+    ] = None,
+    boxes: Annotated[
+        str | None,
+        Form(
+            description='orchard scenes: JSON [[x0, y0, x1, y1], …] or [{"box": [...], "kind": '
+            '"apple" | "tennis_ball"}, …] in pixels; replaces the detector'
+        ),
+    ] = None,
+    focal_px: Annotated[
+        str | None, Form(description="orchard scenes: the camera's focal length in pixels (perspective correction)")
+    ] = None,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
     principal: Principal = Depends(require("camera")),
 ) -> dict[str, Any]:
     ctx = request.app.state.ctx
     with admitted(ctx):
-        req = grading.parse(lot_id, camera_id, fruit_id, lane, brix, mm_per_px, standard, reference_diameter_mm, idempotency_key,
-                            commodity, principal.key_id, scene, boxes, focal_px, ctx.settings.camera_scenes)
+        req = grading.parse(
+            lot_id,
+            camera_id,
+            fruit_id,
+            lane,
+            brix,
+            mm_per_px,
+            standard,
+            reference_diameter_mm,
+            idempotency_key,
+            commodity,
+            principal.key_id,
+            scene,
+            boxes,
+            focal_px,
+            ctx.settings.camera_scenes,
+        )
         data = await read_limited(image, ctx.settings.max_image_bytes)
         req.request_sha256 = grading.request_hash(req, [data])
         if ctx.registry.due():
@@ -99,8 +132,12 @@ class admitted:
     def __enter__(self):
         ctx = self.ctx
         if ctx.in_flight >= ctx.settings.max_in_flight:
-            raise ApiError(503, "overloaded", f"{ctx.in_flight} grades in progress (limit {ctx.settings.max_in_flight}); retry shortly",
-                           headers=OVERLOADED_HEADERS)
+            raise ApiError(
+                503,
+                "overloaded",
+                f"{ctx.in_flight} grades in progress (limit {ctx.settings.max_in_flight}); retry shortly",
+                headers=OVERLOADED_HEADERS,
+            )
         ctx.in_flight += self.weight
         return self
 
@@ -143,8 +180,19 @@ async def grade_batch(
     if mode == "frames" and fruit_id:
         raise ApiError(422, "invalid_request", "fruit_id names one fruit: use it with mode=views", "fruit_id")
     with admitted(ctx, weight=len(images)):
-        req = grading.parse(lot_id, camera_id, fruit_id, lane, brix, mm_per_px, standard, reference_diameter_mm, idempotency_key,
-                            commodity, principal.key_id)
+        req = grading.parse(
+            lot_id,
+            camera_id,
+            fruit_id,
+            lane,
+            brix,
+            mm_per_px,
+            standard,
+            reference_diameter_mm,
+            idempotency_key,
+            commodity,
+            principal.key_id,
+        )
         raw = []
         for i, up in enumerate(images):
             raw.append(await read_limited(up, ctx.settings.max_image_bytes, f"images[{i}]"))
@@ -181,8 +229,7 @@ async def grade_batch(
         def fuse():
             per_view = [grading.grade_rgb(ctx, req, rgb) for _, rgb, _ in decoded]
             sound = tuple(c for c in req.model.spec.classes if c not in req.model.spec.defective_classes)
-            fruit, best, summary = grade_views([g.fruits for _, g in per_view], req.standard, req.sweetness, ctx.policy,
-                                               req.lot_ctx, sound)
+            fruit, best, summary = grade_views([g.fruits for _, g in per_view], req.standard, req.sweetness, ctx.policy, req.lot_ctx, sound)
             if fruit is None:  # no view shows a fruit: stored as such, with the first image
                 return per_view[0][0], per_view[0][1], 0, summary
             return per_view[best][0], ImageGrade([fruit], []), best, summary

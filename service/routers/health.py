@@ -15,12 +15,15 @@ router = APIRouter(tags=["health"])
 def healthz(request: Request) -> dict:
     ctx = request.app.state.ctx
     m = ctx.model
-    return {"status": "ok", "model": {"name": m.spec.name, "version": m.spec.version},
-            "models": {c: sm.model_id for c, sm in {m.commodity: m, **ctx.commodity_models}.items()}}
+    return {
+        "status": "ok",
+        "model": {"name": m.spec.name, "version": m.spec.version},
+        "models": {c: sm.model_id for c, sm in {m.commodity: m, **ctx.commodity_models}.items()},
+    }
 
 
 def _free_space(path: Path, need: int) -> str:
-    """"ok" when the file system holding ``path`` has room for ``need`` bytes, else why not."""
+    """ "ok" when the file system holding ``path`` has room for ``need`` bytes, else why not."""
     try:
         free = shutil.disk_usage(path).free
     except OSError as exc:
@@ -30,8 +33,11 @@ def _free_space(path: Path, need: int) -> str:
     return "ok"
 
 
-@router.get("/readyz", summary="Readiness: model loaded, database reachable, image store writable, room for the largest upload "
-                              "(and the MQTT link, when set: degraded without it)")
+@router.get(
+    "/readyz",
+    summary="Readiness: model loaded, database reachable, image store writable, room for the largest upload "
+    "(and the MQTT link, when set: degraded without it)",
+)
 def readyz(request: Request) -> JSONResponse:
     """Not ready (503) when the database does not answer, an image cannot be written, or the disk
     of the image store (or of a SQLite database) has less free space than the largest upload the
@@ -61,8 +67,9 @@ def readyz(request: Request) -> JSONResponse:
     return JSONResponse(body, status_code=200 if ok else 503, headers=None if ok else {"Retry-After": "5"})
 
 
-@router.get("/metrics", summary="Prometheus metrics: requests by route, inference batches and latency, queue depth, flags",
-            response_class=Response)
+@router.get(
+    "/metrics", summary="Prometheus metrics: requests by route, inference batches and latency, queue depth, flags", response_class=Response
+)
 def metrics() -> Response:
     body, ctype = render()
     return Response(body, media_type=ctype)

@@ -26,16 +26,31 @@ router = APIRouter(prefix="/v1/lots", tags=["lots"])
 
 
 class LotIn(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
-        "id": "L-2026-001", "grower": "Ferri Orchards", "orchard_block": "B7", "variety": "Gala",
-        "commodity": "apple", "standard_id": "unece-ffv50-apples", "harvest_date": "2026-09-14"}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "L-2026-001",
+                    "grower": "Ferri Orchards",
+                    "orchard_block": "B7",
+                    "variety": "Gala",
+                    "commodity": "apple",
+                    "standard_id": "unece-ffv50-apples",
+                    "harvest_date": "2026-09-14",
+                }
+            ]
+        },
+    )
 
     id: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._:-]+$")
     grower: PlainText | None = Field(default=None, max_length=200)
     orchard_block: PlainText | None = Field(default=None, max_length=200)
     variety: PlainText | None = Field(default=None, max_length=100)
     commodity: PlainText | None = Field(default=None, max_length=50, description="default: the standard's commodity")
-    standard_id: PlainText | None = Field(default=None, max_length=100, description="default: the commodity's default standard, else the service's")
+    standard_id: PlainText | None = Field(
+        default=None, max_length=100, description="default: the commodity's default standard, else the service's"
+    )
     harvest_date: dt.date | None = None
 
 
@@ -62,15 +77,28 @@ def create_lot(request: Request, body: LotIn, _=Depends(require("camera", "inspe
     with ctx.repo.sessions() as s, s.begin():
         if s.get(LotRow, body.id) is not None:
             raise ApiError(409, "lot_exists", f"lot {body.id!r} already exists", "id")
-        lot = LotRow(id=body.id, grower=body.grower, orchard_block=body.orchard_block, variety=body.variety, commodity=commodity,
-                     standard_id=std.id, harvest_date=body.harvest_date, status="open", created_at=utcnow())
+        lot = LotRow(
+            id=body.id,
+            grower=body.grower,
+            orchard_block=body.orchard_block,
+            variety=body.variety,
+            commodity=commodity,
+            standard_id=std.id,
+            harvest_date=body.harvest_date,
+            status="open",
+            created_at=utcnow(),
+        )
         s.add(lot)
     return lot_payload(lot)
 
 
 @router.get("", summary="List lots, newest first")
-def list_lots(request: Request, status: Literal["open", "closed"] | None = None, limit: int = Query(50, ge=1, le=500),
-              _=Depends(require("camera", "inspector", "trainer"))) -> dict[str, Any]:
+def list_lots(
+    request: Request,
+    status: Literal["open", "closed"] | None = None,
+    limit: int = Query(50, ge=1, le=500),
+    _=Depends(require("camera", "inspector", "trainer")),
+) -> dict[str, Any]:
     with request.app.state.ctx.repo.sessions() as s:
         q = select(LotRow).order_by(LotRow.created_at.desc()).limit(limit)
         if status:
@@ -111,8 +139,9 @@ def reopen_lot(request: Request, lot_id: str, _=Depends(require("inspector"))) -
     description="`format=json` (default), `csv` (one row per fruit) or `html` (a page with charts).",
     responses={200: {"content": {"application/json": {}, "text/csv": {}, "text/html": {}}}},
 )
-async def report(request: Request, lot_id: str, format: Literal["json", "csv", "html"] = "json",
-                 _=Depends(require("inspector", "trainer"))) -> Any:
+async def report(
+    request: Request, lot_id: str, format: Literal["json", "csv", "html"] = "json", _=Depends(require("inspector", "trainer"))
+) -> Any:
     ctx = request.app.state.ctx
     lot = _lot(request, lot_id)
     std = get_standard(ctx.standards, lot.standard_id)
@@ -128,8 +157,13 @@ async def report(request: Request, lot_id: str, format: Literal["json", "csv", "
     if format == "csv":
         return Response(out, media_type="text/csv", headers={"Content-Disposition": f'attachment; filename="lot-{lot.id}.csv"'})
     if format == "html":  # a static page: no script may run in it, and nobody may frame it
-        return HTMLResponse(out, headers={"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
-                                          "frame-ancestors 'none'", "X-Frame-Options": "DENY"})
+        return HTMLResponse(
+            out,
+            headers={
+                "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'none'",
+                "X-Frame-Options": "DENY",
+            },
+        )
     return out
 
 
@@ -148,10 +182,25 @@ def csv_cell(value: Any) -> Any:
 def _csv(s, lot_id: str) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["result_id", "fruit_index", "fruit_id", "grade", "diameter_mm", "brix", "brix_source", "defect_label", "defect_score", "flagged"])
+    w.writerow(
+        ["result_id", "fruit_index", "fruit_id", "grade", "diameter_mm", "brix", "brix_source", "defect_label", "defect_score", "flagged"]
+    )
     for f in s.scalars(select(FruitRow).where(FruitRow.lot_id == lot_id).order_by(FruitRow.id)):
-        w.writerow([csv_cell(v) for v in (
-            f.result_id, f.index, f.fruit_id or "", f.grade or "", "" if f.diameter_mm is None else round(f.diameter_mm, 2),
-            "" if f.brix is None else round(f.brix, 2), f.brix_source or "", f.defect_label or "",
-            "" if f.defect_score is None else round(f.defect_score, 4), int(f.flagged))])
+        w.writerow(
+            [
+                csv_cell(v)
+                for v in (
+                    f.result_id,
+                    f.index,
+                    f.fruit_id or "",
+                    f.grade or "",
+                    "" if f.diameter_mm is None else round(f.diameter_mm, 2),
+                    "" if f.brix is None else round(f.brix, 2),
+                    f.brix_source or "",
+                    f.defect_label or "",
+                    "" if f.defect_score is None else round(f.defect_score, 4),
+                    int(f.flagged),
+                )
+            ]
+        )
     return buf.getvalue()

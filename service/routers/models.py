@@ -17,9 +17,11 @@ router = APIRouter(prefix="/v1/models", tags=["models"])
 @router.get("", summary="Registered model versions, newest first")
 def list_models(request: Request, _=Depends(require("trainer", "inspector"))) -> dict[str, Any]:
     ctx = request.app.state.ctx
-    return {"serving": ctx.model.model_id, "serving_by_commodity": {c: m.model_id for c, m in {ctx.model.commodity: ctx.model,
-                                                                                              **ctx.commodity_models}.items()},
-            "models": [version_payload(r) for r in ctx.registry.list()]}
+    return {
+        "serving": ctx.model.model_id,
+        "serving_by_commodity": {c: m.model_id for c, m in {ctx.model.commodity: ctx.model, **ctx.commodity_models}.items()},
+        "models": [version_payload(r) for r in ctx.registry.list()],
+    }
 
 
 @router.get("/shadow", summary="Shadow mode: the candidate judging live traffic beside the serving model, and how they disagree")
@@ -74,7 +76,10 @@ async def promote(request: Request, model_id: str, _=Depends(require("trainer"))
 
 
 @router.post("/rollback", summary="Serve the version that served a commodity before the current one")
-async def rollback(request: Request, commodity: str | None = Query(None, description="default: the default model's commodity"),
-                   _=Depends(require("trainer"))) -> dict[str, Any]:
+async def rollback(
+    request: Request,
+    commodity: str | None = Query(None, description="default: the default model's commodity"),
+    _=Depends(require("trainer")),
+) -> dict[str, Any]:
     ctx = request.app.state.ctx
     return version_payload(await run_in_threadpool(ctx.registry.rollback, ctx, commodity))

@@ -102,18 +102,31 @@ def _get(request: Request, result_id: str, principal: Principal | None = None) -
 
 
 @router.get("/results/{result_id}", summary="A stored grading result, with its later grade changes")
-def get_result(request: Request, result_id: str, principal: Principal = Depends(require("camera", "inspector", "trainer"))) -> dict[str, Any]:
+def get_result(
+    request: Request, result_id: str, principal: Principal = Depends(require("camera", "inspector", "trainer"))
+) -> dict[str, Any]:
     out = result_payload(_get(request, result_id, principal))
     with request.app.state.ctx.repo.sessions() as s:
         changes = s.scalars(select(GradeChangeRow).where(GradeChangeRow.result_id == result_id).order_by(GradeChangeRow.id)).all()
-    out["grade_changes"] = [{"fruit_index": c.fruit_index, "old_grade": c.old_grade, "new_grade": c.new_grade, "old_brix": c.old_brix,
-                             "new_brix": c.new_brix, "reason": c.reason, "at": c.created_at.isoformat()} for c in changes]
+    out["grade_changes"] = [
+        {
+            "fruit_index": c.fruit_index,
+            "old_grade": c.old_grade,
+            "new_grade": c.new_grade,
+            "old_brix": c.old_brix,
+            "new_brix": c.new_brix,
+            "reason": c.reason,
+            "at": c.created_at.isoformat(),
+        }
+        for c in changes
+    ]
     return out
 
 
 @router.get("/results/{result_id}/image", summary="The image a result was graded from", response_class=FileResponse)
-def get_result_image(request: Request, result_id: str,
-                     principal: Principal = Depends(require("camera", "inspector", "trainer"))) -> FileResponse:
+def get_result_image(
+    request: Request, result_id: str, principal: Principal = Depends(require("camera", "inspector", "trainer"))
+) -> FileResponse:
     row = _get(request, result_id, principal)
     img = request.app.state.ctx.repo.get_image(row.image_sha256)
     if img is None:
@@ -141,7 +154,9 @@ async def get_result_overlay(
         raise ApiError(422, "invalid_layers", f"unknown overlay layers {unknown}; known: {list(LAYERS)}", "layers")
     row = _get(request, result_id, principal)
     if fruit_index is not None and fruit_index >= len(row.payload["fruits"]):
-        raise ApiError(404, "not_found", f"result {result_id!r} has {len(row.payload['fruits'])} fruit, no index {fruit_index}", "fruit_index")
+        raise ApiError(
+            404, "not_found", f"result {result_id!r} has {len(row.payload['fruits'])} fruit, no index {fruit_index}", "fruit_index"
+        )
     img = ctx.repo.get_image(row.image_sha256)
     if img is None:
         raise ApiError(404, "not_found", f"image of result {result_id!r} is missing", "result_id")
@@ -155,17 +170,22 @@ async def get_result_overlay(
         std = ctx.standards.get(row.standard_id)
         # the commodity that measured the result (a result says which), else its standard's
         commodity = ctx.commodities.get(row.payload.get("commodity") or (std.commodity if std else ""))
-        ms = measure_image(rgb, None, commodity.segmentation() if commodity else None,
-                           colour_bands=commodity.colour_bands if commodity else (),
-                           size_axis=commodity.size_axis if commodity else "major")
+        ms = measure_image(
+            rgb,
+            None,
+            commodity.segmentation() if commodity else None,
+            colour_bands=commodity.colour_bands if commodity else (),
+            size_axis=commodity.size_axis if commodity else "major",
+        )
         ref_boxes = {tuple(r["bbox"]) for r in row.payload.get("references", [])}
         refs = [m for m in ms if tuple(m.bbox) in ref_boxes]
         fruit = [with_scale(m, row.mm_per_px) for m in ms if tuple(m.bbox) not in ref_boxes]
         stored = {tuple(f["bbox"]): f for f in row.payload["fruits"]}
         labels = [fruit_label(m, stored.get(tuple(m.bbox), {}).get("grade")) for m in fruit]
         flagged = [bool(stored.get(tuple(m.bbox), {}).get("flagged")) for m in fruit]
-        over = draw_overlay(rgb, fruit, labels, flagged, refs, layers=wanted,
-                            cnn_maps=[stored_cnn_map(stored.get(tuple(m.bbox), {})) for m in fruit])
+        over = draw_overlay(
+            rgb, fruit, labels, flagged, refs, layers=wanted, cnn_maps=[stored_cnn_map(stored.get(tuple(m.bbox), {})) for m in fruit]
+        )
         if fruit_index is not None:
             over = crop_around(over, row.payload["fruits"][fruit_index]["bbox"])
         ok, png = cv2.imencode(".png", cv2.cvtColor(over, cv2.COLOR_RGB2BGR))

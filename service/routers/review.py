@@ -36,12 +36,24 @@ def _item(f: FruitRow, r: ResultRow, ctx: Any) -> dict[str, Any]:
     std = ctx.standards.get(r.standard_id)
     commodity = ctx.commodities.get(std.commodity) if std else None
     return {
-        "fruit": f.id, "result_id": r.id, "fruit_index": f.index, "priority": f.priority, "created_at": r.created_at.isoformat(),
-        "lot_id": r.lot_id, "camera_id": r.camera_id, "fruit_id": r.fruit_id, "grade": fruit.get("grade"),
-        "defect": fruit.get("defect"), "diameter_mm": fruit.get("diameter_mm"), "brix": fruit.get("brix"),
-        "brix_source": fruit.get("brix_source"), "flags": fruit.get("flag_details", []), "reasons": fruit.get("reasons", []),
+        "fruit": f.id,
+        "result_id": r.id,
+        "fruit_index": f.index,
+        "priority": f.priority,
+        "created_at": r.created_at.isoformat(),
+        "lot_id": r.lot_id,
+        "camera_id": r.camera_id,
+        "fruit_id": r.fruit_id,
+        "grade": fruit.get("grade"),
+        "defect": fruit.get("defect"),
+        "diameter_mm": fruit.get("diameter_mm"),
+        "brix": fruit.get("brix"),
+        "brix_source": fruit.get("brix_source"),
+        "flags": fruit.get("flag_details", []),
+        "reasons": fruit.get("reasons", []),
         "claimed_by": f.claimed_by if f.claimed_until and f.claimed_until > utcnow() else None,
-        "image_url": f"/v1/results/{r.id}/image", "overlay_url": f"/v1/results/{r.id}/overlay?fruit_index={f.index}",
+        "image_url": f"/v1/results/{r.id}/image",
+        "overlay_url": f"/v1/results/{r.id}/overlay?fruit_index={f.index}",
         "measurement": {k: fruit.get(k) for k in MEASUREMENT_FIELDS},
         "standard_id": r.standard_id,
         # what a verdict may say for this fruit: the standard's grades, the commodity's defect types
@@ -51,9 +63,23 @@ def _item(f: FruitRow, r: ResultRow, ctx: Any) -> dict[str, Any]:
 
 
 #: the stored measurements an inspector sees beside the image (units in the names)
-MEASUREMENT_FIELDS = ("diameter_mm", "minor_diameter_mm", "area_mm2", "roundness", "colour_coverage", "blemish_area_cm2",
-                      "largest_blemish_cm2", "blemish_fraction", "mm_per_px", "brix", "brix_source", "brix_n", "brix_spread",
-                      "outlet", "provisional")
+MEASUREMENT_FIELDS = (
+    "diameter_mm",
+    "minor_diameter_mm",
+    "area_mm2",
+    "roundness",
+    "colour_coverage",
+    "blemish_area_cm2",
+    "largest_blemish_cm2",
+    "blemish_fraction",
+    "mm_per_px",
+    "brix",
+    "brix_source",
+    "brix_n",
+    "brix_spread",
+    "outlet",
+    "provisional",
+)
 
 
 def _open_verdict():
@@ -61,11 +87,20 @@ def _open_verdict():
 
 
 @router.get("/queue", summary="Flagged fruit without a verdict, most urgent first")
-def queue(request: Request, lot_id: str | None = None, flag: str | None = None, camera_id: str | None = None,
-          limit: int = Query(50, ge=1, le=500), _=Depends(require("inspector"))) -> dict[str, Any]:
+def queue(
+    request: Request,
+    lot_id: str | None = None,
+    flag: str | None = None,
+    camera_id: str | None = None,
+    limit: int = Query(50, ge=1, le=500),
+    _=Depends(require("inspector")),
+) -> dict[str, Any]:
     with request.app.state.ctx.repo.sessions() as s:
-        q = (select(FruitRow, ResultRow).join(ResultRow, FruitRow.result_id == ResultRow.id)
-             .where(FruitRow.flagged.is_(True), ~_open_verdict()))
+        q = (
+            select(FruitRow, ResultRow)
+            .join(ResultRow, FruitRow.result_id == ResultRow.id)
+            .where(FruitRow.flagged.is_(True), ~_open_verdict())
+        )
         if lot_id:
             q = q.where(ResultRow.lot_id == lot_id)
         if camera_id:
@@ -89,9 +124,11 @@ def claim(request: Request, fruit: RowId, inspector: str | None = None, p: Princ
         if s.get(FruitRow, fruit) is None:
             raise ApiError(404, "not_found", f"no fruit {fruit}", "fruit")
         # one atomic UPDATE: it succeeds only when the fruit is free, lapsed or already ours
-        res = s.execute(update(FruitRow).where(FruitRow.id == fruit, or_(FruitRow.claimed_by.is_(None), FruitRow.claimed_until < now,
-                                                                          FruitRow.claimed_by == who))
-                        .values(claimed_by=who, claimed_until=now + dt.timedelta(seconds=CLAIM_SECONDS)))
+        res = s.execute(
+            update(FruitRow)
+            .where(FruitRow.id == fruit, or_(FruitRow.claimed_by.is_(None), FruitRow.claimed_until < now, FruitRow.claimed_by == who))
+            .values(claimed_by=who, claimed_until=now + dt.timedelta(seconds=CLAIM_SECONDS))
+        )
         if res.rowcount != 1:
             holder = s.get(FruitRow, fruit)
             raise ApiError(409, "claimed", f"fruit {fruit} is being examined by {holder.claimed_by}", "fruit")
@@ -99,8 +136,15 @@ def claim(request: Request, fruit: RowId, inspector: str | None = None, p: Princ
 
 
 class VerdictIn(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {"decision": "confirm"}, {"decision": "correct", "grade": "Class II", "defect_label": "bruise", "note": "soft spot near stem"}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"decision": "confirm"},
+                {"decision": "correct", "grade": "Class II", "defect_label": "bruise", "note": "soft spot near stem"},
+            ]
+        },
+    )
 
     decision: Literal["confirm", "correct"]
     grade: PlainText | None = Field(default=None, max_length=100, description="the correct grade (with decision=correct)")
@@ -110,9 +154,21 @@ class VerdictIn(BaseModel):
 
 
 def verdict_payload(v: VerdictRow) -> dict[str, Any]:
-    return {"id": v.id, "fruit": v.fruit_row_id, "result_id": v.result_id, "inspector": v.inspector, "decision": v.decision,
-            "model_grade": v.model_grade, "grade": v.grade, "model_defect_label": v.model_defect_label, "defect_label": v.defect_label,
-            "flags": v.flags, "note": v.note, "retracted": v.retracted, "created_at": v.created_at.isoformat()}
+    return {
+        "id": v.id,
+        "fruit": v.fruit_row_id,
+        "result_id": v.result_id,
+        "inspector": v.inspector,
+        "decision": v.decision,
+        "model_grade": v.model_grade,
+        "grade": v.grade,
+        "model_defect_label": v.model_defect_label,
+        "defect_label": v.defect_label,
+        "flags": v.flags,
+        "note": v.note,
+        "retracted": v.retracted,
+        "created_at": v.created_at.isoformat(),
+    }
 
 
 @router.post("/fruits/{fruit}/verdict", summary="Confirm the model's grade or correct it")
@@ -133,34 +189,62 @@ def verdict(request: Request, fruit: RowId, body: VerdictIn, p: Principal = Depe
         if s.scalar(select(VerdictRow.id).where(VerdictRow.fruit_row_id == fruit, VerdictRow.retracted.is_(False))):
             raise ApiError(409, "already_examined", f"fruit {fruit} already has a verdict: undo it first", "fruit")
         model = r.payload["fruits"][f.index]
-        v = VerdictRow(fruit_row_id=fruit, result_id=r.id, inspector=who, decision=body.decision, model_grade=model.get("grade"),
-                       grade=model.get("grade") if body.decision == "confirm" else body.grade,
-                       model_defect_label=(model.get("defect") or {}).get("label"), defect_label=body.defect_label,
-                       flags=model.get("flags", []), note=body.note, created_at=utcnow())
+        v = VerdictRow(
+            fruit_row_id=fruit,
+            result_id=r.id,
+            inspector=who,
+            decision=body.decision,
+            model_grade=model.get("grade"),
+            grade=model.get("grade") if body.decision == "confirm" else body.grade,
+            model_defect_label=(model.get("defect") or {}).get("label"),
+            defect_label=body.defect_label,
+            flags=model.get("flags", []),
+            note=body.note,
+            created_at=utcnow(),
+        )
         s.add(v)
         f.claimed_by, f.claimed_until = None, None
         s.flush()
-        s.add(FruitEventRow(fruit_row_id=fruit, result_id=r.id, stage="examined", at=v.created_at,
-                            detail={"verdict_id": v.id, "inspector": who, "decision": v.decision, "grade": v.grade,
-                                    "model_grade": v.model_grade, "defect_label": v.defect_label}))
+        s.add(
+            FruitEventRow(
+                fruit_row_id=fruit,
+                result_id=r.id,
+                stage="examined",
+                at=v.created_at,
+                detail={
+                    "verdict_id": v.id,
+                    "inspector": who,
+                    "decision": v.decision,
+                    "grade": v.grade,
+                    "model_grade": v.model_grade,
+                    "defect_label": v.defect_label,
+                },
+            )
+        )
         return verdict_payload(v)
 
 
-@router.post("/verdicts/{verdict_id}/undo", summary="Retract a verdict: the fruit returns to the queue (the verdict is kept, marked retracted)")
+@router.post(
+    "/verdicts/{verdict_id}/undo", summary="Retract a verdict: the fruit returns to the queue (the verdict is kept, marked retracted)"
+)
 def undo(request: Request, verdict_id: RowId, _=Depends(require("inspector"))) -> dict[str, Any]:
     with request.app.state.ctx.repo.sessions() as s, s.begin():
         v = s.get(VerdictRow, verdict_id)
         if v is None:
             raise ApiError(404, "not_found", f"no verdict {verdict_id}", "verdict_id")
         v.retracted = True
-        s.add(FruitEventRow(fruit_row_id=v.fruit_row_id, result_id=v.result_id, stage="examination_undone", at=utcnow(),
-                            detail={"verdict_id": v.id}))
+        s.add(
+            FruitEventRow(
+                fruit_row_id=v.fruit_row_id, result_id=v.result_id, stage="examination_undone", at=utcnow(), detail={"verdict_id": v.id}
+            )
+        )
         return verdict_payload(v)
 
 
 @router.get("/verdicts", summary="Verdicts, newest first (retracted ones included)")
-def verdicts(request: Request, result_id: str | None = None, limit: int = Query(100, ge=1, le=1000),
-             _=Depends(require("inspector", "trainer"))) -> dict[str, Any]:
+def verdicts(
+    request: Request, result_id: str | None = None, limit: int = Query(100, ge=1, le=1000), _=Depends(require("inspector", "trainer"))
+) -> dict[str, Any]:
     with request.app.state.ctx.repo.sessions() as s:
         q = select(VerdictRow).order_by(VerdictRow.id.desc()).limit(limit)
         if result_id:

@@ -25,16 +25,18 @@ router = APIRouter(prefix="/v1/cameras", tags=["video"])
 CHUNK = 1 << 20
 
 
-def _request(ctx, camera_id: str, lot_id: str | None, mm_per_px: str | None, commodity: str | None, standard: str | None,
-             key_id: str | None = None) -> grading.GradeRequest:
+def _request(
+    ctx, camera_id: str, lot_id: str | None, mm_per_px: str | None, commodity: str | None, standard: str | None, key_id: str | None = None
+) -> grading.GradeRequest:
     req = grading.parse(lot_id, camera_id, None, None, None, mm_per_px, standard, None, None, commodity, key_id)
     grading.lookup(ctx, req)
     return req
 
 
 def _belt(lanes: int, belt_speed_mm_s: str | None, direction: str) -> BeltSetup:
-    return BeltSetup(lanes=lanes, direction=1 if direction == "left_to_right" else -1,
-                     speed_mm_s=physical_field("belt_speed_mm_s", belt_speed_mm_s))
+    return BeltSetup(
+        lanes=lanes, direction=1 if direction == "left_to_right" else -1, speed_mm_s=physical_field("belt_speed_mm_s", belt_speed_mm_s)
+    )
 
 
 @router.post(
@@ -70,7 +72,9 @@ async def post_video(
             while chunk := await video.read(CHUNK):
                 size += len(chunk)
                 if size > ctx.settings.max_video_bytes:
-                    raise ApiError(413, "video_too_large", f"video is larger than the limit of {ctx.settings.max_video_bytes} bytes", "video")
+                    raise ApiError(
+                        413, "video_too_large", f"video is larger than the limit of {ctx.settings.max_video_bytes} bytes", "video"
+                    )
                 f.write(chunk)
         if size == 0:
             raise ApiError(422, "invalid_video", "the video file is empty", "video")
@@ -79,9 +83,17 @@ async def post_video(
 
 
 @router.websocket("/{camera_id}/stream")
-async def stream(ws: WebSocket, camera_id: str, lot_id: str | None = None, mm_per_px: str | None = None, commodity: str | None = None,
-                 lanes: int = 3, belt_speed_mm_s: str | None = None, fps: float = 10.0,
-                 direction: Literal["left_to_right", "right_to_left"] = "left_to_right") -> None:
+async def stream(
+    ws: WebSocket,
+    camera_id: str,
+    lot_id: str | None = None,
+    mm_per_px: str | None = None,
+    commodity: str | None = None,
+    lanes: int = 3,
+    belt_speed_mm_s: str | None = None,
+    fps: float = 10.0,
+    direction: Literal["left_to_right", "right_to_left"] = "left_to_right",
+) -> None:
     """A live camera: send each frame as a binary message (JPEG or PNG), in order, at `fps`; a fruit
     is sent back as `{"type": "fruit", ...}` as soon as it has left the frame and been graded.
     Send the text `end` to close the stream: the fruit still in view are graded and a
@@ -116,8 +128,14 @@ async def stream(ws: WebSocket, camera_id: str, lot_id: str | None = None, mm_pe
                 break
             if msg.get("bytes") is not None:
                 if frame >= ctx.settings.max_video_frames:
-                    await ws.send_json({"type": "error", "code": "video_too_long", "frame": frame,
-                                        "message": f"a stream takes at most {ctx.settings.max_video_frames} frames: open a new one"})
+                    await ws.send_json(
+                        {
+                            "type": "error",
+                            "code": "video_too_long",
+                            "frame": frame,
+                            "message": f"a stream takes at most {ctx.settings.max_video_frames} frames: open a new one",
+                        }
+                    )
                     break
                 try:
                     rgb, _ = await decode_upload(msg["bytes"], ctx.settings.max_image_pixels, ctx.settings.decode_budget_s)
@@ -134,8 +152,12 @@ async def stream(ws: WebSocket, camera_id: str, lot_id: str | None = None, mm_pe
                 if session is not None:
                     for f in await run_in_threadpool(session.close):
                         await ws.send_json({"type": "fruit", **f})
-                await ws.send_json({"type": "summary", **(session.summary() if session else {"frames": 0, "seen": 0, "graded": 0,
-                                                                                            "flagged": 0, "not_graded": 0})})
+                await ws.send_json(
+                    {
+                        "type": "summary",
+                        **(session.summary() if session else {"frames": 0, "seen": 0, "graded": 0, "flagged": 0, "not_graded": 0}),
+                    }
+                )
                 await ws.close()
                 return
     except WebSocketDisconnect:

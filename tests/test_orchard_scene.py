@@ -19,13 +19,14 @@ from service.settings import Settings
 from .test_orchard import _foliage_frame
 
 KEY = "orchard-camera-key-0123456789abcdef"
+INSPECTOR = "orchard-inspector-key-0123456789ab"
 
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
     settings = Settings(
         data_dir=tmp_path_factory.mktemp("orchard"),
-        api_keys=f"camera:{KEY}",
+        api_keys=f"camera:{KEY},inspector:{INSPECTOR}",
         rate_limit_per_min=0,
         review_sample_share=0.0,
         camera_scenes={"tree-1": "orchard"},
@@ -115,3 +116,23 @@ def test_bad_orchard_fields_are_refused_naming_the_field(client, form, field):
     bgr, _, _ = _foliage_frame(1, leaves=0)
     r = _post(client, bgr, **form)
     assert r.status_code == 422 and r.json()["error"]["field"] == field, r.text
+
+
+def test_the_lot_report_sizes_only_sized_fruit_and_counts_the_declined(client):
+    r = client.post("/v1/lots", headers={"X-API-Key": KEY}, json={"id": "tree-lot-1", "grower": "Orchard Co-op"})
+    assert r.status_code in (200, 201), r.text
+    bgr, d_px, (cx, cy) = _foliage_frame(1, leaves=0)
+    tiny, _, (tx, ty) = _foliage_frame(4, diameter_mm=12.0, leaves=0)
+    sized = _post(
+        client, bgr, scene="orchard", mm_per_px=1.0, lot_id="tree-lot-1", boxes=json.dumps([[cx - 25, cy - 25, cx + 25, cy + 25]])
+    )
+    declined = _post(
+        client, tiny, scene="orchard", mm_per_px=1.0, lot_id="tree-lot-1", boxes=json.dumps([[tx - 6, ty - 6, tx + 6, ty + 6]])
+    )
+    assert sized.status_code == 200 and declined.status_code == 200, (sized.text, declined.text)
+    [f] = declined.json()["fruits"]
+    assert f["diameter_mm"] is None and f["size_declined"] == "too_small" and "too_small" in f["flags"]
+    rep = client.get("/v1/lots/tree-lot-1/report", headers={"X-API-Key": INSPECTOR}).json()
+    assert "size_mm" in rep, rep
+    assert rep["size_mm"]["n"] == 1 and rep["size_mm"]["not_sized"] == 1
+    assert sum(b["count"] for b in rep["size_mm"]["histogram"]) == 1

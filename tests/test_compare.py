@@ -70,7 +70,7 @@ def candidate(tmp_path_factory, dataset) -> Path:
     """The shipped model under another version, its threshold set inside the current model's
     scores on the dataset so that the two label some items differently."""
     from service.onnx_model import OnnxDefectModel
-    from training.compare import load_dataset, score_items
+    from training.evaluation import load_dataset, score_items
 
     current = OnnxDefectModel(MODELS, threads=1)
     scores = np.sort(score_items(load_dataset(dataset, "test").items, {"current": current})[0]["current"])

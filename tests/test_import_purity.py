@@ -40,7 +40,13 @@ def _is_type_checking(test: ast.expr) -> bool:
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
-def imports(path: Path, root: Path = ROOT, *, top_only: bool = False) -> list[tuple[int, str]]:
+def _is_main_block(node: ast.AST) -> bool:
+    """``if __name__ == "__main__":``: a module's entry point, run only as a script, never on import."""
+    t = getattr(node, "test", None)
+    return isinstance(node, ast.If) and isinstance(t, ast.Compare) and getattr(t.left, "id", None) == "__name__"
+
+
+def imports(path: Path, root: Path = ROOT, *, top_only: bool = False, entry_points: bool = True) -> list[tuple[int, str]]:
     """(line, module) for every import in a file: absolute names, relative ones resolved, and
     ``importlib.import_module`` with a literal (an f-string: its literal start). ``top_only``: only
     what runs when the module is imported (no function bodies, no ``if TYPE_CHECKING:`` block), and
@@ -51,6 +57,8 @@ def imports(path: Path, root: Path = ROOT, *, top_only: bool = False) -> list[tu
 
     def visit(node: ast.AST) -> None:
         if top_only and isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            return
+        if not entry_points and _is_main_block(node):
             return
         if top_only and isinstance(node, ast.If) and _is_type_checking(node.test):
             for child in node.orelse:
@@ -98,14 +106,16 @@ def layer_violations(root: Path = ROOT) -> list[str]:
     return bad
 
 
-def import_cycles(root: Path = ROOT) -> list[list[str]]:
-    """The cycles among each package's modules, from what each module imports when it is imported."""
+def import_cycles(root: Path = ROOT, top_only: bool = True) -> list[list[str]]:
+    """The cycles among each package's modules, from what each module imports when it is imported
+    (``top_only=False``: and inside its functions too; a script's ``__main__`` block is left out)."""
     cycles = []
     for pkg in LAYERS:
         graph: dict[str, set[str]] = {}
         for path in sorted((root / pkg).rglob("*.py")):
             module = _module_name(path, root)
-            graph[module] = {name for _, name in imports(path, root, top_only=True) if name.split(".")[0] == pkg and name != module}
+            found = imports(path, root, top_only=top_only, entry_points=False)
+            graph[module] = {name for _, name in found if name.split(".")[0] == pkg and name != module}
         cycles += _strongly_connected(graph)
     return cycles
 
@@ -154,8 +164,11 @@ def test_every_package_imports_only_the_packages_below_it():
 
 
 def test_no_import_cycles_inside_a_package():
-    cycles = import_cycles()
-    assert not cycles, "import cycles: " + "; ".join(" <-> ".join(c) for c in cycles)
+    """Not at import time, and not through imports inside functions either (a script's
+    ``if __name__ == "__main__":`` entry point aside)."""
+    for top_only in (True, False):
+        cycles = import_cycles(top_only=top_only)
+        assert not cycles, "import cycles: " + "; ".join(" <-> ".join(c) for c in cycles)
 
 
 def test_the_core_imports_its_own_modules_at_the_top():

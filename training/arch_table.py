@@ -6,7 +6,7 @@ Per artifact: val balanced accuracy and AUC (recorded at training, metadata ``me
 balanced accuracy and AUC (``grader evaluate`` report in ``--evaluated/<artifact dir name>``, the
 served ONNX graph on the test photos), CPU latency per crop at batch 1 and 16 (measured here, all
 models interleaved repeat by repeat so the machine's load falls on all alike:
-``training.compare.measure_latency``), ONNX size, parameters, train time, and the selection figure:
+``training.evaluation.measure_latency``), ONNX size, parameters, train time, and the selection figure:
 val balanced accuracy above chance per millisecond at batch 1, ``(val bal.acc - 0.5) / ms``.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from training import compare
+from training import evaluation
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,12 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--json", type=Path, help="write the rows here too")
     a = p.parse_args(argv)
-    models = [compare.load_model(d, "compared", a.threads) for d in a.artifacts]
+    models = [evaluation.load_model(d, "compared", a.threads) for d in a.artifacts]
     # latency on real crops: the first test photos of the first artifact's evaluate report
     report0 = json.loads((a.evaluated / a.artifacts[0].name / "report.json").read_text())
     root = Path(report0["data"]["dir"])
     items = [
-        compare.Item(
+        evaluation.Item(
             path=s["path"],
             file=root / s["path"],
             kind="image",
@@ -46,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         for s in report0["scores"][:16]
     ]
-    crops = compare.load_crops(items, models[0].spec.crop_margin_frac, models[0].spec.crop_segmentation)
-    lat = compare.measure_latency(models, [crops] * len(models), repeats=a.repeats)
+    crops = evaluation.load_crops(items, models[0].spec.crop_margin_frac, models[0].spec.crop_segmentation)
+    lat = evaluation.measure_latency(models, [crops] * len(models), repeats=a.repeats)
     rows = []
     for d, model, ms in zip(a.artifacts, models, lat):
         meta = json.loads((d / "metadata.json").read_text())

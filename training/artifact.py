@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -27,20 +26,10 @@ from training.config import (
     spec_for,
 )
 from training.export import INPUT_NAME, OUTPUT_NAME, check_export, export_onnx, parity_record
+from training.metrics import json_safe
 from training.models_registry import pretrained_record
 from training.views import ViewAverage, add_views, check_views
 from training.views import metadata_record as views_record
-
-
-def json_safe(x: Any) -> Any:
-    """NaN (e.g. recall of a class a session lacks) becomes null: metadata stays strict JSON."""
-    if isinstance(x, dict):
-        return {k: json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [json_safe(v) for v in x]
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
 
 
 def finish(

@@ -41,11 +41,11 @@ def derive(artifact, out, views: int, version: str, work_dir, data: tuple | None
 
     from grader.defect import parity_probe, preprocess
     from inference.metadata import read_spec
-    from training.artifact import json_safe
     from training.calibrate import calibrate
     from training.config import code_version, crop_segmentation_record, segmentation_of, spec_for
     from training.data import load_data
     from training.explain import run_graph
+    from training.metrics import json_safe
     from training.ood_threshold import calibration_matches, recompute
 
     artifact, out = Path(artifact), Path(out)

@@ -32,8 +32,9 @@ from typing import Any
 import numpy as np
 
 from datasets.fruitnet import file_sha256
-from training import compare
-from training.compare import CompareInputError, Dataset, Item
+from training import compare, evaluation
+from training.evaluation import CompareInputError, Dataset, Item
+from training.metrics import json_safe
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -149,25 +150,25 @@ def evaluate_artifact(
     split: str = "test",
     out: Path | None = None,
     threads: int = 0,
-    latency_repeats: int = compare.LATENCY_REPEATS,
+    latency_repeats: int = evaluation.LATENCY_REPEATS,
 ) -> tuple[dict[str, Any], Path]:
-    model = compare.load_model(Path(artifact), "evaluated", threads)
+    model = evaluation.load_model(Path(artifact), "evaluated", threads)
     spec = model.spec
     if not (Path(artifact) / "manifest.json").is_file():
         raise CompareInputError(f"{artifact} has no manifest.json (written by `grader train`)")
     dataset = artifact_dataset(Path(artifact), data_root(Path(artifact), None if data is None else Path(data)), split)
     y = dataset.y
     scores, types, sample = [], [], []
-    for i in range(0, len(dataset.items), compare.SCORE_BATCH):
-        crops = compare.load_crops(dataset.items[i : i + compare.SCORE_BATCH], spec.crop_margin_frac, spec.crop_segmentation)
-        sample.extend(crops[: max(compare.LATENCY_BATCHES) - len(sample)])
+    for i in range(0, len(dataset.items), evaluation.SCORE_BATCH):
+        crops = evaluation.load_crops(dataset.items[i : i + evaluation.SCORE_BATCH], spec.crop_margin_frac, spec.crop_segmentation)
+        sample.extend(crops[: max(evaluation.LATENCY_BATCHES) - len(sample)])
         for ev in model.predict(crops):
             scores.append(ev.score)
             tp = ev.type_probabilities
             types.append(max(tp, key=tp.get) if tp else None)
     s = np.asarray(scores, dtype=np.float64)
     thr = spec.threshold_defective
-    [latency] = compare.measure_latency([model], [sample], repeats=latency_repeats)
+    [latency] = evaluation.measure_latency([model], [sample], repeats=latency_repeats)
     groups = [it.session for it in dataset.items]
     run = {
         "dir": str(model.model_dir),
@@ -178,9 +179,9 @@ def evaluate_artifact(
         "crop_margin_frac": spec.crop_margin_frac,
         "input_size": list(spec.input_size),
         "scores": s,
-        "metrics": compare.evaluate(y, s, thr),
-        "per_group": compare.grouped(groups, y, s, thr),
-        "reliability": compare.reliability_bins(y.astype(float), s),
+        "metrics": evaluation.evaluate(y, s, thr),
+        "per_group": evaluation.grouped(groups, y, s, thr),
+        "reliability": evaluation.reliability_bins(y.astype(float), s),
         "latency_ms_per_crop": latency,
     }
     type_rep = _type_report(dataset.items, types, list(spec.defective_classes))
@@ -189,13 +190,13 @@ def evaluate_artifact(
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        figures = compare.write_figures(out, y, {"current": run})
+        figures = evaluation.write_figures(out, y, {"current": run})
         if type_rep:
             figures["types"] = _types_figure(out, type_rep)
     except OSError as exc:
         raise CompareInputError(f"cannot write to {out}: {exc}") from exc
     recorded = json.loads((Path(artifact) / "metadata.json").read_text()).get("metrics", {}).get(split, {})
-    report = compare._json_safe(
+    report = json_safe(
         {
             "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "model": {k: v for k, v in run.items() if k not in ("scores", "per_group", "metrics", "reliability", "latency_ms_per_crop")},

@@ -643,9 +643,9 @@ def explain_artifact(artifact: Path, work_dir: Path, write: bool = False, out=sy
 
 def latency(artifact: Path, repeats: int = 40, threads: int = 1) -> dict[str, dict]:
     """ms per crop of the artifact's graph with and without the extra outputs (strip_outputs),
-    interleaved repeat by repeat (training.compare.measure_latency) on random crops."""
+    interleaved repeat by repeat (training.evaluation.measure_latency) on random crops."""
     from inference.onnx_model import OnnxDefectModel
-    from training.compare import measure_latency
+    from training.evaluation import measure_latency
 
     meta = json.loads((artifact / "metadata.json").read_text())
     with tempfile.TemporaryDirectory() as tmp:

@@ -121,3 +121,14 @@ def pick_threshold(y: np.ndarray, scores: np.ndarray, min_recall: float) -> floa
     k = int(np.floor((1 - min_recall) * len(pos)))  # may miss at most k defective fruit
     t = float(pos[k])
     return float(min(max(t, 0.02), 0.98))
+
+
+def json_safe(x: Any) -> Any:
+    """NaN (e.g. recall of a class a session lacks) becomes null: metadata stays strict JSON."""
+    if isinstance(x, dict):
+        return {k: json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_safe(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x

@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = model.spec
     margin = spec.crop_margin_frac
     if spec.ood_distance_threshold is None:
-        print(f"{a.artifact} has no ood_distance threshold: run python -m training.explain on it first", file=sys.stderr)
+        print(f"{a.artifact} has no ood_distance threshold: run python -m training.retrofit_explain on it first", file=sys.stderr)
         return 2
     from training.data import load_data
 

@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         m = max(measure_image(img, None), key=lambda f: f.area_px)
         ev = model.predict([crop_for_model(img, m.bbox, model.spec.crop_margin_frac, m.mask)])[0]
         if ev.defect_map is None:
-            raise SystemExit(f"{a.artifact} has no defect_map output: run python -m training.explain on it first")
+            raise SystemExit(f"{a.artifact} has no defect_map output: run python -m training.retrofit_explain on it first")
         cnn = draw_overlay(img, [m], layers=("contour", "cnn"), cnn_maps=[(ev.defect_map, ev.map_crop_margin_frac)])
         heat = draw_overlay(img, [m], layers=("contour", "heatmap"))
         title = Path(name).name if "/" in name else name

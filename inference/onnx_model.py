@@ -76,7 +76,7 @@ class OnnxDefectModel:
         if "defect_map" in outputs and want_t is not None and abs(float(want_t) - self.spec.temperature) > 1e-6 * self.spec.temperature:
             raise InvalidModelArtifact(
                 f"the graph's defect_map was built at temperature {want_t}, the metadata calibrates at "
-                f"{self.spec.temperature}: rerun python -m training.explain on the artifact"
+                f"{self.spec.temperature}: rerun python -m training.retrofit_explain on the artifact"
             )
         try:
             self.warm_up()

@@ -71,7 +71,7 @@ def finish(
 
     export_onnx(model, out_dir / "model.onnx", int(cfg["model"]["input_size"]))
     spec = spec_for(cfg, temperature, threshold, band)
-    # the same graph edit an existing artifact gets from `python -m training.explain`: defect_map and
+    # the same graph edit an existing artifact gets from `python -m training.retrofit_explain`: defect_map and
     # ood_distance, the latter fitted on the train crops, its threshold a quantile of the val crops'
     if held_out is None:
         explained = explain.add_outputs(

@@ -277,12 +277,17 @@ def gaussian_sigma(w_cells: float, h_cells: float) -> float:
     return max(0.6, min(w_cells, h_cells) / 6.0)
 
 
-def tile_targets(frame: Frame, g: TileGeom, n_classes: int, apple: int, max_objects: int, pseudo_as: str = "ignore") -> dict[str, np.ndarray]:
+def tile_targets(frame: Frame, g: TileGeom, n_classes: int, apple: int, max_objects: int, pseudo_as: str = "ignore",
+                 apple_neg_weight: float = 1.0, ball: int = -1) -> dict[str, np.ndarray]:
     """Centre heatmap (C, G, G), negative-loss weight (C, G, G), and up to ``max_objects`` regression
-    targets (cell index, log box size in cells, sub-cell offset) for one tile."""
+    targets (cell index, log box size in cells, sub-cell offset) for one tile. ``apple_neg_weight``
+    scales the apple channel's negatives (most unboxed apples are no negatives), except on the tennis
+    balls (class ``ball``), which stay full negatives of the apple channel."""
     grid = g.tile // STRIDE
     heat = np.zeros((n_classes, grid, grid), np.float32)
     negw = np.ones((n_classes, grid, grid), np.float32)
+    if apple >= 0:
+        negw[apple] = apple_neg_weight
     idx = np.zeros(max_objects, np.int64)
     wh = np.zeros((max_objects, 2), np.float32)
     off = np.zeros((max_objects, 2), np.float32)
@@ -304,6 +309,11 @@ def tile_targets(frame: Frame, g: TileGeom, n_classes: int, apple: int, max_obje
         if n < max_objects:
             idx[n], wh[n], off[n], mask[n] = iy * grid + ix, (math.log(w), math.log(h)), (cx - ix, cy - iy), 1.0
             n += 1
+    if apple >= 0 and ball >= 0 and apple_neg_weight != 1.0:
+        for b in g.boxes(frame.boxes[frame.labels == ball]):
+            cx, cy = (b[0] + b[2]) / 2 / STRIDE, (b[1] + b[3]) / 2 / STRIDE
+            r = max(1.0, 0.5 * max(b[2] - b[0], b[3] - b[1]) / STRIDE)
+            negw[apple][(xx - cx) ** 2 + (yy - cy) ** 2 <= r * r] = 1.0
     if pseudo_as == "ignore" and apple >= 0:
         for b in g.boxes(frame.ignore):
             cx, cy = (b[0] + b[2]) / 2 / STRIDE, (b[1] + b[3]) / 2 / STRIDE
@@ -496,14 +506,21 @@ def build_cache(model: CentreNet, frames: Sequence[Frame], cfg: dict[str, Any], 
 def cache_targets(cache: TileCache, frames: Sequence[Frame], cfg: dict[str, Any]) -> dict[str, torch.Tensor]:
     classes = cfg["data"]["classes"]
     apple = classes.index("apple") if "apple" in classes else -1
+    ball = classes.index("tennis_ball") if "tennis_ball" in classes else -1
     pseudo_as = cfg["train"]["pseudo"].get("as", "ignore")
-    ts = [tile_targets(frames[g.frame], g, len(classes), apple, int(cfg["train"]["max_objects"]), pseudo_as) for g in cache.geoms]
+    w = float(cfg["train"].get("apple_neg_weight", 1.0))
+    ts = [tile_targets(frames[g.frame], g, len(classes), apple, int(cfg["train"]["max_objects"]), pseudo_as, w, ball) for g in cache.geoms]
     return {k: torch.from_numpy(np.stack([t[k] for t in ts])) for k in ts[0]}
 
 
 def fit(model: CentreNet, cache: TileCache, targets: dict[str, torch.Tensor], cfg: dict[str, Any], seed: int,
-        log: Callable[[str], None], desc: str = "train") -> list[dict[str, float]]:
+        log: Callable[[str], None], desc: str = "train", subset: np.ndarray | None = None) -> list[dict[str, float]]:
+    """Train the unfrozen part on the cached tiles (``subset``: only those tile indices)."""
     tr = cfg["train"]
+    if subset is not None:
+        sub = torch.from_numpy(np.asarray(subset, np.int64))
+        cache = TileCache([cache.geoms[i] for i in subset], [t[sub] for t in cache.inputs])
+        targets = {k: v[sub] for k, v in targets.items()}
     torch.manual_seed(seed)
     head_params = list(model.head.parameters())
     head_ids = {id(p) for p in head_params}
@@ -713,11 +730,11 @@ def json_safe(x: Any) -> Any:
 
 
 def pseudo_ignore(model: CentreNet, frames: Sequence[Frame], cfg: dict[str, Any]) -> int:
-    """Confident apple detections on the train frames that match no box (of either class) become the
+    """Confident apple detections on ``frames`` that match no box (of either class) become the
     frames' ``ignore`` boxes; returns how many."""
     ps = cfg["train"]["pseudo"]
     apple = cfg["data"]["classes"].index("apple")
-    dets = predict_frames(model, frames, cfg, desc="self-training: detect on train frames")
+    dets = predict_frames(model, frames, cfg, desc="self-training: detect unboxed apples")
     total = 0
     for fr, d in zip(frames, dets):
         sel = (d.classes == apple) & (d.scores >= float(ps["score"]))
@@ -742,7 +759,11 @@ def train_detector(cfg: dict[str, Any], train_frames: Sequence[Frame], log: Call
     init_state = copy.deepcopy(model.state_dict())
     cache = build_cache(model, train_frames, cfg, rng, log)
     cache_s = time.perf_counter() - t0
-    history = {"round_0": fit(model, cache, cache_targets(cache, train_frames, cfg), cfg, seed, log, "train")}
+    rounds = int(cfg["train"]["pseudo"].get("rounds", 0)) if "apple" in cfg["data"]["classes"] else 0
+    folds = int(cfg["train"]["pseudo"].get("cross_fit", 0))
+    # with cross-fitting, the model of round 0 proposes nothing: it is fitted only for its figures
+    round0 = not (rounds and folds > 1) or bool(cfg["train"]["pseudo"].get("report_round0", True))
+    history = {"round_0": fit(model, cache, cache_targets(cache, train_frames, cfg), cfg, seed, log, "train")} if round0 else {}
     eval_s = 0.0
 
     def judge(r: int) -> dict[str, Any]:
@@ -752,12 +773,33 @@ def train_detector(cfg: dict[str, Any], train_frames: Sequence[Frame], log: Call
         eval_s += time.perf_counter() - t
         return out
 
-    rounds_eval = {"round_0": judge(0)}
+    rounds_eval = {"round_0": judge(0)} if round0 else {}
     pseudo_counts = []
-    rounds = int(cfg["train"]["pseudo"].get("rounds", 0)) if "apple" in cfg["data"]["classes"] else 0
     for r in range(rounds):
-        pseudo_counts.append(pseudo_ignore(model, train_frames, cfg))
-        log(f"self-training round {r + 1}: {pseudo_counts[-1]} confident unboxed apples on {len(train_frames)} train frames left out of the loss")
+        if folds > 1:
+            # the unboxed apples of a frame are proposed by a model that never saw that frame: one fitted
+            # on the other folds (dates dealt to folds in turn, so each fold spans the season)
+            dates = sorted({f.date for f in train_frames})
+            fold_of = {d: i % folds for i, d in enumerate(dates)}
+            targets = cache_targets(cache, train_frames, cfg)
+            found: list[np.ndarray] = [np.zeros((0, 4))] * len(train_frames)
+            for k in range(folds):
+                inside = [i for i, f in enumerate(train_frames) if fold_of[f.date] == k]
+                subset = np.array([j for j, g in enumerate(cache.geoms) if fold_of[train_frames[g.frame].date] != k])
+                model.load_state_dict(init_state)
+                history[f"round_{r + 1}_fold_{k}"] = fit(model, cache, targets, cfg, seed + 100 * (r + 1) + k, log,
+                                                         f"self-training {r + 1}: fold {k + 1}/{folds}", subset)
+                held = [train_frames[i] for i in inside]
+                pseudo_ignore(model, held, cfg)
+                for i, f in zip(inside, held):
+                    found[i] = f.ignore
+            for f, b in zip(train_frames, found):
+                f.ignore = b
+            pseudo_counts.append(int(sum(len(b) for b in found)))
+        else:
+            pseudo_counts.append(pseudo_ignore(model, train_frames, cfg))
+        log(f"self-training round {r + 1}: {pseudo_counts[-1]} unboxed apples (score >= {cfg['train']['pseudo']['score']}) on "
+            f"{len(train_frames)} train frames left out of the loss")
         model.load_state_dict(init_state)
         history[f"round_{r + 1}"] = fit(model, cache, cache_targets(cache, train_frames, cfg), cfg, seed + r + 1, log, f"train (self-training {r + 1})")
         rounds_eval[f"round_{r + 1}"] = judge(r + 1)
@@ -856,6 +898,129 @@ def run(cfg: dict[str, Any], out_dir: Path, log: Callable[[str], None] = print) 
     return meta
 
 
+def scale_sweep(model_dir: Path, scales: Sequence[float], threads: int = 1) -> dict[str, Any]:
+    """The artifact through ONNX Runtime with the frame resized by each of ``scales`` instead of its own:
+    AP50 per class on val and held-out dates, and ms per frame. A scale of 1.0 is what running
+    full-resolution tiles would see (the graph takes any multiple of 32, so no tiling is needed)."""
+    from inference.detector import OnnxDetector
+
+    meta = json.loads((model_dir / "metadata.json").read_text())
+    cfg = meta["config"]
+    root = data_root(cfg)
+    classes = meta["classes"]
+    dates = meta["training_data"]["dates"]
+    det = OnnxDetector(model_dir, threads=threads)
+    det.thresholds = [float(cfg["decode"]["min_score"])] * len(classes)
+    out: dict[str, Any] = {}
+    for split in ("val", "held_out"):
+        frames = load_ecopom(root, classes, set(dates[split]))
+        for sc in scales:
+            det.scale = float(sc)
+            dets, ms = [], []
+            for fr in tqdm(frames, desc=f"scale {sc}: {split}", unit="frame", file=sys.stderr, leave=False):
+                t = time.perf_counter()
+                ds = det.detect(fr.image)
+                ms.append((time.perf_counter() - t) * 1000)
+                dets.append(FrameDetections(np.array([d.box_xyxy for d in ds]).reshape(-1, 4), np.array([d.score for d in ds]),
+                                            np.array([classes.index(d.kind) for d in ds], np.int64)))
+            ev = evaluate(dets, frames, cfg)
+            out.setdefault(str(sc), {})[split] = {**{c: {"ap50": ev[c]["ap50"], "max_recall": ev[c]["max_recall"]} for c in classes},
+                                                 "median_ms": float(np.median(ms))}
+    return out
+
+
+# ============================================================================================== audit
+def audit_sheet(model_dir: Path, cfg: dict[str, Any], sample: int = 120, seed: int = 0, threads: int = 1) -> dict[str, Any]:
+    """Only tagged apples are boxed, so an apple detection on a held-out frame that matches no box may
+    well be an untagged apple. Run the artifact (ONNX Runtime) on the held-out frames, collect those
+    unmatched detections at the operating threshold, and draw a seeded sample of ``sample`` of them on
+    a numbered contact sheet (``audit_sheet.jpg``) for a person to judge; ``audit.json`` lists them with
+    ``verdict: null`` to fill in ("apple", "not_apple", "unsure"). Detections that overlap a tennis-ball
+    box are counted as false positives outright."""
+    from inference.detector import OnnxDetector
+
+    meta = json.loads((model_dir / "metadata.json").read_text())
+    root = data_root(cfg)
+    classes = meta["classes"]
+    frames = load_ecopom(root, classes, set(meta["training_data"]["dates"]["held_out"]))
+    det = OnnxDetector(model_dir, threads=threads)
+    apple, ball = classes.index("apple"), classes.index("tennis_ball")
+    iou = float(cfg["eval"]["iou"])
+    items, n_det, n_tp, n_on_ball = [], 0, 0, 0
+    for fr in tqdm(frames, desc="audit: held-out frames", unit="frame", file=sys.stderr):
+        ds = [d for d in det.detect(fr.image) if d.kind == "apple"]
+        ds.sort(key=lambda d: -d.score)
+        n_det += len(ds)
+        gt = fr.boxes[fr.labels == apple]
+        balls = fr.boxes[fr.labels == ball]
+        used = np.zeros(len(gt), bool)
+        for d in ds:
+            b = np.array([d.box_xyxy])
+            if len(gt):
+                cand = np.where(~used, box_iou(b, gt)[0], -1)
+                j = int(np.argmax(cand))
+                if cand[j] >= iou:
+                    used[j] = True
+                    n_tp += 1
+                    continue
+            if len(balls) and box_iou(b, balls).max() >= 0.3:
+                n_on_ball += 1
+                continue
+            items.append({"frame": fr.name, "box": [round(v, 1) for v in d.box_xyxy], "score": round(d.score, 4), "verdict": None})
+    rng = np.random.default_rng(seed)
+    pick = sorted(rng.choice(len(items), size=min(sample, len(items)), replace=False).tolist()) if items else []
+    sampled = [{"id": k, **items[i]} for k, i in enumerate(pick)]
+    images = {fr.name: fr.image for fr in frames}
+    cell, cols = 112, 12
+    rows = -(-len(sampled) // cols) if sampled else 1
+    sheet = np.full((rows * cell, cols * cell, 3), 255, np.uint8)
+    for k, it in enumerate(sampled):
+        x0, y0, x1, y1 = it["box"]
+        cx, cy, side = (x0 + x1) / 2, (y0 + y1) / 2, max(x1 - x0, y1 - y0) * 2.2
+        g = TileGeom(0, int(cx - side / 2), int(cy - side / 2), max(8, int(side)), cell - 16, False)
+        crop = crop_resize(images[it["frame"]], g)
+        bb = g.boxes(np.array([it["box"]]))[0]
+        cv2.rectangle(crop, (int(bb[0]), int(bb[1])), (int(bb[2]), int(bb[3])), (255, 255, 0), 1)
+        r, c = divmod(k, cols)
+        sheet[r * cell + 14: r * cell + 14 + crop.shape[0], c * cell + 8: c * cell + 8 + crop.shape[1]] = crop
+        cv2.putText(sheet, str(k), (c * cell + 8, r * cell + 12), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1)
+    cv2.imwrite(str(model_dir / "audit_sheet.jpg"), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
+    rec = {"what": "held-out apple detections at the operating threshold that match no apple box (IoU < "
+                   f"{iou}) and overlap no tennis-ball box; a seeded sample judged by eye on audit_sheet.jpg",
+           "threshold": det.thresholds[apple], "detections": n_det, "matched_boxes": n_tp, "on_tennis_balls": n_on_ball,
+           "unmatched": len(items), "sample_seed": seed, "sampled": sampled}
+    (model_dir / "audit.json").write_text(json.dumps(rec, indent=1))
+    return rec
+
+
+def apply_audit(model_dir: Path) -> dict[str, Any]:
+    """Fold the judged audit.json into metadata.json (metrics.held_out.apple.audit): the share of
+    unmatched detections that are apples (Wilson 95 % interval over the sample) and the precision it implies."""
+    from training.metrics import wilson_interval as wilson
+
+    rec = json.loads((model_dir / "audit.json").read_text())
+    verdicts = [it["verdict"] for it in rec["sampled"]]
+    if any(v not in ("apple", "not_apple", "unsure") for v in verdicts):
+        raise ValueError("audit.json: every sampled detection needs a verdict: apple, not_apple or unsure")
+    n = len(verdicts)
+    n_apple, n_not, n_unsure = verdicts.count("apple"), verdicts.count("not_apple"), verdicts.count("unsure")
+    share, lo, hi = (n_apple / n, *wilson(n_apple, n)) if n else (float("nan"), float("nan"), float("nan"))
+    det, tp, un = rec["detections"], rec["matched_boxes"], rec["unmatched"]
+
+    def precision(sh: float) -> float:
+        return (tp + sh * un) / det if det else float("nan")
+
+    out = {"judged": n, "apple": n_apple, "not_apple": n_not, "unsure": n_unsure, "unmatched": un, "detections": det,
+           "matched_boxes": tp, "on_tennis_balls": rec["on_tennis_balls"], "apple_share_of_unmatched": share,
+           "apple_share_ci95": [lo, hi], "precision_audited": precision(share), "precision_audited_ci95": [precision(lo), precision(hi)],
+           "rule": "precision = (detections matching an apple box + unmatched detections x share judged apple) / detections; "
+                   "unsure counted as not apple; detections on tennis balls count as false"}
+    meta = json.loads((model_dir / "metadata.json").read_text())
+    meta["metrics"]["held_out"]["apple"]["audit"] = out
+    (model_dir / "metadata.json").write_text(json.dumps(json_safe(meta), indent=2))
+    return out
+
+
 def _code_version() -> str:
     import subprocess
 
@@ -870,7 +1035,14 @@ def _code_version() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
-    ap.add_argument("--out", type=Path, required=True, help="artifact directory (model.onnx, metadata.json, config.yaml, README.md)")
+    ap.add_argument("--out", type=Path, help="artifact directory to train into (model.onnx, metadata.json, config.yaml, README.md)")
+    ap.add_argument("--audit", type=Path, metavar="MODEL_DIR", help="write audit_sheet.jpg + audit.json of an artifact's unmatched held-out apple detections")
+    ap.add_argument("--audit-sample", type=int, default=120)
+    ap.add_argument("--apply-audit", type=Path, metavar="MODEL_DIR", help="fold the judged audit.json into metadata.json")
+    ap.add_argument("--sweep-scales", type=Path, metavar="MODEL_DIR", help="AP50 and ms per frame at other input scales (--scales); kept in metadata.json")
+    ap.add_argument("--scales", type=float, nargs="+", default=[0.375, 0.5, 0.625, 0.75, 1.0])
+    ap.add_argument("--card", type=Path, metavar="MODEL_DIR", help="write README.md from metadata.json (and --notes)")
+    ap.add_argument("--notes", type=Path, help="markdown added to the model card as it is")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
     args = ap.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
@@ -878,8 +1050,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
+    if args.audit:
+        cfg = yaml.safe_load((args.audit / "config.yaml").read_text())
+        rec = audit_sheet(args.audit, cfg, args.audit_sample)
+        log(f"audit: {rec['detections']} apple detections, {rec['matched_boxes']} match a box, {rec['on_tennis_balls']} on tennis balls, "
+            f"{rec['unmatched']} unmatched; {len(rec['sampled'])} sampled on {args.audit / 'audit_sheet.jpg'}")
+        return 0
+    if args.sweep_scales:
+        res = scale_sweep(args.sweep_scales, args.scales)
+        for sc, r in res.items():
+            log(f"scale {sc}: " + "; ".join(f"{sp} " + ", ".join(f"{c} AP50 {v['ap50']:.3f}" for c, v in r[sp].items() if c != "median_ms")
+                                          + f" ({r[sp]['median_ms']:.0f} ms)" for sp in r))
+        meta_path = args.sweep_scales / "metadata.json"
+        meta = json.loads(meta_path.read_text())
+        meta["metrics"]["scale_sweep"] = res
+        meta_path.write_text(json.dumps(json_safe(meta), indent=2))
+        return 0
+    if args.apply_audit:
+        out = apply_audit(args.apply_audit)
+        log(f"audited precision {out['precision_audited']:.3f} (95 % {out['precision_audited_ci95'][0]:.3f}-{out['precision_audited_ci95'][1]:.3f})")
+    if args.card:
+        from training.detector_card import write_card
+
+        write_card(args.card, args.notes)
+        return 0
+    if args.apply_audit:
+        return 0
+    if args.out is None:
+        ap.error("--out is needed to train")
     run(cfg, args.out, log)
+    write_card_safe(args.out, log)
     return 0
+
+
+def write_card_safe(out_dir: Path, log: Callable[[str], None]) -> None:
+    from training.detector_card import write_card
+
+    write_card(out_dir, None)
+    log(f"model card: {out_dir / 'README.md'}")
 
 
 if __name__ == "__main__":

@@ -934,7 +934,7 @@ def audit_sheet(model_dir: Path, cfg: dict[str, Any], sample: int = 120, seed: i
     """Only tagged apples are boxed, so an apple detection on a held-out frame that matches no box may
     well be an untagged apple. Run the artifact (ONNX Runtime) on the held-out frames, collect those
     unmatched detections at the operating threshold, and draw a seeded sample of ``sample`` of them on
-    a numbered contact sheet (``audit_sheet.jpg``) for a person to judge; ``audit.json`` lists them with
+    a numbered contact sheet (``audit_sheet.png``) for a person to judge; ``audit.json`` lists them with
     ``verdict: null`` to fill in ("apple", "not_apple", "unsure"). Detections that overlap a tennis-ball
     box are counted as false positives outright."""
     from inference.detector import OnnxDetector
@@ -984,9 +984,9 @@ def audit_sheet(model_dir: Path, cfg: dict[str, Any], sample: int = 120, seed: i
         r, c = divmod(k, cols)
         sheet[r * cell + 14: r * cell + 14 + crop.shape[0], c * cell + 8: c * cell + 8 + crop.shape[1]] = crop
         cv2.putText(sheet, str(k), (c * cell + 8, r * cell + 12), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1)
-    cv2.imwrite(str(model_dir / "audit_sheet.jpg"), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
+    cv2.imwrite(str(model_dir / "audit_sheet.png"), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
     rec = {"what": "held-out apple detections at the operating threshold that match no apple box (IoU < "
-                   f"{iou}) and overlap no tennis-ball box; a seeded sample judged by eye on audit_sheet.jpg",
+                   f"{iou}) and overlap no tennis-ball box; a seeded sample judged by eye on audit_sheet.png",
            "threshold": det.thresholds[apple], "detections": n_det, "matched_boxes": n_tp, "on_tennis_balls": n_on_ball,
            "unmatched": len(items), "sample_seed": seed, "sampled": sampled}
     (model_dir / "audit.json").write_text(json.dumps(rec, indent=1))
@@ -1036,7 +1036,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     ap.add_argument("--out", type=Path, help="artifact directory to train into (model.onnx, metadata.json, config.yaml, README.md)")
-    ap.add_argument("--audit", type=Path, metavar="MODEL_DIR", help="write audit_sheet.jpg + audit.json of an artifact's unmatched held-out apple detections")
+    ap.add_argument("--audit", type=Path, metavar="MODEL_DIR", help="write audit_sheet.png + audit.json of an artifact's unmatched held-out apple detections")
     ap.add_argument("--audit-sample", type=int, default=120)
     ap.add_argument("--apply-audit", type=Path, metavar="MODEL_DIR", help="fold the judged audit.json into metadata.json")
     ap.add_argument("--sweep-scales", type=Path, metavar="MODEL_DIR", help="AP50 and ms per frame at other input scales (--scales); kept in metadata.json")
@@ -1054,7 +1054,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = yaml.safe_load((args.audit / "config.yaml").read_text())
         rec = audit_sheet(args.audit, cfg, args.audit_sample)
         log(f"audit: {rec['detections']} apple detections, {rec['matched_boxes']} match a box, {rec['on_tennis_balls']} on tennis balls, "
-            f"{rec['unmatched']} unmatched; {len(rec['sampled'])} sampled on {args.audit / 'audit_sheet.jpg'}")
+            f"{rec['unmatched']} unmatched; {len(rec['sampled'])} sampled on {args.audit / 'audit_sheet.png'}")
         return 0
     if args.sweep_scales:
         res = scale_sweep(args.sweep_scales, args.scales)

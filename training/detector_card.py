@@ -81,7 +81,7 @@ def card(meta: dict[str, Any], notes: str | None = None) -> str:
         lines += ["", "### Audited apple precision on the held-out dates", "",
                   f"Of {audit['detections']} apple detections at the threshold, {audit['matched_boxes']} match a tagged apple's box, "
                   f"{audit['on_tennis_balls']} sit on a tennis ball (false), {audit['unmatched']} match no box. "
-                  f"A seeded sample of {audit['judged']} of those was judged by eye (audit_sheet.jpg, audit.json): "
+                  f"A seeded sample of {audit['judged']} of those was judged by eye (audit_sheet.png, audit.json): "
                   f"{audit['apple']} apples, {audit['not_apple']} not apples, {audit['unsure']} unsure (counted as not apples). "
                   f"Share of apples among the unmatched: {_f(audit['apple_share_of_unmatched'])} "
                   f"(95 % Wilson {_f(audit['apple_share_ci95'][0])}–{_f(audit['apple_share_ci95'][1])}), so the apple precision is "
@@ -105,7 +105,7 @@ def card(meta: dict[str, Any], notes: str | None = None) -> str:
         lines += [notes.strip(), ""]
     lines += ["## Retrain and evaluate", "", "```",
               f"python -m training.detector --config training/configs/orchard_detector.yaml --out models/{meta['name']}/{meta['version']}",
-              f"python -m training.detector --audit models/{meta['name']}/{meta['version']}      # audit_sheet.jpg + audit.json to judge",
+              f"python -m training.detector --audit models/{meta['name']}/{meta['version']}      # audit_sheet.png + audit.json to judge",
               f"python -m training.detector --apply-audit models/{meta['name']}/{meta['version']} --card models/{meta['name']}/{meta['version']} --notes NOTES.md",
               "pytest tests/test_detector.py -x -q", "```", "",
               f"Created {meta.get('created')} from code {meta.get('code_version')}; the full config is in config.yaml and metadata.json.", ""]

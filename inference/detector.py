@@ -99,9 +99,18 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
     return np.asarray(keep, np.int64)
 
 
-def decode(heatmap: np.ndarray, size: np.ndarray, offset: np.ndarray, stride: int, scale_xy: tuple[float, float],
-           thresholds: Sequence[float], nms_iou: float, class_agnostic_nms: bool = True, max_detections: int = 500,
-           image_hw: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def decode(
+    heatmap: np.ndarray,
+    size: np.ndarray,
+    offset: np.ndarray,
+    stride: int,
+    scale_xy: tuple[float, float],
+    thresholds: Sequence[float],
+    nms_iou: float,
+    class_agnostic_nms: bool = True,
+    max_detections: int = 500,
+    image_hw: tuple[int, int] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The graph's outputs of one image (batch dimension dropped: (C, h, w), (2, h, w), (2, h, w)) ->
     boxes (N, 4) in frame pixels, scores (N,), class indices (N,), best first. ``thresholds``: one per class."""
     boxes, scores, classes = [], [], []
@@ -183,6 +192,16 @@ class OnnxDetector:
 
     def detect(self, image_rgb: np.ndarray) -> list[Detection]:
         (heat, size, offset), prep = self.raw(image_rgb)
-        boxes, scores, classes = decode(heat[0], size[0], offset[0], self.stride, prep.scale_xy, self.thresholds, self.nms_iou,
-                                        self.class_agnostic_nms, self.max_detections, image_hw=image_rgb.shape[:2])
+        boxes, scores, classes = decode(
+            heat[0],
+            size[0],
+            offset[0],
+            self.stride,
+            prep.scale_xy,
+            self.thresholds,
+            self.nms_iou,
+            self.class_agnostic_nms,
+            self.max_detections,
+            image_hw=image_rgb.shape[:2],
+        )
         return [Detection(self.classes[int(k)], tuple(float(v) for v in b), float(s)) for b, s, k in zip(boxes, scores, classes)]

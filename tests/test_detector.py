@@ -27,8 +27,9 @@ APPLE_COLOURS = [(190, 40, 40), (210, 80, 70), (150, 190, 60), (200, 170, 60)]  
 BALL_COLOUR = (215, 235, 70)
 
 
-def orchard_scene(seed: int, size: tuple[int, int] = (256, 320), n_apples: int = 6, n_balls: int = 2,
-                  diameter: tuple[int, int] = (18, 30)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def orchard_scene(
+    seed: int, size: tuple[int, int] = (256, 320), n_apples: int = 6, n_balls: int = 2, diameter: tuple[int, int] = (18, 30)
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One synthetic orchard frame: RGB uint8, boxes (N, 4) xyxy, labels (N,) with 0 apple, 1 tennis ball.
     Discs do not overlap; apples are shaded, balls carry a pale seam."""
     rng = np.random.default_rng(seed)
@@ -37,8 +38,16 @@ def orchard_scene(seed: int, size: tuple[int, int] = (256, 320), n_apples: int =
     img[:] = (60, 95, 45)
     for _ in range(int(h * w / 120)):  # leaves: small ellipses in greens
         c = np.array((rng.uniform(30, 110), rng.uniform(70, 150), rng.uniform(20, 70)))
-        cv2.ellipse(img, (int(rng.uniform(0, w)), int(rng.uniform(0, h))), (int(rng.uniform(3, 9)), int(rng.uniform(2, 5))),
-                    rng.uniform(0, 180), 0, 360, c.tolist(), -1)
+        cv2.ellipse(
+            img,
+            (int(rng.uniform(0, w)), int(rng.uniform(0, h))),
+            (int(rng.uniform(3, 9)), int(rng.uniform(2, 5))),
+            rng.uniform(0, 180),
+            0,
+            360,
+            c.tolist(),
+            -1,
+        )
     for _ in range(3):  # branches
         p0 = (int(rng.uniform(0, w)), 0)
         p1 = (int(rng.uniform(0, w)), h)
@@ -60,7 +69,7 @@ def orchard_scene(seed: int, size: tuple[int, int] = (256, 320), n_apples: int =
         inside = dist <= r
         colour = np.array(BALL_COLOUR if ball else APPLE_COLOURS[int(rng.integers(len(APPLE_COLOURS)))], np.float32)
         shade = 1.0 - 0.35 * np.clip((xx - cx + yy - cy) / (2 * r) + 0.3, 0, 1)  # light from the top left
-        img[inside] = (colour[None, :] * shade[inside][:, None])
+        img[inside] = colour[None, :] * shade[inside][:, None]
         if ball:  # a seam: a pale arc across the ball
             seam = inside & (np.abs(np.hypot(xx - cx - r, yy - cy + r * 0.2) - r * 0.9) < 1.2)
             img[seam] = (235, 240, 225)
@@ -73,9 +82,22 @@ def orchard_scene(seed: int, size: tuple[int, int] = (256, 320), n_apples: int =
 def tiny_cfg(**over):
     from training.detector import load_config
 
-    sets = ["model.backbone=tiny", "model.width=24", "model.tiny_width=12", "input.scale=1.0", "augment.tile=96",
-            "augment.scale_jitter=[0.8,1.25]", "augment.jpeg_p=0", "augment.noise_p=0", "train.tiles=160", "train.epochs=10",
-            "train.batch_size=16", "train.lr=0.01", "train.pseudo.rounds=0", "decode.min_score=0.05"]
+    sets = [
+        "model.backbone=tiny",
+        "model.width=24",
+        "model.tiny_width=12",
+        "input.scale=1.0",
+        "augment.tile=96",
+        "augment.scale_jitter=[0.8,1.25]",
+        "augment.jpeg_p=0",
+        "augment.noise_p=0",
+        "train.tiles=160",
+        "train.epochs=10",
+        "train.batch_size=16",
+        "train.lr=0.01",
+        "train.pseudo.rounds=0",
+        "decode.min_score=0.05",
+    ]
     return load_config(None, sets + [f"{k}={v}" for k, v in over.items()])
 
 
@@ -206,9 +228,11 @@ def test_inference_detector_imports_no_service_training_or_torch():
     import subprocess
     import sys
 
-    code = ("import sys, inference.detector\n"
-            "bad = sorted(m for m in sys.modules if m.split('.')[0] in {'service', 'training', 'cli', 'torch', 'fastapi'})\n"
-            "assert not bad, bad\n")
+    code = (
+        "import sys, inference.detector\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in {'service', 'training', 'cli', 'torch', 'fastapi'})\n"
+        "assert not bad, bad\n"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 
 

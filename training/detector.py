@@ -42,7 +42,6 @@ import numpy as np
 import torch
 import yaml
 from torch import nn
-from torch.nn import functional as F
 from tqdm import tqdm
 
 from inference.detector import INPUT_NAME, OUTPUT_NAMES, box_iou, decode, prepare
@@ -57,16 +56,46 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "threads": 1,
     "data": {"kind": "ecopom", "root": "../shared/data/ecopom-apple-size", "classes": ["apple", "tennis_ball"], "val_dates": 2},
-    "model": {"backbone": "efficientnet_lite0", "s8_block": 4, "last_block": 10, "tune_from": 8, "width": 64,
-              "mean": [127.0 / 255.0] * 3, "std": [128.0 / 255.0] * 3},
+    "model": {
+        "backbone": "efficientnet_lite0",
+        "s8_block": 4,
+        "last_block": 10,
+        "tune_from": 8,
+        "width": 64,
+        "mean": [127.0 / 255.0] * 3,
+        "std": [128.0 / 255.0] * 3,
+    },
     "input": {"scale": 0.5, "pad_multiple": 32},
-    "augment": {"tile": 256, "scale_jitter": [0.7, 1.7], "centre_on_object": 0.7, "hflip": 0.5,
-                "brightness": 0.3, "contrast": 0.3, "saturation": 0.3, "hue_deg": 10.0, "gamma": 0.25,
-                "blur_p": 0.3, "blur_sigma": 1.5, "noise_p": 0.3, "noise_sigma": 6.0, "jpeg_p": 0.3,
-                "recolour_p": 0.5},
-    "train": {"tiles": 1600, "epochs": 30, "batch_size": 16, "lr": 2e-3, "backbone_lr": 2e-4, "weight_decay": 1e-4,
-              "size_weight": 1.0, "offset_weight": 1.0, "max_objects": 64, "apple_neg_weight": 1.0,
-              "pseudo": {"rounds": 1, "score": 0.3, "match_iou": 0.1, "as": "ignore", "cross_fit": 0, "report_round0": True}},
+    "augment": {
+        "tile": 256,
+        "scale_jitter": [0.7, 1.7],
+        "centre_on_object": 0.7,
+        "hflip": 0.5,
+        "brightness": 0.3,
+        "contrast": 0.3,
+        "saturation": 0.3,
+        "hue_deg": 10.0,
+        "gamma": 0.25,
+        "blur_p": 0.3,
+        "blur_sigma": 1.5,
+        "noise_p": 0.3,
+        "noise_sigma": 6.0,
+        "jpeg_p": 0.3,
+        "recolour_p": 0.5,
+    },
+    "train": {
+        "tiles": 1600,
+        "epochs": 30,
+        "batch_size": 16,
+        "lr": 2e-3,
+        "backbone_lr": 2e-4,
+        "weight_decay": 1e-4,
+        "size_weight": 1.0,
+        "offset_weight": 1.0,
+        "max_objects": 64,
+        "apple_neg_weight": 1.0,
+        "pseudo": {"rounds": 1, "score": 0.3, "match_iou": 0.1, "as": "ignore", "cross_fit": 0, "report_round0": True},
+    },
     "decode": {"min_score": 0.05, "nms_iou": 0.4, "class_agnostic_nms": True, "max_detections": 500},
     "thresholds": {"apple": {"rule": "recall", "target": 0.9}, "tennis_ball": {"rule": "f1"}},
     "eval": {"iou": 0.5},
@@ -117,7 +146,7 @@ def tune_dates(dates: Sequence[str]) -> list[str]:
 def split_dates(dates: Sequence[str], val_dates: int) -> dict[str, list[str]]:
     ds = sorted(set(dates))
     tune = tune_dates(ds)
-    return {"train": tune[: len(tune) - val_dates], "val": tune[len(tune) - val_dates:], "held_out": [d for d in ds if d not in tune]}
+    return {"train": tune[: len(tune) - val_dates], "val": tune[len(tune) - val_dates :], "held_out": [d for d in ds if d not in tune]}
 
 
 def data_root(cfg: dict[str, Any]) -> Path:
@@ -153,11 +182,15 @@ def data_record(root: Path, splits: dict[str, list[str]]) -> dict[str, Any]:
     for k in sorted(files):
         for name in sorted(files[k]):
             h.update(f"{k}:{name}:{files[k][name]}\n".encode())
-    return {"source": f"ecopom-apple-size ({root.name}; never copied into the repo)",
-            "annotations_sha256": hashlib.sha256((root / "annotations.json").read_bytes()).hexdigest(),
-            "sha256": h.hexdigest(), "split_rule": "by date: tune dates = first half of the sorted dates "
-            "(bench/size_accuracy.tune_dates); of them the last data.val_dates dates are val, the rest train; later dates held out",
-            "dates": splits, "frames": {k: sorted(v) for k, v in files.items()}}
+    return {
+        "source": f"ecopom-apple-size ({root.name}; never copied into the repo)",
+        "annotations_sha256": hashlib.sha256((root / "annotations.json").read_bytes()).hexdigest(),
+        "sha256": h.hexdigest(),
+        "split_rule": "by date: tune dates = first half of the sorted dates "
+        "(bench/size_accuracy.tune_dates); of them the last data.val_dates dates are val, the rest train; later dates held out",
+        "dates": splits,
+        "frames": {k: sorted(v) for k, v in files.items()},
+    }
 
 
 # ======================================================================================= augmentation
@@ -201,7 +234,7 @@ def crop_resize(image: np.ndarray, g: TileGeom) -> np.ndarray:
     canvas = np.full((g.side, g.side, 3), 127, np.uint8)
     ax0, ay0, ax1, ay1 = max(g.x0, 0), max(g.y0, 0), min(g.x0 + g.side, w), min(g.y0 + g.side, h)
     if ax1 > ax0 and ay1 > ay0:
-        canvas[ay0 - g.y0: ay1 - g.y0, ax0 - g.x0: ax1 - g.x0] = image[ay0:ay1, ax0:ax1]
+        canvas[ay0 - g.y0 : ay1 - g.y0, ax0 - g.x0 : ax1 - g.x0] = image[ay0:ay1, ax0:ax1]
     out = cv2.resize(canvas, (g.tile, g.tile), interpolation=cv2.INTER_AREA if g.side > g.tile else cv2.INTER_LINEAR)
     return out[:, ::-1].copy() if g.flip else out
 
@@ -211,7 +244,7 @@ def recolour_fruit(tile: np.ndarray, boxes: np.ndarray, rng: np.random.Generator
     fades across the fruit in a random direction (the train dates hold green fruit only)."""
     out = tile.astype(np.float32)
     hsv = cv2.cvtColor(tile, cv2.COLOR_RGB2HSV).astype(np.float32)
-    yy, xx = np.mgrid[0: tile.shape[0], 0: tile.shape[1]].astype(np.float32)
+    yy, xx = np.mgrid[0 : tile.shape[0], 0 : tile.shape[1]].astype(np.float32)
     for b in boxes:
         if rng.random() >= p:
             continue
@@ -277,8 +310,16 @@ def gaussian_sigma(w_cells: float, h_cells: float) -> float:
     return max(0.6, min(w_cells, h_cells) / 6.0)
 
 
-def tile_targets(frame: Frame, g: TileGeom, n_classes: int, apple: int, max_objects: int, pseudo_as: str = "ignore",
-                 apple_neg_weight: float = 1.0, ball: int = -1) -> dict[str, np.ndarray]:
+def tile_targets(
+    frame: Frame,
+    g: TileGeom,
+    n_classes: int,
+    apple: int,
+    max_objects: int,
+    pseudo_as: str = "ignore",
+    apple_neg_weight: float = 1.0,
+    ball: int = -1,
+) -> dict[str, np.ndarray]:
     """Centre heatmap (C, G, G), negative-loss weight (C, G, G), and up to ``max_objects`` regression
     targets (cell index, log box size in cells, sub-cell offset) for one tile. ``apple_neg_weight``
     scales the apple channel's negatives (most unboxed apples are no negatives), except on the tennis
@@ -362,7 +403,7 @@ class Lite0Features(nn.Module):
         return f8, x
 
     def trainable(self, f8: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        for b in self._blocks[self.tune_from:]:
+        for b in self._blocks[self.tune_from :]:
             x = b(x)
         return f8, x
 
@@ -381,7 +422,9 @@ class TinyFeatures(nn.Module):
     def __init__(self, width: int = 16) -> None:
         super().__init__()
         w = width
-        self.s8 = nn.Sequential(cbr(3, w, 3), nn.MaxPool2d(2), cbr(w, w, 3), nn.MaxPool2d(2), cbr(w, 2 * w, 3), nn.MaxPool2d(2), cbr(2 * w, 2 * w, 3))
+        self.s8 = nn.Sequential(
+            cbr(3, w, 3), nn.MaxPool2d(2), cbr(w, w, 3), nn.MaxPool2d(2), cbr(w, 2 * w, 3), nn.MaxPool2d(2), cbr(2 * w, 2 * w, 3)
+        )
         self.s16 = nn.Sequential(nn.MaxPool2d(2), cbr(2 * w, 4 * w, 3))
         self.c8, self.c16 = 2 * w, 4 * w
 
@@ -444,8 +487,9 @@ def build_model(cfg: dict[str, Any], pretrained: bool = True) -> CentreNet:
     m = cfg["model"]
     n = len(cfg["data"]["classes"])
     if m["backbone"] == "efficientnet_lite0":
-        feats: nn.Module = Lite0Features(int(m["s8_block"]), int(m["last_block"]), int(m["tune_from"]), pretrained,
-                                         int(cfg["augment"]["tile"]))
+        feats: nn.Module = Lite0Features(
+            int(m["s8_block"]), int(m["last_block"]), int(m["tune_from"]), pretrained, int(cfg["augment"]["tile"])
+        )
     elif m["backbone"] == "tiny":
         feats = TinyFeatures(int(m.get("tiny_width", 16)))
     else:
@@ -454,7 +498,9 @@ def build_model(cfg: dict[str, Any], pretrained: bool = True) -> CentreNet:
 
 
 # =============================================================================================== loss
-def centre_loss(out: tuple[torch.Tensor, ...], t: dict[str, torch.Tensor], size_w: float, off_w: float) -> tuple[torch.Tensor, dict[str, float]]:
+def centre_loss(
+    out: tuple[torch.Tensor, ...], t: dict[str, torch.Tensor], size_w: float, off_w: float
+) -> tuple[torch.Tensor, dict[str, float]]:
     """CenterNet's penalty-reduced focal loss on the heatmaps (negatives weighted by ``negw``), L1 on
     log size and offset at the centres."""
     heat, size, off = out
@@ -462,7 +508,7 @@ def centre_loss(out: tuple[torch.Tensor, ...], t: dict[str, torch.Tensor], size_
     gt = t["heat"]
     pos = gt.eq(1).float()
     pos_loss = torch.log(p) * (1 - p) ** 2 * pos
-    neg_loss = torch.log(1 - p) * p ** 2 * (1 - gt) ** 4 * (1 - pos) * t["negw"]
+    neg_loss = torch.log(1 - p) * p**2 * (1 - gt) ** 4 * (1 - pos) * t["negw"]
     n_pos = pos.sum().clamp(min=1)
     l_heat = -(pos_loss.sum() + neg_loss.sum()) / n_pos
     b, _, gh, gw = size.shape
@@ -484,7 +530,9 @@ class TileCache:
     inputs: list[torch.Tensor]  # the frozen part's outputs, float16, one tensor per output (N, ...)
 
 
-def build_cache(model: CentreNet, frames: Sequence[Frame], cfg: dict[str, Any], rng: np.random.Generator, log: Callable[[str], None]) -> TileCache:
+def build_cache(
+    model: CentreNet, frames: Sequence[Frame], cfg: dict[str, Any], rng: np.random.Generator, log: Callable[[str], None]
+) -> TileCache:
     """Sample and render ``train.tiles`` augmented tiles and run the frozen part of the network on them once."""
     n = int(cfg["train"]["tiles"])
     # tiles are drawn over frames in turn, so every frame gives as many
@@ -495,7 +543,7 @@ def build_cache(model: CentreNet, frames: Sequence[Frame], cfg: dict[str, Any], 
     chunk = 32
     with torch.no_grad():
         for s in tqdm(range(0, n, chunk), desc="augmented tiles through the frozen layers", unit="chunk", file=sys.stderr):
-            tiles = np.stack([render_tile(frames, g, rng, cfg) for g in geoms[s: s + chunk]])
+            tiles = np.stack([render_tile(frames, g, rng, cfg) for g in geoms[s : s + chunk]])
             outs = model.frozen(torch.from_numpy(normalise(tiles, cfg)))
             chunks.append([o.half() for o in outs])
     inputs = [torch.cat([c[k] for c in chunks]) for k in range(len(chunks[0]))]
@@ -513,8 +561,16 @@ def cache_targets(cache: TileCache, frames: Sequence[Frame], cfg: dict[str, Any]
     return {k: torch.from_numpy(np.stack([t[k] for t in ts])) for k in ts[0]}
 
 
-def fit(model: CentreNet, cache: TileCache, targets: dict[str, torch.Tensor], cfg: dict[str, Any], seed: int,
-        log: Callable[[str], None], desc: str = "train", subset: np.ndarray | None = None) -> list[dict[str, float]]:
+def fit(
+    model: CentreNet,
+    cache: TileCache,
+    targets: dict[str, torch.Tensor],
+    cfg: dict[str, Any],
+    seed: int,
+    log: Callable[[str], None],
+    desc: str = "train",
+    subset: np.ndarray | None = None,
+) -> list[dict[str, float]]:
     """Train the unfrozen part on the cached tiles (``subset``: only those tile indices)."""
     tr = cfg["train"]
     if subset is not None:
@@ -541,7 +597,7 @@ def fit(model: CentreNet, cache: TileCache, targets: dict[str, torch.Tensor], cf
         perm = torch.randperm(n, generator=g)
         sums: dict[str, float] = {}
         for s in range(0, n, bs):
-            ix = perm[s: s + bs]
+            ix = perm[s : s + bs]
             inputs = [t[ix].float() for t in cache.inputs]
             t = {k: v[ix] for k, v in targets.items()}
             loss, parts = centre_loss(model.rest(*inputs), t, float(tr["size_weight"]), float(tr["offset_weight"]))
@@ -567,8 +623,9 @@ class FrameDetections:
     classes: np.ndarray
 
 
-def predict_frames(model: nn.Module, frames: Sequence[Frame], cfg: dict[str, Any], scale: float | None = None,
-                   desc: str = "detect") -> list[FrameDetections]:
+def predict_frames(
+    model: nn.Module, frames: Sequence[Frame], cfg: dict[str, Any], scale: float | None = None, desc: str = "detect"
+) -> list[FrameDetections]:
     """Torch inference of whole frames, preprocessed and decoded as inference/detector.py does, at the
     low ``decode.min_score`` (the figures then sweep the threshold)."""
     model.eval()
@@ -579,15 +636,29 @@ def predict_frames(model: nn.Module, frames: Sequence[Frame], cfg: dict[str, Any
     with torch.no_grad():
         for fr in tqdm(frames, desc=desc, unit="frame", file=sys.stderr, leave=False):
             prep = prepare(fr.image, scale, cfg["model"]["mean"], cfg["model"]["std"], int(cfg["input"]["pad_multiple"]))
-            heat, size, off = Exported(model)(torch.from_numpy(prep.tensor)) if isinstance(model, CentreNet) else model(torch.from_numpy(prep.tensor))
-            b, s, k = decode(heat[0].numpy(), size[0].numpy(), off[0].numpy(), STRIDE, prep.scale_xy, [float(dec["min_score"])] * n,
-                             float(dec["nms_iou"]), bool(dec["class_agnostic_nms"]), int(dec["max_detections"]), fr.image.shape[:2])
+            heat, size, off = (
+                Exported(model)(torch.from_numpy(prep.tensor)) if isinstance(model, CentreNet) else model(torch.from_numpy(prep.tensor))
+            )
+            b, s, k = decode(
+                heat[0].numpy(),
+                size[0].numpy(),
+                off[0].numpy(),
+                STRIDE,
+                prep.scale_xy,
+                [float(dec["min_score"])] * n,
+                float(dec["nms_iou"]),
+                bool(dec["class_agnostic_nms"]),
+                int(dec["max_detections"]),
+                fr.image.shape[:2],
+            )
             out.append(FrameDetections(b, s, k))
     return out
 
 
 # ============================================================================================ metrics
-def match(dets: Sequence[FrameDetections], frames: Sequence[Frame], c: int, iou: float) -> tuple[np.ndarray, np.ndarray, int, list[tuple[np.ndarray, np.ndarray]]]:
+def match(
+    dets: Sequence[FrameDetections], frames: Sequence[Frame], c: int, iou: float
+) -> tuple[np.ndarray, np.ndarray, int, list[tuple[np.ndarray, np.ndarray]]]:
     """Greedy matching by score within each frame: per detection of class ``c`` its score and whether it
     matches a box of class ``c`` (IoU >= iou, each box once); the number of boxes; per frame (scores, flags)."""
     scores, tp, per_frame = [], [], []
@@ -631,8 +702,13 @@ def average_precision(scores: np.ndarray, tp: np.ndarray, n_gt: int) -> float:
 def at_threshold(scores: np.ndarray, tp: np.ndarray, n_gt: int, thr: float) -> dict[str, float]:
     keep = scores >= thr
     n_tp, n_det = int(tp[keep].sum()), int(keep.sum())
-    return {"recall": n_tp / n_gt if n_gt else float("nan"), "precision": n_tp / n_det if n_det else float("nan"),
-            "tp": n_tp, "detections": n_det, "boxes": int(n_gt)}
+    return {
+        "recall": n_tp / n_gt if n_gt else float("nan"),
+        "precision": n_tp / n_det if n_det else float("nan"),
+        "tp": n_tp,
+        "detections": n_det,
+        "boxes": int(n_gt),
+    }
 
 
 def choose_threshold(scores: np.ndarray, tp: np.ndarray, n_gt: int, rule: dict[str, Any], floor: float) -> tuple[float, str]:
@@ -657,14 +733,19 @@ def choose_threshold(scores: np.ndarray, tp: np.ndarray, n_gt: int, rule: dict[s
     raise ValueError(f"unknown threshold rule {rule!r}")
 
 
-def evaluate(dets: Sequence[FrameDetections], frames: Sequence[Frame], cfg: dict[str, Any], thresholds: dict[str, float] | None = None) -> dict[str, Any]:
+def evaluate(
+    dets: Sequence[FrameDetections], frames: Sequence[Frame], cfg: dict[str, Any], thresholds: dict[str, float] | None = None
+) -> dict[str, Any]:
     classes = cfg["data"]["classes"]
     out: dict[str, Any] = {"frames": len(frames)}
     iou = float(cfg["eval"]["iou"])
     for c, name in enumerate(classes):
         scores, tp, n_gt, per_frame = match(dets, frames, c, iou)
-        rec: dict[str, Any] = {"ap50": average_precision(scores, tp, n_gt), "boxes": int(n_gt),
-                               "max_recall": float(tp.sum() / n_gt) if n_gt else float("nan")}
+        rec: dict[str, Any] = {
+            "ap50": average_precision(scores, tp, n_gt),
+            "boxes": int(n_gt),
+            "max_recall": float(tp.sum() / n_gt) if n_gt else float("nan"),
+        }
         if thresholds is not None:
             thr = thresholds[name]
             rec.update({"threshold": thr, **at_threshold(scores, tp, n_gt, thr)})
@@ -685,9 +766,16 @@ def export(model: CentreNet, path: Path, probe: np.ndarray, opset: int = 17) -> 
 
     wrapped = Exported(model).eval()
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.onnx.export(wrapped, (torch.from_numpy(probe),), str(path), input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
-                      dynamic_axes={INPUT_NAME: {2: "height", 3: "width"}, **{o: {2: "h", 3: "w"} for o in OUTPUT_NAMES}},
-                      opset_version=opset, dynamo=False)
+    torch.onnx.export(
+        wrapped,
+        (torch.from_numpy(probe),),
+        str(path),
+        input_names=[INPUT_NAME],
+        output_names=list(OUTPUT_NAMES),
+        dynamic_axes={INPUT_NAME: {2: "height", 3: "width"}, **{o: {2: "h", 3: "w"} for o in OUTPUT_NAMES}},
+        opset_version=opset,
+        dynamo=False,
+    )
     with torch.no_grad():
         ref = [t.numpy() for t in wrapped(torch.from_numpy(probe))]
     opts = ort.SessionOptions()
@@ -695,8 +783,13 @@ def export(model: CentreNet, path: Path, probe: np.ndarray, opset: int = 17) -> 
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     got = sess.run(list(OUTPUT_NAMES), {INPUT_NAME: probe})
     diffs = {f"max_abs_diff_{n}": float(np.abs(r - o).max()) for n, r, o in zip(OUTPUT_NAMES, ref, got)}
-    rec = {"opset": opset, "probe_shape": list(probe.shape), **diffs, "tolerance_heatmap": 1e-4,
-           "passed": diffs["max_abs_diff_heatmap"] < 1e-4}
+    rec = {
+        "opset": opset,
+        "probe_shape": list(probe.shape),
+        **diffs,
+        "tolerance_heatmap": 1e-4,
+        "passed": diffs["max_abs_diff_heatmap"] < 1e-4,
+    }
     if not rec["passed"]:
         raise RuntimeError(f"ONNX export disagrees with torch on the heatmap: {rec}")
     return rec
@@ -713,7 +806,13 @@ def time_onnx(path: Path, image: np.ndarray, meta: dict[str, Any], repeats: int 
         t = time.perf_counter()
         det.detect(image)
         ts.append((time.perf_counter() - t) * 1000)
-    return {"median_ms": float(np.median(ts)), "min_ms": float(np.min(ts)), "frame": list(image.shape[:2]), "threads": 1, "repeats": repeats}
+    return {
+        "median_ms": float(np.median(ts)),
+        "min_ms": float(np.min(ts)),
+        "frame": list(image.shape[:2]),
+        "threads": 1,
+        "repeats": repeats,
+    }
 
 
 # =============================================================================================== run
@@ -746,8 +845,13 @@ def pseudo_ignore(model: CentreNet, frames: Sequence[Frame], cfg: dict[str, Any]
     return total
 
 
-def train_detector(cfg: dict[str, Any], train_frames: Sequence[Frame], log: Callable[[str], None] = print,
-                   pretrained: bool = True, after_round: Callable[[int, CentreNet], dict[str, Any]] | None = None) -> tuple[CentreNet, dict[str, Any]]:
+def train_detector(
+    cfg: dict[str, Any],
+    train_frames: Sequence[Frame],
+    log: Callable[[str], None] = print,
+    pretrained: bool = True,
+    after_round: Callable[[int, CentreNet], dict[str, Any]] | None = None,
+) -> tuple[CentreNet, dict[str, Any]]:
     """Cache the tiles, train, and (``train.pseudo.rounds``) train again with confident unboxed apples
     ignored. ``after_round(r, model)``: figures of each round's model (kept in ``info["rounds"]``)."""
     torch.set_num_threads(int(cfg.get("threads", 1)))
@@ -787,8 +891,9 @@ def train_detector(cfg: dict[str, Any], train_frames: Sequence[Frame], log: Call
                 inside = [i for i, f in enumerate(train_frames) if fold_of[f.date] == k]
                 subset = np.array([j for j, g in enumerate(cache.geoms) if fold_of[train_frames[g.frame].date] != k])
                 model.load_state_dict(init_state)
-                history[f"round_{r + 1}_fold_{k}"] = fit(model, cache, targets, cfg, seed + 100 * (r + 1) + k, log,
-                                                         f"self-training {r + 1}: fold {k + 1}/{folds}", subset)
+                history[f"round_{r + 1}_fold_{k}"] = fit(
+                    model, cache, targets, cfg, seed + 100 * (r + 1) + k, log, f"self-training {r + 1}: fold {k + 1}/{folds}", subset
+                )
                 held = [train_frames[i] for i in inside]
                 pseudo_ignore(model, held, cfg)
                 for i, f in zip(inside, held):
@@ -798,37 +903,75 @@ def train_detector(cfg: dict[str, Any], train_frames: Sequence[Frame], log: Call
             pseudo_counts.append(int(sum(len(b) for b in found)))
         else:
             pseudo_counts.append(pseudo_ignore(model, train_frames, cfg))
-        log(f"self-training round {r + 1}: {pseudo_counts[-1]} unboxed apples (score >= {cfg['train']['pseudo']['score']}) on "
-            f"{len(train_frames)} train frames left out of the loss")
+        log(
+            f"self-training round {r + 1}: {pseudo_counts[-1]} unboxed apples (score >= {cfg['train']['pseudo']['score']}) on "
+            f"{len(train_frames)} train frames left out of the loss"
+        )
         model.load_state_dict(init_state)
-        history[f"round_{r + 1}"] = fit(model, cache, cache_targets(cache, train_frames, cfg), cfg, seed + r + 1, log, f"train (self-training {r + 1})")
+        history[f"round_{r + 1}"] = fit(
+            model, cache, cache_targets(cache, train_frames, cfg), cfg, seed + r + 1, log, f"train (self-training {r + 1})"
+        )
         rounds_eval[f"round_{r + 1}"] = judge(r + 1)
-    info = {"rounds": rounds_eval if after_round else {}, "train_seconds": round(time.perf_counter() - t0 - eval_s, 1), "cache_seconds": round(cache_s, 1), "tiles": len(cache.geoms),
-            "pseudo_ignored": pseudo_counts, "history": history}
+    info = {
+        "rounds": rounds_eval if after_round else {},
+        "train_seconds": round(time.perf_counter() - t0 - eval_s, 1),
+        "cache_seconds": round(cache_s, 1),
+        "tiles": len(cache.geoms),
+        "pseudo_ignored": pseudo_counts,
+        "history": history,
+    }
     return model, info
 
 
-def artifact_metadata(cfg: dict[str, Any], thresholds: dict[str, float], rules: dict[str, str], metrics: dict[str, Any],
-                      parity: dict[str, Any], training_data: dict[str, Any], pretrained: dict[str, Any] | None,
-                      history: dict[str, Any] | None = None) -> dict[str, Any]:
+def artifact_metadata(
+    cfg: dict[str, Any],
+    thresholds: dict[str, float],
+    rules: dict[str, str],
+    metrics: dict[str, Any],
+    parity: dict[str, Any],
+    training_data: dict[str, Any],
+    pretrained: dict[str, Any] | None,
+    history: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """metadata.json of a detection artifact: what inference/detector.py reads (classes, preprocessing,
     decode, thresholds) and the record of how it was made."""
     dates = (training_data.get("dates") or {}).get("val")
     return {
-        "name": cfg["name"], "version": str(cfg["version"]), "task": "detection",
+        "name": cfg["name"],
+        "version": str(cfg["version"]),
+        "task": "detection",
         "architecture": f"centre-heatmap head on {cfg['model']['backbone']} (stride-{STRIDE} and stride-16 features)",
-        "classes": list(cfg["data"]["classes"]), "input_name": INPUT_NAME, "outputs": {
+        "classes": list(cfg["data"]["classes"]),
+        "input_name": INPUT_NAME,
+        "outputs": {
             "heatmap": "(1, n_classes, H/8, W/8) sigmoid centre score per class",
             "size": "(1, 2, H/8, W/8) box width, height in network-input pixels",
-            "offset": "(1, 2, H/8, W/8) centre's sub-cell position x, y in cells"},
-        "preprocessing": {"mode": "resize", "scale": float(cfg["input"]["scale"]), "resize": "cv2 INTER_AREA (shrink) / INTER_LINEAR",
-                          "pad_multiple": int(cfg["input"]["pad_multiple"]), "pad": "bottom/right, zeros after normalisation",
-                          "stride": STRIDE, "layout": "NCHW", "colour": "RGB", "scale_pixels": "1/255",
-                          "mean": list(cfg["model"]["mean"]), "std": list(cfg["model"]["std"])},
-        "decode": {"peaks": "3x3 local maxima of each class heatmap at or above its threshold",
-                   "class_agnostic_nms": bool(cfg["decode"]["class_agnostic_nms"]), "max_detections": int(cfg["decode"]["max_detections"])},
-        "thresholds": {"score": {k: float(v) for k, v in thresholds.items()}, "nms_iou": float(cfg["decode"]["nms_iou"]),
-                       "chosen_on": f"val dates {dates}" if dates else "given", "rules": rules},
+            "offset": "(1, 2, H/8, W/8) centre's sub-cell position x, y in cells",
+        },
+        "preprocessing": {
+            "mode": "resize",
+            "scale": float(cfg["input"]["scale"]),
+            "resize": "cv2 INTER_AREA (shrink) / INTER_LINEAR",
+            "pad_multiple": int(cfg["input"]["pad_multiple"]),
+            "pad": "bottom/right, zeros after normalisation",
+            "stride": STRIDE,
+            "layout": "NCHW",
+            "colour": "RGB",
+            "scale_pixels": "1/255",
+            "mean": list(cfg["model"]["mean"]),
+            "std": list(cfg["model"]["std"]),
+        },
+        "decode": {
+            "peaks": "3x3 local maxima of each class heatmap at or above its threshold",
+            "class_agnostic_nms": bool(cfg["decode"]["class_agnostic_nms"]),
+            "max_detections": int(cfg["decode"]["max_detections"]),
+        },
+        "thresholds": {
+            "score": {k: float(v) for k, v in thresholds.items()},
+            "nms_iou": float(cfg["decode"]["nms_iou"]),
+            "chosen_on": f"val dates {dates}" if dates else "given",
+            "rules": rules,
+        },
         "metrics": metrics,
         "parity": parity,
         "training_data": training_data,
@@ -849,6 +992,7 @@ def run(cfg: dict[str, Any], out_dir: Path, log: Callable[[str], None] = print) 
     log(f"dates: train {splits['train']}, val {splits['val']}, held out {splits['held_out']}")
     frames = {k: load_ecopom(root, classes, set(v)) for k, v in splits.items()}
     log(", ".join(f"{k} {len(v)} frames / {sum(len(f.boxes) for f in v)} boxes" for k, v in frames.items()))
+
     def after_round(r: int, m: CentreNet) -> dict[str, Any]:
         """AP50 and the most recall each round reaches (no threshold): the self-training's own measure."""
         rec = {}
@@ -868,17 +1012,30 @@ def run(cfg: dict[str, Any], out_dir: Path, log: Callable[[str], None] = print) 
         scores, tp, n_gt, _ = match(dets_val, frames["val"], c, float(cfg["eval"]["iou"]))
         thresholds[name], rules[name] = choose_threshold(scores, tp, n_gt, cfg["thresholds"][name], floor)
     log("thresholds (val): " + ", ".join(f"{k} {v:.3f} ({rules[k]})" for k, v in thresholds.items()))
-    metrics = {"train": evaluate(predict_frames(model, frames["train"], cfg, desc="train frames"), frames["train"], cfg, thresholds),
-               "val": evaluate(dets_val, frames["val"], cfg, thresholds)}
+    metrics = {
+        "train": evaluate(predict_frames(model, frames["train"], cfg, desc="train frames"), frames["train"], cfg, thresholds),
+        "val": evaluate(dets_val, frames["val"], cfg, thresholds),
+    }
     dets_ho = predict_frames(model, frames["held_out"], cfg, desc="held-out")
     metrics["held_out"] = evaluate(dets_ho, frames["held_out"], cfg, thresholds)
     for split in ("val", "held_out"):
-        log(f"{split}: " + "; ".join(f"{n} AP50 {metrics[split][n]['ap50']:.3f} recall {metrics[split][n]['recall']:.3f} "
-                                      f"precision {metrics[split][n]['precision']:.3f}" for n in classes))
+        log(
+            f"{split}: "
+            + "; ".join(
+                f"{n} AP50 {metrics[split][n]['ap50']:.3f} recall {metrics[split][n]['recall']:.3f} "
+                f"precision {metrics[split][n]['precision']:.3f}"
+                for n in classes
+            )
+        )
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    probe = prepare(frames["held_out"][0].image, float(cfg["input"]["scale"]), cfg["model"]["mean"], cfg["model"]["std"],
-                    int(cfg["input"]["pad_multiple"])).tensor
+    probe = prepare(
+        frames["held_out"][0].image,
+        float(cfg["input"]["scale"]),
+        cfg["model"]["mean"],
+        cfg["model"]["std"],
+        int(cfg["input"]["pad_multiple"]),
+    ).tensor
     parity = export(model, out_dir / "model.onnx", probe)
     log(f"ONNX parity: heatmap max |diff| {parity['max_abs_diff_heatmap']:.2e}")
     (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -887,10 +1044,24 @@ def run(cfg: dict[str, Any], out_dir: Path, log: Callable[[str], None] = print) 
         from training.efficientnet_lite import pretrained_file
 
         pretrained = pretrained_file().record()
-    meta = artifact_metadata(cfg, thresholds, rules, {**metrics, "iou": float(cfg["eval"]["iou"]), "train_seconds": info["train_seconds"],
-                                                      "cache_seconds": info["cache_seconds"], "tiles": info["tiles"],
-                                                      "pseudo_ignored": info["pseudo_ignored"], "rounds": info["rounds"]},
-                             parity, data_record(root, splits), pretrained, info["history"])
+    meta = artifact_metadata(
+        cfg,
+        thresholds,
+        rules,
+        {
+            **metrics,
+            "iou": float(cfg["eval"]["iou"]),
+            "train_seconds": info["train_seconds"],
+            "cache_seconds": info["cache_seconds"],
+            "tiles": info["tiles"],
+            "pseudo_ignored": info["pseudo_ignored"],
+            "rounds": info["rounds"],
+        },
+        parity,
+        data_record(root, splits),
+        pretrained,
+        info["history"],
+    )
     (out_dir / "metadata.json").write_text(json.dumps(json_safe(meta), indent=2))
     meta["metrics"]["onnx_timing"] = time_onnx(out_dir, frames["held_out"][0].image, meta)
     log(f"ONNX Runtime, 1 thread: {meta['metrics']['onnx_timing']['median_ms']:.0f} ms per frame")
@@ -921,11 +1092,18 @@ def scale_sweep(model_dir: Path, scales: Sequence[float], threads: int = 1) -> d
                 t = time.perf_counter()
                 ds = det.detect(fr.image)
                 ms.append((time.perf_counter() - t) * 1000)
-                dets.append(FrameDetections(np.array([d.box_xyxy for d in ds]).reshape(-1, 4), np.array([d.score for d in ds]),
-                                            np.array([classes.index(d.kind) for d in ds], np.int64)))
+                dets.append(
+                    FrameDetections(
+                        np.array([d.box_xyxy for d in ds]).reshape(-1, 4),
+                        np.array([d.score for d in ds]),
+                        np.array([classes.index(d.kind) for d in ds], np.int64),
+                    )
+                )
             ev = evaluate(dets, frames, cfg)
-            out.setdefault(str(sc), {})[split] = {**{c: {"ap50": ev[c]["ap50"], "max_recall": ev[c]["max_recall"]} for c in classes},
-                                                 "median_ms": float(np.median(ms))}
+            out.setdefault(str(sc), {})[split] = {
+                **{c: {"ap50": ev[c]["ap50"], "max_recall": ev[c]["max_recall"]} for c in classes},
+                "median_ms": float(np.median(ms)),
+            }
     return out
 
 
@@ -982,13 +1160,20 @@ def audit_sheet(model_dir: Path, cfg: dict[str, Any], sample: int = 120, seed: i
         bb = g.boxes(np.array([it["box"]]))[0]
         cv2.rectangle(crop, (int(bb[0]), int(bb[1])), (int(bb[2]), int(bb[3])), (255, 255, 0), 1)
         r, c = divmod(k, cols)
-        sheet[r * cell + 14: r * cell + 14 + crop.shape[0], c * cell + 8: c * cell + 8 + crop.shape[1]] = crop
+        sheet[r * cell + 14 : r * cell + 14 + crop.shape[0], c * cell + 8 : c * cell + 8 + crop.shape[1]] = crop
         cv2.putText(sheet, str(k), (c * cell + 8, r * cell + 12), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1)
     cv2.imwrite(str(model_dir / "audit_sheet.png"), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
-    rec = {"what": "held-out apple detections at the operating threshold that match no apple box (IoU < "
-                   f"{iou}) and overlap no tennis-ball box; a seeded sample judged by eye on audit_sheet.png",
-           "threshold": det.thresholds[apple], "detections": n_det, "matched_boxes": n_tp, "on_tennis_balls": n_on_ball,
-           "unmatched": len(items), "sample_seed": seed, "sampled": sampled}
+    rec = {
+        "what": "held-out apple detections at the operating threshold that match no apple box (IoU < "
+        f"{iou}) and overlap no tennis-ball box; a seeded sample judged by eye on audit_sheet.png",
+        "threshold": det.thresholds[apple],
+        "detections": n_det,
+        "matched_boxes": n_tp,
+        "on_tennis_balls": n_on_ball,
+        "unmatched": len(items),
+        "sample_seed": seed,
+        "sampled": sampled,
+    }
     (model_dir / "audit.json").write_text(json.dumps(rec, indent=1))
     return rec
 
@@ -1010,11 +1195,22 @@ def apply_audit(model_dir: Path) -> dict[str, Any]:
     def precision(sh: float) -> float:
         return (tp + sh * un) / det if det else float("nan")
 
-    out = {"judged": n, "apple": n_apple, "not_apple": n_not, "unsure": n_unsure, "unmatched": un, "detections": det,
-           "matched_boxes": tp, "on_tennis_balls": rec["on_tennis_balls"], "apple_share_of_unmatched": share,
-           "apple_share_ci95": [lo, hi], "precision_audited": precision(share), "precision_audited_ci95": [precision(lo), precision(hi)],
-           "rule": "precision = (detections matching an apple box + unmatched detections x share judged apple) / detections; "
-                   "unsure counted as not apple; detections on tennis balls count as false"}
+    out = {
+        "judged": n,
+        "apple": n_apple,
+        "not_apple": n_not,
+        "unsure": n_unsure,
+        "unmatched": un,
+        "detections": det,
+        "matched_boxes": tp,
+        "on_tennis_balls": rec["on_tennis_balls"],
+        "apple_share_of_unmatched": share,
+        "apple_share_ci95": [lo, hi],
+        "precision_audited": precision(share),
+        "precision_audited_ci95": [precision(lo), precision(hi)],
+        "rule": "precision = (detections matching an apple box + unmatched detections x share judged apple) / detections; "
+        "unsure counted as not apple; detections on tennis balls count as false",
+    }
     meta = json.loads((model_dir / "metadata.json").read_text())
     meta["metrics"]["held_out"]["apple"]["audit"] = out
     (model_dir / "metadata.json").write_text(json.dumps(json_safe(meta), indent=2))
@@ -1026,7 +1222,9 @@ def _code_version() -> str:
 
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True, cwd=REPO).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "training", "inference"], capture_output=True, text=True, cwd=REPO).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "training", "inference"], capture_output=True, text=True, cwd=REPO
+        ).stdout.strip()
         return rev + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -1036,10 +1234,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     ap.add_argument("--out", type=Path, help="artifact directory to train into (model.onnx, metadata.json, config.yaml, README.md)")
-    ap.add_argument("--audit", type=Path, metavar="MODEL_DIR", help="write audit_sheet.png + audit.json of an artifact's unmatched held-out apple detections")
+    ap.add_argument(
+        "--audit",
+        type=Path,
+        metavar="MODEL_DIR",
+        help="write audit_sheet.png + audit.json of an artifact's unmatched held-out apple detections",
+    )
     ap.add_argument("--audit-sample", type=int, default=120)
     ap.add_argument("--apply-audit", type=Path, metavar="MODEL_DIR", help="fold the judged audit.json into metadata.json")
-    ap.add_argument("--sweep-scales", type=Path, metavar="MODEL_DIR", help="AP50 and ms per frame at other input scales (--scales); kept in metadata.json")
+    ap.add_argument(
+        "--sweep-scales",
+        type=Path,
+        metavar="MODEL_DIR",
+        help="AP50 and ms per frame at other input scales (--scales); kept in metadata.json",
+    )
     ap.add_argument("--scales", type=float, nargs="+", default=[0.375, 0.5, 0.625, 0.75, 1.0])
     ap.add_argument("--card", type=Path, metavar="MODEL_DIR", help="write README.md from metadata.json (and --notes)")
     ap.add_argument("--notes", type=Path, help="markdown added to the model card as it is")
@@ -1053,14 +1261,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.audit:
         cfg = yaml.safe_load((args.audit / "config.yaml").read_text())
         rec = audit_sheet(args.audit, cfg, args.audit_sample)
-        log(f"audit: {rec['detections']} apple detections, {rec['matched_boxes']} match a box, {rec['on_tennis_balls']} on tennis balls, "
-            f"{rec['unmatched']} unmatched; {len(rec['sampled'])} sampled on {args.audit / 'audit_sheet.png'}")
+        log(
+            f"audit: {rec['detections']} apple detections, {rec['matched_boxes']} match a box, {rec['on_tennis_balls']} on tennis balls, "
+            f"{rec['unmatched']} unmatched; {len(rec['sampled'])} sampled on {args.audit / 'audit_sheet.png'}"
+        )
         return 0
     if args.sweep_scales:
         res = scale_sweep(args.sweep_scales, args.scales)
         for sc, r in res.items():
-            log(f"scale {sc}: " + "; ".join(f"{sp} " + ", ".join(f"{c} AP50 {v['ap50']:.3f}" for c, v in r[sp].items() if c != "median_ms")
-                                          + f" ({r[sp]['median_ms']:.0f} ms)" for sp in r))
+            log(
+                f"scale {sc}: "
+                + "; ".join(
+                    f"{sp} "
+                    + ", ".join(f"{c} AP50 {v['ap50']:.3f}" for c, v in r[sp].items() if c != "median_ms")
+                    + f" ({r[sp]['median_ms']:.0f} ms)"
+                    for sp in r
+                )
+            )
         meta_path = args.sweep_scales / "metadata.json"
         meta = json.loads(meta_path.read_text())
         meta["metrics"]["scale_sweep"] = res
@@ -1068,7 +1285,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.apply_audit:
         out = apply_audit(args.apply_audit)
-        log(f"audited precision {out['precision_audited']:.3f} (95 % {out['precision_audited_ci95'][0]:.3f}-{out['precision_audited_ci95'][1]:.3f})")
+        log(
+            f"audited precision {out['precision_audited']:.3f} (95 % {out['precision_audited_ci95'][0]:.3f}-{out['precision_audited_ci95'][1]:.3f})"
+        )
     if args.card:
         from training.detector_card import write_card
 

@@ -244,6 +244,10 @@ def test_decisions_are_published_after_commit_in_order_per_camera(settings, db, 
             assert [m["seq"] for m in mine] == list(range(1, len(want) + 1))
         events = c.get("/v1/fruits/a1/events", headers=headers("inspector")).json()["events"]
         assert [e["stage"] for e in events][-2:] == ["outlet", "published"] and events[-1]["seq"] == 2
+        # a row is marked sent when the broker's PUBACK comes back, which may trail the subscriber's copy
+        deadline = time.monotonic() + 15
+        while not all(r.sent_at is not None for r in _outbox(c)) and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert all(r.sent_at is not None for r in _outbox(c))
         assert c.get("/readyz").json()["status"] == "ready"
         time.sleep(0.6)  # no sorter reports ejections here: past the timeout every fruit is missing

@@ -128,7 +128,7 @@ class Settings(BaseSettings):
     camera_focal_px: dict[str, float] = Field(default_factory=dict)
     #: the fruit detector for orchard scenes: an artifact folder (model.onnx + metadata.json), or a folder of
     #: versions whose newest is used; none there: orchard requests need `boxes`, else a crop's centre fruit is sized
-    detector_dir: Path = SHIPPED_MODELS / "orchard-detector"
+    detector_dir: Path = SHIPPED_MODELS / "detectors" / "orchard-detector"
     #: diameter of the reference spheres hung in orchard frames (tennis balls), mm
     orchard_reference_mm: float = Field(default=65.46, gt=0)
 

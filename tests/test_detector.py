@@ -21,7 +21,7 @@ from inference.detector import Detection, OnnxDetector, box_iou, decode, nms, pr
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 ECOPOM = SHARED_DATA / "ecopom-apple-size"
-ARTIFACT = REPO / "models" / "orchard-detector" / "0.1.0"
+ARTIFACT = REPO / "models" / "detectors" / "orchard-detector" / "0.1.0"
 
 APPLE_COLOURS = [(190, 40, 40), (210, 80, 70), (150, 190, 60), (200, 170, 60)]  # RGB: red, pink, green, yellow
 BALL_COLOUR = (215, 235, 70)

@@ -25,6 +25,9 @@ log = logging.getLogger("grader.orchard")
 SCENES = ("belt", "orchard")
 #: at most this many boxes in one request
 MAX_BOXES = 500
+#: an image no larger than this (pixels, longer side) may be a crop around one fruit: when nothing is
+#: found in it, the fruit at its centre is sized; in a larger image (a whole frame) nothing found is no fruit
+CROP_MAX_SIDE_PX = 800
 
 
 def parse_scene(raw: str | None) -> str | None:
@@ -105,7 +108,7 @@ def resolve_orchard(
     objects = objects_in(image_rgb, boxes, detector)
     found_by = "client" if boxes is not None else "detector" if detector is not None else "centre"
     fruit_objects = [o for o in objects if o.kind == FRUIT]
-    if not fruit_objects and boxes is None:
+    if not fruit_objects and boxes is None and max(image_rgb.shape[:2]) <= CROP_MAX_SIDE_PX:
         # a crop around one fruit that the detector did not find (or no detector): the fruit at its centre
         centre = size_centre_fruit(image_rgb, focal_px)
         scene = size_scene(image_rgb, [o for o in objects if o.kind == REFERENCE], request_mm_per_px, focal_px, reference_mm)

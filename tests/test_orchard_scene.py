@@ -136,3 +136,10 @@ def test_the_lot_report_sizes_only_sized_fruit_and_counts_the_declined(client):
     assert "size_mm" in rep, rep
     assert rep["size_mm"]["n"] == 1 and rep["size_mm"]["not_sized"] == 1
     assert sum(b["count"] for b in rep["size_mm"]["histogram"]) == 1
+
+
+def test_a_whole_frame_where_nothing_is_found_gives_no_fruit_not_a_centre_guess(client):
+    frame = np.full((900, 1200, 3), (40, 90, 35), np.uint8)  # foliage colour, nothing round in it
+    r = _post(client, frame, scene="orchard", mm_per_px=0.5)
+    assert r.status_code == 200, r.text
+    assert r.json()["n_fruits"] == 0

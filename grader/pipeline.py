@@ -14,7 +14,7 @@ from .flags import FlagPolicy, LotContext, fruit_flags, image_quality_flags
 from .measure import measure_image
 from .records import DefectEvidence, Flag, FruitGrade, FruitMeasurement, SweetnessEvidence
 from .rules import facts_from, grade_fruit
-from .segment import SegmentationParams
+from .segment import SegmentationParams, pieces_of_larger
 from .standards import Standard
 
 
@@ -78,13 +78,22 @@ def grade_image(
 
 def confirm_fruit(measurements: list[FruitMeasurement], evidence: list[DefectEvidence]):
     """Keep the candidates the model's fruit check calls fruit (all of them for a model without
-    one): (measurements, evidence, rejected regions as {bbox, fruit_score})."""
+    one), less the pieces of a larger fruit: (measurements, evidence, rejected regions as {bbox,
+    fruit_score, reason: not_fruit | piece_of_fruit})."""
     keep = [i for i, ev in enumerate(evidence) if ev.is_fruit is not False]
+    # a fruit cut into pieces by a defect that looks like the background: the pieces lying on a
+    # larger fruit are that fruit, not fruit of their own
+    pieces = {keep[i] for i in pieces_of_larger([measurements[i].bbox for i in keep], [measurements[i].mask for i in keep])}
     rejected = [
-        {"bbox": list(measurements[i].bbox), "fruit_score": round(float(evidence[i].fruit_score or 0.0), 4)}
+        {
+            "bbox": list(measurements[i].bbox),
+            "fruit_score": round(float(evidence[i].fruit_score or 0.0), 4),
+            "reason": "piece_of_fruit" if i in pieces else "not_fruit",
+        }
         for i in range(len(evidence))
-        if i not in keep
+        if i not in keep or i in pieces
     ]
+    keep = [i for i in keep if i not in pieces]
     return [measurements[i] for i in keep], [evidence[i] for i in keep], rejected
 
 

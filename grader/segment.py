@@ -153,14 +153,58 @@ def _split_touching(mask: np.ndarray, min_area: int) -> list[np.ndarray]:
         r = float(dist[py, px].max())
         power[label - 1] = (xs - cx) ** 2 + (ys - cy) ** 2 - r**2
     owner = power.argmin(axis=0)
+    radii = [float(dist[peaks == label].max()) for label in range(1, n)]
+    owner = _merge_wide_cuts(mask.shape, ys, xs, owner, radii)
     parts = []
-    for i in range(n - 1):
+    for i in np.unique(owner):
         part = np.zeros(mask.shape, np.uint8)
         part[ys[owner == i], xs[owner == i]] = 1
         part = cv2.morphologyEx(part, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)).astype(bool)
         if part.sum() >= min_area:
             parts.append(part)
     return parts or [mask]
+
+
+#: two pieces of a split blob whose cut is longer than this many times the smaller piece's inner
+#: radius are one fruit: touching fruit meet along a short chord (about 0 for discs side by side,
+#: 1.2 r for discs whose centres are 0.8 of a diameter apart), while an oval fruit or one that fills
+#: the frame, cut at a waist of its own, is cut across its whole width (about 2 r)
+MERGE_CUT_OVER_RADIUS = 1.2
+
+
+def _merge_wide_cuts(shape: tuple[int, int], ys: np.ndarray, xs: np.ndarray, owner: np.ndarray, radii: list[float]) -> np.ndarray:
+    """Relabel ``owner`` (the piece of each blob pixel) so that pieces cut apart along a chord longer
+    than :data:`MERGE_CUT_OVER_RADIUS` times the smaller one's radius are one piece again."""
+    k = len(radii)
+    if k < 2:
+        return owner
+    label_img = np.full(shape, -1, np.int32)
+    label_img[ys, xs] = owner
+    parent = list(range(k))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return parent[i]
+
+    # a pixel of piece i with a right or lower neighbour of piece j lies on the cut between them
+    cuts: dict[tuple[int, int], list[np.ndarray]] = {}
+    for da, db in ((label_img[:, :-1], label_img[:, 1:]), (label_img[:-1, :], label_img[1:, :])):
+        edge = (da != db) & (da >= 0) & (db >= 0)
+        py, px = np.nonzero(edge)
+        lo, hi = np.minimum(da[edge], db[edge]), np.maximum(da[edge], db[edge])
+        for i, j in set(zip(lo.tolist(), hi.tolist())):
+            sel = (lo == i) & (hi == j)
+            cuts.setdefault((i, j), []).append(np.c_[px[sel], py[sel]])
+    for (i, j), pieces in cuts.items():
+        pts = np.concatenate(pieces).astype(np.float32)
+        if len(pts) < 2:
+            continue
+        (_, _), (rw, rh), _ = cv2.minAreaRect(pts)
+        if max(rw, rh) > MERGE_CUT_OVER_RADIUS * min(radii[i], radii[j]):
+            parent[root(i)] = root(j)
+    return np.array([root(int(o)) for o in range(k)])[owner]
 
 
 def segment_fruits(image_rgb: np.ndarray, params: SegmentationParams | None = None) -> list[Segment]:
@@ -232,6 +276,33 @@ def segment_fruits(image_rgb: np.ndarray, params: SegmentationParams | None = No
             segments.append(seg)
     segments.sort(key=lambda s: (s.bbox[0] + s.bbox[2]) / 2)
     return segments
+
+
+#: a region under this share of a larger region's area, lying mostly (PIECE_INSIDE_SHARE) inside
+#: that region's box grown by PIECE_BOX_GROWTH of its size, is a piece of that fruit cut off by a
+#: defect or a shine that looks like the background, not a fruit of its own
+PIECE_MAX_AREA_SHARE = 0.25
+PIECE_INSIDE_SHARE = 0.5
+PIECE_BOX_GROWTH = 0.1
+
+
+def pieces_of_larger(boxes: list[BBox], masks: list[np.ndarray]) -> list[int]:
+    """Indices of the regions that are pieces of a larger one (see :data:`PIECE_MAX_AREA_SHARE`).
+    ``boxes``: (x0, y0, x1, y1) in the frame; ``masks``: each region's box-sized bool mask."""
+    areas = [int(m.sum()) for m in masks]
+    out = []
+    for i, (box, mask) in enumerate(zip(boxes, masks)):
+        ys, xs = np.nonzero(mask)
+        xs, ys = xs + box[0], ys + box[1]
+        for j, (x0, y0, x1, y1) in enumerate(boxes):
+            if j == i or areas[i] >= PIECE_MAX_AREA_SHARE * areas[j]:
+                continue
+            gx, gy = PIECE_BOX_GROWTH * (x1 - x0), PIECE_BOX_GROWTH * (y1 - y0)
+            inside = (xs >= x0 - gx) & (xs < x1 + gx) & (ys >= y0 - gy) & (ys < y1 + gy)
+            if len(xs) and inside.mean() >= PIECE_INSIDE_SHARE:
+                out.append(i)
+                break
+    return out
 
 
 def _visible_fraction(blob: np.ndarray) -> float:

@@ -221,3 +221,30 @@ def test_large_model_crop_paints_out_the_same_disc_grown_mask():
     expect = cv2.dilate(keep, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1))).astype(bool)
     painted = (crop == np.array(CROP_FILL_RGB, np.uint8)).all(axis=2)
     assert (painted == ~expect).mean() > 0.999
+
+
+@pytest.mark.parametrize("centres_apart_px,fruits", [(62, 1), (76, 2)])
+def test_a_fruit_with_a_waist_is_one_fruit_touching_fruit_are_two(centres_apart_px, fruits):
+    # two discs of radius 40 px: 62 px apart they make one blob with a waist (a lemon's outline, a
+    # fruit that fills the frame), cut across 1.26 radii, so it stays one fruit; 76 px apart they
+    # meet along a short chord, two fruit
+    import cv2
+
+    from grader.segment import _split_touching
+
+    mask = np.zeros((120, 220), np.uint8)
+    cv2.circle(mask, (60, 60), 40, 1, -1)
+    cv2.circle(mask, (60 + centres_apart_px, 60), 40, 1, -1)
+    assert len(_split_touching(mask.astype(bool), 50)) == fruits
+
+
+def test_pieces_lying_on_a_larger_fruit_are_that_fruit():
+    from grader.segment import pieces_of_larger
+
+    big = np.ones((100, 100), bool)
+    sliver = np.ones((20, 30), bool)  # a piece cut off by a defect, inside the big one's box
+    neighbour = np.ones((90, 90), bool)  # a fruit of about the same size beside it
+    boxes = [(0, 0, 100, 100), (70, 85, 100, 105), (105, 0, 195, 90)]
+    assert pieces_of_larger(boxes, [big, sliver, neighbour]) == [1]
+    # a small fruit clear of the big one's box stays a fruit
+    assert pieces_of_larger([(0, 0, 100, 100), (150, 0, 170, 20)], [big, np.ones((20, 20), bool)]) == []

@@ -1,14 +1,16 @@
 """End-to-end serving benchmark: the real server, real JPEGs, many concurrent cameras.
 
     .venv/bin/python bench/serve.py [--seconds 10] [--concurrency 1,4,16] [--rate 50,75,100] [--workers N] [--database-url URL]
-                                    [--sqlite-synchronous NORMAL,FULL]
+                                    [--sqlite-synchronous NORMAL,FULL] [--model-dirs DIR,DIR]
 
 Starts `grader serve` (SQLite in a temporary data dir unless --database-url), posts JPEGs (FruitNet
 apple photos from ../shared/data when present, else synthetic fruit) and prints, in one run:
   1. model-only ONNX Runtime throughput (crops/s) at batch 1 and 16, on this machine;
   2. closed loop: N clients posting back to back: throughput (fruit/s), p50/p95/p99 latency;
   3. open loop: fixed offered rates (the target: a 10-lane line at 10 fruit/s per lane = 100/s): p50/p95/p99.
-The load generator runs on the same machine as the server and takes CPU from it.
+The load generator runs on the same machine as the server and takes CPU from it. ``--model-dirs``
+serves each model in turn (GRADER_MODEL_DIR) in the same run, so that their CPU per request can be
+compared side by side on one machine.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ def images(n: int) -> list[bytes]:
     return out
 
 
-def model_only(jpegs: list[bytes]) -> dict[int, float]:
+def model_only(jpegs: list[bytes], model_dir: Path | None = None) -> dict[int, float]:
     import cv2
 
     from grader.crop import crop_for_model
@@ -60,7 +62,7 @@ def model_only(jpegs: list[bytes]) -> dict[int, float]:
     from service.onnx_model import OnnxDefectModel
     from service.settings import Settings
 
-    m = OnnxDefectModel(Settings().model_dir)  # the server's model: GRADER_MODEL_DIR, else the shipped default
+    m = OnnxDefectModel(model_dir or Settings().model_dir)  # the server's model: GRADER_MODEL_DIR, else the shipped default
     crops = []
     for b in jpegs[:16]:
         rgb = cv2.cvtColor(cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
@@ -193,20 +195,27 @@ def main() -> None:
         default="FULL",
         help="SQLite sync modes to run one after the other, e.g. NORMAL,FULL: the cost of durable commits in one run",
     )
+    ap.add_argument(
+        "--model-dirs", default="", help="models to serve one after the other (GRADER_MODEL_DIR), e.g. two versions side by side"
+    )
     args = ap.parse_args()
 
     jpegs = images(args.images)
     print(f"machine: {os.cpu_count()} CPU cores")
-    mo = model_only(jpegs)
-    print(f"model only (ONNX Runtime, {os.cpu_count()} threads): batch 1 {mo[1]:.0f} crops/s, batch 16 {mo[16]:.0f} crops/s")
+    for model_dir in [Path(d.strip()) for d in args.model_dirs.split(",") if d.strip()] or [None]:
+        if model_dir is not None:
+            print(f"\n=== model {model_dir}")
+        mo = model_only(jpegs, model_dir)
+        print(f"model only (ONNX Runtime, {os.cpu_count()} threads): batch 1 {mo[1]:.0f} crops/s, batch 16 {mo[16]:.0f} crops/s")
+        for sync in args.sqlite_synchronous.split(","):
+            serve_and_measure(args, jpegs, mo, sync.strip().upper(), model_dir)
 
-    for sync in args.sqlite_synchronous.split(","):
-        serve_and_measure(args, jpegs, mo, sync.strip().upper())
 
-
-def serve_and_measure(args, jpegs: list[bytes], mo: dict[int, float], sync: str) -> None:
+def serve_and_measure(args, jpegs: list[bytes], mo: dict[int, float], sync: str, model_dir: Path | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         env = {"GRADER_API_KEYS": f"camera:{KEY}", "GRADER_SQLITE_SYNCHRONOUS": sync}
+        if model_dir is not None:
+            env["GRADER_MODEL_DIR"] = str(model_dir.resolve())
         if args.database_url:
             env["GRADER_DATABASE_URL"] = args.database_url
         if args.max_in_flight:

@@ -135,13 +135,14 @@ def block_taps(graph) -> dict[str, str]:
 
 
 def blocks_report(artifact: Path, spec, own: dict[str, np.ndarray], train_labels: np.ndarray, sets: dict[str, list]) -> None:
-    """Exploratory: the same Mahalanobis rule (training.explain.fit_distance on the train crops, the
+    """Exploratory: the same Mahalanobis rule (training.feature_distance.fit_distance on the train crops, the
     0.99 quantile of the val crops as threshold) on the globally averaged output of every block, in
     numpy; share over the threshold and AUROC against the test crops, per crop set."""
     import onnx
     from onnx import TensorProto, helper
 
     from training import explain
+    from training.feature_distance import fit_distance
 
     g = explain.strip_outputs(onnx.load(str(artifact / "model.onnx")))
     taps = block_taps(g)
@@ -163,7 +164,7 @@ def blocks_report(artifact: Path, spec, own: dict[str, np.ndarray], train_labels
     print("| block | channels | test | " + " | ".join(sets) + " |")
     print("|---|---|---|" + "---|" * len(sets))
     for li, k in enumerate(taps):
-        dm = explain.fit_distance(feats["train"][li], train_labels)
+        dm = fit_distance(feats["train"][li], train_labels)
         thr = np.quantile(dm.distance(feats["val"][li]), 0.99)
         dt = dm.distance(feats["test"][li])
         cells = []

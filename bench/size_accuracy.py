@@ -16,7 +16,7 @@ frames (../shared/data/ecopom-apple-size, never copied into the repo) two ways, 
   colour edge of the image near it on each ray, corrected for perspective (``--focal-px``). The
   box places the seed disc and the background annulus and bounds the radius search (0.2-0.85 x
   its side); the diameter comes from the pixels. ``--method watershed``: the previous
-  grader.orchard.measure_in_window. Either way the scale comes from the tennis balls measured by
+  grader.orchard_watershed.measure_in_window. Either way the scale comes from the tennis balls measured by
   the same function.
 
 Perspective: a sphere off the optical axis images as an ellipse stretched radially by
@@ -59,9 +59,9 @@ from grader.orchard import (  # noqa: E402
     WindowMeasurement,
     box_scale_mm_per_px,
     measure_by_probability,
-    measure_in_window,
-    perspective_stretch,
 )
+from grader.orchard_perspective import perspective_stretch  # noqa: E402
+from grader.orchard_watershed import measure_in_window  # noqa: E402
 
 #: distance from the camera to the tree row in the ecopom frames (file names "1_5m_..."), mm
 CAMERA_DISTANCE_MM = 1500.0
@@ -168,7 +168,7 @@ def tune_dates(frames: list[dict]) -> set[str]:
 
 def box_side_unstretched_px(box, focal_px: float, principal_xy: tuple[float, float]) -> float:
     """Context only, not the baseline: a box's mean side with the perspective stretch of
-    grader.orchard.perspective_stretch taken out. The box of an ellipse stretched by s along the unit
+    grader.orchard_perspective.perspective_stretch taken out. The box of an ellipse stretched by s along the unit
     radial direction (c, n) from a circle of diameter d has sides w = d sqrt(c^2 s^2 + n^2) and
     h = d sqrt(n^2 s^2 + c^2); the mean of the two estimates of d is returned."""
     x0, y0, x1, y1 = box

@@ -1,30 +1,17 @@
-"""Size fruit on the tree: one fruit at a time, inside a search window, from the image pixels.
+"""Size fruit on the tree: one fruit at a time, around the box that says which fruit is meant, from
+the image pixels.
 
 In an orchard frame a detector (or a person) says *which* fruit is meant, by a box; the box's own
 size is not trusted (hand-drawn boxes are loose or shifted by several pixels). The fruit's
-diameter comes from the pixels only:
-
-1. **Window.** A square window around the box centre, ``window_frac`` × the box side on each side
-   of it (plus a small margin). The box says where to look, never how large the fruit is.
-2. **Watershed.** The window (Gaussian-blurred) is flooded from two markers: a *seed disc* at the
-   box centre (``seed_frac`` × box side in radius, assumed to lie on the fruit) and the window's
-   border (background). The fruit region is what the seed claims; it stops at the strongest colour
-   edges between the seed and the border, i.e. the fruit's outline, or an occluding leaf, or it
-   leaks through a weak edge into sky of the same colour.
-3. **Circle.** A circle is fitted to that region's outline by RANSAC, each hypothesis scored by the
-   colour-gradient strength of the outline points it explains per unit of its circumference. So
-   the strong, round arcs of the true outline win over the weak edges a leak ran through and over
-   the concave edges of occluding leaves. The refined circle (least squares on its inliers) gives
-   ``diameter_px = 2·r + 1`` (outline pixel centres sit half a pixel inside the edge).
-4. **Declining.** A fruit is declined, with a reason, when no region is found (``no_fruit``), no
-   circle fits (``no_outline``), or the circle's inliers cover less than ``min_coverage`` of its
-   circumference (``no_clean_outline``: mostly occluded or leaking).
+diameter comes from the pixels only, as a :class:`WindowMeasurement`: by
+:func:`measure_by_probability` here, the method of the ecopom benchmark and of the service, or by
+the earlier watershed method (grader/orchard_watershed.py: ``measure_in_window``).
 
 Reference spheres (tennis balls) are measured the same way (by either method);
 ``grader.calibration.scale_from_references`` turns their diameters into ``mm_per_px`` for the frame, so a bias of the
 segmentation largely cancels out.
 
-:func:`measure_by_probability` is the method used by the ecopom benchmark:
+The steps of :func:`measure_by_probability`:
 
 1. **Colour model per fruit.** GrabCut in Lab (or a quadratic logistic regression on pixel
    features), trained on the frame itself from a sure-fruit disc at the box centre and a
@@ -41,8 +28,10 @@ segmentation largely cancels out.
    edge points are un-stretched (:func:`undo_perspective_px`) before the final circle fit, so
    fruit and reference balls anywhere in the frame are sized as at the image centre.
 
-Pure functions: numpy and OpenCV only, no file I/O.
-"""
+The parts: the circle fits in grader/orchard_circles.py, the pixel classifier and the region fill
+in grader/orchard_colour.py, the perspective in grader/orchard_perspective.py.
+
+Pure functions: numpy and OpenCV only, no file I/O."""
 
 from __future__ import annotations
 
@@ -53,37 +42,18 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from .orchard_circles import Circle, fit_circle_px, ray_circle
+from .orchard_colour import fill_component, pixel_features, train_pixel_classifier
+from .orchard_perspective import undo_perspective_px
+
 #: diameter of a regulation tennis ball used as a reference sphere in the ecopom data (mm)
 TENNIS_BALL_DIAMETER_MM = 65.46
 
 
-@dataclass(frozen=True)
-class WindowParams:
-    """Knobs of :func:`measure_in_window`. Defaults were chosen on the first half of the ecopom
-    dates only (see bench/size_accuracy.py)."""
-
-    window_frac: float = 0.8  # half-side of the search window, as a share of the box side
-    margin_px: int = 4  # extra pixels around the window
-    seed_frac: float = 0.32  # radius of the seed disc assumed on the fruit, as a share of the box side
-    blur_px: int = 5  # Gaussian blur (odd kernel side) before flooding; 0 = none
-    inlier_tol_px: float = 1.5  # outline point within this of a circle supports it
-    ransac_iters: int = 400
-    min_radius_px: float = 5.0
-    min_coverage: float = 0.45  # share of the circumference the inliers must cover
-
-
-@dataclass(frozen=True)
-class Circle:
-    """A circle in full-image pixel coordinates."""
-
-    cx_px: float
-    cy_px: float
-    radius_px: float
-
-
 @dataclass
 class WindowMeasurement:
-    """Result of :func:`measure_in_window`. ``diameter_px`` is None when the fruit is declined."""
+    """Result of sizing one fruit (:func:`measure_by_probability`, or ``measure_in_window`` of grader/orchard_watershed.py).
+    ``diameter_px`` is None when the fruit is declined."""
 
     diameter_px: float | None
     reason: str  # "ok" or why the fruit was declined
@@ -91,126 +61,6 @@ class WindowMeasurement:
     contour_px: np.ndarray | None  # (N, 2) int32 outline of the watershed region, full-image coords
     coverage: float  # share of the circle's circumference backed by outline points
     edge_px: np.ndarray | None = None  # (N, 2) float edge points the final circle was fitted to (full image)
-
-
-def fit_circle_px(points: np.ndarray) -> tuple[float, float, float]:
-    """Least-squares (Kåsa) circle through points (N, 2): centre x, centre y, radius."""
-    p = np.asarray(points, np.float64)
-    a = np.c_[2 * p[:, 0], 2 * p[:, 1], np.ones(len(p))]
-    b = (p**2).sum(axis=1)
-    (cx, cy, c), *_ = np.linalg.lstsq(a, b, rcond=None)
-    return float(cx), float(cy), float(math.sqrt(max(c + cx * cx + cy * cy, 0.0)))
-
-
-def _circles_through_triples(p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Circumscribed circles of many point triples at once: p has shape (K, 3, 2)."""
-    ax, ay, bx, by, cx, cy = p[:, 0, 0], p[:, 0, 1], p[:, 1, 0], p[:, 1, 1], p[:, 2, 0], p[:, 2, 1]
-    d = 2 * (ax * (by - cy) + bx * (cy - ay) + cx * (ay - by))
-    ok = np.abs(d) > 1e-9
-    d = np.where(ok, d, 1.0)
-    a2, b2, c2 = ax**2 + ay**2, bx**2 + by**2, cx**2 + cy**2
-    ux = (a2 * (by - cy) + b2 * (cy - ay) + c2 * (ay - by)) / d
-    uy = (a2 * (cx - bx) + b2 * (ax - cx) + c2 * (bx - ax)) / d
-    r = np.where(ok, np.hypot(ax - ux, ay - uy), -1.0)
-    return ux, uy, r
-
-
-def ransac_circle_px(
-    points: np.ndarray,
-    weights: np.ndarray,
-    seed_xy: tuple[float, float],
-    tol_px: float,
-    iters: int = 400,
-    min_radius_px: float = 5.0,
-    max_radius_px: float = 1e9,
-    rng_seed: int = 0,
-) -> tuple[Circle, float] | None:
-    """Circle best explaining outline points, with the seed point inside it.
-
-    Each hypothesis (circle through 3 random points) scores the summed ``weights`` (edge strength)
-    of the points within ``tol_px`` of it, per pixel of its circumference. Returns the circle
-    refined by least squares on the winner's inliers, and the share of its circumference they
-    cover; None when no hypothesis qualifies."""
-    p = np.asarray(points, np.float64)
-    n = len(p)
-    if n < 8:
-        return None
-    rng = np.random.default_rng(rng_seed)
-    idx = np.stack([rng.choice(n, 3, replace=False) for _ in range(iters)])
-    ux, uy, r = _circles_through_triples(p[idx])
-    ok = (r >= min_radius_px) & (r <= max_radius_px) & (np.hypot(ux - seed_xy[0], uy - seed_xy[1]) < r)
-    if not ok.any():
-        return None
-    ux, uy, r = ux[ok], uy[ok], r[ok]
-    dist = np.abs(np.hypot(p[None, :, 0] - ux[:, None], p[None, :, 1] - uy[:, None]) - r[:, None])
-    score = ((dist < tol_px) * weights[None, :]).sum(axis=1) / (2 * math.pi * r)
-    inliers = dist[int(score.argmax())] < tol_px
-    cx = cy = rad = 0.0
-    for _ in range(2):
-        if inliers.sum() < 3:
-            return None
-        cx, cy, rad = fit_circle_px(p[inliers])
-        inliers = np.abs(np.hypot(p[:, 0] - cx, p[:, 1] - cy) - rad) < tol_px
-    if rad < min_radius_px:
-        return None
-    coverage = float(min(1.0, inliers.sum() / (2 * math.pi * rad)))
-    return Circle(cx, cy, rad), coverage
-
-
-def measure_in_window(
-    image_rgb: np.ndarray,
-    box_xyxy: Sequence[float],
-    params: WindowParams | None = None,
-) -> WindowMeasurement:
-    """Diameter in pixels of the round fruit (or reference ball) at the centre of ``box_xyxy``.
-
-    ``box_xyxy`` = (x0, y0, x1, y1) in image pixels only places the search window and the seed
-    disc (see the module docstring); the diameter comes from the fitted outline circle."""
-    params = params or WindowParams()
-    if image_rgb.ndim != 3 or image_rgb.shape[2] != 3 or image_rgb.dtype != np.uint8:
-        raise ValueError(f"expected an RGB uint8 image (H, W, 3), got {image_rgb.dtype} {image_rgb.shape}")
-    x0, y0, x1, y1 = (float(v) for v in box_xyxy)
-    side_px = max(x1 - x0, y1 - y0, 1.0)
-    ix, iy = int(round((x0 + x1) / 2)), int(round((y0 + y1) / 2))
-    half = int(round(side_px * params.window_frac)) + params.margin_px
-    pad = half + 2
-    padded = cv2.copyMakeBorder(image_rgb, pad, pad, pad, pad, cv2.BORDER_REFLECT)
-    crop = padded[iy - half + pad : iy + half + pad + 1, ix - half + pad : ix + half + pad + 1]
-    ox, oy = ix - half, iy - half  # crop origin in image coordinates
-    smooth = cv2.GaussianBlur(crop, (params.blur_px, params.blur_px), 0) if params.blur_px > 1 else crop
-    smooth = np.ascontiguousarray(smooth)
-    lab = cv2.cvtColor(smooth, cv2.COLOR_RGB2LAB).astype(np.float32)
-    gx = cv2.Sobel(lab, cv2.CV_32F, 1, 0, ksize=3)
-    gy = cv2.Sobel(lab, cv2.CV_32F, 0, 1, ksize=3)
-    grad = np.sqrt((gx**2 + gy**2).sum(axis=2))
-
-    n = crop.shape[0]
-    markers = np.zeros((n, n), np.int32)
-    markers[:3, :] = markers[-3:, :] = markers[:, :3] = markers[:, -3:] = 1  # background
-    cv2.circle(markers, (half, half), max(2, int(round(params.seed_frac * side_px))), 2, -1)  # fruit
-    flooded = cv2.watershed(smooth, markers)
-    region = (flooded == 2).astype(np.uint8)
-    contours, _ = cv2.findContours(region, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    if not contours:
-        return WindowMeasurement(None, "no_fruit", None, None, 0.0)
-    outline = max(contours, key=cv2.contourArea).reshape(-1, 2)
-    contour_px = (outline + np.array([ox, oy])).astype(np.int32)
-    fit = ransac_circle_px(
-        outline,
-        grad[outline[:, 1], outline[:, 0]].astype(np.float64),
-        (half, half),
-        params.inlier_tol_px,
-        params.ransac_iters,
-        params.min_radius_px,
-        max_radius_px=float(half),
-    )
-    if fit is None:
-        return WindowMeasurement(None, "no_outline", None, contour_px, 0.0)
-    c, coverage = fit
-    circle = Circle(c.cx_px + ox, c.cy_px + oy, c.radius_px)
-    if coverage < params.min_coverage:
-        return WindowMeasurement(None, "no_clean_outline", circle, contour_px, coverage)
-    return WindowMeasurement(2 * c.radius_px + 1.0, "ok", circle, contour_px, coverage)
 
 
 def box_scale_mm_per_px(boxes_xyxy: Sequence[Sequence[float]], reference_mm: float = TENNIS_BALL_DIAMETER_MM) -> float | None:
@@ -274,51 +124,6 @@ TREE_PARAMS = ProbParams(
 )
 
 
-def _features(crop_rgb: np.ndarray, params: ProbParams) -> np.ndarray:
-    """(H, W, F) float32 pixel features: Lab, HSV saturation/value, local std of L."""
-    sm = cv2.GaussianBlur(crop_rgb, (params.blur_px, params.blur_px), 0) if params.blur_px > 1 else crop_rgb
-    sm = np.ascontiguousarray(sm)
-    lab = cv2.cvtColor(sm, cv2.COLOR_RGB2LAB).astype(np.float32)
-    hsv = cv2.cvtColor(sm, cv2.COLOR_RGB2HSV).astype(np.float32)
-    L = cv2.cvtColor(np.ascontiguousarray(crop_rgb), cv2.COLOR_RGB2LAB)[..., 0].astype(np.float32)
-    k = (params.texture_px, params.texture_px)
-    mu = cv2.blur(L, k)
-    sd = np.sqrt(np.maximum(cv2.blur(L * L, k) - mu * mu, 0.0))
-    return np.dstack([lab, hsv[..., 1:], sd])
-
-
-def _expand(x: np.ndarray) -> np.ndarray:
-    """Quadratic feature expansion of standardised features (N, F) -> (N, 1 + F + F(F+1)/2)."""
-    n, f = x.shape
-    iu = np.triu_indices(f)
-    quad = (x[:, :, None] * x[:, None, :])[:, iu[0], iu[1]]
-    return np.hstack([np.ones((n, 1), x.dtype), x, quad])
-
-
-def train_pixel_classifier(pos: np.ndarray, neg: np.ndarray, l2: float = 1e-2, steps: int = 8):
-    """Logistic regression (quadratic features, Newton steps, classes weighted equally) on pixel
-    feature rows; returns a function mapping (N, F) features to P(fruit)."""
-    x = np.vstack([pos, neg]).astype(np.float64)
-    mu, sd = x.mean(axis=0), x.std(axis=0) + 1e-6
-    phi = _expand((x - mu) / sd)
-    y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
-    sw = np.r_[np.full(len(pos), 0.5 / len(pos)), np.full(len(neg), 0.5 / len(neg))]
-    w = np.zeros(phi.shape[1])
-    reg = l2 * np.eye(len(w))
-    reg[0, 0] = 0.0
-    for _ in range(steps):
-        p = 1.0 / (1.0 + np.exp(-np.clip(phi @ w, -30, 30)))
-        g = phi.T @ (sw * (p - y)) + reg @ w
-        h = (phi * (sw * p * (1 - p))[:, None]).T @ phi + reg
-        w -= np.linalg.solve(h + 1e-9 * np.eye(len(w)), g)
-
-    def predict(f: np.ndarray) -> np.ndarray:
-        z = _expand((f.astype(np.float64) - mu) / sd) @ w
-        return 1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))
-
-    return predict
-
-
 def _ray_edges(prob: np.ndarray, cx: float, cy: float, r0: float, r1: float, params: ProbParams) -> tuple[np.ndarray, np.ndarray]:
     """Per ray from (cx, cy): sub-pixel radius where P(fruit) falls through 0.5 and stays below it
     for ``gap_px``; NaN where the ray never leaves the fruit. Returns (angles, radii)."""
@@ -347,48 +152,6 @@ def _ray_edges(prob: np.ndarray, cx: float, cy: float, r0: float, r1: float, par
         t = (a - 0.5) / (a - b) if a > b else 0.0
         radii[i] = (j - 1 + t) * step
     return th, radii
-
-
-def _fill_component(mask: np.ndarray, seed: np.ndarray) -> np.ndarray:
-    """The connected parts of ``mask`` touching ``seed``, with their holes filled."""
-    m = mask.astype(np.uint8)
-    _, lab = cv2.connectedComponents(m, connectivity=4)
-    keep = np.unique(lab[seed & (m > 0)])
-    keep = keep[keep > 0]
-    region = np.isin(lab, keep).astype(np.uint8)
-    # holes: background not reachable from the crop border
-    inv = np.pad(1 - region, 1, constant_values=1)
-    ff = inv.copy()
-    cv2.floodFill(ff, None, (0, 0), 2)
-    return (region > 0) | (ff[1:-1, 1:-1] == 1)
-
-
-def _ray_circle(
-    pts: np.ndarray, seed_xy: tuple[float, float], tol_px: float, r_min: float, r_max: float, iters: int = 300, rng_seed: int = 0
-) -> Circle | None:
-    """RANSAC circle through ray edge points (one per ray), scored by the number of rays it
-    explains within ``tol_px``; refined by least squares on its inliers."""
-    n = len(pts)
-    if n < 8:
-        return None
-    rng = np.random.default_rng(rng_seed)
-    idx = np.argsort(rng.random((iters, n)), axis=1)[:, :3]
-    ux, uy, r = _circles_through_triples(pts[idx])
-    ok = (r >= r_min) & (r <= r_max) & (np.hypot(ux - seed_xy[0], uy - seed_xy[1]) < r)
-    if not ok.any():
-        return None
-    ux, uy, r = ux[ok], uy[ok], r[ok]
-    res = np.abs(np.hypot(pts[None, :, 0] - ux[:, None], pts[None, :, 1] - uy[:, None]) - r[:, None])
-    score = (res < tol_px).sum(axis=1) - 1e-3 * np.clip(res, 0, tol_px).sum(axis=1)
-    inl = res[int(score.argmax())] < tol_px
-    c = None
-    for _ in range(3):
-        if inl.sum() < 3:
-            return c
-        cx, cy, rad = fit_circle_px(pts[inl])
-        c = Circle(cx, cy, rad)
-        inl = np.abs(np.hypot(pts[:, 0] - cx, pts[:, 1] - cy) - rad) < tol_px
-    return c
 
 
 def _refine_edges(crop_rgb: np.ndarray, coarse: Circle, params: ProbParams) -> tuple[Circle, np.ndarray, np.ndarray] | None:
@@ -426,40 +189,11 @@ def _refine_edges(crop_rgb: np.ndarray, coarse: Circle, params: ProbParams) -> t
     off = np.clip(np.where(curved, 0.5 * (a - c) / np.where(curved, den, 1.0), 0.0), -1.0, 1.0)
     radii = rho[j] + off * step
     pts = np.c_[cx + radii * np.cos(th), cy + radii * np.sin(th)].astype(np.float64)
-    fine = _ray_circle(pts, (cx, cy), params.refine_tol_px, lo, hi)
+    fine = ray_circle(pts, (cx, cy), params.refine_tol_px, lo, hi)
     if fine is None:
         return None
     inl = np.abs(np.hypot(pts[:, 0] - fine.cx_px, pts[:, 1] - fine.cy_px) - fine.radius_px) < params.refine_tol_px
     return fine, pts, inl
-
-
-def perspective_stretch(centre_xy: tuple[float, float], focal_px: float, principal_xy: tuple[float, float]) -> tuple[np.ndarray, float]:
-    """How a pinhole camera stretches a small sphere imaged at ``centre_xy``.
-
-    A sphere of diameter D at depth Z, seen at angle θ off the optical axis, images as an ellipse:
-    across the radial direction (from the principal point) it is f·D/Z wide, as at the image centre,
-    but along it the width is stretched by s = 1/cos θ = sqrt(1 + ρ²/f²), ρ the distance of the
-    image from the principal point. Returns (unit radial direction, s); s = 1 at the principal
-    point."""
-    v = np.array([centre_xy[0] - principal_xy[0], centre_xy[1] - principal_xy[1]], np.float64)
-    rho = float(np.hypot(v[0], v[1]))
-    if rho < 1e-9:
-        return np.array([1.0, 0.0]), 1.0
-    return v / rho, math.sqrt(1.0 + (rho / focal_px) ** 2)
-
-
-def undo_perspective_px(
-    points_xy: np.ndarray, centre_xy: tuple[float, float], focal_px: float | None, principal_xy: tuple[float, float]
-) -> np.ndarray:
-    """Outline points (N, 2) with the perspective stretch of :func:`perspective_stretch` undone
-    about ``centre_xy``: their radial component is divided by s, so a sphere's ellipse becomes the
-    circle it would image as at the principal point, at the same depth. ``focal_px`` None: unchanged."""
-    p = np.asarray(points_xy, np.float64)
-    if focal_px is None or focal_px <= 0:
-        return p
-    u, s = perspective_stretch(centre_xy, focal_px, principal_xy)
-    d = p - np.asarray(centre_xy, np.float64)
-    return p - np.outer((d @ u) * (1.0 - 1.0 / s), u)
 
 
 def measure_by_probability(
@@ -511,7 +245,7 @@ def measure_by_probability(
     n = crop.shape[0]
     yy, xx = np.mgrid[0:n, 0:n].astype(np.float32)
     valid = (xx + ox >= 0) & (xx + ox < W) & (yy + oy >= 0) & (yy + oy < H)
-    feats = _features(crop, params) if params.segmenter != "grabcut" else None
+    feats = pixel_features(crop, params.blur_px, params.texture_px) if params.segmenter != "grabcut" else None
     d = np.hypot(xx - (bcx - ox), yy - (bcy - oy))
     pos = (d <= max(2.0, params.pos_frac * side)) & valid
     neg = (d >= params.neg_inner * side) & (d <= params.neg_outer * side) & valid
@@ -537,7 +271,7 @@ def measure_by_probability(
             gi[..., 0] = (gi[..., 0].astype(np.float32) * params.grabcut_l_weight).astype(np.uint8)
         cv2.setRNGSeed(0)  # grabCut's k-means init draws from OpenCV's global RNG: same input, same answer
         cv2.grabCut(gi, gm, None, bgd, fgd, params.grabcut_iters, cv2.GC_INIT_WITH_MASK)
-        prob = _fill_component((gm == cv2.GC_FGD) | (gm == cv2.GC_PR_FGD), pos).astype(np.float32)
+        prob = fill_component((gm == cv2.GC_FGD) | (gm == cv2.GC_PR_FGD), pos).astype(np.float32)
         if params.mask_blur_px > 1:
             prob = cv2.GaussianBlur(prob, (params.mask_blur_px, params.mask_blur_px), 0)
     else:
@@ -557,7 +291,7 @@ def measure_by_probability(
         if ok.sum() < 8:
             break
         ray_pts = np.c_[cx + radii[ok] * np.cos(th[ok]), cy + radii[ok] * np.sin(th[ok])]
-        c = _ray_circle(ray_pts, (cx, cy), tol, r0, r1)
+        c = ray_circle(ray_pts, (cx, cy), tol, r0, r1)
         if c is None:
             break
         circle, pts = c, ray_pts

@@ -30,7 +30,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .orchard import TENNIS_BALL_DIAMETER_MM, TREE_PARAMS, Circle, ProbParams, WindowMeasurement, measure_by_probability
+from .orchard import TENNIS_BALL_DIAMETER_MM, TREE_PARAMS, ProbParams, WindowMeasurement, measure_by_probability
+from .orchard_circles import Circle
 from .records import Flag, FruitMeasurement
 
 #: a fruit narrower than this (pixels) is declined as too small to size

@@ -5,7 +5,7 @@
         d.kind, d.box_xyxy, d.score          # "apple" | "tennis_ball", image pixels, 0..1
 
 Everything the preprocessing and the decoding need is read from the artifact's ``metadata.json``
-(training/detector.py writes it): the frame is resized by ``preprocessing.scale`` (cv2 INTER_AREA
+(training/detector/ writes it): the frame is resized by ``preprocessing.scale`` (cv2 INTER_AREA
 when shrinking), padded on the bottom and right to a multiple of ``preprocessing.pad_multiple``,
 normalised ``(x/255 - mean) / std`` on RGB, and run as one NCHW batch of one. The graph returns,
 at ``preprocessing.stride``:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from fastapi import Request
 
-from .errors import ApiError
+from .errors import Forbidden, RateLimited, Unauthenticated
 
 ROLES = ("camera", "inspector", "trainer", "admin")
 
@@ -202,26 +202,23 @@ def require(*roles: str):
         checked = request.scope.get(PRINCIPAL_SCOPE_KEY)
         if checked is not None:
             if checked.role not in allowed:
-                raise ApiError(403, "forbidden", f"role {checked.role!r} may not do this (needs one of {sorted(allowed)})")
+                raise Forbidden(f"role {checked.role!r} may not do this (needs one of {sorted(allowed)})")
             return checked
         key = request.headers.get("x-api-key")
         if not key:
-            raise ApiError(401, "unauthenticated", "missing X-API-Key header", "X-API-Key", {"WWW-Authenticate": "APIKey"})
+            raise Unauthenticated("missing X-API-Key header")
         ctx = request.app.state.ctx
         principal = ctx.api_keys.lookup(key)
         if principal is None:
-            raise ApiError(401, "unauthenticated", "unknown API key", "X-API-Key", {"WWW-Authenticate": "APIKey"})
+            raise Unauthenticated("unknown API key")
         wait = ctx.rate_limiter.take(principal.key_id)
         if wait > 0:
-            raise ApiError(
-                429,
-                "rate_limited",
+            raise RateLimited(
                 f"key {principal.key_id} is over its limit of {ctx.settings.rate_limit_per_min} requests a minute; retry in {wait:.1f} s",
-                "X-API-Key",
-                {"Retry-After": str(max(1, math.ceil(wait)))},
+                headers={"Retry-After": str(max(1, math.ceil(wait)))},
             )
         if principal.role not in allowed:
-            raise ApiError(403, "forbidden", f"role {principal.role!r} may not do this (needs one of {sorted(allowed)})")
+            raise Forbidden(f"role {principal.role!r} may not do this (needs one of {sorted(allowed)})")
         return principal
 
     dependency.roles = frozenset(allowed)  # type: ignore[attr-defined]

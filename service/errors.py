@@ -1,5 +1,6 @@
-"""Domain errors -> HTTP status codes, in one place. Every error body names the problem:
-{"error": {"code": ..., "message": ..., "field": ...}}."""
+"""Domain errors (grader/errors.py, grader/record_errors.py) and the service's own refusals (who
+asks, how often, how busy: defined here) -> HTTP status codes, in one place: STATUS. Every error body
+names the problem: {"error": {"code": ..., "message": ..., "field": ...}}."""
 
 from __future__ import annotations
 
@@ -46,6 +47,17 @@ from grader.errors import (
     VideoTooLong,
     VideoTooSlow,
 )
+from grader.record_errors import (
+    AlreadyExamined,
+    FruitClaimed,
+    InvalidGrade,
+    LotExists,
+    MissingImage,
+    NoCalibration,
+    UnknownFruit,
+    UnknownResult,
+    UnknownVerdict,
+)
 
 
 class ErrorDetail(BaseModel):
@@ -75,12 +87,59 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-class ApiError(Exception):
-    """A request the service refuses, with the field it is about."""
+#: an overloaded process's answer: retry in a second, on a new connection. With `grader serve
+#: --workers N` each camera's keep-alive connection stays with the process that accepted it; closing
+#: a refused camera's connection lets the kernel hash its retry to any process, so cameras that
+#: crowded onto one process spread out instead of being refused there again and again.
+OVERLOADED_HEADERS = {"Retry-After": "1", "Connection": "close"}
 
-    def __init__(self, status: int, code: str, message: str, field: str | None = None, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.field, self.headers = status, code, message, field, headers
+
+class Refused(GraderError):
+    """A refusal of the service's own, about who asks and how often or how busy it is, not about
+    the domain: shaped like a domain error (message, field, a finer ``code``), its status given in
+    STATUS like theirs, and ``headers`` sent with the answer."""
+
+    headers: dict[str, str] | None = None
+
+    def __init__(self, message: str, *, field: str | None = None, code: str | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message, field=field, code=code)
+        base = headers if headers is not None else type(self).headers
+        self.headers = dict(base) if base is not None else None
+
+
+class Unauthenticated(Refused):
+    """No X-API-Key header, or a key the service does not know."""
+
+    field = "X-API-Key"
+    headers = {"WWW-Authenticate": "APIKey"}
+
+
+class Forbidden(Refused):
+    """The key's role may not do this."""
+
+
+class RateLimited(Refused):
+    """The key is over its requests a minute (``headers``: its Retry-After)."""
+
+    field = "X-API-Key"
+
+
+class TooManyFailedKeys(Refused):
+    """The client's address sent too many unknown keys lately (``headers``: its Retry-After)."""
+
+    field = "X-API-Key"
+
+
+class Busy(Refused):
+    """Past ``max_in_flight`` concurrent grades: retry at once, on a new connection."""
+
+    headers = OVERLOADED_HEADERS
+
+
+class InvalidCursor(Refused):
+    """A page cursor this service did not give out."""
+
+    field = "cursor"
 
 
 #: every domain error's HTTP status and error code (an error that carries a finer code of its own,
@@ -119,6 +178,23 @@ STATUS: dict[type[GraderError], tuple[int, str]] = {
     VideoFrameTooLarge: (422, "video_frame_too_large"),
     VideoTooLong: (422, "video_too_long"),
     VideoTooSlow: (422, "video_too_slow"),
+    # stored records (grader/record_errors.py)
+    UnknownResult: (404, "not_found"),
+    MissingImage: (404, "not_found"),
+    UnknownFruit: (404, "not_found"),
+    UnknownVerdict: (404, "not_found"),
+    NoCalibration: (404, "not_found"),
+    LotExists: (409, "lot_exists"),
+    FruitClaimed: (409, "claimed"),
+    AlreadyExamined: (409, "already_examined"),
+    InvalidGrade: (422, "invalid_grade"),
+    # the service's own refusals
+    Unauthenticated: (401, "unauthenticated"),
+    Forbidden: (403, "forbidden"),
+    RateLimited: (429, "rate_limited"),
+    TooManyFailedKeys: (429, "too_many_failed_keys"),
+    Busy: (503, "overloaded"),
+    InvalidCursor: (422, "invalid_cursor"),
 }
 
 
@@ -168,11 +244,12 @@ def _body(code: str, message: str, field: str | None = None, **extra) -> dict:
     return {"error": {"code": code, "message": message, "field": field, **extra}}
 
 
-#: an overloaded process's answer: retry in a second, on a new connection. With `grader serve
-#: --workers N` each camera's keep-alive connection stays with the process that accepted it; closing
-#: a refused camera's connection lets the kernel hash its retry to any process, so cameras that
-#: crowded onto one process spread out instead of being refused there again and again.
-OVERLOADED_HEADERS = {"Retry-After": "1", "Connection": "close"}
+def error_response(exc: GraderError) -> JSONResponse:
+    """The answer to a domain error or a refusal: its status and code from STATUS, its body, and
+    its headers (a refusal's)."""
+    status, code = status_and_code(exc)
+    return JSONResponse(_body(code, exc.message, exc.field), status_code=status, headers=getattr(exc, "headers", None))
+
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -206,10 +283,6 @@ def _has_control_characters(scope: Scope) -> bool:
 def install(app: FastAPI) -> None:
     app.add_middleware(RefuseControlCharacters)
 
-    @app.exception_handler(ApiError)
-    async def _api(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(_body(exc.code, exc.message, exc.field), status_code=exc.status, headers=exc.headers)
-
     from .batcher import Overloaded
 
     @app.exception_handler(Overloaded)
@@ -218,8 +291,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(GraderError)
     async def _domain(_: Request, exc: GraderError) -> JSONResponse:
-        status, code = status_and_code(exc)
-        return JSONResponse(_body(code, exc.message, exc.field), status_code=status)
+        return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -32,6 +32,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .auth import PRINCIPAL_SCOPE_KEY
+from .errors import Forbidden, RateLimited, TooManyFailedKeys, Unauthenticated, error_response
 from .metrics import REGISTRY
 
 #: room for a multipart form's boundaries, part headers and its small text fields
@@ -208,31 +209,29 @@ class Gate:
         address = client[0] if client else "unknown"
         wait = ctx.auth_failures.blocked_for(address)
         if wait > 0:
-            return _error(
-                429,
-                "too_many_failed_keys",
-                f"too many requests with unknown keys from {address}; retry in {math.ceil(wait)} s",
-                "X-API-Key",
-                {"Retry-After": str(max(1, math.ceil(wait)))},
+            return error_response(
+                TooManyFailedKeys(
+                    f"too many requests with unknown keys from {address}; retry in {math.ceil(wait)} s",
+                    headers={"Retry-After": str(max(1, math.ceil(wait)))},
+                )
             )
         key = headers.get("x-api-key")
         if not key:
-            return _error(401, "unauthenticated", "missing X-API-Key header", "X-API-Key", {"WWW-Authenticate": "APIKey"})
+            return error_response(Unauthenticated("missing X-API-Key header"))
         principal = ctx.api_keys.lookup(key)
         if principal is None:
             ctx.auth_failures.failed(address)
-            return _error(401, "unauthenticated", "unknown API key", "X-API-Key", {"WWW-Authenticate": "APIKey"})
+            return error_response(Unauthenticated("unknown API key"))
         wait = ctx.rate_limiter.take(principal.key_id)
         if wait > 0:
-            return _error(
-                429,
-                "rate_limited",
-                f"key {principal.key_id} is over its limit of {ctx.settings.rate_limit_per_min} requests a minute; retry in {wait:.1f} s",
-                "X-API-Key",
-                {"Retry-After": str(max(1, math.ceil(wait)))},
+            return error_response(
+                RateLimited(
+                    f"key {principal.key_id} is over its limit of {ctx.settings.rate_limit_per_min} requests a minute; retry in {wait:.1f} s",
+                    headers={"Retry-After": str(max(1, math.ceil(wait)))},
+                )
             )
         if principal.role not in roles:
-            return _error(403, "forbidden", f"role {principal.role!r} may not do this (needs one of {sorted(roles)})")
+            return error_response(Forbidden(f"role {principal.role!r} may not do this (needs one of {sorted(roles)})"))
         scope[PRINCIPAL_SCOPE_KEY] = principal
         return None
 

@@ -132,7 +132,7 @@ class Settings(BaseSettings):
     #: diameter of the reference spheres hung in orchard frames (tennis balls), mm
     orchard_reference_mm: float = Field(default=65.46, gt=0)
 
-    # --- the sorter link (MQTT; service/sorter.py). Off unless a broker URL is set.
+    # --- the sorter link (MQTT; service/sorter/). Off unless a broker URL is set.
     #: mqtt://[user:password@]host[:1883], or mqtts:// for TLS (port 8883). Query options: version=3.1.1|5,
     #: client_id=<prefix>, ca=<CA file>, insecure=1 (TLS without checking the certificate), keepalive=<s>
     mqtt_url: str | None = None

@@ -224,7 +224,7 @@ class ModelVersionRow(Base):
     promoted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
 
 
-# --- the sorter link (service/sorter.py): decisions and alerts out over MQTT, ejections back
+# --- the sorter link (service/sorter/): decisions and alerts out over MQTT, ejections back
 
 
 class OutboxRow(Base):

@@ -1,4 +1,4 @@
-"""The orchard fruit detector: training/detector.py trains and exports, inference/detector.py serves.
+"""The orchard fruit detector: training/detector/ trains and exports, inference/detector.py serves.
 
 A seeded synthetic orchard scene (leafy green texture, branches, coloured apple discs and
 yellow-green tennis balls with a seam, known centres) trains a tiny detector in seconds; the
@@ -80,7 +80,7 @@ def orchard_scene(
 
 
 def tiny_cfg(**over):
-    from training.detector import load_config
+    from training.detector.config import load_config
 
     sets = [
         "model.backbone=tiny",
@@ -102,7 +102,7 @@ def tiny_cfg(**over):
 
 
 def synthetic_frames(seeds):
-    from training.detector import Frame
+    from training.detector.frames import Frame
 
     out = []
     for s in seeds:
@@ -115,7 +115,7 @@ def synthetic_frames(seeds):
 def tiny_model():
     import torch
 
-    from training.detector import train_detector
+    from training.detector.fit import train_detector
 
     torch.set_num_threads(1)
     cfg = tiny_cfg()
@@ -162,7 +162,7 @@ def test_prepare_pads_to_multiple_and_normalises():
 
 
 def test_average_precision_and_threshold_rules():
-    from training.detector import average_precision, choose_threshold
+    from training.detector.evaluation import average_precision, choose_threshold
 
     scores = np.array([0.9, 0.8, 0.7, 0.6])
     tp = np.array([True, False, True, True])
@@ -176,7 +176,7 @@ def test_average_precision_and_threshold_rules():
 
 def test_split_by_date_matches_the_size_bench():
     from bench.size_accuracy import tune_dates as bench_tune
-    from training.detector import split_dates
+    from training.detector.frames import split_dates
 
     dates = [f"2022_0{m}_{d:02d}" for m in (6, 7, 8) for d in (1, 10, 20)]
     s = split_dates(dates, 2)
@@ -187,7 +187,7 @@ def test_split_by_date_matches_the_size_bench():
 # ------------------------------------------------------------------------------------------ training
 @pytest.mark.slow
 def test_tiny_detector_trains_and_finds_the_discs(tiny_model):
-    from training.detector import evaluate, predict_frames
+    from training.detector.evaluation import evaluate, predict_frames
 
     cfg, model, info, seconds = tiny_model
     assert seconds < 60, f"the tiny detector took {seconds:.0f} s"
@@ -201,7 +201,7 @@ def test_tiny_detector_trains_and_finds_the_discs(tiny_model):
 
 @pytest.mark.slow
 def test_onnx_export_parity_and_onnx_detector(tiny_model, tmp_path):
-    from training.detector import artifact_metadata, export
+    from training.detector.export import artifact_metadata, export
 
     cfg, model, info, _ = tiny_model
     img, boxes, labels = orchard_scene(200)

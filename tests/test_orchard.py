@@ -14,17 +14,10 @@ import pytest
 
 from datasets.synthetic import FruitSpec, make_frame
 from grader.calibration import scale_from_references
-from grader.orchard import (
-    TENNIS_BALL_DIAMETER_MM,
-    ProbParams,
-    box_scale_mm_per_px,
-    fit_circle_px,
-    measure_by_probability,
-    measure_in_window,
-    perspective_stretch,
-    ransac_circle_px,
-    undo_perspective_px,
-)
+from grader.orchard import TENNIS_BALL_DIAMETER_MM, ProbParams, box_scale_mm_per_px, measure_by_probability
+from grader.orchard_circles import fit_circle_px, ransac_circle_px
+from grader.orchard_perspective import perspective_stretch, undo_perspective_px
+from grader.orchard_watershed import measure_in_window
 
 REPO = Path(__file__).resolve().parents[1]
 ECOPOM = REPO.parent / "shared" / "data" / "ecopom-apple-size"

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from grader.orchard import Circle, WindowMeasurement
+from grader.orchard import WindowMeasurement
+from grader.orchard_circles import Circle
 from grader.orchard_scene import SceneObject, SizedObject, outline_gap_deg, size_centre_fruit, size_object, size_scene, to_measurement
 from service.app import create_app
 from service.settings import Settings

@@ -1,4 +1,4 @@
-"""The sorter link over MQTT (service/sorter.py): decisions out through the outbox, nothing lost
+"""The sorter link over MQTT (service/sorter/): decisions out through the outbox, nothing lost
 while the broker or the server is down, ejections back into the fruit's history, alerts out.
 The tests marked slow talk to a real Mosquitto: the machine's (127.0.0.1:1883) or one of their own."""
 

@@ -661,7 +661,7 @@ def test_an_epoch_with_constant_or_broken_outputs_is_never_selected():
 
 
 def test_a_distance_is_refused_on_features_that_do_not_vary():
-    from training.explain import fit_distance
+    from training.feature_distance import fit_distance
 
     rng = np.random.default_rng(0)
     feats = 0.4 + 1e-8 * rng.normal(size=(200, 32))

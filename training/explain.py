@@ -6,7 +6,8 @@
 * ``ood_distance`` (N,): the Mahalanobis distance of the pooled feature vector (the pool's output,
   flattened: what the head reads) to the nearest class mean of the TRAIN crops, under their shared
   within-class covariance (Ledoit-Wolf shrunk; its top ``MAX_DIMS`` principal directions kept
-  exactly, the rest as one isotropic residual term), all from initializers inside the graph.
+  exactly, the rest as one isotropic residual term: training/feature_distance.py fits it), all from
+  initializers inside the graph.
 * ``ood_distance_early`` (N,): the same distance, fitted the same way on the same train crops, of the
   globally averaged output of an early block (``thresholds.ood_distance_early_block`` in the config,
   ``--early-block`` here; default ``features.3``, the block bench/ood_eval.py --blocks found best for
@@ -39,6 +40,7 @@ import onnxruntime as ort
 from onnx import helper
 
 from grader.defect import ModelSpec, preprocess
+from training.feature_distance import MAX_DIMS, DistanceModel, fit_distance, held_out_distances
 from training.graph import GraphBuilder, constants, consumers, finish_graph, strip_branch, with_output
 
 MAP_OUTPUT = "defect_map"
@@ -49,7 +51,6 @@ DEFAULT_EARLY_BLOCK = "features.3"  # mobilenet_v3_small: bench/ood_eval.py --bl
 #: fourth block: stride 8, 40 channels, as features.3 of MobileNetV3-small)
 EARLY_BLOCK_BY_ARCH = {"efficientnet_lite0": "_blocks.3", "efficientnet_lite0_scratch": "_blocks.3"}
 PREFIX = "explain/"  # every node, tensor and initializer this module adds: one strip removes them all
-MAX_DIMS = 128  # principal directions of the feature covariance kept exactly (the graph stays small)
 
 # element-wise layers a head may hold between its Gemm/MatMul layers (copied as they are)
 ELEMENTWISE = {
@@ -83,29 +84,6 @@ class Head:
     pooled: str  # (N, C): the flattened pool output, what the head reads
     layers: list[onnx.NodeProto]  # pooled -> logits, in order
     logits: str
-
-
-@dataclass
-class DistanceModel:
-    """Mahalanobis distance to the nearest class mean under a shared covariance, as a small PPCA:
-    exact in the top ``dims`` principal directions, one variance for the rest."""
-
-    means: np.ndarray  # (K, C) class means of the train features
-    classes: list[int]  # class index of each mean
-    directions: np.ndarray  # (C, k) orthonormal principal directions
-    variances: np.ndarray  # (k,) their variances
-    residual_variance: float | None  # variance of every other direction; None when k == C
-    shrinkage: float
-    n_train: int
-
-    def distance(self, feats: np.ndarray) -> np.ndarray:
-        d = feats.astype(np.float64)[:, None, :] - self.means[None]  # (N, K, C)
-        p = d @ self.directions  # (N, K, k)
-        q = (p**2 / self.variances).sum(-1)
-        if self.residual_variance is not None:
-            r = d - p @ self.directions.T
-            q = q + (r**2).sum(-1) / self.residual_variance
-        return np.sqrt(np.maximum(q.min(axis=1), 0.0))
 
 
 @dataclass
@@ -274,55 +252,7 @@ def _distance_branch(b: GraphBuilder, pooled: str, dm: DistanceModel, output: st
     b.node("Sqrt", [nonneg], output=output)
 
 
-# ----------------------------------------------------------------------------- fitting
-def ledoit_wolf_shrinkage(x: np.ndarray) -> float:
-    """Ledoit & Wolf (2004)'s shrinkage of the covariance of the centred rows ``x`` towards
-    (trace/p)·I: the weight in [0, 1] of the identity part."""
-    n, p = x.shape
-    x2 = x**2
-    tr = x2.sum(axis=0) / n
-    mu = tr.sum() / p
-    delta = ((x.T @ x) ** 2).sum() / n**2
-    beta = 1.0 / (p * n) * ((x2.T @ x2).sum() / n - delta)
-    delta = (delta - 2.0 * mu * tr.sum() + p * mu**2) / p
-    beta = min(beta, delta)
-    return 0.0 if beta <= 0 or delta <= 0 else float(beta / delta)
-
-
-def fit_distance(feats: np.ndarray, labels: np.ndarray, max_dims: int = MAX_DIMS) -> DistanceModel:
-    feats = feats.astype(np.float64)
-    labels = np.asarray(labels).astype(int)
-    classes = sorted(set(labels.tolist()))
-    means = np.stack([feats[labels == c].mean(axis=0) for c in classes])
-    centred = feats - means[[classes.index(c) for c in labels]]
-    n, c = centred.shape
-    cov = centred.T @ centred / n
-    s = ledoit_wolf_shrinkage(centred)
-    mu = np.trace(cov) / c
-    # features that vary less than float32 can tell apart (a spread under 1e-5 of their size) are a
-    # collapsed network's: no distance measured in the float32 graph would match its fit
-    if mu <= 1e-10 * float(np.mean(means**2)):
-        raise ValueError(
-            f"the train features do not vary (variance {mu:.3g} per feature against a mean square of "
-            f"{float(np.mean(means**2)):.3g}): no covariance to measure a distance with"
-        )
-    cov = (1 - s) * cov + s * mu * np.eye(c)
-    vals, vecs = np.linalg.eigh(cov)
-    order = np.argsort(vals)[::-1]
-    vals, vecs = np.maximum(vals[order], 1e-12 * mu), vecs[:, order]
-    k = min(max_dims, c)
-    rest = vals[k:]
-    return DistanceModel(
-        means=means,
-        classes=classes,
-        directions=vecs[:, :k],
-        variances=vals[:k],
-        residual_variance=float(rest.mean()) if len(rest) else None,
-        shrinkage=s,
-        n_train=n,
-    )
-
-
+# ----------------------------------------------------------------------------- running a graph
 def _chunks(x: np.ndarray | Sequence[np.ndarray], spec: ModelSpec, size: int = 64):
     """Preprocessed float batches from a preprocessed array or from uint8 RGB crops."""
     for i in range(0, len(x), size):
@@ -343,19 +273,6 @@ def run_graph(model: onnx.ModelProto | bytes | Path, names: list[str], x, spec: 
         for k, v in enumerate(sess.run(names, {spec.input_name: batch})):
             parts[k].append(v)
     return [np.concatenate(p) if p else np.zeros((0,)) for p in parts]
-
-
-def held_out_distances(feats: np.ndarray, labels: np.ndarray, groups: list[str], max_dims: int = MAX_DIMS) -> np.ndarray:
-    """Each crop's distance under a fit on the other groups' crops only (leave one session out): how
-    far a fruit of a session never seen lies, the scale a threshold for unseen sessions is read on."""
-    g = np.asarray(groups)
-    out = np.zeros(len(feats))
-    for k in np.unique(g):
-        held = g == k
-        if held.all():
-            raise ValueError("held-out distances need two groups or more")
-        out[held] = fit_distance(feats[~held], labels[~held], max_dims).distance(feats[held])
-    return out
 
 
 def add_outputs(

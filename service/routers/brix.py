@@ -10,12 +10,12 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
+from grader.errors import UnknownLot
 from grader.standards import get_standard
 from grader.sweetness import correct_to_20c, is_outlier
 from store.tables import BrixReadingRow, LotRow, ResultRow
 
 from ..auth import require
-from ..errors import ApiError
 from ..forms import PlainText
 from ..limits import PHYSICAL
 from ..lots import lot_context, lot_sweetness, regrade_fruit
@@ -71,7 +71,7 @@ async def post_brix(request: Request, body: BrixIn, _=Depends(require("camera"))
             if body.lot_id is not None:
                 lot = s.get(LotRow, body.lot_id)
                 if lot is None:
-                    raise ApiError(404, "unknown_lot", f"no lot {body.lot_id!r}", "lot_id")
+                    raise UnknownLot(f"no lot {body.lot_id!r}")
             commodity = ctx.commodities.get(lot.commodity) if lot else None
             status, note = "accepted", None
             if commodity is not None and not commodity.brix_range[0] <= brix_20c <= commodity.brix_range[1]:

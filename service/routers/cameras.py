@@ -8,10 +8,11 @@ from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from grader.calibration import calibrate_from_image
+from grader.errors import InvalidField
+from grader.record_errors import NoCalibration
 from store.tables import CalibrationRow, ImageRow
 
 from ..auth import require
-from ..errors import ApiError
 from ..forms import physical_field, read_limited, text_field
 from ..imaging import decode_upload
 
@@ -46,7 +47,7 @@ async def calibrate(
     camera = text_field("camera_id", camera_id)
     ref_mm = physical_field("reference_diameter_mm", reference_diameter_mm)
     if camera is None or ref_mm is None:
-        raise ApiError(422, "missing_field", "camera_id and reference_diameter_mm are required", "reference_diameter_mm")
+        raise InvalidField("camera_id and reference_diameter_mm are required", field="reference_diameter_mm", code="missing_field")
     data = await read_limited(image, ctx.settings.max_image_bytes)
     rgb, media_type = await decode_upload(data, ctx.settings.max_image_pixels, ctx.settings.decode_budget_s)
     cal = await run_in_threadpool(calibrate_from_image, rgb, ref_mm, camera)
@@ -81,5 +82,5 @@ async def calibrate(
 def get_calibration(request: Request, camera_id: str, _=Depends(require("camera", "inspector", "trainer"))) -> dict[str, Any]:
     row = request.app.state.ctx.repo.latest_calibration(camera_id)
     if row is None:
-        raise ApiError(404, "not_found", f"camera {camera_id!r} has no calibration", "camera_id")
+        raise NoCalibration(f"camera {camera_id!r} has no calibration")
     return calibration_payload(row)

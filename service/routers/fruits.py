@@ -7,10 +7,10 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from sqlalchemy import select
 
+from grader.record_errors import UnknownFruit
 from store.tables import FruitEventRow, FruitRow
 
 from ..auth import require
-from ..errors import ApiError
 
 router = APIRouter(prefix="/v1/fruits", tags=["fruits"])
 
@@ -24,7 +24,7 @@ def fruit_events(request: Request, fruit_id: str, _=Depends(require("inspector",
         if row is None and fruit_id.isdigit() and len(fruit_id) < 19:
             row = s.get(FruitRow, int(fruit_id))
         if row is None:
-            raise ApiError(404, "not_found", f"no fruit {fruit_id!r}", "fruit_id")
+            raise UnknownFruit(f"no fruit {fruit_id!r}", field="fruit_id")
         events = s.scalars(
             select(FruitEventRow).where(FruitEventRow.fruit_row_id == row.id).order_by(FruitEventRow.at, FruitEventRow.id)
         ).all()

@@ -7,12 +7,13 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, BackgroundTasks, Depends, File, Form, Header, Request, UploadFile
 from starlette.concurrency import run_in_threadpool
 
+from grader.errors import InvalidField, OutOfRange
 from grader.fusion import grade_views
 from grader.pipeline import ImageGrade
 
 from .. import grading, shadow
 from ..auth import Principal, require
-from ..errors import OVERLOADED_HEADERS, ApiError
+from ..errors import Busy
 from ..forms import read_limited
 from ..imaging import decode_upload
 from .results import result_payload
@@ -132,12 +133,7 @@ class admitted:
     def __enter__(self):
         ctx = self.ctx
         if ctx.in_flight >= ctx.settings.max_in_flight:
-            raise ApiError(
-                503,
-                "overloaded",
-                f"{ctx.in_flight} grades in progress (limit {ctx.settings.max_in_flight}); retry shortly",
-                headers=OVERLOADED_HEADERS,
-            )
+            raise Busy(f"{ctx.in_flight} grades in progress (limit {ctx.settings.max_in_flight}); retry shortly")
         ctx.in_flight += self.weight
         return self
 
@@ -176,9 +172,9 @@ async def grade_batch(
 ) -> dict[str, Any]:
     ctx = request.app.state.ctx
     if not 1 <= len(images) <= MAX_BATCH_IMAGES:
-        raise ApiError(422, "batch_size", f"send between 1 and {MAX_BATCH_IMAGES} images, got {len(images)}", "images")
+        raise OutOfRange("images", "batch_size", f"send between 1 and {MAX_BATCH_IMAGES} images, got {len(images)}")
     if mode == "frames" and fruit_id:
-        raise ApiError(422, "invalid_request", "fruit_id names one fruit: use it with mode=views", "fruit_id")
+        raise InvalidField("fruit_id names one fruit: use it with mode=views", field="fruit_id", code="invalid_request")
     with admitted(ctx, weight=len(images)):
         req = grading.parse(
             lot_id,

@@ -13,11 +13,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
+from grader.errors import CommodityMismatch, InvalidCommodity, UnknownLot
+from grader.record_errors import LotExists
 from grader.standards import get_standard
 from store.tables import FruitRow, LotRow, utcnow
 
 from ..auth import require
-from ..errors import ApiError
 from ..forms import PlainText
 from ..lots import lot_payload, lot_report
 from ..report_html import render_lot_report
@@ -57,7 +58,7 @@ class LotIn(BaseModel):
 def _lot(request: Request, lot_id: str) -> LotRow:
     lot = request.app.state.ctx.repo.get_lot(lot_id)
     if lot is None:
-        raise ApiError(404, "unknown_lot", f"no lot {lot_id!r}", "lot_id")
+        raise UnknownLot(f"no lot {lot_id!r}")
     return lot
 
 
@@ -65,18 +66,18 @@ def _lot(request: Request, lot_id: str) -> LotRow:
 def create_lot(request: Request, body: LotIn, _=Depends(require("camera", "inspector", "trainer"))) -> dict[str, Any]:
     ctx = request.app.state.ctx
     if body.commodity is not None and body.commodity not in ctx.commodities:
-        raise ApiError(422, "unknown_commodity", f"unknown commodity {body.commodity!r}; known: {sorted(ctx.commodities)}", "commodity")
+        raise InvalidCommodity(f"unknown commodity {body.commodity!r}; known: {sorted(ctx.commodities)}")
     # the standard asked for, else the commodity's default standard, else the service's
     std_id = body.standard_id or (ctx.commodities[body.commodity].default_standard if body.commodity else None)
     std = get_standard(ctx.standards, std_id) if std_id else ctx.default_standard
     if body.commodity is not None and std.commodity != body.commodity:
-        raise ApiError(422, "commodity_mismatch", f"standard {std.id!r} is for {std.commodity}, not {body.commodity}", "standard_id")
+        raise CommodityMismatch(f"standard {std.id!r} is for {std.commodity}, not {body.commodity}", field="standard_id")
     commodity = body.commodity or std.commodity
     if commodity not in ctx.commodities:
-        raise ApiError(422, "unknown_commodity", f"unknown commodity {commodity!r}; known: {sorted(ctx.commodities)}", "commodity")
+        raise InvalidCommodity(f"unknown commodity {commodity!r}; known: {sorted(ctx.commodities)}")
     with ctx.repo.sessions() as s, s.begin():
         if s.get(LotRow, body.id) is not None:
-            raise ApiError(409, "lot_exists", f"lot {body.id!r} already exists", "id")
+            raise LotExists(f"lot {body.id!r} already exists")
         lot = LotRow(
             id=body.id,
             grower=body.grower,
@@ -116,7 +117,7 @@ def close_lot(request: Request, lot_id: str, _=Depends(require("inspector"))) ->
     with request.app.state.ctx.repo.sessions() as s, s.begin():
         lot = s.get(LotRow, lot_id)
         if lot is None:
-            raise ApiError(404, "unknown_lot", f"no lot {lot_id!r}", "lot_id")
+            raise UnknownLot(f"no lot {lot_id!r}")
         if lot.status == "open":
             lot.status, lot.closed_at = "closed", utcnow()
     return lot_payload(lot)
@@ -127,7 +128,7 @@ def reopen_lot(request: Request, lot_id: str, _=Depends(require("inspector"))) -
     with request.app.state.ctx.repo.sessions() as s, s.begin():
         lot = s.get(LotRow, lot_id)
         if lot is None:
-            raise ApiError(404, "unknown_lot", f"no lot {lot_id!r}", "lot_id")
+            raise UnknownLot(f"no lot {lot_id!r}")
         if lot.status == "closed":
             lot.status, lot.closed_at = "open", None
     return lot_payload(lot)

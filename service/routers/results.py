@@ -11,12 +11,14 @@ from fastapi.responses import FileResponse, Response
 from sqlalchemy import and_, exists, or_, select
 from starlette.concurrency import run_in_threadpool
 
+from grader.errors import InvalidField
 from grader.measure import measure_image, with_scale
 from grader.overlay import DEFAULT_LAYERS, LAYERS, draw_overlay, fruit_label
+from grader.record_errors import MissingImage, UnknownFruit, UnknownResult
 from store.tables import FruitRow, GradeChangeRow, ResultRow
 
 from ..auth import Principal, require
-from ..errors import ApiError
+from ..errors import Forbidden, InvalidCursor
 from ..imaging import decode_image
 
 router = APIRouter(prefix="/v1", tags=["results"])
@@ -67,7 +69,7 @@ def list_results(
     q = select(ResultRow).order_by(ResultRow.created_at.desc(), ResultRow.id.desc())
     if principal.role == "camera":
         if lot_id:
-            raise ApiError(403, "forbidden", "a camera key may not list a lot's results (inspector or trainer)", "lot_id")
+            raise Forbidden("a camera key may not list a lot's results (inspector or trainer)", field="lot_id")
         q = q.where(ResultRow.api_key_id == principal.key_id)
     if lot_id:
         q = q.where(ResultRow.lot_id == lot_id)
@@ -84,7 +86,7 @@ def list_results(
             at_raw, _, last_id = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
             at = dt.datetime.fromisoformat(at_raw)
         except (ValueError, UnicodeDecodeError):
-            raise ApiError(422, "invalid_cursor", "cursor is not one this service gave out", "cursor") from None
+            raise InvalidCursor("cursor is not one this service gave out") from None
         q = q.where(or_(ResultRow.created_at < at, and_(ResultRow.created_at == at, ResultRow.id < last_id)))
     with request.app.state.ctx.repo.sessions() as s:
         rows = s.scalars(q.limit(limit + 1)).all()
@@ -97,7 +99,7 @@ def _get(request: Request, result_id: str, principal: Principal | None = None) -
     """The result, when the key may see it: a camera key sees only the results it made."""
     row = request.app.state.ctx.repo.get_result(result_id)
     if row is None or (principal is not None and principal.role == "camera" and row.api_key_id != principal.key_id):
-        raise ApiError(404, "not_found", f"no result with id {result_id!r}", "result_id")
+        raise UnknownResult(f"no result with id {result_id!r}")
     return row
 
 
@@ -130,7 +132,7 @@ def get_result_image(
     row = _get(request, result_id, principal)
     img = request.app.state.ctx.repo.get_image(row.image_sha256)
     if img is None:
-        raise ApiError(404, "not_found", f"image of result {result_id!r} is missing", "result_id")
+        raise MissingImage(f"image of result {result_id!r} is missing")
     return FileResponse(img.path, media_type=img.media_type)
 
 
@@ -151,15 +153,13 @@ async def get_result_overlay(
     wanted = [x.strip() for x in layers.split(",") if x.strip()]
     unknown = sorted(set(wanted) - set(LAYERS))
     if unknown:
-        raise ApiError(422, "invalid_layers", f"unknown overlay layers {unknown}; known: {list(LAYERS)}", "layers")
+        raise InvalidField(f"unknown overlay layers {unknown}; known: {list(LAYERS)}", field="layers", code="invalid_layers")
     row = _get(request, result_id, principal)
     if fruit_index is not None and fruit_index >= len(row.payload["fruits"]):
-        raise ApiError(
-            404, "not_found", f"result {result_id!r} has {len(row.payload['fruits'])} fruit, no index {fruit_index}", "fruit_index"
-        )
+        raise UnknownFruit(f"result {result_id!r} has {len(row.payload['fruits'])} fruit, no index {fruit_index}", field="fruit_index")
     img = ctx.repo.get_image(row.image_sha256)
     if img is None:
-        raise ApiError(404, "not_found", f"image of result {result_id!r} is missing", "result_id")
+        raise MissingImage(f"image of result {result_id!r} is missing")
 
     def render() -> bytes:
         from pathlib import Path

@@ -10,11 +10,11 @@ from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import and_, exists, or_, select, update
 
+from grader.record_errors import AlreadyExamined, FruitClaimed, InvalidGrade, UnknownFruit, UnknownVerdict
 from grader.records import OUT_OF_GRADE
 from store.tables import FruitEventRow, FruitRow, ResultRow, VerdictRow, utcnow
 
 from ..auth import Principal, require
-from ..errors import ApiError
 from ..forms import NoteText, PlainText, text_field
 
 router = APIRouter(prefix="/v1/review", tags=["review"])
@@ -122,7 +122,7 @@ def claim(request: Request, fruit: RowId, inspector: str | None = None, p: Princ
     now = utcnow()
     with request.app.state.ctx.repo.sessions() as s, s.begin():
         if s.get(FruitRow, fruit) is None:
-            raise ApiError(404, "not_found", f"no fruit {fruit}", "fruit")
+            raise UnknownFruit(f"no fruit {fruit}")
         # one atomic UPDATE: it succeeds only when the fruit is free, lapsed or already ours
         res = s.execute(
             update(FruitRow)
@@ -131,7 +131,7 @@ def claim(request: Request, fruit: RowId, inspector: str | None = None, p: Princ
         )
         if res.rowcount != 1:
             holder = s.get(FruitRow, fruit)
-            raise ApiError(409, "claimed", f"fruit {fruit} is being examined by {holder.claimed_by}", "fruit")
+            raise FruitClaimed(f"fruit {fruit} is being examined by {holder.claimed_by}")
     return {"fruit": fruit, "claimed_by": who, "claimed_for_s": CLAIM_SECONDS}
 
 
@@ -178,16 +178,16 @@ def verdict(request: Request, fruit: RowId, body: VerdictIn, p: Principal = Depe
     with ctx.repo.sessions() as s, s.begin():
         f = s.get(FruitRow, fruit)
         if f is None:
-            raise ApiError(404, "not_found", f"no fruit {fruit}", "fruit")
+            raise UnknownFruit(f"no fruit {fruit}")
         r = s.get(ResultRow, f.result_id)
         std = ctx.standards.get(r.standard_id)
         grades = (std.grade_names if std else []) + [OUT_OF_GRADE]
         if body.decision == "correct" and body.grade not in grades:
-            raise ApiError(422, "invalid_grade", f"grade must be one of {grades} for {r.standard_id}", "grade")
+            raise InvalidGrade(f"grade must be one of {grades} for {r.standard_id}")
         if f.claimed_by and f.claimed_until and f.claimed_until > utcnow() and f.claimed_by != who:
-            raise ApiError(409, "claimed", f"fruit {fruit} is being examined by {f.claimed_by}", "fruit")
+            raise FruitClaimed(f"fruit {fruit} is being examined by {f.claimed_by}")
         if s.scalar(select(VerdictRow.id).where(VerdictRow.fruit_row_id == fruit, VerdictRow.retracted.is_(False))):
-            raise ApiError(409, "already_examined", f"fruit {fruit} already has a verdict: undo it first", "fruit")
+            raise AlreadyExamined(f"fruit {fruit} already has a verdict: undo it first")
         model = r.payload["fruits"][f.index]
         v = VerdictRow(
             fruit_row_id=fruit,
@@ -231,7 +231,7 @@ def undo(request: Request, verdict_id: RowId, _=Depends(require("inspector"))) -
     with request.app.state.ctx.repo.sessions() as s, s.begin():
         v = s.get(VerdictRow, verdict_id)
         if v is None:
-            raise ApiError(404, "not_found", f"no verdict {verdict_id}", "verdict_id")
+            raise UnknownVerdict(f"no verdict {verdict_id}")
         v.retracted = True
         s.add(
             FruitEventRow(

@@ -10,11 +10,11 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile, WebSocket, WebSocketDisconnect
 from starlette.concurrency import run_in_threadpool
 
-from grader.errors import GraderError, IdempotencyKeyReused, InvalidFrame
+from grader.errors import GraderError, IdempotencyKeyReused, InvalidFrame, InvalidVideo, OutOfRange, UploadTooLarge
 
 from .. import grading
 from ..auth import Principal, require
-from ..errors import ApiError, status_and_code
+from ..errors import status_and_code
 from ..forms import physical_field
 from ..imaging import decode_upload
 from ..video import BeltSetup, LineSession, process_clip
@@ -72,12 +72,12 @@ async def post_video(
             while chunk := await video.read(CHUNK):
                 size += len(chunk)
                 if size > ctx.settings.max_video_bytes:
-                    raise ApiError(
-                        413, "video_too_large", f"video is larger than the limit of {ctx.settings.max_video_bytes} bytes", "video"
+                    raise UploadTooLarge(
+                        f"video is larger than the limit of {ctx.settings.max_video_bytes} bytes", field="video", code="video_too_large"
                     )
                 f.write(chunk)
         if size == 0:
-            raise ApiError(422, "invalid_video", "the video file is empty", "video")
+            raise InvalidVideo("the video file is empty")
         req = await run_in_threadpool(_request, ctx, camera_id, lot_id, mm_per_px, commodity, standard, principal.key_id)
         return await run_in_threadpool(process_clip, ctx, req, path, belt, ctx.settings.max_video_frames)
 
@@ -109,11 +109,11 @@ async def stream(
 
         check("fps", fps)
         if not 1 <= lanes <= 16:
-            raise ApiError(422, "out_of_range", "lanes must be between 1 and 16", "lanes")
+            raise OutOfRange("lanes", "out_of_range", "lanes must be between 1 and 16")
         req = await run_in_threadpool(_request, ctx, camera_id, lot_id, mm_per_px, commodity, None, principal.key_id)
         belt = _belt(lanes, belt_speed_mm_s, direction)
-    except (ApiError, GraderError) as exc:
-        code = exc.code if isinstance(exc, ApiError) else status_and_code(exc)[1]
+    except GraderError as exc:
+        code = status_and_code(exc)[1]
         await ws.send_json({"type": "error", "code": code, "message": exc.message, "field": exc.field})
         await ws.close(code=1008)
         return

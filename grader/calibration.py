@@ -24,6 +24,10 @@ class Calibration:
     reference_diameter_mm: float | None = None
     reference_diameter_px: float | None = None
     created_at: dt.datetime | None = None
+    #: the camera's focal length in pixels, learned when the reference stood at a known distance
+    #: (the perspective correction of orchard sizes uses it)
+    focal_px: float | None = None
+    reference_distance_mm: float | None = None
 
 
 @dataclass(frozen=True)
@@ -46,10 +50,33 @@ def _aspect(m: FruitMeasurement) -> float:
     return min(a, b) / max(a, b, 1e-9)
 
 
+def focal_from_reference(diameter_px: float, diameter_mm: float, distance_mm: float) -> float:
+    """The focal length in pixels of a camera that images a sphere of ``diameter_mm``, whose centre
+    stands ``distance_mm`` from the camera on its optical axis, ``diameter_px`` wide. The sphere's
+    outline is the cone of half-angle asin(R / Z) from the camera, so its image radius is
+    f tan(asin(R / Z)) = f R / sqrt(Z² - R²)."""
+    radius_mm = diameter_mm / 2
+    if not (np.isfinite(distance_mm) and distance_mm > radius_mm):
+        raise CalibrationFailed(
+            f"reference_distance_mm must be more than the reference's radius ({radius_mm:g} mm): it is the distance "
+            "from the camera to the reference's centre",
+            field="reference_distance_mm",
+        )
+    if not (np.isfinite(diameter_px) and diameter_px > 0):
+        raise CalibrationFailed("the reference's diameter in pixels must be positive")
+    return (diameter_px / 2) * math.sqrt(distance_mm**2 - radius_mm**2) / radius_mm
+
+
 def calibrate_from_image(
-    image_rgb: np.ndarray, reference_diameter_mm: float, camera_id: str | None = None, params: SegmentationParams | None = None
+    image_rgb: np.ndarray,
+    reference_diameter_mm: float,
+    camera_id: str | None = None,
+    params: SegmentationParams | None = None,
+    reference_distance_mm: float | None = None,
 ) -> Calibration:
-    """mm_per_px from an image showing one reference sphere or disc of known diameter."""
+    """mm_per_px from an image showing one reference sphere or disc of known diameter; with
+    ``reference_distance_mm`` (camera to the reference's centre, the reference near the middle of the
+    frame) the camera's focal length in pixels too."""
     if not np.isfinite(reference_diameter_mm) or reference_diameter_mm <= 0:
         raise CalibrationFailed("reference_diameter_mm must be a positive number", field="reference_diameter_mm")
     found = [m for m in measure_image(image_rgb, None, params) if not m.cut_off]
@@ -62,6 +89,9 @@ def calibrate_from_image(
             f"need >= {MIN_REFERENCE_ROUNDNESS} and >= {MIN_REFERENCE_ASPECT}): show a sphere or disc"
         )
     diameter_px = (ref.diameter_px + ref.minor_diameter_px) / 2
+    focal_px = None
+    if reference_distance_mm is not None:
+        focal_px = focal_from_reference(diameter_px, reference_diameter_mm, reference_distance_mm)
     return Calibration(
         camera_id,
         reference_diameter_mm / diameter_px,
@@ -69,6 +99,8 @@ def calibrate_from_image(
         reference_diameter_mm,
         diameter_px,
         dt.datetime.now(dt.timezone.utc),
+        focal_px=focal_px,
+        reference_distance_mm=reference_distance_mm,
     )
 
 

@@ -199,7 +199,11 @@ def grade_orchard(ctx, req: GradeRequest, rgb: np.ndarray) -> tuple[ScaledFrame,
     """An orchard scene (service/orchard.py): the fruit found by the boxes or the detector, sized from
     their pixels, then graded like any fruit (the fruit check is the detector's or the client's)."""
     camera = req.fields.get("camera_id")
-    focal = req.focal_px or (ctx.settings.camera_focal_px.get(camera) if camera else None)
+    # the focal length: the request's, else the one the camera's calibration learned, else the setting's
+    learned = req.camera_cal.focal_px if req.camera_cal is not None else None
+    configured = ctx.settings.camera_focal_px.get(camera) if camera else None
+    focal = req.focal_px or learned or configured
+    focal_source = "request" if req.focal_px else "calibration" if learned else "settings" if configured else "none"
     scaled, record = resolve_orchard(
         rgb,
         req.boxes,
@@ -223,6 +227,8 @@ def grade_orchard(ctx, req: GradeRequest, rgb: np.ndarray) -> tuple[ScaledFrame,
             confirmed=True,
         )
     graded.image_flags.extend(scaled.flags)
+    record["focal_px"] = None if focal is None else round(float(focal), 1)
+    record["focal_source"] = focal_source
     req.extra_payload["orchard"] = record
     return scaled, graded
 

@@ -39,6 +39,8 @@ PHYSICAL: dict[str, Range] = {
     "fps": Range(0.1, 240.0, "frames/s", "live camera frame rate"),
     # a phone camera (about 500 px) to a long lens on a large sensor
     "focal_px": Range(100.0, 100000.0, "px", "camera focal length in pixels"),
+    # a reference held 5 cm from a lens to one 100 m away
+    "reference_distance_mm": Range(50.0, 100000.0, "mm", "camera to the reference sphere's centre"),
 }
 
 

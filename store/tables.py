@@ -174,6 +174,9 @@ class CalibrationRow(Base):
     method: Mapped[str] = mapped_column(String(50))
     reference_diameter_mm: Mapped[float | None] = mapped_column(Float)
     reference_diameter_px: Mapped[float | None] = mapped_column(Float)
+    #: set when the reference stood at a known distance from the camera (orchard perspective correction)
+    focal_px: Mapped[float | None] = mapped_column(Float, nullable=True)
+    reference_distance_mm: Mapped[float | None] = mapped_column(Float, nullable=True)
     image_sha256: Mapped[str | None] = mapped_column(ForeignKey("images.sha256"), nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 

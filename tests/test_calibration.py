@@ -102,3 +102,44 @@ def test_promised_reference_missing_is_flagged(client):
     body = post_grade(client, img, reference_diameter_mm=TENNIS_MM).json()
     assert body["calibration"]["source"] == "none"
     assert "reference_not_found" in [f["code"] for f in body["image_flags"]]
+
+
+def test_calibration_learns_the_focal_length_from_a_reference_at_a_known_distance(client):
+    import math
+
+    from grader.calibration import focal_from_reference
+
+    # a 65.46 mm ball 1500 mm from a camera of focal length 1480 px images about 64.6 px wide
+    r_mm, z_mm, f_px = TENNIS_MM / 2, 1500.0, 1480.0
+    width_px = 2 * f_px * r_mm / math.sqrt(z_mm**2 - r_mm**2)
+    assert focal_from_reference(width_px, TENNIS_MM, z_mm) == pytest.approx(f_px, rel=1e-9)
+
+    # the same through HTTP: the ball drawn 0.4 mm/px wide, at 1000 mm
+    ball, _ = make_fruit_image(seed=1, diameter_mm=TENNIS_MM, mm_per_px=0.4, colour="tennis", background="belt")
+    r = client.post(
+        "/v1/cameras/tree-cam/calibration",
+        files={"image": ("ref.png", png_bytes(ball), "image/png")},
+        data={"reference_diameter_mm": str(TENNIS_MM), "reference_distance_mm": "1000"},
+        headers=headers(),
+    )
+    assert r.status_code == 200, r.text
+    cal = r.json()
+    want = (TENNIS_MM / 0.4 / 2) * math.sqrt(1000**2 - r_mm**2) / r_mm
+    assert cal["reference_distance_mm"] == 1000 and cal["focal_px"] == pytest.approx(want, rel=0.01)
+    assert client.get("/v1/cameras/tree-cam/calibration", headers=headers("inspector")).json()["focal_px"] == cal["focal_px"]
+
+    # an orchard photo from that camera is corrected with the learned focal length; a request's own wins
+    fruit, _ = make_fruit_image(seed=2, diameter_mm=70.0, mm_per_px=0.4, background="belt")
+    body = post_grade(client, fruit, camera_id="tree-cam", scene="orchard").json()
+    assert body["orchard"]["focal_source"] == "calibration" and body["orchard"]["focal_px"] == pytest.approx(cal["focal_px"], abs=0.1)
+    body = post_grade(client, fruit, camera_id="tree-cam", scene="orchard", focal_px=2000).json()
+    assert body["orchard"]["focal_source"] == "request" and body["orchard"]["focal_px"] == 2000
+
+    # a distance inside the ball is refused, naming the field
+    r = client.post(
+        "/v1/cameras/tree-cam/calibration",
+        files={"image": ("ref.png", png_bytes(ball), "image/png")},
+        data={"reference_diameter_mm": str(TENNIS_MM), "reference_distance_mm": "20"},
+        headers=headers(),
+    )
+    assert r.status_code == 422 and r.json()["error"]["field"] == "reference_distance_mm"

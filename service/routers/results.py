@@ -49,6 +49,8 @@ def result_payload(row: ResultRow, replayed: bool = False) -> dict[str, Any]:
         "commodity": p.get("commodity"),
         "model": {"name": row.model_name, "version": row.model_version},
         "standard": {"id": row.standard_id, "version": row.standard_version},
+        # an orchard scene: how its fruit were found, its reference spheres, the focal length used
+        **({"orchard": p["orchard"]} if "orchard" in p else {}),
     }
 
 

@@ -8,6 +8,9 @@ Three ways, on the same calipered apples (frames holding a tennis ball):
 * **crops**: a square crop of the frame around each apple (``--crop-mult`` × its annotated box side),
   posted alone with the frame's scale as ``mm_per_px`` (the median tennis-ball box side over 65.46 mm,
   the baseline's scale), no boxes: the service finds the fruit (detector, else the crop's centre);
+* **belt-crops** (not run unless asked): the same crops posted as a belt photo (``scene=belt``), as a
+  client that does not say it is an orchard would: the belt path must decline what it cannot
+  separate from the leaves rather than size it wrong;
 * **frames + boxes**: the whole frame with the annotators' boxes as ``boxes`` (the balls give the scale);
 * **frames**: the whole frame alone: the detector finds apples and balls, the balls give the scale.
 
@@ -118,13 +121,13 @@ def run(data: Path, dates: str, crop_mult: float, ways: list[str], overlay: Path
         with TestClient(create_app(settings)) as client:
             out["detector"] = client.app.state.ctx.detector is not None
 
-            def post(img: np.ndarray, **form) -> dict:
+            def post(img: np.ndarray, scene: str = "orchard", **form) -> dict:
                 ok, enc = cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
                 r = client.post(
                     "/v1/grade",
                     headers={"X-API-Key": KEY},
                     files={"image": ("i.png", enc.tobytes(), "image/png")},
-                    data={"scene": "orchard", "commodity": "apple", **{k: str(v) for k, v in form.items()}},
+                    data={"scene": scene, "commodity": "apple", **{k: str(v) for k, v in form.items()}},
                 )
                 r.raise_for_status()
                 return r.json()
@@ -149,14 +152,15 @@ def run(data: Path, dates: str, crop_mult: float, ways: list[str], overlay: Path
                 img = cv2.cvtColor(cv2.imread(str(data / fr["image"])), cv2.COLOR_BGR2RGB)
                 scale = box_scale_mm_per_px(balls, TENNIS_BALL_DIAMETER_MM)
                 H, W = img.shape[:2]
-                if "crops" in ways:
+                for way in [w for w in ("crops", "belt-crops") if w in ways]:
                     for a in apples:
                         x0, y0, x1, y1 = _box(a)
                         side = ((x1 - x0) + (y1 - y0)) / 2
                         cx, cy, half = (x0 + x1) / 2, (y0 + y1) / 2, side * crop_mult / 2
                         X0, Y0 = int(max(0, cx - half)), int(max(0, cy - half))
                         X1, Y1 = int(min(W, cx + half)), int(min(H, cy + half))
-                        body = post(np.ascontiguousarray(img[Y0:Y1, X0:X1]), mm_per_px=scale)
+                        scene = "belt" if way == "belt-crops" else "orchard"
+                        body = post(np.ascontiguousarray(img[Y0:Y1, X0:X1]), scene, mm_per_px=scale)
                         cal = float(a["caliper_diameter_mm"])
                         # the fruit of the crop: the one whose box holds the crop's centre, else the nearest
                         c = ((X1 - X0) / 2, (Y1 - Y0) / 2)
@@ -165,8 +169,8 @@ def run(data: Path, dates: str, crop_mult: float, ways: list[str], overlay: Path
                             key=lambda f: np.hypot((f["bbox"][0] + f["bbox"][2]) / 2 - c[0], (f["bbox"][1] + f["bbox"][3]) / 2 - c[1]),
                         )
                         d = fr_[0]["diameter_mm"] if fr_ else None
-                        res["crops"]["err"].append(None if d is None else d - cal)
-                        res["crops"]["base"].append(side * scale - cal)
+                        res[way]["err"].append(None if d is None else d - cal)
+                        res[way]["base"].append(side * scale - cal)
                 if "frames+boxes" in ways or "frames" in ways:
                     for way in [w for w in ("frames+boxes", "frames") if w in ways]:
                         form = {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 
 from .blemish import BlemishParams
@@ -11,10 +12,10 @@ from .commodities import Commodity
 from .crop import crop_for_model
 from .defect import DefectModel
 from .flags import FlagPolicy, LotContext, fruit_flags, image_quality_flags
-from .measure import measure_image
+from .measure import measure_image, measure_segment
 from .records import DefectEvidence, Flag, FruitGrade, FruitMeasurement, SweetnessEvidence
 from .rules import facts_from, grade_fruit
-from .segment import SegmentationParams, pieces_of_larger
+from .segment import Segment, SegmentationParams, pieces_of_larger
 from .standards import Standard
 
 
@@ -59,13 +60,17 @@ def grade_image(
         bands = commodity.colour_bands if commodity else ()
         axis = commodity.size_axis if commodity else "major"
         measurements = measure_image(image_rgb, mm_per_px, segmentation, blemish, bands, axis)
-    if not measurements:
-        return ImageGrade([], quality + [Flag("no_fruit", "no fruit found in the image", 20)])
     crops = [crop_for_model(image_rgb, m.bbox, model.spec.crop_margin_frac, m.mask) for m in measurements]
-    evidence = model.predict(crops)
+    evidence = model.predict(crops) if crops else []
     rejected: list[dict] = []
     if not confirmed:
         measurements, evidence, rejected = confirm_fruit(measurements, evidence)
+        if not measurements:
+            filled = fruit_filling_the_frame(image_rgb, model, mm_per_px, blemish, commodity)
+            if filled is not None:
+                measurements, evidence = [filled[0]], [filled[1]]
+    if not measurements and not rejected:
+        return ImageGrade([], quality + [Flag("no_fruit", "no fruit found in the image", 20)])
     if not measurements:
         why = (
             f"no fruit found in the image ({len(rejected)} candidate regions were not fruit)" if rejected else "no fruit found in the image"
@@ -74,6 +79,42 @@ def grade_image(
     sound = tuple(c for c in model.spec.classes if c not in model.spec.defective_classes)
     fruits = [decide(m, ev, standard, sweetness, policy, lot, sound, quality) for m, ev in zip(measurements, evidence)]
     return ImageGrade(fruits, [], rejected)
+
+
+#: A frame in which nothing stands out from its border may be one fruit filling it (a close-up: the
+#: border the background is learned from is the fruit's own skin). Such a frame is graded as one
+#: fruit cut by the border (so not sized) when its central half is coloured (median Lab chroma at
+#: least FILL_MIN_CHROMA: empty belts, cups and concrete are grey, about 3-6) and the model's fruit
+#: check is sure of the whole frame (fruit_score at least FILL_MIN_FRUIT_SCORE).
+FILL_MIN_CHROMA = 15.0
+FILL_MIN_FRUIT_SCORE = 0.5
+
+
+def central_chroma(image_rgb: np.ndarray) -> float:
+    """Median Lab chroma (distance from grey in a*b*) of the frame's central half."""
+    h, w = image_rgb.shape[:2]
+    centre = np.ascontiguousarray(image_rgb[h // 4 : h - h // 4, w // 4 : w - w // 4])
+    lab = cv2.cvtColor(centre, cv2.COLOR_RGB2LAB).astype(np.float32)
+    return float(np.median(np.hypot(lab[..., 1] - 128.0, lab[..., 2] - 128.0)))
+
+
+def fruit_filling_the_frame(
+    image_rgb: np.ndarray, model: DefectModel, mm_per_px: float | None, blemish: BlemishParams | None, commodity: Commodity | None
+) -> tuple[FruitMeasurement, DefectEvidence] | None:
+    """The whole frame as one fruit, when it is one (see :data:`FILL_MIN_CHROMA`); None otherwise, and
+    for a model without a fruit check."""
+    if model.spec.fruit_threshold is None or central_chroma(image_rgb) < FILL_MIN_CHROMA:
+        return None
+    h, w = image_rgb.shape[:2]
+    mask = np.ones((h, w), bool)
+    [ev] = model.predict([crop_for_model(image_rgb, (0, 0, w, h), model.spec.crop_margin_frac, mask)])
+    if ev.fruit_score is None or ev.fruit_score < FILL_MIN_FRUIT_SCORE:
+        return None
+    outline = np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], np.int32)
+    seg = Segment(bbox=(0, 0, w, h), contour=outline, mask=mask, cut_off=True)
+    bands = commodity.colour_bands if commodity else ()
+    axis = commodity.size_axis if commodity else "major"
+    return measure_segment(image_rgb, seg, mm_per_px, blemish, bands, axis), ev
 
 
 def confirm_fruit(measurements: list[FruitMeasurement], evidence: list[DefectEvidence]):

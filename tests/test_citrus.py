@@ -291,3 +291,29 @@ def test_empty_lemon_belt_frames_give_no_fruit(client):
         else:
             assert [fl["code"] for fl in body["image_flags"]] == ["no_fruit"] and body["n_fruits"] == 0
     assert 1 - len(with_fruit) / len(empties) >= 0.98, with_fruit
+
+
+# close-up lemons that fill the whole frame: nothing stands out from the border the background is
+# learned from; the service grades the frame as one fruit cut by the border (so not sized)
+FRAME_FILLING_LEMONS = ("good/good_quality_18.jpg", "good/good_quality_529.jpg", "bad/bad_quality_192.jpg", "bad/bad_quality_49.jpg")
+
+
+@pytest.mark.realdata
+def test_a_lemon_that_fills_the_frame_is_one_fruit_not_sized(client):
+    data = _citrus_data()
+    for name in FRAME_FILLING_LEMONS:
+        png, _ = _png_of(data / "lemons" / name)
+        body = grade(client, png, commodity="lemon", mm_per_px=0.1)
+        assert body["n_fruits"] == 1, name
+        [f] = body["fruits"]
+        assert f["diameter_mm"] is None and "cut_off" in f["flags"], name
+        assert f["defect"]["fruit_score"] >= 0.5
+
+
+def test_a_grey_frame_with_nothing_on_it_stays_empty(client):
+    from grader.pipeline import FILL_MIN_CHROMA, central_chroma
+
+    blank = np.full((240, 320, 3), 128, np.uint8) + np.random.default_rng(0).integers(0, 6, (240, 320, 3), dtype=np.uint8)
+    assert central_chroma(blank) < FILL_MIN_CHROMA
+    body = grade(client, png_bytes(blank), commodity="lemon", mm_per_px=0.2)
+    assert body["n_fruits"] == 0 and any(f["code"] == "no_fruit" for f in body["image_flags"])

@@ -121,6 +121,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):
+        ctx.batcher.start()  # running since build_context; again after an earlier shutdown
         if ctx.sorter is not None:
             ctx.sorter.alert_snapshot = lambda: line_snapshot(ctx)
             ctx.sorter.start()
@@ -129,6 +130,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             if ctx.sorter is not None:
                 ctx.sorter.close()
+            # the worker thread holds the models: stop it, so that a stopped app frees them
+            ctx.batcher.close()
 
     app = FastAPI(
         lifespan=lifespan,

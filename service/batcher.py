@@ -53,6 +53,17 @@ class MicroBatcher:
         self._stop = False
         self._expected = 0  # requests announced but not yet submitted
         self._local = threading.local()
+        self._worker: threading.Thread | None = None
+        self.start()
+
+    def start(self) -> None:
+        """Run the worker thread (again, after close()); a no-op while it runs."""
+        with self._cond:
+            if self._worker is not None and self._worker.is_alive() and not self._stop:
+                return
+            self._stop = False
+        if self._worker is not None:
+            self._worker.join(timeout=2)
         self._worker = threading.Thread(target=self._loop, name="inference-batcher", daemon=True)
         self._worker.start()
 
@@ -149,7 +160,8 @@ class MicroBatcher:
         with self._cond:
             self._stop = True
             self._cond.notify_all()
-        self._worker.join(timeout=2)
+        if self._worker is not None:
+            self._worker.join(timeout=2)
 
 
 class ServingModel:

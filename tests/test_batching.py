@@ -131,10 +131,10 @@ def test_overloaded_service_answers_503_with_retry_after(settings):
 
     app = create_app(settings.model_copy(update={"max_inference_queue": 1}))
     batcher = app.state.ctx.batcher
-    batcher.close()
     img, _ = make_fruit_image(seed=1, diameter_mm=70, mm_per_px=0.5)
     files = {"image": ("f.jpg", jpeg_bytes(img), "image/jpeg")}
     with TestClient(app) as c:
+        batcher.close()  # after the app's start (which runs the worker): queued crops now stay queued
 
         def first_request():  # its inference is failed below: the test client re-raises that here
             with pytest.raises(RuntimeError, match="released"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, RedirectResponse
 from starlette.datastructures import MutableHeaders
 from starlette.staticfiles import StaticFiles
@@ -45,11 +45,13 @@ def add_docs(app) -> None:
 
     app.mount(DOCS_ASSETS, StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
 
+    # the page reads its app from the request: an endpoint closing over ``app`` would keep a stopped
+    # app (and its models) alive in FastAPI's cache of endpoint signatures
     @app.get("/docs", include_in_schema=False)
-    def docs():
+    def docs(request: Request):
         return get_swagger_ui_html(
-            openapi_url=app.openapi_url,
-            title=f"{app.title} - API docs",
+            openapi_url=request.app.openapi_url,
+            title=f"{request.app.title} - API docs",
             swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
             swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
             swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png",

@@ -197,3 +197,66 @@ class VideoTooSlow(GraderError):
     """A clip that took longer than its budget to decode and grade."""
 
     field = "video"
+
+
+# ------------------------------------------------------------------ stored records: results, fruit, verdicts, lots, calibrations
+
+
+class UnknownResult(GraderError):
+    """No stored result with that id (or none the key may see)."""
+
+    field = "result_id"
+
+
+class MissingImage(GraderError):
+    """A result's image is no longer in the image store."""
+
+    field = "result_id"
+
+
+class UnknownFruit(GraderError):
+    """No graded fruit with that id, number or index."""
+
+    field = "fruit"
+
+
+class UnknownVerdict(GraderError):
+    """No inspector's verdict with that id."""
+
+    field = "verdict_id"
+
+
+class NoCalibration(GraderError):
+    """The camera has never been calibrated."""
+
+    field = "camera_id"
+
+
+# ------------------------------------------------------------------ conflicts with what is stored
+
+
+class LotExists(GraderError):
+    """A lot with that id was opened already."""
+
+    field = "id"
+
+
+class FruitClaimed(GraderError):
+    """Another inspector holds the fruit (their claim has not lapsed)."""
+
+    field = "fruit"
+
+
+class AlreadyExamined(GraderError):
+    """The fruit has a verdict already: it is undone before another is given."""
+
+    field = "fruit"
+
+
+# ------------------------------------------------------------------ review
+
+
+class InvalidGrade(GraderError):
+    """A corrected grade that is not one of the fruit's standard's grades."""
+
+    field = "grade"

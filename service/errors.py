@@ -1,4 +1,4 @@
-"""Domain errors (grader/errors.py, grader/record_errors.py) and the service's own refusals (who
+"""Domain errors (grader/errors.py, grader/errors.py) and the service's own refusals (who
 asks, how often, how busy: defined here) -> HTTP status codes, in one place: STATUS. Every error body
 names the problem: {"error": {"code": ..., "message": ..., "field": ...}}."""
 
@@ -16,14 +16,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from grader.errors import (
+    AlreadyExamined,
     CalibrationFailed,
     CommodityMismatch,
     ControlCharacters,
+    FruitClaimed,
     GraderError,
     IdempotencyKeyReused,
     InvalidCommodity,
     InvalidField,
     InvalidFrame,
+    InvalidGrade,
     InvalidImage,
     InvalidMeasurementInput,
     InvalidModelArtifact,
@@ -31,32 +34,27 @@ from grader.errors import (
     InvalidStandard,
     InvalidVideo,
     LotClosed,
+    LotExists,
+    MissingImage,
     ModelExists,
     ModelIsServing,
     ModelNotPromotable,
+    NoCalibration,
     NoPreviousModel,
     OutOfRange,
     TextTooLong,
     Uncalibrated,
     UnknownCommodity,
+    UnknownFruit,
     UnknownLot,
     UnknownModel,
+    UnknownResult,
     UnknownStandard,
+    UnknownVerdict,
     UploadTooLarge,
     VideoFrameTooLarge,
     VideoTooLong,
     VideoTooSlow,
-)
-from grader.record_errors import (
-    AlreadyExamined,
-    FruitClaimed,
-    InvalidGrade,
-    LotExists,
-    MissingImage,
-    NoCalibration,
-    UnknownFruit,
-    UnknownResult,
-    UnknownVerdict,
 )
 
 
@@ -178,7 +176,7 @@ STATUS: dict[type[GraderError], tuple[int, str]] = {
     VideoFrameTooLarge: (422, "video_frame_too_large"),
     VideoTooLong: (422, "video_too_long"),
     VideoTooSlow: (422, "video_too_slow"),
-    # stored records (grader/record_errors.py)
+    # stored records (grader/errors.py)
     UnknownResult: (404, "not_found"),
     MissingImage: (404, "not_found"),
     UnknownFruit: (404, "not_found"),

@@ -60,7 +60,7 @@ def test_every_module_is_at_most_500_lines():
 
 
 def test_no_module_gives_an_error_a_status_of_its_own():
-    """Routes and dependencies raise a domain error (grader/errors.py, grader/record_errors.py) or one
+    """Routes and dependencies raise a domain error (grader/errors.py, grader/errors.py) or one
     of the service's refusals (service/errors.py); the status comes from STATUS."""
     bad = status_literal_errors()
     assert not bad, "errors built with an HTTP status outside service/errors.py: STATUS:\n" + "\n".join(bad)
@@ -69,14 +69,13 @@ def test_no_module_gives_an_error_a_status_of_its_own():
 def test_every_error_class_has_its_status_in_the_table():
     """No error falls through to the table's default: each class the domain or the service raises is in STATUS."""
     import grader.errors
-    import grader.record_errors
     import service.errors
     from grader.errors import GraderError
     from service.errors import STATUS, Refused
 
     classes = {
         obj
-        for module in (grader.errors, grader.record_errors, service.errors)
+        for module in (grader.errors, grader.errors, service.errors)
         for obj in vars(module).values()
         if isinstance(obj, type) and issubclass(obj, GraderError) and obj.__module__ == module.__name__
     } - {GraderError, Refused}

@@ -8,8 +8,7 @@ from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from grader.calibration import calibrate_from_image
-from grader.errors import InvalidField
-from grader.record_errors import NoCalibration
+from grader.errors import InvalidField, NoCalibration
 from store.tables import CalibrationRow, ImageRow
 
 from ..auth import require

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from sqlalchemy import select
 
-from grader.record_errors import UnknownFruit
+from grader.errors import UnknownFruit
 from store.tables import FruitEventRow, FruitRow
 
 from ..auth import require

@@ -13,8 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from grader.errors import CommodityMismatch, InvalidCommodity, UnknownLot
-from grader.record_errors import LotExists
+from grader.errors import CommodityMismatch, InvalidCommodity, LotExists, UnknownLot
 from grader.standards import get_standard
 from store.tables import FruitRow, LotRow, utcnow
 

@@ -11,10 +11,9 @@ from fastapi.responses import FileResponse, Response
 from sqlalchemy import and_, exists, or_, select
 from starlette.concurrency import run_in_threadpool
 
-from grader.errors import InvalidField
+from grader.errors import InvalidField, MissingImage, UnknownFruit, UnknownResult
 from grader.measure import measure_image, with_scale
 from grader.overlay import DEFAULT_LAYERS, LAYERS, draw_overlay, fruit_label
-from grader.record_errors import MissingImage, UnknownFruit, UnknownResult
 from store.tables import FruitRow, GradeChangeRow, ResultRow
 
 from ..auth import Principal, require

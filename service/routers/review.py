@@ -10,7 +10,7 @@ from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import and_, exists, or_, select, update
 
-from grader.record_errors import AlreadyExamined, FruitClaimed, InvalidGrade, UnknownFruit, UnknownVerdict
+from grader.errors import AlreadyExamined, FruitClaimed, InvalidGrade, UnknownFruit, UnknownVerdict
 from grader.records import OUT_OF_GRADE
 from store.tables import FruitEventRow, FruitRow, ResultRow, VerdictRow, utcnow
 

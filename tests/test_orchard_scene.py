@@ -144,3 +144,23 @@ def test_a_whole_frame_where_nothing_is_found_gives_no_fruit_not_a_centre_guess(
     r = _post(client, frame, scene="orchard", mm_per_px=0.5)
     assert r.status_code == 200, r.text
     assert r.json()["n_fruits"] == 0
+
+
+def test_a_circle_that_disagrees_with_its_fruits_box_is_declined():
+    from grader.orchard_scene import MAX_BOX_DISAGREEMENT
+
+    bgr, d_px, (cx, cy) = _foliage_frame(5, leaves=0)
+    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    tight = (cx - d_px / 2, cy - d_px / 2, cx + d_px / 2, cy + d_px / 2)
+    sized = size_object(rgb, SceneObject("apple", tight), [])
+    assert sized.reason == "ok" and sized.diameter_px == pytest.approx(d_px, abs=2.0)
+    # the same fruit under a box whose side is 1.2 its width (a detector's loose box, a careless
+    # annotator's): the box still only says where, the circle is found again, and the two disagree
+    # by more than MAX_BOX_DISAGREEMENT: declined rather than trusted
+    half = 0.6 * d_px
+    loose = size_object(rgb, SceneObject("apple", (cx - half, cy - half, cx + half, cy + half)), [])
+    assert abs(loose.window.diameter_px / (2 * half) - 1) > MAX_BOX_DISAGREEMENT
+    assert loose.diameter_px is None and loose.reason == "no_clean_outline"
+    # a box tried around a crop's centre says nothing of the size: never a reason to decline
+    centred = size_object(rgb, SceneObject("apple", (cx - half, cy - half, cx + half, cy + half), "centre"), [])
+    assert centred.reason == "ok"

@@ -42,10 +42,11 @@ MIN_DIAMETER_PX = 16.0
 #: the hidden part could be anywhere from a little to most of the fruit (declined as occluded)
 MAX_OUTLINE_GAP_DEG = 150.0
 #: a fruit's circle whose diameter differs from its box's mean side by more than this share is not
-#: trusted (declined as no_clean_outline). The 2nd-98th percentiles of that ratio over the apples sized
-#: within 10 mm of their calipers on the tune dates of the ECOPOM frames are 0.89-1.06
-#: (bench/orchard_http.py); the held-out dates were not looked at to choose it. Not applied to the
-#: boxes tried around a crop's centre, which say nothing of the fruit's size.
+#: trusted (declined as no_clean_outline). Chosen on the tune dates of the ECOPOM frames only: sized with
+#: the annotators' boxes before this rule, the apples within 10 mm of their calipers had a ratio
+#: between 0.89 and 1.06 (2nd-98th percentiles); the held-out dates were not looked at. Its effect on
+#: held-out dates: docs/orchard.md. Not applied to the boxes tried around a crop's centre, which say
+#: nothing of the fruit's size.
 MAX_BOX_DISAGREEMENT = 0.12
 #: the kinds of objects a scene holds
 FRUIT, REFERENCE = "apple", "tennis_ball"

@@ -56,9 +56,9 @@ def grade_image(
     are fruit already (a detector's or a client's boxes), the model's fruit check is not asked."""
     policy = policy or FlagPolicy()
     quality = image_quality_flags(image_rgb, policy)
+    bands = commodity.colour_bands if commodity else ()
+    axis = commodity.size_axis if commodity else "major"
     if measurements is None:
-        bands = commodity.colour_bands if commodity else ()
-        axis = commodity.size_axis if commodity else "major"
         measurements = measure_image(image_rgb, mm_per_px, segmentation, blemish, bands, axis)
     crops = [crop_for_model(image_rgb, m.bbox, model.spec.crop_margin_frac, m.mask) for m in measurements]
     evidence = model.predict(crops) if crops else []
@@ -66,11 +66,9 @@ def grade_image(
     if not confirmed:
         measurements, evidence, rejected = confirm_fruit(measurements, evidence)
         if not measurements:
-            filled = fruit_filling_the_frame(image_rgb, model, mm_per_px, blemish, commodity)
+            filled = fruit_filling_the_frame(image_rgb, model, mm_per_px, blemish, bands, axis)
             if filled is not None:
                 measurements, evidence = [filled[0]], [filled[1]]
-    if not measurements and not rejected:
-        return ImageGrade([], quality + [Flag("no_fruit", "no fruit found in the image", 20)])
     if not measurements:
         why = (
             f"no fruit found in the image ({len(rejected)} candidate regions were not fruit)" if rejected else "no fruit found in the image"
@@ -90,16 +88,30 @@ FILL_MIN_CHROMA = 15.0
 FILL_MIN_FRUIT_SCORE = 0.5
 
 
+#: the central half is measured at most this many pixels across: a median needs no more, and an
+#: empty frame of a line camera pays for this check
+CHROMA_SIDE_PX = 128
+
+
 def central_chroma(image_rgb: np.ndarray) -> float:
     """Median Lab chroma (distance from grey in a*b*) of the frame's central half."""
     h, w = image_rgb.shape[:2]
     centre = np.ascontiguousarray(image_rgb[h // 4 : h - h // 4, w // 4 : w - w // 4])
+    scale = CHROMA_SIDE_PX / max(centre.shape[:2])
+    if scale < 1:
+        size = (max(1, round(centre.shape[1] * scale)), max(1, round(centre.shape[0] * scale)))
+        centre = cv2.resize(centre, size, interpolation=cv2.INTER_AREA)
     lab = cv2.cvtColor(centre, cv2.COLOR_RGB2LAB).astype(np.float32)
     return float(np.median(np.hypot(lab[..., 1] - 128.0, lab[..., 2] - 128.0)))
 
 
 def fruit_filling_the_frame(
-    image_rgb: np.ndarray, model: DefectModel, mm_per_px: float | None, blemish: BlemishParams | None, commodity: Commodity | None
+    image_rgb: np.ndarray,
+    model: DefectModel,
+    mm_per_px: float | None,
+    blemish: BlemishParams | None,
+    colour_bands: tuple = (),
+    size_axis: str = "major",
 ) -> tuple[FruitMeasurement, DefectEvidence] | None:
     """The whole frame as one fruit, when it is one (see :data:`FILL_MIN_CHROMA`); None otherwise, and
     for a model without a fruit check."""
@@ -112,9 +124,7 @@ def fruit_filling_the_frame(
         return None
     outline = np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], np.int32)
     seg = Segment(bbox=(0, 0, w, h), contour=outline, mask=mask, cut_off=True)
-    bands = commodity.colour_bands if commodity else ()
-    axis = commodity.size_axis if commodity else "major"
-    return measure_segment(image_rgb, seg, mm_per_px, blemish, bands, axis), ev
+    return measure_segment(image_rgb, seg, mm_per_px, blemish, colour_bands, size_axis), ev
 
 
 def confirm_fruit(measurements: list[FruitMeasurement], evidence: list[DefectEvidence]):

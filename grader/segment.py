@@ -147,13 +147,14 @@ def _split_touching(mask: np.ndarray, min_area: int) -> list[np.ndarray]:
     # peak with the smallest power distance |p - c|² - r² (a Laguerre diagram of the fruit discs).
     ys, xs = np.nonzero(mask)
     power = np.empty((n - 1, len(xs)), np.float32)
+    radii = []
     for label in range(1, n):
         py, px = np.nonzero(peaks == label)
         cy, cx = py.mean(), px.mean()
         r = float(dist[py, px].max())
+        radii.append(r)
         power[label - 1] = (xs - cx) ** 2 + (ys - cy) ** 2 - r**2
     owner = power.argmin(axis=0)
-    radii = [float(dist[peaks == label].max()) for label in range(1, n)]
     owner = _merge_wide_cuts(mask.shape, ys, xs, owner, radii)
     parts = []
     for i in np.unique(owner):

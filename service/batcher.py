@@ -61,9 +61,10 @@ class MicroBatcher:
         with self._cond:
             if self._worker is not None and self._worker.is_alive() and not self._stop:
                 return
-            self._stop = False
         if self._worker is not None:
-            self._worker.join(timeout=2)
+            self._worker.join(timeout=2)  # a worker told to stop finishes first
+        with self._cond:
+            self._stop = False
         self._worker = threading.Thread(target=self._loop, name="inference-batcher", daemon=True)
         self._worker.start()
 

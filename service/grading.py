@@ -202,8 +202,10 @@ def grade_orchard(ctx, req: GradeRequest, rgb: np.ndarray) -> tuple[ScaledFrame,
     # the focal length: the request's, else the one the camera's calibration learned, else the setting's
     learned = req.camera_cal.focal_px if req.camera_cal is not None else None
     configured = ctx.settings.camera_focal_px.get(camera) if camera else None
-    focal = req.focal_px or learned or configured
-    focal_source = "request" if req.focal_px else "calibration" if learned else "settings" if configured else "none"
+    focal_source, focal = next(
+        ((source, f) for source, f in (("request", req.focal_px), ("calibration", learned), ("settings", configured)) if f),
+        ("none", None),
+    )
     scaled, record = resolve_orchard(
         rgb,
         req.boxes,

@@ -14,7 +14,8 @@ Photo sets (the held-out split of each model's own rules):
 * ECOPOM orchard windows are left to bench/size_accuracy.py.
 
 Per set: the share of one-fruit photos that give exactly one fruit, of empty frames that give none,
-the rejected candidates, and balanced accuracy of sound vs defective (a photo is called defective
+the rejected candidates, the share of fruit whose size was declined (every photo is posted with
+``mm_per_px`` 0.3: grader/clutter.py declines sizes on cluttered backdrops), and balanced accuracy of sound vs defective (a photo is called defective
 when any fruit found in it is; a photo with no fruit found counts as wrong), with 95 % intervals.
 """
 
@@ -82,7 +83,16 @@ def evaluate(models: Path, data: Path, split: str, limit: int | None = None) -> 
         )
         with TestClient(create_app(settings)) as client:
             for name, photos in photo_sets(data, split, limit).items():
-                counts = {"photos": 0, "exactly_one": 0, "none": 0, "several": 0, "rejected_candidates": 0, "errors": 0}
+                counts = {
+                    "photos": 0,
+                    "exactly_one": 0,
+                    "none": 0,
+                    "several": 0,
+                    "rejected_candidates": 0,
+                    "errors": 0,
+                    "fruits": 0,
+                    "size_declined": 0,
+                }
                 right = {"sound": [0, 0], "defective": [0, 0]}  # [right, total]
                 t0 = time.perf_counter()
                 for path, commodity, truth in photos:
@@ -100,6 +110,8 @@ def evaluate(models: Path, data: Path, split: str, limit: int | None = None) -> 
                     body = r.json()
                     n = body["n_fruits"]
                     counts["rejected_candidates"] += int(body.get("rejected_candidates") or 0)
+                    counts["fruits"] += n
+                    counts["size_declined"] += sum(f.get("size_declined") is not None for f in body["fruits"])
                     counts["exactly_one" if n == 1 else "none" if n == 0 else "several"] += 1
                     if truth == "empty":
                         continue
@@ -112,6 +124,7 @@ def evaluate(models: Path, data: Path, split: str, limit: int | None = None) -> 
                     right[truth][0] += int(said == truth)
                 seconds = time.perf_counter() - t0
                 rep: dict[str, Any] = {**counts, "seconds": round(seconds, 1)}
+                rep["size_declined_share"] = counts["size_declined"] / max(1, counts["fruits"])
                 if any(t for _, t in right.values()):
                     recalls = {c: (r_ / t if t else None) for c, (r_, t) in right.items()}
                     rep["recall"] = recalls

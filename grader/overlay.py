@@ -134,6 +134,9 @@ def draw_overlay(
 
 def fruit_label(m: FruitMeasurement, grade: str | None = None) -> str:
     """Two short lines: size and blemish, then grade."""
-    size = f"{m.diameter_mm:.1f} mm" if m.diameter_mm is not None else ("cut off" if m.cut_off else "uncalibrated")
+    if m.diameter_mm is not None:
+        size = f"{m.diameter_mm:.1f} mm"
+    else:
+        size = "cut off" if m.cut_off else (f"not sized: {m.size_declined}" if m.size_declined else "uncalibrated")
     blem = f", {m.blemish_area_cm2:.2f} cm2" if m.blemish_area_cm2 else ""
     return size + blem + (f"\n{grade}" if grade else "")

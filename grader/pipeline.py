@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 
 from .blemish import BlemishParams
+from .clutter import decline_in_clutter
 from .commodities import Commodity
 from .crop import crop_for_model
 from .defect import DefectModel
@@ -65,6 +66,8 @@ def grade_image(
     rejected: list[dict] = []
     if not confirmed:
         measurements, evidence, rejected = confirm_fruit(measurements, evidence)
+        not_fruit = sum(r["reason"] == "not_fruit" for r in rejected)
+        measurements = decline_in_clutter(image_rgb, measurements, evidence, not_fruit, model.spec.ood_distance_threshold)
         if not measurements:
             filled = fruit_filling_the_frame(image_rgb, model, mm_per_px, blemish, bands, axis)
             if filled is not None:

@@ -11,6 +11,7 @@ from fastapi.responses import FileResponse, Response
 from sqlalchemy import and_, exists, or_, select
 from starlette.concurrency import run_in_threadpool
 
+from grader.clutter import DECLINED_CODE, declined
 from grader.errors import InvalidField, MissingImage, UnknownFruit, UnknownResult
 from grader.measure import measure_image, with_scale
 from grader.overlay import DEFAULT_LAYERS, LAYERS, draw_overlay, fruit_label
@@ -180,8 +181,10 @@ async def get_result_overlay(
         )
         ref_boxes = {tuple(r["bbox"]) for r in row.payload.get("references", [])}
         refs = [m for m in ms if tuple(m.bbox) in ref_boxes]
-        fruit = [with_scale(m, row.mm_per_px) for m in ms if tuple(m.bbox) not in ref_boxes]
         stored = {tuple(f["bbox"]): f for f in row.payload["fruits"]}
+        fruit = [with_scale(m, row.mm_per_px) for m in ms if tuple(m.bbox) not in ref_boxes]
+        # a size the grading declined (a cluttered background) stays declined on the overlay
+        fruit = [declined(m) if stored.get(tuple(m.bbox), {}).get("size_declined") == DECLINED_CODE else m for m in fruit]
         labels = [fruit_label(m, stored.get(tuple(m.bbox), {}).get("grade")) for m in fruit]
         flagged = [bool(stored.get(tuple(m.bbox), {}).get("flagged")) for m in fruit]
         over = draw_overlay(

@@ -16,7 +16,8 @@ from .flags import FlagPolicy, LotContext, fruit_flags, image_quality_flags
 from .measure import measure_image, measure_segment
 from .records import DefectEvidence, Flag, FruitGrade, FruitMeasurement, SweetnessEvidence
 from .rules import facts_from, grade_fruit
-from .segment import Segment, SegmentationParams, pieces_of_larger
+from .segment import Segment, SegmentationParams
+from .segment_pieces import pieces_of_larger
 from .standards import Standard
 
 

@@ -1,5 +1,5 @@
 """A fruit cut in two by a defect band close to the backdrop's colour (grey or beige mould on
-concrete) is put back together (grader.segment._merge_defect_pieces); two fruit, and two pieces
+concrete) is put back together (grader.segment_pieces.merge_defect_pieces); two fruit, and two pieces
 lying apart on the backdrop, stay separate."""
 
 from __future__ import annotations

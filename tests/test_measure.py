@@ -239,7 +239,7 @@ def test_a_fruit_with_a_waist_is_one_fruit_touching_fruit_are_two(centres_apart_
 
 
 def test_pieces_lying_on_a_larger_fruit_are_that_fruit():
-    from grader.segment import pieces_of_larger
+    from grader.segment_pieces import pieces_of_larger
 
     big = np.ones((100, 100), bool)
     sliver = np.ones((20, 30), bool)  # a piece cut off by a defect, inside the big one's box

@@ -272,29 +272,15 @@ def run(cfg: dict[str, Any], out_dir: Path, work_dir: Path, resume: bool = False
             {"epoch": total_epochs, "averaged_model": True, "val_balanced_accuracy": val["balanced_accuracy"], "val_auc": val["auc"]}
         )
         print(f"weights of epochs {epochs + 1}-{total_epochs} averaged: val bal.acc {val['balanced_accuracy']:.3f} auc {val['auc']:.3f}")
-        for h in style_hooks:
-            h.remove()
-        torch.save(model.state_dict(), work_dir / "best.pt")
-        return finish(
-            cfg,
-            model,
-            out_dir,
-            eval_batches,
-            labels,
-            sessions,
-            digest,
-            history,
-            f"average of {epochs + 1}-{total_epochs}",
-            earlier_seconds + time.time() - t_start,
-            train_crops=crops["train"],
-            report_split=report_split,
-        )
-    if best["epoch"] < 0:
-        raise TrainingFailed(
-            f"no epoch of {epochs} gave val outputs that vary (every one was constant up to rounding, or not finite): the network "
-            "did not learn; try a lower train.lr, more epochs or another seed"
-        )
-    model.load_state_dict(best["state"])
+        chosen: Any = f"average of {epochs + 1}-{total_epochs}"
+    else:
+        if best["epoch"] < 0:
+            raise TrainingFailed(
+                f"no epoch of {epochs} gave val outputs that vary (every one was constant up to rounding, or not finite): the network "
+                "did not learn; try a lower train.lr, more epochs or another seed"
+            )
+        model.load_state_dict(best["state"])
+        chosen = best["epoch"]
     for h in style_hooks:
         h.remove()
     for p in model.parameters():
@@ -309,7 +295,7 @@ def run(cfg: dict[str, Any], out_dir: Path, work_dir: Path, resume: bool = False
         sessions,
         digest,
         history,
-        best["epoch"],
+        chosen,
         earlier_seconds + time.time() - t_start,
         train_crops=crops["train"],
         report_split=report_split,

@@ -22,6 +22,20 @@ class SegmentationParams:
     border_frac: float = 0.04  # strip of the frame used to learn the background colours
     background_clusters: int = 3  # colours the background may have (belt, cup, shadow)
     min_background_share: float = 0.15  # a border colour rarer than this is fruit poking in, not background
+    # A fruit filling much of the frame covers much of the border strip too, so its skin would pass for
+    # a backdrop colour and the fruit would fall apart or vanish. A border colour is that fruit reaching
+    # the border, not backdrop, when it is strongly chromatic (Lab chroma at least skin_min_chroma:
+    # concrete, belts and cups are grey, about 3-6; lemon skin 50 or more), covers most of the frame's
+    # central third (skin_min_centre_share of its pixels within skin_max_colour_distance in a*b*) and
+    # none of its four corners (a fruit reaching in from the edges leaves them to the backdrop, while a
+    # coloured table or wall holds them), and there is a backdrop: the other colours still cover
+    # skin_min_backdrop_share of the strip, and at least two corners are grey (a close-up whose
+    # corners are the fruit's own shaded skin is left to the frame-filling fruit check of
+    # grader/pipeline.py, as are coloured backdrops). 0 chroma turns it off.
+    skin_min_chroma: float = 25.0
+    skin_max_colour_distance: float = 15.0
+    skin_min_centre_share: float = 0.5
+    skin_min_backdrop_share: float = 0.15
     min_contrast: float = 14.0  # Lab distance from the background below which nothing is fruit
     min_area_frac: float = 0.004  # blobs smaller than this share of the frame are noise
     split_touching: bool = True  # separate touching fruit with distance transform + watershed
@@ -79,7 +93,45 @@ def _background_colours(lab: np.ndarray, params: SegmentationParams) -> np.ndarr
     # a fruit reaching into the border strip must not become a "background colour": keep only
     # colours that cover a real share of the border
     share = np.bincount(labels.ravel(), minlength=k) / len(labels)
-    return centres[(share >= params.min_background_share) | (share == share.max())]
+    kept = (share >= params.min_background_share) | (share == share.max())
+    if params.skin_min_chroma > 0 and _grey_corners(lab, params) >= 2:
+        skin = kept & (np.hypot(centres[:, 1] - 128.0, centres[:, 2] - 128.0) >= params.skin_min_chroma)
+        for i in np.flatnonzero(skin):
+            skin[i] = _fruit_reaching_in(lab, centres[i], params)
+        # the same skin in shade (duller, so further in a*b*) is the fruit's too
+        ab = centres[:, 1:]
+        shade = kept & (np.hypot(*(ab - 128.0).T) >= params.skin_min_chroma)
+        near_skin = (np.hypot(*(ab[:, None] - ab[None]).transpose(2, 0, 1)) <= 2 * params.skin_max_colour_distance)[:, skin]
+        skin |= shade & near_skin.any(axis=1)
+        if skin.any() and share[kept & ~skin].sum() >= params.skin_min_backdrop_share:
+            kept &= ~skin
+    return centres[kept]
+
+
+def _corners(lab: np.ndarray, params: SegmentationParams) -> tuple[np.ndarray, ...]:
+    """The frame's four corner squares, the border strip's width on a side."""
+    b = max(2, int(round(min(lab.shape[:2]) * params.border_frac)))
+    return lab[:b, :b], lab[:b, -b:], lab[-b:, :b], lab[-b:, -b:]
+
+
+def _grey_corners(lab: np.ndarray, params: SegmentationParams) -> int:
+    """How many of the frame's corners are grey (median Lab chroma under skin_min_chroma)."""
+    return sum(float(np.median(np.hypot(c[..., 1] - 128.0, c[..., 2] - 128.0))) < params.skin_min_chroma for c in _corners(lab, params))
+
+
+def _fruit_reaching_in(lab: np.ndarray, colour: np.ndarray, params: SegmentationParams) -> bool:
+    """Whether a border colour covers the frame's central third and none of its corners (see
+    SegmentationParams.skin_min_chroma)."""
+    h, w = lab.shape[:2]
+    step = max(1, min(h, w) // 96)  # a share needs no more than ~32 x 32 pixels of the centre
+
+    def near(region: np.ndarray, distance: float) -> float:
+        return float((np.hypot(region[..., 1] - colour[1], region[..., 2] - colour[2]) <= distance).mean())
+
+    if any(near(c, params.skin_max_colour_distance) > 0.5 for c in _corners(lab, params)):
+        return False
+    centre = lab[h // 3 : h - h // 3 : step, w // 3 : w - w // 3 : step]
+    return near(centre, params.skin_max_colour_distance) >= params.skin_min_centre_share
 
 
 def _distance_to(lab: np.ndarray, centres: np.ndarray, weight: np.ndarray) -> np.ndarray:

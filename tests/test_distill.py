@@ -55,6 +55,8 @@ def test_loss_is_zero_on_the_teachers_logits_and_adds_cross_entropy_on_labelled_
     ce = float(torch.nn.functional.cross_entropy(t[1:], torch.tensor([1])))
     assert float(distill.distill_loss(t, t, torch.tensor([-1, 1]), 3.0, 0.5)) == pytest.approx(0.5 * ce, rel=1e-5)
     assert float(distill.distill_loss(torch.zeros(2, 2), t, none, 3.0, 0.0)) > 0
+    # kl_weight 0: the control trained on the labels alone
+    assert float(distill.distill_loss(t, torch.zeros(2, 2), torch.tensor([-1, 1]), 3.0, 1.0, kl_weight=0.0)) == pytest.approx(ce, rel=1e-5)
 
 
 def test_a_few_steps_bring_the_student_towards_the_teacher_and_the_export_matches_torch(tmp_path):

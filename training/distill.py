@@ -237,10 +237,15 @@ def ort_session(path: Path, threads: int) -> ort.InferenceSession:
 
 
 def distill_loss(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, temperature: float, ce_weight: float
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float,
+    ce_weight: float,
+    kl_weight: float = 1.0,
 ) -> torch.Tensor:
-    """T² · KL(teacher ‖ student) at temperature T, plus ``ce_weight`` · cross-entropy on the rows
-    with a label (``labels >= 0``)."""
+    """``kl_weight`` · T² · KL(teacher ‖ student) at temperature T, plus ``ce_weight`` · cross-entropy
+    on the rows with a label (``labels >= 0``); ``kl_weight`` 0: plain training on the labels."""
     t = temperature
     kl = nn.functional.kl_div(
         nn.functional.log_softmax(student_logits / t, dim=1),
@@ -248,7 +253,7 @@ def distill_loss(
         log_target=True,
         reduction="batchmean",
     )
-    loss = t * t * kl
+    loss = kl_weight * t * t * kl
     has = labels >= 0
     if ce_weight > 0 and bool(has.any()):
         loss = loss + ce_weight * nn.functional.cross_entropy(student_logits[has], labels[has])
@@ -267,6 +272,7 @@ def train_epoch(
     ce_weight: float,
     max_steps: int | None = None,
     sched: torch.optim.lr_scheduler.LRScheduler | None = None,
+    kl_weight: float = 1.0,
 ) -> float:
     """One pass over the preprocessed crops ``x`` in random order, each in a random view with the
     teacher's logits of that view (``teacher``: (N, 8, classes)). Returns the mean loss."""
@@ -283,7 +289,7 @@ def train_epoch(
         xb = torch.from_numpy(x[idx])
         xb = torch.stack([dihedral(xb[j : j + 1], int(k))[0] for j, k in enumerate(views)]).contiguous(memory_format=torch.channels_last)
         tb = torch.from_numpy(teacher[idx, views].astype(np.float32))
-        loss = distill_loss(student(xb), tb, torch.from_numpy(labels[idx]).long(), temperature, ce_weight)
+        loss = distill_loss(student(xb), tb, torch.from_numpy(labels[idx]).long(), temperature, ce_weight, kl_weight)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -378,6 +384,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--weight-decay", type=float, default=5e-4)
     ap.add_argument("--temperature", type=float, default=3.0, help="softening of teacher and student logits in the KL term")
     ap.add_argument("--ce-weight", type=float, default=0.2, help="weight of the cross-entropy on the labelled crops")
+    ap.add_argument("--kl-weight", type=float, default=1.0, help="weight of the KL term (0: a control trained on the labels only)")
     ap.add_argument("--no-unlabelled", action="store_true", help="distil on the labelled train crops only")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=7)
@@ -420,7 +427,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"teacher logits for {len(x)} crops x {N_VIEWS} views ({time.time() - t0:.0f}s)", flush=True)
 
     train_mask = table.split == "train"
-    if args.no_unlabelled:
+    if args.no_unlabelled or args.kl_weight == 0:  # without the teacher, unlabelled crops teach nothing
         train_mask &= table.source == SINGLE
     tr, va, te = table.where(train_mask), table.where(table.split == "val"), table.where(table.split == "test")
     y_va, y_te = table.label[va], table.label[te]
@@ -431,11 +438,13 @@ def main(argv: list[str] | None = None) -> None:
     steps = args.epochs * int(np.ceil(len(tr) / args.batch_size))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps, pct_start=0.15)
     x_tr, t_tr, y_tr = x[tr], t_logits[tr], table.label[tr]
-    t_va_dec = p_defective(t_logits[va, 0], spec.temperature) >= spec.threshold
+    t_va_dec = p_defective(t_logits[va, 0], spec.temperature) >= spec.threshold_defective
     history, best = [], None
     for epoch in range(1, args.epochs + 1):
         e0 = time.time()
-        loss = train_epoch(student, opt, x_tr, t_tr, y_tr, rng, args.batch_size, args.temperature, args.ce_weight, args.max_steps, sched)
+        loss = train_epoch(
+            student, opt, x_tr, t_tr, y_tr, rng, args.batch_size, args.temperature, args.ce_weight, args.max_steps, sched, args.kl_weight
+        )
         z = torch_logits(student, x[va])
         s = p_defective(z)
         val_auc = auc(y_va, s)
@@ -457,11 +466,11 @@ def main(argv: list[str] | None = None) -> None:
     results: dict[str, dict] = {"student": evaluate(y_va, p_defective(z_va), g_va, y_te, p_defective(z_te), g_te)}
     t_va, t_te = p_defective(t_logits[va, 0], spec.temperature), p_defective(t_logits[te, 0], spec.temperature)
     results["teacher"] = evaluate(y_va, t_va, g_va, y_te, t_te, g_te)
-    results["teacher_shipped_threshold"] = evaluate(y_va, t_va, g_va, y_te, t_te, g_te, threshold=spec.threshold)
+    results["teacher_shipped_threshold"] = evaluate(y_va, t_va, g_va, y_te, t_te, g_te, threshold=spec.threshold_defective)
     stu = results["student"]
     stu["agreement_with_teacher"] = {
         "val": float(((p_defective(z_va) >= stu["threshold"]) == t_va_dec).mean()),
-        "test": float(((p_defective(z_te) >= stu["threshold"]) == (t_te >= spec.threshold)).mean()),
+        "test": float(((p_defective(z_te) >= stu["threshold"]) == (t_te >= spec.threshold_defective)).mean()),
         "rule": "student at its val threshold against the teacher at its shipped threshold and temperature",
     }
     models = {"student": args.out / "student.onnx", "teacher": args.teacher / "model.onnx"}
@@ -472,7 +481,7 @@ def main(argv: list[str] | None = None) -> None:
         b_va = p_defective(onnx_logits(bsess, preprocess(list(table.crops[va]), base.spec)), base.spec.temperature)
         b_te = p_defective(onnx_logits(bsess, preprocess(list(table.crops[te]), base.spec)), base.spec.temperature)
         results["baseline"] = evaluate(y_va, b_va, g_va, y_te, b_te, g_te)
-        results["baseline_shipped_threshold"] = evaluate(y_va, b_va, g_va, y_te, b_te, g_te, threshold=base.spec.threshold)
+        results["baseline_shipped_threshold"] = evaluate(y_va, b_va, g_va, y_te, b_te, g_te, threshold=base.spec.threshold_defective)
         models["baseline"] = args.baseline / "model.onnx"
         sizes["baseline"] = base.spec.input_size[0]
     for name, r in results.items():

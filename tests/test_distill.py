@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from datasets.synthetic import random_fruit_image  # noqa: E402
-from training import distill  # noqa: E402
+from training import distill, distill_crops  # noqa: E402
 from training.export import export_onnx  # noqa: E402
 from training.models_registry import build_model  # noqa: E402
 
@@ -102,6 +102,6 @@ def test_threshold_is_chosen_on_val_sessions_and_test_scored_at_it():
 
 def test_orchard_dates_are_the_first_half_and_the_box_mask_an_ellipse():
     frames = [{"date": d} for d in ["2022_07_01", "2022_06_01", "2022_08_01", "2022_09_01", "2022_06_01"]]
-    assert distill.orchard_tune_dates(frames) == {"2022_06_01", "2022_07_01"}
-    m = distill.box_ellipse_mask((10, 20, 30, 30))
+    assert distill_crops.orchard_tune_dates(frames) == {"2022_06_01", "2022_07_01"}
+    m = distill_crops.box_ellipse_mask((10, 20, 30, 30))
     assert m.shape == (10, 20) and m[5, 10] and not m[0, 0]

@@ -240,8 +240,8 @@ def lot_report(s: Session, lot: LotRow, standard: Standard) -> dict[str, Any]:
         "standard": {"id": standard.id, "version": standard.version},
         "fruit": n,
         "by_grade": [{"grade": g, "count": by_grade[g], "share": round(by_grade[g] / n, 4) if n else 0.0} for g in order],
-        # the size bands use sized fruit only; fruit measured without a size (declined on the tree,
-        # no scale) are counted apart
+        # the size bands use sized fruit only; fruit measured without a size (declined on the tree
+        # or on a cluttered background, cut off, no scale) are counted apart
         "size_mm": {**stats(diameters), "histogram": _histogram(diameters, 5.0), "not_sized": n - len(diameters)},
         "brix": {
             "fruit_readings": stats(fruit_brix),

@@ -55,7 +55,9 @@ def grade_image(
 ) -> ImageGrade:
     """Grade every fruit in the frame. ``measurements`` may be handed in when the caller already
     measured the frame (e.g. after setting reference spheres aside). ``confirmed``: the candidates
-    are fruit already (a detector's or a client's boxes), the model's fruit check is not asked."""
+    are fruit already (a detector's or a client's boxes), the model's fruit check is not asked;
+    otherwise (the belt path) the sizes of fruit it cannot trust in a cluttered frame are declined
+    (grader/clutter.py)."""
     policy = policy or FlagPolicy()
     quality = image_quality_flags(image_rgb, policy)
     bands = commodity.colour_bands if commodity else ()

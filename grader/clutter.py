@@ -27,17 +27,15 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import cv2
 import numpy as np
 
 from .records import DefectEvidence, Flag, FruitMeasurement
+from .segment import backdrop_texture
 
-#: the border strip's lightness texture (0.9 quantile of the 5x5 standard deviation of L*, frame at
-#: TEXTURE_WORK_SIDE_PX) above which a backdrop is cluttered; plain belts and cups measure 1-5,
-#: concrete and tables 5-25, orchard scenes 18-48
+#: the border strip's lightness texture (grader/segment.py: backdrop_texture, as the segmentation
+#: measures it) above which a backdrop is cluttered; plain belts and cups measure 1-5, concrete and
+#: tables 5-25, orchard scenes 18-48
 CLUTTER_BACKDROP_TEXTURE = 18.0
-TEXTURE_WORK_SIDE_PX = 512
-BORDER_FRAC = 0.04
 #: a fruit whose ``ood_distance`` is over this share of the model's ``ood_distance`` threshold is
 #: weakly known (FruitNet apples: median 0.44; orchard crops posted as belts: 0.52 and more)
 WEAK_OOD_RATIO = 0.6
@@ -49,22 +47,6 @@ CLEAN_MIN_ROUNDNESS = 0.8
 
 DECLINED_CODE = "cluttered_background"
 DECLINED_TEXT = "not sized: the background is cluttered and the fruit's outline cannot be trusted (post orchard photos with scene=orchard)"
-
-
-def backdrop_texture(image_rgb: np.ndarray) -> float:
-    """The frame's border strip lightness texture: the 0.9 quantile of the local (5x5) standard
-    deviation of L* over the outer BORDER_FRAC of the frame, measured at TEXTURE_WORK_SIDE_PX."""
-    h, w = image_rgb.shape[:2]
-    scale = TEXTURE_WORK_SIDE_PX / max(h, w)
-    if scale < 1:
-        image_rgb = cv2.resize(image_rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-    lightness = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2LAB)[..., 0].astype(np.float32)
-    mean = cv2.blur(lightness, (5, 5))
-    std = np.sqrt(np.maximum(cv2.blur(lightness * lightness, (5, 5)) - mean * mean, 0.0))
-    hh, ww = std.shape
-    b = max(2, int(round(min(hh, ww) * BORDER_FRAC)))
-    strip = np.concatenate([std[:b].ravel(), std[-b:].ravel(), std[:, :b].ravel(), std[:, -b:].ravel()])
-    return float(np.quantile(strip, 0.9))
 
 
 def weakly_known(ev: DefectEvidence | None, ood_distance_threshold: float | None) -> bool:

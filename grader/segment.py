@@ -156,13 +156,36 @@ def _border_strip(a: np.ndarray, frac: float) -> np.ndarray:
     return np.concatenate([a[:b].reshape(-1, *tail), a[-b:].reshape(-1, *tail), a[:, :b].reshape(-1, *tail), a[:, -b:].reshape(-1, *tail)])
 
 
+def _at_work_size(image_rgb: np.ndarray, params: SegmentationParams) -> tuple[np.ndarray, float]:
+    """The frame shrunk to at most ``work_size_px`` on its longer side, and the scale used."""
+    h, w = image_rgb.shape[:2]
+    scale = min(1.0, params.work_size_px / max(h, w))
+    if scale == 1.0:
+        return image_rgb, scale
+    return cv2.resize(image_rgb, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA), scale
+
+
+def _local_std(lightness: np.ndarray) -> np.ndarray:
+    """Standard deviation of each pixel's 5x5 neighbourhood (float32 in, float32 out)."""
+    mean = cv2.blur(lightness, (5, 5))
+    return np.sqrt(np.maximum(cv2.blur(lightness * lightness, (5, 5)) - mean * mean, 0.0))
+
+
+def backdrop_texture(image_rgb: np.ndarray, params: SegmentationParams | None = None) -> float:
+    """The backdrop's lightness texture as the segmentation measures it: the 0.9 quantile of the
+    local (5x5) standard deviation of L* over the frame's border strip, at the working size."""
+    params = params or SegmentationParams()
+    small, _ = _at_work_size(image_rgb, params)
+    lightness = np.ascontiguousarray(_to_lab(small)[..., 0])
+    return float(np.quantile(_border_strip(_local_std(lightness), params.border_frac), 0.9))
+
+
 def _textured_on_plain_backdrop(lightness: np.ndarray, params: SegmentationParams) -> np.ndarray | None:
     """Pixels whose local lightness texture stands out from a plain backdrop's (bool), or None when
     the backdrop is itself textured (or the cue is off): see SegmentationParams.flat_background_max_std."""
     if params.flat_background_max_std <= 0:
         return None
-    mean = cv2.blur(lightness, (5, 5))
-    std = np.sqrt(np.maximum(cv2.blur(lightness * lightness, (5, 5)) - mean * mean, 0.0))
+    std = _local_std(lightness)
     backdrop = float(np.quantile(_border_strip(std, params.border_frac), 0.9))
     if backdrop > params.flat_background_max_std:
         return None
@@ -270,8 +293,7 @@ def segment_fruits(image_rgb: np.ndarray, params: SegmentationParams | None = No
     params = params or SegmentationParams()
     _check_image(image_rgb)
     h, w = image_rgb.shape[:2]
-    scale = min(1.0, params.work_size_px / max(h, w))
-    small = image_rgb if scale == 1.0 else cv2.resize(image_rgb, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+    small, scale = _at_work_size(image_rgb, params)
     small = cv2.GaussianBlur(small, (3, 3), 0)
     lab = _to_lab(small)
     background = _background_colours(lab, params)

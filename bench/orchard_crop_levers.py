@@ -2,6 +2,11 @@
 in-process on the same calipered apples as ``bench/orchard_http.py --ways crops``.
 
     .venv/bin/python bench/orchard_crop_levers.py [--dates tune|held-out]     # about 4 min a split
+    .venv/bin/python bench/orchard_crop_levers.py --box-ratios [--dates tune]  # about 1 min
+
+``--box-ratios`` prints instead how the method's diameters compare with the annotators' box sides on
+whole frames (every tennis ball and apple sized from its annotated box), at the radius bias in use
+and 1 px more: a scale read from hand boxes is consistent with the method only where they agree.
 
 Levers, each against the served path (the detector's boxes on the crop, else the crop's centre):
 
@@ -64,6 +69,37 @@ def detected(det, image, pad: int = 0) -> list[SceneObject]:
         if 0 <= (x0 + x1) / 2 < w and 0 <= (y0 + y1) / 2 < h:
             out.append(SceneObject(d.kind, (max(0.0, x0), max(0.0, y0), min(float(w), x1), min(float(h), y1)), "detector", float(d.score)))
     return out
+
+
+def box_ratios(data: Path, dates: str) -> dict:
+    """Median method diameter over annotated box side, for balls and apples, at +0 and +1 px radius."""
+    from size_accuracy import tune_dates
+
+    from grader.orchard_scene import REFERENCE
+
+    ann = json.loads((data / "annotations.json").read_text())
+    tune = tune_dates(ann)
+    ratios: dict[str, dict[str, list[float]]] = {b: {"tennis_ball": [], "apple": []} for b in ("+0 px", "+1 px")}
+    for fr in ann:
+        if (fr["date"] in tune) != (dates == "tune") or not any(o["kind"] == "tennis_ball" for o in fr["objects"]):
+            continue
+        img = cv2.cvtColor(cv2.imread(str(data / fr["image"])), cv2.COLOR_BGR2RGB)
+        objs = [
+            SceneObject(FRUIT if o["kind"] == "apple" else REFERENCE, (*map(float, o["box"][0]), *map(float, o["box"][1])), "client")
+            for o in fr["objects"]
+        ]
+        for name, extra in (("+0 px", 0.0), ("+1 px", 1.0)):
+            params = dataclasses.replace(TREE_PARAMS, radius_bias_px=TREE_PARAMS.radius_bias_px + extra)
+            scene = size_scene(img, objs, 1.0, params=params)
+            for s in [*scene.references, *scene.fruits]:
+                if s.diameter_px is not None:
+                    b = s.obj.box_xyxy
+                    ratios[name][s.obj.kind].append(s.diameter_px / (((b[2] - b[0]) + (b[3] - b[1])) / 2))
+        print(fr["image"], flush=True)
+    return {
+        name: {kind: {"n": len(v), "median_diameter_over_box_side": round(float(np.median(v)), 4)} for kind, v in by.items()}
+        for name, by in ratios.items()
+    }
 
 
 def run(data: Path, dates: str) -> dict:
@@ -152,10 +188,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, default=DATA)
     p.add_argument("--dates", choices=["tune", "held-out"], default="tune")
     p.add_argument("--json", type=Path)
+    p.add_argument("--box-ratios", action="store_true", help="the method's diameters against the box sides on whole frames")
     a = p.parse_args(argv)
     if not (a.data / "annotations.json").exists():
         print(f"no ECOPOM data at {a.data}", file=sys.stderr)
         return 2
+    if a.box_ratios:
+        ratios = box_ratios(a.data, a.dates)
+        print(json.dumps(ratios, indent=1))
+        if a.json:
+            a.json.write_text(json.dumps(ratios, indent=1))
+        return 0
     out = run(a.data, a.dates)
     print(f"{'lever':26s} sized   MAE mm  x base  bias   off>10mm   ({out['apples']} apples, baseline MAE {out['baseline_mae_mm']})")
     for k, v in out["levers"].items():

@@ -111,3 +111,18 @@ def test_the_overlay_says_a_declined_size_is_not_sized():
     [m] = measure_image(plain, MM_PER_PX)
     assert fruit_label(m).startswith("70.")
     assert fruit_label(declined(m), "Class I") == f"not sized: {DECLINED_CODE}\nClass I"
+
+
+def test_the_overlay_of_a_declined_size_is_drawn(client):
+    from grader.records import FruitMeasurement
+    from service.routers.results import _as_stored_size
+
+    _, scene = leafy(0)
+    body = _post(client, scene)
+    r = client.get(f"/v1/results/{body['id']}/overlay", headers=headers("inspector"))
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    [m] = measure_image(leafy(0)[0], MM_PER_PX)
+    assert isinstance(m, FruitMeasurement)
+    kept = _as_stored_size(m, {"size_declined": DECLINED_CODE})
+    assert kept.diameter_mm is None and kept.size_declined == DECLINED_CODE and kept.diameter_px == m.diameter_px
+    assert _as_stored_size(m, {}) is m

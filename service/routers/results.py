@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+from dataclasses import replace
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -11,10 +12,10 @@ from fastapi.responses import FileResponse, Response
 from sqlalchemy import and_, exists, or_, select
 from starlette.concurrency import run_in_threadpool
 
-from grader.clutter import DECLINED_CODE, declined
 from grader.errors import InvalidField, MissingImage, UnknownFruit, UnknownResult
 from grader.measure import measure_image, with_scale
 from grader.overlay import DEFAULT_LAYERS, LAYERS, draw_overlay, fruit_label
+from grader.records import FruitMeasurement
 from store.tables import FruitRow, GradeChangeRow, ResultRow
 
 from ..auth import Principal, require
@@ -183,8 +184,8 @@ async def get_result_overlay(
         refs = [m for m in ms if tuple(m.bbox) in ref_boxes]
         stored = {tuple(f["bbox"]): f for f in row.payload["fruits"]}
         fruit = [with_scale(m, row.mm_per_px) for m in ms if tuple(m.bbox) not in ref_boxes]
-        # a size the grading declined (a cluttered background) stays declined on the overlay
-        fruit = [declined(m) if stored.get(tuple(m.bbox), {}).get("size_declined") == DECLINED_CODE else m for m in fruit]
+        # a size the grading declined (its reason stored with the fruit) stays declined on the overlay
+        fruit = [_as_stored_size(m, stored.get(tuple(m.bbox), {})) for m in fruit]
         labels = [fruit_label(m, stored.get(tuple(m.bbox), {}).get("grade")) for m in fruit]
         flagged = [bool(stored.get(tuple(m.bbox), {}).get("flagged")) for m in fruit]
         over = draw_overlay(
@@ -196,6 +197,12 @@ async def get_result_overlay(
         return png.tobytes()
 
     return Response(await run_in_threadpool(render), media_type="image/png", headers={"Cache-Control": "private, max-age=300"})
+
+
+def _as_stored_size(m: FruitMeasurement, fruit: dict) -> FruitMeasurement:
+    """A re-measured fruit with the size its stored result declined left declined."""
+    reason = fruit.get("size_declined")
+    return m if reason is None else replace(m, diameter_mm=None, minor_diameter_mm=None, area_mm2=None, size_declined=reason)
 
 
 def stored_cnn_map(fruit: dict):

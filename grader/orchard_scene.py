@@ -53,6 +53,11 @@ FRUIT, REFERENCE = "apple", "tennis_ball"
 #: candidate box sides tried around the centre of a crop when nothing says where the fruit is,
 #: as shares of the crop's shorter side
 CENTRE_SIDES = (0.35, 0.5, 0.65, 0.8)
+#: a crop's centre fruit is sized only when another seed's clean circle agrees with the one taken
+#: within this ratio (larger over smaller diameter); docs/orchard.md has what it changed
+CENTRE_AGREEMENT = 1.15
+#: a disagreeing circle with at least this share of the taken one's coverage makes the fruit ambiguous
+CENTRE_RIVAL_COVERAGE = 0.8
 
 
 @dataclass(frozen=True)
@@ -159,20 +164,35 @@ def centre_objects(shape: tuple[int, ...], sides: Sequence[float] = CENTRE_SIDES
 def size_centre_fruit(
     image_rgb: np.ndarray, focal_px: float | None = None, params: ProbParams = TREE_PARAMS, min_diameter_px: float = MIN_DIAMETER_PX
 ) -> SizedObject:
-    """The fruit at the centre of a crop: seeded at the centre with each of :data:`CENTRE_SIDES`; the
-    fit whose circle is best backed by clean outline wins (a circle must be centred on the crop's
-    middle third). Declined when no seed gives one."""
+    """The fruit at the centre of a crop: seeded at the centre with each of :data:`CENTRE_SIDES` (a
+    circle must be centred on the crop's middle third). The size must not hang on the guess of it:
+    the circle taken must be backed by another seed's clean circle within :data:`CENTRE_AGREEMENT`,
+    else the fruit is declined (``no_clean_outline``): a small seed inside a tightly cropped fruit
+    finds a ring of its shading, not its outline; and no circle that disagrees with it may be about as
+    well backed by clean outline (:data:`CENTRE_RIVAL_COVERAGE` of its coverage or more). The circle
+    backed by the most seeds wins, then the one backed by the most clean outline."""
     h, w = image_rgb.shape[:2]
-    best: SizedObject | None = None
+    fits: list[SizedObject] = []
     for obj in centre_objects(image_rgb.shape):
         s = size_object(image_rgb, obj, [], focal_px, params, min_diameter_px)
         c = s.circle
         if c is not None and (abs(c.cx_px - (w - 1) / 2) > w / 6 or abs(c.cy_px - (h - 1) / 2) > h / 6):
             continue  # the fit found something off centre: not the fruit the crop is about
-        key = (s.reason == "ok", s.window.coverage)
-        if best is None or key > (best.reason == "ok", best.window.coverage):
-            best = s
-    return best if best is not None else size_object(image_rgb, centre_objects(image_rgb.shape)[1], [], focal_px, params, min_diameter_px)
+        fits.append(s)
+    ok = [s for s in fits if s.reason == "ok" and s.diameter_px]
+    if ok:
+
+        def backing(a: SizedObject) -> list[SizedObject]:
+            return [b for b in ok if max(a.diameter_px, b.diameter_px) / min(a.diameter_px, b.diameter_px) <= CENTRE_AGREEMENT]  # type: ignore[arg-type,type-var]
+
+        best = max(ok, key=lambda a: (len(backing(a)), sum(b.window.coverage for b in backing(a)), a.window.coverage))
+        rivals = [b for b in ok if b not in backing(best) and b.window.coverage >= CENTRE_RIVAL_COVERAGE * best.window.coverage]
+        if len(backing(best)) >= 2 and not rivals:
+            return best
+        return SizedObject(best.obj, best.window, None, "no_clean_outline")
+    if fits:
+        return max(fits, key=lambda s: s.window.coverage)
+    return size_object(image_rgb, centre_objects(image_rgb.shape)[1], [], focal_px, params, min_diameter_px)
 
 
 def scale_from_spheres(refs: Sequence[SizedObject], reference_mm: float) -> tuple[float | None, float]:
@@ -195,10 +215,12 @@ def size_scene(
     reference_mm: float = TENNIS_BALL_DIAMETER_MM,
     params: ProbParams = TREE_PARAMS,
     min_diameter_px: float = MIN_DIAMETER_PX,
+    others: Sequence[Sequence[float]] = (),
 ) -> SizedScene:
     """Size every fruit of ``objects`` and take the scale: the one given, else the reference spheres'
-    (``objects`` of kind tennis_ball), else none (sizes in pixels only)."""
-    boxes = [o.box_xyxy for o in objects]
+    (``objects`` of kind tennis_ball), else none (sizes in pixels only). ``others``: boxes of more
+    objects in the image, not sized, kept out of each fruit's background like ``objects``."""
+    boxes = [o.box_xyxy for o in objects] + [tuple(b) for b in others]
     sized = [size_object(image_rgb, o, boxes, focal_px, params, min_diameter_px) for o in objects]
     fruits = [s for s in sized if s.obj.kind != REFERENCE]
     refs = [s for s in sized if s.obj.kind == REFERENCE]

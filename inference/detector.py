@@ -190,15 +190,18 @@ class OnnxDetector:
         prep = prepare(image_rgb, self.scale, self.mean, self.std, self.pad_multiple)
         return self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: prep.tensor}), prep
 
-    def detect(self, image_rgb: np.ndarray) -> list[Detection]:
+    def detect(self, image_rgb: np.ndarray, min_scores: Mapping[str, float] | None = None) -> list[Detection]:
+        """Detections best first; ``min_scores`` (per class name) replaces the artifact's operating
+        thresholds for this call (a class left out is not reported)."""
         (heat, size, offset), prep = self.raw(image_rgb)
+        thresholds = self.thresholds if min_scores is None else [float(min_scores.get(c, np.inf)) for c in self.classes]
         boxes, scores, classes = decode(
             heat[0],
             size[0],
             offset[0],
             self.stride,
             prep.scale_xy,
-            self.thresholds,
+            thresholds,
             self.nms_iou,
             self.class_agnostic_nms,
             self.max_detections,

@@ -9,13 +9,25 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from grader.errors import InvalidField
-from grader.orchard_scene import FRUIT, REFERENCE, SceneObject, SizedScene, apply_scale, size_centre_fruit, size_scene, to_measurement
+from grader.orchard_scene import (
+    FRUIT,
+    REFERENCE,
+    SceneObject,
+    SizedObject,
+    SizedScene,
+    apply_scale,
+    size_centre_fruit,
+    size_scene,
+    to_measurement,
+)
 from grader.records import Flag
 
 from .scale import ScaledFrame
@@ -28,6 +40,11 @@ MAX_BOXES = 500
 #: an image no larger than this (pixels, longer side) may be a crop around one fruit: when nothing is
 #: found in it, the fruit at its centre is sized; in a larger image (a whole frame) nothing found is no fruit
 CROP_MAX_SIDE_PX = 800
+#: a crop is mirrored outwards by this share of its longer side before the detector and the sizing
+#: see it. Chosen on the tune dates of the ECOPOM frames among 0, 0.25, 0.5 and 1 (docs/orchard.md)
+CROP_CONTEXT_SHARE = 0.25
+#: the detector score a crop's own fruit needs when no apple of the crop passes the operating threshold
+CROP_FRUIT_MIN_SCORE = 0.05
 
 
 def parse_scene(raw: str | None) -> str | None:
@@ -105,23 +122,72 @@ def resolve_orchard(
 ) -> tuple[ScaledFrame, dict[str, Any]]:
     """The orchard scene's fruit as measurements at the scene's scale, and what the result records of
     the scene (how the fruit were found, the reference spheres, the scale's uncertainty)."""
-    objects = objects_in(image_rgb, boxes, detector)
     found_by = "client" if boxes is not None else "detector" if detector is not None else "centre"
-    fruit_objects = [o for o in objects if o.kind == FRUIT]
-    if not fruit_objects and boxes is None and max(image_rgb.shape[:2]) <= CROP_MAX_SIDE_PX:
+    is_crop = boxes is None and max(image_rgb.shape[:2]) <= CROP_MAX_SIDE_PX
+    if is_crop and detector is not None:
+        scene = _crop_scene(image_rgb, detector, request_mm_per_px, focal_px, reference_mm)
+        objects = [s.obj for s in scene.fruits]
+    else:
+        objects = objects_in(image_rgb, boxes, detector)
+        scene = size_scene(image_rgb, objects, request_mm_per_px, focal_px, reference_mm)
+    if is_crop and not any(o.kind == FRUIT for o in objects):
         # a crop around one fruit that the detector did not find (or no detector): the fruit at its centre
-        centre = size_centre_fruit(image_rgb, focal_px)
-        scene = size_scene(image_rgb, [o for o in objects if o.kind == REFERENCE], request_mm_per_px, focal_px, reference_mm)
-        scene.fruits = [centre]
+        scene.fruits = [size_centre_fruit(image_rgb, focal_px)]
         apply_scale(scene)
         found_by = "centre"
-    else:
-        scene = size_scene(image_rgb, objects, request_mm_per_px, focal_px, reference_mm)
     source = scene.scale_source
     if scene.mm_per_px is None and camera_mm_per_px is not None:
         scene.mm_per_px, source = camera_mm_per_px, "camera"
         apply_scale(scene)
     return _frame(image_rgb, scene, source, found_by)
+
+
+def _inside(box: tuple[float, float, float, float], pad: int, h: int, w: int) -> bool:
+    """Whether a box of the padded image has its centre in the original one."""
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    return pad <= cx < pad + w and pad <= cy < pad + h
+
+
+def _holds(box: tuple[float, float, float, float], x: float, y: float) -> bool:
+    return box[0] <= x <= box[2] and box[1] <= y <= box[3]
+
+
+def _unpad(s: SizedObject, pad: int) -> SizedObject:
+    """A sized object of the padded image in the original image's pixels."""
+    win = s.window
+    circle = None if win.circle is None else replace(win.circle, cx_px=win.circle.cx_px - pad, cy_px=win.circle.cy_px - pad)
+    window = replace(
+        win,
+        circle=circle,
+        contour_px=None if win.contour_px is None else win.contour_px - pad,
+        edge_px=None if win.edge_px is None else win.edge_px - pad,
+    )
+    return replace(s, obj=replace(s.obj, box_xyxy=tuple(v - pad for v in s.obj.box_xyxy)), window=window)
+
+
+def _crop_scene(image_rgb: np.ndarray, detector, mm_per_px: float | None, focal_px: float | None, reference_mm: float) -> SizedScene:
+    """A crop around one fruit, found and sized with surroundings: the crop is mirrored outwards by
+    :data:`CROP_CONTEXT_SHARE` of its longer side first (a fruit filling a tight crop is otherwise
+    missed by the detector, and its colour model's background ring falls outside the image). The
+    objects centred in the crop itself are sized; their mirror images only keep out of the
+    background. A crop says a fruit is there: when no apple passes the detector's threshold, its
+    best apple down to :data:`CROP_FRUIT_MIN_SCORE` whose box holds the crop's centre is taken. No fruit: the scene's fruits are empty
+    (the caller sizes the crop's centre)."""
+    h, w = image_rgb.shape[:2]
+    pad = int(round(CROP_CONTEXT_SHARE * max(h, w)))
+    src = cv2.copyMakeBorder(image_rgb, pad, pad, pad, pad, cv2.BORDER_REFLECT_101)
+    found = objects_in(src, None, detector)
+    if not any(o.kind == FRUIT and _inside(o.box_xyxy, pad, h, w) for o in found):
+        cx, cy = pad + w / 2, pad + h / 2
+        weak = [d for d in detector.detect(src, {FRUIT: CROP_FRUIT_MIN_SCORE}) if _holds(d.box_xyxy, cx, cy)]
+        if weak:
+            found.append(SceneObject(FRUIT, tuple(float(v) for v in weak[0].box_xyxy), "detector", float(weak[0].score)))
+    inside = [o for o in found if _inside(o.box_xyxy, pad, h, w)]
+    outside = [o.box_xyxy for o in found if not _inside(o.box_xyxy, pad, h, w)]
+    scene = size_scene(src, inside, mm_per_px, focal_px, reference_mm, others=outside)
+    scene.fruits = [_unpad(s, pad) for s in scene.fruits]
+    scene.references = [_unpad(s, pad) for s in scene.references]
+    return scene
 
 
 def _frame(image_rgb: np.ndarray, scene: SizedScene, source: str, found_by: str) -> tuple[ScaledFrame, dict[str, Any]]:

@@ -254,3 +254,15 @@ def test_shipped_detector_finds_apples_in_a_held_out_frame():
     boxed = np.array([[*o["box"][0], *o["box"][1]] for o in ann["objects"] if o["kind"] == "apple"], float)
     hits = box_iou(np.array([d.box_xyxy for d in apples]), boxed).max(0) >= 0.5
     assert hits.sum() >= 1
+
+
+def test_min_scores_replace_the_operating_thresholds_for_one_call():
+    if not (ARTIFACT / "model.onnx").exists():
+        pytest.skip("no shipped orchard-detector artifact")
+    det = OnnxDetector(ARTIFACT, threads=1)
+    img, _, _ = orchard_scene(5)
+    served = det.detect(img)
+    low = det.detect(img, {"apple": 0.01})
+    assert all(d.kind == "apple" for d in low)  # a class left out is not reported
+    assert sum(d.kind == "apple" for d in low) >= sum(d.kind == "apple" for d in served)
+    assert min(d.score for d in low) >= 0.01

@@ -164,3 +164,65 @@ def test_a_circle_that_disagrees_with_its_fruits_box_is_declined():
     # a box tried around a crop's centre says nothing of the size: never a reason to decline
     centred = size_object(rgb, SceneObject("apple", (cx - half, cy - half, cx + half, cy + half), "centre"), [])
     assert centred.reason == "ok"
+
+
+def _tight_crop(seed: int, mult: float) -> tuple[np.ndarray, float]:
+    bgr, d_px, (cx, cy) = _foliage_frame(seed, leaves=0)
+    half = d_px * mult / 2
+    return np.ascontiguousarray(bgr[int(cy - half) : int(cy + half), int(cx - half) : int(cx + half)]), d_px
+
+
+@pytest.mark.parametrize("mult", [1.15, 1.3])
+def test_a_fruit_filling_a_tight_crop_is_declined_not_sized_from_a_ring_inside_it(mult):
+    """Seeded small inside a fruit that fills the crop, the colour model finds a ring of its shading
+    (the size came back 35-45 % of the truth before); the seeds disagree, so the fruit is declined."""
+    crop, d_px = _tight_crop(1, mult)
+    s = size_centre_fruit(cv2.cvtColor(crop, cv2.COLOR_BGR2RGB))
+    assert s.diameter_px is None or s.diameter_px == pytest.approx(d_px, abs=2.0)
+    assert s.reason in ("ok", "no_clean_outline")
+
+
+@pytest.mark.parametrize("mult", [1.15, 1.3, 2.0])
+def test_tight_and_loose_crops_through_http_are_sized_right_or_declined(client, mult):
+    crop, d_px = _tight_crop(2, mult)
+    body = _post(client, crop, scene="orchard", mm_per_px=0.5).json()
+    assert len(body["fruits"]) >= 1
+    for f in body["fruits"]:
+        assert f["diameter_mm"] is None or f["diameter_mm"] == pytest.approx(d_px * 0.5, abs=1.0)
+        assert (f["diameter_mm"] is None) == (f.get("size_declined") is not None)
+    if mult == 2.0:
+        assert body["fruits"][0]["diameter_mm"] is not None
+
+
+def test_a_crop_is_sized_in_its_own_pixels_after_the_mirrored_context():
+    """The crop path sizes on the crop mirrored outwards: every box, circle and edge point comes back
+    in the crop's pixels, and mirror images of the fruit are not reported."""
+    from service.orchard import CROP_CONTEXT_SHARE, _crop_scene
+
+    class OneBox:  # the detector's interface with a box at the crop's centre and its mirror images
+        classes = ["apple", "tennis_ball"]
+
+        def __init__(self, d_px: float, side: int) -> None:
+            self.d, self.side = d_px, side
+
+        def detect(self, image, min_scores=None):
+            from inference.detector import Detection
+
+            pad = int(round(CROP_CONTEXT_SHARE * self.side))
+            c = pad + (self.side - 1) / 2
+            r = self.d / 2 + 2
+            return [
+                Detection("apple", (c - r, c - r, c + r, c + r), 0.9),
+                Detection("apple", (c - r - self.side, c - r, c + r - self.side, c + r), 0.5),
+            ]
+
+    crop, d_px = _tight_crop(3, 2.0)
+    rgb = cv2.cvtColor(crop, cv2.COLOR_BGR2RGB)
+    scene = _crop_scene(rgb, OneBox(d_px, rgb.shape[0]), 0.5, None, 65.46)
+    assert len(scene.fruits) == 1
+    f = scene.fruits[0]
+    assert f.diameter_mm == pytest.approx(d_px * 0.5, abs=1.0)
+    c = (rgb.shape[1] - 1) / 2
+    assert f.circle.cx_px == pytest.approx(c, abs=2.0) and f.circle.cy_px == pytest.approx(c, abs=2.0)
+    assert 0 <= f.window.edge_px.min() and f.window.edge_px.max() <= rgb.shape[0]
+    assert f.obj.box_xyxy[0] == pytest.approx(c - d_px / 2 - 2)

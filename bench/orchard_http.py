@@ -1,7 +1,7 @@
 """Orchard sizing through ``POST /v1/grade`` (``scene=orchard``), as a grower's app posts: the ECOPOM
 frames of apples on the tree against their calipers.
 
-    .venv/bin/python bench/orchard_http.py [--dates held-out|all] [--crop-mult 2.5] [--json out.json]
+    .venv/bin/python bench/orchard_http.py [--dates held-out|tune|all] [--crop-mult 2.5] [--crop-context 0.25] [--json out.json]
 
 Three ways, on the same calipered apples (frames holding a tennis ball):
 
@@ -121,7 +121,7 @@ def run(data: Path, dates: str, crop_mult: float, ways: list[str], overlay: Path
 
     ann = json.loads((data / "annotations.json").read_text())
     tune = tune_dates(ann)
-    frames = [f for f in ann if dates == "all" or f["date"] not in tune]
+    frames = [f for f in ann if dates == "all" or (f["date"] in tune) == (dates == "tune")]
     out: dict[str, Any] = {"dates": dates, "frames": len(frames), "crop_mult": crop_mult}
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(data_dir=Path(tmp), api_keys=f"camera:{KEY}", rate_limit_per_min=0, review_sample_share=0.0)
@@ -222,10 +222,15 @@ def run(data: Path, dates: str, crop_mult: float, ways: list[str], overlay: Path
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=DATA)
-    p.add_argument("--dates", choices=["held-out", "all"], default="held-out")
+    p.add_argument("--dates", choices=["held-out", "tune", "all"], default="held-out", help="tune: the first half, where knobs are chosen")
     p.add_argument("--crop-mult", type=float, default=2.5, help="crop side as a multiple of the annotated box side")
     p.add_argument("--ways", default="crops,frames+boxes,frames")
     p.add_argument("--json", type=Path)
+    p.add_argument(
+        "--crop-context",
+        type=float,
+        help="crops are mirrored outwards by this share of their longer side before detection and sizing (default: the service's)",
+    )
     p.add_argument("--overlay", type=Path, help="draw the first held-out frame as the service sized it (the last of --ways)")
     a = p.parse_args(argv)
     if not (a.data / "annotations.json").exists():
@@ -233,6 +238,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if a.overlay is not None and a.overlay.exists():
         a.overlay.unlink()
+    if a.crop_context is not None:
+        import service.orchard
+
+        service.orchard.CROP_CONTEXT_SHARE = a.crop_context
     out = run(a.data, a.dates, a.crop_mult, a.ways.split(","), a.overlay)
     print(json.dumps(out, indent=1))
     if a.json:

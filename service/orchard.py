@@ -130,11 +130,21 @@ def resolve_orchard(
     else:
         objects = objects_in(image_rgb, boxes, detector)
         scene = size_scene(image_rgb, objects, request_mm_per_px, focal_px, reference_mm)
-    if is_crop and not any(o.kind == FRUIT for o in objects):
-        # a crop around one fruit that the detector did not find (or no detector): the fruit at its centre
-        scene.fruits = [size_centre_fruit(image_rgb, focal_px)]
-        apply_scale(scene)
-        found_by = "centre"
+    h, w = image_rgb.shape[:2]
+    if is_crop and not any(o.kind == FRUIT and _holds(o.box_xyxy, (w - 1) / 2, (h - 1) / 2) for o in objects):
+        # a crop around one fruit that the detector did not find (or no detector): the fruit at its
+        # centre; beside other fruit found in the crop only when it is sized (a crop cut by its
+        # frame's border has its fruit off centre, and leaves at the centre are no fruit)
+        centre = size_centre_fruit(image_rgb, focal_px)
+        c = centre.circle
+        alone = not scene.fruits
+        if alone or (
+            centre.diameter_px is not None and c is not None and not any(_holds(s.obj.box_xyxy, c.cx_px, c.cy_px) for s in scene.fruits)
+        ):
+            scene.fruits = [*scene.fruits, centre]
+            apply_scale(scene)
+        if not objects:
+            found_by = "centre"
     source = scene.scale_source
     if scene.mm_per_px is None and camera_mm_per_px is not None:
         scene.mm_per_px, source = camera_mm_per_px, "camera"
@@ -170,15 +180,15 @@ def _crop_scene(image_rgb: np.ndarray, detector, mm_per_px: float | None, focal_
     :data:`CROP_CONTEXT_SHARE` of its longer side first (a fruit filling a tight crop is otherwise
     missed by the detector, and its colour model's background ring falls outside the image). The
     objects centred in the crop itself are sized; their mirror images only keep out of the
-    background. A crop says a fruit is there: when no apple passes the detector's threshold, its
-    best apple down to :data:`CROP_FRUIT_MIN_SCORE` whose box holds the crop's centre is taken. No fruit: the scene's fruits are empty
-    (the caller sizes the crop's centre)."""
+    background. A crop says a fruit is at its centre: when no apple box passing the detector's
+    threshold holds it, the best apple down to :data:`CROP_FRUIT_MIN_SCORE` whose box does is taken. No fruit: the scene's fruits are empty
+    (the caller sizes the crop's centre, as when no fruit holds it)."""
     h, w = image_rgb.shape[:2]
     pad = int(round(CROP_CONTEXT_SHARE * max(h, w)))
     src = cv2.copyMakeBorder(image_rgb, pad, pad, pad, pad, cv2.BORDER_REFLECT_101)
     found = objects_in(src, None, detector)
-    if not any(o.kind == FRUIT and _inside(o.box_xyxy, pad, h, w) for o in found):
-        cx, cy = pad + w / 2, pad + h / 2
+    cx, cy = pad + (w - 1) / 2, pad + (h - 1) / 2
+    if not any(o.kind == FRUIT and _holds(o.box_xyxy, cx, cy) for o in found):
         weak = [d for d in detector.detect(src, {FRUIT: CROP_FRUIT_MIN_SCORE}) if _holds(d.box_xyxy, cx, cy)]
         if weak:
             found.append(SceneObject(FRUIT, tuple(float(v) for v in weak[0].box_xyxy), "detector", float(weak[0].score)))

@@ -194,31 +194,37 @@ def test_tight_and_loose_crops_through_http_are_sized_right_or_declined(client, 
         assert body["fruits"][0]["diameter_mm"] is not None
 
 
+class ScriptedDetector:
+    """The detector's interface answering with boxes given in the crop's own pixels (shifted into
+    the mirrored crop the service hands it), and a mirror image of the first one: the crop path's
+    geometry is tested apart from what the shipped network finds in synthetic discs."""
+
+    classes = ["apple", "tennis_ball"]
+
+    def __init__(self, boxes: list[tuple[float, float, float, float]], side: int) -> None:
+        self.boxes, self.side = boxes, side
+
+    def detect(self, image, min_scores=None):
+        from inference.detector import Detection
+        from service.orchard import CROP_CONTEXT_SHARE
+
+        pad = int(round(CROP_CONTEXT_SHARE * self.side))
+        out = [Detection("apple", tuple(v + pad for v in b), 0.9) for b in self.boxes]
+        if self.boxes:
+            x0, y0, x1, y1 = self.boxes[0]
+            out.append(Detection("apple", (x0 + pad - self.side, y0 + pad, x1 + pad - self.side, y1 + pad), 0.5))
+        return out
+
+
 def test_a_crop_is_sized_in_its_own_pixels_after_the_mirrored_context():
     """The crop path sizes on the crop mirrored outwards: every box, circle and edge point comes back
     in the crop's pixels, and mirror images of the fruit are not reported."""
-    from service.orchard import CROP_CONTEXT_SHARE, _crop_scene
-
-    class OneBox:  # the detector's interface with a box at the crop's centre and its mirror images
-        classes = ["apple", "tennis_ball"]
-
-        def __init__(self, d_px: float, side: int) -> None:
-            self.d, self.side = d_px, side
-
-        def detect(self, image, min_scores=None):
-            from inference.detector import Detection
-
-            pad = int(round(CROP_CONTEXT_SHARE * self.side))
-            c = pad + (self.side - 1) / 2
-            r = self.d / 2 + 2
-            return [
-                Detection("apple", (c - r, c - r, c + r, c + r), 0.9),
-                Detection("apple", (c - r - self.side, c - r, c + r - self.side, c + r), 0.5),
-            ]
+    from service.orchard import _crop_scene
 
     crop, d_px = _tight_crop(3, 2.0)
     rgb = cv2.cvtColor(crop, cv2.COLOR_BGR2RGB)
-    scene = _crop_scene(rgb, OneBox(d_px, rgb.shape[0]), 0.5, None, 65.46)
+    c, r = (rgb.shape[0] - 1) / 2, d_px / 2 + 2
+    scene = _crop_scene(rgb, ScriptedDetector([(c - r, c - r, c + r, c + r)], rgb.shape[0]), 0.5, None, 65.46)
     assert len(scene.fruits) == 1
     f = scene.fruits[0]
     assert f.diameter_mm == pytest.approx(d_px * 0.5, abs=1.0)
@@ -226,3 +232,28 @@ def test_a_crop_is_sized_in_its_own_pixels_after_the_mirrored_context():
     assert f.circle.cx_px == pytest.approx(c, abs=2.0) and f.circle.cy_px == pytest.approx(c, abs=2.0)
     assert 0 <= f.window.edge_px.min() and f.window.edge_px.max() <= rgb.shape[0]
     assert f.obj.box_xyxy[0] == pytest.approx(c - d_px / 2 - 2)
+
+
+def test_the_fruit_at_a_crops_centre_is_reported_beside_another_one_the_detector_found():
+    """The detector found only a fruit near the crop's corner: the crop's own fruit, at its centre,
+    is sized as well (a client takes the fruit nearest the centre); background at the centre of a
+    crop cut off-centre by its frame is not added as a fruit."""
+    from service.orchard import resolve_orchard
+
+    bgr, d_px, (cx, cy) = _foliage_frame(4, leaves=0)
+    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    corner = (2.0, 2.0, 30.0, 30.0)
+    frame, record = resolve_orchard(rgb, None, ScriptedDetector([corner], rgb.shape[0]), 0.5, None, None, 65.46)
+    centre = [m for m in frame.fruit if m.found_by == "centre"]
+    assert len(frame.fruit) == 2 and len(centre) == 1
+    assert centre[0].diameter_mm == pytest.approx(d_px * 0.5, abs=1.0)
+    assert record["found_by"] == "detector"
+
+    # the same fruit, found by the detector, in a crop whose centre holds only background
+    x0 = int(cx - d_px / 2) - 10
+    shifted = cv2.copyMakeBorder(np.ascontiguousarray(rgb[:, x0:]), 0, 0, 0, 100, cv2.BORDER_REPLICATE)
+    box = (cx - x0 - d_px / 2 - 2, cy - d_px / 2 - 2, cx - x0 + d_px / 2 + 2, cy + d_px / 2 + 2)
+    assert box[2] < shifted.shape[1] / 2  # the fruit's box does not hold the crop's centre
+    frame, _ = resolve_orchard(shifted, None, ScriptedDetector([box], max(shifted.shape[:2])), 0.5, None, None, 65.46)
+    assert [m.found_by for m in frame.fruit] == ["detector"]
+    assert frame.fruit[0].diameter_mm == pytest.approx(d_px * 0.5, abs=1.0)

@@ -110,7 +110,7 @@ def summary(errors: list[float | None], baseline: list[float]) -> dict[str, Any]
     }
 
 
-def run(data: Path, dates: str, crop_mult: float, ways: list[str], overlay: Path | None = None) -> dict[str, Any]:
+def run(data: Path, dates: str, crop_mult: float, ways: list[str], overlay: Path | None = None, fmt: str = "png") -> dict[str, Any]:
     from fastapi.testclient import TestClient
 
     from service.app import create_app
@@ -129,11 +129,11 @@ def run(data: Path, dates: str, crop_mult: float, ways: list[str], overlay: Path
             out["detector"] = client.app.state.ctx.detector is not None
 
             def post(img: np.ndarray, scene: str = "orchard", **form) -> dict:
-                ok, enc = cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+                ok, enc = cv2.imencode(f".{fmt}", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
                 r = client.post(
                     "/v1/grade",
                     headers={"X-API-Key": KEY},
-                    files={"image": ("i.png", enc.tobytes(), "image/png")},
+                    files={"image": (f"i.{fmt}", enc.tobytes(), "image/png" if fmt == "png" else "image/jpeg")},
                     data={"scene": scene, "commodity": "apple", **{k: str(v) for k, v in form.items()}},
                 )
                 r.raise_for_status()
@@ -227,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ways", default="crops,frames+boxes,frames")
     p.add_argument("--json", type=Path)
     p.add_argument(
+        "--format", choices=["png", "jpg"], default="png", help="how images are encoded for the request (jpg: OpenCV's quality 95)"
+    )
+    p.add_argument(
         "--crop-context",
         type=float,
         help="crops are mirrored outwards by this share of their longer side before detection and sizing (default: the service's)",
@@ -242,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         import service.orchard
 
         service.orchard.CROP_CONTEXT_SHARE = a.crop_context
-    out = run(a.data, a.dates, a.crop_mult, a.ways.split(","), a.overlay)
+    out = run(a.data, a.dates, a.crop_mult, a.ways.split(","), a.overlay, a.format)
     print(json.dumps(out, indent=1))
     if a.json:
         a.json.write_text(json.dumps(out, indent=1))

@@ -181,15 +181,22 @@ def _crop_scene(image_rgb: np.ndarray, detector, mm_per_px: float | None, focal_
     missed by the detector, and its colour model's background ring falls outside the image). The
     objects centred in the crop itself are sized; their mirror images only keep out of the
     background. A crop says a fruit is at its centre: when no apple box passing the detector's
-    threshold holds it, the best apple down to :data:`CROP_FRUIT_MIN_SCORE` whose box does is taken. No fruit: the scene's fruits are empty
-    (the caller sizes the crop's centre, as when no fruit holds it)."""
+    threshold holds it, the best apple down to :data:`CROP_FRUIT_MIN_SCORE` whose box does is
+    taken. No fruit: the scene's fruits are empty (the caller sizes the crop's centre, as when no
+    fruit holds it)."""
     h, w = image_rgb.shape[:2]
     pad = int(round(CROP_CONTEXT_SHARE * max(h, w)))
     src = cv2.copyMakeBorder(image_rgb, pad, pad, pad, pad, cv2.BORDER_REFLECT_101)
-    found = objects_in(src, None, detector)
+    # one pass at the crop's lower apple score: the boxes at or over the operating thresholds are the
+    # ones a pass at those thresholds gives (a weaker box never suppresses a stronger one)
+    operating = dict(zip(detector.classes, detector.thresholds))
+    dets = detector.detect(src, {**operating, FRUIT: min(operating[FRUIT], CROP_FRUIT_MIN_SCORE)})
+    found = [
+        SceneObject(d.kind, tuple(float(v) for v in d.box_xyxy), "detector", float(d.score)) for d in dets if d.score >= operating[d.kind]
+    ]
     cx, cy = pad + (w - 1) / 2, pad + (h - 1) / 2
     if not any(o.kind == FRUIT and _holds(o.box_xyxy, cx, cy) for o in found):
-        weak = [d for d in detector.detect(src, {FRUIT: CROP_FRUIT_MIN_SCORE}) if _holds(d.box_xyxy, cx, cy)]
+        weak = [d for d in dets if d.kind == FRUIT and d.score < operating[FRUIT] and _holds(d.box_xyxy, cx, cy)]
         if weak:
             found.append(SceneObject(FRUIT, tuple(float(v) for v in weak[0].box_xyxy), "detector", float(weak[0].score)))
     inside = [o for o in found if _inside(o.box_xyxy, pad, h, w)]

@@ -200,6 +200,7 @@ class ScriptedDetector:
     geometry is tested apart from what the shipped network finds in synthetic discs."""
 
     classes = ["apple", "tennis_ball"]
+    thresholds = [0.24, 0.27]
 
     def __init__(self, boxes: list[tuple[float, float, float, float]], side: int) -> None:
         self.boxes, self.side = boxes, side

@@ -135,6 +135,7 @@ def size_object(
     focal_px: float | None = None,
     params: ProbParams = TREE_PARAMS,
     min_diameter_px: float = MIN_DIAMETER_PX,
+    max_box_disagreement: float = MAX_BOX_DISAGREEMENT,
 ) -> SizedObject:
     """One object sized in pixels by the orchard method, seeded by its box."""
     w = measure_by_probability(image_rgb, obj.box_xyxy, list(others), params, focal_px=focal_px or None)
@@ -144,14 +145,14 @@ def size_object(
         return SizedObject(obj, w, None, "too_small")
     if outline_gap_deg(w) > MAX_OUTLINE_GAP_DEG:
         return SizedObject(obj, w, None, "occluded")
-    if obj.kind == FRUIT and obj.source in ("client", "detector") and _box_disagrees(obj.box_xyxy, w.diameter_px):
+    if obj.kind == FRUIT and obj.source in ("client", "detector") and _box_disagrees(obj.box_xyxy, w.diameter_px, max_box_disagreement):
         return SizedObject(obj, w, None, "no_clean_outline")
     return SizedObject(obj, w, float(w.diameter_px), "ok", radius_se_px=_radius_se_px(w))
 
 
-def _box_disagrees(box_xyxy: Sequence[float], diameter_px: float) -> bool:
+def _box_disagrees(box_xyxy: Sequence[float], diameter_px: float, tolerance: float = MAX_BOX_DISAGREEMENT) -> bool:
     side = ((box_xyxy[2] - box_xyxy[0]) + (box_xyxy[3] - box_xyxy[1])) / 2
-    return side > 0 and abs(diameter_px / side - 1.0) > MAX_BOX_DISAGREEMENT
+    return side > 0 and abs(diameter_px / side - 1.0) > tolerance
 
 
 def centre_objects(shape: tuple[int, ...], sides: Sequence[float] = CENTRE_SIDES) -> list[SceneObject]:
@@ -216,12 +217,14 @@ def size_scene(
     params: ProbParams = TREE_PARAMS,
     min_diameter_px: float = MIN_DIAMETER_PX,
     others: Sequence[Sequence[float]] = (),
+    max_box_disagreement: float = MAX_BOX_DISAGREEMENT,
 ) -> SizedScene:
     """Size every fruit of ``objects`` and take the scale: the one given, else the reference spheres'
     (``objects`` of kind tennis_ball), else none (sizes in pixels only). ``others``: boxes of more
-    objects in the image, not sized, kept out of each fruit's background like ``objects``."""
+    objects in the image, not sized, kept out of each fruit's background like ``objects``;
+    ``max_box_disagreement``: as :data:`MAX_BOX_DISAGREEMENT`, for these boxes."""
     boxes = [o.box_xyxy for o in objects] + [tuple(b) for b in others]
-    sized = [size_object(image_rgb, o, boxes, focal_px, params, min_diameter_px) for o in objects]
+    sized = [size_object(image_rgb, o, boxes, focal_px, params, min_diameter_px, max_box_disagreement) for o in objects]
     fruits = [s for s in sized if s.obj.kind != REFERENCE]
     refs = [s for s in sized if s.obj.kind == REFERENCE]
     flags: list[str] = []

@@ -43,6 +43,11 @@ CROP_MAX_SIDE_PX = 800
 #: a crop is mirrored outwards by this share of its longer side before the detector and the sizing
 #: see it. Chosen on the tune dates of the ECOPOM frames among 0, 0.25, 0.5 and 1 (docs/orchard.md)
 CROP_CONTEXT_SHARE = 0.25
+#: in a crop, a fruit's circle may differ from the detector's box by this share before it is declined
+#: (whole frames and a client's boxes: grader/orchard_scene.py MAX_BOX_DISAGREEMENT, 0.12): the
+#: detector's boxes on a crop are looser than on a frame. Chosen on the tune dates among 0.12, 0.16
+#: and 0.2 (docs/lab/orchard.md)
+CROP_MAX_BOX_DISAGREEMENT = 0.16
 #: the detector score a crop's own fruit needs when no apple of the crop passes the operating threshold
 CROP_FRUIT_MIN_SCORE = 0.05
 
@@ -201,7 +206,7 @@ def _crop_scene(image_rgb: np.ndarray, detector, mm_per_px: float | None, focal_
             found.append(SceneObject(FRUIT, tuple(float(v) for v in weak[0].box_xyxy), "detector", float(weak[0].score)))
     inside = [o for o in found if _inside(o.box_xyxy, pad, h, w)]
     outside = [o.box_xyxy for o in found if not _inside(o.box_xyxy, pad, h, w)]
-    scene = size_scene(src, inside, mm_per_px, focal_px, reference_mm, others=outside)
+    scene = size_scene(src, inside, mm_per_px, focal_px, reference_mm, others=outside, max_box_disagreement=CROP_MAX_BOX_DISAGREEMENT)
     scene.fruits = [_unpad(s, pad) for s in scene.fruits]
     scene.references = [_unpad(s, pad) for s in scene.references]
     return scene

@@ -258,3 +258,19 @@ def test_the_fruit_at_a_crops_centre_is_reported_beside_another_one_the_detector
     frame, _ = resolve_orchard(shifted, None, ScriptedDetector([box], max(shifted.shape[:2])), 0.5, None, None, 65.46)
     assert [m.found_by for m in frame.fruit] == ["detector"]
     assert frame.fruit[0].diameter_mm == pytest.approx(d_px * 0.5, abs=1.0)
+
+
+def test_a_crops_detector_box_is_given_a_wider_tolerance_than_a_frames():
+    """On a crop the detector's boxes are looser: a circle 14 % inside its box is declined on a
+    frame (MAX_BOX_DISAGREEMENT) and kept on a crop (CROP_MAX_BOX_DISAGREEMENT)."""
+    from grader.orchard_scene import MAX_BOX_DISAGREEMENT
+    from service.orchard import CROP_MAX_BOX_DISAGREEMENT
+
+    bgr, d_px, (cx, cy) = _foliage_frame(5, leaves=0)
+    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    half = d_px / 2 / 0.86
+    box = SceneObject("apple", (cx - half, cy - half, cx + half, cy + half), "detector")
+    assert MAX_BOX_DISAGREEMENT < abs(d_px / (2 * half) - 1) < CROP_MAX_BOX_DISAGREEMENT
+    assert size_object(rgb, box, []).reason == "no_clean_outline"
+    kept = size_object(rgb, box, [], max_box_disagreement=CROP_MAX_BOX_DISAGREEMENT)
+    assert kept.reason == "ok" and kept.diameter_px == pytest.approx(d_px, abs=2.0)

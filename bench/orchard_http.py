@@ -1,7 +1,7 @@
 """Orchard sizing through ``POST /v1/grade`` (``scene=orchard``), as a grower's app posts: the ECOPOM
 frames of apples on the tree against their calipers.
 
-    .venv/bin/python bench/orchard_http.py [--dates held-out|tune|all] [--crop-mult 2.5] [--crop-context 0.25] [--json out.json]
+    .venv/bin/python bench/orchard_http.py [--dates held-out|tune|all] [--crop-mult 2.5] [--crop-context 0.25] [--crop-box-tolerance 0.16] [--json out.json]
 
 Three ways, on the same calipered apples (frames holding a tennis ball):
 
@@ -234,6 +234,11 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         help="crops are mirrored outwards by this share of their longer side before detection and sizing (default: the service's)",
     )
+    p.add_argument(
+        "--crop-box-tolerance",
+        type=float,
+        help="on a crop, how far (a share) a circle may differ from the detector's box before it is declined (default: the service's)",
+    )
     p.add_argument("--overlay", type=Path, help="draw the first held-out frame as the service sized it (the last of --ways)")
     a = p.parse_args(argv)
     if not (a.data / "annotations.json").exists():
@@ -241,10 +246,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if a.overlay is not None and a.overlay.exists():
         a.overlay.unlink()
-    if a.crop_context is not None:
-        import service.orchard
+    import service.orchard
 
+    if a.crop_context is not None:
         service.orchard.CROP_CONTEXT_SHARE = a.crop_context
+    if a.crop_box_tolerance is not None:
+        service.orchard.CROP_MAX_BOX_DISAGREEMENT = a.crop_box_tolerance
     out = run(a.data, a.dates, a.crop_mult, a.ways.split(","), a.overlay, a.format)
     print(json.dumps(out, indent=1))
     if a.json:

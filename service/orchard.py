@@ -150,6 +150,9 @@ def resolve_orchard(
             apply_scale(scene)
         if not objects:
             found_by = "centre"
+    if is_crop:
+        # a crop is about the fruit at its centre: that one first, then the others by their distance to it
+        scene.fruits.sort(key=lambda s: _distance_to(s, (w - 1) / 2, (h - 1) / 2))
     source = scene.scale_source
     if scene.mm_per_px is None and camera_mm_per_px is not None:
         scene.mm_per_px, source = camera_mm_per_px, "camera"
@@ -161,6 +164,15 @@ def _inside(box: tuple[float, float, float, float], pad: int, h: int, w: int) ->
     """Whether a box of the padded image has its centre in the original one."""
     cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
     return pad <= cx < pad + w and pad <= cy < pad + h
+
+
+def _distance_to(s: SizedObject, x: float, y: float) -> float:
+    """Pixels from a point to a sized object's circle centre (its box's centre when it has none)."""
+    c = s.circle
+    cx, cy = (
+        (c.cx_px, c.cy_px) if c is not None else ((s.obj.box_xyxy[0] + s.obj.box_xyxy[2]) / 2, (s.obj.box_xyxy[1] + s.obj.box_xyxy[3]) / 2)
+    )
+    return float(np.hypot(cx - x, cy - y))
 
 
 def _holds(box: tuple[float, float, float, float], x: float, y: float) -> bool:

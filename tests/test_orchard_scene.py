@@ -247,6 +247,7 @@ def test_the_fruit_at_a_crops_centre_is_reported_beside_another_one_the_detector
     frame, record = resolve_orchard(rgb, None, ScriptedDetector([corner], rgb.shape[0]), 0.5, None, None, 65.46)
     centre = [m for m in frame.fruit if m.found_by == "centre"]
     assert len(frame.fruit) == 2 and len(centre) == 1
+    assert frame.fruit[0] is centre[0]  # a crop's own fruit comes first
     assert centre[0].diameter_mm == pytest.approx(d_px * 0.5, abs=1.0)
     assert record["found_by"] == "detector"
 

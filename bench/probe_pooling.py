@@ -32,8 +32,8 @@ import torch
 
 from grader.defect import preprocess
 from training import probe
-from training.calibrate import calibrate, selection_score
-from training.config import classes_of, is_defective, load_config, spec_for
+from training.calibrate import calibrate
+from training.config import classes_of, load_config, spec_for
 from training.data import load_data
 from training.efficientnet_lite import EfficientNetLite
 from training.models_registry import build_model
@@ -127,17 +127,7 @@ def stack(feats: dict[str, np.ndarray], v: Variant) -> np.ndarray:
 def cross_session(cfg: dict[str, Any], x: np.ndarray, y: np.ndarray, groups: list[str]) -> dict[str, Any]:
     """run_cross_session exactly as training/train.py calls it for ``train.probe_fit: cross_session``,
     then calibrate on the held-out logits as training/artifact.py does."""
-    tr = cfg["train"]
-    got = probe.run_cross_session(
-        x,
-        y,
-        is_defective(y, cfg),
-        groups,
-        [float(s) for s in (tr.get("probe_l2") or probe.DEFAULT_L2)],
-        len(classes_of(cfg)),
-        tr.get("balance"),
-        lambda yy, z: selection_score(cfg, yy, z),
-    )
+    got = probe.cross_session_for(cfg, x, y, groups)
     got["cal"] = calibrate(cfg, {"val": got["oof_logits"]}, {"val": got["oof_labels"]}, {"val": got["oof_groups"]})
     return got
 

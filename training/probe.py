@@ -132,6 +132,26 @@ def session_folds(is_bad: np.ndarray, groups: list[str]) -> list[list[str]]:
     return [[a, b] for a in sound for b in bad] + [[m] for m in mixed]
 
 
+def cross_session_for(cfg: dict[str, Any], feats: np.ndarray, labels: np.ndarray, groups: list[str]) -> dict[str, Any]:
+    """:func:`run_cross_session` with everything else from the config (``train.probe_l2``,
+    ``train.balance``, the classes and the selection score): how ``train.probe_fit: cross_session``
+    fits the head, for training/train.py and the benches that replay it."""
+    from training.calibrate import selection_score
+    from training.config import classes_of, is_defective
+
+    tr = cfg["train"]
+    return run_cross_session(
+        feats,
+        labels,
+        is_defective(labels, cfg),
+        groups,
+        [float(v) for v in (tr.get("probe_l2") or DEFAULT_L2)],
+        len(classes_of(cfg)),
+        tr.get("balance"),
+        lambda yy, z: selection_score(cfg, yy, z),
+    )
+
+
 def run_cross_session(
     feats: np.ndarray,
     labels: np.ndarray,

@@ -345,16 +345,7 @@ def run_linear_probe(cfg, model, crops, labels, sessions, eval_batches, digest, 
         feats = np.concatenate([probe.pooled(model, batches[0]), probe.pooled(model, eval_batches["val"])])
         y = np.concatenate([labels["train"], labels["val"]])
         groups = list(sessions["train"]) + list(sessions["val"])
-        got = probe.run_cross_session(
-            feats,
-            y,
-            is_defective(y, cfg),
-            groups,
-            [float(v) for v in (tr.get("probe_l2") or probe.DEFAULT_L2)],
-            len(classes_of(cfg)),
-            tr.get("balance"),
-            lambda yy, z: selection_score(cfg, yy, z),
-        )
+        got = probe.cross_session_for(cfg, feats, y, groups)
         probe.set_head(model, got["w"], got["b"])
         held_out = {"logits": got["oof_logits"], "labels": got["oof_labels"], "sessions": got["oof_groups"]}
         return finish(

@@ -110,7 +110,9 @@ def summary(errors: list[float | None], baseline: list[float]) -> dict[str, Any]
     }
 
 
-def run(data: Path, dates: str, crop_mult: float, ways: list[str], overlay: Path | None = None, fmt: str = "png") -> dict[str, Any]:
+def run(
+    data: Path, dates: str, crop_mult: float, ways: list[str], overlay: Path | None = None, fmt: str = "png", details: bool = False
+) -> dict[str, Any]:
     from fastapi.testclient import TestClient
 
     from service.app import create_app
@@ -139,7 +141,7 @@ def run(data: Path, dates: str, crop_mult: float, ways: list[str], overlay: Path
                 r.raise_for_status()
                 return r.json()
 
-            res = {w: {"err": [], "base": []} for w in ways}
+            res: dict[str, dict[str, list]] = {w: {"err": [], "base": [], "apples": []} for w in ways}
             det = {
                 "calipered": 0,
                 "calipered_found": 0,
@@ -178,6 +180,18 @@ def run(data: Path, dates: str, crop_mult: float, ways: list[str], overlay: Path
                         d = fr_[0]["diameter_mm"] if fr_ else None
                         res[way]["err"].append(None if d is None else d - cal)
                         res[way]["base"].append(side * scale - cal)
+                        if details:
+                            res[way]["apples"].append(
+                                {
+                                    "image": fr["image"],
+                                    "box": [round(v, 1) for v in (x0, y0, x1, y1)],
+                                    "caliper_mm": cal,
+                                    "diameter_mm": d,
+                                    "found_by": fr_[0].get("found_by") if fr_ else None,
+                                    "size_declined": fr_[0].get("size_declined") if fr_ else "not_found",
+                                    "baseline_mm": round(side * scale, 2),
+                                }
+                            )
                 if "frames+boxes" in ways or "frames" in ways:
                     for way in [w for w in ("frames+boxes", "frames") if w in ways]:
                         form = {}
@@ -208,6 +222,8 @@ def run(data: Path, dates: str, crop_mult: float, ways: list[str], overlay: Path
                 print(f"{fr['image']}: {time.time() - t0:.0f}s", flush=True)
             for w in ways:
                 out[w] = summary(res[w]["err"], res[w]["base"])
+                if details and res[w]["apples"]:
+                    out[w]["per_apple"] = res[w]["apples"]
             if "frames" in ways:
                 out["detection"] = {
                     **det,
@@ -239,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         help="on a crop, how far (a share) a circle may differ from the detector's box before it is declined (default: the service's)",
     )
+    p.add_argument("--edge-px", type=float, help="pixels added to each fitted circle's diameter (default: grader.orchard_scene.EDGE_PX)")
+    p.add_argument("--details", action="store_true", help="per apple (crops): its size, how it was found, why declined")
     p.add_argument("--overlay", type=Path, help="draw the first held-out frame as the service sized it (the last of --ways)")
     a = p.parse_args(argv)
     if not (a.data / "annotations.json").exists():
@@ -252,7 +270,11 @@ def main(argv: list[str] | None = None) -> int:
         service.orchard.CROP_CONTEXT_SHARE = a.crop_context
     if a.crop_box_tolerance is not None:
         service.orchard.CROP_MAX_BOX_DISAGREEMENT = a.crop_box_tolerance
-    out = run(a.data, a.dates, a.crop_mult, a.ways.split(","), a.overlay, a.format)
+    if a.edge_px is not None:
+        import grader.orchard_scene
+
+        grader.orchard_scene.EDGE_PX = a.edge_px
+    out = run(a.data, a.dates, a.crop_mult, a.ways.split(","), a.overlay, a.format, a.details)
     print(json.dumps(out, indent=1))
     if a.json:
         a.json.write_text(json.dumps(out, indent=1))

@@ -53,6 +53,13 @@ FRUIT, REFERENCE = "apple", "tennis_ball"
 #: candidate box sides tried around the centre of a crop when nothing says where the fruit is,
 #: as shares of the crop's shorter side
 CENTRE_SIDES = (0.35, 0.5, 0.65, 0.8)
+#: pixels added to a fitted circle's diameter to give the fruit's extent in whole pixels. The circle
+#: runs through the middle of the edge's blur, half a pixel or more inside the last pixel the fruit
+#: covers on each side; a box drawn round a fruit, or a scale read off the box of a reference sphere,
+#: counts those pixels. Both sides of a size must count them the same way: a scale posted as
+#: ``mm_per_px`` is read off boxes, and the reference spheres sized here get the same pixels added.
+#: Chosen on the tune dates of the ECOPOM frames only (docs/lab/orchard.md, ``--edge-px``).
+EDGE_PX = 1.0
 #: a crop's centre fruit is sized only when another seed's clean circle agrees with the one taken
 #: within this ratio (larger over smaller diameter); docs/orchard.md has what it changed
 CENTRE_AGREEMENT = 1.15
@@ -147,7 +154,7 @@ def size_object(
         return SizedObject(obj, w, None, "occluded")
     if obj.kind == FRUIT and obj.source in ("client", "detector") and _box_disagrees(obj.box_xyxy, w.diameter_px, max_box_disagreement):
         return SizedObject(obj, w, None, "no_clean_outline")
-    return SizedObject(obj, w, float(w.diameter_px), "ok", radius_se_px=_radius_se_px(w))
+    return SizedObject(obj, w, float(w.diameter_px) + EDGE_PX, "ok", radius_se_px=_radius_se_px(w))
 
 
 def _box_disagrees(box_xyxy: Sequence[float], diameter_px: float, tolerance: float = MAX_BOX_DISAGREEMENT) -> bool:

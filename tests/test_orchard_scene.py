@@ -275,3 +275,28 @@ def test_a_crops_detector_box_is_given_a_wider_tolerance_than_a_frames():
     assert size_object(rgb, box, []).reason == "no_clean_outline"
     kept = size_object(rgb, box, [], max_box_disagreement=CROP_MAX_BOX_DISAGREEMENT)
     assert kept.reason == "ok" and kept.diameter_px == pytest.approx(d_px, abs=2.0)
+
+
+def _hard_discs(
+    discs: list[tuple[tuple[int, int], int, tuple[int, int, int]]], seed: int = 0
+) -> tuple[np.ndarray, list[tuple[float, ...]]]:
+    """Discs drawn without anti-aliasing on a noisy foliage green, with the box of the pixels each
+    covers (as an annotator or a client's tool draws it: whole pixels)."""
+    rng = np.random.default_rng(seed)
+    img = np.clip(np.full((220, 320, 3), (40, 90, 35), np.float64) + rng.normal(0, 6, (220, 320, 3)), 0, 255).astype(np.uint8)
+    boxes = []
+    for centre, r, colour in discs:
+        cv2.circle(img, centre, r, colour, -1, cv2.LINE_8)
+        mask = np.zeros(img.shape[:2], np.uint8)
+        cv2.circle(mask, centre, r, 1, -1, cv2.LINE_8)
+        ys, xs = np.nonzero(mask)
+        boxes.append((float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)))
+    return img, boxes
+
+
+@pytest.mark.parametrize("radius_px", [15, 25, 40])
+def test_a_size_counts_the_whole_pixels_a_fruit_covers(radius_px):
+    # the fitted circle runs through the middle of the edge; the fruit covers half a pixel more each side
+    img, [box] = _hard_discs([((110, 107), radius_px, (200, 40, 30))])
+    s = size_object(img, SceneObject("apple", box, "client"), [])
+    assert s.reason == "ok" and s.diameter_px == pytest.approx(box[2] - box[0], abs=0.5)

@@ -56,10 +56,17 @@ def _centre_in(f: dict, box) -> bool:
     return box[0] <= cx <= box[2] and box[1] <= cy <= box[3]
 
 
-def draw_overlay(img_rgb: np.ndarray, body: dict, path: Path, calipers: list[tuple[tuple[float, float, float, float], float]]) -> None:
+def draw_overlay(
+    img_rgb: np.ndarray,
+    body: dict,
+    path: Path,
+    calipers: list[tuple[tuple[float, float, float, float], float]],
+    window: tuple[int, int, int, int] | None = None,
+) -> None:
     """The frame as the service saw it: each fruit's fitted circle with its size ± uncertainty (green),
     declined fruit with their reason (orange), the reference spheres (blue), and the caliper reading
-    of each calipered apple (white, small) for comparison."""
+    of each calipered apple (white, small) for comparison. ``window`` (x0, y0, x1, y1): only that
+    part is written; a ``.jpg`` path is written as JPEG (quality 85)."""
     out = cv2.cvtColor(img_rgb, cv2.COLOR_RGB2BGR).copy()
     font = cv2.FONT_HERSHEY_SIMPLEX
     for r in body.get("references", []):
@@ -86,12 +93,31 @@ def draw_overlay(img_rgb: np.ndarray, body: dict, path: Path, calipers: list[tup
             cv2.putText(out, f.get("size_declined") or "declined", (int(x0), int(y0) - 4), font, 0.45, (0, 140, 255), 1, cv2.LINE_AA)
     for (x0, y0, x1, y1), cal in calipers:
         cv2.putText(out, f"cal {cal:.0f}", (int(x0), int(y1) + 14), font, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
+    if window is not None:
+        x0, y0, x1, y1 = window
+        out = out[y0:y1, x0:x1]
     path.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(path), out)
+    cv2.imwrite(str(path), out, [cv2.IMWRITE_JPEG_QUALITY, 85] if path.suffix.lower() in (".jpg", ".jpeg") else [])
 
 
-def summary(errors: list[float | None], baseline: list[float]) -> dict[str, Any]:
+def _detail(image: str, box, caliper_mm: float, fruit: dict | None, baseline_mm: float) -> dict[str, Any]:
+    """One calipered apple as the service answered for it (``--details``)."""
+    return {
+        "image": image,
+        "box": [round(v, 1) for v in box],
+        "caliper_mm": caliper_mm,
+        "diameter_mm": fruit["diameter_mm"] if fruit else None,
+        "uncertainty_mm": fruit.get("diameter_uncertainty_mm") if fruit else None,
+        "found_by": fruit.get("found_by") if fruit else None,
+        "size_declined": fruit.get("size_declined") if fruit else "not_found",
+        "baseline_mm": round(baseline_mm, 2),
+    }
+
+
+def summary(errors: list[float | None], baseline: list[float], uncertainty: list[float | None] | None = None) -> dict[str, Any]:
     sized = np.array([e for e in errors if e is not None])
+    # of the sized apples, those whose caliper lies within the size's ± (diameter_uncertainty_mm)
+    held = [abs(e) <= u for e, u in zip(errors, uncertainty or []) if e is not None and u is not None]
     n = len(errors)
     # of the sized apples off by more than 10 mm, those whose hand box is off by more than 10 mm the
     # same way: the caliper and the visible width disagree (an apple nearer the camera than the
@@ -104,6 +130,7 @@ def summary(errors: list[float | None], baseline: list[float]) -> dict[str, Any]
         "sized_share": round(len(sized) / max(1, n), 3),
         "mae_mm": None if not len(sized) else round(float(np.abs(sized).mean()), 2),
         "bias_mm": None if not len(sized) else round(float(sized.mean()), 2),
+        "within_uncertainty_share": round(float(np.mean(held)), 3) if held else None,
         "off_by_10mm_share": None if not len(sized) else round(float((np.abs(sized) > 10).mean()), 3),
         "baseline_mae_mm": round(float(np.mean(np.abs(baseline))), 2) if baseline else None,
         "baseline_off_by_10mm_share": round(float((np.abs(baseline) > 10).mean()), 3) if baseline else None,
@@ -111,7 +138,14 @@ def summary(errors: list[float | None], baseline: list[float]) -> dict[str, Any]
 
 
 def run(
-    data: Path, dates: str, crop_mult: float, ways: list[str], overlay: Path | None = None, fmt: str = "png", details: bool = False
+    data: Path,
+    dates: str,
+    crop_mult: float,
+    ways: list[str],
+    overlay: Path | None = None,
+    fmt: str = "png",
+    details: bool = False,
+    overlay_window: tuple[int, int, int, int] | None = None,
 ) -> dict[str, Any]:
     from fastapi.testclient import TestClient
 
@@ -141,7 +175,7 @@ def run(
                 r.raise_for_status()
                 return r.json()
 
-            res: dict[str, dict[str, list]] = {w: {"err": [], "base": [], "apples": []} for w in ways}
+            res: dict[str, dict[str, list]] = {w: {"err": [], "base": [], "unc": [], "apples": []} for w in ways}
             det = {
                 "calipered": 0,
                 "calipered_found": 0,
@@ -180,18 +214,9 @@ def run(
                         d = fr_[0]["diameter_mm"] if fr_ else None
                         res[way]["err"].append(None if d is None else d - cal)
                         res[way]["base"].append(side * scale - cal)
+                        res[way]["unc"].append(fr_[0].get("diameter_uncertainty_mm") if fr_ else None)
                         if details:
-                            res[way]["apples"].append(
-                                {
-                                    "image": fr["image"],
-                                    "box": [round(v, 1) for v in (x0, y0, x1, y1)],
-                                    "caliper_mm": cal,
-                                    "diameter_mm": d,
-                                    "found_by": fr_[0].get("found_by") if fr_ else None,
-                                    "size_declined": fr_[0].get("size_declined") if fr_ else "not_found",
-                                    "baseline_mm": round(side * scale, 2),
-                                }
-                            )
+                            res[way]["apples"].append(_detail(fr["image"], (x0, y0, x1, y1), cal, fr_[0] if fr_ else None, side * scale))
                 if "frames+boxes" in ways or "frames" in ways:
                     for way in [w for w in ("frames+boxes", "frames") if w in ways]:
                         form = {}
@@ -200,7 +225,7 @@ def run(
                         body = post(img, **form)
                         fruits = body["fruits"]
                         if overlay is not None and way == ways[-1] and not overlay.exists():
-                            draw_overlay(img, body, overlay, [(_box(a), float(a["caliper_diameter_mm"])) for a in apples])
+                            draw_overlay(img, body, overlay, [(_box(a), float(a["caliper_diameter_mm"])) for a in apples], overlay_window)
                         if way == "frames":
                             det["frames_with_ball"] += 1
                             det["frames_scaled_by_balls"] += int(body["calibration"]["source"] == "reference")
@@ -219,9 +244,14 @@ def run(
                             d = hit[0]["diameter_mm"] if hit else None
                             res[way]["err"].append(None if d is None else d - float(a["caliper_diameter_mm"]))
                             res[way]["base"].append(side * scale - float(a["caliper_diameter_mm"]))
+                            res[way]["unc"].append(hit[0].get("diameter_uncertainty_mm") if hit else None)
+                            if details:
+                                res[way]["apples"].append(
+                                    _detail(fr["image"], box, float(a["caliper_diameter_mm"]), hit[0] if hit else None, side * scale)
+                                )
                 print(f"{fr['image']}: {time.time() - t0:.0f}s", flush=True)
             for w in ways:
-                out[w] = summary(res[w]["err"], res[w]["base"])
+                out[w] = summary(res[w]["err"], res[w]["base"], res[w]["unc"])
                 if details and res[w]["apples"]:
                     out[w]["per_apple"] = res[w]["apples"]
             if "frames" in ways:
@@ -256,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
         help="on a crop, how far (a share) a circle may differ from the detector's box before it is declined (default: the service's)",
     )
     p.add_argument("--edge-px", type=float, help="pixels added to each fitted circle's diameter (default: grader.orchard_scene.EDGE_PX)")
-    p.add_argument("--details", action="store_true", help="per apple (crops): its size, how it was found, why declined")
+    p.add_argument("--overlay-window", help="x0,y0,x1,y1: write only this part of the overlay's frame")
+    p.add_argument("--details", action="store_true", help="per apple: its size and uncertainty, how it was found, why declined")
     p.add_argument("--overlay", type=Path, help="draw the first held-out frame as the service sized it (the last of --ways)")
     a = p.parse_args(argv)
     if not (a.data / "annotations.json").exists():
@@ -274,7 +305,16 @@ def main(argv: list[str] | None = None) -> int:
         import grader.orchard_scene
 
         grader.orchard_scene.EDGE_PX = a.edge_px
-    out = run(a.data, a.dates, a.crop_mult, a.ways.split(","), a.overlay, a.format, a.details)
+    out = run(
+        a.data,
+        a.dates,
+        a.crop_mult,
+        a.ways.split(","),
+        a.overlay,
+        a.format,
+        a.details,
+        tuple(int(v) for v in a.overlay_window.split(",")) if a.overlay_window else None,
+    )
     print(json.dumps(out, indent=1))
     if a.json:
         a.json.write_text(json.dumps(out, indent=1))

@@ -1,7 +1,8 @@
 """Orchard sizing through ``POST /v1/grade`` (``scene=orchard``), as a grower's app posts: the ECOPOM
 frames of apples on the tree against their calipers.
 
-    .venv/bin/python bench/orchard_http.py [--dates held-out|tune|all] [--crop-mult 2.5] [--crop-context 0.25] [--crop-box-tolerance 0.16] [--json out.json]
+    .venv/bin/python bench/orchard_http.py [--dates held-out|tune|all] [--crop-mult 2.5] [--crop-context 0.25] [--crop-box-tolerance 0.16]
+        [--edge-px 1] [--outline-rel-se 0.08] [--details] [--json out.json]
 
 Three ways, on the same calipered apples (frames holding a tennis ball):
 
@@ -14,8 +15,9 @@ Three ways, on the same calipered apples (frames holding a tennis ball):
 * **frames + boxes**: the whole frame with the annotators' boxes as ``boxes`` (the balls give the scale);
 * **frames**: the whole frame alone: the detector finds apples and balls, the balls give the scale.
 
-Per way: the share of apples sized (the rest declined, or not found), MAE and the share off by more
-than 10 mm over the sized ones, against the hand-box baseline (box side × the balls' box scale) on
+Per way: the share of apples sized (the rest declined, or not found); over the sized ones, MAE, the
+share off by more than 10 mm and the share whose caliper lies within the size's ±
+(``within_uncertainty_share``); against the hand-box baseline (box side × the balls' box scale) on
 the same apples. Frames also report detection: recall of the calipered (and of all boxed) apples, the
 share of detections that match a boxed apple, and the share of frames whose scale came from their balls.
 Held-out dates are the later half (bench/size_accuracy.py: tune_dates); the method's knobs were
@@ -286,6 +288,11 @@ def main(argv: list[str] | None = None) -> int:
         help="on a crop, how far (a share) a circle may differ from the detector's box before it is declined (default: the service's)",
     )
     p.add_argument("--edge-px", type=float, help="pixels added to each fitted circle's diameter (default: grader.orchard_scene.EDGE_PX)")
+    p.add_argument(
+        "--outline-rel-se",
+        type=float,
+        help="the outline's relative standard error as a caliper reading, part of every ± (default: grader.orchard_scene.OUTLINE_REL_SE)",
+    )
     p.add_argument("--overlay-window", help="x0,y0,x1,y1: write only this part of the overlay's frame")
     p.add_argument("--details", action="store_true", help="per apple: its size and uncertainty, how it was found, why declined")
     p.add_argument("--overlay", type=Path, help="draw the first held-out frame as the service sized it (the last of --ways)")
@@ -305,6 +312,10 @@ def main(argv: list[str] | None = None) -> int:
         import grader.orchard_scene
 
         grader.orchard_scene.EDGE_PX = a.edge_px
+    if a.outline_rel_se is not None:
+        import grader.orchard_scene
+
+        grader.orchard_scene.OUTLINE_REL_SE = a.outline_rel_se
     out = run(
         a.data,
         a.dates,

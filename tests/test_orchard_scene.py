@@ -13,7 +13,16 @@ from fastapi.testclient import TestClient
 
 from grader.orchard import WindowMeasurement
 from grader.orchard_circles import Circle
-from grader.orchard_scene import SceneObject, SizedObject, outline_gap_deg, size_centre_fruit, size_object, size_scene, to_measurement
+from grader.orchard_scene import (
+    OUTLINE_REL_SE,
+    SceneObject,
+    SizedObject,
+    outline_gap_deg,
+    size_centre_fruit,
+    size_object,
+    size_scene,
+    to_measurement,
+)
 from service.app import create_app
 from service.settings import Settings
 
@@ -53,7 +62,7 @@ def test_the_fruit_at_a_crops_centre_is_sized_without_a_box(seed):
     assert s.reason == "ok" and s.diameter_px == pytest.approx(d_px, abs=2.0)
 
 
-def test_scale_from_the_scenes_spheres_and_an_uncertainty_per_size():
+def test_scale_from_the_scenes_spheres_and_an_uncertainty_per_size(monkeypatch):
     bgr, d_px, (cx, cy) = _foliage_frame(3, leaves=0)
     rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
     box = (cx - d_px / 2, cy - d_px / 2, cx + d_px / 2, cy + d_px / 2)
@@ -61,7 +70,12 @@ def test_scale_from_the_scenes_spheres_and_an_uncertainty_per_size():
     scene = size_scene(rgb, [SceneObject("apple", box), SceneObject("tennis_ball", box)], reference_mm=50.0)
     assert scene.scale_source == "reference" and scene.mm_per_px == pytest.approx(50.0 / d_px, rel=0.05)
     f = scene.fruits[0]
-    assert f.diameter_mm == pytest.approx(50.0, abs=0.5) and 0 < f.diameter_uncertainty_mm < 5
+    # the ± holds the caliper reading, not only the fit: the outline's own error is part of it
+    assert f.diameter_mm == pytest.approx(50.0, abs=0.5)
+    assert 2 * OUTLINE_REL_SE * f.diameter_mm <= f.diameter_uncertainty_mm < 2 * OUTLINE_REL_SE * f.diameter_mm + 5
+    monkeypatch.setattr("grader.orchard_scene.OUTLINE_REL_SE", 0.0)
+    fit_only = size_scene(rgb, [SceneObject("apple", box), SceneObject("tennis_ball", box)], reference_mm=50.0).fruits[0]
+    assert 0 < fit_only.diameter_uncertainty_mm < 5  # the fit's spread, half a pixel, the single sphere's 2 %
     m = to_measurement(f, rgb.shape, scene.mm_per_px)
     assert m.diameter_mm == f.diameter_mm and m.size_declined is None and m.to_dict()["diameter_uncertainty_mm"] > 0
 

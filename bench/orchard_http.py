@@ -135,6 +135,7 @@ def summary(errors: list[float | None], baseline: list[float], uncertainty: list
         "within_uncertainty_share": round(float(np.mean(held)), 3) if held else None,
         "off_by_10mm_share": None if not len(sized) else round(float((np.abs(sized) > 10).mean()), 3),
         "baseline_mae_mm": round(float(np.mean(np.abs(baseline))), 2) if baseline else None,
+        "baseline_bias_mm": round(float(np.mean(baseline)), 2) if baseline else None,
         "baseline_off_by_10mm_share": round(float((np.abs(baseline) > 10).mean()), 3) if baseline else None,
     }
 

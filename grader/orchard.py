@@ -97,7 +97,10 @@ class ProbParams:
     inlier_tol_px: float = 1.5
     inlier_tol_frac: float = 0.0  # tolerance is at least this × box side (apples are not perfect circles)
     min_coverage: float = 0.3  # share of rays whose edge lies on the circle
-    radius_bias_px: float = 0.0  # added to the fitted radius (fitted on tune dates only)
+    # added to the fitted radius before the circle is judged (a lever of bench/orchard_crop_levers.py;
+    # 0 in TREE_PARAMS). A size reported in an orchard scene adds grader.orchard_scene.EDGE_PX to the
+    # diameter after the circle has been judged: the whole pixels a fruit covers, not a refit.
+    radius_bias_px: float = 0.0
     segmenter: str = "logreg"  # "logreg" (pixel classifier) or "grabcut" (GMM colour model + graph cut)
     grabcut_iters: int = 5
     grabcut_space: str = "rgb"  # colour space the grabcut GMMs model: "rgb" or "lab"

@@ -58,7 +58,9 @@ CENTRE_SIDES = (0.35, 0.5, 0.65, 0.8)
 #: covers on each side; a box drawn round a fruit, or a scale read off the box of a reference sphere,
 #: counts those pixels. Both sides of a size must count them the same way: a scale posted as
 #: ``mm_per_px`` is read off boxes, and the reference spheres sized here get the same pixels added.
-#: Chosen on the tune dates of the ECOPOM frames only (docs/lab/orchard.md, ``--edge-px``).
+#: Chosen on the tune dates of the ECOPOM frames only (docs/lab/orchard.md, ``--edge-px``). Added
+#: after the circle has been judged (box agreement, too small, the centre seeds' agreement compare
+#: the circle itself); ProbParams.radius_bias_px, by contrast, moves the circle before it is judged.
 EDGE_PX = 1.0
 #: relative standard error of a fruit's visible outline as a reading of its caliper diameter: a
 #: caliper reads one axis of a fruit that is not a sphere, and the camera sees another, partly hidden

@@ -20,8 +20,9 @@ Declined (``diameter_mm`` None, ``reason``):
 
 The uncertainty (``diameter_uncertainty_mm``, about two standard errors) combines the spread of the
 edge points around the fitted circle (its standard error over the points, plus half a pixel of
-quantisation) with the scale's own uncertainty: the spread of the reference spheres' scales when the
-frame's spheres give it, none when the scale is given.
+quantisation) with the scale's own uncertainty (the spread of the reference spheres' scales when the
+frame's spheres give it, none when the scale is given) and the outline's own error as a reading of
+the fruit's caliper (:data:`OUTLINE_REL_SE`): the ± is meant to hold the caliper reading.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 frames of apples on the tree against their calipers.
 
     .venv/bin/python bench/orchard_http.py [--dates held-out|tune|all] [--crop-mult 2.5] [--crop-context 0.25] [--crop-box-tolerance 0.16]
-        [--edge-px 1] [--outline-rel-se 0.08] [--details] [--json out.json]
+        [--edge-px 1] [--outline-rel-se 0.08] [--frame-resize 1] [--details] [--json out.json]
 
 Three ways, on the same calipered apples (frames holding a tennis ball):
 
@@ -149,6 +149,7 @@ def run(
     fmt: str = "png",
     details: bool = False,
     overlay_window: tuple[int, int, int, int] | None = None,
+    frame_resize: float = 1.0,
 ) -> dict[str, Any]:
     from fastapi.testclient import TestClient
 
@@ -161,7 +162,7 @@ def run(
     ann = json.loads((data / "annotations.json").read_text())
     tune = tune_dates(ann)
     frames = [f for f in ann if dates == "all" or (f["date"] in tune) == (dates == "tune")]
-    out: dict[str, Any] = {"dates": dates, "frames": len(frames), "crop_mult": crop_mult}
+    out: dict[str, Any] = {"dates": dates, "frames": len(frames), "crop_mult": crop_mult, "frame_resize": frame_resize}
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(data_dir=Path(tmp), api_keys=f"camera:{KEY}", rate_limit_per_min=0, review_sample_share=0.0)
         with TestClient(create_app(settings)) as client:
@@ -196,6 +197,13 @@ def run(
                 if not balls or not apples:
                     continue
                 img = cv2.cvtColor(cv2.imread(str(data / fr["image"])), cv2.COLOR_BGR2RGB)
+                if frame_resize != 1.0:
+                    # the frame as a camera of another resolution would take it, boxes and all
+                    shrink = cv2.INTER_AREA if frame_resize < 1 else cv2.INTER_CUBIC
+                    img = cv2.resize(img, None, fx=frame_resize, fy=frame_resize, interpolation=shrink)
+                    fr = {**fr, "objects": [{**o, "box": [[v * frame_resize for v in pt] for pt in o["box"]]} for o in fr["objects"]]}
+                    balls = [_box(o) for o in fr["objects"] if o["kind"] == "tennis_ball"]
+                    apples = [o for o in fr["objects"] if o["kind"] == "apple" and o.get("caliper_diameter_mm") is not None]
                 scale = box_scale_mm_per_px(balls, TENNIS_BALL_DIAMETER_MM)
                 H, W = img.shape[:2]
                 for way in [w for w in ("crops", "belt-crops") if w in ways]:
@@ -294,6 +302,12 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         help="the outline's relative standard error as a caliper reading, part of every ± (default: grader.orchard_scene.OUTLINE_REL_SE)",
     )
+    p.add_argument(
+        "--frame-resize",
+        type=float,
+        default=1.0,
+        help="resize every frame (and its boxes) by this factor first: another camera's resolution",
+    )
     p.add_argument("--overlay-window", help="x0,y0,x1,y1: write only this part of the overlay's frame")
     p.add_argument("--details", action="store_true", help="per apple: its size and uncertainty, how it was found, why declined")
     p.add_argument("--overlay", type=Path, help="draw the first held-out frame as the service sized it (the last of --ways)")
@@ -326,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         a.format,
         a.details,
         tuple(int(v) for v in a.overlay_window.split(",")) if a.overlay_window else None,
+        a.frame_resize,
     )
     print(json.dumps(out, indent=1))
     if a.json:

@@ -163,6 +163,10 @@ class OnnxDetector:
         self.classes: list[str] = list(meta["classes"])
         pre: Mapping = meta["preprocessing"]
         self.scale = float(pre["scale"])
+        # the longer side of the frames it was trained on: a whole frame of another resolution is
+        # resized to it, so that fruit reach the network at the size it learned (None: the fixed scale)
+        side = pre.get("frame_long_side_px")
+        self.frame_long_side_px = float(side) if side else None
         self.stride = int(pre["stride"])
         self.pad_multiple = int(pre.get("pad_multiple", 32))
         self.mean, self.std = tuple(pre["mean"]), tuple(pre["std"])
@@ -185,15 +189,26 @@ class OnnxDetector:
         if not set(OUTPUT_NAMES) <= names:
             raise InvalidModelArtifact(f"{onnx_path}: outputs {sorted(names)}, expected {list(OUTPUT_NAMES)}")
 
-    def raw(self, image_rgb: np.ndarray) -> tuple[list[np.ndarray], Prepared]:
+    def frame_scale(self, shape: tuple[int, ...]) -> float:
+        """The network-input scale for a whole frame of this shape: the artifact's scale, times the
+        training frames' longer side over this frame's. A photo of a tree taken at another resolution
+        holds its fruit at another size in pixels; its framing, not its pixel count, is what the
+        training frames share with it. A crop around one fruit keeps the artifact's scale instead
+        (its pixels are its frame's)."""
+        if not self.frame_long_side_px:
+            return self.scale
+        return self.scale * self.frame_long_side_px / max(shape[:2])
+
+    def raw(self, image_rgb: np.ndarray, scale: float | None = None) -> tuple[list[np.ndarray], Prepared]:
         """The graph's outputs (heatmap, size, offset) for one frame, and the prepared input."""
-        prep = prepare(image_rgb, self.scale, self.mean, self.std, self.pad_multiple)
+        prep = prepare(image_rgb, self.scale if scale is None else scale, self.mean, self.std, self.pad_multiple)
         return self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: prep.tensor}), prep
 
-    def detect(self, image_rgb: np.ndarray, min_scores: Mapping[str, float] | None = None) -> list[Detection]:
-        """Detections best first; ``min_scores`` (per class name) replaces the artifact's operating
-        thresholds for this call (a class left out is not reported)."""
-        (heat, size, offset), prep = self.raw(image_rgb)
+    def detect(self, image_rgb: np.ndarray, min_scores: Mapping[str, float] | None = None, scale: float | None = None) -> list[Detection]:
+        """Detections best first, in the image's pixels; ``min_scores`` (per class name) replaces the
+        artifact's operating thresholds for this call (a class left out is not reported); ``scale``
+        replaces the artifact's network-input scale (:meth:`frame_scale` for a whole frame)."""
+        (heat, size, offset), prep = self.raw(image_rgb, scale)
         thresholds = self.thresholds if min_scores is None else [float(min_scores.get(c, np.inf)) for c in self.classes]
         boxes, scores, classes = decode(
             heat[0],

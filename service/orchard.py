@@ -108,12 +108,14 @@ def load_detector(path: Path):
 
 
 def objects_in(image_rgb: np.ndarray, boxes: list[SceneObject] | None, detector) -> list[SceneObject]:
-    """Where the fruit and reference spheres are: the client's boxes, else the detector's."""
+    """Where the fruit and reference spheres are: the client's boxes, else the detector's (the whole
+    frame brought to the resolution of the frames it was trained on)."""
     if boxes is not None:
         return boxes
     if detector is None:
         return []
-    return [SceneObject(d.kind, tuple(float(v) for v in d.box_xyxy), "detector", float(d.score)) for d in detector.detect(image_rgb)]
+    found = detector.detect(image_rgb, scale=detector.frame_scale(image_rgb.shape))
+    return [SceneObject(d.kind, tuple(float(v) for v in d.box_xyxy), "detector", float(d.score)) for d in found]
 
 
 def resolve_orchard(

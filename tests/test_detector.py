@@ -266,3 +266,55 @@ def test_min_scores_replace_the_operating_thresholds_for_one_call():
     assert all(d.kind == "apple" for d in low)  # a class left out is not reported
     assert sum(d.kind == "apple" for d in low) >= sum(d.kind == "apple" for d in served)
     assert min(d.score for d in low) >= 0.01
+
+
+def test_a_whole_frame_is_brought_to_the_training_frames_resolution():
+    if not (ARTIFACT / "model.onnx").exists():
+        pytest.skip("no shipped orchard-detector artifact")
+    det = OnnxDetector(ARTIFACT, threads=1)
+    assert det.frame_long_side_px == 1920  # the ECOPOM frames it was trained on
+    assert det.frame_scale((1080, 1920, 3)) == pytest.approx(det.scale)
+    assert det.frame_scale((2160, 3840, 3)) == pytest.approx(det.scale / 2)
+    assert det.frame_scale((3000, 4000, 3)) == pytest.approx(det.scale * 1920 / 4000)
+    # an artifact that does not say keeps its fixed scale
+    det.frame_long_side_px = None
+    assert det.frame_scale((2160, 3840, 3)) == det.scale
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_an_orchard_frame_at_another_resolution_finds_and_sizes_the_same_fruit(tmp_path):
+    """A camera of another resolution: the same held-out frame posted at 1× and 1.5× its pixels finds
+    about as many apples and the same tennis balls, and sizes them alike (before the frame was brought
+    to the training resolution, a 2× frame found twice as many "balls" and sized apples at half)."""
+    if not ECOPOM.exists():
+        pytest.skip(f"no ecopom data at {ECOPOM}")
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    meta = json.loads((ARTIFACT / "metadata.json").read_text())
+    name = sorted(meta["training_data"]["frames"]["held_out"])[-1]
+    bgr = cv2.imread(str(ECOPOM / name), cv2.IMREAD_COLOR)
+    key = "resolution-camera-key-0123456789ab"
+    settings = Settings(data_dir=tmp_path, api_keys=f"camera:{key}", rate_limit_per_min=0, review_sample_share=0.0)
+    got = {}
+    with TestClient(create_app(settings)) as client:
+        for f in (1.0, 1.5):
+            img = bgr if f == 1.0 else cv2.resize(bgr, None, fx=f, fy=f, interpolation=cv2.INTER_CUBIC)
+            ok, enc = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 92])
+            r = client.post(
+                "/v1/grade",
+                headers={"X-API-Key": key},
+                files={"image": ("tree.jpg", enc.tobytes(), "image/jpeg")},
+                data={"scene": "orchard", "commodity": "apple"},
+            )
+            assert r.status_code == 200, r.text
+            body = r.json()
+            sizes = [x["diameter_mm"] for x in body["fruits"] if x.get("diameter_mm")]
+            got[f] = (len(body["fruits"]), len(body["references"]), body["calibration"]["source"], float(np.median(sizes)))
+    (n1, refs1, src1, med1), (n2, refs2, src2, med2) = got[1.0], got[1.5]
+    assert src1 == src2 == "reference" and refs1 == refs2
+    assert abs(n2 - n1) <= 0.25 * n1
+    assert med2 == pytest.approx(med1, rel=0.06)

@@ -112,6 +112,7 @@ def artifact_metadata(
         "preprocessing": {
             "mode": "resize",
             "scale": float(cfg["input"]["scale"]),
+            **({"frame_long_side_px": int(training_data["frame_long_side_px"])} if training_data.get("frame_long_side_px") else {}),
             "resize": "cv2 INTER_AREA (shrink) / INTER_LINEAR",
             "pad_multiple": int(cfg["input"]["pad_multiple"]),
             "pad": "bottom/right, zeros after normalisation",

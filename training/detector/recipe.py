@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 import yaml
 
@@ -94,7 +95,8 @@ def run(cfg: dict[str, Any], out_dir: Path, log: Callable[[str], None] = print) 
             "rounds": info["rounds"],
         },
         parity,
-        data_record(root, splits),
+        # the training frames' longer side: inference brings a whole frame of another resolution to it
+        {**data_record(root, splits), "frame_long_side_px": int(np.median([max(f.image.shape[:2]) for f in frames["train"]]))},
         pretrained,
         info["history"],
     )

@@ -52,6 +52,14 @@ def card(meta: dict[str, Any], notes: str | None = None) -> str:
         f"- the whole frame resized by {pre['scale']} ({pre['resize']}), padded bottom/right to a multiple of "
         f"{pre['pad_multiple']}, RGB `(x/255 - mean) / std` with mean {_f(pre['mean'][0], 4)}, std {_f(pre['std'][0], 4)} "
         "(the checkpoint's `(pixel - 127) / 128`); one NCHW input `input`, any size that is a multiple of 32",
+    ]
+    if pre.get("frame_long_side_px"):
+        lines.append(
+            f"- a whole frame of another resolution is first brought to the training frames' longer side, {pre['frame_long_side_px']} px "
+            "(`preprocessing.frame_long_side_px`; `OnnxDetector.frame_scale`): the scale above times "
+            f"{pre['frame_long_side_px']} over the frame's longer side. A crop around one fruit keeps the scale above"
+        )
+    lines += [
         f"- outputs at stride {pre['stride']}: `heatmap` (sigmoid per class), `size` (box w, h in input pixels), `offset` (sub-cell centre)",
         "- decoding: 3x3 local maxima of each class heatmap at or above the class threshold, then greedy NMS "
         f"(IoU {th['nms_iou']}, {'across classes' if meta['decode'].get('class_agnostic_nms') else 'per class'})",

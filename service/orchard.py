@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from grader.errors import InvalidField
+from grader.orchard_circles import Circle
 from grader.orchard_scene import (
     FRUIT,
     REFERENCE,
@@ -50,6 +51,11 @@ CROP_CONTEXT_SHARE = 0.25
 CROP_MAX_BOX_DISAGREEMENT = 0.16
 #: the detector score a crop's own fruit needs when no apple of the crop passes the operating threshold
 CROP_FRUIT_MIN_SCORE = 0.05
+#: a whole frame whose longer side is over this (pixels) is sized on a copy brought down to
+#: FRAME_SIZING_SIDE_PX, and its results are mapped back to its own pixels: the orchard method was
+#: measured at that resolution (the ECOPOM frames, 1920 × 1080), and its time grows with the pixels
+FRAME_MAX_SIDE_PX = 2400
+FRAME_SIZING_SIDE_PX = 1920
 
 
 def parse_scene(raw: str | None) -> str | None:
@@ -135,8 +141,8 @@ def resolve_orchard(
         scene = _crop_scene(image_rgb, detector, request_mm_per_px, focal_px, reference_mm)
         objects = [s.obj for s in scene.fruits]
     else:
-        objects = objects_in(image_rgb, boxes, detector)
-        scene = size_scene(image_rgb, objects, request_mm_per_px, focal_px, reference_mm)
+        scene = _frame_scene(image_rgb, boxes, detector, request_mm_per_px, focal_px, reference_mm)
+        objects = [s.obj for s in [*scene.fruits, *scene.references]]
     h, w = image_rgb.shape[:2]
     if is_crop and not any(o.kind == FRUIT and _holds(o.box_xyxy, (w - 1) / 2, (h - 1) / 2) for o in objects):
         # a crop around one fruit that the detector did not find (or no detector): the fruit at its
@@ -181,17 +187,61 @@ def _holds(box: tuple[float, float, float, float], x: float, y: float) -> bool:
     return box[0] <= x <= box[2] and box[1] <= y <= box[3]
 
 
-def _unpad(s: SizedObject, pad: int) -> SizedObject:
-    """A sized object of the padded image in the original image's pixels."""
+def _mapped(s: SizedObject, kx: float = 1.0, ky: float = 1.0, dx: float = 0.0, dy: float = 0.0) -> SizedObject:
+    """A sized object in another image's pixels: x → x·kx + dx, y → y·ky + dy (lengths × the mean of
+    kx and ky). Millimetres stay as they are."""
+    k, m, d = (kx + ky) / 2, np.array([kx, ky]), np.array([dx, dy])
     win = s.window
-    circle = None if win.circle is None else replace(win.circle, cx_px=win.circle.cx_px - pad, cy_px=win.circle.cy_px - pad)
     window = replace(
         win,
-        circle=circle,
-        contour_px=None if win.contour_px is None else win.contour_px - pad,
-        edge_px=None if win.edge_px is None else win.edge_px - pad,
+        diameter_px=None if win.diameter_px is None else win.diameter_px * k,
+        circle=None if win.circle is None else Circle(win.circle.cx_px * kx + dx, win.circle.cy_px * ky + dy, win.circle.radius_px * k),
+        contour_px=None if win.contour_px is None else np.round(win.contour_px * m + d).astype(np.int32),
+        edge_px=None if win.edge_px is None else win.edge_px * m + d,
     )
-    return replace(s, obj=replace(s.obj, box_xyxy=tuple(v - pad for v in s.obj.box_xyxy)), window=window)
+    b = s.obj.box_xyxy
+    return replace(
+        s,
+        obj=replace(s.obj, box_xyxy=(b[0] * kx + dx, b[1] * ky + dy, b[2] * kx + dx, b[3] * ky + dy)),
+        window=window,
+        diameter_px=None if s.diameter_px is None else s.diameter_px * k,
+        radius_se_px=None if s.radius_se_px is None else s.radius_se_px * k,
+    )
+
+
+def _frame_scene(
+    image_rgb: np.ndarray, boxes: list[SceneObject] | None, detector, mm_per_px: float | None, focal_px: float | None, reference_mm: float
+) -> SizedScene:
+    """A whole frame (or any image with the client's boxes) found and sized; one larger than
+    :data:`FRAME_MAX_SIDE_PX` on a copy brought down to :data:`FRAME_SIZING_SIDE_PX`, its results
+    mapped back to the frame's own pixels (scale, focal length and boxes converted both ways)."""
+    h, w = image_rgb.shape[:2]
+    if max(h, w) <= FRAME_MAX_SIDE_PX:
+        return size_scene(image_rgb, objects_in(image_rgb, boxes, detector), mm_per_px, focal_px, reference_mm)
+    f = FRAME_SIZING_SIDE_PX / max(h, w)
+    small = cv2.resize(image_rgb, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+    fx, fy = small.shape[1] / w, small.shape[0] / h
+    small_boxes = (
+        None
+        if boxes is None
+        else [replace(b, box_xyxy=(b.box_xyxy[0] * fx, b.box_xyxy[1] * fy, b.box_xyxy[2] * fx, b.box_xyxy[3] * fy)) for b in boxes]
+    )
+    k = (fx + fy) / 2
+    scene = size_scene(
+        small,
+        objects_in(small, small_boxes, detector),
+        None if mm_per_px is None else mm_per_px / k,
+        None if focal_px is None else focal_px * k,
+        reference_mm,
+    )
+    scene.fruits = [_mapped(s, 1 / fx, 1 / fy) for s in scene.fruits]
+    scene.references = [_mapped(s, 1 / fx, 1 / fy) for s in scene.references]
+    if boxes is not None:  # the client's own boxes back, exactly as posted
+        scene.fruits = [replace(s, obj=b) for s, b in zip(scene.fruits, [b for b in boxes if b.kind != REFERENCE])]
+        scene.references = [replace(s, obj=b) for s, b in zip(scene.references, [b for b in boxes if b.kind == REFERENCE])]
+    if scene.mm_per_px is not None:
+        scene.mm_per_px *= k
+    return scene
 
 
 def _crop_scene(image_rgb: np.ndarray, detector, mm_per_px: float | None, focal_px: float | None, reference_mm: float) -> SizedScene:
@@ -221,8 +271,8 @@ def _crop_scene(image_rgb: np.ndarray, detector, mm_per_px: float | None, focal_
     inside = [o for o in found if _inside(o.box_xyxy, pad, h, w)]
     outside = [o.box_xyxy for o in found if not _inside(o.box_xyxy, pad, h, w)]
     scene = size_scene(src, inside, mm_per_px, focal_px, reference_mm, others=outside, max_box_disagreement=CROP_MAX_BOX_DISAGREEMENT)
-    scene.fruits = [_unpad(s, pad) for s in scene.fruits]
-    scene.references = [_unpad(s, pad) for s in scene.references]
+    scene.fruits = [_mapped(s, dx=-pad, dy=-pad) for s in scene.fruits]
+    scene.references = [_mapped(s, dx=-pad, dy=-pad) for s in scene.references]
     return scene
 
 

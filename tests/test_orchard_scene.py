@@ -314,3 +314,36 @@ def test_a_size_counts_the_whole_pixels_a_fruit_covers(radius_px):
     img, [box] = _hard_discs([((110, 107), radius_px, (200, 40, 30))])
     s = size_object(img, SceneObject("apple", box, "client"), [])
     assert s.reason == "ok" and s.diameter_px == pytest.approx(box[2] - box[0], abs=0.5)
+
+
+def test_a_large_frame_is_sized_on_a_smaller_copy_and_answered_in_its_own_pixels(client, monkeypatch):
+    # a frame of many megapixels: sized at the resolution the method was measured at, every box,
+    # circle and size mapped back to the frame's own pixels
+    import service.orchard
+    from service.orchard import FRAME_MAX_SIDE_PX, FRAME_SIZING_SIDE_PX
+
+    seen: list[tuple[int, ...]] = []
+
+    def recording(image, *args, **kwargs):
+        seen.append(image.shape)
+        return size_scene(image, *args, **kwargs)
+
+    monkeypatch.setattr(service.orchard, "size_scene", recording)
+    rng = np.random.default_rng(7)
+    h, w = 1800, 3200
+    assert max(h, w) > FRAME_MAX_SIDE_PX
+    img = np.clip(np.full((h, w, 3), (40, 90, 35), np.float64) + rng.normal(0, 6, (h, w, 3)), 0, 255).astype(np.uint8)
+    discs = [((900, 700), 120, (30, 40, 200), "apple"), ((2300, 1100), 90, (210, 220, 60), "tennis_ball")]
+    boxes = []
+    for (cx, cy), r, colour, kind in discs:
+        cv2.circle(img, (cx, cy), r, colour, -1, cv2.LINE_AA)
+        boxes.append({"box": [cx - r, cy - r, cx + r + 1, cy + r + 1], "kind": kind})
+    r = _post(client, img, scene="orchard", boxes=json.dumps(boxes), mm_per_px=0.25)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    [fruit] = body["fruits"]
+    assert fruit["bbox"] == pytest.approx(boxes[0]["box"], abs=2.0)  # the disc's place in the frame's own pixels
+    assert fruit["diameter_mm"] == pytest.approx((2 * 120 + 1) * 0.25, rel=0.02)
+    [ball] = body["orchard"]["references"]
+    assert ball["diameter_px"] == pytest.approx(2 * 90 + 1, rel=0.02)  # in the frame's own pixels
+    assert seen and all(max(shape[:2]) == FRAME_SIZING_SIDE_PX for shape in seen)

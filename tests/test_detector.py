@@ -208,9 +208,14 @@ def test_onnx_export_parity_and_onnx_detector(tiny_model, tmp_path):
     probe = prepare(img, 1.0, cfg["model"]["mean"], cfg["model"]["std"], 32).tensor
     parity = export(model, tmp_path / "model.onnx", probe)
     assert parity["passed"] and parity["max_abs_diff_heatmap"] < 1e-4
-    meta = artifact_metadata(cfg, {"apple": 0.3, "tennis_ball": 0.3}, {}, {}, parity, {}, None)
+    # the training frames' longer side travels in the metadata (training/detector/recipe.py writes it)
+    meta = artifact_metadata(cfg, {"apple": 0.3, "tennis_ball": 0.3}, {}, {}, parity, {"frame_long_side_px": 320}, None)
+    assert meta["preprocessing"]["frame_long_side_px"] == 320
     (tmp_path / "metadata.json").write_text(json.dumps(meta))
-    dets = OnnxDetector(tmp_path, threads=1).detect(img)
+    det = OnnxDetector(tmp_path, threads=1)
+    assert det.frame_scale(img.shape) == pytest.approx(det.scale)  # a frame of the training frames' size
+    assert det.frame_scale((512, 640, 3)) == pytest.approx(det.scale / 2)
+    dets = det.detect(img)
     assert all(isinstance(d, Detection) and d.kind in ("apple", "tennis_ball") for d in dets)
     found = [d for d in dets if d.kind == "apple" and box_iou(np.array([d.box_xyxy]), boxes[labels == 0]).max() >= 0.5]
     assert len(found) >= (labels == 0).sum() - 1

@@ -7,6 +7,7 @@ in-process on the same calipered apples as ``bench/orchard_http.py --ways crops`
 ``--box-ratios`` prints instead how the method's diameters compare with the annotators' box sides on
 whole frames (every tennis ball and apple sized from its annotated box), at the radius bias in use
 and 1 px more: a scale read from hand boxes is consistent with the method only where they agree.
+Both modes size as the service did before it added a whole pixel to every size (``EDGE_PX`` 0).
 
 Levers, each against the served path (the detector's boxes on the crop, else the crop's centre):
 
@@ -193,6 +194,11 @@ def main(argv: list[str] | None = None) -> int:
     if not (a.data / "annotations.json").exists():
         print(f"no ECOPOM data at {a.data}", file=sys.stderr)
         return 2
+    # the sizing as it was when these levers were measured: before the whole pixel every size now
+    # adds (grader/orchard_scene.py EDGE_PX; its own table: bench/orchard_http.py --edge-px)
+    import grader.orchard_scene
+
+    grader.orchard_scene.EDGE_PX = 0.0
     if a.box_ratios:
         ratios = box_ratios(a.data, a.dates)
         print(json.dumps(ratios, indent=1))

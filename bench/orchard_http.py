@@ -317,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if a.overlay is not None and a.overlay.exists():
         a.overlay.unlink()
+    import grader.orchard_scene
     import service.orchard
 
     if a.crop_context is not None:
@@ -324,12 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.crop_box_tolerance is not None:
         service.orchard.CROP_MAX_BOX_DISAGREEMENT = a.crop_box_tolerance
     if a.edge_px is not None:
-        import grader.orchard_scene
-
         grader.orchard_scene.EDGE_PX = a.edge_px
     if a.outline_rel_se is not None:
-        import grader.orchard_scene
-
         grader.orchard_scene.OUTLINE_REL_SE = a.outline_rel_se
     out = run(
         a.data,

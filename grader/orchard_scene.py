@@ -69,7 +69,7 @@ EDGE_PX = 1.0
 #: caliper reading about 95 times in 100 rather than only the fit's own spread. Chosen on the tune
 #: dates of the ECOPOM frames only: the smallest share (in steps of 0.01) at which 95 % of their sized
 #: apples, crops, frames and frames with boxes pooled, hold their caliper within the ±
-#: (docs/lab/orchard.md, ``bench/orchard_http.py --details``). The annotators' own boxes are off by
+#: (docs/lab/orchard.md, ``bench/orchard_http.py --outline-rel-se``). The annotators' own boxes are off by
 #: as much: their MAE there is 3.3 mm.
 OUTLINE_REL_SE = 0.08
 #: a crop's centre fruit is sized only when another seed's clean circle agrees with the one taken

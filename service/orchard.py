@@ -187,6 +187,10 @@ def _holds(box: tuple[float, float, float, float], x: float, y: float) -> bool:
     return box[0] <= x <= box[2] and box[1] <= y <= box[3]
 
 
+def _box_mapped(b: tuple[float, float, float, float], kx: float = 1.0, ky: float = 1.0, dx: float = 0.0, dy: float = 0.0):
+    return (b[0] * kx + dx, b[1] * ky + dy, b[2] * kx + dx, b[3] * ky + dy)
+
+
 def _mapped(s: SizedObject, kx: float = 1.0, ky: float = 1.0, dx: float = 0.0, dy: float = 0.0) -> SizedObject:
     """A sized object in another image's pixels: x → x·kx + dx, y → y·ky + dy (lengths × the mean of
     kx and ky). Millimetres stay as they are."""
@@ -199,10 +203,9 @@ def _mapped(s: SizedObject, kx: float = 1.0, ky: float = 1.0, dx: float = 0.0, d
         contour_px=None if win.contour_px is None else np.round(win.contour_px * m + d).astype(np.int32),
         edge_px=None if win.edge_px is None else win.edge_px * m + d,
     )
-    b = s.obj.box_xyxy
     return replace(
         s,
-        obj=replace(s.obj, box_xyxy=(b[0] * kx + dx, b[1] * ky + dy, b[2] * kx + dx, b[3] * ky + dy)),
+        obj=replace(s.obj, box_xyxy=_box_mapped(s.obj.box_xyxy, kx, ky, dx, dy)),
         window=window,
         diameter_px=None if s.diameter_px is None else s.diameter_px * k,
         radius_se_px=None if s.radius_se_px is None else s.radius_se_px * k,
@@ -221,11 +224,7 @@ def _frame_scene(
     f = FRAME_SIZING_SIDE_PX / max(h, w)
     small = cv2.resize(image_rgb, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
     fx, fy = small.shape[1] / w, small.shape[0] / h
-    small_boxes = (
-        None
-        if boxes is None
-        else [replace(b, box_xyxy=(b.box_xyxy[0] * fx, b.box_xyxy[1] * fy, b.box_xyxy[2] * fx, b.box_xyxy[3] * fy)) for b in boxes]
-    )
+    small_boxes = None if boxes is None else [replace(b, box_xyxy=_box_mapped(b.box_xyxy, fx, fy)) for b in boxes]
     k = (fx + fy) / 2
     scene = size_scene(
         small,

@@ -60,6 +60,32 @@ def test_cross_session_logits_come_from_heads_that_never_saw_the_session():
         probe.run_cross_session(x[y == 0], y[y == 0], y[y == 0] > 0, list(g_arr[y == 0]), [1.0], 2, None, lambda yy, z: 0.0)
 
 
+def test_copies_join_only_the_fits_whose_held_out_sessions_neither_lent_nor_own_them():
+    rng = np.random.default_rng(1)
+    x, y, g = _sessions(rng, {"s1": (0, 0.0), "s2": (0, 0.7), "d1": (1, -0.4), "m": (-1, 0.2)})
+    g_arr = np.array(g)
+    # one copy per crop in the colour of another session (here: the features shifted), labelled as its crop
+    donors = [{"s1": "d1", "s2": "m", "d1": "s2", "m": "s1"}[s] for s in g]
+    cp = probe.Copies(x + 0.3, y.copy(), list(g), donors)
+    score = lambda yy, z: auc(yy, z[:, 1] - z[:, 0])  # noqa: E731
+    got = probe.run_cross_session(x, y, y > 0, g, [10.0], 2, None, score, cp)
+    start = 0
+    for fold in got["history"][-1]["folds"]:
+        held = np.isin(g_arr, fold.split("+"))
+        extra = cp.outside(fold.split("+"))
+        # no copy of a held-out crop, nor one in a held-out session's colour
+        assert not np.isin(g_arr[extra], fold.split("+")).any() and not np.isin(np.array(donors)[extra], fold.split("+")).any()
+        xx, yy = np.concatenate([x[~held], cp.feats[extra]]), np.concatenate([y[~held], y[extra]])
+        w, b = probe.fit_softmax(xx, yy, 2, 10.0, probe.sample_weights(yy, list(g_arr[~held]) + list(g_arr[extra]), None))
+        n = int(held.sum())
+        np.testing.assert_allclose(got["oof_logits"][start : start + n], x[held] @ w.T + b, rtol=1e-4, atol=1e-4)
+        start += n
+    # the head kept learns from every crop and every copy
+    xx, yy = np.concatenate([x, cp.feats]), np.concatenate([y, y])
+    w, b = probe.fit_softmax(xx, yy, 2, 10.0, probe.sample_weights(yy, g + g, None))
+    np.testing.assert_allclose(got["w"], w, rtol=1e-4, atol=1e-4)
+
+
 def test_mean_rule_serves_the_folds_on_average_and_the_worst_rule_the_worst_fold():
     # fold a separates at 0.3, fold b at 0.7: the mean rule takes a threshold between, the worst rule
     # the one that keeps the worse fold best

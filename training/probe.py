@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -117,6 +118,23 @@ def run_probe(
     return history
 
 
+@dataclass(frozen=True)
+class Copies:
+    """Altered copies of the train and val crops that the head learns from and that are never
+    scored (bench/probe_colour.py: each crop in other sessions' fruit colour): their features, labels, the session of the crop each
+    one copies (``groups``) and the session whose fruit colour it was given (``donors``). A fold
+    learns from a copy only when neither session is held out, so no held-out session lends its
+    colour to the head that scores it."""
+
+    feats: np.ndarray
+    labels: np.ndarray
+    groups: list[str]
+    donors: list[str]
+
+    def outside(self, fold: list[str]) -> np.ndarray:
+        return ~(np.isin(np.asarray(self.groups), fold) | np.isin(np.asarray(self.donors), fold))
+
+
 def session_folds(is_bad: np.ndarray, groups: list[str]) -> list[list[str]]:
     """Held-out folds that each hold both classes, from whole sessions: every pair of a sound-only
     and a defective-only session, and every session holding both classes alone. Sessions of one
@@ -132,7 +150,9 @@ def session_folds(is_bad: np.ndarray, groups: list[str]) -> list[list[str]]:
     return [[a, b] for a in sound for b in bad] + [[m] for m in mixed]
 
 
-def cross_session_for(cfg: dict[str, Any], feats: np.ndarray, labels: np.ndarray, groups: list[str]) -> dict[str, Any]:
+def cross_session_for(
+    cfg: dict[str, Any], feats: np.ndarray, labels: np.ndarray, groups: list[str], copies: Copies | None = None
+) -> dict[str, Any]:
     """:func:`run_cross_session` with everything else from the config (``train.probe_l2``,
     ``train.balance``, the classes and the selection score): how ``train.probe_fit: cross_session``
     fits the head, for training/train.py and the benches that replay it."""
@@ -149,6 +169,7 @@ def cross_session_for(cfg: dict[str, Any], feats: np.ndarray, labels: np.ndarray
         len(classes_of(cfg)),
         tr.get("balance"),
         lambda yy, z: selection_score(cfg, yy, z),
+        copies,
     )
 
 
@@ -161,6 +182,7 @@ def run_cross_session(
     n_classes: int,
     balance: str | None,
     score: Callable[[np.ndarray, np.ndarray], float],
+    copies: Copies | None = None,
 ) -> dict[str, Any]:
     """``train.probe_fit: cross_session``: the head is fitted on every session of train and val, and
     everything is chosen on held-out sessions. For each L2 strength, each fold of
@@ -168,17 +190,27 @@ def run_cross_session(
     fold ``score`` (labels, logits) is best wins and its head is refitted on all the features.
     Returns the head (``w``, ``b``), the chosen strength, the history and the held-out logits of
     every fold (``oof_logits``, ``oof_labels``, ``oof_groups`` naming each fold), which calibrate
-    the temperature and the threshold as val logits would."""
+    the temperature and the threshold as val logits would. ``copies`` (:class:`Copies`) join each
+    fit they are allowed in, the final one included; only the plain crops are scored."""
     folds = session_folds(is_bad, groups)
     if not folds:
         raise ValueError("train.probe_fit cross_session needs sessions of both classes among train and val")
     g = np.asarray(groups)
+
+    def fit(keep: np.ndarray, extra: np.ndarray | None, l2: float) -> tuple[np.ndarray, np.ndarray]:
+        x, y, gg = feats[keep], labels[keep], list(g[keep])
+        if copies is not None and extra is not None:
+            x = np.concatenate([x, copies.feats[extra]])
+            y = np.concatenate([y, copies.labels[extra]])
+            gg += list(np.asarray(copies.groups)[extra])
+        return fit_softmax(x, y, n_classes, l2, sample_weights(y, gg, balance))
+
     history, best = [], None
     for i, l2 in enumerate(strengths):
         outs = []
         for fold in folds:
             held = np.isin(g, fold)
-            w, b = fit_softmax(feats[~held], labels[~held], n_classes, l2, sample_weights(labels[~held], list(g[~held]), balance))
+            w, b = fit(~held, None if copies is None else copies.outside(fold), l2)
             outs.append((fold, held, feats[held] @ w.T + b))
         per_fold = [float(score(labels[held], z)) for _f, held, z in outs]
         s = float(np.mean(per_fold))
@@ -196,7 +228,7 @@ def run_cross_session(
             best = (s, l2, outs)
     assert best is not None
     _s, l2, outs = best
-    w, b = fit_softmax(feats, labels, n_classes, l2, sample_weights(labels, list(groups), balance))
+    w, b = fit(np.ones(len(g), bool), None if copies is None else np.ones(len(copies.labels), bool), l2)
     history.append({"chosen_l2": l2, "val_score": best[0], "folds": ["+".join(f) for f in folds]})
     return {
         "w": w,

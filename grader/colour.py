@@ -32,10 +32,16 @@ def fruit_colour_stats(crop: np.ndarray, fruit: np.ndarray | None = None) -> Sta
 
     ``fruit`` is the fruit mask when the caller knows it (default: :func:`fruit_pixels`)."""
     fruit = fruit_pixels(crop) if fruit is None else fruit
-    if fruit.sum() < MIN_FRUIT_PIXELS:
+    return _lab_stats(cv2.cvtColor(crop, cv2.COLOR_RGB2LAB), fruit)
+
+
+def _lab_stats(lab: np.ndarray, fruit: np.ndarray) -> Stats | None:
+    """Mean and (population) spread + 1e-3 of the 8-bit Lab pixels under ``fruit``, in one OpenCV pass."""
+    mask = fruit.astype(np.uint8)
+    if cv2.countNonZero(mask) < MIN_FRUIT_PIXELS:
         return None
-    px = cv2.cvtColor(crop, cv2.COLOR_RGB2LAB).astype(np.float32)[fruit]
-    return px.mean(0), px.std(0) + 1e-3
+    mu, sd = cv2.meanStdDev(lab, mask=mask)
+    return mu.ravel().astype(np.float32), (sd.ravel() + 1e-3).astype(np.float32)
 
 
 def mean_colour_stats(crops: Sequence[np.ndarray]) -> Stats:
@@ -53,13 +59,15 @@ def colour_transfer(crop: np.ndarray, target: Stats | None, fruit: np.ndarray | 
     spread is taken as at least this (Lab units of OpenCV's 8-bit Lab), so a nearly flat channel
     (a grey fruit's a and b) is not blown up into noise."""
     fruit = fruit_pixels(crop) if fruit is None else fruit
-    own = fruit_colour_stats(crop, fruit)
+    lab8 = cv2.cvtColor(crop, cv2.COLOR_RGB2LAB)
+    own = _lab_stats(lab8, fruit)
     if own is None or target is None:
         return crop
-    lab = cv2.cvtColor(crop, cv2.COLOR_RGB2LAB).astype(np.float32)
-    lab[fruit] = (lab[fruit] - own[0]) / np.maximum(own[1], min_std) * target[1] + target[0]
-    out = cv2.cvtColor(np.clip(lab, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
-    out[~fruit] = crop[~fruit]
+    # one affine map per Lab channel over the whole crop, the background put back afterwards
+    gain = np.asarray(target[1], np.float32) / np.maximum(own[1], np.float32(min_std))
+    lab = lab8.astype(np.float32) * gain + (np.asarray(target[0], np.float32) - own[0] * gain)
+    out = cv2.cvtColor(np.clip(lab, 0, 255, out=lab).astype(np.uint8), cv2.COLOR_LAB2RGB)
+    np.copyto(out, crop, where=~fruit[..., None])
     return out
 
 

@@ -36,6 +36,34 @@ def test_mean_stats_of_a_source():
     assert mu.shape == sd.shape == (3,) and (sd > 0).all()
 
 
+def _reference_transfer(crop: np.ndarray, target, min_std: float = 0.0) -> np.ndarray:
+    """The transfer as first written (per-pixel numpy on the fruit pixels): the reference the
+    one-pass OpenCV version in grader/colour.py keeps to. They differ by the float32 spread numpy
+    sums (OpenCV's is exact), which moves a few pixels across a rounding step."""
+    fruit = (np.abs(crop.astype(np.int16) - np.array(CROP_FILL_RGB, np.int16)) > 2).any(axis=2)
+    px = cv2.cvtColor(crop, cv2.COLOR_RGB2LAB).astype(np.float32)[fruit]
+    own = px.mean(0), px.std(0) + 1e-3
+    lab = cv2.cvtColor(crop, cv2.COLOR_RGB2LAB).astype(np.float32)
+    lab[fruit] = (lab[fruit] - own[0]) / np.maximum(own[1], min_std) * target[1] + target[0]
+    out = cv2.cvtColor(np.clip(lab, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
+    out[~fruit] = crop[~fruit]
+    return out
+
+
+def test_the_fast_transfer_and_fruit_mask_keep_to_the_reference():
+    rng = np.random.default_rng(5)
+    for i, colour in enumerate(("orange", "lemon", "red", "green")):
+        crop = _crop(colour, 10 + i)
+        crop[rng.random(crop.shape[:2]) < 0.01] = rng.integers(0, 256, 3)  # stray pixels, fill-like ones too
+        ref_mask = (np.abs(crop.astype(np.int16) - np.array(CROP_FILL_RGB, np.int16)) > 2).any(axis=2)
+        assert (fruit_pixels(crop) == ref_mask).all()
+        assert (fruit_pixels(crop.astype(np.int32)) == ref_mask).all()  # not uint8: the plain numpy test
+        target = (np.array([150.0, 125.0, 160.0], np.float32), np.array([30.0, 12.0, 12.0], np.float32))
+        got, want = colour_transfer(crop, target), _reference_transfer(crop, target)
+        diff = np.abs(got.astype(int) - want.astype(int))
+        assert diff.max() <= 2 and (diff == 0).mean() > 0.95, (colour, diff.max(), (diff == 0).mean())
+
+
 # ----------------------------------------------------------------------------- preprocessing.colour_normalise
 def _spec(norm: dict | None = None, size: int = 96):
     from inference.metadata import read_spec

@@ -98,6 +98,63 @@ def test_mean_rule_serves_the_folds_on_average_and_the_worst_rule_the_worst_fold
     assert 0.55 < t_worst <= 0.8
 
 
+def test_temperature_and_bias_recover_the_scores_they_were_drawn_from():
+    from training.metrics import fit_temperature_and_bias
+
+    rng = np.random.default_rng(3)
+    d = rng.normal(0, 3, 40000)
+    y = (rng.random(len(d)) < 1 / (1 + np.exp(-(d + 1.5) / 2.0))).astype(int)
+    t, shift = fit_temperature_and_bias(d, y, balanced=False)
+    assert t == pytest.approx(2.0, rel=0.05) and shift == pytest.approx(1.5, abs=0.15)
+    with pytest.raises(ValueError, match="both classes"):
+        fit_temperature_and_bias(d, np.zeros_like(y))
+
+
+def test_calibrate_shifts_the_defective_logit_and_the_head_takes_the_shift():
+    from pathlib import Path
+
+    import torch
+    from torch import nn
+
+    from training import train
+    from training.calibrate import calibrate, shift_head_bias
+    from training.config import load_config
+    from training.metrics import expected_calibration_error
+
+    cfg = load_config(Path(train.__file__).parent / "configs" / "apple_defect_lite0.yaml")
+    assert cfg["calibration"]["method"] == "temperature_and_bias"
+    rng = np.random.default_rng(4)
+
+    def split(n: int, offset: float):
+        # scores that read "defective" too eagerly: the true log-odds are the margin minus 2
+        margin = rng.normal(0, 2, n) + offset
+        y = (rng.random(n) < 1 / (1 + np.exp(-(margin - 2.0)))).astype(int)
+        return np.stack([np.zeros(n), margin], axis=1).astype(np.float32), y
+
+    (zv, yv), (zt, yt) = split(4000, 2.0), split(4000, 2.0)
+    sess = {"val": ["a"] * 2000 + ["b"] * 2000, "test": ["t"] * 4000}
+    cal = calibrate(cfg, {"val": zv, "test": zt}, {"val": yv, "test": yt}, sess)
+    assert cal["method"] == "temperature_and_bias" and cal["logit_shift"] == pytest.approx(-2.0, abs=0.3)
+    ece_t = calibrate({**cfg, "calibration": {"method": "temperature"}}, {"val": zv, "test": zt}, {"val": yv, "test": yt}, sess)
+    assert cal["metrics"]["test"]["ece_after"] < 0.03 < ece_t["metrics"]["test"]["ece_after"]
+    # ranking and decisions unchanged: the threshold moves with the scores
+    assert cal["metrics"]["test"]["auc"] == pytest.approx(ece_t["metrics"]["test"]["auc"])
+    assert cal["metrics"]["test"]["ece_before"] == pytest.approx(expected_calibration_error(yt, 1 / (1 + np.exp(-zt[:, 1]))))
+    # a val of one class: a temperature alone
+    one = calibrate(
+        cfg, {"val": zv[yv == 1], "test": zt}, {"val": yv[yv == 1], "test": yt}, {"val": ["a"] * int(yv.sum()), "test": sess["test"]}
+    )
+    assert one["method"] == "temperature" and one["logit_shift"] == 0.0
+    # the shift goes into the classifier head's bias, on the defective class only
+    net = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    x = torch.randn(5, 4)
+    before = net(x).detach()
+    shift_head_bias(net, 1, -2.0)
+    after = net(x).detach()
+    torch.testing.assert_close(after[:, 0], before[:, 0])
+    torch.testing.assert_close(after[:, 1], before[:, 1] - 2.0)
+
+
 @pytest.mark.slow
 def test_cross_session_recipe_trains_calibrates_on_held_out_folds_and_exports(tmp_path):
     import json
@@ -127,4 +184,8 @@ def test_cross_session_recipe_trains_calibrates_on_held_out_folds_and_exports(tm
     # the val figures are the held-out folds' (synthetic sessions "train" and "val" each hold both classes)
     assert set(m["metrics"]["val"]["per_session"]) == {"train", "val"}
     assert m["history"][-1]["chosen_l2"] in (1.0, 30.0) and m["metrics"]["onnx_check"]["max_abs_diff_scores"] < 1e-4
+    # the recipe's crops are colour-normalised and its calibration shifts the defective logit inside the
+    # graph (or, on folds that cannot carry it, falls back to a temperature alone)
+    assert m["preprocessing"]["colour_normalise"]["method"] == "reinhard-lab"
+    assert ("defective_logit_shift" in m["calibration"]) == m["calibration"]["method"].startswith("temperature and a shift")
     assert meta["metrics"]["test"]["n"] > 0

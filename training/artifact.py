@@ -15,8 +15,10 @@ from grader.defect import preprocess
 from inference.metadata import SCHEMA_VERSION, validate_artifact
 from training import explain, fruit_check
 from training.calibrate import (
+    TEMPERATURE,
     calibrate,
     predict_logits,
+    shift_head_bias,
 )
 from training.config import (
     classes_of,
@@ -67,6 +69,10 @@ def finish(
             cfg, {**logits, "val": held_out["logits"]}, {**labels, "val": held_out["labels"]}, {**sessions, "val": held_out["sessions"]}
         )
     temperature, threshold, band, metrics = cal["temperature"], cal["threshold"], cal["band"], cal["metrics"]
+    if cal["logit_shift"]:
+        # calibration.method temperature_and_bias: the defective logit's shift joins the head's bias,
+        # so the exported graph gives the logits the figures were taken on
+        shift_head_bias(model, classes.index(defective[0]), cal["logit_shift"])
     metrics = {"best_epoch": best_epoch, "train_seconds": round(train_seconds, 1), **metrics}
 
     export_onnx(model, out_dir / "model.onnx", int(cfg["model"]["input_size"]))
@@ -176,8 +182,18 @@ def finish(
             **({} if views == 1 else {"test_time_views": views_record(views)}),
         },
         "calibration": {
-            "method": f"temperature scaling on {chosen_on}" + ("" if views == 1 else ", of the logits averaged over the views"),
+            "method": (
+                f"temperature scaling on {chosen_on}"
+                if cal["method"] == TEMPERATURE
+                else f"temperature and a shift of the defective logit (Platt scaling, both classes weighing the same) on {chosen_on}"
+            )
+            + ("" if views == 1 else ", of the logits averaged over the views"),
             "temperature": temperature,
+            **(
+                {}
+                if not cal["logit_shift"]
+                else {"defective_logit_shift": cal["logit_shift"], "shift_in": "the head's bias, inside model.onnx"}
+            ),
         },
         "thresholds": {
             "defective": threshold,

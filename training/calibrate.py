@@ -16,7 +16,8 @@ from training.config import (
     defective_of,
     is_defective,
 )
-from training.metrics import auc, binary_report, expected_calibration_error, fit_temperature, pick_threshold
+from training.finetune import head_prefix
+from training.metrics import auc, binary_report, expected_calibration_error, fit_temperature, fit_temperature_and_bias, pick_threshold
 
 
 def predict_logits(model: nn.Module, batch: np.ndarray, bs: int = 128) -> np.ndarray:
@@ -99,6 +100,36 @@ def type_report(labels: np.ndarray, logits: np.ndarray, cfg: dict[str, Any]) -> 
     }
 
 
+TEMPERATURE = "temperature"
+TEMPERATURE_AND_BIAS = "temperature_and_bias"
+
+
+def calibration_method(cfg: dict[str, Any]) -> str:
+    """``calibration.method``: ``temperature`` (default; one temperature on the logits, fitted by
+    log-likelihood on val) or ``temperature_and_bias`` (two-class models: Platt scaling, a shift of
+    the defective logit as well, both classes weighing the same)."""
+    method = (cfg.get("calibration") or {}).get("method", TEMPERATURE)
+    if method not in (TEMPERATURE, TEMPERATURE_AND_BIAS):
+        raise ValueError(f"calibration.method must be {TEMPERATURE} or {TEMPERATURE_AND_BIAS}, got {method!r}")
+    if method == TEMPERATURE_AND_BIAS and len(classes_of(cfg)) != 2:
+        raise ValueError(f"calibration.method {TEMPERATURE_AND_BIAS} needs a two-class model, this one has {classes_of(cfg)}")
+    return method
+
+
+def shift_head_bias(model: nn.Module, column: int, shift: float) -> None:
+    """Add ``shift`` to one class's bias in the network's last Linear layer (its classifier head)."""
+    head = dict(model.named_modules())[head_prefix(model)]
+    with torch.no_grad():
+        head.bias[column] += shift
+
+
+def shifted(logits: np.ndarray, column: int, shift: float) -> np.ndarray:
+    """``logits`` with ``shift`` added to one class's column (a copy)."""
+    out = np.array(logits, np.float32, copy=True)
+    out[:, column] += np.float32(shift)
+    return out
+
+
 def calibrate(
     cfg: dict[str, Any], logits: dict[str, np.ndarray], labels: dict[str, np.ndarray], sessions: dict[str, list[str]]
 ) -> dict[str, Any]:
@@ -108,8 +139,25 @@ def calibrate(
     evaluated splits). Training calls it on torch's logits, training/views.py on a graph's."""
     group_key = cfg["data"].get("report_by", "session")  # "source" for citrus: per-source figures
     multi = len(defective_of(cfg)) > 1
+    raw_logits = logits
+    method = calibration_method(cfg)
+    shift = 0.0
+    if method == TEMPERATURE_AND_BIAS:
+        # Platt scaling: a shift of the defective logit and a temperature, both fitted on val; the
+        # shift goes into the head's bias (training/artifact.py), so serving applies a temperature only
+        d = classes_of(cfg).index(defective_of(cfg)[0])
+        try:
+            temperature, shift = fit_temperature_and_bias(
+                logits["val"][:, d] - logits["val"][:, 1 - d], is_defective(labels["val"], cfg), balanced=True
+            )
+        except ValueError as exc:  # val of one class, or ranked the wrong way round (a tiny dataset)
+            print(f"calibration: {exc}; a temperature alone instead")
+            method = TEMPERATURE
+        else:
+            logits = {split: shifted(z, d, shift) for split, z in logits.items()}
     val_logits = logits["val"]
-    temperature = fit_temperature(val_logits, labels["val"])
+    if method == TEMPERATURE:
+        temperature = fit_temperature(val_logits, labels["val"])
     val_scores = defective_scores(val_logits, temperature, cfg)
     # out of distribution: a crop whose energy (grader.defect.energy at the calibrated temperature,
     # as serving computes it) lies above this high quantile of the val crops' energies is unlike
@@ -140,7 +188,7 @@ def calibrate(
 
     metrics: dict[str, Any] = {}
     for split, split_logits in logits.items():
-        s_raw, s_cal = defective_scores(split_logits, 1.0, cfg), defective_scores(split_logits, temperature, cfg)
+        s_raw, s_cal = defective_scores(raw_logits[split], 1.0, cfg), defective_scores(split_logits, temperature, cfg)
         y = is_defective(labels[split], cfg)
         rep = binary_report(y, s_cal, threshold)
         rep["ece_before"] = expected_calibration_error(y, s_raw)
@@ -160,6 +208,8 @@ def calibrate(
         metrics[split] = rep
     return {
         "temperature": temperature,
+        "method": method,
+        "logit_shift": shift,
         "threshold": threshold,
         "band": band,
         "rule": rule,

@@ -84,6 +84,8 @@ def derive(artifact, out, views: int, version: str, work_dir, data: tuple | None
     spec = spec_for(cfg)
     logits = {split: run_graph(averaged, [old.output_name], crops[split], spec)[0] for split in crops if split != "train"}
     cal = calibrate(cfg, logits, labels, sessions)
+    if cal["logit_shift"]:
+        raise ValueError(f"{artifact}: derived views recalibrate with a temperature only; set calibration.method: temperature")
     has_map = any(o.name == "defect_map" for o in single.graph.output)
     if has_map and set_map_temperature(single, cal["temperature"]) != 1:
         raise RuntimeError(f"{artifact}: the defect_map branch has not exactly one temperature constant")

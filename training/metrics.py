@@ -112,6 +112,30 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
     return float(np.exp((lo + hi) / 2))
 
 
+def fit_temperature_and_bias(margin: np.ndarray, y: np.ndarray, balanced: bool = True) -> tuple[float, float]:
+    """Platt scaling of a two-class model: P(class 1) = sigmoid((margin + shift) / T), ``margin``
+    the logit of class 1 minus that of class 0, (T, shift) minimising the negative log-likelihood on
+    held-out logits (Newton steps of a one-feature logistic regression; ``balanced``: both classes
+    weigh the same, as balanced accuracy counts them). Temperature scaling is the case shift = 0."""
+    d, t = np.asarray(margin, np.float64), np.asarray(y, np.float64)
+    if not (0 < t.sum() < len(t)):
+        raise ValueError("temperature and bias need held-out logits of both classes")
+    w = np.where(t == 1, 0.5 / t.sum(), 0.5 / (len(t) - t.sum())) * len(t) if balanced else np.ones_like(d)
+    x = np.stack([d, np.ones_like(d)], axis=1)
+    beta = np.array([1.0, 0.0])
+    for _ in range(100):
+        p = 1.0 / (1.0 + np.exp(-np.clip(x @ beta, -50, 50)))
+        hess = (x * (w * p * (1 - p))[:, None]).T @ x + 1e-9 * np.eye(2)
+        step = np.linalg.solve(hess, x.T @ (w * (t - p)))
+        beta += step
+        if np.abs(step).max() < 1e-10:
+            break
+    a, c = float(beta[0]), float(beta[1])
+    if not a > 0:
+        raise ValueError(f"the held-out logits rank the classes the wrong way round (slope {a:.3g}): no calibration fits")
+    return 1.0 / a, c / a
+
+
 def pick_threshold(y: np.ndarray, scores: np.ndarray, min_recall: float) -> float:
     """The largest threshold whose recall on defective fruit stays >= min_recall; fewer false
     alarms at the recall the packhouse asked for. Falls back to 0.5 without defective examples."""

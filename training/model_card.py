@@ -105,7 +105,12 @@ def card(meta: dict[str, Any], http_eval: dict[str, Any] | None = None, notes: s
     lines += [
         "",
         f"- threshold P(defective) ≥ {_f(th.get('defective'))} ({th.get('rule')}); review band {[round(v, 3) for v in th.get('review_band', [])]}",
-        f"- calibration: {meta.get('calibration', {}).get('method')}, T = {_f(meta.get('calibration', {}).get('temperature'))}",
+        f"- calibration: {meta.get('calibration', {}).get('method')}, T = {_f(meta.get('calibration', {}).get('temperature'))}"
+        + (
+            ""
+            if meta.get("calibration", {}).get("defective_logit_shift") is None
+            else f", defective logit shifted by {_f(meta['calibration']['defective_logit_shift'])} in the head's bias"
+        ),
         f"- out of distribution: energy > {_f(th.get('ood_energy'))}, pooled-feature distance > {_f(th.get('ood_distance'))}, "
         f"early-feature distance > {_f(th.get('ood_distance_early'))} (the distances' rule: {th.get('ood_distance_rule', '–')})",
     ]

@@ -14,7 +14,8 @@ Photo sets (the held-out split of each model's own rules):
 * ECOPOM orchard windows are left to bench/size_accuracy.py.
 
 Per set: the share of one-fruit photos that give exactly one fruit, of empty frames that give none,
-the rejected candidates, the share of fruit whose size was declined (every photo is posted with
+the rejected candidates, the fruit queued for review and those of them beyond the photo's one fruit
+(its largest; any of an empty frame: background or a piece of the fruit in the queue), the share of fruit whose size was declined (every photo is posted with
 ``mm_per_px`` 0.3: grader/clutter.py declines sizes on cluttered backdrops), and balanced accuracy of sound vs defective (a photo is called defective
 when any fruit found in it is; a photo with no fruit found counts as wrong), with 95 % intervals.
 """
@@ -92,6 +93,8 @@ def evaluate(models: Path, data: Path, split: str, limit: int | None = None) -> 
                     "errors": 0,
                     "fruits": 0,
                     "size_declined": 0,
+                    "queued": 0,
+                    "queued_beyond_the_fruit": 0,
                 }
                 right = {"sound": [0, 0], "defective": [0, 0]}  # [right, total]
                 t0 = time.perf_counter()
@@ -113,6 +116,11 @@ def evaluate(models: Path, data: Path, split: str, limit: int | None = None) -> 
                     counts["fruits"] += n
                     counts["size_declined"] += sum(f.get("size_declined") is not None for f in body["fruits"])
                     counts["exactly_one" if n == 1 else "none" if n == 0 else "several"] += 1
+                    # the review queue: flagged fruit go to the inspectors; beyond the photo's one fruit
+                    # (its largest; every one of an empty frame) a queued region is background or a piece
+                    by_size = sorted(body["fruits"], key=lambda f: -(f["bbox"][2] - f["bbox"][0]) * (f["bbox"][3] - f["bbox"][1]))
+                    counts["queued"] += sum(bool(f.get("flagged")) for f in by_size)
+                    counts["queued_beyond_the_fruit"] += sum(bool(f.get("flagged")) for f in by_size[0 if truth == "empty" else 1 :])
                     if truth == "empty":
                         continue
                     said = (

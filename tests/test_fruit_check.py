@@ -36,7 +36,7 @@ def checked_artifact(tmp_path_factory):
             "model.mean=[0.498, 0.498, 0.498]",
             "model.std=[0.502, 0.502, 0.502]",
             "train.probe_epochs=1",
-            f"fruit_check={{data_root: {root / 'no-data'}, n_synthetic: 60, work_dir: {root / 'work'}}}",
+            f"fruit_check={{data_root: {root / 'no-data'}, n_synthetic: 60, work_dir: {root / 'work'}, l2: [1.0, 100.0]}}",
         ],
     )
     meta = train.run(cfg, out, root / "train")
@@ -67,6 +67,11 @@ def test_artifact_carries_the_fruit_check(checked_artifact):
     assert "fruit_score" in meta["outputs"] and "fruit_rule" in meta["thresholds"]
     fc = meta["metrics"]["fruit_check"]
     assert fc["val"]["fruit_kept"] >= 0.95 and fc["val"]["not_fruit_rejected"] >= 0.9
+    # the L2 strength chosen on val among the config's: the one with the best val balanced accuracy
+    out_fc = meta["outputs"]["fruit_score"]
+    tried = out_fc["l2_balanced_accuracy"]
+    assert set(tried) == {"1", "100"} and tried[f"{out_fc['l2']:g}"] == max(tried.values())
+    assert "L2 strength chosen" in meta["thresholds"]["fruit_rule"]
 
 
 def test_serving_drops_what_is_not_fruit(checked_artifact):

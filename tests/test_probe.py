@@ -108,6 +108,9 @@ def test_temperature_and_bias_recover_the_scores_they_were_drawn_from():
     assert t == pytest.approx(2.0, rel=0.05) and shift == pytest.approx(1.5, abs=0.15)
     with pytest.raises(ValueError, match="both classes"):
         fit_temperature_and_bias(d, np.zeros_like(y))
+    # logits that barely differ (a degenerate head): no temperature that blows their noise up
+    with pytest.raises(ValueError, match="outside"):
+        fit_temperature_and_bias(1e-7 * (2 * y - 1) + 1e-8 * rng.normal(size=len(y)), y)
 
 
 def test_calibrate_shifts_the_defective_logit_and_the_head_takes_the_shift():

@@ -135,7 +135,7 @@ def finish(
             region_is_fruit,
             regs,
             float(fc.get("keep_fruit", fruit_check.DEFAULT_KEEP_FRUIT)),
-            float(fc.get("l2", 1.0)),
+            fc.get("l2", 1.0),
         )
         onnx.save(edited, str(out_dir / "model.onnx"))
         val_fc = fruit_record["metrics"].get("val") or fruit_record["metrics"]["train"]

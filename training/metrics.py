@@ -90,6 +90,10 @@ def expected_calibration_error(y: np.ndarray, scores: np.ndarray, bins: int = 10
     return float(ece)
 
 
+#: the temperatures a calibration may choose
+TEMPERATURE_RANGE = (0.05, 20.0)
+
+
 def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
     """Temperature minimising the negative log-likelihood on held-out logits (golden search)."""
     y = np.asarray(y).astype(int)
@@ -100,7 +104,7 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
         logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
         return float(-logp[np.arange(len(y)), y].mean())
 
-    lo, hi = np.log(0.05), np.log(20.0)
+    lo, hi = np.log(TEMPERATURE_RANGE[0]), np.log(TEMPERATURE_RANGE[1])
     g = (np.sqrt(5) - 1) / 2
     a, b = hi - g * (hi - lo), lo + g * (hi - lo)
     for _ in range(60):
@@ -133,6 +137,10 @@ def fit_temperature_and_bias(margin: np.ndarray, y: np.ndarray, balanced: bool =
     a, c = float(beta[0]), float(beta[1])
     if not a > 0:
         raise ValueError(f"the held-out logits rank the classes the wrong way round (slope {a:.3g}): no calibration fits")
+    if not TEMPERATURE_RANGE[0] <= 1.0 / a <= TEMPERATURE_RANGE[1]:
+        # held-out logits that barely differ (an untrained or degenerate head): the fit's temperature
+        # would blow their noise up into scores
+        raise ValueError(f"the fitted temperature {1.0 / a:.3g} lies outside {TEMPERATURE_RANGE}")
     return 1.0 / a, c / a
 
 

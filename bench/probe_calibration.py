@@ -19,7 +19,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from bench.probe_colour import CONFIG, WORK, final_avg
+from bench.probe_colour import final_avg
+from bench.probe_pooling import CONFIG, WORK
 from training import probe
 from training.config import load_config
 from training.data import load_data, resolve_colour_normalise

@@ -18,7 +18,7 @@ temperature and threshold from the held-out logits). The rule, fixed before the 
 fold AUC wins if it also beats the plain crops' mean fold balanced accuracy; then the test sessions
 are scored once, for the plain crops and the winner.
 
-    PYTHONPATH=. .venv/bin/python bench/probe_colour.py     # about 6 min on 2 cores; needs ../shared/data
+    PYTHONPATH=. .venv/bin/python bench/probe_colour.py     # about 4 min on 2 cores; needs ../shared/data
 
 The crops are cached in var/bench/pooling/ (shared with bench/probe_pooling.py), the features of
 this bench in var/bench/colour/.
@@ -34,12 +34,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.probe_pooling import CONFIG, WORK, extract, fold_figures, test_figures
+from bench.probe_pooling import WORK, extract, fold_figures, recipe_as_measured, test_figures
 from grader.colour import colour_transfer, fruit_colour_stats
 from grader.defect import preprocess
 from training import probe
 from training.calibrate import calibrate
-from training.config import classes_of, load_config, spec_for
+from training.config import classes_of, spec_for
 from training.data import load_data, resolve_colour_normalise
 from training.models_registry import build_model
 
@@ -83,7 +83,7 @@ def colour_copies(crops: np.ndarray, labels: np.ndarray, groups: list[str]) -> t
 
 def main() -> None:
     torch.set_num_threads(2)
-    cfg = load_config(CONFIG)
+    cfg = recipe_as_measured()  # both variants calibrated by a temperature alone, as when they were chosen
     crops, labels, sessions, _manifest, _digest = load_data(cfg, WORK)
     tv = np.concatenate([crops["train"], crops["val"]])
     y = np.concatenate([labels["train"], labels["val"]])
@@ -104,7 +104,7 @@ def main() -> None:
         return got
 
     variants = {
-        "plain crops (shipped)": (plain, cfg, None),
+        "plain crops (0.5.1's recipe)": (plain, cfg, None),
         "plain + colour copies": (plain, cfg, copies),
         "colour normalised": (normed, norm_cfg, None),
     }
@@ -115,7 +115,7 @@ def main() -> None:
         rows[name] = (got, fold_figures(got))
         print(f"{name}: {time.time() - t0:.0f}s", flush=True)
 
-    folds = list(next(h for h in rows["plain crops (shipped)"][0]["history"] if "fold_scores" in h)["fold_scores"])
+    folds = list(next(h for h in rows["plain crops (0.5.1's recipe)"][0]["history"] if "fold_scores" in h)["fold_scores"])
     print("\nheld-out folds (train + val sessions), global average at 128 px")
     print("| variant | L2 | fold AUC (mean) | pooled AUC | pooled BA | mean fold BA | worst fold BA | " + " | ".join(folds) + " |")
     print("|---|---|---|---|---|---|---|" + "---|" * len(folds))
@@ -126,7 +126,7 @@ def main() -> None:
             f"{f['min_fold_ba']:.3f} | " + " | ".join(f"{per_fold[k]:.3f}" for k in folds) + " |"
         )
 
-    base = "plain crops (shipped)"
+    base = "plain crops (0.5.1's recipe)"
     chosen = max(rows, key=lambda n: rows[n][1]["fold_auc"])
     beats = chosen != base and rows[chosen][1]["mean_fold_ba"] > rows[base][1]["mean_fold_ba"]
     print(f"\nchosen on the folds: {chosen} ({'beats' if beats else 'does not beat'} the plain crops on fold BA too)")

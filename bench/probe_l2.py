@@ -27,8 +27,7 @@ import time
 import numpy as np
 import torch
 
-from bench.probe_pooling import CONFIG, VARIANTS, WORK, cross_session, features, fold_figures, stack, test_figures
-from training.config import load_config
+from bench.probe_pooling import VARIANTS, WORK, cross_session, features, fold_figures, recipe_as_measured, stack, test_figures
 from training.data import load_data
 
 WIDE = (100.0, 300.0, 1000.0, 3000.0, 10000.0, 30000.0, 100000.0)
@@ -41,7 +40,7 @@ def main() -> None:
     grid = [float(v) for v in args.l2.split(",")]
 
     torch.set_num_threads(1)
-    cfg = load_config(CONFIG)
+    cfg = recipe_as_measured()
     cfg["train"]["probe_l2"] = grid
     crops, labels, sessions, _manifest, _digest = load_data(cfg, WORK)
     avg = VARIANTS[0]  # the global average of the final map at 128 px: the served pooling

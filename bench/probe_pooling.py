@@ -102,6 +102,17 @@ def features(cfg: dict[str, Any], crops: dict[str, np.ndarray], size: int) -> di
     return out
 
 
+def recipe_as_measured() -> dict[str, Any]:
+    """The apple config as this bench, bench/probe_l2.py and the plain rows of bench/probe_colour.py
+    measured it: 0.5.1's recipe, the crops as they are and a temperature alone (0.6.0 added the
+    colour normalisation and ``calibration.method: temperature_and_bias``, chosen by
+    bench/probe_colour.py and bench/probe_calibration.py)."""
+    cfg = load_config(CONFIG)
+    cfg["model"]["colour_normalise"] = None
+    cfg["calibration"] = {"method": "temperature"}
+    return cfg
+
+
 @dataclass(frozen=True)
 class Variant:
     name: str
@@ -159,7 +170,7 @@ def test_figures(cfg: dict[str, Any], got: dict[str, Any], x_test: np.ndarray, y
 
 def main() -> None:
     torch.set_num_threads(1)
-    cfg = load_config(CONFIG)
+    cfg = recipe_as_measured()
     crops, labels, sessions, _manifest, _digest = load_data(cfg, WORK)
     feats = {size: features(cfg, crops, size) for size in SIZES}
     y = np.concatenate([labels["train"], labels["val"]])

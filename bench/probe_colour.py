@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.probe_pooling import WORK, extract, fold_figures, recipe_as_measured, test_figures
+from bench.probe_pooling import WORK, extract, fold_figures, print_test_table, recipe_as_measured, test_figures
 from grader.colour import colour_transfer, fruit_colour_stats
 from grader.defect import preprocess
 from training import probe
@@ -132,16 +132,12 @@ def main() -> None:
     print(f"\nchosen on the folds: {chosen} ({'beats' if beats else 'does not beat'} the plain crops on fold BA too)")
 
     print("\ntest sessions (IMG_9xxx sound, 20190824 defective), looked at once")
-    print("| variant | test BA | 95 % CI | recall defective | recall sound | test AUC | ECE | threshold | temperature |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for name in dict.fromkeys([base, chosen]):
-        feats, run_cfg, _cp = variants[name]
-        t = test_figures(run_cfg, rows[name][0], feats["test"], labels["test"], s_test)
-        lo, hi = t["balanced_accuracy_ci95"]
-        print(
-            f"| {name} | {t['balanced_accuracy']:.3f} | {lo:.3f}–{hi:.3f} | {t['recall_defective']:.3f} | {t['recall_sound']:.3f} | "
-            f"{t['auc']:.3f} | {t['ece_after']:.3f} | {t['threshold']:.3f} | {t['temperature']:.3f} |"
-        )
+    print_test_table(
+        {
+            name: test_figures(variants[name][1], rows[name][0], variants[name][0]["test"], labels["test"], s_test)
+            for name in dict.fromkeys([base, chosen])
+        }
+    )
 
 
 if __name__ == "__main__":

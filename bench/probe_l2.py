@@ -15,6 +15,7 @@ are scored once, for the chosen L2 only.
 
     PYTHONPATH=. .venv/bin/python bench/probe_l2.py     # about 2 min on 2 cores (1 of it the features, then cached); needs ../shared/data
     PYTHONPATH=. .venv/bin/python bench/probe_l2.py --l2 10,30,100,300,1000,3000
+    PYTHONPATH=. .venv/bin/python bench/probe_l2.py --colour-normalised     # the 0.6.0 recipe's crops
 
 The crops and the feature arrays are cached in var/bench/pooling/ (shared with bench/probe_pooling.py).
 """
@@ -27,8 +28,19 @@ import time
 import numpy as np
 import torch
 
-from bench.probe_pooling import VARIANTS, WORK, cross_session, features, fold_figures, recipe_as_measured, stack, test_figures
-from training.data import load_data
+from bench.probe_colour import final_avg
+from bench.probe_pooling import (
+    VARIANTS,
+    WORK,
+    cross_session,
+    features,
+    fold_figures,
+    print_test_table,
+    recipe_as_measured,
+    stack,
+    test_figures,
+)
+from training.data import load_data, resolve_colour_normalise
 
 WIDE = (100.0, 300.0, 1000.0, 3000.0, 10000.0, 30000.0, 100000.0)
 
@@ -36,6 +48,11 @@ WIDE = (100.0, 300.0, 1000.0, 3000.0, 10000.0, 30000.0, 100000.0)
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--l2", default=",".join(f"{v:g}" for v in WIDE), help="the L2 grid, comma-separated (default %(default)s)")
+    ap.add_argument(
+        "--colour-normalised",
+        action="store_true",
+        help="on the colour-normalised crops of the shipped 0.6.0 recipe (bench/probe_colour.py) instead of the plain ones",
+    )
     args = ap.parse_args()
     grid = [float(v) for v in args.l2.split(",")]
 
@@ -43,9 +60,15 @@ def main() -> None:
     cfg = recipe_as_measured()
     cfg["train"]["probe_l2"] = grid
     crops, labels, sessions, _manifest, _digest = load_data(cfg, WORK)
-    avg = VARIANTS[0]  # the global average of the final map at 128 px: the served pooling
-    feats = features(cfg, crops, avg.size)
-    x = np.concatenate([stack(feats["train"], avg), stack(feats["val"], avg)])
+    if args.colour_normalised:
+        cfg = resolve_colour_normalise({**cfg, "model": {**cfg["model"], "colour_normalise": "reinhard-lab"}}, crops["train"])
+        x = final_avg(cfg, list(np.concatenate([crops["train"], crops["val"]])), "normalised")
+        x_test = final_avg(cfg, list(crops["test"]), "normalised")
+    else:
+        avg = VARIANTS[0]  # the global average of the final map at 128 px: the served pooling
+        feats = features(cfg, crops, avg.size)
+        x = np.concatenate([stack(feats["train"], avg), stack(feats["val"], avg)])
+        x_test = stack(feats["test"], avg)
     y = np.concatenate([labels["train"], labels["val"]])
     groups = list(sessions["train"]) + list(sessions["val"])
 
@@ -65,7 +88,9 @@ def main() -> None:
     assert all(abs(grid_scores[l2] - rows[l2]["fold_auc"]) < 1e-9 for l2 in grid)
 
     folds = list(rows[grid[0]]["per_fold"])
-    print("\nheld-out folds (train + val sessions), average pooling at 128 px")
+    print(
+        f"\nheld-out folds (train + val sessions), average pooling at 128 px{', colour-normalised crops' if args.colour_normalised else ''}"
+    )
     print("| L2 | fold AUC (mean) | pooled AUC | pooled BA | mean fold BA | worst fold BA | " + " | ".join(folds) + " |")
     print("|---|---|---|---|---|---|" + "---|" * len(folds))
     for l2, f in rows.items():
@@ -76,14 +101,7 @@ def main() -> None:
         )
 
     print(f"\ntest sessions ({', '.join(sorted(set(sessions['test'])))}), scored once at the chosen L2 {got['l2']:g}")
-    t = test_figures(cfg, got, stack(feats["test"], avg), labels["test"], list(sessions["test"]))
-    lo, hi = t["balanced_accuracy_ci95"]
-    print("| L2 | test BA | 95 % CI | recall defective | recall sound | test AUC | ECE | threshold | temperature |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    print(
-        f"| {got['l2']:g} | {t['balanced_accuracy']:.3f} | {lo:.3f}–{hi:.3f} | {t['recall_defective']:.3f} | "
-        f"{t['recall_sound']:.3f} | {t['auc']:.3f} | {t['ece_after']:.3f} | {t['threshold']:.3f} | {t['temperature']:.3f} |"
-    )
+    print_test_table({f"{got['l2']:g}": test_figures(cfg, got, x_test, labels["test"], list(sessions["test"]))}, first="L2")
 
 
 if __name__ == "__main__":

@@ -168,6 +168,18 @@ def test_figures(cfg: dict[str, Any], got: dict[str, Any], x_test: np.ndarray, y
     return {"threshold": cal["threshold"], "temperature": cal["temperature"], **cal["metrics"]["test"]}
 
 
+def print_test_table(figures: dict[str, dict[str, Any]], first: str = "variant") -> None:
+    """The test sessions' figures (:func:`test_figures`) of each named run, one row each."""
+    print(f"| {first} | test BA | 95 % CI | recall defective | recall sound | test AUC | ECE | threshold | temperature |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, t in figures.items():
+        lo, hi = t["balanced_accuracy_ci95"]
+        print(
+            f"| {name} | {t['balanced_accuracy']:.3f} | {lo:.3f}–{hi:.3f} | {t['recall_defective']:.3f} | {t['recall_sound']:.3f} | "
+            f"{t['auc']:.3f} | {t['ece_after']:.3f} | {t['threshold']:.3f} | {t['temperature']:.3f} |"
+        )
+
+
 def main() -> None:
     torch.set_num_threads(1)
     cfg = recipe_as_measured()
@@ -203,16 +215,14 @@ def main() -> None:
     print(f"\nchosen on the folds: {chosen} ({'beats' if beats else 'does not beat'} the shipped average on fold AUC and fold BA)")
 
     print("\ntest sessions (IMG_9xxx sound, 20190824 defective), looked at once")
-    print("| variant | test BA | 95 % CI | recall defective | recall sound | test AUC | threshold |")
-    print("|---|---|---|---|---|---|---|")
-    for name in dict.fromkeys([baseline, chosen]):
-        v, got, _f = rows[name]
-        t = test_figures(cfg, got, stack(feats[v.size]["test"], v), labels["test"], list(sessions["test"]))
-        lo, hi = t["balanced_accuracy_ci95"]
-        print(
-            f"| {name} | {t['balanced_accuracy']:.3f} | {lo:.3f}–{hi:.3f} | {t['recall_defective']:.3f} | {t['recall_sound']:.3f} | "
-            f"{t['auc']:.3f} | {t['threshold']:.3f} |"
-        )
+    print_test_table(
+        {
+            name: test_figures(
+                cfg, rows[name][1], stack(feats[rows[name][0].size]["test"], rows[name][0]), labels["test"], list(sessions["test"])
+            )
+            for name in dict.fromkeys([baseline, chosen])
+        }
+    )
 
 
 if __name__ == "__main__":

@@ -121,10 +121,10 @@ def run_probe(
 @dataclass(frozen=True)
 class Copies:
     """Altered copies of the train and val crops that the head learns from and that are never
-    scored (bench/probe_colour.py: each crop in other sessions' fruit colour): their features, labels, the session of the crop each
-    one copies (``groups``) and the session whose fruit colour it was given (``donors``). A fold
-    learns from a copy only when neither session is held out, so no held-out session lends its
-    colour to the head that scores it."""
+    scored (bench/probe_colour.py: each crop in other sessions' fruit colour): their features,
+    labels, the session of the crop each one copies (``groups``) and the session whose fruit colour
+    it was given (``donors``). A fold learns from a copy only when neither session is held out, so
+    no held-out session lends its colour to the head that scores it."""
 
     feats: np.ndarray
     labels: np.ndarray
